@@ -1,0 +1,1 @@
+"""lamina: AWS Lambda semantics for Python functions on Kubernetes."""
