@@ -1,0 +1,735 @@
+"""A throw-away Kubernetes control plane on loopback for lamina's cluster tests.
+
+Runs etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok (which plays the kubelet
+for one fake node, ``kwok-node-0``) as local processes, with certificates generated here. The binaries
+come from ``scripts/build-control-plane`` (built once per version set, cached outside the repo).
+
+Used two ways:
+
+* ``scripts/test-cluster up|down|status|env`` runs this file as a program; the processes outlive it and
+  are found again through the state directory (``$LAMINA_TEST_CLUSTER_DIR``, default
+  ``/tmp/lamina-test-cluster``).
+* ``tests/cluster/conftest.py`` imports it and calls :func:`start` / :meth:`ControlPlane.stop`.
+
+Only the standard library, ``cryptography`` and ``kubernetes`` are used.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO / "scripts" / "build-control-plane"
+VERSIONS_FILE = REPO / "scripts" / "control-plane-versions"
+DEFAULT_STATE_DIR = "/tmp/lamina-test-cluster"
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# Stop order: the reverse of the start order.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+NODE_NAME = "kwok-node-0"
+SERVICE_CIDR = "10.0.0.0/24"
+POD_CIDR = "10.244.0.0/16"
+START_TIMEOUT = float(os.environ.get("LAMINA_TEST_CLUSTER_START_TIMEOUT", "180"))
+
+
+class ControlPlaneError(RuntimeError):
+    """The control plane could not be built, started or reached."""
+
+
+def state_dir_default() -> Path:
+    return Path(os.environ.get("LAMINA_TEST_CLUSTER_DIR") or DEFAULT_STATE_DIR)
+
+
+def pinned_versions() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in VERSIONS_FILE.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            k, v = line.split("=", 1)
+            out[k.strip()] = v.strip().strip("'\"")
+    return out
+
+
+def _log(msg: str) -> None:
+    print(f"[test-cluster] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------- build
+
+
+def bin_dir(build: bool = True) -> Path:
+    """The directory holding the control-plane binaries, building them if needed (and allowed).
+
+    ``LAMINA_CONTROL_PLANE_BIN`` points at a ready directory and skips the build script.
+    """
+    override = os.environ.get("LAMINA_CONTROL_PLANE_BIN")
+    if override:
+        d = Path(override)
+        missing = [b for b in BINARIES if not os.access(d / b, os.X_OK)]
+        if missing:
+            raise ControlPlaneError(f"LAMINA_CONTROL_PLANE_BIN={d} lacks {', '.join(missing)}")
+        return d
+    if not build:
+        raise ControlPlaneError("control-plane binaries are not built (run scripts/build-control-plane)")
+    _log(f"resolving binaries via {BUILD_SCRIPT} (first build takes a long time; cached afterwards)")
+    proc = subprocess.run(
+        ["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=None, text=True, check=False
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    if proc.returncode != 0 or not lines:
+        raise ControlPlaneError(
+            f"scripts/build-control-plane failed (exit {proc.returncode}); see its output above. "
+            "It needs Go >= 1.26 and access to the Go module proxy."
+        )
+    d = Path(lines[-1].strip())
+    missing = [b for b in BINARIES if not os.access(d / b, os.X_OK)]
+    if missing:
+        raise ControlPlaneError(f"build-control-plane reported {d} but {', '.join(missing)} missing")
+    return d
+
+
+# --------------------------------------------------------------------------------------------- certs
+
+
+def _certs(pki: Path, server_ips: list[str]) -> None:
+    """Serving CA + apiserver cert, service-account key pair, client CA + admin cert."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    pki.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    not_before, not_after = now - dt.timedelta(hours=1), now + dt.timedelta(days=365)
+
+    def write_key(path: Path, key) -> None:
+        path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.TraditionalOpenSSL,
+                serialization.NoEncryption(),
+            )
+        )
+        path.chmod(0o600)
+
+    def write_cert(path: Path, cert) -> None:
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    def name(cn: str, orgs: tuple[str, ...] = ()) -> x509.Name:
+        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
+        return x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def make_ca(cn: str):
+        key = ec.generate_private_key(ec.SECP256R1())
+        subj = name(cn, ("lamina-test",))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subj)
+            .issuer_name(subj)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return key, cert
+
+    def make_leaf(ca_key, ca_cert, cn, orgs=(), dns=(), ips=(), server=False):
+        key = ec.generate_private_key(ec.SECP256R1())
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(name(cn, tuple(orgs)))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before)
+            .not_valid_after(not_after)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(True, True, False, False, False, False, False, False, False), critical=True
+            )
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+            )
+        )
+        if dns or ips:
+            sans = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return key, b.sign(ca_key, hashes.SHA256())
+
+    ca_key, ca_cert = make_ca("lamina-test-serving-ca")
+    write_key(pki / "serving-ca.key", ca_key)
+    write_cert(pki / "serving-ca.crt", ca_cert)
+    srv_key, srv_cert = make_leaf(
+        ca_key,
+        ca_cert,
+        "kube-apiserver",
+        dns=(
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ),
+        ips=tuple(server_ips),
+        server=True,
+    )
+    write_key(pki / "apiserver.key", srv_key)
+    write_cert(pki / "apiserver.crt", srv_cert)
+
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    write_key(pki / "sa.key", sa_key)
+    (pki / "sa.pub").write_bytes(
+        sa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+
+    cca_key, cca_cert = make_ca("lamina-test-client-ca")
+    write_key(pki / "client-ca.key", cca_key)
+    write_cert(pki / "client-ca.crt", cca_cert)
+    adm_key, adm_cert = make_leaf(cca_key, cca_cert, "lamina-admin", orgs=("system:masters",))
+    write_key(pki / "admin.key", adm_key)
+    write_cert(pki / "admin.crt", adm_cert)
+
+
+def _write_kubeconfig(path: Path, server: str, pki: Path) -> None:
+    def b64(p: str) -> str:
+        return base64.b64encode((pki / p).read_bytes()).decode()
+
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "lamina-test",
+                "cluster": {"server": server, "certificate-authority-data": b64("serving-ca.crt")},
+            }
+        ],
+        "users": [
+            {
+                "name": "lamina-admin",
+                "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")},
+            }
+        ],
+        "contexts": [{"name": "lamina-test", "context": {"cluster": "lamina-test", "user": "lamina-admin"}}],
+        "current-context": "lamina-test",
+        "preferences": {},
+    }
+    path.write_text(json.dumps(cfg, indent=2) + "\n")  # JSON is valid kubeconfig YAML
+    path.chmod(0o600)
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pid_alive(pid: int, exe: str | None = None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    except OSError:
+        return False
+    if exe:
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            return False
+        return cmd == exe
+    return True
+
+
+def _tail(path: Path, n: int = 25) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(lines[-n:])
+
+
+def _https_get(url: str, ctx: ssl.SSLContext, timeout: float = 3.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, context=ctx, timeout=timeout) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+# --------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class ControlPlane:
+    state_dir: Path
+    bin_dir: Path
+    ports: dict[str, int] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+    etcd_data: str = ""
+    version: str = ""
+
+    # -- paths
+    @property
+    def pki(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.ports['apiserver']}"
+
+    def log(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
+
+    def exe(self, name: str) -> str:
+        return str(self.bin_dir / name)
+
+    # -- persistence
+    def save(self) -> None:
+        data = {
+            "bin_dir": str(self.bin_dir),
+            "ports": self.ports,
+            "pids": self.pids,
+            "etcd_data": self.etcd_data,
+            "version": self.version,
+            "kubeconfig": str(self.kubeconfig),
+            "server": self.server if "apiserver" in self.ports else None,
+        }
+        tmp = self.state_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.replace(self.state_dir / "state.json")
+        piddir = self.state_dir / "pids"
+        piddir.mkdir(exist_ok=True)
+        for n, p in self.pids.items():
+            (piddir / f"{n}.pid").write_text(f"{p}\n")
+
+    @classmethod
+    def load(cls, state_dir: Path) -> ControlPlane | None:
+        try:
+            data = json.loads((state_dir / "state.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return cls(
+            state_dir=state_dir,
+            bin_dir=Path(data["bin_dir"]),
+            ports={k: int(v) for k, v in data.get("ports", {}).items()},
+            pids={k: int(v) for k, v in data.get("pids", {}).items()},
+            etcd_data=data.get("etcd_data", ""),
+            version=data.get("version", ""),
+        )
+
+    # -- health
+    def client_ssl(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki / "serving-ca.crt"))
+        ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        return ctx
+
+    def alive(self) -> dict[str, bool]:
+        return {n: _pid_alive(p, self.exe(n)) for n, p in self.pids.items()}
+
+    def ready(self) -> bool:
+        if not self.pids or not all(self.alive().values()) or set(self.pids) != set(COMPONENTS):
+            return False
+        try:
+            code, _ = _https_get(self.server + "/readyz", self.client_ssl())
+        except (OSError, ssl.SSLError):
+            return False
+        return code == 200
+
+    # -- lifecycle
+    def _spawn(self, name: str, args: list[str]) -> None:
+        logf = open(self.log(name), "ab")
+        try:
+            proc = subprocess.Popen(
+                [self.exe(name), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.state_dir,
+            )
+        finally:
+            logf.close()
+        self.pids[name] = proc.pid
+        self.save()
+
+    def _wait(self, name: str, what: str, check, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            pid = self.pids.get(name)
+            if pid is not None and not _pid_alive(pid, self.exe(name)):
+                raise ControlPlaneError(
+                    f"{name} exited while waiting for {what}; log tail:\n{_tail(self.log(name))}"
+                )
+            try:
+                if check():
+                    return
+            except Exception as e:
+                last = f"{type(e).__name__}: {e}"
+            time.sleep(0.25)
+        raise ControlPlaneError(
+            f"timed out after {timeout:.0f}s waiting for {what} ({last}); "
+            f"{name} log tail:\n{_tail(self.log(name))}"
+        )
+
+    def start(self) -> None:
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        p = self.ports
+        for k in ("etcd_client", "etcd_peer", "apiserver", "kcm", "scheduler", "kwok"):
+            p[k] = free_port()
+        self.version = pinned_versions().get("KUBERNETES_VERSION", "")
+        shm = Path("/dev/shm") if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else None
+        self.etcd_data = tempfile.mkdtemp(prefix="lamina-etcd-", dir=shm)
+        _certs(self.pki, ["127.0.0.1", "10.0.0.1"])
+        self.save()
+
+        # etcd
+        etcd_url = f"http://127.0.0.1:{p['etcd_client']}"
+        peer_url = f"http://127.0.0.1:{p['etcd_peer']}"
+        self._spawn(
+            "etcd",
+            [
+                "--name=lamina",
+                f"--data-dir={self.etcd_data}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=lamina={peer_url}",
+                "--initial-cluster-state=new",
+                "--unsafe-no-fsync=true",
+                "--quota-backend-bytes=2147483648",
+                "--auto-compaction-mode=periodic",
+                "--auto-compaction-retention=5m",
+                "--log-level=warn",
+            ],
+        )
+
+        def etcd_ok() -> bool:
+            with urllib.request.urlopen(etcd_url + "/health", timeout=2) as r:
+                return r.status == 200 and json.loads(r.read()).get("health") == "true"
+
+        self._wait("etcd", "etcd /health", etcd_ok)
+
+        # kube-apiserver
+        pki = self.pki
+        self._spawn(
+            "kube-apiserver",
+            [
+                f"--etcd-servers={etcd_url}",
+                "--etcd-prefix=/registry",
+                f"--cert-dir={pki}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'client-ca.crt'}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={p['apiserver']}",
+                "--advertise-address=127.0.0.1",
+                "--endpoint-reconciler-type=none",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--allow-privileged=true",
+                "--authorization-mode=RBAC",
+                f"--service-account-issuer={self.server}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--profiling=false",
+                "--event-ttl=30m",
+                "--v=1",
+            ],
+        )
+        ctx = self.client_ssl()
+        self._wait(
+            "kube-apiserver",
+            "kube-apiserver /readyz",
+            lambda: _https_get(self.server + "/readyz", ctx)[0] == 200,
+        )
+        _write_kubeconfig(self.kubeconfig, self.server, pki)
+
+        from kubernetes import client, config
+
+        api = config.new_client_from_config(config_file=str(self.kubeconfig))
+        core = client.CoreV1Api(api)
+        self._wait("kube-apiserver", "namespace default", lambda: core.read_namespace("default") is not None)
+
+        # kube-controller-manager and kube-scheduler
+        kc = str(self.kubeconfig)
+        common = [
+            f"--kubeconfig={kc}",
+            f"--authentication-kubeconfig={kc}",
+            f"--authorization-kubeconfig={kc}",
+            "--leader-elect=false",
+            "--bind-address=127.0.0.1",
+            "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
+            "--v=1",
+        ]
+        (self.state_dir / "kcm-certs").mkdir(exist_ok=True)
+        (self.state_dir / "scheduler-certs").mkdir(exist_ok=True)
+        self._spawn(
+            "kube-controller-manager",
+            [
+                *common,
+                f"--secure-port={p['kcm']}",
+                f"--cert-dir={self.state_dir / 'kcm-certs'}",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'serving-ca.crt'}",
+                f"--cluster-signing-cert-file={pki / 'client-ca.crt'}",
+                f"--cluster-signing-key-file={pki / 'client-ca.key'}",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--controllers=*",
+                "--concurrent-gc-syncs=20",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                *common,
+                f"--secure-port={p['scheduler']}",
+                f"--cert-dir={self.state_dir / 'scheduler-certs'}",
+            ],
+        )
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        self._wait(
+            "kube-controller-manager",
+            "kube-controller-manager /healthz",
+            lambda: _https_get(f"https://127.0.0.1:{p['kcm']}/healthz", insecure)[0] == 200,
+        )
+        self._wait(
+            "kube-scheduler",
+            "kube-scheduler /healthz",
+            lambda: _https_get(f"https://127.0.0.1:{p['scheduler']}/healthz", insecure)[0] == 200,
+        )
+
+        # the fake node, then kwok to drive it
+        self._create_node(core)
+        self._spawn(
+            "kwok",
+            [
+                f"--kubeconfig={kc}",
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                "--manage-nodes-with-label-selector=",
+                "--manage-single-node=",
+                f"--cidr={POD_CIDR}",
+                "--node-ip=127.0.0.1",
+                f"--server-address=127.0.0.1:{p['kwok']}",
+                "--node-lease-duration-seconds=40",
+            ],
+        )
+
+        def node_ready() -> bool:
+            n = core.read_node(NODE_NAME)
+            return any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+
+        self._wait("kwok", f"node {NODE_NAME} Ready", node_ready)
+
+        def default_sa() -> bool:
+            return core.read_namespaced_service_account("default", "default") is not None
+
+        self._wait("kube-controller-manager", "ServiceAccount default/default", default_sa)
+        api.close()
+        self.save()
+
+    def _create_node(self, core) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": NODE_NAME,
+                "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                "labels": {
+                    "type": "kwok",
+                    "kubernetes.io/hostname": NODE_NAME,
+                    "kubernetes.io/os": "linux",
+                    "kubernetes.io/arch": "amd64",
+                    "kubernetes.io/role": "agent",
+                    "node-role.kubernetes.io/agent": "",
+                },
+            },
+            "spec": {"podCIDR": POD_CIDR, "podCIDRs": [POD_CIDR]},
+            "status": {
+                "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110", "ephemeral-storage": "1Ti"},
+                "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110", "ephemeral-storage": "1Ti"},
+                "nodeInfo": {
+                    "architecture": "amd64",
+                    "operatingSystem": "linux",
+                    "kubeletVersion": "fake",
+                    "kubeProxyVersion": "fake",
+                    "containerRuntimeVersion": "kwok",
+                    "kernelVersion": "",
+                    "osImage": "",
+                    "bootID": "",
+                    "machineID": "",
+                    "systemUUID": "",
+                },
+            },
+        }
+        try:
+            core.create_node(node)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+
+    def stop(self) -> None:
+        """SIGTERM each process group (reverse start order), then SIGKILL; remove all state."""
+        groups = [("kwok", "kube-scheduler", "kube-controller-manager"), ("kube-apiserver",), ("etcd",)]
+        for group in groups:
+            live = {n: self.pids[n] for n in group if n in self.pids}
+            live = {n: p for n, p in live.items() if _pid_alive(p, self.exe(n))}
+            for pid in live.values():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while live and time.monotonic() < deadline:
+                live = {n: p for n, p in live.items() if _pid_alive(p, self.exe(n))}
+                time.sleep(0.1)
+            for pid in live.values():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5
+            while live and time.monotonic() < deadline:
+                live = {n: p for n, p in live.items() if _pid_alive(p, self.exe(n))}
+                time.sleep(0.05)
+        if self.etcd_data and Path(self.etcd_data).name.startswith("lamina-etcd-"):
+            shutil.rmtree(self.etcd_data, ignore_errors=True)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------- API
+
+
+def running(state_dir: Path | None = None) -> ControlPlane | None:
+    """The control plane recorded in ``state_dir`` if it is up and ready, else None."""
+    cp = ControlPlane.load(state_dir or state_dir_default())
+    return cp if cp is not None and cp.ready() else None
+
+
+def start(state_dir: Path | None = None, *, build: bool = True, attempts: int = 2) -> ControlPlane:
+    """Start a fresh control plane in ``state_dir`` (must not hold a live one) and return it."""
+    sd = state_dir or state_dir_default()
+    bins = bin_dir(build=build)
+    old = ControlPlane.load(sd)
+    if old is not None:
+        old.stop()  # stale leftovers of a dead cluster
+    last: Exception | None = None
+    for attempt in range(1, attempts + 1):
+        shutil.rmtree(sd, ignore_errors=True)
+        sd.mkdir(parents=True, exist_ok=True)
+        cp = ControlPlane(state_dir=sd, bin_dir=bins)
+        t0 = time.monotonic()
+        try:
+            cp.start()
+        except BaseException as e:
+            logs = sd.with_name(sd.name + ".failed-logs")
+            shutil.rmtree(logs, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                shutil.copytree(sd / "logs", logs)
+            cp.stop()
+            if not isinstance(e, Exception):
+                raise
+            last = e
+            _log(f"start attempt {attempt} failed: {e}\n(logs kept in {logs})")
+            continue
+        _log(f"control plane {cp.version} up in {time.monotonic() - t0:.1f}s at {cp.server}")
+        return cp
+    raise ControlPlaneError(f"could not start the test control plane: {last}")
+
+
+def up(state_dir: Path | None = None) -> ControlPlane:
+    cp = running(state_dir)
+    return cp if cp is not None else start(state_dir)
+
+
+def down(state_dir: Path | None = None) -> bool:
+    sd = state_dir or state_dir_default()
+    cp = ControlPlane.load(sd)
+    if cp is None:
+        existed = sd.exists()
+        shutil.rmtree(sd, ignore_errors=True)
+        return existed
+    cp.stop()
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cmd = argv[0] if argv else "help"
+    sd = state_dir_default()
+    try:
+        if cmd == "up":
+            cp = up(sd)
+            print(cp.kubeconfig)
+            return 0
+        if cmd == "down":
+            print("stopped" if down(sd) else "not running")
+            return 0
+        if cmd == "status":
+            cp = ControlPlane.load(sd)
+            if cp is None:
+                print(f"not running (state dir {sd})")
+                return 1
+            for name, ok in cp.alive().items():
+                print(f"{name:24} pid {cp.pids[name]:<8} {'running' if ok else 'DEAD'}")
+            ready = cp.ready()
+            print(f"apiserver {cp.server} ({cp.version}) {'ready' if ready else 'NOT READY'}")
+            print(f"kubeconfig {cp.kubeconfig}")
+            return 0 if ready else 1
+        if cmd == "env":
+            cp = ControlPlane.load(sd)
+            if cp is None:
+                print(f"# not running (state dir {sd}); run scripts/test-cluster up", file=sys.stderr)
+                return 1
+            print(f"export KUBECONFIG={cp.kubeconfig}")
+            print(f"export LAMINA_CONTROL_PLANE_BIN={cp.bin_dir}")
+            print(f'export PATH="{cp.bin_dir}:$PATH"')
+            return 0
+    except ControlPlaneError as e:
+        print(f"test-cluster: {e}", file=sys.stderr)
+        return 1
+    print("usage: scripts/test-cluster up|down|status|env", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
