@@ -1,0 +1,248 @@
+"""Building blocks shared by every lamina kind: base model, metadata, conditions, endpoints.
+
+All models speak camelCase on the wire (``alias_generator=to_camel``) and refuse unknown fields,
+so that a typo in a manifest is an error instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "lamina.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+Runtime = Literal["python3.11", "python3.12", "python3.13"]
+RUNTIMES: tuple[str, ...] = ("python3.11", "python3.12", "python3.13")
+
+# Regular expressions are written in the subset shared by Python, Rust (pydantic) and Go (apiserver).
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SHA256 = r"^[0-9a-fA-F]{64}$"
+URL = r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^\s]+$"
+HANDLER = r"^[A-Za-z_][A-Za-z0-9_]*([./][A-Za-z_][A-Za-z0-9_]*)*\.[A-Za-z_][A-Za-z0-9_]*$"
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+SCHEDULE = r"^(rate|cron)\(.+\)$"
+
+#: What each pattern means, so that a mismatch is reported as a rule and not as a regex.
+PATTERN_RULES: dict[str, str] = {
+    DNS_LABEL: "must be a DNS label: lowercase letters, digits and '-', starting and ending "
+    "with a letter or digit, at most 63 characters",
+    DNS_SUBDOMAIN: "must be a DNS subdomain: lowercase letters, digits, '-' and '.'",
+    SHA256: "must be 64 hexadecimal characters (a SHA-256 digest)",
+    URL: "must be an absolute URL such as https://host/path.zip",
+    HANDLER: "must be module.function, e.g. index.handler or src/app.main",
+    ENV_NAME: "must be an environment variable name (letters, digits and '_', not starting with a digit)",
+    SCHEDULE: "must be rate(...) or cron(...)",
+}
+
+
+class LaminaModel(BaseModel):
+    """Base of every wire model: camelCase aliases, unknown fields refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form (camelCase, JSON types, unset optionals left out)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class FieldError(ValueError):
+    """A cross-field rule broken by one field: the error is reported at ``<model>.<field>``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def exactly_one(model: BaseModel, *fields: str) -> str:
+    """Return the single field (python name) of ``fields`` that is set, or raise naming the aliases."""
+    chosen = [f for f in fields if getattr(model, f) is not None]
+    if len(chosen) == 1:
+        return chosen[0]
+    names = [type(model).model_fields[f].alias or f for f in fields]
+    got = ", ".join(type(model).model_fields[f].alias or f for f in chosen) or "none"
+    raise ValueError(f"exactly one of {', '.join(names)} must be set (got {got})")
+
+
+def cel_exactly_one(*fields: str) -> dict[str, str]:
+    """The CEL rule that mirrors :func:`exactly_one` for the CRD (aliases expected)."""
+    has = ", ".join(f"has(self.{f})" for f in fields)
+    return {
+        "rule": f"[{has}].filter(x, x).size() == 1",
+        "message": f"exactly one of {', '.join(fields)} must be set",
+    }
+
+
+class ObjectMeta(BaseModel):
+    """The part of Kubernetes metadata lamina reads; the rest (resourceVersion, ...) is ignored."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    name: str = Field(pattern=DNS_LABEL, max_length=63)
+    namespace: str = Field(default="default", pattern=DNS_LABEL, max_length=63)
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    uid: str | None = None
+    generation: int | None = None
+
+
+class Condition(LaminaModel):
+    """A standard ``metav1.Condition``."""
+
+    type: str = Field(max_length=316, description="CamelCase condition name, e.g. Ready.")
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(default="", max_length=1024, description="CamelCase reason for the status.")
+    message: str = Field(default="", max_length=32768, description="Human-readable details.")
+    last_transition_time: datetime | None = Field(default=None, description="When status last changed.")
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+class StatusBase(LaminaModel):
+    """Fields every lamina status has; operator-written, so unknown fields are tolerated."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation the operator last acted on."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+    def condition(self, type_: str) -> Condition | None:
+        """The condition of that type, if the operator has written it."""
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    @property
+    def ready(self) -> bool:
+        """True when the Ready condition is True."""
+        cond = self.condition("Ready")
+        return cond is not None and cond.status == "True"
+
+
+class NameRef(LaminaModel):
+    """A reference to an object in the same namespace (ConfigMap, Function)."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253)
+
+
+class KeyRef(LaminaModel):
+    """One key of a Secret or ConfigMap in the same namespace."""
+
+    name: str = Field(pattern=DNS_SUBDOMAIN, max_length=253)
+    key: str = Field(min_length=1, max_length=253)
+
+
+class SecretValueFrom(LaminaModel):
+    """Where a secret value (a broker URL with credentials) comes from."""
+
+    secret_key_ref: KeyRef
+
+
+_URL_RULE = cel_exactly_one("url", "urlFrom")
+
+
+class BrokerEndpoint(LaminaModel):
+    """A broker address: a literal ``url`` or one read from a Secret (``urlFrom``)."""
+
+    url: str | None = Field(default=None, pattern=URL, description="Broker URL.")
+    url_from: SecretValueFrom | None = Field(default=None, description="Broker URL read from a Secret.")
+
+    @model_validator(mode="after")
+    def _one_url(self) -> BrokerEndpoint:
+        exactly_one(self, "url", "url_from")
+        return self
+
+
+class RedisEndpoint(BrokerEndpoint):
+    """A Redis Stream."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_URL_RULE]})
+
+    stream: str = Field(min_length=1, max_length=256)
+
+
+class NatsEndpoint(BrokerEndpoint):
+    """A NATS subject; with ``stream`` it is consumed through JetStream."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_URL_RULE]})
+
+    subject: str = Field(min_length=1, max_length=256)
+    stream: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+class RabbitMQEndpoint(BrokerEndpoint):
+    """A RabbitMQ queue."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [_URL_RULE]})
+
+    queue: str = Field(min_length=1, max_length=256)
+
+
+class FunctionTarget(LaminaModel):
+    """Another Function in the same namespace, invoked asynchronously."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=63)
+
+
+class BrokerChoice(LaminaModel):
+    """Exactly one broker kind; shared by destinations and event sources."""
+
+    redis: RedisEndpoint | None = None
+    nats: NatsEndpoint | None = None
+    rabbitmq: RabbitMQEndpoint | None = None
+
+    CHOICES: ClassVar[tuple[str, ...]] = ("redis", "nats", "rabbitmq")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> BrokerChoice:
+        exactly_one(self, *self.CHOICES)
+        return self
+
+    @property
+    def kind(self) -> str:
+        """Which kind is set: "redis", "nats", "rabbitmq", ..."""
+        return next(f for f in self.CHOICES if getattr(self, f) is not None)
+
+    @property
+    def target(self) -> LaminaModel:
+        """The settings of the chosen kind."""
+        return getattr(self, self.kind)
+
+
+class Endpoint(BrokerChoice):
+    """Where results or failed records go: a broker or another Function."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [cel_exactly_one("redis", "nats", "rabbitmq", "function")]
+        }
+    )
+
+    function: FunctionTarget | None = None
+
+    CHOICES: ClassVar[tuple[str, ...]] = ("redis", "nats", "rabbitmq", "function")
+
+
+class LaminaObject(LaminaModel):
+    """Fields every lamina custom resource has; subclasses add ``kind``, ``spec`` and ``status``."""
+
+    api_version: Literal["lamina.dev/v1alpha1"] = API_VERSION
+    kind: str
+    metadata: ObjectMeta
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(namespace, name): how objects are indexed everywhere in lamina."""
+        return (self.metadata.namespace, self.metadata.name)
+
+    @property
+    def name(self) -> str:
+        """Shortcut for ``metadata.name``."""
+        return self.metadata.name

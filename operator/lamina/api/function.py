@@ -1,0 +1,230 @@
+"""The Function kind: a Python handler with Lambda's configuration knobs."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from lamina.api.common import (
+    DNS_LABEL,
+    ENV_NAME,
+    HANDLER,
+    PATTERN_RULES,
+    SHA256,
+    URL,
+    Endpoint,
+    FieldError,
+    KeyRef,
+    LaminaModel,
+    LaminaObject,
+    NameRef,
+    Runtime,
+    StatusBase,
+    cel_exactly_one,
+    exactly_one,
+)
+
+#: Memory at which a function gets one full vCPU, as on AWS Lambda.
+MB_PER_VCPU = 1769
+#: Floor of the CPU share: below it CFS throttling makes Python's imports dominate a cold start.
+MIN_MILLICORES = 100
+MAX_LAYERS = 5
+
+#: Variables the runtime sets itself; a Function may not override them.
+RESERVED_ENV_PREFIXES = ("AWS_LAMBDA_", "LAMINA_")
+RESERVED_ENV = frozenset({"_HANDLER", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR", "AWS_EXECUTION_ENV"})
+
+
+class CodeSource(LaminaModel):
+    """Where the function's code comes from; exactly one of the three."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    **cel_exactly_one("inline", "configMap", "url"),
+                    "message": "spec.code: exactly one of inline, configMap, url must be set",
+                },
+                {
+                    "rule": "has(self.url) == has(self.sha256)",
+                    "message": "spec.code: url and sha256 go together",
+                },
+            ]
+        }
+    )
+
+    inline: str | None = Field(default=None, description="Source code; becomes index.py.")
+    config_map: NameRef | None = Field(
+        default=None, description="ConfigMap whose keys are file names and values file contents."
+    )
+    url: str | None = Field(default=None, pattern=URL, description="URL of a zip archive.")
+    sha256: str | None = Field(default=None, pattern=SHA256, description="SHA-256 of the archive at url.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CodeSource:
+        exactly_one(self, "inline", "config_map", "url")
+        if self.url is not None and self.sha256 is None:
+            raise FieldError("sha256", "is required with url")
+        if self.url is None and self.sha256 is not None:
+            raise FieldError("sha256", "only goes with url")
+        return self
+
+    @property
+    def kind(self) -> Literal["inline", "configMap", "url"]:
+        """Which source is set."""
+        if self.inline is not None:
+            return "inline"
+        return "configMap" if self.config_map is not None else "url"
+
+
+class EnvFrom(LaminaModel):
+    """An environment variable whose value is read from a Secret or ConfigMap key."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [cel_exactly_one("secretKeyRef", "configMapKeyRef")]}
+    )
+
+    name: str = Field(pattern=ENV_NAME, max_length=256)
+    secret_key_ref: KeyRef | None = None
+    config_map_key_ref: KeyRef | None = None
+
+    @model_validator(mode="after")
+    def _one_ref(self) -> EnvFrom:
+        exactly_one(self, "secret_key_ref", "config_map_key_ref")
+        return self
+
+
+class AsyncConfig(LaminaModel):
+    """How asynchronous (Event) invocations are retried and where their outcome goes."""
+
+    maximum_retry_attempts: int = Field(default=2, ge=0, le=2, description="Retries after the first try.")
+    maximum_event_age_seconds: int = Field(
+        default=21600, ge=60, le=21600, description="Events older than this go to onFailure."
+    )
+    on_success: Endpoint | None = Field(default=None, description="Receives successful results.")
+    on_failure: Endpoint | None = Field(default=None, description="Receives events that failed for good.")
+
+
+LayerName = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
+
+
+class FunctionSpec(LaminaModel):
+    """The desired configuration of a Function."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.reservedConcurrency) || !has(self.provisionedConcurrency)"
+                    " || self.provisionedConcurrency <= self.reservedConcurrency",
+                    "message": "spec.provisionedConcurrency must not exceed spec.reservedConcurrency",
+                    "fieldPath": ".provisionedConcurrency",
+                }
+            ]
+        }
+    )
+
+    runtime: Runtime = Field(default="python3.12", description="Python version of the runtime image.")
+    handler: str = Field(pattern=HANDLER, max_length=128, description="module.function to call.")
+    code: CodeSource
+    memory_mb: int = Field(
+        default=128, ge=128, le=10240, alias="memoryMB", description="Memory in MB; CPU follows it."
+    )
+    timeout_seconds: int = Field(default=3, ge=1, le=900, description="Hard limit of one invocation.")
+    environment: dict[str, str] = Field(default_factory=dict, description="Plain environment variables.")
+    environment_from: list[EnvFrom] = Field(
+        default_factory=list,
+        description="Environment variables read from Secrets or ConfigMaps.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    layers: list[LayerName] = Field(
+        default_factory=list,
+        max_length=MAX_LAYERS,
+        description="Layer names in order; a later layer overrides an earlier one.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    reserved_concurrency: int | None = Field(
+        default=None, ge=0, description="Hard cap on concurrent environments; unset means unreserved."
+    )
+    provisioned_concurrency: int = Field(
+        default=0, ge=0, description="Environments kept initialised at all times."
+    )
+    idle_timeout_seconds: int = Field(
+        default=300, ge=1, le=3600, description="Keep-alive of an idle on-demand environment."
+    )
+    async_: AsyncConfig = Field(
+        default_factory=AsyncConfig, alias="async", description="Asynchronous invocation settings."
+    )
+
+    @field_validator("environment")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for name in env:
+            if not re.fullmatch(ENV_NAME, name):
+                raise FieldError(name, PATTERN_RULES[ENV_NAME])
+            if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
+                raise FieldError(name, "is reserved by the runtime")
+        return env
+
+    @field_validator("layers")
+    @classmethod
+    def _unique_layers(cls, layers: list[str]) -> list[str]:
+        dupes = sorted({x for x in layers if layers.count(x) > 1})
+        if dupes:
+            raise ValueError(f"must not repeat a layer (got {', '.join(dupes)} twice)")
+        return layers
+
+    @field_validator("environment_from")
+    @classmethod
+    def _unique_env_from(cls, items: list[EnvFrom]) -> list[EnvFrom]:
+        names = [e.name for e in items]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"must not repeat a name (got {', '.join(dupes)} twice)")
+        return items
+
+    @model_validator(mode="after")
+    def _provisioned_within_reserved(self) -> FunctionSpec:
+        reserved = self.reserved_concurrency
+        if reserved is not None and self.provisioned_concurrency > reserved:
+            raise FieldError(
+                "provisionedConcurrency",
+                f"must not exceed reservedConcurrency ({self.provisioned_concurrency} > {reserved})",
+            )
+        clash = set(self.environment) & {e.name for e in self.environment_from}
+        if clash:
+            raise FieldError("environmentFrom", f"{', '.join(sorted(clash))} also set in environment")
+        return self
+
+    @property
+    def cpu_millicores(self) -> int:
+        """CPU share that follows memory as on Lambda: 1769 MB is one vCPU (floored at 100m)."""
+        return max(MIN_MILLICORES, math.ceil(self.memory_mb * 1000 / MB_PER_VCPU))
+
+    @property
+    def max_environments(self) -> int | None:
+        """Upper bound on environments: the reserved concurrency, or None when unreserved."""
+        return self.reserved_concurrency
+
+
+class FunctionStatus(StatusBase):
+    """What the operator observed about a Function."""
+
+    ready_environments: int | None = Field(default=None, ge=0, description="Environments ready to serve.")
+    desired_environments: int | None = Field(default=None, ge=0, description="Environments wanted now.")
+    layer_revisions: dict[str, int] = Field(
+        default_factory=dict, description="Revision of each layer the environments run with."
+    )
+    code_digest: str | None = Field(default=None, description="Digest of the code the environments run.")
+    url: str | None = Field(default=None, description="In-cluster URL of the function's HTTP trigger.")
+
+
+class Function(LaminaObject):
+    """A serverless Python function."""
+
+    kind: Literal["Function"] = "Function"
+    spec: FunctionSpec
+    status: FunctionStatus | None = None
