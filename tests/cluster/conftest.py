@@ -1,0 +1,284 @@
+"""Fixtures for tests that need a Kubernetes API (everything under tests/cluster is marked `cluster`).
+
+Session fixture ``kubeconfig`` picks, in order:
+
+1. ``$KUBECONFIG`` when set (any cluster, e.g. kind) -- nothing is started or stopped;
+2. a cluster already started by ``scripts/test-cluster up`` (``$LAMINA_TEST_CLUSTER_DIR``) -- reused,
+   left running;
+3. otherwise a private control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+   kwok with node ``kwok-node-0``) in a temp dir, stopped at session end.
+
+While the session runs, ``os.environ["KUBECONFIG"]`` points at that file, so kopf / KopfRunner /
+subprocesses find the cluster. Binaries missing and not buildable => the tests ERROR with the reason
+(set LAMINA_SKIP_CLUSTER=1 to skip them instead).
+
+Other fixtures: ``k8s_api`` (kubernetes.client.ApiClient), ``namespace`` (fresh per test, deleted
+afterwards), ``apply_yaml`` (server-side apply of files / YAML text / dicts), ``wait_until``,
+``control_plane`` (the ControlPlane object, or None on an external cluster), ``pinned_versions``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+_HERE = Path(__file__).resolve().parent
+
+
+def _load_controlplane():
+    name = "lamina_test_controlplane"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, _HERE / "controlplane.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+cp_mod = _load_controlplane()
+
+FIELD_MANAGER = "lamina-tests"
+_build_error = pytest.StashKey[str]()
+
+
+def _skip_requested() -> bool:
+    return os.environ.get("LAMINA_SKIP_CLUSTER", "") not in ("", "0", "false", "no")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _HERE in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.cluster)
+            if _skip_requested():
+                item.add_marker(pytest.mark.skip(reason="LAMINA_SKIP_CLUSTER is set"))
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build the binaries before any test runs, outside the per-test timeout (the first build is long)."""
+    config = session.config
+    if config.option.collectonly or _skip_requested() or os.environ.get("KUBECONFIG"):
+        return
+    if not any("kubeconfig" in getattr(i, "fixturenames", ()) for i in session.items):
+        return
+    if cp_mod.running() is not None:
+        return
+    try:
+        cp_mod.bin_dir(build=True)
+    except cp_mod.ControlPlaneError as e:
+        config.stash[_build_error] = str(e)
+
+
+# ----------------------------------------------------------------------------------------- session
+
+
+@pytest.fixture(scope="session")
+def control_plane(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """The local ControlPlane serving this session, or None when $KUBECONFIG names another cluster."""
+    if _skip_requested():
+        pytest.skip("LAMINA_SKIP_CLUSTER is set")
+    if os.environ.get("KUBECONFIG"):
+        yield None
+        return
+    existing = cp_mod.running()
+    if existing is not None:
+        yield existing
+        return
+    err = request.config.stash.get(_build_error, None)
+    if err:
+        pytest.fail(f"cannot build the test control plane: {err}", pytrace=False)
+    state = Path(tempfile.mkdtemp(prefix="lamina-pytest-cluster-"))
+    try:
+        cp = cp_mod.start(state)
+    except cp_mod.ControlPlaneError as e:
+        pytest.fail(f"cannot start the test control plane: {e}", pytrace=False)
+    try:
+        yield cp
+    finally:
+        cp.stop()
+
+
+@pytest.fixture(scope="session")
+def pinned_versions() -> dict[str, str]:
+    """scripts/control-plane-versions as a dict (KUBERNETES_VERSION, ETCD_VERSION, ...)."""
+    return cp_mod.pinned_versions()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(control_plane: Any) -> Iterator[str]:
+    """Path of the kubeconfig for this session's cluster; also exported as $KUBECONFIG meanwhile."""
+    if control_plane is None:
+        yield os.environ["KUBECONFIG"]
+        return
+    path = str(control_plane.kubeconfig)
+    old = os.environ.get("KUBECONFIG")
+    os.environ["KUBECONFIG"] = path
+    try:
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop("KUBECONFIG", None)
+        else:
+            os.environ["KUBECONFIG"] = old
+
+
+@pytest.fixture(scope="session")
+def k8s_api(kubeconfig: str) -> Iterator[Any]:
+    """A kubernetes.client.ApiClient for the session's cluster."""
+    from kubernetes import config
+
+    api = config.new_client_from_config(config_file=kubeconfig)
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float = 60.0, interval: float = 0.25, message: str = ""
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; return that. API 404s count as falsy."""
+    from kubernetes.client.exceptions import ApiException
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while True:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            last = e
+        if time.monotonic() >= deadline:
+            detail = f" (last: {last.status} {last.reason})" if isinstance(last, ApiException) else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {message or predicate!r}{detail}")
+        time.sleep(interval)
+
+
+def _documents(source: Any) -> list[dict]:
+    if isinstance(source, dict):
+        return [source]
+    if isinstance(source, Path) or (isinstance(source, str) and "\n" not in source and Path(source).exists()):
+        text = Path(source).read_text()
+    elif isinstance(source, str):
+        text = source
+    elif isinstance(source, Iterable):
+        return [d for s in source for d in _documents(s)]
+    else:
+        raise TypeError(f"cannot apply {type(source).__name__}")
+    docs: list[dict] = []
+    for doc in yaml.safe_load_all(text):
+        if not doc:
+            continue
+        if doc.get("kind") == "List" or (doc.get("kind", "").endswith("List") and "items" in doc):
+            docs.extend(doc.get("items") or [])
+        else:
+            docs.append(doc)
+    return docs
+
+
+def apply_objects(
+    api_client: Any,
+    source: Any,
+    namespace: str | None = None,
+    field_manager: str = FIELD_MANAGER,
+    wait_crds: float = 30.0,
+) -> list[dict]:
+    """Server-side apply YAML file(s) / YAML text / dict(s); return the applied objects as dicts.
+
+    Namespaced objects without ``metadata.namespace`` go to ``namespace`` (default ``default``).
+    CRDs are waited for until Established, so later documents of the new kinds apply in the same call.
+    """
+    from kubernetes.dynamic import DynamicClient
+    from kubernetes.dynamic.exceptions import ResourceNotFoundError
+
+    dyn = DynamicClient(api_client)
+    applied: list[dict] = []
+    for doc in _documents(source):
+        api_version, kind = doc["apiVersion"], doc["kind"]
+        resource = None
+        for _ in range(40):
+            try:
+                resource = dyn.resources.get(api_version=api_version, kind=kind)
+                break
+            except ResourceNotFoundError:
+                dyn.resources.invalidate_cache()
+                time.sleep(0.25)
+        if resource is None:
+            raise LookupError(f"the server does not serve {kind} in {api_version}")
+        ns = None
+        if resource.namespaced:
+            ns = doc.get("metadata", {}).get("namespace") or namespace or "default"
+        obj = resource.server_side_apply(
+            body=doc, namespace=ns, field_manager=field_manager, force_conflicts=True
+        ).to_dict()
+        applied.append(obj)
+        if kind == "CustomResourceDefinition" and wait_crds:
+            name = obj["metadata"]["name"]
+
+            def established(name: str = name, resource: Any = resource) -> bool:
+                conds = (resource.get(name=name).to_dict().get("status") or {}).get("conditions") or []
+                return any(c["type"] == "Established" and c["status"] == "True" for c in conds)
+
+            wait_for(established, timeout=wait_crds, message=f"CRD {name} Established")
+            dyn.resources.invalidate_cache()
+    return applied
+
+
+# ----------------------------------------------------------------------------------------- per test
+
+
+@pytest.fixture
+def namespace(k8s_api: Any) -> Iterator[str]:
+    """A fresh namespace (with its `default` ServiceAccount ready); deleted after the test."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    core = client.CoreV1Api(k8s_api)
+    name = f"lamina-t-{secrets.token_hex(4)}"
+    core.create_namespace({"metadata": {"name": name, "labels": {"lamina.dev/test": "true"}}})
+    try:
+        wait_for(
+            lambda: core.read_namespaced_service_account("default", name),
+            timeout=60,
+            message=f"ServiceAccount {name}/default",
+        )
+        yield name
+    finally:
+        try:
+            core.delete_namespace(name, propagation_policy="Background")
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+@pytest.fixture
+def apply_yaml(k8s_api: Any) -> Callable[..., list[dict]]:
+    """``apply_yaml(source, namespace=None)``: server-side apply (see :func:`apply_objects`)."""
+
+    def apply(source: Any, namespace: str | None = None, **kw: Any) -> list[dict]:
+        return apply_objects(k8s_api, source, namespace=namespace, **kw)
+
+    return apply
+
+
+@pytest.fixture
+def wait_until() -> Callable[..., Any]:
+    """``wait_until(predicate, timeout=60, message="")``: poll until truthy, else AssertionError."""
+    return wait_for
