@@ -1,0 +1,116 @@
+"""Per-invocation log capture: what the handler prints or logs goes both to the process's real
+stdout (the container log) and into the invocation's log (X-Amz-Log-Result)."""
+
+from __future__ import annotations
+
+import io
+import sys
+
+
+class LogBuffer:
+    """The text of the current phase's log (INIT, or one invocation)."""
+
+    def __init__(self) -> None:
+        self._parts: list[str] = []
+
+    def add(self, text: str) -> None:
+        self._parts.append(text)
+
+    def take(self) -> str:
+        text = "".join(self._parts)
+        self._parts = []
+        return text
+
+
+class Tee(io.TextIOBase):
+    """A text stream that records every write in a LogBuffer and passes it through to `real`."""
+
+    def __init__(self, real: io.TextIOBase, log: LogBuffer) -> None:
+        super().__init__()
+        self._real = real
+        self._log = log
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._log.add(text)
+        self._real.write(text)
+        self._real.flush()  # line-at-a-time visibility in `kubectl logs`, like an unbuffered Lambda runtime
+        return len(text)
+
+    def flush(self) -> None:
+        self._real.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def fileno(self) -> int:
+        return self._real.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._real, "encoding", "utf-8")
+
+    @property
+    def errors(self) -> str | None:  # type: ignore[override]
+        return getattr(self._real, "errors", "strict")
+
+    @property
+    def buffer(self):  # type: ignore[no-untyped-def]
+        # Bytes written here bypass the capture, as bytes written to fd 1 would.
+        return self._real.buffer
+
+
+def install(log: LogBuffer) -> None:
+    """Replace sys.stdout / sys.stderr with tees into `log`."""
+    sys.stdout = Tee(sys.__stdout__, log)  # type: ignore[arg-type]
+    sys.stderr = Tee(sys.__stderr__, log)  # type: ignore[arg-type]
+
+
+class _RequestId:
+    value = ""
+
+
+current_request = _RequestId()
+
+
+def bridge_logging() -> bool:
+    """Give the root logger Lambda's handler and line format, once the handler's code imported logging.
+
+    Done lazily (logging costs milliseconds to import, and code that never logs does not need it).
+    Returns True once installed.
+    """
+    logging = sys.modules.get("logging")
+    if logging is None:
+        return False
+    if logging.getLogger().handlers:  # the code configured logging itself (basicConfig): keep its choice
+        return True
+
+    class LambdaLogHandler(logging.Handler):
+        """Writes to whatever sys.stdout is at emit time, so records land in the invocation's log."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                sys.stdout.write(self.format(record) + "\n")
+            except Exception:
+                self.handleError(record)
+
+    class RequestIdFilter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.aws_request_id = current_request.value
+            return True
+
+    handler = LambdaLogHandler()
+    handler.addFilter(RequestIdFilter())
+    formatter = logging.Formatter(
+        "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s", "%Y-%m-%dT%H:%M:%S"
+    )
+    import time
+
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    logging.getLogger().addHandler(handler)
+    return True

@@ -1,0 +1,31 @@
+"""The reserved environment variables a Lambda Python runtime sees, filled in when the host left them out.
+
+The host normally sets them; defaults here let `python -m lamina_runtime.worker` run on its own too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+
+def apply_defaults(env: os._Environ[str] | dict[str, str]) -> None:
+    major, minor = sys.version_info[:2]
+    name = env.setdefault("AWS_LAMBDA_FUNCTION_NAME", "function")
+    version = env.setdefault("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+    env.setdefault("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+    env.setdefault("AWS_LAMBDA_LOG_GROUP_NAME", f"/aws/lambda/{name}")
+    if "AWS_LAMBDA_LOG_STREAM_NAME" not in env:
+        day = time.strftime("%Y/%m/%d", time.gmtime())
+        env["AWS_LAMBDA_LOG_STREAM_NAME"] = f"{day}/[{version}]{os.urandom(16).hex()}"
+    region = env.setdefault("AWS_REGION", env.get("AWS_DEFAULT_REGION", "us-east-1"))
+    env.setdefault("AWS_DEFAULT_REGION", region)
+    env.setdefault("AWS_EXECUTION_ENV", f"AWS_Lambda_python{major}.{minor}")
+    env.setdefault("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand")
+    env.setdefault("LAMBDA_TASK_ROOT", os.getcwd())
+    env.setdefault("LAMBDA_RUNTIME_DIR", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env.setdefault("LANG", "en_US.UTF-8")
+    if env.get("TZ") != "UTC":
+        env["TZ"] = "UTC"
+        time.tzset()

@@ -1,0 +1,178 @@
+"""One execution environment's handler process: INIT once, then one invocation at a time.
+
+Run as `python -m lamina_runtime.worker` with the control socket's fd in LAMINA_CONTROL_FD. Imports are
+kept to what INIT needs (json, struct, os, sys, time); everything else is imported on first use, so the
+runtime adds little to a cold start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from . import capture, logfmt
+from .context import LambdaContext, decode_client_context, decode_identity
+from .environment import apply_defaults
+from .errors import InitError, from_exception
+from .framing import read_frame_fd, write_frame_fd
+from .loader import load_handler
+from .paths import layer_import_paths, split_layers
+
+MAX_RESPONSE_BYTES = 6291556  # what Lambda's Runtime API accepts (6 MB + 100 B)
+
+
+def _json_default(obj: object) -> object:
+    if type(obj).__name__ == "Decimal" and type(obj).__module__ == "decimal":
+        return int(obj) if obj == int(obj) else float(obj)  # type: ignore[call-overload,arg-type]
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+def _max_memory_mb() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KiB on Linux
+
+
+def setup_import_path(task_root: str, layers: list[str]) -> None:
+    """Task root first, then layers (later layer first), ahead of everything else; drop the cwd entry."""
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+    sys.path[:0] = [task_root, *layer_import_paths(layers)]
+
+
+class Worker:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.log = capture.LogBuffer()
+        self.handler = None
+        self.init_duration_ms = 0.0
+        self.first = True
+        self.logging_bridged = False
+        self.payload = b""
+        self.memory_mb = os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]
+
+    def init(self) -> dict:
+        """Run INIT and describe its outcome in the `ready` frame."""
+        started = time.perf_counter()
+        error = None
+        try:
+            self.handler = load_handler(os.environ.get("_HANDLER", ""))
+        except InitError as exc:
+            error = exc.as_object()
+            sys.stdout.write(logfmt.error_lines(exc.error_type, exc.message, exc.stack))
+        self.init_duration_ms = (time.perf_counter() - started) * 1000
+        return {
+            "type": "ready",
+            "pid": os.getpid(),
+            "init_duration_ms": self.init_duration_ms,
+            "init_error": error,
+            "init_log": self.log.take(),
+        }
+
+    def invoke(self, header: dict, body: bytes) -> tuple[dict, bytes]:
+        request_id = header["request_id"]
+        capture.current_request.value = request_id
+        if not self.logging_bridged:
+            self.logging_bridged = capture.bridge_logging()
+        out = sys.stdout
+        out.write(logfmt.start_line(request_id, header.get("version") or "$LATEST"))
+        started = time.perf_counter()
+        error = self._run(header, body)
+        duration_ms = (time.perf_counter() - started) * 1000
+        if error is not None:
+            out.write(logfmt.error_lines(error["errorType"], error["errorMessage"], error.get("stackTrace")))
+            error["requestId"] = request_id
+            payload = json.dumps(error, ensure_ascii=False).encode()
+        else:
+            payload = self.payload
+        max_memory = _max_memory_mb()
+        init_ms = self.init_duration_ms if self.first else None
+        self.first = False
+        out.write(logfmt.end_line(request_id))
+        out.write(logfmt.report_line(request_id, duration_ms, self.memory_mb, max_memory, init_ms))
+        reply = {
+            "type": "result",
+            "request_id": request_id,
+            "function_error": "Unhandled" if error is not None else None,
+            "error_type": error["errorType"] if error is not None else None,
+            "duration_ms": duration_ms,
+            "init_duration_ms": init_ms,
+            "max_memory_mb": max_memory,
+            "log": self.log.take(),
+        }
+        return reply, payload
+
+    def _run(self, header: dict, body: bytes) -> dict | None:
+        """Call the handler; on success leave the JSON result in self.payload, else return an error object."""
+        self.payload = b""
+        try:
+            event = json.loads(body) if body.strip() else {}
+        except ValueError as exc:
+            return {
+                "errorMessage": f"Unable to unmarshal input: {exc}",
+                "errorType": "Runtime.UnmarshalError",
+                "stackTrace": [],
+            }
+        context = LambdaContext(
+            header["request_id"],
+            int(header.get("deadline_ms") or (time.time() + 900) * 1000),
+            header.get("invoked_function_arn") or "",
+            decode_client_context(header.get("client_context")),
+            decode_identity(header.get("cognito_identity")),
+        )
+        try:
+            result = self.handler(event, context)  # type: ignore[misc]
+        except Exception as exc:
+            return from_exception(exc)
+        try:
+            payload = json.dumps(result, default=_json_default, ensure_ascii=False).encode()
+        except (TypeError, ValueError, OverflowError) as exc:
+            return {
+                "errorMessage": f"Unable to marshal response: {exc}",
+                "errorType": "Runtime.MarshalError",
+                "stackTrace": [],
+            }
+        if len(payload) > MAX_RESPONSE_BYTES:
+            return {
+                "errorMessage": f"Response payload size ({len(payload)} bytes) exceeded maximum allowed "
+                f"payload size ({MAX_RESPONSE_BYTES} bytes).",
+                "errorType": "Function.ResponseSizeTooLarge",
+                "stackTrace": [],
+            }
+        self.payload = payload
+        return None
+
+    def serve(self) -> int:
+        ready = self.init()
+        write_frame_fd(self.fd, ready)
+        if ready["init_error"] is not None:
+            return 1  # as in Lambda, a failed INIT ends the environment; the host reports it on invoke
+        while True:
+            frame = read_frame_fd(self.fd)
+            if frame is None:
+                return 0
+            header, body = frame
+            if header.get("type") == "invoke":
+                reply, payload = self.invoke(header, body)
+                write_frame_fd(self.fd, reply, payload)
+
+
+def main() -> int:
+    env = os.environ
+    fd_text = env.pop("LAMINA_CONTROL_FD", None)
+    if fd_text is None:
+        sys.stderr.write("lamina_runtime.worker: LAMINA_CONTROL_FD is not set (started outside a host?)\n")
+        return 2
+    fd = int(fd_text)
+    os.set_inheritable(fd, False)  # the handler's own subprocesses must not hold the control channel
+    apply_defaults(env)
+    setup_import_path(env["LAMBDA_TASK_ROOT"], split_layers(env.pop("LAMINA_LAYERS", None)))
+    worker = Worker(fd)
+    capture.install(worker.log)
+    return worker.serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
