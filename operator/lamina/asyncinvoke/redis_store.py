@@ -1,0 +1,312 @@
+"""Async-event store on Redis Streams, shared by every gateway replica of a cluster.
+
+Layout (all keys share one hash tag so the Lua scripts stay in one slot on Redis Cluster):
+
+* ``<prefix>:ev:<id>``  HASH  the event (function, payload, counters, last_error, pending_record,
+  and ``entry``: the id of its stream entry while it is ready or leased).
+* ``<prefix>:ready``    STREAM  one entry ``{id: <event id>}`` per event that is due now; consumer
+  group ``lamina-async``. An entry read but not acknowledged is *leased* to its consumer; one whose
+  consumer went quiet for longer than the lease is taken over with XAUTOCLAIM.
+* ``<prefix>:delayed``  ZSET  events waiting for a retry, scored by their next attempt time (epoch s);
+  ``claim_due`` moves the due ones into the stream.
+
+Every state change is one Lua script, so it is atomic.
+
+Durability: ``enqueue`` returns once Redis has accepted the write. Run Redis with
+``appendonly yes`` and ``appendfsync always`` for the 202 to mean "on disk" (``everysec`` can lose up
+to a second of accepted events on a crash of the Redis host). With replicas, pass
+``wait_replicas=N`` to wait for N replicas to have the write before ``enqueue`` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .errors import StoreError
+from .store import QueuedEvent
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "{lamina:async}"
+GROUP = "lamina-async"
+
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+redis.call('HSET', KEYS[3], 'function', ARGV[3], 'payload', ARGV[4], 'enqueued_at', ARGV[5],
+           'attempts', ARGV[6], 'throttles', ARGV[7], 'next_attempt_at', ARGV[8])
+if ARGV[9] ~= '' then redis.call('HSET', KEYS[3], 'last_error', string.sub(ARGV[9], 2)) end
+if ARGV[10] ~= '' then redis.call('HSET', KEYS[3], 'pending_record', string.sub(ARGV[10], 2)) end
+if tonumber(ARGV[8]) <= tonumber(ARGV[1]) then
+  local eid = redis.call('XADD', KEYS[1], '*', 'id', ARGV[2])
+  redis.call('HSET', KEYS[3], 'entry', eid)
+else
+  redis.call('ZADD', KEYS[2], ARGV[8], ARGV[2])
+end
+return 1
+"""
+
+_CLAIM = """
+local limit = tonumber(ARGV[2])
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, limit)
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[2], id)
+  local k = ARGV[6] .. id
+  if redis.call('EXISTS', k) == 1 then
+    local eid = redis.call('XADD', KEYS[1], '*', 'id', id)
+    redis.call('HSET', k, 'entry', eid)
+  end
+end
+local entries = {}
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[4], ARGV[5], ARGV[3], '0-0', 'COUNT', limit)
+for _, e in ipairs(r[2]) do table.insert(entries, e) end
+if #entries < limit then
+  local r2 = redis.call('XREADGROUP', 'GROUP', ARGV[4], ARGV[5], 'COUNT', limit - #entries,
+                        'STREAMS', KEYS[1], '>')
+  if r2 then for _, e in ipairs(r2[1][2]) do table.insert(entries, e) end end
+end
+local out = {}
+for _, e in ipairs(entries) do
+  local eid = e[1]
+  local fields = e[2]
+  local id = false
+  if fields then
+    for i = 1, #fields, 2 do if fields[i] == 'id' then id = fields[i + 1] end end
+  end
+  local k = id and (ARGV[6] .. id)
+  if k and redis.call('HGET', k, 'entry') == eid then
+    table.insert(out, {id, redis.call('HGETALL', k)})
+  else
+    -- completed or rescheduled by an earlier holder of the lease: drop the stale entry
+    redis.call('XACK', KEYS[1], ARGV[4], eid)
+    redis.call('XDEL', KEYS[1], eid)
+  end
+end
+return out
+"""
+
+_COMPLETE = """
+local eid = redis.call('HGET', KEYS[3], 'entry')
+if eid then
+  redis.call('XACK', KEYS[1], ARGV[1], eid)
+  redis.call('XDEL', KEYS[1], eid)
+end
+redis.call('ZREM', KEYS[2], ARGV[2])
+return redis.call('DEL', KEYS[3])
+"""
+
+_RESCHEDULE = """
+if redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
+local eid = redis.call('HGET', KEYS[3], 'entry')
+if eid then
+  redis.call('XACK', KEYS[1], ARGV[1], eid)
+  redis.call('XDEL', KEYS[1], eid)
+  redis.call('HDEL', KEYS[3], 'entry')
+end
+redis.call('HSET', KEYS[3], 'next_attempt_at', ARGV[3], 'attempts', ARGV[4])
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], 'last_error', string.sub(ARGV[5], 2))
+else redis.call('HDEL', KEYS[3], 'last_error') end
+if ARGV[6] ~= '' then redis.call('HSET', KEYS[3], 'throttles', ARGV[6]) end
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[3], 'pending_record', string.sub(ARGV[7], 2)) end
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+return 1
+"""
+
+_TOUCH = """
+for i = 4, #ARGV do
+  local eid = redis.call('HGET', ARGV[3] .. ARGV[i], 'entry')
+  if eid then redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, eid, 'JUSTID') end
+end
+return 1
+"""
+
+
+def _opt(value: str | None) -> str:
+    """Optional strings travel as '' (absent) or '=' + value (present, possibly empty)."""
+    return "" if value is None else "=" + value
+
+
+def _num(value: float) -> str:
+    return repr(float(value))
+
+
+def _event_from_hash(id: str, h: dict[bytes, bytes]) -> QueuedEvent:
+    def s(key: str) -> str | None:
+        v = h.get(key.encode())
+        return None if v is None else v.decode()
+
+    return QueuedEvent(
+        id=id,
+        function=s("function") or "",
+        payload=h.get(b"payload", b""),
+        enqueued_at=float(s("enqueued_at") or 0),
+        attempts=int(s("attempts") or 0),
+        throttles=int(s("throttles") or 0),
+        next_attempt_at=float(s("next_attempt_at") or 0),
+        last_error=s("last_error"),
+        pending_record=s("pending_record"),
+    )
+
+
+class RedisEventStore:
+    """:class:`~lamina.asyncinvoke.store.AsyncEventStore` on Redis Streams (see module docs)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        prefix: str = DEFAULT_PREFIX,
+        consumer: str | None = None,
+        clock: Callable[[], float] = time.time,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
+    ) -> None:
+        if client is None:
+            if url is None:
+                raise ValueError("RedisEventStore needs a url or a client")
+            import redis.asyncio as aioredis
+
+            client = aioredis.Redis.from_url(url, decode_responses=False)
+            self._owns_client = True
+        else:
+            self._owns_client = False
+        self._r = client
+        self.prefix = prefix
+        self.ready_key = f"{prefix}:ready"
+        self.delayed_key = f"{prefix}:delayed"
+        self.event_prefix = f"{prefix}:ev:"
+        self.consumer = consumer or f"c-{uuid.uuid4().hex[:12]}"
+        self._clock = clock
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
+        self._ready = False
+        self._enqueue = client.register_script(_ENQUEUE)
+        self._claim = client.register_script(_CLAIM)
+        self._complete = client.register_script(_COMPLETE)
+        self._reschedule = client.register_script(_RESCHEDULE)
+        self._touch = client.register_script(_TOUCH)
+
+    def _ev(self, id: str) -> str:
+        return self.event_prefix + id
+
+    async def open(self) -> None:
+        if self._ready:
+            return
+        try:
+            await self._r.xgroup_create(self.ready_key, GROUP, id="0", mkstream=True)
+        except Exception as e:
+            if "BUSYGROUP" not in str(e):
+                raise StoreError(f"cannot create consumer group on {self.ready_key}: {e}") from e
+        try:
+            conf = await self._r.config_get("appendonly")
+            if conf.get(b"appendonly", conf.get("appendonly")) in (b"no", "no"):
+                log.warning(
+                    "Redis has appendonly=no: accepted async events are lost if Redis restarts; "
+                    "run it with appendonly yes and appendfsync always"
+                )
+        except Exception:  # CONFIG is often disabled on managed Redis; nothing to check then
+            pass
+        self._ready = True
+
+    async def _script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        if not self._ready:
+            await self.open()
+        try:
+            return await script(keys=keys, args=args)
+        except Exception as e:
+            if "NOGROUP" in str(e):  # the stream was deleted under us (FLUSHALL, failover): recreate
+                self._ready = False
+                await self.open()
+                return await script(keys=keys, args=args)
+            raise StoreError(str(e)) from e
+
+    async def enqueue(self, event: QueuedEvent) -> bool:
+        added = await self._script(
+            self._enqueue,
+            [self.ready_key, self.delayed_key, self._ev(event.id)],
+            [
+                _num(self._clock()),
+                event.id,
+                event.function,
+                event.payload,
+                _num(event.enqueued_at),
+                event.attempts,
+                event.throttles,
+                _num(event.next_attempt_at or event.enqueued_at),
+                _opt(event.last_error),
+                _opt(event.pending_record),
+            ],
+        )
+        if self._wait_replicas > 0:
+            acked = await self._r.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
+            if int(acked) < self._wait_replicas:
+                raise StoreError(f"only {acked} of {self._wait_replicas} Redis replicas confirmed the event")
+        return bool(added)
+
+    async def claim_due(self, limit: int, lease_seconds: float) -> list[QueuedEvent]:
+        if limit <= 0:
+            return []
+        rows = await self._script(
+            self._claim,
+            [self.ready_key, self.delayed_key],
+            [_num(self._clock()), int(limit), int(lease_seconds * 1000), GROUP, self.consumer, self.event_prefix],
+        )
+        out = []
+        for id_raw, flat in rows:
+            h = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+            out.append(_event_from_hash(id_raw.decode(), h))
+        return out
+
+    async def touch(self, ids: Iterable[str], lease_seconds: float) -> None:
+        """Reset the idle time of the events' stream entries (the lease length is the claimers')."""
+        ids = list(ids)
+        if ids:
+            await self._script(self._touch, [self.ready_key], [GROUP, self.consumer, self.event_prefix, *ids])
+
+    async def complete(self, id: str) -> None:
+        await self._script(self._complete, [self.ready_key, self.delayed_key, self._ev(id)], [GROUP, id])
+
+    async def reschedule(
+        self,
+        id: str,
+        next_attempt_at: float,
+        attempts: int,
+        last_error: str | None,
+        *,
+        throttles: int | None = None,
+        pending_record: str | None = None,
+    ) -> None:
+        await self._script(
+            self._reschedule,
+            [self.ready_key, self.delayed_key, self._ev(id)],
+            [
+                GROUP,
+                id,
+                _num(next_attempt_at),
+                int(attempts),
+                _opt(last_error),
+                "" if throttles is None else int(throttles),
+                _opt(pending_record),
+            ],
+        )
+
+    async def pending_count(self) -> int:
+        if not self._ready:
+            await self.open()
+        async with self._r.pipeline(transaction=True) as p:
+            p.xlen(self.ready_key)
+            p.zcard(self.delayed_key)
+            ready, delayed = await p.execute()
+        return int(ready) + int(delayed)
+
+    async def get(self, id: str) -> QueuedEvent | None:
+        h = await self._r.hgetall(self._ev(id))
+        return _event_from_hash(id, h) if h else None
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._r.aclose()
