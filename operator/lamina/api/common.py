@@ -69,9 +69,21 @@ def exactly_one(model: BaseModel, *fields: str) -> str:
     raise ValueError(f"exactly one of {', '.join(names)} must be set (got {got})")
 
 
+# Words CEL reserves; the apiserver exposes such properties as ``self.__word__``.
+CEL_RESERVED = frozenset(
+    "true false null in as break const continue else for function if import let loop package "
+    "namespace return var void while".split()
+)
+
+
+def cel_field(name: str) -> str:
+    """How a property is addressed in a CRD's CEL rule (``function`` -> ``__function__``)."""
+    return f"__{name}__" if name in CEL_RESERVED else name
+
+
 def cel_exactly_one(*fields: str) -> dict[str, str]:
     """The CEL rule that mirrors :func:`exactly_one` for the CRD (aliases expected)."""
-    has = ", ".join(f"has(self.{f})" for f in fields)
+    has = ", ".join(f"has(self.{cel_field(f)})" for f in fields)
     return {
         "rule": f"[{has}].filter(x, x).size() == 1",
         "message": f"exactly one of {', '.join(fields)} must be set",
