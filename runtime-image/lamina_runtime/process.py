@@ -147,6 +147,7 @@ class WorkerProcess:
                 "AWS_REGION": self.region,
                 "AWS_DEFAULT_REGION": env.get("AWS_DEFAULT_REGION", self.region),
                 "TZ": "UTC",
+                "LAMINA_SPAWNED_AT": f"{time.time():.6f}",
             }
         )
         env.setdefault("LANG", "en_US.UTF-8")

@@ -30,6 +30,15 @@ def _json_default(obj: object) -> object:
 
 
 def _max_memory_mb() -> int:
+    """Peak RSS so far. /proc's VmHWM first: getrusage's maxrss survives exec, so it would report the
+    host process's peak from before the fork."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError):
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KiB on Linux
@@ -54,15 +63,23 @@ class Worker:
         self.memory_mb = os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]
 
     def init(self) -> dict:
-        """Run INIT and describe its outcome in the `ready` frame."""
+        """Run INIT and describe its outcome in the `ready` frame.
+
+        Init Duration counts from the host's spawn (LAMINA_SPAWNED_AT) when given, so that it covers
+        interpreter and runtime startup as well as the module's top-level code, as Lambda's does.
+        """
         started = time.perf_counter()
+        spawned_at = float(os.environ.pop("LAMINA_SPAWNED_AT", "0") or 0)
         error = None
         try:
             self.handler = load_handler(os.environ.get("_HANDLER", ""))
         except InitError as exc:
             error = exc.as_object()
             sys.stdout.write(logfmt.error_lines(exc.error_type, exc.message, exc.stack))
-        self.init_duration_ms = (time.perf_counter() - started) * 1000
+        if spawned_at:
+            self.init_duration_ms = max(0.0, time.time() - spawned_at) * 1000
+        else:
+            self.init_duration_ms = (time.perf_counter() - started) * 1000
         return {
             "type": "ready",
             "pid": os.getpid(),

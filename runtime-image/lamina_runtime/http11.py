@@ -1,0 +1,99 @@
+"""A minimal HTTP/1.1 request reader and response writer over asyncio streams.
+
+Enough for the pod's two endpoints: Content-Length bodies, keep-alive, no chunked uploads. The runtime
+stays stdlib-only, so no aiohttp here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+MAX_HEADER_LINE = 16 * 1024
+MAX_HEADERS = 100
+
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    411: "Length Required",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    version: str
+    headers: dict[str, str] = field(default_factory=dict)  # lower-case names
+    body: bytes = b""
+
+    @property
+    def keep_alive(self) -> bool:
+        connection = self.headers.get("connection", "").lower()
+        if self.version == "HTTP/1.0":
+            return connection == "keep-alive"
+        return connection != "close"
+
+
+async def _line(reader: asyncio.StreamReader) -> bytes:
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.LimitOverrunError:
+        raise BadRequest(400, "header line too long") from None
+    if len(line) > MAX_HEADER_LINE:
+        raise BadRequest(400, "header line too long")
+    return line.rstrip(b"\r\n")
+
+
+async def read_request(reader: asyncio.StreamReader, max_body: int) -> Request | None:
+    """Next request on a connection; None when the client closed it between requests."""
+    try:
+        first = await _line(reader)
+    except asyncio.IncompleteReadError:
+        return None
+    parts = first.decode("latin-1").split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise BadRequest(400, f"malformed request line: {first[:100]!r}")
+    request = Request(method=parts[0].upper(), path=parts[1], version=parts[2])
+    for _ in range(MAX_HEADERS + 1):
+        line = await _line(reader)
+        if not line:
+            break
+        name, sep, value = line.decode("latin-1").partition(":")
+        if not sep:
+            raise BadRequest(400, f"malformed header line: {line[:100]!r}")
+        request.headers[name.strip().lower()] = value.strip()
+    else:
+        raise BadRequest(400, "too many headers")
+    if "chunked" in request.headers.get("transfer-encoding", "").lower():
+        raise BadRequest(411, "chunked request bodies are not supported; send Content-Length")
+    try:
+        length = int(request.headers.get("content-length", "0"))
+    except ValueError:
+        raise BadRequest(400, "Content-Length is not a number") from None
+    if length < 0:
+        raise BadRequest(400, "Content-Length is negative")
+    if length > max_body:
+        raise BadRequest(413, f"request body of {length} bytes exceeds the limit of {max_body} bytes")
+    request.body = await reader.readexactly(length) if length else b""
+    return request
+
+
+def render_response(status: int, body: bytes, headers: dict[str, str], keep_alive: bool) -> bytes:
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Unknown')}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    lines.append(f"Content-Length: {len(body)}")
+    lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

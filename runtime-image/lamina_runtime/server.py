@@ -1,0 +1,183 @@
+"""The pod's entrypoint: one execution environment behind HTTP (`python -m lamina_runtime serve`).
+
+INIT runs when the server starts, so /healthz (the readiness probe) turns 200 only once the environment
+is warm. One invocation at a time: a second concurrent one gets 429 at once, because the gateway, not
+this pod, decides where to queue or throttle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import uuid
+from collections.abc import Mapping
+
+from .http11 import BadRequest, Request, read_request, render_response
+from .paths import split_layers
+from .process import WorkerBusy, WorkerProcess
+from .protocol import InvocationRequest, InvocationResult
+
+MAX_REQUEST_BYTES = 6291456  # Lambda's synchronous request payload limit
+LOG_TAIL_BYTES = 4096  # X-Amz-Log-Result carries the last 4 KB of the log
+
+
+def worker_from_env(environ: Mapping[str, str]) -> WorkerProcess:
+    """Configure the environment from the pod's variables (set by the operator on the container)."""
+    handler = environ.get("LAMINA_HANDLER") or environ.get("_HANDLER")
+    if not handler:
+        raise SystemExit("lamina_runtime serve: set LAMINA_HANDLER (or _HANDLER), e.g. index.handler")
+    try:
+        timeout_s = float(environ.get("LAMINA_TIMEOUT_SECONDS", "3"))
+        memory_mb = int(environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"))
+    except ValueError as exc:
+        raise SystemExit(f"lamina_runtime serve: LAMINA_TIMEOUT_SECONDS / memory size: {exc}") from None
+    function_env = {k: v for k, v in environ.items() if not k.startswith("LAMINA_")}
+    return WorkerProcess(
+        handler,
+        environ.get("LAMBDA_TASK_ROOT", "/var/task"),
+        split_layers(environ.get("LAMINA_LAYERS")),
+        function_env,
+        function_name=environ.get("AWS_LAMBDA_FUNCTION_NAME", "function"),
+        memory_mb=memory_mb,
+        timeout_s=timeout_s,
+        version=environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
+        site_packages=environ.get("LAMINA_SITE_PACKAGES", "") in ("1", "true"),
+    )
+
+
+def result_headers(result: InvocationResult) -> dict[str, str]:
+    tail = result.log.encode()[-LOG_TAIL_BYTES:]
+    headers = {
+        "Content-Type": "application/json",
+        "Lamina-Request-Id": result.request_id,
+        "Lamina-Duration-Ms": f"{result.duration_ms:.2f}",
+        "Lamina-Max-Memory-Mb": str(result.max_memory_mb),
+        "Lamina-Log-Result": base64.b64encode(tail).decode(),
+    }
+    if result.function_error:
+        headers["Lamina-Function-Error"] = result.function_error
+    if result.error_type:
+        headers["Lamina-Error-Type"] = result.error_type
+    if result.init_duration_ms is not None:
+        headers["Lamina-Init-Duration-Ms"] = f"{result.init_duration_ms:.2f}"
+    return headers
+
+
+def _json(status: int, message: str) -> tuple[int, bytes, dict[str, str]]:
+    return status, json.dumps({"message": message}).encode(), {"Content-Type": "application/json"}
+
+
+class RuntimeServer:
+    def __init__(self, worker: WorkerProcess) -> None:
+        self.worker = worker
+        self.ready = False  # INIT finished (successfully or not: a failed INIT is the next invoke's answer)
+        self._invoking = False
+        self._restart: asyncio.Task[float] | None = None
+        self._server: asyncio.Server | None = None
+
+    async def listen(self, host: str, port: int) -> int:
+        """Accept connections (probes get 503 until INIT is done); returns the bound port."""
+        self._server = await asyncio.start_server(self._connection, host, port, limit=64 * 1024)
+        return self._server.sockets[0].getsockname()[1]
+
+    async def init(self) -> float:
+        init_ms = await self.worker.start()
+        self.ready = True
+        return init_ms
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        if self._restart is not None:
+            await asyncio.gather(self._restart, return_exceptions=True)
+        await self.worker.stop()
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    request = await read_request(reader, MAX_REQUEST_BYTES)
+                except BadRequest as exc:
+                    status, body, headers = _json(exc.status, str(exc))
+                    writer.write(render_response(status, body, headers, keep_alive=False))
+                    await writer.drain()
+                    return
+                if request is None:
+                    return
+                status, body, headers = await self._route(request)
+                writer.write(render_response(status, body, headers, request.keep_alive))
+                await writer.drain()
+                if not request.keep_alive:
+                    return
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return
+        finally:
+            writer.close()
+
+    async def _route(self, request: Request) -> tuple[int, bytes, dict[str, str]]:
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            if request.method != "GET":
+                return _json(405, "use GET /healthz")
+            if self.ready and self._restart is None:
+                return _json(200, "ready")
+            return _json(503, "initializing")
+        if path == "/invoke":
+            if request.method != "POST":
+                return _json(405, "use POST /invoke")
+            return await self._invoke(request)
+        return _json(404, f"no route for {request.method} {path}")
+
+    async def _invoke(self, request: Request) -> tuple[int, bytes, dict[str, str]]:
+        if self._invoking or not self.ready:
+            return _json(429, "the execution environment is busy (one invocation at a time)")
+        self._invoking = True
+        try:
+            if self._restart is not None:
+                await self._restart
+            req = InvocationRequest(
+                request_id=request.headers.get("lamina-request-id") or str(uuid.uuid4()),
+                payload=request.body,
+                client_context=request.headers.get("lamina-client-context") or None,
+                invoked_function_arn=request.headers.get("lamina-invoked-function-arn") or None,
+            )
+            result = await self.worker.invoke(req)
+        except WorkerBusy as exc:
+            return _json(429, str(exc))
+        finally:
+            self._invoking = False
+        if self.worker.needs_restart:
+            # After a timeout or crash, pay the next INIT now rather than on the next request.
+            self._restart = asyncio.create_task(self._restart_worker())
+        return 200, result.payload, result_headers(result)
+
+    async def _restart_worker(self) -> float:
+        try:
+            return await self.worker.start()
+        finally:
+            self._restart = None
+
+
+async def serve(host: str, port: int, environ: Mapping[str, str] | None = None) -> None:
+    """Run until SIGTERM/SIGINT (a pod being deleted), then shut the environment down."""
+    import signal
+
+    server = RuntimeServer(worker_from_env(os.environ if environ is None else environ))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    bound = await server.listen(host, port)
+    print(f"lamina_runtime: listening on http://{host}:{bound}", flush=True)
+    try:
+        init_ms = await server.init()
+        print(f"lamina_runtime: {server.worker.handler} ready (INIT {init_ms:.2f} ms)", flush=True)
+        await stop.wait()
+    finally:
+        await server.close()
