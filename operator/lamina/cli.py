@@ -1,0 +1,65 @@
+"""The `lamina` command: one entry point for every component."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+
+def _local(args: argparse.Namespace) -> int:
+    from lamina.local.runner import LocalOptions, serve
+
+    options = LocalOptions(paths=args.paths, host=args.host, port=args.port, state_dir=Path(args.state_dir),
+                           max_environments=args.max_environments, quiet=args.quiet,
+                           async_retry_base_seconds=args.async_retry_base_seconds)
+    return asyncio.run(serve(options))
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from lamina.crdgen import main as crdgen_main
+
+    return int(crdgen_main(args.rest) or 0)
+
+
+def _operator(args: argparse.Namespace) -> int:
+    from lamina.reconcilers.main import run_operator
+
+    return int(run_operator(args.rest) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lamina", description="AWS Lambda semantics on Kubernetes")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    local = sub.add_parser("local", help="serve functions from manifests on this machine, no cluster")
+    local.add_argument("paths", nargs="+", help="manifest files or folders (the ones kubectl apply takes)")
+    local.add_argument("--host", default="127.0.0.1")
+    local.add_argument("--port", type=int, default=9000)
+    local.add_argument("--state-dir", default=".lamina-state",
+                       help="where code, layers and the async event queue are kept (default .lamina-state)")
+    local.add_argument("--max-environments", type=int, default=64,
+                       help="concurrency limit shared by functions without reserved concurrency")
+    local.add_argument("--async-retry-base-seconds", type=float, default=60.0,
+                       help="first retry delay of a failed async event (Lambda: about 60 s)")
+    local.add_argument("--quiet", action="store_true", help="no line per invocation")
+    local.set_defaults(run=_local)
+
+    crds = sub.add_parser("crds", help="write crds/*.yaml from the API models (--check to detect drift)")
+    crds.add_argument("rest", nargs=argparse.REMAINDER)
+    crds.set_defaults(run=_crds)
+
+    operator = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
+    operator.add_argument("rest", nargs=argparse.REMAINDER)
+    operator.set_defaults(run=_operator)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The gateway's view of execution environments.
+
+The gateway routes an invocation to "an environment of function F" without knowing whether that is a
+local process (local mode) or a pod behind a Service (cluster). Both implementations satisfy
+`EnvironmentPool`; the gateway depends only on this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from lamina_runtime.protocol import InvocationRequest, InvocationResult
+
+
+@dataclass(slots=True)
+class FunctionConfig:
+    """Everything needed to run and route one function, resolved from its manifest."""
+
+    name: str
+    namespace: str = "default"
+    handler: str = "index.handler"
+    runtime: str = "python3.12"
+    memory_mb: int = 128
+    timeout_seconds: int = 3
+    reserved_concurrency: int | None = None
+    provisioned_concurrency: int = 0
+    idle_timeout_seconds: float = 300.0
+    environment: dict[str, str] = field(default_factory=dict)
+    code_dir: str | None = None  # local mode: directory holding the function's code
+    layer_dirs: list[str] = field(default_factory=list)  # local mode: extracted layers, in order
+    async_config: Any = None  # lamina.api AsyncConfig (retries, max age, destinations)
+    revision: str = ""  # changes when code, layers or configuration change
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def arn(self) -> str:
+        return function_arn(self.name)
+
+
+def function_arn(name: str, qualifier: str | None = None) -> str:
+    arn = f"arn:aws:lambda:local:000000000000:function:{name}"
+    return f"{arn}:{qualifier}" if qualifier else arn
+
+
+class EnvironmentPool(Protocol):
+    """Execution environments of many functions; one environment runs one invocation at a time."""
+
+    async def start(self) -> None:
+        """Initialise provisioned environments before traffic is accepted."""
+
+    async def invoke(self, fn: FunctionConfig, request: InvocationRequest) -> InvocationResult:
+        """Run one invocation on an idle environment, starting one (a cold start) if none is idle."""
+
+    async def update(self, functions: list[FunctionConfig]) -> None:
+        """Adopt a new set of function configurations (retire environments of changed revisions)."""
+
+    def in_flight(self, fn: FunctionConfig) -> int: ...
+
+    def environments(self, fn: FunctionConfig) -> int:
+        """Environments that exist (busy or idle) for the function."""
+
+    async def close(self) -> None: ...

@@ -1,0 +1,32 @@
+"""The gateway's aiohttp application: routes only; the work is in `service`."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from lamina.gateway.errors import SYNC_PAYLOAD_LIMIT
+from lamina.gateway.invoke_api import SERVICE_KEY, handle_invoke
+from lamina.gateway.service import InvocationService
+from lamina.gateway.url_trigger import handle_url
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    registry = request.app[SERVICE_KEY].metrics.registry
+    return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def handle_health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def build_app(service: InvocationService) -> web.Application:
+    # Room above the 6 MB limit so an oversize body is answered with Lambda's error, not aiohttp's.
+    app = web.Application(client_max_size=SYNC_PAYLOAD_LIMIT + 1024 * 1024)
+    app[SERVICE_KEY] = service
+    app.router.add_post("/2015-03-31/functions/{name}/invocations", handle_invoke)
+    app.router.add_route("*", "/url/{function}", handle_url)
+    app.router.add_route("*", "/url/{function}/{tail:.*}", handle_url)
+    app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get("/healthz", handle_health)
+    return app

@@ -1,0 +1,97 @@
+"""`POST /2015-03-31/functions/{name}/invocations`: the Invoke API as boto3 and the AWS CLI speak it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+
+from aiohttp import web
+
+from lamina.gateway.errors import (
+    ASYNC_PAYLOAD_LIMIT,
+    SYNC_PAYLOAD_LIMIT,
+    InvalidParameterValue,
+    InvalidRequestContent,
+    LambdaServiceError,
+    RequestTooLarge,
+)
+from lamina.gateway.service import InvocationService
+from lamina_runtime.protocol import InvocationRequest
+
+INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
+LOG_TAIL_BYTES = 4096
+SERVICE_KEY = web.AppKey("invocation_service", InvocationService)
+
+
+def error_response(exc: LambdaServiceError, request_id: str) -> web.Response:
+    return web.Response(status=exc.status, body=exc.body(),
+                        headers={**exc.headers(), "x-amzn-RequestId": request_id})
+
+
+def check_json(payload: bytes) -> bytes:
+    """Lambda refuses a body that is not JSON before anything runs; an empty body means `{}`."""
+    if not payload.strip():
+        return b"{}"
+    try:
+        json.loads(payload)
+    except ValueError as exc:
+        raise InvalidRequestContent(f"Could not parse request body into json: {exc}") from None
+    return payload
+
+
+def log_tail(log: str) -> str:
+    data = log.encode()[-LOG_TAIL_BYTES:]
+    return base64.b64encode(data).decode()
+
+
+async def read_body(request: web.Request, limit: int, invocation_type: str) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise _too_large(length, limit, invocation_type)
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(None, limit, invocation_type) from None
+    if len(body) > limit:
+        raise _too_large(len(body), limit, invocation_type)
+    return body
+
+
+def _too_large(size: int | None, limit: int, invocation_type: str) -> RequestTooLarge:
+    if invocation_type == "Event":
+        shown = size if size is not None else "The"
+        return RequestTooLarge(f"{shown} byte payload is too large for the Event invocation type "
+                               f"(limit {limit} bytes)")
+    return RequestTooLarge(f"Request must be smaller than {limit} bytes for the InvokeFunction operation")
+
+
+async def handle_invoke(request: web.Request) -> web.Response:
+    service = request.app[SERVICE_KEY]
+    request_id = str(uuid.uuid4())
+    try:
+        invocation_type = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+        if invocation_type not in INVOCATION_TYPES:
+            raise InvalidParameterValue(f"Invalid invocation type: {invocation_type!r}; expected one of "
+                                        + ", ".join(INVOCATION_TYPES))
+        fn = service.registry.resolve(request.match_info["name"], request.query.get("Qualifier"))
+        limit = ASYNC_PAYLOAD_LIMIT if invocation_type == "Event" else SYNC_PAYLOAD_LIMIT
+        payload = check_json(await read_body(request, limit, invocation_type))
+        if invocation_type == "DryRun":
+            return web.Response(status=204, headers={"x-amzn-RequestId": request_id})
+        if invocation_type == "Event":
+            request_id = await service.enqueue(fn, payload)
+            return web.Response(status=202, headers={"x-amzn-RequestId": request_id})
+        result = await service.invoke(fn, InvocationRequest(
+            request_id=request_id, payload=payload,
+            client_context=request.headers.get("X-Amz-Client-Context"),
+            invoked_function_arn=fn.arn))
+    except LambdaServiceError as exc:
+        return error_response(exc, request_id)
+    headers = {"x-amzn-RequestId": request_id, "X-Amz-Executed-Version": "$LATEST",
+               "Content-Type": "application/json"}
+    if result.function_error:
+        headers["X-Amz-Function-Error"] = result.function_error
+    if request.headers.get("X-Amz-Log-Type") == "Tail":
+        headers["X-Amz-Log-Result"] = log_tail(result.log)
+    return web.Response(status=200, body=result.payload, headers=headers)

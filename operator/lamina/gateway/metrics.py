@@ -1,0 +1,38 @@
+"""Prometheus metrics per function, modelled on Lambda's CloudWatch metrics."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
+
+
+class GatewayMetrics:
+    """One registry per gateway, so tests and several gateways in a process don't collide."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.invocations = Counter("lamina_invocations", "Handler runs, including function errors",
+                                   ["function"], registry=r)
+        self.errors = Counter("lamina_errors", "Invocations that ended in a function error",
+                              ["function", "error_type"], registry=r)
+        self.throttles = Counter("lamina_throttles", "Invocations refused with TooManyRequestsException",
+                                 ["function", "reason"], registry=r)
+        self.duration = Histogram("lamina_duration_seconds", "Time in the handler", ["function"],
+                                  buckets=_BUCKETS, registry=r)
+        self.concurrent = Gauge("lamina_concurrent_executions", "Invocations in flight", ["function"],
+                                registry=r)
+        self.environments = Gauge("lamina_environments", "Execution environments that exist",
+                                  ["function"], registry=r)
+        self.cold_starts = Counter("lamina_cold_starts", "Invocations that ran INIT first", ["function"],
+                                   registry=r)
+        self.init_duration = Histogram("lamina_init_duration_seconds", "INIT time of cold starts",
+                                       ["function"], buckets=_BUCKETS, registry=r)
+        self.async_received = Counter("lamina_async_events_received", "Event invocations queued",
+                                      ["function"], registry=r)
+        self.async_dropped = Counter("lamina_async_events_dropped",
+                                     "Event invocations that ended without success (sent to onFailure)",
+                                     ["function", "condition"], registry=r)
+        self.async_age = Histogram("lamina_async_event_age_seconds", "Queue time before an attempt",
+                                   ["function"], buckets=(*_BUCKETS, 3600, 21600), registry=r)

@@ -1,0 +1,51 @@
+"""Name resolution: boto3 may send a plain name, a partial or a full ARN, with an optional qualifier."""
+
+from __future__ import annotations
+
+from lamina.environments.base import FunctionConfig, function_arn
+from lamina.gateway.errors import FunctionNotFound, InvalidParameterValue
+
+SUPPORTED_QUALIFIERS = {None, "", "$LATEST"}
+
+
+def split_function_name(raw: str, qualifier: str | None = None) -> tuple[str, str | None]:
+    """Return (name, qualifier) from `name`, `name:qual`, `acct:function:name[:qual]` or a full ARN."""
+    parts = raw.split(":")
+    if raw.startswith("arn:"):
+        if len(parts) < 7 or parts[5] != "function":
+            raise InvalidParameterValue(f"Invalid function ARN: {raw}")
+        name, qual = parts[6], (parts[7] if len(parts) > 7 else None)
+    elif len(parts) >= 3 and parts[1] == "function":
+        name, qual = parts[2], (parts[3] if len(parts) > 3 else None)
+    elif len(parts) == 2:
+        name, qual = parts
+    else:
+        name, qual = raw, None
+    if qual and qualifier and qual != qualifier:
+        raise InvalidParameterValue("The derived qualifier from the function name does not match the "
+                                    "specified qualifier.")
+    return name, qual or qualifier
+
+
+class FunctionRegistry:
+    """The functions a gateway serves, by name, in one namespace."""
+
+    def __init__(self, functions: list[FunctionConfig] | None = None) -> None:
+        self._by_name: dict[str, FunctionConfig] = {}
+        self.replace(functions or [])
+
+    def replace(self, functions: list[FunctionConfig]) -> None:
+        self._by_name = {f.name: f for f in functions}
+
+    def all(self) -> list[FunctionConfig]:
+        return list(self._by_name.values())
+
+    def get(self, name: str) -> FunctionConfig | None:
+        return self._by_name.get(name)
+
+    def resolve(self, raw: str, qualifier: str | None = None) -> FunctionConfig:
+        name, qual = split_function_name(raw, qualifier)
+        fn = self._by_name.get(name)
+        if fn is None or qual not in SUPPORTED_QUALIFIERS:
+            raise FunctionNotFound(f"Function not found: {function_arn(name, qual)}")
+        return fn

@@ -1,0 +1,87 @@
+"""The invocation path shared by the HTTP front door, the async dispatcher and event sources."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Protocol
+
+from lamina.environments.base import EnvironmentPool, FunctionConfig
+from lamina.gateway.concurrency import ConcurrencyLimiter
+from lamina.gateway.errors import ThrottledError
+from lamina.gateway.metrics import GatewayMetrics
+from lamina.gateway.registry import FunctionRegistry
+from lamina_runtime.protocol import InvocationRequest, InvocationResult
+
+
+class AsyncQueue(Protocol):
+    """Where Event invocations go; durable before `enqueue` returns."""
+
+    async def enqueue(self, fn: FunctionConfig, request_id: str, payload: bytes) -> None: ...
+
+
+class InvocationService:
+    """Throttle, route to an environment, account. One instance per gateway process."""
+
+    def __init__(self, registry: FunctionRegistry, pool: EnvironmentPool,
+                 limiter: ConcurrencyLimiter | None = None, metrics: GatewayMetrics | None = None,
+                 async_queue: AsyncQueue | None = None, log_invocations: bool = False) -> None:
+        self.registry = registry
+        self.pool = pool
+        self.limiter = limiter or ConcurrencyLimiter()
+        self.metrics = metrics or GatewayMetrics()
+        self.async_queue = async_queue
+        self.log_invocations = log_invocations
+        self.limiter.set_functions(registry.all())
+
+    def replace_functions(self, functions: list[FunctionConfig]) -> None:
+        self.registry.replace(functions)
+        self.limiter.set_functions(functions)
+
+    async def invoke(self, fn: FunctionConfig, request: InvocationRequest) -> InvocationResult:
+        """Run synchronously; raises ThrottledError above the function's cap."""
+        m = self.metrics
+        try:
+            self.limiter.try_acquire(fn)
+        except ThrottledError as exc:
+            m.throttles.labels(fn.name, exc.reason).inc()
+            raise
+        concurrent = m.concurrent.labels(fn.name)
+        concurrent.inc()
+        started = time.perf_counter()
+        try:
+            result = await self.pool.invoke(fn, request)
+        finally:
+            concurrent.dec()
+            self.limiter.release(fn)
+        m.invocations.labels(fn.name).inc()
+        m.duration.labels(fn.name).observe(result.duration_ms / 1000)
+        if result.function_error:
+            m.errors.labels(fn.name, result.error_type or result.function_error).inc()
+        if result.init_duration_ms is not None:
+            m.cold_starts.labels(fn.name).inc()
+            m.init_duration.labels(fn.name).observe(result.init_duration_ms / 1000)
+        m.environments.labels(fn.name).set(self.pool.environments(fn))
+        if self.log_invocations:
+            self._print_line(fn, request, result, time.perf_counter() - started)
+        return result
+
+    async def invoke_by_name(self, name: str, payload: bytes) -> InvocationResult:
+        """The `Invoker` callable of event sources and the async dispatcher."""
+        fn = self.registry.resolve(name)
+        return await self.invoke(fn, InvocationRequest(request_id=str(uuid.uuid4()), payload=payload))
+
+    async def enqueue(self, fn: FunctionConfig, payload: bytes) -> str:
+        if self.async_queue is None:
+            raise RuntimeError("this gateway has no async queue configured")
+        request_id = str(uuid.uuid4())
+        await self.async_queue.enqueue(fn, request_id, payload)
+        self.metrics.async_received.labels(fn.name).inc()
+        return request_id
+
+    @staticmethod
+    def _print_line(fn: FunctionConfig, req: InvocationRequest, res: InvocationResult, took: float) -> None:
+        status = f"error {res.error_type}" if res.function_error else "ok"
+        cold = f" cold start {res.init_duration_ms:.1f} ms" if res.init_duration_ms is not None else ""
+        print(f"invoke {fn.name} {req.request_id} {status} {res.duration_ms:.1f} ms{cold} "
+              f"(total {took * 1000:.1f} ms)", flush=True)

@@ -1,0 +1,184 @@
+"""Local mode's stand-in for what the operator does in a cluster: code and layers onto disk.
+
+Each artifact lands in a directory named by its content digest under the state directory, so a restart
+reuses it and a change makes a new one (layers are immutable once built, as in Lambda).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from lamina.api import Function, Layer, ManifestError
+from lamina.api.manifests import Manifests
+from lamina.environments.base import FunctionConfig
+
+DOWNLOAD_LIMIT = 250 * 1024 * 1024  # Lambda's unzipped size limit bounds what we accept
+
+
+def _digest(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _config_map_files(manifests: Manifests, namespace: str, name: str, where: str) -> dict[str, bytes]:
+    cm = manifests.config_maps.get((namespace, name))
+    if cm is None:
+        raise ManifestError([f"{where}: ConfigMap {name!r} not found in namespace {namespace!r}"])
+    files = {k: str(v).encode() for k, v in (cm.get("data") or {}).items()}
+    files.update({k: base64.b64decode(v) for k, v in (cm.get("binaryData") or {}).items()})
+    return files
+
+
+def _write_tree(target: Path, files: dict[str, bytes]) -> Path:
+    """Write once into a temp dir, then rename, so a crash never leaves a half-written artifact."""
+    if target.exists():
+        return target
+    tmp = target.with_name(target.name + ".tmp")
+    if tmp.exists():
+        _remove(tmp)
+    for rel, data in files.items():
+        path = tmp / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    tmp.mkdir(parents=True, exist_ok=True)
+    tmp.rename(target)
+    return target
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def download_zip(url: str, sha256: str, where: str) -> dict[str, bytes]:
+    """Fetch a zip archive and check it against its declared digest before using any of it."""
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            data = response.read(DOWNLOAD_LIMIT + 1)
+    except OSError as exc:
+        raise ManifestError([f"{where}: cannot download {url}: {exc}"]) from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256.lower():
+        raise ManifestError([f"{where}: sha256 mismatch for {url} (expected {sha256}, got {actual})"])
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            return {i.filename: archive.read(i) for i in archive.infolist() if not i.is_dir()
+                    and not i.filename.startswith("/") and ".." not in Path(i.filename).parts}
+    except zipfile.BadZipFile:
+        raise ManifestError([f"{where}: {url} is not a zip archive"]) from None
+
+
+class ArtifactBuilder:
+    """Turns Function and Layer manifests into directories under `state_dir`."""
+
+    def __init__(self, manifests: Manifests, state_dir: Path, python: str = sys.executable) -> None:
+        self.manifests = manifests
+        self.state_dir = state_dir
+        self.python = python
+
+    def function_config(self, fn: Function) -> FunctionConfig:
+        spec = fn.spec
+        subject = f"Function {fn.name}"
+        code_dir, code_digest = self._code(fn, subject)
+        layer_dirs, layer_digests = [], []
+        for i, layer_name in enumerate(spec.layers):
+            layer = self.manifests.layers.get((fn.metadata.namespace, layer_name))
+            where = f"{subject}: spec.layers[{i}]"
+            if layer is None:
+                raise ManifestError([f"{where}: Layer {layer_name!r} not found in namespace "
+                                     f"{fn.metadata.namespace!r}"])
+            if not layer.spec.supports(spec.runtime):
+                raise ManifestError([f"{where}: Layer {layer_name!r} is not compatible with "
+                                     f"{spec.runtime} (compatibleRuntimes: "
+                                     f"{', '.join(layer.spec.compatible_runtimes)})"])
+            path, digest = self.layer(layer)
+            layer_dirs.append(str(path))
+            layer_digests.append(digest)
+        environment = dict(spec.environment)
+        environment.update(self._environment_from(fn, subject))
+        config_digest = _digest(spec.model_dump_json(by_alias=True), json.dumps(environment, sort_keys=True))
+        return FunctionConfig(
+            name=fn.name, namespace=fn.metadata.namespace, handler=spec.handler, runtime=spec.runtime,
+            memory_mb=spec.memory_mb, timeout_seconds=spec.timeout_seconds,
+            reserved_concurrency=spec.reserved_concurrency,
+            provisioned_concurrency=spec.provisioned_concurrency,
+            idle_timeout_seconds=float(spec.idle_timeout_seconds), environment=environment,
+            code_dir=str(code_dir), layer_dirs=layer_dirs, async_config=spec.async_,
+            revision=_digest(code_digest, *layer_digests, config_digest)[:16])
+
+    def _code(self, fn: Function, subject: str) -> tuple[Path, str]:
+        code = fn.spec.code
+        if code.inline is not None:
+            files = {"index.py": code.inline.encode()}
+        elif code.config_map is not None:
+            files = _config_map_files(self.manifests, fn.metadata.namespace, code.config_map.name,
+                                      f"{subject}: spec.code.configMap")
+        else:
+            assert code.url is not None and code.sha256 is not None
+            files = download_zip(code.url, code.sha256, f"{subject}: spec.code.url")
+        digest = _digest(*(p for k in sorted(files) for p in (k, files[k])))
+        target = self.state_dir / "code" / fn.metadata.namespace / fn.name / digest[:16]
+        return _write_tree(target, files), digest
+
+    def layer(self, layer: Layer) -> tuple[Path, str]:
+        spec = layer.spec
+        subject = f"Layer {layer.name}"
+        base = self.state_dir / "layers" / layer.metadata.namespace / layer.name
+        if spec.config_map is not None:
+            files = _config_map_files(self.manifests, layer.metadata.namespace, spec.config_map.name,
+                                      f"{subject}: spec.configMap")
+            digest = _digest(*(p for k in sorted(files) for p in (k, files[k])))
+            return _write_tree(base / digest[:16], {f"python/{k}": v for k, v in files.items()}), digest
+        if spec.url is not None:
+            assert spec.sha256 is not None
+            digest = spec.sha256.lower()
+            target = base / digest[:16]
+            if not target.exists():
+                _write_tree(target, download_zip(spec.url, spec.sha256, f"{subject}: spec.url"))
+            return target, digest
+        requirements = spec.requirements or []
+        digest = _digest(self.python, *requirements)
+        target = base / digest[:16]
+        if not target.exists():
+            self._pip_install(requirements, target, subject)
+        return target, digest
+
+    def _pip_install(self, requirements: list[str], target: Path, subject: str) -> None:
+        tmp = target.with_name(target.name + ".tmp")
+        _remove(tmp)
+        cmd = [self.python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+               "--no-input", "--target", str(tmp / "python"), *requirements]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise ManifestError([f"{subject}: spec.requirements: pip install failed: "
+                                 f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"])
+        tmp.rename(target)
+
+    def _environment_from(self, fn: Function, subject: str) -> dict[str, str]:
+        values: dict[str, str] = {}
+        for i, item in enumerate(fn.spec.environment_from):
+            ref = item.secret_key_ref or item.config_map_key_ref
+            assert ref is not None
+            if item.secret_key_ref is not None:
+                value = self.manifests.secret_value(fn.metadata.namespace, ref.name, ref.key)
+                kind = "Secret"
+            else:
+                value = self.manifests.config_map_value(fn.metadata.namespace, ref.name, ref.key)
+                kind = "ConfigMap"
+            if value is None:
+                raise ManifestError([f"{subject}: spec.environmentFrom[{i}]: {kind} {ref.name!r} has no "
+                                     f"key {ref.key!r} in namespace {fn.metadata.namespace!r}"])
+            values[item.name] = value
+        return values

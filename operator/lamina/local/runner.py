@@ -1,0 +1,141 @@
+"""`lamina local`: the cluster's moving parts on one machine, from the same manifests.
+
+Gateway + local process pool + async queue (embedded sqlite) + event source mappings + schedules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from aiohttp import web
+
+from lamina.api import ManifestError, load_manifests
+from lamina.api.manifests import Manifests
+from lamina.environments.base import FunctionConfig
+from lamina.environments.local_pool import LocalProcessPool
+from lamina.gateway.app import build_app
+from lamina.gateway.concurrency import ConcurrencyLimiter
+from lamina.gateway.registry import FunctionRegistry
+from lamina.gateway.service import InvocationService
+from lamina.local.artifacts import ArtifactBuilder
+
+
+@dataclass
+class LocalOptions:
+    paths: list[str]
+    host: str = "127.0.0.1"
+    port: int = 9000
+    state_dir: Path = Path(".lamina-state")
+    max_environments: int = 64
+    handler_output: IO[Any] | int | None = None
+    quiet: bool = False
+    async_retry_base_seconds: float = 60.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_functions(manifests: Manifests, state_dir: Path) -> list[FunctionConfig]:
+    """Every Function's code and layers on disk; all problems reported together."""
+    builder = ArtifactBuilder(manifests, state_dir)
+    configs, problems = [], []
+    for fn in manifests.functions.values():
+        try:
+            configs.append(builder.function_config(fn))
+        except ManifestError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ManifestError(problems)
+    return configs
+
+
+class LocalStack:
+    """Owns every component of local mode; `start` returns once the port is open."""
+
+    def __init__(self, options: LocalOptions) -> None:
+        self.options = options
+        self.manifests: Manifests | None = None
+        self.functions: list[FunctionConfig] = []
+        self.pool: LocalProcessPool | None = None
+        self.service: InvocationService | None = None
+        self._runner: web.AppRunner | None = None
+        self._components: list[Any] = []  # things with async start()/stop() (async queue, mappings)
+
+    async def start(self) -> None:
+        opts = self.options
+        opts.state_dir.mkdir(parents=True, exist_ok=True)
+        self.manifests = await asyncio.to_thread(load_manifests, opts.paths)
+        self.functions = await asyncio.to_thread(build_functions, self.manifests, opts.state_dir)
+        self.pool = LocalProcessPool(self.functions, max_environments=opts.max_environments,
+                                     handler_output=opts.handler_output)
+        registry = FunctionRegistry(self.functions)
+        self.service = InvocationService(registry, self.pool,
+                                         limiter=ConcurrencyLimiter(opts.max_environments),
+                                         log_invocations=not opts.quiet)
+        await self.pool.start()  # provisioned environments are warm before the port opens
+        for component in self._build_components():
+            await component.start()
+            self._components.append(component)
+        self._runner = web.AppRunner(build_app(self.service), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, opts.host, opts.port).start()
+
+    def _build_components(self) -> list[Any]:
+        from lamina.local.components import build_components
+
+        assert self.service is not None and self.manifests is not None
+        return build_components(self)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        for component in reversed(self._components):
+            with contextlib.suppress(Exception):
+                await component.stop()
+        if self.pool is not None:
+            await self.pool.close()
+
+    def describe(self) -> str:
+        opts = self.options
+        base = f"http://{opts.host}:{opts.port}"
+        lines = [f"lamina local: serving {len(self.functions)} function(s) at {base}"]
+        for fn in self.functions:
+            caps = []
+            if fn.reserved_concurrency is not None:
+                caps.append(f"reserved {fn.reserved_concurrency}")
+            if fn.provisioned_concurrency:
+                caps.append(f"provisioned {fn.provisioned_concurrency}")
+            extra = f" ({', '.join(caps)})" if caps else ""
+            lines.append(f"  {fn.name:24} {fn.handler:24} {fn.memory_mb} MB {fn.timeout_seconds}s{extra}  "
+                         f"{base}/url/{fn.name}/")
+        for component in self._components:
+            lines.extend(component.describe())
+        lines.append(f"  invoke: aws lambda invoke --endpoint-url {base} --function-name NAME out.json")
+        return "\n".join(lines)
+
+
+async def serve(options: LocalOptions) -> int:
+    stack = LocalStack(options)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stack.start()
+    except ManifestError as exc:
+        await stack.stop()
+        print(f"lamina local: refusing the manifests:\n{exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        await stack.stop()
+        print(f"lamina local: cannot serve on {options.host}:{options.port}: {exc}", file=sys.stderr)
+        return 1
+    print(stack.describe(), flush=True)
+    await stop.wait()
+    print("lamina local: stopping", flush=True)
+    await stack.stop()
+    return 0
