@@ -278,8 +278,8 @@ class WorkerProcess:
             "invoked_function_arn": req.invoked_function_arn or self.function_arn,
             "version": req.version or self.version,
         }
-        init_ms = self.init_duration_ms if self._cold else None
-        self._cold = False
+        cold, self._cold = self._cold, False
+        init_ms = self.init_duration_ms if cold else None
         started = time.perf_counter()
         try:
             self._writer.write(encode(header, req.payload))
@@ -288,17 +288,18 @@ class WorkerProcess:
         except TimeoutError:
             memory = peak_memory_mb(self._proc.pid)
             await self._kill()
-            return self._timeout_result(req, init_ms, memory)
+            return self._timeout_result(req, init_ms, memory, self._init_log if cold else "")
         except (asyncio.IncompleteReadError, FrameError, ConnectionError):
             returncode = await self._reap()
             duration = (time.perf_counter() - started) * 1000
-            return self._exit_result(req, returncode, duration, init_ms, "", worker_wrote_start=True)
+            prefix = self._init_log if cold else ""
+            return self._exit_result(req, returncode, duration, init_ms, prefix, worker_wrote_start=True)
         return InvocationResult(
             request_id=req.request_id,
             payload=payload,
             function_error=reply.get("function_error"),
             error_type=reply.get("error_type"),
-            log=reply.get("log") or "",
+            log=(self._init_log if cold else "") + (reply.get("log") or ""),
             duration_ms=float(reply.get("duration_ms") or 0.0),
             init_duration_ms=reply.get("init_duration_ms"),
             max_memory_mb=int(reply.get("max_memory_mb") or 0),
@@ -338,14 +339,24 @@ class WorkerProcess:
             max_memory_mb=memory,
         )
 
-    def _timeout_result(self, req: InvocationRequest, init_ms: float | None, memory: int) -> InvocationResult:
+    def _timeout_result(
+        self, req: InvocationRequest, init_ms: float | None, memory: int, prefix: str
+    ) -> InvocationResult:
         error = {
             "errorType": "Sandbox.Timedout",
             "errorMessage": logfmt.timeout_message(req.request_id, self.timeout_s),
         }
         line = logfmt.timeout_line(req.request_id, self.timeout_s)
         return self._error_result(
-            req, error, line, self.timeout_s * 1000, init_ms, memory, "timeout", worker_wrote_start=True
+            req,
+            error,
+            line,
+            self.timeout_s * 1000,
+            init_ms,
+            memory,
+            "timeout",
+            prefix,
+            worker_wrote_start=True,
         )
 
     def _exit_result(
