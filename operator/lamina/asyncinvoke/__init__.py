@@ -1,1 +1,25 @@
+"""Asynchronous (Event) invocation: a durable queue, Lambda's retry rules, and destinations."""
 
+from .config import EventInvokeConfig
+from .destinations import Destinations
+from .dispatcher import AsyncDispatcher, Invoker
+from .errors import DestinationError, FunctionNotFound, StoreError, ThrottledError
+from .records import EVENT_AGE_EXCEEDED, RETRIES_EXHAUSTED, SUCCESS, invocation_record
+from .store import AsyncEventStore, QueuedEvent
+
+__all__ = [
+    "EVENT_AGE_EXCEEDED",
+    "RETRIES_EXHAUSTED",
+    "SUCCESS",
+    "AsyncDispatcher",
+    "AsyncEventStore",
+    "DestinationError",
+    "Destinations",
+    "EventInvokeConfig",
+    "FunctionNotFound",
+    "Invoker",
+    "QueuedEvent",
+    "StoreError",
+    "ThrottledError",
+    "invocation_record",
+]

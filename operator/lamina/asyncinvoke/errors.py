@@ -11,7 +11,11 @@ from __future__ import annotations
 class ThrottledError(Exception):
     """The function is at its reserved concurrency (Lambda's 429 TooManyRequestsException)."""
 
-    def __init__(self, message: str = "Rate Exceeded.", reason: str = "ReservedFunctionConcurrentInvocationLimitExceeded"):
+    def __init__(
+        self,
+        message: str = "Rate Exceeded.",
+        reason: str = "ReservedFunctionConcurrentInvocationLimitExceeded",
+    ):
         super().__init__(message)
         self.reason = reason
 

@@ -253,7 +253,14 @@ class RedisEventStore:
         rows = await self._script(
             self._claim,
             [self.ready_key, self.delayed_key],
-            [_num(self._clock()), int(limit), int(lease_seconds * 1000), GROUP, self.consumer, self.event_prefix],
+            [
+                _num(self._clock()),
+                int(limit),
+                int(lease_seconds * 1000),
+                GROUP,
+                self.consumer,
+                self.event_prefix,
+            ],
         )
         out = []
         for id_raw, flat in rows:

@@ -42,7 +42,9 @@ CREATE TABLE IF NOT EXISTS async_events (
 );
 CREATE INDEX IF NOT EXISTS async_events_visible ON async_events (visible_at);
 """
-_COLUMNS = "id, function, payload, enqueued_at, attempts, throttles, next_attempt_at, last_error, pending_record"
+_COLUMNS = (
+    "id, function, payload, enqueued_at, attempts, throttles, next_attempt_at, last_error, pending_record"
+)
 _MAX_GROUP = 512
 DEFAULT_FILENAME = "async-events.sqlite3"
 
@@ -93,7 +95,9 @@ class SqliteEventStore:
             if self._closed:
                 raise StoreError("the async event store is closed")
             ready: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
-            self._thread = threading.Thread(target=self._run, args=(ready,), name="lamina-async-sqlite", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run, args=(ready,), name="lamina-async-sqlite", daemon=True
+            )
             self._thread.start()
             err = ready.get()
             if err is not None:
@@ -304,7 +308,9 @@ class SqliteEventStore:
         throttles: int | None = None,
         pending_record: str | None = None,
     ) -> None:
-        await self._call("op", self._reschedule, id, next_attempt_at, attempts, last_error, throttles, pending_record)
+        await self._call(
+            "op", self._reschedule, id, next_attempt_at, attempts, last_error, throttles, pending_record
+        )
 
     async def pending_count(self) -> int:
         return await self._call("op", self._count)

@@ -43,7 +43,9 @@ class QueuedEvent:
             raise ValueError(f"function must be 'namespace/name', got {self.function!r}")
 
     @classmethod
-    def new(cls, function: str, payload: bytes, *, request_id: str | None = None, now: float | None = None) -> QueuedEvent:
+    def new(
+        cls, function: str, payload: bytes, *, request_id: str | None = None, now: float | None = None
+    ) -> QueuedEvent:
         return cls(
             id=request_id or str(uuid.uuid4()),
             function=function,

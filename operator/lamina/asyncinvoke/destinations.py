@@ -1,0 +1,181 @@
+"""Delivery of invocation records to ``onSuccess`` / ``onFailure`` destinations.
+
+An Endpoint (wire form) is one of ``redis``, ``nats``, ``rabbitmq`` (delivered through the
+event-source package's :class:`~lamina.eventsources.base.Sink` implementations, one connection per
+distinct endpoint, kept open) or ``function: {name}`` (an asynchronous invocation of that function
+in the same namespace: the record is enqueued into the same store, as Lambda does).
+
+Any failure raises :class:`~lamina.asyncinvoke.errors.DestinationError`; the dispatcher keeps the
+record and retries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from .errors import DestinationError
+from .store import AsyncEventStore, QueuedEvent
+
+#: ``url_resolver(namespace, url_from)`` turns ``urlFrom: {secretKeyRef: {name, key}}`` into a URL.
+UrlResolver = Callable[[str, dict[str, Any]], Awaitable[str] | str]
+
+_RECORD_IDS = uuid.UUID("6f1d7a4e-2b55-4c8e-9a8e-1f0c5e7b3d21")
+
+
+class Sink(Protocol):
+    async def publish(self, body: bytes, headers: dict[str, str] | None = None) -> None: ...
+    async def close(self) -> None: ...
+
+
+#: ``sink_factory(kind, settings)`` with ``settings`` the endpoint's fields, ``url`` resolved.
+SinkFactory = Callable[[str, dict[str, Any]], Awaitable[Sink] | Sink]
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+async def default_sink_factory(kind: str, settings: dict[str, Any]) -> Sink:
+    """Sinks of :mod:`lamina.eventsources`, connected."""
+    url = settings["url"]
+    try:
+        if kind == "redis":
+            from lamina.eventsources.redis_streams import RedisStreamSink
+
+            sink: Any = RedisStreamSink(url, settings["stream"])
+        elif kind == "nats":
+            from lamina.eventsources import nats_jetstream  # type: ignore[attr-defined]
+
+            sink = nats_jetstream.NatsJetStreamSink(url, settings["subject"], stream=settings.get("stream"))
+        elif kind == "rabbitmq":
+            from lamina.eventsources import rabbitmq  # type: ignore[attr-defined]
+
+            sink = rabbitmq.RabbitMQSink(url, settings["queue"])
+        else:
+            raise DestinationError(f"unknown destination kind {kind!r}")
+    except (ImportError, AttributeError) as e:
+        raise DestinationError(f"no {kind} sink available: {e}") from e
+    connect = getattr(sink, "connect", None)
+    if connect is not None:
+        await connect()
+    return sink
+
+
+def record_event_id(source_id: str, destination: str) -> str:
+    """The request id of the event a function destination receives: stable, so that delivering the
+    same record twice (a crash between delivery and completion) enqueues it once."""
+    return str(uuid.uuid5(_RECORD_IDS, f"{source_id}/{destination}"))
+
+
+class Destinations:
+    """Delivers records; owns the destination connections (close with :meth:`close`)."""
+
+    def __init__(
+        self,
+        store: AsyncEventStore,
+        *,
+        sink_factory: SinkFactory | None = None,
+        url_resolver: UrlResolver | None = None,
+        on_enqueued: Callable[[QueuedEvent], None] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.store = store
+        self._factory = sink_factory or default_sink_factory
+        self._resolver = url_resolver
+        self._on_enqueued = on_enqueued
+        self._clock = clock
+        self._sinks: dict[str, Sink] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def _settings(self, namespace: str, kind: str, raw: dict[str, Any]) -> dict[str, Any]:
+        settings = {k: v for k, v in raw.items() if k != "urlFrom"}
+        if not settings.get("url"):
+            url_from = raw.get("urlFrom")
+            if not url_from:
+                raise DestinationError(f"{kind} destination has neither url nor urlFrom")
+            if self._resolver is None:
+                raise DestinationError(
+                    f"{kind} destination uses urlFrom but no secret resolver is configured"
+                )
+            try:
+                settings["url"] = await _maybe_await(self._resolver(namespace, url_from))
+            except DestinationError:
+                raise
+            except Exception as e:
+                raise DestinationError(f"cannot resolve urlFrom of the {kind} destination: {e}") from e
+        return settings
+
+    async def _sink(self, kind: str, settings: dict[str, Any]) -> Sink:
+        key = json.dumps([kind, settings], sort_keys=True)
+        sink = self._sinks.get(key)
+        if sink is not None:
+            return sink
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            sink = self._sinks.get(key)
+            if sink is None:
+                sink = await _maybe_await(self._factory(kind, settings))
+                self._sinks[key] = sink
+        return sink
+
+    async def _drop_sink(self, kind: str, settings: dict[str, Any]) -> None:
+        sink = self._sinks.pop(json.dumps([kind, settings], sort_keys=True), None)
+        if sink is not None:
+            try:
+                await sink.close()
+            except Exception:
+                pass
+
+    async def deliver(
+        self, event: QueuedEvent, destination: str, endpoint: dict[str, Any], record: dict[str, Any]
+    ) -> None:
+        """Deliver ``record`` (about ``event``) to ``endpoint``; ``destination`` is onSuccess/onFailure."""
+        kinds = [k for k, v in endpoint.items() if v is not None]
+        if len(kinds) != 1:
+            raise DestinationError(f"{destination} endpoint must name exactly one kind, got {kinds}")
+        kind = kinds[0]
+        body = json.dumps(record, separators=(",", ":")).encode()
+        if kind == "function":
+            target = endpoint["function"]["name"]
+            now = self._clock() if self._clock else None
+            ev = QueuedEvent.new(
+                f"{event.namespace}/{target}",
+                body,
+                request_id=record_event_id(event.id, destination),
+                now=now,
+            )
+            try:
+                added = await self.store.enqueue(ev)
+            except Exception as e:
+                raise DestinationError(f"cannot enqueue the record for function {target}: {e}") from e
+            if added and self._on_enqueued is not None:
+                self._on_enqueued(ev)
+            return
+        settings = await self._settings(event.namespace, kind, endpoint[kind])
+        headers = {
+            "content-type": "application/json",
+            "lamina-request-id": event.id,
+            "lamina-function": event.function,
+            "lamina-condition": record.get("requestContext", {}).get("condition", ""),
+        }
+        try:
+            sink = await self._sink(kind, settings)
+            await sink.publish(body, headers)
+        except DestinationError:
+            raise
+        except Exception as e:
+            await self._drop_sink(kind, settings)  # reconnect on the next attempt
+            raise DestinationError(f"{kind} destination failed: {type(e).__name__}: {e}") from e
+
+    async def close(self) -> None:
+        sinks, self._sinks = list(self._sinks.values()), {}
+        for sink in sinks:
+            try:
+                await sink.close()
+            except Exception:
+                pass

@@ -1,0 +1,487 @@
+"""Takes due events from the store and runs them with Lambda's asynchronous-invocation rules.
+
+* Function error (the handler raised, timed out, crashed): retried up to ``maximumRetryAttempts``
+  (0-2) more times, waiting ``retry_base_seconds`` x the attempt number (Lambda: about 1 min, then
+  about 2 min), then ``RetriesExhausted`` to ``onFailure``.
+* Throttled (over reserved concurrency) or a system error before the handler ran: the event stays
+  queued and is retried with exponential backoff from ``throttle_min_seconds`` (1 s) to
+  ``throttle_max_seconds`` (5 min) until ``maximumEventAgeSeconds``, then ``EventAgeExceeded``.
+  Such attempts do not count as retries. A function whose reserved concurrency is 0 sends its events
+  straight to ``onFailure`` (``RetriesExhausted``, ``approximateInvokeCount`` 0) without retries.
+* Success: the record goes to ``onSuccess`` if configured.
+* A record that cannot be delivered stays in the store (``pending_record``) and only its delivery is
+  retried, with backoff, until it is delivered: nothing accepted is ever dropped silently.
+* An unknown function (deleted, or not yet seen after a restart) is retried like a throttle for
+  ``not_found_grace_seconds`` of event age, then dropped with a log line and the metric.
+
+``approximateInvokeCount`` counts the runs of the handler (function errors plus the final run).
+
+Up to ``max_in_flight`` events run at once, at most ``max_in_flight_per_function`` of them for one
+function, so that one slow function does not hold up the others. Leases of events in flight are
+extended every third of ``lease_seconds``; after a crash, events come back when their lease ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from lamina_runtime.protocol import InvocationResult
+
+from . import records
+from .config import EventInvokeConfig
+from .destinations import Destinations, SinkFactory, UrlResolver
+from .errors import invoker_error_classes
+from .store import AsyncEventStore, QueuedEvent
+
+log = logging.getLogger(__name__)
+
+Invoker = Callable[[str, bytes], Awaitable[InvocationResult]]
+#: ``config_lookup("namespace/name")`` -> EventInvokeConfig | lamina.api.Function | None (unknown);
+#: may be a coroutine function.
+ConfigLookup = Callable[[str], Any]
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+class AsyncDispatcher:
+    def __init__(
+        self,
+        store: AsyncEventStore,
+        invoker: Invoker,
+        config_lookup: ConfigLookup,
+        clock: Callable[[], float] = time.time,
+        *,
+        destinations: Destinations | None = None,
+        sink_factory: SinkFactory | None = None,
+        url_resolver: UrlResolver | None = None,
+        metrics: Any = None,
+        max_in_flight: int = 64,
+        max_in_flight_per_function: int | None = None,
+        lease_seconds: float = 60.0,
+        poll_interval: float = 0.5,
+        retry_base_seconds: float = 60.0,
+        throttle_min_seconds: float = 1.0,
+        throttle_max_seconds: float = 300.0,
+        delivery_retry_min_seconds: float = 1.0,
+        delivery_retry_max_seconds: float = 300.0,
+        not_found_grace_seconds: float = 600.0,
+        region: str = records.REGION,
+        account: str = records.ACCOUNT,
+    ) -> None:
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be >= 1")
+        self.store = store
+        self._invoker = invoker
+        self._lookup = config_lookup
+        self._clock = clock
+        self._own_destinations = destinations is None
+        self.destinations = destinations or Destinations(
+            store,
+            sink_factory=sink_factory,
+            url_resolver=url_resolver,
+            on_enqueued=self._enqueued,
+            clock=clock,
+        )
+        self.metrics = metrics
+        self.max_in_flight = max_in_flight
+        self.max_in_flight_per_function = max_in_flight_per_function or max(1, (max_in_flight * 3) // 4)
+        self.lease_seconds = lease_seconds
+        self.poll_interval = poll_interval
+        self.retry_base_seconds = retry_base_seconds
+        self.throttle_min_seconds = throttle_min_seconds
+        self.throttle_max_seconds = throttle_max_seconds
+        self.delivery_retry_min_seconds = delivery_retry_min_seconds
+        self.delivery_retry_max_seconds = delivery_retry_max_seconds
+        self.not_found_grace_seconds = not_found_grace_seconds
+        self.region, self.account = region, account
+        self.stats: Counter[str] = Counter()
+        self._throttled_errors, self._not_found_errors = invoker_error_classes()
+        self._pass_request_id = self._accepts_request_id(invoker)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._per_function: Counter[str] = Counter()
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._next_due: float | None = None
+        self._stopping = False
+        self._runner: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    # -- public API ---------------------------------------------------------------------------
+    async def enqueue(
+        self, function: Any, payload: bytes, *, request_id: str | None = None, count: bool = True
+    ) -> QueuedEvent:
+        """Store one Event invocation durably (the gateway answers 202 after this returns).
+
+        ``function`` is "namespace/name" or anything with such a ``key`` (the gateway's
+        FunctionConfig). ``count=False`` skips the ``async_event_received`` hook (the caller counts).
+        """
+        key = function if isinstance(function, str) else function.key
+        ev = QueuedEvent.new(key, payload, request_id=request_id, now=self._clock())
+        await self.store.enqueue(ev)
+        self.stats["received"] += 1
+        if count:
+            self._metric("async_event_received", key)
+        self.wake()
+        return ev
+
+    def gateway_queue(self) -> GatewayQueue:
+        """This dispatcher as the gateway's ``AsyncQueue`` (``enqueue(fn, request_id, payload)``)."""
+        return GatewayQueue(self)
+
+    def wake(self) -> None:
+        """Look for due events now (something was enqueued)."""
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        if self._runner is not None:
+            return
+        self._stopping = False
+        self._runner = asyncio.create_task(self._run(), name="lamina-async-dispatcher")
+        self._heartbeat = asyncio.create_task(self._renew_leases(), name="lamina-async-leases")
+
+    async def stop(self, drain_seconds: float = 30.0) -> None:
+        """Stop taking events, let those in flight finish for up to ``drain_seconds``, then cancel
+        the rest and hand them back to the store (due at once) so the next start runs them."""
+        self._stopping = True
+        self._wake.set()
+        self._slot_freed.set()
+        if self._runner is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        tasks = dict(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks.values(), timeout=drain_seconds)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+                now = self._clock()
+                for ev_id, task in tasks.items():
+                    if task in pending:
+                        ev = getattr(task, "lamina_event", None)
+                        if ev is not None:
+                            with contextlib.suppress(Exception):
+                                await self.store.reschedule(
+                                    ev_id, now, ev.attempts, ev.last_error, throttles=ev.throttles
+                                )
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+        if self._own_destinations:
+            await self.destinations.close()
+
+    async def __aenter__(self) -> AsyncDispatcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- loop ---------------------------------------------------------------------------------
+    def _enqueued(self, ev: QueuedEvent) -> None:
+        self.stats["received"] += 1
+        self._metric("async_event_received", ev.function)
+        self._wake.set()
+
+    def _metric(self, name: str, *args: Any) -> None:
+        fn = getattr(self.metrics, name, None) if self.metrics is not None else None
+        if fn is not None:
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("metrics hook %s failed", name)
+
+    def _due_at(self, t: float) -> None:
+        if self._next_due is None or t < self._next_due:
+            self._next_due = t
+
+    async def _idle_wait(self) -> None:
+        timeout = self.poll_interval
+        if self._next_due is not None:
+            timeout = max(0.0, min(timeout, self._next_due - self._clock()))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            slots = self.max_in_flight - len(self._tasks)
+            if slots <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            self._wake.clear()
+            if self._next_due is not None and self._next_due <= self._clock():
+                self._next_due = None
+            try:
+                events = await self.store.claim_due(slots, self.lease_seconds)
+            except Exception:
+                log.exception("async event store: claim failed; retrying")
+                await self._idle_wait()
+                continue
+            for ev in events:
+                if ev.id in self._tasks:  # our lease ran out while we still work on it: keep working
+                    continue
+                self._spawn(ev)
+            if len(events) < slots:
+                await self._idle_wait()
+            else:
+                await asyncio.sleep(0)
+
+    def _spawn(self, ev: QueuedEvent) -> None:
+        self._per_function[ev.function] += 1
+        task = asyncio.create_task(self._guarded(ev), name=f"lamina-async-{ev.id}")
+        task.lamina_event = ev  # type: ignore[attr-defined]
+        self._tasks[ev.id] = task
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._tasks.pop(ev.id, None)
+            self._per_function[ev.function] -= 1
+            if self._per_function[ev.function] <= 0:
+                del self._per_function[ev.function]
+            self._slot_freed.set()
+            self._wake.set()
+
+        task.add_done_callback(done)
+
+    async def _renew_leases(self) -> None:
+        interval = max(0.05, self.lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            if self._tasks:
+                try:
+                    await self.store.touch(list(self._tasks), self.lease_seconds)
+                except Exception:
+                    log.exception("async event store: lease renewal failed")
+
+    async def _guarded(self, ev: QueuedEvent) -> None:
+        try:
+            if self._per_function[ev.function] > self.max_in_flight_per_function:
+                self.stats["deferred"] += 1
+                t = self._clock() + min(self.throttle_min_seconds, 0.5)
+                await self.store.reschedule(ev.id, t, ev.attempts, ev.last_error, throttles=ev.throttles)
+                self._due_at(t)
+                return
+            await self._process(ev)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # the store failed (or a bug): leave the lease to run out, then the event comes back
+            self.stats["errors"] += 1
+            log.exception(
+                "async event %s of %s: processing failed; it is retried when its lease ends",
+                ev.id,
+                ev.function,
+            )
+
+    # -- one event ----------------------------------------------------------------------------
+    @staticmethod
+    def _accepts_request_id(invoker: Invoker) -> bool:
+        try:
+            params = inspect.signature(invoker).parameters
+        except (TypeError, ValueError):
+            return False
+        return "request_id" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+    async def _invoke(self, ev: QueuedEvent) -> InvocationResult:
+        if self._pass_request_id:
+            return await self._invoker(ev.function, ev.payload, request_id=ev.id)  # type: ignore[call-arg]
+        return await self._invoker(ev.function, ev.payload)
+
+    async def _config(self, function: str) -> EventInvokeConfig | None:
+        value = self._lookup(function)
+        if inspect.isawaitable(value):
+            value = await value
+        return EventInvokeConfig.coerce(value)
+
+    async def _process(self, ev: QueuedEvent) -> None:
+        pending = ev.pending_record_obj()
+        if pending is not None:
+            await self._deliver(ev, pending)
+            return
+        cfg = await self._config(ev.function)
+        now = self._clock()
+        if cfg is None:
+            await self._function_missing(ev, now, "no such function")
+            return
+        age = now - ev.enqueued_at
+        if age >= cfg.maximum_event_age_seconds:
+            await self._finish(ev, cfg, records.EVENT_AGE_EXCEEDED, ev.last_error_obj(), ev.attempts, now)
+            return
+        if cfg.reserved_concurrency == 0:
+            self.stats["throttled"] += 1
+            response = records.throttled_response(
+                "Rate Exceeded.", "ReservedFunctionConcurrentInvocationLimitExceeded"
+            )
+            await self._finish(ev, cfg, records.RETRIES_EXHAUSTED, response, ev.attempts, now)
+            return
+        self._metric("async_event_age", ev.function, age)
+        try:
+            result = await self._invoke(ev)
+        except self._throttled_errors as e:
+            self.stats["throttled"] += 1
+            self._metric("async_event_throttled", ev.function)
+            response = records.throttled_response(str(e) or "Rate Exceeded.", getattr(e, "reason", None))
+            await self._back_off(ev, cfg, response)
+            return
+        except self._not_found_errors as e:
+            await self._function_missing(ev, self._clock(), str(e))
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the platform failed before/around the handler: like Lambda's 5xx
+            self.stats["system_errors"] += 1
+            log.warning(
+                "async event %s of %s: invoke failed: %s: %s", ev.id, ev.function, type(e).__name__, e
+            )
+            await self._back_off(ev, cfg, records.service_error_response(e))
+            return
+        self.stats["invocations"] += 1
+        response = records.response_from_result(result)
+        now = self._clock()
+        if result.function_error is None:
+            self.stats["succeeded"] += 1
+            await self._finish(ev, cfg, records.SUCCESS, response, ev.attempts + 1, now)
+            return
+        self.stats["function_errors"] += 1
+        attempts = ev.attempts + 1
+        if attempts > cfg.maximum_retry_attempts:
+            await self._finish(ev, cfg, records.RETRIES_EXHAUSTED, response, attempts, now)
+            return
+        deadline = ev.enqueued_at + cfg.maximum_event_age_seconds
+        t = min(now + self.retry_base_seconds * attempts, deadline)
+        await self.store.reschedule(ev.id, t, attempts, _dumps(response), throttles=ev.throttles)
+        self._due_at(t)
+
+    def _throttle_delay(self, n: int) -> float:
+        return min(self.throttle_max_seconds, self.throttle_min_seconds * (2 ** max(0, min(n - 1, 30))))
+
+    async def _back_off(self, ev: QueuedEvent, cfg: EventInvokeConfig, response: dict[str, Any]) -> None:
+        throttles = ev.throttles + 1
+        now = self._clock()
+        deadline = ev.enqueued_at + cfg.maximum_event_age_seconds
+        t = min(now + self._throttle_delay(throttles), deadline)
+        # a throttle does not replace the response of an earlier function error in the record
+        last_error = ev.last_error if ev.last_error and ev.attempts > 0 else _dumps(response)
+        await self.store.reschedule(ev.id, t, ev.attempts, last_error, throttles=throttles)
+        self._due_at(t)
+
+    async def _function_missing(self, ev: QueuedEvent, now: float, why: str) -> None:
+        self.stats["not_found"] += 1
+        if now - ev.enqueued_at >= self.not_found_grace_seconds:
+            self.stats["dropped"] += 1
+            self._metric("async_event_dropped", ev.function, "FunctionNotFound")
+            log.warning("async event %s dropped: function %s not found (%s)", ev.id, ev.function, why)
+            await self.store.complete(ev.id)
+            return
+        throttles = ev.throttles + 1
+        t = min(now + self._throttle_delay(throttles), ev.enqueued_at + self.not_found_grace_seconds)
+        response = {
+            "statusCode": 404,
+            "responsePayload": {
+                "errorType": "ResourceNotFoundException",
+                "errorMessage": f"Function not found: {ev.function}",
+            },
+        }
+        await self.store.reschedule(
+            ev.id, t, ev.attempts, ev.last_error or _dumps(response), throttles=throttles
+        )
+        self._due_at(t)
+
+    async def _finish(
+        self,
+        ev: QueuedEvent,
+        cfg: EventInvokeConfig,
+        condition: str,
+        response: dict[str, Any] | None,
+        invoke_count: int,
+        now: float,
+    ) -> None:
+        success = condition == records.SUCCESS
+        destination = "onSuccess" if success else "onFailure"
+        endpoint = cfg.on_success if success else cfg.on_failure
+        if not success:
+            self.stats["dropped"] += 1
+            self.stats[condition] += 1
+            self._metric("async_event_dropped", ev.function, condition)
+            if endpoint is None:
+                log.warning(
+                    "async event %s of %s failed for good (%s) and has no onFailure destination",
+                    ev.id,
+                    ev.function,
+                    condition,
+                )
+        if endpoint is None:
+            await self.store.complete(ev.id)
+            return
+        record = records.invocation_record(
+            request_id=ev.id,
+            function_name=ev.name,
+            condition=condition,
+            invoke_count=invoke_count,
+            request_payload=ev.payload,
+            response=response,
+            now=now,
+            region=self.region,
+            account=self.account,
+        )
+        await self._deliver(ev, {"destination": destination, "endpoint": endpoint, "record": record})
+
+    async def _deliver(self, ev: QueuedEvent, pending: dict[str, Any]) -> None:
+        try:
+            await self.destinations.deliver(
+                ev, pending["destination"], pending["endpoint"], pending["record"]
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            n = int(pending.get("deliveryAttempts", 0)) + 1
+            pending = {**pending, "deliveryAttempts": n, "lastDeliveryError": str(e)}
+            self.stats["destination_delivery_failures"] += 1
+            self._metric("destination_delivery_failure", ev.function, pending["destination"])
+            log.warning(
+                "async event %s of %s: %s delivery failed (attempt %d): %s",
+                ev.id,
+                ev.function,
+                pending["destination"],
+                n,
+                e,
+            )
+            delay = min(
+                self.delivery_retry_max_seconds, self.delivery_retry_min_seconds * (2 ** min(n - 1, 30))
+            )
+            t = self._clock() + delay
+            await self.store.reschedule(
+                ev.id, t, ev.attempts, ev.last_error, throttles=ev.throttles, pending_record=_dumps(pending)
+            )
+            self._due_at(t)
+            return
+        self.stats["delivered"] += 1
+        self.stats[f"delivered_{pending['destination']}"] += 1
+        await self.store.complete(ev.id)
+
+
+class GatewayQueue:
+    """Adapter to ``lamina.gateway.service.AsyncQueue``; the gateway counts received events itself."""
+
+    def __init__(self, dispatcher: AsyncDispatcher) -> None:
+        self.dispatcher = dispatcher
+
+    async def enqueue(self, fn: Any, request_id: str, payload: bytes) -> None:
+        await self.dispatcher.enqueue(fn, payload, request_id=request_id, count=False)
