@@ -21,5 +21,5 @@ def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServ
 
 
 @pytest.fixture(scope="module")
-def lambda_client(local_server: LocalServer):  # noqa: ANN201
+def lambda_client(local_server: LocalServer):
     return local_server.lambda_client()

@@ -11,12 +11,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 
-def invoke(client, name: str, payload: object = None, **kwargs):  # noqa: ANN001, ANN201
+def invoke(client, name: str, payload: object = None, **kwargs):
     body = json.dumps(payload if payload is not None else {}).encode()
     return client.invoke(FunctionName=name, Payload=body, **kwargs)
 
 
-def read(response) -> object:  # noqa: ANN001
+def read(response) -> object:
     return json.loads(response["Payload"].read())
 
 

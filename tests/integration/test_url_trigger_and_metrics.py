@@ -6,7 +6,7 @@ import json
 import urllib.request
 
 
-def request(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None):  # noqa: ANN201
+def request(url: str, method: str = "GET", body: bytes | None = None, headers: dict | None = None):
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     return urllib.request.urlopen(req, timeout=30)
 

@@ -71,7 +71,7 @@ class LocalServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
-    def lambda_client(self, read_timeout: int = 60):  # noqa: ANN201 - botocore client type is dynamic
+    def lambda_client(self, read_timeout: int = 60):
         return boto3.client(
             "lambda", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id="test",
             aws_secret_access_key="test",
