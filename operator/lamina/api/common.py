@@ -26,7 +26,7 @@ SHA256 = r"^[0-9a-fA-F]{64}$"
 URL = r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^\s]+$"
 HANDLER = r"^[A-Za-z_][A-Za-z0-9_]*([./][A-Za-z_][A-Za-z0-9_]*)*\.[A-Za-z_][A-Za-z0-9_]*$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-SCHEDULE = r"^(rate|cron)\(.+\)$"
+SCHEDULE = r"^(rate|cron|at)\(.+\)$"
 
 #: What each pattern means, so that a mismatch is reported as a rule and not as a regex.
 PATTERN_RULES: dict[str, str] = {
@@ -37,7 +37,7 @@ PATTERN_RULES: dict[str, str] = {
     URL: "must be an absolute URL such as https://host/path.zip",
     HANDLER: "must be module.function, e.g. index.handler or src/app.main",
     ENV_NAME: "must be an environment variable name (letters, digits and '_', not starting with a digit)",
-    SCHEDULE: "must be rate(...) or cron(...)",
+    SCHEDULE: "must be rate(...), cron(...) or at(...)",
 }
 
 

@@ -28,7 +28,7 @@ MAX_FILTERS = 5
 class ScheduleSource(LaminaModel):
     """An EventBridge schedule: ``rate(5 minutes)`` or ``cron(0 12 * * ? *)``."""
 
-    expression: str = Field(pattern=SCHEDULE, max_length=256, description="rate(...) or cron(...).")
+    expression: str = Field(pattern=SCHEDULE, max_length=256, description="rate(...), cron(...) or at(...).")
     timezone: str = Field(default="UTC", max_length=64, description="IANA time zone of cron expressions.")
     input: Any = Field(
         default=None,
