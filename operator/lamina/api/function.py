@@ -32,6 +32,8 @@ MB_PER_VCPU = 1769
 #: Floor of the CPU share: below it CFS throttling makes Python's imports dominate a cold start.
 MIN_MILLICORES = 100
 MAX_LAYERS = 5
+#: Bounds the list so the apiserver's CEL cost estimate for its items passes.
+MAX_ENV_FROM = 100
 
 #: Variables the runtime sets itself; a Function may not override them.
 RESERVED_ENV_PREFIXES = ("AWS_LAMBDA_", "LAMINA_")
@@ -137,6 +139,7 @@ class FunctionSpec(LaminaModel):
     environment: dict[str, str] = Field(default_factory=dict, description="Plain environment variables.")
     environment_from: list[EnvFrom] = Field(
         default_factory=list,
+        max_length=MAX_ENV_FROM,
         description="Environment variables read from Secrets or ConfigMaps.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
