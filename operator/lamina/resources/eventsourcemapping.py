@@ -1,0 +1,146 @@
+"""EventSourceMapping -> a Deployment of its worker (``lamina worker esm``), one replica, zero when
+disabled. Schedules run in the same worker kind; their ticks are claimed in Redis, so a second replica
+(during a rollout, or by mistake) never fires a tick twice.
+
+The worker gets everything it needs through its environment, so it needs no Kubernetes API access:
+
+- ``LAMINA_ESM``: the mapping as JSON (apiVersion, kind, metadata.name/namespace, spec);
+- ``LAMINA_SOURCE_URL`` / ``LAMINA_ON_FAILURE_URL``: the broker URLs that the spec reads from a Secret
+  (``urlFrom``), resolved by the kubelet from ``secretKeyRef``;
+- ``LAMINA_GATEWAY_URL``: where to invoke the function; ``LAMINA_REDIS_URL``: schedule tick claims.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lamina.api import EventSourceMapping
+from lamina.resources import labels, names
+from lamina.resources.meta import digest, metadata
+from lamina.resources.pods import container_security_context, hardened_pod
+from lamina.resources.settings import Settings
+
+WORKER_COMMAND = ["lamina", "worker", "esm"]
+
+
+def mapping_document(esm: EventSourceMapping) -> dict[str, Any]:
+    """What the worker is told about its mapping (no uid, status or other metadata)."""
+    return {
+        "apiVersion": esm.api_version,
+        "kind": esm.kind,
+        "metadata": {"name": esm.name, "namespace": esm.metadata.namespace},
+        "spec": esm.spec.to_dict(),
+    }
+
+
+def _secret_env(name: str, endpoint: Any) -> list[dict[str, Any]]:
+    """``name`` from the Secret an endpoint's ``urlFrom`` names (nothing for a literal url)."""
+    target = endpoint.target if endpoint is not None else None
+    url_from = getattr(target, "url_from", None)
+    if url_from is None:
+        return []
+    ref = url_from.secret_key_ref
+    return [{"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
+
+
+def worker_env(esm: EventSourceMapping, settings: Settings) -> list[dict[str, Any]]:
+    spec = esm.spec
+    env: list[dict[str, Any]] = [
+        {
+            "name": "LAMINA_ESM",
+            "value": json.dumps(mapping_document(esm), sort_keys=True, separators=(",", ":")),
+        },
+        {"name": "LAMINA_GATEWAY_URL", "value": settings.gateway_url},
+        {"name": "AWS_REGION", "value": settings.region},
+    ]
+    if settings.redis_url:
+        env.append({"name": "LAMINA_REDIS_URL", "value": settings.redis_url})
+    if spec.source.schedule is None:
+        env += _secret_env("LAMINA_SOURCE_URL", spec.source)
+    on_failure = spec.destination_config.on_failure if spec.destination_config else None
+    if on_failure is not None and on_failure.function is None:
+        env += _secret_env("LAMINA_ON_FAILURE_URL", on_failure)
+    return env
+
+
+def build_mapping(esm: EventSourceMapping, settings: Settings) -> dict[str, Any]:
+    """The worker Deployment of ``esm``."""
+    ns = esm.metadata.namespace
+    fn = esm.spec.function_name
+    env = worker_env(esm, settings)
+    chash = digest({"image": settings.worker_image, "env": env})
+    pod = hardened_pod(
+        {
+            "terminationGracePeriodSeconds": 30,
+            "containers": [
+                {
+                    "name": "worker",
+                    "image": settings.worker_image,
+                    "imagePullPolicy": settings.image_pull_policy,
+                    "command": [*WORKER_COMMAND, "--namespace", ns, "--name", esm.name],
+                    "env": env,
+                    "resources": {
+                        "requests": {"cpu": "50m", "memory": "96Mi"},
+                        "limits": {"memory": "256Mi"},
+                    },
+                    "securityContext": container_security_context(),
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                }
+            ],
+            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+        }
+    )
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(
+            names.mapping_deployment(esm.name),
+            esm,
+            labels.mapping_labels(esm.name, fn),
+            {labels.CONFIG_HASH: chash},
+        ),
+        "spec": {
+            "replicas": 1 if esm.spec.enabled else 0,
+            "selector": {"matchLabels": labels.mapping_selector(esm.name)},
+            "revisionHistoryLimit": 3,
+            # One consumer per mapping: the old worker stops before the new one starts.
+            "strategy": {"type": "Recreate"},
+            "template": {
+                "metadata": {
+                    "labels": {**labels.mapping_labels(esm.name, fn), **labels.mapping_selector(esm.name)},
+                    "annotations": {labels.CONFIG_HASH: chash},
+                },
+                "spec": pod,
+            },
+        },
+    }
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """The mapping's Ready condition and Lambda-style ``state`` derived from its worker Deployment."""
+
+    ready: bool
+    reason: str
+    message: str
+    state: str
+
+
+def worker_state(deployment: Mapping[str, Any] | None, enabled: bool) -> WorkerState:
+    if not enabled:
+        return WorkerState(
+            True, "Disabled", "the mapping is disabled; its worker is scaled to zero", "Disabled"
+        )
+    if deployment is None:
+        return WorkerState(False, "Creating", "waiting for the worker Deployment", "Creating")
+    status = deployment.get("status") or {}
+    generation = (deployment.get("metadata") or {}).get("generation") or 0
+    if (status.get("observedGeneration") or 0) < generation or (status.get("updatedReplicas") or 0) < 1:
+        return WorkerState(False, "Updating", "the worker is being updated", "Updating")
+    if (status.get("readyReplicas") or 0) < 1:
+        return WorkerState(False, "WorkerNotReady", "the worker is not ready yet", "Creating")
+    return WorkerState(True, "WorkerRunning", "the worker is consuming", "Enabled")

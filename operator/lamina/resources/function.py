@@ -1,0 +1,349 @@
+"""Function -> the objects that run it: a Deployment of the runtime image, a headless Service and, for
+inline code, a ConfigMap holding ``index.py``.
+
+Pure: the caller reads whatever the build depends on (the user's code ConfigMap, the Layers' ready
+artifacts) and passes it in; nothing here talks to a cluster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lamina.api import Function
+from lamina.resources import labels, names
+from lamina.resources.layer import LayerArtifact
+from lamina.resources.meta import config_map_digest, digest, metadata
+from lamina.resources.pods import container_security_context, hardened_pod
+from lamina.resources.settings import Settings
+
+PORT = 8080
+TASK_ROOT = "/var/task"
+TMP_SIZE = "512Mi"  # Lambda's default ephemeral /tmp
+INLINE_FILE = "index.py"
+SERVE_COMMAND = ["python", "-m", "lamina_runtime", "serve", "--host", "0.0.0.0", "--port", str(PORT)]
+#: ``python -m lamina_runtime fetch URL SHA256 DEST``: download a zip, check its digest, extract it.
+FETCH_COMMAND = ["python", "-m", "lamina_runtime", "fetch"]
+#: Seconds a terminating environment gets beyond the function timeout to finish its invocation.
+GRACE_SECONDS = 5
+
+
+@dataclass(frozen=True)
+class FunctionResources:
+    """Everything one Function needs, as plain dicts ready for server-side apply."""
+
+    deployment: dict[str, Any]
+    service: dict[str, Any]
+    code_config_map: dict[str, Any] | None
+    config_hash: str
+    code_digest: str
+
+    def objects(self) -> list[dict[str, Any]]:
+        """In the order they should be applied (what the pods mount first)."""
+        head = [self.code_config_map] if self.code_config_map is not None else []
+        return [*head, self.service, self.deployment]
+
+
+def code_digest(fn: Function, code_config_map: Mapping[str, Any] | None = None) -> str:
+    """Digest of the function's code: of the inline text, of the ConfigMap's content, or the zip's sha256."""
+    code = fn.spec.code
+    if code.inline is not None:
+        return hashlib.sha256(code.inline.encode()).hexdigest()
+    if code.config_map is not None:
+        if code_config_map is None:
+            raise ValueError(f"Function {fn.name}: the content of ConfigMap {code.config_map.name} is needed")
+        return config_map_digest(code_config_map)
+    assert code.sha256 is not None
+    return code.sha256.lower()
+
+
+def config_hash(fn: Function, image: str, code: str, layers: Sequence[LayerArtifact]) -> str:
+    """Digest of everything an environment is made of. It goes on the pod template, so a change of
+    code, layer content or configuration rolls the environments; metadata changes do not."""
+    spec = fn.spec
+    return digest(
+        {
+            "image": image,
+            "runtime": spec.runtime,
+            "handler": spec.handler,
+            "code": [spec.code.kind, code],
+            "memoryMB": spec.memory_mb,
+            "timeoutSeconds": spec.timeout_seconds,
+            "environment": spec.environment,
+            "environmentFrom": [e.to_dict() for e in spec.environment_from],
+            "layers": [[a.name, a.digest] for a in layers],
+        }
+    )
+
+
+def build_function(
+    fn: Function,
+    settings: Settings,
+    layers: Sequence[LayerArtifact] = (),
+    code_config_map: Mapping[str, Any] | None = None,
+) -> FunctionResources:
+    """The desired children of ``fn``.
+
+    ``layers`` are the ready artifacts of ``fn.spec.layers``, in that order. ``code_config_map`` is the
+    user's ConfigMap when the code comes from one (its content goes into the config hash, so editing it
+    rolls the environments on the next reconcile).
+    """
+    if [a.name for a in layers] != list(fn.spec.layers):
+        raise ValueError(
+            f"Function {fn.name}: layer artifacts {[a.name for a in layers]} do not match spec.layers "
+            f"{list(fn.spec.layers)}"
+        )
+    image = settings.image_for(fn.spec.runtime)
+    code = code_digest(fn, code_config_map)
+    chash = config_hash(fn, image, code, layers)
+    inline = fn.spec.code.inline
+    code_cm = None
+    if inline is not None:
+        code_cm = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata(
+                names.function_code_config_map(fn.name), fn, labels.function_labels(fn.name)
+            ),
+            "data": {INLINE_FILE: inline},
+        }
+    return FunctionResources(
+        deployment=_deployment(fn, settings, image, layers, chash),
+        service=_service(fn),
+        code_config_map=code_cm,
+        config_hash=chash,
+        code_digest=code,
+    )
+
+
+def _service(fn: Function) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": metadata(names.function_service(fn.name), fn, labels.function_labels(fn.name)),
+        "spec": {
+            # Headless: one environment serves one request at a time, so the gateway picks pods itself.
+            "clusterIP": "None",
+            "selector": labels.function_selector(fn.name),
+            "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+            "publishNotReadyAddresses": False,
+        },
+    }
+
+
+def _deployment(
+    fn: Function, settings: Settings, image: str, layers: Sequence[LayerArtifact], chash: str
+) -> dict[str, Any]:
+    spec = fn.spec
+    pod_labels = {**labels.function_labels(fn.name), **labels.function_selector(fn.name)}
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
+    init: list[dict[str, Any]] = []
+
+    code = spec.code
+    mounts.append({"name": "code", "mountPath": TASK_ROOT, "readOnly": True})
+    if code.inline is not None:
+        volumes.append({"name": "code", "configMap": {"name": names.function_code_config_map(fn.name)}})
+    elif code.config_map is not None:
+        volumes.append({"name": "code", "configMap": {"name": code.config_map.name}})
+    else:
+        assert code.url is not None and code.sha256 is not None
+        volumes.append({"name": "code", "emptyDir": {}})
+        init.append(_fetch_container("fetch-code", image, settings, code.url, code.sha256, "code", TASK_ROOT))
+
+    layer_paths = []
+    for i, artifact in enumerate(layers):
+        path = names.layer_mount_path(i, artifact.name)
+        volume = f"layer-{i}"
+        layer_paths.append(path)
+        mounts.append({"name": volume, "mountPath": path, "readOnly": True})
+        if artifact.config_map is not None:
+            volumes.append({"name": volume, "configMap": {"name": artifact.config_map}})
+        else:
+            assert artifact.url is not None
+            volumes.append({"name": volume, "emptyDir": {}})
+            init.append(
+                _fetch_container(
+                    f"fetch-layer-{i}", image, settings, artifact.url, artifact.digest, volume, path
+                )
+            )
+
+    memory = f"{spec.memory_mb}Mi"
+    container = {
+        "name": "function",
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": SERVE_COMMAND,
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "env": function_env(fn, settings, layer_paths),
+        "resources": {
+            "requests": {"cpu": f"{spec.cpu_millicores}m", "memory": memory},
+            "limits": {"memory": memory},
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 2,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": mounts,
+    }
+    pod = hardened_pod(
+        {
+            "terminationGracePeriodSeconds": spec.timeout_seconds + GRACE_SECONDS,
+            "initContainers": init,
+            "containers": [container],
+            "volumes": volumes,
+        }
+    )
+    if not init:
+        del pod["initContainers"]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(
+            names.function_deployment(fn.name),
+            fn,
+            labels.function_labels(fn.name),
+            {labels.CONFIG_HASH: chash, labels.PROVISIONED: str(spec.provisioned_concurrency)},
+        ),
+        "spec": {
+            "replicas": spec.provisioned_concurrency,
+            "selector": {"matchLabels": labels.function_selector(fn.name)},
+            "revisionHistoryLimit": 3,
+            # Never drop below the provisioned environments during a rollout.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": {labels.CONFIG_HASH: chash}},
+                "spec": pod,
+            },
+        },
+    }
+
+
+def _fetch_container(
+    name: str, image: str, settings: Settings, url: str, sha256: str, volume: str, dest: str
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": [*FETCH_COMMAND, url, sha256.lower(), dest],
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": volume, "mountPath": dest}, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+
+
+def function_env(fn: Function, settings: Settings, layer_paths: Sequence[str]) -> list[dict[str, Any]]:
+    """The container's variables: Lambda's reserved ones, then the user's (a user value replaces a
+    default of the same name, such as AWS_REGION), then the Secret/ConfigMap references."""
+    spec = fn.spec
+    values: dict[str, str] = {
+        "AWS_LAMBDA_FUNCTION_NAME": fn.name,
+        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
+        "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{fn.name}",
+        "AWS_REGION": settings.region,
+        "AWS_DEFAULT_REGION": settings.region,
+        "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}",
+        "_HANDLER": spec.handler,
+        "LAMINA_HANDLER": spec.handler,
+        "LAMBDA_TASK_ROOT": TASK_ROOT,
+        "LAMINA_TIMEOUT_SECONDS": str(spec.timeout_seconds),
+    }
+    if layer_paths:
+        values["LAMINA_LAYERS"] = os.pathsep.join(layer_paths)
+    values.update(spec.environment)
+    refs = {e.name: e for e in spec.environment_from}
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items() if k not in refs]
+    for ref in spec.environment_from:
+        if ref.secret_key_ref is not None:
+            source = {"secretKeyRef": {"name": ref.secret_key_ref.name, "key": ref.secret_key_ref.key}}
+        else:
+            assert ref.config_map_key_ref is not None
+            source = {
+                "configMapKeyRef": {"name": ref.config_map_key_ref.name, "key": ref.config_map_key_ref.key}
+            }
+        env.append({"name": ref.name, "valueFrom": source})
+    return env
+
+
+# ---------------------------------------------------------------------------------- observed state
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What a Function's Deployment says about its environments."""
+
+    ready: bool
+    reason: str
+    message: str
+    ready_environments: int
+    desired_environments: int
+
+
+def deployment_readiness(deployment: Mapping[str, Any] | None, provisioned: int) -> Readiness:
+    """Ready once the Deployment's rollout is complete and ``provisioned`` environments are ready."""
+    if deployment is None:
+        return Readiness(False, "Deploying", "waiting for the Deployment to be created", 0, provisioned)
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    generation = (deployment.get("metadata") or {}).get("generation") or 0
+    desired = spec.get("replicas", 1)
+    ready = status.get("readyReplicas") or 0
+    updated = status.get("updatedReplicas") or 0
+    total = status.get("replicas") or 0
+    available = status.get("availableReplicas") or 0
+    if (status.get("observedGeneration") or 0) < generation:
+        return Readiness(
+            False, "Deploying", "the Deployment controller has not seen the change yet", ready, desired
+        )
+    if updated < desired or total > updated or available < updated:
+        return Readiness(
+            False,
+            "RollingOut",
+            f"rolling out: {updated}/{desired} environments updated, {ready} ready",
+            ready,
+            desired,
+        )
+    if ready < provisioned:
+        return Readiness(
+            False,
+            "WaitingForEnvironments",
+            f"{ready}/{provisioned} provisioned environments ready",
+            ready,
+            desired,
+        )
+    if provisioned == 0:
+        return Readiness(
+            True, "OnDemand", "no provisioned concurrency: environments start on demand", ready, desired
+        )
+    return Readiness(
+        True, "EnvironmentsReady", f"{ready}/{provisioned} provisioned environments ready", ready, desired
+    )
+
+
+def desired_replicas(current: int | None, previous_provisioned: int | None, provisioned: int) -> int | None:
+    """The replicas the operator should set, or None to leave the field to its other writer.
+
+    Above provisioned concurrency the gateway scales environments (it patches the Deployment's scale
+    subresource), so the operator only sets replicas when the Deployment is new, when it has fewer
+    than ``provisioned``, or when provisioned concurrency changed and no on-demand environments are
+    running on top of the old value.
+    """
+    if current is None or current < provisioned:
+        return provisioned
+    if (
+        previous_provisioned is not None
+        and previous_provisioned != provisioned
+        and current == previous_provisioned
+    ):
+        return provisioned
+    return None

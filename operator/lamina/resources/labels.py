@@ -1,0 +1,51 @@
+"""Label and annotation keys on the objects the operator makes.
+
+Parent labels are deliberately not copied to children: a GitOps tool that tracks objects by a label
+(Argo CD's ``app.kubernetes.io/instance``) would otherwise claim, and prune, what the operator made.
+"""
+
+from __future__ import annotations
+
+NAME = "app.kubernetes.io/name"
+COMPONENT = "app.kubernetes.io/component"
+PART_OF = "app.kubernetes.io/part-of"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+
+FUNCTION = "lamina.dev/function"
+LAYER = "lamina.dev/layer"
+MAPPING = "lamina.dev/eventsourcemapping"
+
+#: Annotation on pod templates: digest of everything that should restart environments when it changes.
+CONFIG_HASH = "lamina.dev/config-hash"
+#: Annotation on a Function's Deployment: the provisionedConcurrency its replicas were last set from.
+PROVISIONED = "lamina.dev/provisioned-concurrency"
+
+FUNCTION_APP = "lamina-function"
+WORKER_APP = "lamina-eventsource-worker"
+LAYER_APP = "lamina-layer"
+MANAGER = "lamina-operator"
+
+
+def common(app: str, component: str) -> dict[str, str]:
+    return {NAME: app, COMPONENT: component, PART_OF: "lamina", MANAGED_BY: MANAGER}
+
+
+def function_selector(function: str) -> dict[str, str]:
+    """Selects a Function's environments (pods); stable for the Deployment's lifetime."""
+    return {NAME: FUNCTION_APP, FUNCTION: function}
+
+
+def function_labels(function: str) -> dict[str, str]:
+    return {**common(FUNCTION_APP, "execution-environment"), FUNCTION: function}
+
+
+def mapping_selector(mapping: str) -> dict[str, str]:
+    return {NAME: WORKER_APP, MAPPING: mapping}
+
+
+def mapping_labels(mapping: str, function: str) -> dict[str, str]:
+    return {**common(WORKER_APP, "event-source-worker"), MAPPING: mapping, FUNCTION: function}
+
+
+def layer_labels(layer: str) -> dict[str, str]:
+    return {**common(LAYER_APP, "layer-artifact"), LAYER: layer}

@@ -1,0 +1,122 @@
+"""Layer -> its ready artifact, and the other way round (status -> what a Function mounts).
+
+A layer revision is immutable: its identity is the content digest. ``url`` layers are referenced as
+they are (the digest is the given sha256; each environment fetches and checks the zip in an init
+container). ``configMap`` layers are copied into an immutable ConfigMap named after the digest, so that
+editing the source ConfigMap makes a new revision instead of changing files under running
+environments. ``requirements`` layers need a build step with somewhere to store its output; the
+cluster has no such store yet, so they are reported as not supported (local mode builds them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from lamina.api import Layer
+from lamina.resources import labels, names
+from lamina.resources.meta import config_map_digest, metadata
+
+CONFIG_MAP_SCHEME = "configmap:"
+#: How many revision ConfigMaps of a layer are kept (the current one and those before it), so that
+#: environments of a Function still rolling from an older revision can start.
+KEEP_REVISIONS = 3
+
+
+class NotSupported(Exception):
+    """The layer's source cannot be turned into an artifact in a cluster (yet)."""
+
+
+@dataclass(frozen=True)
+class LayerArtifact:
+    """A ready layer revision as a Function consumes it: exactly one of ``config_map`` / ``url``."""
+
+    name: str
+    revision: int
+    digest: str
+    config_map: str | None = None
+    url: str | None = None
+
+    @property
+    def artifact(self) -> str:
+        """The ``status.artifact`` string: ``configmap:<name>`` or the archive URL."""
+        return f"{CONFIG_MAP_SCHEME}{self.config_map}" if self.config_map is not None else str(self.url)
+
+    @classmethod
+    def from_status(cls, name: str, status: Mapping[str, Any]) -> LayerArtifact:
+        artifact, digest = status.get("artifact"), status.get("digest")
+        if not artifact or not digest:
+            raise ValueError(f"Layer {name} has no artifact yet")
+        revision = int(status.get("revision") or 0)
+        if artifact.startswith(CONFIG_MAP_SCHEME):
+            return cls(name, revision, digest, config_map=artifact[len(CONFIG_MAP_SCHEME) :])
+        return cls(name, revision, digest, url=artifact)
+
+
+@dataclass(frozen=True)
+class LayerBuild:
+    """What a Layer's current content becomes: the artifact, and the object holding it (if any)."""
+
+    digest: str
+    config_map: dict[str, Any] | None
+    url: str | None
+
+    def artifact(self, revision: int, name: str) -> LayerArtifact:
+        cm = self.config_map["metadata"]["name"] if self.config_map is not None else None
+        return LayerArtifact(name, revision, self.digest, config_map=cm, url=self.url)
+
+
+def build_layer(layer: Layer, source_config_map: Mapping[str, Any] | None = None) -> LayerBuild:
+    """The artifact of the layer's current content. ``source_config_map`` is the user's ConfigMap for
+    a ``configMap`` layer. Raises :class:`NotSupported` for ``requirements`` layers."""
+    spec = layer.spec
+    if spec.url is not None:
+        assert spec.sha256 is not None
+        return LayerBuild(spec.sha256.lower(), None, spec.url)
+    if spec.config_map is not None:
+        if source_config_map is None:
+            raise ValueError(f"Layer {layer.name}: the content of ConfigMap {spec.config_map.name} is needed")
+        digest = config_map_digest(source_config_map)
+        cm: dict[str, Any] = {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata(
+                names.layer_config_map(layer.name, digest), layer, labels.layer_labels(layer.name)
+            ),
+            "immutable": True,
+        }
+        for key in ("data", "binaryData"):
+            if source_config_map.get(key):
+                cm[key] = dict(source_config_map[key])
+        return LayerBuild(digest, cm, None)
+    raise NotSupported(
+        "requirements layers are built by `lamina local` only; in a cluster publish the built layer "
+        "as url + sha256 or as a configMap"
+    )
+
+
+def next_revision(status: Mapping[str, Any] | None, digest: str) -> int:
+    """The revision number for content ``digest``: unchanged for the same content, else one more."""
+    status = status or {}
+    current = int(status.get("revision") or 0)
+    if status.get("digest") == digest and current:
+        return current
+    return current + 1
+
+
+def stale_revisions(
+    config_maps: list[Mapping[str, Any]], current: str, keep: int = KEEP_REVISIONS
+) -> list[str]:
+    """Names of a layer's revision ConfigMaps to delete: all but the newest ``keep`` (never ``current``)."""
+    ordered = sorted(
+        config_maps,
+        key=lambda cm: (cm["metadata"].get("creationTimestamp") or "", cm["metadata"]["name"]),
+        reverse=True,
+    )
+    kept = {current}
+    for cm in ordered:
+        if len(kept) >= keep:
+            break
+        kept.add(cm["metadata"]["name"])
+    return [cm["metadata"]["name"] for cm in ordered if cm["metadata"]["name"] not in kept]

@@ -1,0 +1,51 @@
+"""What the builders need to know about the installation (images, addresses), read from the
+environment the Helm chart gives the operator."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    VERSION = version("lamina")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    VERSION = "0.1.0"
+
+DEFAULT_RUNTIME_IMAGE = f"ghcr.io/lamina-dev/runtime:{VERSION}"
+DEFAULT_WORKER_IMAGE = f"ghcr.io/lamina-dev/lamina:{VERSION}"
+DEFAULT_GATEWAY_URL = "http://lamina-gateway.lamina-system.svc:8080"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Installation-wide inputs of the builders.
+
+    ``runtime_image`` may contain ``{runtime}`` (``python3.12``...) to pick one image per runtime.
+    """
+
+    runtime_image: str = DEFAULT_RUNTIME_IMAGE
+    worker_image: str = DEFAULT_WORKER_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    region: str = "us-east-1"
+    gateway_url: str = DEFAULT_GATEWAY_URL
+    redis_url: str | None = None
+
+    def image_for(self, runtime: str) -> str:
+        return self.runtime_image.replace("{runtime}", runtime)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read ``LAMINA_RUNTIME_IMAGE``, ``LAMINA_WORKER_IMAGE``, ``LAMINA_IMAGE_PULL_POLICY``,
+        ``LAMINA_REGION``, ``LAMINA_GATEWAY_URL`` and ``LAMINA_REDIS_URL`` (unset = default)."""
+        env = os.environ if env is None else env
+        default = cls()
+        return cls(
+            runtime_image=env.get("LAMINA_RUNTIME_IMAGE") or default.runtime_image,
+            worker_image=env.get("LAMINA_WORKER_IMAGE") or default.worker_image,
+            image_pull_policy=env.get("LAMINA_IMAGE_PULL_POLICY") or default.image_pull_policy,
+            region=env.get("LAMINA_REGION") or default.region,
+            gateway_url=(env.get("LAMINA_GATEWAY_URL") or default.gateway_url).rstrip("/"),
+            redis_url=env.get("LAMINA_REDIS_URL") or None,
+        )

@@ -1,0 +1,328 @@
+"""Function -> Deployment / Service / code ConfigMap (pure builders, no cluster)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lamina.api import Function, parse_object
+from lamina.resources import (
+    LayerArtifact,
+    Settings,
+    build_function,
+    deployment_readiness,
+    desired_replicas,
+    labels,
+)
+
+SHA = "ab" * 32
+SETTINGS = Settings(runtime_image="registry.example/runtime:{runtime}", region="eu-west-1")
+
+
+def function(spec: dict[str, Any] | None = None, name: str = "hello", **meta: Any) -> Function:
+    body = {"handler": "index.handler", "code": {"inline": "def handler(e, c):\n    return 1\n"}}
+    body.update(spec or {})
+    metadata = {"name": name, "namespace": "team-a", "uid": "uid-1", "generation": 1, **meta}
+    obj = parse_object(
+        {"apiVersion": "lamina.dev/v1alpha1", "kind": "Function", "metadata": metadata, "spec": body}
+    )
+    assert isinstance(obj, Function)
+    return obj
+
+
+def container(deployment: dict[str, Any], name: str = "function") -> dict[str, Any]:
+    pod = deployment["spec"]["template"]["spec"]
+    return next(c for c in pod["containers"] + pod.get("initContainers", []) if c["name"] == name)
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(deployment)["env"]}
+
+
+def test_inline_code_becomes_index_py_mounted_at_task_root() -> None:
+    res = build_function(function(), SETTINGS)
+    assert res.code_config_map is not None
+    assert res.code_config_map["metadata"]["name"] == "hello-code"
+    assert res.code_config_map["data"] == {"index.py": "def handler(e, c):\n    return 1\n"}
+    pod = res.deployment["spec"]["template"]["spec"]
+    assert {"name": "code", "configMap": {"name": "hello-code"}} in pod["volumes"]
+    assert {"name": "code", "mountPath": "/var/task", "readOnly": True} in container(res.deployment)[
+        "volumeMounts"
+    ]
+    assert "initContainers" not in pod
+    assert [o["kind"] for o in res.objects()] == ["ConfigMap", "Service", "Deployment"]
+
+
+def test_config_map_code_is_mounted_and_its_content_is_hashed() -> None:
+    fn = function({"code": {"configMap": {"name": "src"}}})
+    with pytest.raises(ValueError, match="ConfigMap src"):
+        build_function(fn, SETTINGS)
+    res = build_function(fn, SETTINGS, code_config_map={"data": {"app.py": "x = 1"}})
+    assert res.code_config_map is None
+    pod = res.deployment["spec"]["template"]["spec"]
+    assert {"name": "code", "configMap": {"name": "src"}} in pod["volumes"]
+    other = build_function(fn, SETTINGS, code_config_map={"data": {"app.py": "x = 2"}})
+    assert other.config_hash != res.config_hash
+    assert other.code_digest != res.code_digest
+
+
+def test_url_code_is_fetched_by_an_init_container_into_an_empty_dir() -> None:
+    res = build_function(
+        function({"code": {"url": "https://example.com/f.zip", "sha256": SHA.upper()}}), SETTINGS
+    )
+    pod = res.deployment["spec"]["template"]["spec"]
+    assert {"name": "code", "emptyDir": {}} in pod["volumes"]
+    fetch = container(res.deployment, "fetch-code")
+    assert fetch["command"] == [
+        "python",
+        "-m",
+        "lamina_runtime",
+        "fetch",
+        "https://example.com/f.zip",
+        SHA,
+        "/var/task",
+    ]
+    assert fetch["image"] == "registry.example/runtime:python3.12"
+    assert {"name": "code", "mountPath": "/var/task"} in fetch["volumeMounts"]
+    assert res.code_digest == SHA
+
+
+@pytest.mark.parametrize(
+    ("memory", "cpu"),
+    [(128, "100m"), (1769, "1000m"), (3538, "2000m"), (10240, "5789m")],
+)
+def test_memory_is_request_and_limit_and_cpu_follows_it(memory: int, cpu: str) -> None:
+    res = build_function(function({"memoryMB": memory}), SETTINGS)
+    resources = container(res.deployment)["resources"]
+    assert resources["requests"] == {"cpu": cpu, "memory": f"{memory}Mi"}
+    assert resources["limits"] == {"memory": f"{memory}Mi"}
+    assert env_of(res.deployment)["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == str(memory)
+
+
+def test_environment_lambda_variables_then_user_then_references() -> None:
+    fn = function(
+        {
+            "runtime": "python3.11",
+            "timeoutSeconds": 30,
+            "environment": {"STAGE": "prod", "AWS_REGION": "us-west-2"},
+            "environmentFrom": [
+                {"name": "DB_PASSWORD", "secretKeyRef": {"name": "db", "key": "password"}},
+                {"name": "LEVEL", "configMapKeyRef": {"name": "cfg", "key": "level"}},
+            ],
+        }
+    )
+    res = build_function(fn, SETTINGS)
+    env = env_of(res.deployment)
+    assert env["AWS_LAMBDA_FUNCTION_NAME"] == "hello"
+    assert env["_HANDLER"] == env["LAMINA_HANDLER"] == "index.handler"
+    assert env["LAMBDA_TASK_ROOT"] == "/var/task"
+    assert env["LAMINA_TIMEOUT_SECONDS"] == "30"
+    assert env["AWS_EXECUTION_ENV"] == "AWS_Lambda_python3.11"
+    assert env["AWS_REGION"] == "us-west-2"  # the user's value replaces the default
+    assert env["AWS_DEFAULT_REGION"] == "eu-west-1"
+    assert env["STAGE"] == "prod"
+    assert env["DB_PASSWORD"] == {"secretKeyRef": {"name": "db", "key": "password"}}
+    assert env["LEVEL"] == {"configMapKeyRef": {"name": "cfg", "key": "level"}}
+    names = [e["name"] for e in container(res.deployment)["env"]]
+    assert len(names) == len(set(names)), "server-side apply refuses duplicate env names"
+    assert "LAMINA_LAYERS" not in env
+    assert container(res.deployment)["image"] == "registry.example/runtime:python3.11"
+
+
+def test_layers_mounted_in_order_and_listed_in_lamina_layers() -> None:
+    fn = function({"layers": ["deps", "utils"]})
+    arts = [
+        LayerArtifact("deps", 2, "11" * 32, url="https://example.com/deps.zip"),
+        LayerArtifact("utils", 1, "22" * 32, config_map="layer-utils-222222222222"),
+    ]
+    res = build_function(fn, SETTINGS, arts)
+    env = env_of(res.deployment)
+    assert env["LAMINA_LAYERS"] == "/opt/layers/0-deps:/opt/layers/1-utils"
+    pod = res.deployment["spec"]["template"]["spec"]
+    assert {"name": "layer-1", "configMap": {"name": "layer-utils-222222222222"}} in pod["volumes"]
+    assert {"name": "layer-0", "emptyDir": {}} in pod["volumes"]
+    fetch = container(res.deployment, "fetch-layer-0")
+    assert fetch["command"][-3:] == ["https://example.com/deps.zip", "11" * 32, "/opt/layers/0-deps"]
+    mounts = {m["mountPath"]: m["name"] for m in container(res.deployment)["volumeMounts"]}
+    assert mounts["/opt/layers/0-deps"] == "layer-0" and mounts["/opt/layers/1-utils"] == "layer-1"
+    with pytest.raises(ValueError, match=r"do not match spec\.layers"):
+        build_function(fn, SETTINGS, list(reversed(arts)))
+
+
+def test_hardened_pod() -> None:
+    res = build_function(function({"code": {"url": "https://example.com/f.zip", "sha256": SHA}}), SETTINGS)
+    pod = res.deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 1000
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for c in pod["containers"] + pod["initContainers"]:
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+
+
+def test_serves_on_8080_with_healthz_readiness() -> None:
+    res = build_function(function({"timeoutSeconds": 60}), SETTINGS)
+    c = container(res.deployment)
+    assert c["command"][-4:] == ["--host", "0.0.0.0", "--port", "8080"]
+    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert res.deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 65
+
+
+def test_labels_selector_owner_and_service() -> None:
+    res = build_function(function({"provisionedConcurrency": 3, "reservedConcurrency": 5}), SETTINGS)
+    dep, svc = res.deployment, res.service
+    assert dep["metadata"]["name"] == svc["metadata"]["name"] == "fn-hello"
+    sel = {"app.kubernetes.io/name": "lamina-function", "lamina.dev/function": "hello"}
+    assert dep["spec"]["selector"] == {"matchLabels": sel}
+    assert sel.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert svc["spec"]["selector"] == sel
+    assert svc["spec"]["clusterIP"] == "None"
+    assert dep["spec"]["replicas"] == 3
+    assert dep["metadata"]["annotations"][labels.PROVISIONED] == "3"
+    for obj in res.objects():
+        assert obj["metadata"]["namespace"] == "team-a"
+        assert obj["metadata"]["ownerReferences"] == [
+            {
+                "apiVersion": "lamina.dev/v1alpha1",
+                "kind": "Function",
+                "name": "hello",
+                "uid": "uid-1",
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+
+
+def test_parent_labels_are_not_copied_to_children() -> None:
+    res = build_function(function(labels={"app.kubernetes.io/instance": "argo-app"}), SETTINGS)
+    for obj in res.objects():
+        assert "app.kubernetes.io/instance" not in obj["metadata"]["labels"]
+
+
+def test_long_function_names_still_give_dns_label_children() -> None:
+    name = "f" * 63
+    res = build_function(function(name=name), SETTINGS)
+    for obj in (res.deployment, res.service):
+        assert len(obj["metadata"]["name"]) <= 63
+    assert (
+        build_function(function(name="f" * 62 + "g"), SETTINGS).service["metadata"]["name"]
+        != (res.service["metadata"]["name"])
+    )
+
+
+def template_hash(res: Any) -> str:
+    return res.deployment["spec"]["template"]["metadata"]["annotations"][labels.CONFIG_HASH]
+
+
+@pytest.mark.parametrize(
+    ("change", "rolls"),
+    [
+        ({"code": {"inline": "def handler(e, c):\n    return 2\n"}}, True),
+        ({"memoryMB": 256}, True),
+        ({"environment": {"A": "1"}}, True),
+        ({"handler": "index.other"}, True),
+        ({"reservedConcurrency": 7}, False),
+        ({"provisionedConcurrency": 2}, False),
+        ({"idleTimeoutSeconds": 60}, False),
+        ({"async": {"maximumRetryAttempts": 0}}, False),
+    ],
+)
+def test_config_hash_changes_with_what_environments_are_made_of(change: dict[str, Any], rolls: bool) -> None:
+    base = build_function(function(), SETTINGS)
+    changed = build_function(function(change), SETTINGS)
+    assert (template_hash(changed) != template_hash(base)) is rolls
+
+
+def test_config_hash_ignores_metadata_but_follows_layer_content() -> None:
+    base = build_function(function(), SETTINGS)
+    relabelled = build_function(
+        function(labels={"team": "x"}, annotations={"note": "y"}, generation=9), SETTINGS
+    )
+    assert template_hash(relabelled) == template_hash(base)
+    fn = function({"layers": ["deps"]})
+    one = build_function(fn, SETTINGS, [LayerArtifact("deps", 1, "11" * 32, config_map="layer-deps-1")])
+    two = build_function(fn, SETTINGS, [LayerArtifact("deps", 2, "22" * 32, config_map="layer-deps-2")])
+    assert template_hash(one) != template_hash(two)
+
+
+def test_builder_is_deterministic() -> None:
+    assert build_function(function(), SETTINGS) == build_function(function(), SETTINGS)
+
+
+# ------------------------------------------------------------------------------------ observed state
+
+
+def deployment(desired: int, generation: int = 2, observed: int = 2, **status: int) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": generation},
+        "spec": {"replicas": desired},
+        "status": {"observedGeneration": observed, **status},
+    }
+
+
+@pytest.mark.parametrize(
+    ("dep", "provisioned", "ready", "reason"),
+    [
+        (None, 0, False, "Deploying"),
+        (deployment(0, observed=1), 0, False, "Deploying"),
+        (deployment(0), 0, True, "OnDemand"),
+        (
+            deployment(2, replicas=2, updatedReplicas=2, readyReplicas=2, availableReplicas=2),
+            2,
+            True,
+            "EnvironmentsReady",
+        ),
+        (
+            deployment(2, replicas=2, updatedReplicas=2, readyReplicas=1, availableReplicas=1),
+            2,
+            False,
+            "RollingOut",
+        ),
+        (
+            deployment(2, replicas=3, updatedReplicas=2, readyReplicas=3, availableReplicas=3),
+            2,
+            False,
+            "RollingOut",
+        ),
+        (
+            deployment(2, replicas=2, updatedReplicas=1, readyReplicas=2, availableReplicas=2),
+            2,
+            False,
+            "RollingOut",
+        ),
+        # the gateway scaled down below provisioned for a moment: the rollout is complete but short
+        (
+            deployment(1, replicas=1, updatedReplicas=1, readyReplicas=1, availableReplicas=1),
+            2,
+            False,
+            "WaitingForEnvironments",
+        ),
+    ],
+)
+def test_deployment_readiness(dep: Any, provisioned: int, ready: bool, reason: str) -> None:
+    r = deployment_readiness(dep, provisioned)
+    assert (r.ready, r.reason) == (ready, reason)
+
+
+@pytest.mark.parametrize(
+    ("current", "previous", "provisioned", "want"),
+    [
+        (None, None, 2, 2),  # new Deployment
+        (1, 2, 2, 2),  # below provisioned: raise
+        (5, 2, 2, None),  # on-demand environments above provisioned: the gateway's business
+        (2, 2, 2, None),
+        (3, 3, 1, 1),  # provisioned lowered, nothing on demand: follow
+        (4, 3, 1, None),  # provisioned lowered while on-demand environments run: the gateway reaps
+        (3, None, 1, None),  # unknown history: leave it
+    ],
+)
+def test_desired_replicas(
+    current: int | None, previous: int | None, provisioned: int, want: int | None
+) -> None:
+    assert desired_replicas(current, previous, provisioned) == want

@@ -1,0 +1,193 @@
+"""Layer -> artifact and EventSourceMapping -> worker Deployment (pure builders, no cluster)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from lamina.api import EventSourceMapping, Layer, parse_object
+from lamina.resources import (
+    LayerArtifact,
+    NotSupported,
+    Settings,
+    build_layer,
+    build_mapping,
+    names,
+    worker_state,
+)
+from lamina.resources.layer import next_revision, stale_revisions
+from lamina.resources.meta import config_map_digest
+
+SHA = "cd" * 32
+
+
+def layer(spec: dict[str, Any]) -> Layer:
+    obj = parse_object(
+        {
+            "apiVersion": "lamina.dev/v1alpha1",
+            "kind": "Layer",
+            "metadata": {"name": "deps", "uid": "L1"},
+            "spec": spec,
+        }
+    )
+    assert isinstance(obj, Layer)
+    return obj
+
+
+def test_url_layer_is_referenced_with_its_sha256_as_revision_digest() -> None:
+    build = build_layer(layer({"url": "https://example.com/deps.zip", "sha256": SHA.upper()}))
+    assert build.config_map is None
+    art = build.artifact(1, "deps")
+    assert (art.digest, art.url, art.artifact) == (
+        SHA,
+        "https://example.com/deps.zip",
+        "https://example.com/deps.zip",
+    )
+    assert LayerArtifact.from_status("deps", {"artifact": art.artifact, "digest": SHA, "revision": 1}) == art
+
+
+def test_config_map_layer_is_copied_into_an_immutable_revision_named_after_its_digest() -> None:
+    source = {"metadata": {"name": "src", "labels": {"x": "y"}}, "data": {"helpers.py": "A = 1"}}
+    build = build_layer(layer({"configMap": {"name": "src"}}), source)
+    cm = build.config_map
+    assert cm is not None
+    assert cm["immutable"] is True
+    assert cm["data"] == {"helpers.py": "A = 1"}
+    assert build.digest == config_map_digest(source)
+    assert cm["metadata"]["name"] == names.layer_config_map("deps", build.digest)
+    assert cm["metadata"]["ownerReferences"][0]["kind"] == "Layer"
+    assert cm["metadata"]["ownerReferences"][0]["controller"] is True
+    art = build.artifact(4, "deps")
+    assert art.artifact == f"configmap:{cm['metadata']['name']}"
+    assert (
+        LayerArtifact.from_status("deps", {"artifact": art.artifact, "digest": build.digest, "revision": 4})
+        == art
+    )
+    # Metadata of the source does not make a new revision; content does.
+    relabelled = build_layer(layer({"configMap": {"name": "src"}}), {**source, "metadata": {"name": "src"}})
+    assert relabelled.digest == build.digest
+    edited = build_layer(layer({"configMap": {"name": "src"}}), {"data": {"helpers.py": "A = 2"}})
+    assert edited.digest != build.digest
+    assert edited.config_map["metadata"]["name"] != cm["metadata"]["name"]  # type: ignore[index]
+
+
+def test_requirements_layers_are_not_supported_in_a_cluster() -> None:
+    with pytest.raises(NotSupported, match="requirements"):
+        build_layer(layer({"requirements": ["requests==2.32.3"]}))
+
+
+def test_artifact_from_status_needs_a_ready_status() -> None:
+    with pytest.raises(ValueError, match="no artifact"):
+        LayerArtifact.from_status("deps", {"revision": 1})
+
+
+@pytest.mark.parametrize(
+    ("status", "digest", "want"),
+    [(None, "a", 1), ({"revision": 1, "digest": "a"}, "a", 1), ({"revision": 1, "digest": "a"}, "b", 2)],
+)
+def test_revision_numbers_follow_content(status: Any, digest: str, want: int) -> None:
+    assert next_revision(status, digest) == want
+
+
+def test_stale_revisions_keep_the_newest_and_the_current() -> None:
+    cms = [
+        {"metadata": {"name": f"r{i}", "creationTimestamp": f"2026-01-0{i}T00:00:00Z"}} for i in range(1, 6)
+    ]
+    assert sorted(stale_revisions(cms, current="r5")) == ["r1", "r2"]
+    # A current revision that is older than others (content reverted) is never deleted.
+    assert "r1" not in stale_revisions(cms, current="r1")
+    assert len(stale_revisions(cms, current="r1")) == 2
+
+
+# ------------------------------------------------------------------------------ EventSourceMapping
+
+
+def mapping(spec: dict[str, Any]) -> EventSourceMapping:
+    body = {"functionName": "hello", **spec}
+    obj = parse_object(
+        {
+            "apiVersion": "lamina.dev/v1alpha1",
+            "kind": "EventSourceMapping",
+            "metadata": {"name": "orders", "namespace": "team-a", "uid": "E1"},
+            "spec": body,
+        }
+    )
+    assert isinstance(obj, EventSourceMapping)
+    return obj
+
+
+SETTINGS = Settings(
+    worker_image="registry.example/lamina:1", gateway_url="http://gw:8080", redis_url="redis://r:6379"
+)
+
+
+def env_of(dep: dict[str, Any]) -> dict[str, Any]:
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
+
+
+def test_broker_mapping_runs_one_worker_with_secret_urls_from_env() -> None:
+    esm = mapping(
+        {
+            "source": {
+                "redis": {"urlFrom": {"secretKeyRef": {"name": "redis", "key": "url"}}, "stream": "orders"}
+            },
+            "destinationConfig": {"onFailure": {"rabbitmq": {"url": "amqp://mq/", "queue": "dlq"}}},
+        }
+    )
+    dep = build_mapping(esm, SETTINGS)
+    assert dep["metadata"]["name"] == "esm-orders"
+    assert dep["spec"]["replicas"] == 1
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["image"] == "registry.example/lamina:1"
+    assert c["command"] == ["lamina", "worker", "esm", "--namespace", "team-a", "--name", "orders"]
+    env = env_of(dep)
+    assert env["LAMINA_SOURCE_URL"] == {"secretKeyRef": {"name": "redis", "key": "url"}}
+    assert "LAMINA_ON_FAILURE_URL" not in env  # a literal url stays in the spec
+    assert env["LAMINA_GATEWAY_URL"] == "http://gw:8080"
+    doc = json.loads(env["LAMINA_ESM"])
+    assert doc["metadata"] == {"name": "orders", "namespace": "team-a"}
+    assert doc["spec"]["source"]["redis"]["stream"] == "orders"
+    assert parse_object(doc).name == "orders"  # the worker can validate what it is given
+    assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    assert dep["metadata"]["ownerReferences"][0]["kind"] == "EventSourceMapping"
+    assert dep["metadata"]["labels"]["lamina.dev/function"] == "hello"
+
+
+def test_disabled_mapping_scales_the_worker_to_zero() -> None:
+    esm = mapping({"source": {"nats": {"url": "nats://n:4222", "subject": "s"}}, "enabled": False})
+    assert build_mapping(esm, SETTINGS)["spec"]["replicas"] == 0
+    state = worker_state(None, enabled=False)
+    assert (state.ready, state.state) == (True, "Disabled")
+
+
+def test_schedule_mapping_gets_redis_for_tick_claims() -> None:
+    esm = mapping({"source": {"schedule": {"expression": "rate(5 minutes)"}}})
+    env = env_of(build_mapping(esm, SETTINGS))
+    assert env["LAMINA_REDIS_URL"] == "redis://r:6379"
+    assert "LAMINA_SOURCE_URL" not in env
+
+
+def test_spec_change_rolls_the_worker() -> None:
+    a = build_mapping(mapping({"source": {"schedule": {"expression": "rate(5 minutes)"}}}), SETTINGS)
+    b = build_mapping(mapping({"source": {"schedule": {"expression": "rate(6 minutes)"}}}), SETTINGS)
+    key = "lamina.dev/config-hash"
+    assert (
+        a["spec"]["template"]["metadata"]["annotations"][key]
+        != b["spec"]["template"]["metadata"]["annotations"][key]
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "ready", "state"),
+    [
+        ({"observedGeneration": 1, "updatedReplicas": 1, "readyReplicas": 1}, True, "Enabled"),
+        ({"observedGeneration": 1, "updatedReplicas": 1, "readyReplicas": 0}, False, "Creating"),
+        ({"observedGeneration": 0}, False, "Updating"),
+    ],
+)
+def test_worker_state(status: dict[str, int], ready: bool, state: str) -> None:
+    ws = worker_state({"metadata": {"generation": 1}, "status": status}, enabled=True)
+    assert (ws.ready, ws.state) == (ready, state)
