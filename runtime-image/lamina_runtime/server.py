@@ -72,9 +72,11 @@ def _json(status: int, message: str) -> tuple[int, bytes, dict[str, str]]:
 class RuntimeServer:
     def __init__(self, worker: WorkerProcess) -> None:
         self.worker = worker
-        self.ready = False  # INIT finished (successfully or not: a failed INIT is the next invoke's answer)
         self._invoking = False
-        self._restart: asyncio.Task[float] | None = None
+        # The INIT in progress (the first one, or a restart after a timeout/crash). Invocations wait for
+        # it; probes answer 503 meanwhile. A failed INIT still counts as done: it is the next answer.
+        self._starting: asyncio.Task[float] | None = None
+        self._initialised = False
         self._server: asyncio.Server | None = None
 
     async def listen(self, host: str, port: int) -> int:
@@ -82,16 +84,26 @@ class RuntimeServer:
         self._server = await asyncio.start_server(self._connection, host, port, limit=64 * 1024)
         return self._server.sockets[0].getsockname()[1]
 
+    @property
+    def ready(self) -> bool:
+        return self._initialised and self._starting is None
+
     async def init(self) -> float:
-        init_ms = await self.worker.start()
-        self.ready = True
-        return init_ms
+        self._starting = asyncio.create_task(self._start_worker())
+        return await asyncio.shield(self._starting)
+
+    async def _start_worker(self) -> float:
+        try:
+            return await self.worker.start()
+        finally:
+            self._starting = None
+            self._initialised = True
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        if self._restart is not None:
-            await asyncio.gather(self._restart, return_exceptions=True)
+        if self._starting is not None:
+            await asyncio.gather(self._starting, return_exceptions=True)
         await self.worker.stop()
 
     async def serve_forever(self) -> None:
@@ -125,7 +137,7 @@ class RuntimeServer:
         if path == "/healthz":
             if request.method != "GET":
                 return _json(405, "use GET /healthz")
-            if self.ready and self._restart is None:
+            if self.ready:
                 return _json(200, "ready")
             return _json(503, "initializing")
         if path == "/invoke":
@@ -135,12 +147,12 @@ class RuntimeServer:
         return _json(404, f"no route for {request.method} {path}")
 
     async def _invoke(self, request: Request) -> tuple[int, bytes, dict[str, str]]:
-        if self._invoking or not self.ready:
+        if self._invoking:
             return _json(429, "the execution environment is busy (one invocation at a time)")
         self._invoking = True
         try:
-            if self._restart is not None:
-                await self._restart
+            if self._starting is not None:
+                await asyncio.shield(self._starting)  # held, not refused, while the environment starts
             req = InvocationRequest(
                 request_id=request.headers.get("lamina-request-id") or str(uuid.uuid4()),
                 payload=request.body,
@@ -150,18 +162,14 @@ class RuntimeServer:
             result = await self.worker.invoke(req)
         except WorkerBusy as exc:
             return _json(429, str(exc))
+        except Exception as exc:  # the environment itself failed (e.g. cannot spawn): say so, keep serving
+            return _json(500, f"execution environment failed: {type(exc).__name__}: {exc}")
         finally:
             self._invoking = False
-        if self.worker.needs_restart:
+        if self.worker.needs_restart and self._starting is None:
             # After a timeout or crash, pay the next INIT now rather than on the next request.
-            self._restart = asyncio.create_task(self._restart_worker())
+            self._starting = asyncio.create_task(self._start_worker())
         return 200, result.payload, result_headers(result)
-
-    async def _restart_worker(self) -> float:
-        try:
-            return await self.worker.start()
-        finally:
-            self._restart = None
 
 
 async def serve(host: str, port: int, environ: Mapping[str, str] | None = None) -> None:

@@ -1,0 +1,213 @@
+"""`python -m lamina_runtime serve`, end to end over real HTTP (the pod's entrypoint)."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+RUNTIME_ROOT = Path(__file__).resolve().parents[2] / "runtime-image"
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen, port: int, log: Path) -> None:
+        self.proc, self.port, self.log = proc, port, log
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, dict(response.getheaders()), response.read()
+        finally:
+            conn.close()
+
+    def invoke(self, event: object, **headers: str) -> tuple[int, dict[str, str], object]:
+        status, resp_headers, body = self.request("POST", "/invoke", json.dumps(event).encode(), headers)
+        return status, resp_headers, json.loads(body)
+
+
+def _poll(predicate: Callable[[], object], what: str) -> object:
+    for _ in range(3000):
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
+    procs: list[subprocess.Popen] = []
+
+    def start(code_dir: str, handler: str = "index.handler", **env: str) -> Served:
+        log = tmp_path / f"serve-{len(procs)}.log"
+        environ = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": str(RUNTIME_ROOT),
+            "LAMINA_HANDLER": handler,
+            "LAMBDA_TASK_ROOT": code_dir,
+            "AWS_LAMBDA_FUNCTION_NAME": "served",
+            **env,
+        }
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "lamina_runtime", "serve", "--port", "0"],
+                env=environ,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        procs.append(proc)
+
+        def port() -> int | None:
+            found = re.search(r"listening on http://127\.0\.0\.1:(\d+)", log.read_text())
+            assert proc.poll() is None, log.read_text()
+            return int(found.group(1)) if found else None
+
+        return Served(proc, _poll(port, "the server to listen"), log)  # type: ignore[arg-type]
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+HANDLER = """
+import os, time
+print("init ran")
+def handler(event, context):
+    print("handling", context.aws_request_id)
+    if event.get("fail"):
+        raise ValueError("nope")
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    if event.get("entered"):
+        open(event["entered"], "w").close()
+        while not os.path.exists(event["release"]):
+            time.sleep(0.01)
+    cc = context.client_context
+    return {"pid": os.getpid(), "event": event, "custom": cc.custom if cc else None}
+"""
+
+
+def test_healthz_turns_ready_after_init(serve, write_code, tmp_path):
+    gate = tmp_path / "gate"
+    code = write_code(
+        f"""
+        import os, time
+        while not os.path.exists({str(gate)!r}):
+            time.sleep(0.01)
+        def handler(event, context):
+            return "warm"
+        """
+    )
+    served = serve(code)
+    status, _, _ = served.request("GET", "/healthz")
+    assert status == 503  # INIT is still running: the pod is not Ready yet
+    gate.write_text("")
+    _poll(lambda: served.request("GET", "/healthz")[0] == 200, "healthz 200")
+    status, _, out = served.invoke({})
+    assert status == 200 and out == "warm"
+
+
+def test_invoke_end_to_end(serve, write_code):
+    served = serve(write_code(HANDLER))
+    _poll(lambda: served.request("GET", "/healthz")[0] == 200, "healthz 200")
+    cc = base64.b64encode(json.dumps({"custom": {"tenant": "t1"}}).encode()).decode()
+    status, headers, out = served.invoke(
+        {"x": 1}, **{"Lamina-Request-Id": "req-1", "Lamina-Client-Context": cc}
+    )
+    assert status == 200
+    assert out["event"] == {"x": 1} and out["custom"] == {"tenant": "t1"}
+    assert "Lamina-Function-Error" not in headers
+    assert float(headers["Lamina-Init-Duration-Ms"]) > 0
+    assert float(headers["Lamina-Duration-Ms"]) >= 0
+    log = base64.b64decode(headers["Lamina-Log-Result"]).decode()
+    assert "START RequestId: req-1 Version: $LATEST" in log
+    assert "handling req-1" in log
+    assert "REPORT RequestId: req-1\t" in log
+    status, headers, out2 = served.invoke({"x": 2})
+    assert status == 200 and out2["pid"] == out["pid"]  # same warm environment
+    assert "Lamina-Init-Duration-Ms" not in headers
+    assert "handling req-1" in served.log.read_text()  # the container log has the handler's output
+
+
+def test_function_error_headers(serve, write_code):
+    served = serve(write_code(HANDLER))
+    status, headers, out = served.invoke({"fail": True}, **{"Lamina-Request-Id": "req-err"})
+    assert status == 200
+    assert headers["Lamina-Function-Error"] == "Unhandled"
+    assert headers["Lamina-Error-Type"] == "ValueError"
+    assert out["errorMessage"] == "nope" and out["requestId"] == "req-err"
+
+
+def test_keep_alive(serve, write_code):
+    served = serve(write_code(HANDLER))
+    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
+    try:
+        pids = []
+        for n in range(3):
+            conn.request("POST", "/invoke", body=json.dumps({"n": n}).encode())
+            response = conn.getresponse()
+            assert response.status == 200
+            pids.append(json.loads(response.read())["pid"])
+            if n == 0:
+                sock = conn.sock
+            assert conn.sock is sock  # the same TCP connection served every request
+        assert len(set(pids)) == 1
+    finally:
+        conn.close()
+
+
+def test_busy_gets_429(serve, write_code, tmp_path):
+    served = serve(write_code(HANDLER))
+    event = {"entered": str(tmp_path / "entered"), "release": str(tmp_path / "release")}
+    results: list[object] = []
+    first = threading.Thread(target=lambda: results.append(served.invoke(event)))
+    first.start()
+    _poll((tmp_path / "entered").exists, "the first invocation to start")
+    assert served.request("POST", "/invoke", b"{}")[0] == 429
+    (tmp_path / "release").write_text("")
+    first.join()
+    assert results[0][0] == 200
+
+
+def test_timeout_restarts_worker(serve, write_code):
+    served = serve(write_code(HANDLER), LAMINA_TIMEOUT_SECONDS="1")
+    _, _, before = served.invoke({})
+    status, headers, out = served.invoke({"sleep": 30}, **{"Lamina-Request-Id": "slow"})
+    assert status == 200
+    assert headers["Lamina-Error-Type"] == "Sandbox.Timedout"
+    assert out["errorMessage"] == "RequestId: slow Error: Task timed out after 1.00 seconds"
+    status, headers, after = served.invoke({})
+    assert status == 200 and after["pid"] != before["pid"]
+    assert "Lamina-Init-Duration-Ms" in headers
+
+
+def test_unknown_route_and_method(serve, write_code):
+    served = serve(write_code(HANDLER))
+    assert served.request("GET", "/nope")[0] == 404
+    assert served.request("GET", "/invoke")[0] == 405
+
+
+def test_sigterm_stops_server_and_worker(serve, write_code):
+    served = serve(write_code(HANDLER))
+    _, _, out = served.invoke({})
+    served.proc.send_signal(signal.SIGTERM)
+    assert served.proc.wait(timeout=30) == 0
+    _poll(lambda: not Path(f"/proc/{out['pid']}").exists(), "the worker to exit")
