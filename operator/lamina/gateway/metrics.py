@@ -7,6 +7,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 
 
+class FunctionMetrics:
+    """The labelled children of one function, looked up once: `.labels()` is costly on a hot path."""
+
+    def __init__(self, m: GatewayMetrics, name: str) -> None:
+        self.invocations = m.invocations.labels(name)
+        self.duration = m.duration.labels(name)
+        self.concurrent = m.concurrent.labels(name)
+        self.environments = m.environments.labels(name)
+        self.cold_starts = m.cold_starts.labels(name)
+        self.init_duration = m.init_duration.labels(name)
+
+
 class GatewayMetrics:
     """One registry per gateway, so tests and several gateways in a process don't collide."""
 
@@ -36,3 +48,10 @@ class GatewayMetrics:
                                      ["function", "condition"], registry=r)
         self.async_age = Histogram("lamina_async_event_age_seconds", "Queue time before an attempt",
                                    ["function"], buckets=(*_BUCKETS, 3600, 21600), registry=r)
+        self._per_function: dict[str, FunctionMetrics] = {}
+
+    def function(self, name: str) -> FunctionMetrics:
+        found = self._per_function.get(name)
+        if found is None:
+            found = self._per_function[name] = FunctionMetrics(self, name)
+        return found

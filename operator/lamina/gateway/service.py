@@ -46,7 +46,8 @@ class InvocationService:
         except ThrottledError as exc:
             m.throttles.labels(fn.name, exc.reason).inc()
             raise
-        concurrent = m.concurrent.labels(fn.name)
+        fm = m.function(fn.name)
+        concurrent = fm.concurrent
         concurrent.inc()
         started = time.perf_counter()
         try:
@@ -54,14 +55,14 @@ class InvocationService:
         finally:
             concurrent.dec()
             self.limiter.release(fn)
-        m.invocations.labels(fn.name).inc()
-        m.duration.labels(fn.name).observe(result.duration_ms / 1000)
+        fm.invocations.inc()
+        fm.duration.observe(result.duration_ms / 1000)
         if result.function_error:
             m.errors.labels(fn.name, result.error_type or result.function_error).inc()
         if result.init_duration_ms is not None:
-            m.cold_starts.labels(fn.name).inc()
-            m.init_duration.labels(fn.name).observe(result.init_duration_ms / 1000)
-        m.environments.labels(fn.name).set(self.pool.environments(fn))
+            fm.cold_starts.inc()
+            fm.init_duration.observe(result.init_duration_ms / 1000)
+        fm.environments.set(self.pool.environments(fn))
         if self.log_invocations:
             self._print_line(fn, request, result, time.perf_counter() - started)
         return result

@@ -1,0 +1,60 @@
+"""Helpers shared by the benchmark scripts: start servers, time calls, summarise."""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(label: str, samples_ms: list[float]) -> str:
+    return (f"{label:44} n={len(samples_ms):5}  p50={percentile(samples_ms, 50):7.3f} ms  "
+            f"p99={percentile(samples_ms, 99):7.3f} ms  mean={statistics.fmean(samples_ms):7.3f} ms")
+
+
+def start_local(manifest_dir: Path, state_dir: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
+    log = open(state_dir.parent / f"local-{port}.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lamina.cli", "local", str(manifest_dir), "--port", str(port),
+         "--state-dir", str(state_dir), "--quiet", *extra],
+        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    wait_for_port(port, proc)
+    return proc
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+def function_manifest(name: str, code: str, **spec: object) -> str:
+    lines = ["apiVersion: lamina.dev/v1alpha1", "kind: Function", "metadata:", f"  name: {name}", "spec:",
+             "  handler: index.handler"]
+    lines += [f"  {key}: {value}" for key, value in spec.items()]
+    lines += ["  code:", "    inline: |"] + [f"      {line}" for line in code.splitlines()]
+    return "\n".join(lines) + "\n"
