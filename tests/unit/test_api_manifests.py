@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina.api import ManifestError, load_documents, load_manifests
+from lamina.api import ManifestError, load_documents, load_manifests, reference_problems
 
 FUNCTION = """\
 apiVersion: lamina.dev/v1alpha1
@@ -146,3 +146,75 @@ def test_missing_path_and_unnamed_configmap(tmp_path: Path) -> None:
     with pytest.raises(ManifestError) as info:
         load_documents([("s", "apiVersion: v1\nkind: ConfigMap\ndata: {}\n")])
     assert info.value.problems == ["s (document 1): ConfigMap <unnamed>: metadata.name: is required"]
+
+
+REFERRING = """\
+apiVersion: lamina.dev/v1alpha1
+kind: Function
+metadata:
+  name: hello
+spec:
+  runtime: python3.11
+  handler: index.handler
+  layers: [deps, absent]
+  code:
+    configMap:
+      name: hello-code
+  environmentFrom:
+  - name: TOKEN
+    secretKeyRef: {name: creds, key: token}
+  - name: MODE
+    configMapKeyRef: {name: deps-files, key: mode}
+  async:
+    onFailure:
+      function: {name: dlq-handler}
+---
+apiVersion: lamina.dev/v1alpha1
+kind: Layer
+metadata:
+  name: deps
+spec:
+  compatibleRuntimes: [python3.12]
+  configMap:
+    name: deps-files
+---
+apiVersion: lamina.dev/v1alpha1
+kind: EventSourceMapping
+metadata:
+  name: orders
+spec:
+  functionName: nobody
+  source:
+    redis:
+      urlFrom:
+        secretKeyRef: {name: broker, key: url}
+      stream: orders
+"""
+
+
+def test_reference_problems_name_the_referring_field() -> None:
+    m = load_documents([("refs.yaml", REFERRING)])
+    assert reference_problems(m) == [
+        "Function hello: spec.code.configMap.name: ConfigMap 'hello-code' not found in namespace default",
+        "Function hello: spec.layers[0]: Layer 'deps' does not support python3.11",
+        "Function hello: spec.layers[1]: Layer 'absent' not found in namespace default",
+        "Function hello: spec.environmentFrom[0].secretKeyRef: key 'token' of Secret 'creds' "
+        "not found in namespace default",
+        "Function hello: spec.environmentFrom[1].configMapKeyRef: key 'mode' of ConfigMap 'deps-files' "
+        "not found in namespace default",
+        "Function hello: spec.async.onFailure.function.name: Function 'dlq-handler' "
+        "not found in namespace default",
+        "Layer deps: spec.configMap.name: ConfigMap 'deps-files' not found in namespace default",
+        "EventSourceMapping orders: spec.functionName: Function 'nobody' not found in namespace default",
+        "EventSourceMapping orders: spec.source.redis.urlFrom.secretKeyRef: key 'url' of Secret 'broker' "
+        "not found in namespace default",
+    ]
+
+
+def test_complete_manifests_have_no_reference_problems(tmp_path: Path) -> None:
+    secret = SECRET.replace("  namespace: jobs\n", "")
+    mapping = MAPPING.replace("  namespace: jobs\n", "")
+    m = load_manifests(
+        write(tmp_path / "a.yaml", FUNCTION.format(name="hello"), LAYER, mapping, CONFIGMAP, secret)
+    )
+    assert reference_problems(m) == []

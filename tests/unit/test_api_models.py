@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -199,3 +200,10 @@ def test_schedule_input_is_free_json() -> None:
 def test_cel_escapes_reserved_words() -> None:
     assert cel_field("function") == "__function__"
     assert cel_field("redis") == "redis"
+
+
+def test_read_only_mappings_are_accepted() -> None:
+    # kopf passes bodies as Mapping views rather than dicts.
+    doc = fn(environment={"A": "1"})
+    view = MappingProxyType({**doc, "spec": MappingProxyType(doc["spec"])})
+    assert parse_object(view) == parse_object(doc)

@@ -23,6 +23,7 @@ from lamina.api.eventsourcemapping import (
 from lamina.api.function import AsyncConfig, CodeSource, EnvFrom, Function, FunctionSpec, FunctionStatus
 from lamina.api.layer import Layer, LayerSpec, LayerStatus
 from lamina.api.manifests import Manifests, load_documents, load_manifests, parse_object
+from lamina.api.references import reference_problems
 
 __all__ = [
     "API_VERSION",
@@ -54,4 +55,5 @@ __all__ = [
     "load_documents",
     "load_manifests",
     "parse_object",
+    "reference_problems",
 ]

@@ -7,7 +7,7 @@ our kinds (plus ConfigMaps and Secrets that functions reference) and refuses the
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,10 +33,20 @@ YAML_SUFFIXES = (".yaml", ".yml")
 Key = tuple[str, str]
 
 
-def parse_object(doc: dict[str, Any]) -> LaminaObject:
+def _plain(value: Any) -> Any:
+    """Deep copy into plain dicts and lists (kopf hands out Mapping views, not dicts)."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def parse_object(doc: Mapping[str, Any]) -> LaminaObject:
     """Validate one lamina object (a dict as kubectl or kopf sees it); raise ManifestError if wrong."""
-    if not isinstance(doc, dict):
+    if not isinstance(doc, Mapping):
         raise ManifestError([f"expected an object, got {type(doc).__name__}"])
+    doc = _plain(doc)
     kind, api_version = doc.get("kind"), doc.get("apiVersion")
     model = KINDS.get(kind) if isinstance(kind, str) else None
     if model is None or api_version != API_VERSION:
