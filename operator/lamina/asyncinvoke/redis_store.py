@@ -4,9 +4,12 @@ Layout (all keys share one hash tag so the Lua scripts stay in one slot on Redis
 
 * ``<prefix>:ev:<id>``  HASH  the event (function, payload, counters, last_error, pending_record,
   and ``entry``: the id of its stream entry while it is ready or leased).
-* ``<prefix>:ready``    STREAM  one entry ``{id: <event id>}`` per event that is due now; consumer
-  group ``lamina-async``. An entry read but not acknowledged is *leased* to its consumer; one whose
-  consumer went quiet for longer than the lease is taken over with XAUTOCLAIM.
+* ``<prefix>:ready``    STREAM  one entry ``{id: <event id>}`` per event that is due now, read
+  through the consumer group ``lamina-async``; an entry read and not yet acknowledged is leased.
+* ``<prefix>:leases``   ZSET  leased event ids scored by the end of their lease (epoch s). A lease
+  past its end is taken over by the next ``claim_due`` (XCLAIM moves the entry to the new consumer).
+  The deadline is kept per event rather than left to XAUTOCLAIM's idle threshold, because that
+  threshold is chosen by whoever reclaims, not by the holder that set the lease.
 * ``<prefix>:delayed``  ZSET  events waiting for a retry, scored by their next attempt time (epoch s);
   ``claim_due`` moves the due ones into the stream.
 
@@ -20,6 +23,7 @@ to a second of accepted events on a crash of the Redis host). With replicas, pas
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -50,7 +54,9 @@ return 1
 """
 
 _CLAIM = """
+local now = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
+local until_ = ARGV[3]
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, limit)
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[2], id)
@@ -60,29 +66,39 @@ for _, id in ipairs(due) do
     redis.call('HSET', k, 'entry', eid)
   end
 end
-local entries = {}
-local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[4], ARGV[5], ARGV[3], '0-0', 'COUNT', limit)
-for _, e in ipairs(r[2]) do table.insert(entries, e) end
-if #entries < limit then
-  local r2 = redis.call('XREADGROUP', 'GROUP', ARGV[4], ARGV[5], 'COUNT', limit - #entries,
-                        'STREAMS', KEYS[1], '>')
-  if r2 then for _, e in ipairs(r2[1][2]) do table.insert(entries, e) end end
-end
 local out = {}
-for _, e in ipairs(entries) do
-  local eid = e[1]
-  local fields = e[2]
-  local id = false
-  if fields then
-    for i = 1, #fields, 2 do if fields[i] == 'id' then id = fields[i + 1] end end
-  end
-  local k = id and (ARGV[6] .. id)
-  if k and redis.call('HGET', k, 'entry') == eid then
+-- leases past their time: take the entry over (XCLAIM moves it in the group's pending list)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, limit)
+for _, id in ipairs(expired) do
+  local k = ARGV[6] .. id
+  local eid = redis.call('HGET', k, 'entry')
+  if eid then
+    redis.call('XCLAIM', KEYS[1], ARGV[4], ARGV[5], 0, eid, 'JUSTID')
+    redis.call('ZADD', KEYS[3], until_, id)
     table.insert(out, {id, redis.call('HGETALL', k)})
   else
-    -- completed or rescheduled by an earlier holder of the lease: drop the stale entry
-    redis.call('XACK', KEYS[1], ARGV[4], eid)
-    redis.call('XDEL', KEYS[1], eid)
+    redis.call('ZREM', KEYS[3], id)
+  end
+end
+if #out < limit then
+  local r = redis.call('XREADGROUP', 'GROUP', ARGV[4], ARGV[5], 'COUNT', limit - #out,
+                       'STREAMS', KEYS[1], '>')
+  if r then
+    for _, e in ipairs(r[1][2]) do
+      local eid = e[1]
+      local fields = e[2]
+      local id = false
+      for i = 1, #fields, 2 do if fields[i] == 'id' then id = fields[i + 1] end end
+      local k = id and (ARGV[6] .. id)
+      if k and redis.call('HGET', k, 'entry') == eid then
+        redis.call('ZADD', KEYS[3], until_, id)
+        table.insert(out, {id, redis.call('HGETALL', k)})
+      else
+        -- completed or rescheduled before this entry was read: drop the stale entry
+        redis.call('XACK', KEYS[1], ARGV[4], eid)
+        redis.call('XDEL', KEYS[1], eid)
+      end
+    end
   end
 end
 return out
@@ -95,6 +111,7 @@ if eid then
   redis.call('XDEL', KEYS[1], eid)
 end
 redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[4], ARGV[2])
 return redis.call('DEL', KEYS[3])
 """
 
@@ -106,6 +123,7 @@ if eid then
   redis.call('XDEL', KEYS[1], eid)
   redis.call('HDEL', KEYS[3], 'entry')
 end
+redis.call('ZREM', KEYS[4], ARGV[2])
 redis.call('HSET', KEYS[3], 'next_attempt_at', ARGV[3], 'attempts', ARGV[4])
 if ARGV[5] ~= '' then redis.call('HSET', KEYS[3], 'last_error', string.sub(ARGV[5], 2))
 else redis.call('HDEL', KEYS[3], 'last_error') end
@@ -116,10 +134,7 @@ return 1
 """
 
 _TOUCH = """
-for i = 4, #ARGV do
-  local eid = redis.call('HGET', ARGV[3] .. ARGV[i], 'entry')
-  if eid then redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, eid, 'JUSTID') end
-end
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], 'XX', ARGV[1], ARGV[i]) end
 return 1
 """
 
@@ -164,13 +179,15 @@ class RedisEventStore:
         clock: Callable[[], float] = time.time,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
+        max_connections: int = 32,
     ) -> None:
         if client is None:
             if url is None:
                 raise ValueError("RedisEventStore needs a url or a client")
             import redis.asyncio as aioredis
 
-            client = aioredis.Redis.from_url(url, decode_responses=False)
+            pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30)
+            client = aioredis.Redis(connection_pool=pool, decode_responses=False)
             self._owns_client = True
         else:
             self._owns_client = False
@@ -178,12 +195,14 @@ class RedisEventStore:
         self.prefix = prefix
         self.ready_key = f"{prefix}:ready"
         self.delayed_key = f"{prefix}:delayed"
+        self.leases_key = f"{prefix}:leases"
         self.event_prefix = f"{prefix}:ev:"
         self.consumer = consumer or f"c-{uuid.uuid4().hex[:12]}"
         self._clock = clock
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
         self._ready = False
+        self._open_lock = asyncio.Lock()
         self._enqueue = client.register_script(_ENQUEUE)
         self._claim = client.register_script(_CLAIM)
         self._complete = client.register_script(_COMPLETE)
@@ -196,6 +215,11 @@ class RedisEventStore:
     async def open(self) -> None:
         if self._ready:
             return
+        async with self._open_lock:
+            if not self._ready:
+                await self._open()
+
+    async def _open(self) -> None:
         try:
             await self._r.xgroup_create(self.ready_key, GROUP, id="0", mkstream=True)
         except Exception as e:
@@ -250,13 +274,14 @@ class RedisEventStore:
     async def claim_due(self, limit: int, lease_seconds: float) -> list[QueuedEvent]:
         if limit <= 0:
             return []
+        now = self._clock()
         rows = await self._script(
             self._claim,
-            [self.ready_key, self.delayed_key],
+            [self.ready_key, self.delayed_key, self.leases_key],
             [
-                _num(self._clock()),
+                _num(now),
                 int(limit),
-                int(lease_seconds * 1000),
+                _num(now + lease_seconds),
                 GROUP,
                 self.consumer,
                 self.event_prefix,
@@ -269,13 +294,14 @@ class RedisEventStore:
         return out
 
     async def touch(self, ids: Iterable[str], lease_seconds: float) -> None:
-        """Reset the idle time of the events' stream entries (the lease length is the claimers')."""
         ids = list(ids)
         if ids:
-            await self._script(self._touch, [self.ready_key], [GROUP, self.consumer, self.event_prefix, *ids])
+            await self._script(self._touch, [self.leases_key], [_num(self._clock() + lease_seconds), *ids])
 
     async def complete(self, id: str) -> None:
-        await self._script(self._complete, [self.ready_key, self.delayed_key, self._ev(id)], [GROUP, id])
+        await self._script(
+            self._complete, [self.ready_key, self.delayed_key, self._ev(id), self.leases_key], [GROUP, id]
+        )
 
     async def reschedule(
         self,
@@ -289,7 +315,7 @@ class RedisEventStore:
     ) -> None:
         await self._script(
             self._reschedule,
-            [self.ready_key, self.delayed_key, self._ev(id)],
+            [self.ready_key, self.delayed_key, self._ev(id), self.leases_key],
             [
                 GROUP,
                 id,

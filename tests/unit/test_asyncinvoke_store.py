@@ -1,0 +1,289 @@
+"""The AsyncEventStore contract, run against the embedded sqlite store and the Redis Streams store."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from lamina.asyncinvoke.redis_store import RedisEventStore
+from lamina.asyncinvoke.sqlite_store import SqliteEventStore
+from lamina.asyncinvoke.store import QueuedEvent
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+    d = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(d),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            pytest.fail("redis-server did not start")
+        time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(request, tmp_path):
+    if request.param == "sqlite":
+        s = SqliteEventStore(tmp_path / "state")
+    else:
+        url = request.getfixturevalue("redis_url")
+        s = RedisEventStore(url, prefix=f"{{t-{uuid.uuid4().hex[:8]}}}")
+    yield s
+    await s.close()
+
+
+def ev(payload: bytes = b'{"n": 1}', fn: str = "default/hello", **kw) -> QueuedEvent:
+    return QueuedEvent.new(fn, payload, **kw)
+
+
+async def claim_until(store, want: int, lease: float, timeout: float = 20.0) -> list[QueuedEvent]:
+    got: list[QueuedEvent] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < want and time.monotonic() < deadline:
+        got += await store.claim_due(want - len(got), lease)
+        if len(got) < want:
+            await asyncio.sleep(0.05)
+    return got
+
+
+async def test_enqueue_then_claim_returns_the_event_intact(store):
+    payload = bytes(range(256)) + b"\x00tail"
+    e = ev(payload, fn="team-a/resize")
+    e.last_error = '{"statusCode": 200}'
+    assert await store.enqueue(e) is True
+    assert await store.pending_count() == 1
+    [got] = await store.claim_due(10, 30)
+    assert got.id == e.id
+    assert got.function == "team-a/resize"
+    assert got.payload == payload
+    assert got.enqueued_at == pytest.approx(e.enqueued_at)
+    assert (got.attempts, got.throttles, got.pending_record) == (0, 0, None)
+    assert got.last_error == '{"statusCode": 200}'
+
+
+async def test_enqueue_of_a_known_id_changes_nothing(store):
+    e = ev(b"first")
+    assert await store.enqueue(e)
+    dup = QueuedEvent(id=e.id, function=e.function, payload=b"second")
+    assert await store.enqueue(dup) is False
+    assert await store.pending_count() == 1
+    [got] = await store.claim_due(10, 30)
+    assert got.payload == b"first"
+
+
+async def test_a_claimed_event_is_not_handed_out_twice_while_leased(store):
+    for i in range(3):
+        await store.enqueue(ev(f"{i}".encode()))
+    first = await store.claim_due(2, 60)
+    second = await store.claim_due(10, 60)
+    assert len(first) == 2 and len(second) == 1
+    assert {e.id for e in first}.isdisjoint({e.id for e in second})
+    assert await store.claim_due(10, 60) == []
+    assert await store.pending_count() == 3  # leased events still count
+
+
+async def test_an_expired_lease_redelivers_the_event(store):
+    e = ev()
+    await store.enqueue(e)
+    [first] = await store.claim_due(1, 0.3)
+    # never completed (the dispatcher "crashed"): it comes back once the lease is over
+    again = await claim_until(store, 1, lease=30)
+    assert [x.id for x in again] == [first.id]
+    assert again[0].payload == e.payload
+
+
+async def test_touch_keeps_the_lease(store):
+    await store.enqueue(ev())
+    [e] = await store.claim_due(1, 3)
+    await asyncio.sleep(2)
+    await store.touch([e.id], 3)
+    await asyncio.sleep(2)  # 4 s after the claim, 2 s after the touch
+    assert await store.claim_due(1, 3) == []
+
+
+async def test_complete_removes_the_event_for_good(store):
+    e = ev()
+    await store.enqueue(e)
+    [got] = await store.claim_due(1, 0.2)
+    await store.complete(got.id)
+    assert await store.pending_count() == 0
+    assert await store.get(e.id) is None
+    await asyncio.sleep(0.4)  # past the lease: nothing may come back
+    assert await store.claim_due(10, 1) == []
+
+
+async def test_reschedule_hides_the_event_until_its_time_and_keeps_the_counters(store):
+    e = ev()
+    await store.enqueue(e)
+    [got] = await store.claim_due(1, 60)
+    later = time.time() + 0.5
+    await store.reschedule(got.id, later, 2, '{"functionError": "Unhandled"}', throttles=5)
+    assert await store.claim_due(10, 60) == [] or time.time() >= later
+    [again] = await claim_until(store, 1, lease=60)
+    assert again.id == e.id
+    assert (again.attempts, again.throttles) == (2, 5)
+    assert again.last_error == '{"functionError": "Unhandled"}'
+    assert again.next_attempt_at == pytest.approx(later)
+
+
+async def test_reschedule_keeps_throttles_and_pending_record_unless_given(store):
+    e = ev()
+    await store.enqueue(e)
+    [got] = await store.claim_due(1, 60)
+    await store.reschedule(got.id, time.time() - 1, 1, None, throttles=3, pending_record='{"x": 1}')
+    [got] = await claim_until(store, 1, lease=60)
+    await store.reschedule(got.id, time.time() - 1, 2, None)
+    [got] = await claim_until(store, 1, lease=60)
+    assert (got.attempts, got.throttles, got.pending_record, got.last_error) == (2, 3, '{"x": 1}', None)
+
+
+async def test_an_event_enqueued_for_later_waits(store):
+    now = time.time()
+    later = QueuedEvent(
+        id=str(uuid.uuid4()), function="default/x", payload=b"l", enqueued_at=now, next_attempt_at=now + 3600
+    )
+    due = ev(b"d")
+    await store.enqueue(later)
+    await store.enqueue(due)
+    got = await store.claim_due(10, 60)
+    assert [g.id for g in got] == [due.id]
+    assert await store.pending_count() == 2
+    fetched = await store.get(later.id)
+    assert fetched is not None and fetched.next_attempt_at == pytest.approx(now + 3600)
+
+
+async def test_concurrent_enqueues_all_land(store):
+    events = [ev(f"{i}".encode(), fn=f"ns/fn{i % 3}") for i in range(200)]
+    results = await asyncio.gather(*(store.enqueue(e) for e in events))
+    assert all(results)
+    assert await store.pending_count() == 200
+    got = await claim_until(store, 200, lease=60)
+    assert sorted(g.id for g in got) == sorted(e.id for e in events)
+
+
+_CHILD = textwrap.dedent(
+    """
+    import asyncio, os, sys
+    from lamina.asyncinvoke.sqlite_store import SqliteEventStore
+    from lamina.asyncinvoke.store import QueuedEvent
+
+    async def main(state, n):
+        store = SqliteEventStore(state)
+        for i in range(n):
+            await store.enqueue(QueuedEvent(id=f"ev-{i}", function="default/hello", payload=b"%d" % i))
+            print(f"ev-{i}", flush=True)   # acknowledged to the caller, like the gateway's 202
+        await store.claim_due(n // 2, 0.5)  # half of them are leased when the process dies
+        print("claimed", flush=True)
+        await asyncio.sleep(3600)          # killed here, without close()
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    """
+)
+
+
+def test_sqlite_store_keeps_every_acknowledged_event_across_sigkill(tmp_path):
+    state = tmp_path / "state"
+    n = 300
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(state), str(n)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    acked = []
+    assert child.stdout is not None
+    for line in child.stdout:
+        line = line.strip()
+        if line == "claimed":
+            break
+        acked.append(line)
+    child.send_signal(signal.SIGKILL)
+    child.wait(30)
+    assert len(acked) == n
+
+    async def check():
+        store = SqliteEventStore(state)
+        try:
+            assert await store.pending_count() == n
+            got = await claim_until(store, n, lease=60)  # the leased half comes back after its lease
+            assert sorted(int(e.payload) for e in got) == list(range(n))
+            assert {e.id for e in got} == set(acked)
+        finally:
+            await store.close()
+
+    asyncio.run(check())
+
+
+async def test_redis_store_lease_moves_to_another_consumer(redis_url):
+    prefix = f"{{t-{uuid.uuid4().hex[:8]}}}"
+    a = RedisEventStore(redis_url, prefix=prefix, consumer="a")
+    b = RedisEventStore(redis_url, prefix=prefix, consumer="b")
+    try:
+        e = ev()
+        await a.enqueue(e)
+        [got] = await a.claim_due(1, 0.3)
+        assert await b.claim_due(1, 60) == [] or True  # b may only see it after a's lease
+        [taken] = await claim_until(b, 1, lease=0.3)
+        assert taken.id == got.id
+        await b.complete(taken.id)
+        # a's late completion of an event b finished is harmless
+        await a.complete(got.id)
+        assert await a.pending_count() == 0
+        await asyncio.sleep(0.5)
+        assert await a.claim_due(10, 0.3) == []
+    finally:
+        await a.close()
+        await b.close()
