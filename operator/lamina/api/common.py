@@ -106,6 +106,8 @@ class ObjectMeta(BaseModel):
 class Condition(LaminaModel):
     """A standard ``metav1.Condition``."""
 
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
     type: str = Field(max_length=316, description="CamelCase condition name, e.g. Ready.")
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(default="", max_length=1024, description="CamelCase reason for the status.")
