@@ -8,17 +8,31 @@ import sys
 
 
 class LogBuffer:
-    """The text of the current phase's log (INIT, or one invocation)."""
+    """The text of the current phase's log (INIT, or one invocation).
 
-    def __init__(self) -> None:
+    Only the last `keep` characters are kept: the reply frame must stay bounded however much a handler
+    prints, and callers want the tail (X-Amz-Log-Result is the last 4 KB). The full output still reaches
+    the real stdout.
+    """
+
+    def __init__(self, keep: int = 1 << 20) -> None:
         self._parts: list[str] = []
+        self._size = 0
+        self._keep = keep
+        self._dropped = False
 
     def add(self, text: str) -> None:
         self._parts.append(text)
+        self._size += len(text)
+        if self._size > 2 * self._keep:
+            tail = "".join(self._parts)[-self._keep :]
+            self._parts, self._size, self._dropped = [tail], len(tail), True
 
     def take(self) -> str:
         text = "".join(self._parts)
-        self._parts = []
+        if self._dropped or len(text) > self._keep:
+            text = "[log truncated]\n" + text[-self._keep :]
+        self._parts, self._size, self._dropped = [], 0, False
         return text
 
 

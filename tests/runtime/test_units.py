@@ -116,3 +116,16 @@ def test_report_line_format():
     )
     assert "\tBilled Duration: 1 ms\t" in logfmt.report_line("r", 0.2, 128, 1)
     assert "Init Duration" not in logfmt.report_line("r", 3.0, 128, 1)
+
+
+def test_log_buffer_keeps_the_tail():
+    from lamina_runtime.capture import LogBuffer
+
+    log = LogBuffer(keep=100)
+    for n in range(1000):
+        log.add(f"line {n}\n")
+    text = log.take()
+    assert text.startswith("[log truncated]\n") and text.endswith("line 999\n")
+    assert len(text) <= 100 + len("[log truncated]\n")
+    log.add("short\n")
+    assert log.take() == "short\n"  # take() starts a fresh phase
