@@ -11,7 +11,7 @@ import pytest
 
 from lamina.api import ManifestError, load_manifests, parse_object
 
-INVALID = Path(__file__).resolve().parents[2] / "examples" / "invalid"
+INVALID = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "invalid"
 
 FUNCTION: dict[str, Any] = {
     "apiVersion": "lamina.dev/v1alpha1",

@@ -1,0 +1,184 @@
+"""Environments reached over HTTP (pods running `python -m lamina_runtime serve`).
+
+The cluster's `EnvironmentPool`: one request per endpoint at a time, a cold start when every ready
+endpoint is busy (the source is asked for one more replica and the request is held until it is ready),
+and idle endpoints above provisioned concurrency handed back after the keep-alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from lamina.environments.base import FunctionConfig
+from lamina.environments.endpoints import EndpointSource
+from lamina_runtime.protocol import InvocationRequest, InvocationResult
+
+
+class NoEnvironment(Exception):
+    """No environment became ready within the cold-start limit."""
+
+
+@dataclass(eq=False)
+class _Pool:
+    config: FunctionConfig
+    ready: set[str] = field(default_factory=set)
+    idle: list[str] = field(default_factory=list)
+    busy: set[str] = field(default_factory=set)
+    last_used: dict[str, float] = field(default_factory=dict)
+    waiters: deque[asyncio.Future[str]] = field(default_factory=deque)
+    requested: int = 0  # replicas asked of the source
+
+    def free(self, endpoint: str) -> None:
+        self.busy.discard(endpoint)
+        self.last_used[endpoint] = time.monotonic()
+        if endpoint not in self.ready:
+            return
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                self.busy.add(endpoint)
+                waiter.set_result(endpoint)
+                return
+        self.idle.append(endpoint)
+
+
+class HttpEnvironmentPool:
+    """An `EnvironmentPool` whose environments are HTTP endpoints published by an `EndpointSource`."""
+
+    def __init__(self, source: EndpointSource, functions: list[FunctionConfig], *,
+                 cold_start_timeout: float = 120.0, max_environments: int = 1000,
+                 reap_interval: float = 5.0) -> None:
+        self.source = source
+        self.cold_start_timeout = cold_start_timeout
+        self.max_environments = max_environments
+        self.reap_interval = reap_interval
+        self._pools = {f.key: _Pool(f) for f in functions}
+        self._session: aiohttp.ClientSession | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        source.subscribe(self._on_endpoints)
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        await self.source.start()
+        for pool in self._pools.values():
+            pool.requested = max(len(pool.ready), pool.config.provisioned_concurrency)
+            if pool.requested != len(pool.ready):
+                await self.source.scale(pool.config, pool.requested)
+        self._reaper = asyncio.create_task(self._reap_forever())
+
+    async def update(self, functions: list[FunctionConfig]) -> None:
+        for fn in functions:
+            pool = self._pools.setdefault(fn.key, _Pool(fn))
+            pool.config = fn
+        for key in set(self._pools) - {f.key for f in functions}:
+            del self._pools[key]
+
+    async def close(self) -> None:
+        if self._reaper:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        await self.source.close()
+        if self._session:
+            await self._session.close()
+
+    def in_flight(self, fn: FunctionConfig) -> int:
+        pool = self._pools.get(fn.key)
+        return len(pool.busy) if pool else 0
+
+    def environments(self, fn: FunctionConfig) -> int:
+        pool = self._pools.get(fn.key)
+        return len(pool.ready) if pool else 0
+
+    def _on_endpoints(self, key: str, endpoints: list[str]) -> None:
+        pool = self._pools.get(key)
+        if pool is None:
+            return
+        new = set(endpoints)
+        pool.idle = [e for e in pool.idle if e in new]
+        for endpoint in sorted(new - pool.ready):
+            pool.ready.add(endpoint)
+            pool.free(endpoint)
+        pool.ready = new
+
+    async def invoke(self, fn: FunctionConfig, request: InvocationRequest) -> InvocationResult:
+        pool = self._pools.get(fn.key)
+        if pool is None:
+            pool = self._pools[fn.key] = _Pool(fn)
+        endpoint = await self._acquire(pool)
+        try:
+            return await self._post(endpoint, request, fn)
+        finally:
+            pool.free(endpoint)
+
+    async def _acquire(self, pool: _Pool) -> str:
+        while pool.idle:
+            endpoint = pool.idle.pop()
+            if endpoint in pool.ready:
+                pool.busy.add(endpoint)
+                return endpoint
+        cap = pool.config.reserved_concurrency
+        cap = self.max_environments if cap is None else min(cap, self.max_environments)
+        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        pool.waiters.append(waiter)
+        wanted = len(pool.busy) + len(pool.waiters)
+        if wanted > pool.requested and pool.requested < cap:
+            pool.requested = min(wanted, cap)
+            await self.source.scale(pool.config, pool.requested)  # a cold start: hold the request
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), self.cold_start_timeout)
+        except TimeoutError:
+            waiter.cancel()
+            raise NoEnvironment(f"no environment of {pool.config.name} became ready within "
+                                f"{self.cold_start_timeout:.0f} s") from None
+
+    async def _post(self, endpoint: str, request: InvocationRequest, fn: FunctionConfig) -> InvocationResult:
+        assert self._session is not None
+        headers = {"Lamina-Request-Id": request.request_id}
+        if request.client_context:
+            headers["Lamina-Client-Context"] = request.client_context
+        # The pod enforces the function timeout; this bound only catches a pod that vanished mid-call.
+        timeout = aiohttp.ClientTimeout(total=fn.timeout_seconds + 30)
+        async with self._session.post(f"http://{endpoint}/invoke", data=request.payload, headers=headers,
+                                      timeout=timeout) as response:
+            body = await response.read()
+            h = response.headers
+        init = h.get("Lamina-Init-Duration-Ms")
+        return InvocationResult(
+            request_id=request.request_id, payload=body,
+            function_error=h.get("Lamina-Function-Error"), error_type=h.get("Lamina-Error-Type"),
+            log=base64.b64decode(h.get("Lamina-Log-Result", "")).decode(errors="replace"),
+            duration_ms=float(h.get("Lamina-Duration-Ms", 0)),
+            init_duration_ms=float(init) if init else None,
+            max_memory_mb=int(h.get("Lamina-Max-Memory-Mb", 0)))
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.reap_interval)
+            await self.reap(time.monotonic())
+
+    async def reap(self, now: float) -> int:
+        """Give back endpoints idle past the keep-alive, never below provisioned concurrency."""
+        retired = 0
+        for pool in self._pools.values():
+            keep = pool.config.provisioned_concurrency
+            for endpoint in sorted(pool.idle, key=lambda e: pool.last_used.get(e, 0)):
+                if pool.requested <= keep:
+                    break
+                if now - pool.last_used.get(endpoint, now) < pool.config.idle_timeout_seconds:
+                    continue
+                pool.idle.remove(endpoint)
+                pool.ready.discard(endpoint)
+                pool.requested -= 1
+                retired += 1
+                await self.source.scale(pool.config, pool.requested, retire=endpoint)
+        return retired

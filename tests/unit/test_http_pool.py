@@ -1,0 +1,116 @@
+"""The cluster pool against real runtime servers (`python -m lamina_runtime serve`) on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from lamina.environments.base import FunctionConfig
+from lamina.environments.endpoints import StaticEndpointSource
+from lamina.environments.http_pool import HttpEnvironmentPool
+from lamina_runtime.protocol import InvocationRequest
+from tests.support.local_mode import free_port
+
+CODE = """import os, time
+def handler(event, context):
+    time.sleep(event.get("seconds", 0))
+    return {"pid": os.getpid()}
+"""
+
+
+async def start_server(code_dir: Path) -> tuple[str, asyncio.subprocess.Process]:
+    port = free_port()
+    env = {**os.environ, "_HANDLER": "index.handler", "LAMBDA_TASK_ROOT": str(code_dir),
+           "AWS_LAMBDA_FUNCTION_NAME": "fn", "LAMINA_TIMEOUT_SECONDS": "5"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "lamina_runtime", "serve", "--port",
+                                                str(port), env=env, stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            break
+        except OSError:
+            await asyncio.sleep(0.05)
+    return f"127.0.0.1:{port}", proc
+
+
+@pytest.fixture
+async def servers(tmp_path: Path) -> AsyncIterator[Callable[[], asyncio.Future]]:
+    (tmp_path / "index.py").write_text(CODE)
+    procs: list[asyncio.subprocess.Process] = []
+
+    async def start() -> str:
+        endpoint, proc = await start_server(tmp_path)
+        procs.append(proc)
+        return endpoint
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        await proc.wait()
+
+
+def request(payload: dict) -> InvocationRequest:
+    return InvocationRequest(request_id="r", payload=json.dumps(payload).encode())
+
+
+async def test_routes_to_an_idle_endpoint_and_maps_the_result(servers) -> None:
+    endpoint = await servers()
+    fn = FunctionConfig(name="fn", provisioned_concurrency=1)
+    source = StaticEndpointSource({fn.key: [endpoint]})
+    pool = HttpEnvironmentPool(source, [fn])
+    await pool.start()
+    try:
+        result = await pool.invoke(fn, request({}))
+        assert result.function_error is None
+        assert "pid" in json.loads(result.payload)
+        assert "START RequestId: r" in result.log
+        assert pool.environments(fn) == 1
+    finally:
+        await pool.close()
+
+
+async def test_a_busy_pool_asks_for_a_replica_and_holds_the_request(servers) -> None:
+    endpoint = await servers()
+    fn = FunctionConfig(name="fn", provisioned_concurrency=1, reserved_concurrency=3)
+    source = StaticEndpointSource({fn.key: [endpoint]})
+    pool = HttpEnvironmentPool(source, [fn], cold_start_timeout=30)
+    await pool.start()
+    try:
+        slow = asyncio.create_task(pool.invoke(fn, request({"seconds": 4})))
+        await asyncio.sleep(0.2)
+        held = asyncio.create_task(pool.invoke(fn, request({})))
+        await asyncio.sleep(0.2)
+        assert source.requested[fn.key] == 2  # a cold start was asked for
+        assert not held.done()  # and the request waits for it
+        second = await servers()
+        source.set_endpoints(fn.key, [endpoint, second])
+        fast = await asyncio.wait_for(held, 10)
+        assert not slow.done()  # served by the new environment, not after the slow one
+        assert json.loads(fast.payload)["pid"] != json.loads((await slow).payload)["pid"]
+    finally:
+        await pool.close()
+
+
+async def test_idle_endpoints_above_provisioned_are_given_back(servers) -> None:
+    first, second = await servers(), await servers()
+    fn = FunctionConfig(name="fn", provisioned_concurrency=1, idle_timeout_seconds=0)
+    source = StaticEndpointSource({fn.key: [first, second]})
+    pool = HttpEnvironmentPool(source, [fn], reap_interval=3600)
+    await pool.start()
+    try:
+        await asyncio.gather(pool.invoke(fn, request({"seconds": 0.2})), pool.invoke(fn, request({})))
+        retired = await pool.reap(asyncio.get_running_loop().time() + 10_000)
+        assert retired == 1
+        assert source.requested[fn.key] == 1
+        assert pool.environments(fn) == 1
+    finally:
+        await pool.close()
