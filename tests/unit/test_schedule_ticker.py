@@ -161,7 +161,15 @@ async def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Async
         yield lambda: shared
     elif request.param == "sqlite":
         path = tmp_path / "ticks.sqlite"
-        yield lambda: SqliteTickStore(path)
+        opened: list[SqliteTickStore] = []
+
+        def open_sqlite() -> TickStore:
+            opened.append(SqliteTickStore(path))
+            return opened[-1]
+
+        yield open_sqlite
+        for store in opened:
+            await store.close()
     else:
         from lamina.schedule.redis_store import RedisTickStore
 

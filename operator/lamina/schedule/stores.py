@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from contextlib import closing
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
@@ -60,45 +60,62 @@ class MemoryTickStore:
 class SqliteTickStore:
     """A file shared by the processes of one machine; the primary key makes claims atomic.
 
-    Claims older than ``retention`` are pruned: tickers only ever claim ticks
-    inside their grace window, so old rows can no longer be contended.
+    One connection per store, used from worker threads one call at a time, so
+    the event loop never blocks on the file. Claims older than ``retention`` are
+    pruned: tickers only claim ticks inside their grace window, so old rows can
+    no longer be contended.
     """
 
     def __init__(self, path: str | Path, retention: timedelta = timedelta(days=7)) -> None:
         self._path = str(path)
-        self._retention = retention
-        self._initialised = False
+        self._retention_micros = retention // timedelta(microseconds=1)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self._path, timeout=30, isolation_level=None)
-        if not self._initialised:
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL survives process crashes; only a power loss may drop the
+            # newest claims, which at worst repeats a tick.
+            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS schedule_ticks ("
                 " key TEXT NOT NULL, fire_time INTEGER NOT NULL, PRIMARY KEY (key, fire_time))"
             )
-            self._initialised = True
-        return conn
+            self._conn = conn
+        return self._conn
 
     def _last_fired(self, key: str) -> datetime | None:
-        with closing(self._connect()) as conn:
-            row = conn.execute("SELECT MAX(fire_time) FROM schedule_ticks WHERE key = ?", (key,)).fetchone()
+        with self._lock:
+            query = "SELECT MAX(fire_time) FROM schedule_ticks WHERE key = ?"
+            row = self._connection().execute(query, (key,)).fetchone()
         return None if row[0] is None else from_micros(row[0])
 
     def _claim(self, key: str, fire_time: datetime) -> bool:
         micros = to_micros(fire_time)
-        with closing(self._connect()) as conn:
+        with self._lock:
+            conn = self._connection()
             cursor = conn.execute(
                 "INSERT OR IGNORE INTO schedule_ticks (key, fire_time) VALUES (?, ?)", (key, micros)
             )
             won = cursor.rowcount == 1
             if won:
-                horizon = micros - self._retention // timedelta(microseconds=1)
+                horizon = micros - self._retention_micros
                 conn.execute("DELETE FROM schedule_ticks WHERE key = ? AND fire_time < ?", (key, horizon))
         return won
+
+    def _close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     async def last_fired(self, key: str) -> datetime | None:
         return await asyncio.to_thread(self._last_fired, key)
 
     async def claim(self, key: str, fire_time: datetime) -> bool:
         return await asyncio.to_thread(self._claim, key, fire_time)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close)
