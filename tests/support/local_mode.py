@@ -39,10 +39,27 @@ class LocalServer:
     def start(self, timeout: float = 60.0) -> LocalServer:
         self.log_path = self.state_dir.parent / f"lamina-local-{self.port}.log"
         log = self.log_path.open("w")
-        cmd = [sys.executable, "-m", "lamina.cli", "local", *map(str, self.paths), "--port", str(self.port),
-               "--state-dir", str(self.state_dir), *self.extra_args]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "lamina.cli",
+            "local",
+            *map(str, self.paths),
+            "--port",
+            str(self.port),
+            "--state-dir",
+            str(self.state_dir),
+            *self.extra_args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            start_new_session=True,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -73,7 +90,15 @@ class LocalServer:
 
     def lambda_client(self, read_timeout: int = 60):
         return boto3.client(
-            "lambda", endpoint_url=self.url, region_name="us-east-1", aws_access_key_id="test",
+            "lambda",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="test",
             aws_secret_access_key="test",
-            config=Config(retries={"max_attempts": 0, "mode": "standard"}, read_timeout=read_timeout,
-                          connect_timeout=5, max_pool_connections=50))
+            config=Config(
+                retries={"max_attempts": 0, "mode": "standard"},
+                read_timeout=read_timeout,
+                connect_timeout=5,
+                max_pool_connections=50,
+            ),
+        )
