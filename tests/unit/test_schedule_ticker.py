@@ -358,3 +358,8 @@ async def test_rate_ticker_uses_its_anchor() -> None:
     await drive(clock, 1, lambda: len(rec.fired) >= 2)
     await stop(task)
     assert rec.ticks == [at("10:07"), at("10:22")]
+
+
+def test_grace_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="grace must be positive"):
+        ScheduleTicker("k", parse_schedule("rate(1 minute)"), grace=timedelta(0))

@@ -44,6 +44,8 @@ class ScheduleTicker:
         now: Callable[[], datetime] = utc_now,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
+        if grace <= timedelta(0):
+            raise ValueError(f"grace must be positive (got {grace}); a tick is fired only inside it")
         self.key = key
         self.schedule = schedule
         self.anchor = anchor
