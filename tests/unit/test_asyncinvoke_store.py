@@ -88,9 +88,9 @@ def ev(payload: bytes = b'{"n": 1}', fn: str = "default/hello", **kw) -> QueuedE
     return QueuedEvent.new(fn, payload, **kw)
 
 
-async def claim_until(store, want: int, lease: float, timeout: float = 20.0) -> list[QueuedEvent]:
+async def claim_until(store, want: int, lease: float, within: float = 20.0) -> list[QueuedEvent]:
     got: list[QueuedEvent] = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while len(got) < want and time.monotonic() < deadline:
         got += await store.claim_due(want - len(got), lease)
         if len(got) < want:
