@@ -57,7 +57,9 @@ class Worker:
         self.log = capture.LogBuffer()
         self.handler = None
         self.init_duration_ms = 0.0
-        self.first = True
+        # A provisioned environment was initialised ahead of any request: as on Lambda, no invocation
+        # pays for that INIT, so no REPORT carries Init Duration.
+        self.first = os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") != "provisioned-concurrency"
         self.logging_bridged = False
         self.payload = b""
         self.memory_mb = os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]
