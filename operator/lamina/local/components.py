@@ -1,12 +1,103 @@
-"""Optional local-mode components (async queue, event source mappings, schedules)."""
+"""Local-mode components around the gateway: the async queue, event source mappings, schedules.
+
+Each has `start()`, `stop()` and `describe() -> list[str]`; `LocalStack` runs them in order.
+"""
 
 from __future__ import annotations
 
+import uuid
 from typing import TYPE_CHECKING, Any
+
+from lamina.asyncinvoke.dispatcher import AsyncDispatcher
+from lamina.asyncinvoke.sqlite_store import SqliteEventStore
+from lamina.environments.base import FunctionConfig
+from lamina.gateway.errors import FunctionNotFound
+from lamina_runtime.protocol import InvocationRequest, InvocationResult
 
 if TYPE_CHECKING:
     from lamina.local.runner import LocalStack
 
 
+class LocalInvoker:
+    """Invoke by "namespace/name" key or plain name through the gateway's service (throttles apply)."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.stack = stack
+
+    def lookup(self, function: str) -> FunctionConfig | None:
+        by_key = {f.key: f for f in self.stack.functions}
+        return by_key.get(function) or by_key.get(f"default/{function}")
+
+    async def __call__(
+        self, function: str, payload: bytes, request_id: str | None = None
+    ) -> InvocationResult:
+        fn = self.lookup(function)
+        if fn is None:
+            raise FunctionNotFound(f"Function not found: {function}")
+        assert self.stack.service is not None
+        request = InvocationRequest(request_id=request_id or str(uuid.uuid4()), payload=payload,
+                                    invoked_function_arn=fn.arn)
+        return await self.stack.service.invoke(fn, request)
+
+
+class SecretUrls:
+    """Resolves `urlFrom.secretKeyRef` from the Secrets among the loaded manifests."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.stack = stack
+
+    def __call__(self, namespace: str, url_from: dict[str, Any]) -> str:
+        ref = url_from.get("secretKeyRef") or {}
+        assert self.stack.manifests is not None
+        value = self.stack.manifests.secret_value(namespace, ref.get("name", ""), ref.get("key", ""))
+        if value is None:
+            raise LookupError(f"Secret {ref.get('name')!r} has no key {ref.get('key')!r} in {namespace}")
+        return value
+
+
+class AsyncMetrics:
+    """The dispatcher's metric hooks onto the gateway's Prometheus registry."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        assert stack.service is not None
+        self.m = stack.service.metrics
+
+    @staticmethod
+    def _name(key: str) -> str:
+        return key.split("/", 1)[-1]
+
+    def async_event_age(self, key: str, age: float) -> None:
+        self.m.async_age.labels(self._name(key)).observe(age)
+
+    def async_event_dropped(self, key: str, condition: str) -> None:
+        self.m.async_dropped.labels(self._name(key), condition).inc()
+
+
+class AsyncInvocations:
+    """Event invocations: an embedded durable queue (sqlite under the state dir) and its dispatcher."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.stack = stack
+        self.path = stack.options.state_dir / "async-events.sqlite3"
+        self.store = SqliteEventStore(self.path)
+        invoker = LocalInvoker(stack)
+        self.dispatcher = AsyncDispatcher(
+            self.store, invoker, invoker.lookup, url_resolver=SecretUrls(stack),
+            metrics=AsyncMetrics(stack), retry_base_seconds=stack.options.async_retry_base_seconds)
+
+    async def start(self) -> None:
+        await self.store.open()
+        await self.dispatcher.start()
+        assert self.stack.service is not None
+        self.stack.service.async_queue = self.dispatcher.gateway_queue()
+
+    async def stop(self) -> None:
+        await self.dispatcher.stop(drain_seconds=5)
+        await self.store.close()
+
+    def describe(self) -> list[str]:
+        return [f"  async queue: {self.path}"]
+
+
 def build_components(stack: LocalStack) -> list[Any]:
-    return []
+    return [AsyncInvocations(stack)]
