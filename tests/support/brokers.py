@@ -338,3 +338,171 @@ SERVERS: dict[str, type[BrokerServer]] = {
 def server_for(kind: str, workdir: str | os.PathLike[str], port: int | None = None) -> BrokerServer:
     """A (not yet started) server of ``kind`` with its data in ``workdir``."""
     return SERVERS[kind](workdir, port)
+
+
+# -- plain clients: put records in and read them back, independently of lamina's adapters --------
+
+
+async def publish(kind: str, url: str, name: str, bodies: list[bytes], headers: dict[str, str] | None = None):
+    """Append ``bodies`` to a Redis stream / NATS subject (JetStream) / RabbitMQ queue named ``name``.
+
+    For NATS a file-backed stream covering the subject is created first when none exists (named as
+    lamina names streams it creates: the subject with ``.``, ``*`` and ``>`` replaced by ``_``).
+    """
+    if kind == "redis":
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(url)
+        try:
+            pipe = client.pipeline(transaction=False)
+            for body in bodies:
+                pipe.xadd(name, {"body": body, **(headers or {})})
+            await pipe.execute()
+        finally:
+            await client.aclose()
+    elif kind == "nats":
+        import nats
+
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            await _nats_stream(js, name)
+            for body in bodies:
+                await js.publish(name, body, headers=headers)
+        finally:
+            await nc.close()
+    elif kind == "rabbitmq":
+        import aio_pika
+
+        conn = await aio_pika.connect(url)
+        try:
+            channel = await conn.channel(publisher_confirms=True)
+            await channel.declare_queue(name, durable=True)
+            for body in bodies:
+                await channel.default_exchange.publish(
+                    aio_pika.Message(
+                        body, headers=dict(headers or {}), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+                    ),
+                    routing_key=name,
+                )
+        finally:
+            await conn.close()
+    else:
+        raise ValueError(kind)
+
+
+def _nats_stream_name(subject: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in subject)
+
+
+async def _nats_stream(js, subject: str) -> str:
+    import nats.js.errors
+    from nats.js import api
+
+    try:
+        return await js.find_stream_name_by_subject(subject)
+    except nats.js.errors.NotFoundError:
+        name = _nats_stream_name(subject)
+        await js.add_stream(api.StreamConfig(name=name, subjects=[subject], storage=api.StorageType.FILE))
+        return name
+
+
+async def read_all(kind: str, url: str, name: str) -> list[tuple[bytes, dict[str, str]]]:
+    """Every message in a Redis stream / NATS subject's stream / RabbitMQ queue, as (body, headers).
+
+    Redis and NATS are read without consuming; a RabbitMQ queue is drained (messages are removed).
+    """
+    out: list[tuple[bytes, dict[str, str]]] = []
+    if kind == "redis":
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(url)
+        try:
+            for _id, fields in await client.xrange(name):
+                fields = {k.decode(): v for k, v in fields.items()}
+                body = fields.pop("body", b"")
+                out.append((body, {k: v.decode() for k, v in fields.items()}))
+        finally:
+            await client.aclose()
+    elif kind == "nats":
+        import nats
+        import nats.js.errors
+
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            try:
+                stream = await js.find_stream_name_by_subject(name)
+            except nats.js.errors.NotFoundError:
+                return []
+            info = await js.stream_info(stream)
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                try:
+                    msg = await js.get_msg(stream, seq)
+                except nats.js.errors.NotFoundError:
+                    continue
+                if msg.subject == name:
+                    out.append((msg.data or b"", dict(msg.headers or {})))
+        finally:
+            await nc.close()
+    elif kind == "rabbitmq":
+        import aio_pika
+
+        conn = await aio_pika.connect(url)
+        try:
+            channel = await conn.channel()
+            queue = await channel.declare_queue(name, durable=True)
+            while (message := await queue.get(no_ack=True, fail=False)) is not None:
+                headers = {
+                    k: v.decode() if isinstance(v, bytes) else str(v) for k, v in message.headers.items()
+                }
+                out.append((message.body, headers))
+        finally:
+            await conn.close()
+    else:
+        raise ValueError(kind)
+    return out
+
+
+async def unacknowledged(kind: str, url: str, name: str, consumer: str) -> int:
+    """How many records of ``name`` are not yet acknowledged by ``consumer`` (group / durable).
+
+    Redis: pending entries plus entries the group has not read; NATS: the durable's pending plus
+    ack-pending; RabbitMQ: messages ready in the queue (``consumer`` unused; messages a live consumer
+    holds unacknowledged are not counted, so ask once the consumer is closed).
+    """
+    if kind == "redis":
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(url)
+        try:
+            groups = {g["name"].decode(): g for g in await client.xinfo_groups(name)}
+            group = groups.get(consumer)
+            if group is None:
+                return await client.xlen(name)
+            lag = group.get("lag")
+            return int(group["pending"]) + int(lag or 0)
+        finally:
+            await client.aclose()
+    if kind == "nats":
+        import nats
+
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            stream = await js.find_stream_name_by_subject(name)
+            info = await js.consumer_info(stream, consumer)
+            return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        finally:
+            await nc.close()
+    if kind == "rabbitmq":
+        import aio_pika
+
+        conn = await aio_pika.connect(url)
+        try:
+            channel = await conn.channel()
+            queue = await channel.declare_queue(name, passive=True)
+            return int(queue.declaration_result.message_count or 0)
+        finally:
+            await conn.close()
+    raise ValueError(kind)

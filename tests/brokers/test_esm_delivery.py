@@ -1,0 +1,210 @@
+"""EventSourceMapping workers against real Redis, NATS JetStream and RabbitMQ servers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lamina.eventsources.mapping import FUNCTION_FAILED, NO_DESTINATION, OK
+
+from .conftest import Kit, TestFunction, eventually
+
+pytestmark = pytest.mark.brokers
+
+
+async def test_batches_respect_batch_size_and_carry_the_event_shape(kit: Kit, function, running):
+    src = kit.name("orders")
+    bodies = [json.dumps({"n": i}) for i in range(25)]
+    await kit.publish(src, bodies)
+    worker = running(kit.worker(function, src, batch_size=10, maximum_batching_window_seconds=1))
+
+    await eventually(lambda: len(function.succeeded) >= 25, what="25 records processed")
+    await eventually(lambda: worker.status.records_succeeded == 25, what="25 acknowledged")
+
+    sizes = [len(b) for b in function.batches]
+    assert max(sizes) == 10 and sum(sizes) == 25, sizes
+    assert sorted(function.succeeded) == sorted(bodies)
+    if kit.kind != "rabbitmq":  # streams keep their order
+        assert function.succeeded == bodies
+    record = function.batches[0][0]
+    assert record["eventSource"] == f"lamina:{kit.kind}"
+    assert record["eventSourceARN"].startswith(f"lamina:{kit.kind}:")
+    assert record["attributes"]["ApproximateReceiveCount"] == "1"
+    assert int(record["attributes"]["SentTimestamp"]) > 0
+    assert record["messageId"] and kit.kind in record
+    assert worker.status.last_processing_result == OK
+    await worker.stop()
+    assert await kit.unacknowledged(src, worker.config.name) == 0
+
+
+async def test_poison_record_is_bisected_retried_and_dead_lettered(kit: Kit, function, running):
+    src, dlq = kit.name("in"), kit.name("dlq")
+    bodies = [f"good-{i}" for i in range(8)]
+    bodies[5] = "poison-5"
+    await kit.publish(src, bodies)
+    worker = running(
+        kit.worker(
+            function,
+            src,
+            dlq=dlq,
+            batch_size=8,
+            maximum_batching_window_seconds=2,
+            bisect_batch_on_function_error=True,
+            maximum_retry_attempts=2,
+        )
+    )
+
+    await eventually(lambda: worker.status.records_dead_lettered == 1, what="the poison record dead-lettered")
+    await eventually(lambda: len(function.succeeded) == 7, what="the 7 good records processed")
+    letters = await kit.dead_letters(dlq)
+    assert len(letters) == 1
+    letter = letters[0]
+    assert letter["record"]["body"] == "poison-5"
+    assert letter["requestContext"]["condition"] == "RetryAttemptsExhausted"
+    assert letter["requestContext"]["functionName"] == "fn"
+    assert letter["requestContext"]["esm"] == worker.config.name
+    # 8-batch, 4-batch, 2-batch, then alone: first try + 2 retries.
+    assert letter["requestContext"]["approximateInvokeCount"] == 6
+    assert letter["responseContext"]["functionError"] == "Unhandled"
+    assert letter["responsePayload"]["errorMessage"] == "poison record"
+    assert letter["version"] == "1.0"
+    assert [b for b in function.batches if len(b) == 1 and b[0]["body"] == "poison-5"], "never bisected to 1"
+    assert sorted(function.succeeded) == sorted(b for b in bodies if b != "poison-5")
+    if kit.kind != "rabbitmq":
+        assert function.succeeded == [b for b in bodies if b != "poison-5"]
+    await worker.stop()
+    assert await kit.unacknowledged(src, worker.config.name) == 0
+
+
+async def test_retries_without_bisect_then_dead_letters_whole_batch(kit: Kit, function, running):
+    src, dlq = kit.name("in"), kit.name("dlq")
+    await kit.publish(src, ["a", "poison", "b"])
+    worker = running(
+        kit.worker(
+            function, src, dlq=dlq, batch_size=3, maximum_batching_window_seconds=2, maximum_retry_attempts=1
+        )
+    )
+    await eventually(lambda: worker.status.records_dead_lettered == 3, what="the failed batch dead-lettered")
+    letters = await kit.dead_letters(dlq)
+    assert sorted(x["record"]["body"] for x in letters) == ["a", "b", "poison"]
+    assert {x["requestContext"]["approximateInvokeCount"] for x in letters} == {2}
+    assert function.succeeded == []
+
+
+async def test_partial_batch_failure(kit: Kit, running):
+    function = TestFunction(report_failures=True)
+    src = kit.name("in")
+    await kit.publish(src, ["a", "bad-1", "c", "d"])
+    worker = running(
+        kit.worker(
+            function, src, batch_size=4, maximum_batching_window_seconds=2, report_batch_item_failures=True
+        )
+    )
+    await eventually(lambda: worker.status.records_succeeded == 4, what="all 4 acknowledged")
+    assert function.bodies(0) == ["a", "bad-1", "c", "d"]
+    if kit.kind == "rabbitmq":
+        assert function.bodies(1) == ["bad-1"]  # only the failed record again
+    else:
+        assert function.bodies(1) == ["bad-1", "c", "d"]  # from the first failure on, in order
+    assert len(function.batches) == 2
+    assert function.batches[1][0]["attributes"]["ApproximateReceiveCount"] == "1"
+    await worker.stop()
+    assert await kit.unacknowledged(src, worker.config.name) == 0
+
+
+async def test_invalid_batch_item_failures_fail_the_whole_batch(kit: Kit, running):
+    function = TestFunction(report_failures=True)
+    function.invalid_response_once = True
+    src = kit.name("in")
+    await kit.publish(src, ["x", "y", "z"])
+    worker = running(
+        kit.worker(
+            function, src, batch_size=3, maximum_batching_window_seconds=2, report_batch_item_failures=True
+        )
+    )
+    await eventually(lambda: worker.status.records_succeeded == 3, what="all acknowledged")
+    assert len(function.batches) == 2
+    assert sorted(function.bodies(1)) == ["x", "y", "z"]
+    assert function.succeeded == function.bodies(1)
+
+
+async def test_throttles_do_not_consume_retries(kit: Kit, function, running):
+    src, dlq = kit.name("in"), kit.name("dlq")
+    function.throttle = 4
+    await kit.publish(src, ["only"])
+    worker = running(kit.worker(function, src, dlq=dlq, batch_size=1, maximum_retry_attempts=0))
+    await eventually(lambda: function.succeeded == ["only"], what="processed after the throttles")
+    assert worker.status.throttles == 4
+    assert worker.status.records_dead_lettered == 0
+    assert await kit.dead_letters(dlq) == []
+
+
+async def test_without_destination_nothing_is_dropped(kit: Kit, function, running):
+    src = kit.name("in")
+    await kit.publish(src, ["poison-keep"])
+    worker = running(kit.worker(function, src, batch_size=1, maximum_retry_attempts=0))
+    await eventually(lambda: worker.status.last_processing_result == NO_DESTINATION, what="PROBLEM reported")
+    assert function.succeeded == []
+    # The function is fixed: the kept record goes through.
+    function.poison_active = False
+    await eventually(lambda: function.succeeded == ["poison-keep"], what="the kept record processed")
+    await worker.stop()
+    assert await kit.unacknowledged(src, worker.config.name) == 0
+
+
+async def test_filtered_records_are_acknowledged_and_dropped(kit: Kit, function, running):
+    src = kit.name("in")
+    bodies = [
+        json.dumps({"type": "order", "amount": 5}),
+        json.dumps({"type": "refund", "amount": 5}),
+        "not json",
+        json.dumps({"type": "order", "amount": 500}),
+    ]
+    await kit.publish(src, bodies)
+    pattern = json.dumps({"body": {"type": ["order"], "amount": [{"numeric": ["<", 100]}]}})
+    worker = running(
+        kit.worker(function, src, batch_size=10, maximum_batching_window_seconds=1, filter_patterns=[pattern])
+    )
+    await eventually(lambda: worker.status.records_filtered == 3, what="3 records filtered out")
+    await eventually(lambda: function.succeeded == [bodies[0]], what="the matching record processed")
+    await worker.stop()
+    assert await kit.unacknowledged(src, worker.config.name) == 0
+
+
+async def test_disable_stops_and_enable_resumes_from_the_same_position(kit: Kit, function, running):
+    src = kit.name("in")
+    await kit.publish(src, ["first-1", "first-2"])
+    worker = running(kit.worker(function, src, batch_size=10))
+    await eventually(lambda: len(function.succeeded) == 2, what="first records")
+
+    worker.set_enabled(False)
+    await eventually(lambda: worker.status.state == "Disabled", what="Disabled")
+    await kit.publish(src, ["second-1", "second-2", "second-3"])
+    await eventually(
+        lambda: kit.unacknowledged(src, worker.config.name),
+        what="records waiting in the broker",
+    )
+    assert len(function.succeeded) == 2
+    assert await kit.unacknowledged(src, worker.config.name) == 3
+
+    worker.set_enabled(True)
+    await eventually(lambda: len(function.succeeded) == 5, what="resumed")
+    assert sorted(function.succeeded[2:]) == ["second-1", "second-2", "second-3"]
+    assert worker.status.state == "Enabled"
+
+
+async def test_disable_while_retrying_gives_the_batch_back(kit: Kit, function, running):
+    src = kit.name("in")
+    await kit.publish(src, ["poison-held"])
+    worker = running(kit.worker(function, src, batch_size=1))  # retries forever
+    await eventually(lambda: worker.status.retries >= 2, what="retrying")
+    assert worker.status.last_processing_result == FUNCTION_FAILED
+    worker.set_enabled(False)
+    await eventually(lambda: worker.status.state == "Disabled", what="Disabled")
+    assert await kit.unacknowledged(src, worker.config.name) == 1
+    function.poison_active = False
+    worker.set_enabled(True)
+    await eventually(lambda: function.succeeded == ["poison-held"], what="processed after re-enabling")
+    await worker.stop()
+    assert await kit.unacknowledged(src, worker.config.name) == 0
