@@ -62,7 +62,7 @@ def make_source(
             group,
             stream=settings.get("stream"),
             starting_position=starting_position,
-            max_ack_pending=max(1000, batch_size * 2),
+            max_ack_pending=batch_size,
             **options,
         )
     if kind == "rabbitmq":

@@ -7,6 +7,10 @@ redelivered once ``ack_wait`` runs out. While the mapping holds records (the fun
 waits) it sends in-progress acks every ``ack_wait / 3`` seconds so that they are not redelivered under
 its feet.
 
+The consumer's ``max_ack_pending`` is the batch size: the mapping never holds more than one batch, and
+a worker that replaces a dead one gets nothing new until the dead one's batch comes back (after
+``ack_wait``), so records are processed in stream order even across crashes.
+
 The connection does not reconnect by itself: a lost server surfaces as an error, and the mapping
 reconnects with backoff, so that the outage shows up in the mapping's state.
 """
@@ -78,7 +82,7 @@ class NatsJetStreamSource(Source):
         stream: str | None = None,
         starting_position: str = "TRIM_HORIZON",
         ack_wait_seconds: float = 30.0,
-        max_ack_pending: int = 20000,
+        max_ack_pending: int = 10,
     ) -> None:
         super().__init__(subject)
         self.url = url
@@ -111,12 +115,24 @@ class NatsJetStreamSource(Source):
                 max_ack_pending=self.max_ack_pending,
                 filter_subject=self.subject,
             )
-            self._psub = await js.pull_subscribe(
-                self.subject, durable=self.durable, stream=self.stream, config=config
-            )
+            await self._ensure_consumer(js, config)
+            self._psub = await js.pull_subscribe_bind(durable=self.durable, stream=self.stream)
         except BaseException:
             await self.close()
             raise
+
+    async def _ensure_consumer(self, js: Any, config: api.ConsumerConfig) -> None:
+        """Create the durable consumer, or update the settings lamina owns (keeping the position)."""
+        try:
+            info = await js.consumer_info(self.stream, self.durable)
+        except nats.js.errors.NotFoundError:
+            await js.add_consumer(self.stream, config)
+            return
+        current = info.config
+        if current.max_ack_pending != self.max_ack_pending or current.ack_wait != self.ack_wait_seconds:
+            current.max_ack_pending = self.max_ack_pending
+            current.ack_wait = self.ack_wait_seconds
+            await js.add_consumer(self.stream, current)
 
     def _live(self) -> NATS:
         if self._nc is None or self._nc.is_closed or self._psub is None:

@@ -1,0 +1,41 @@
+"""A mapping worker in its own process, for tests that SIGKILL it in the middle of a batch.
+
+    python esm_worker_proc.py KIND URL SOURCE ESM MARKER
+
+Its function writes the bodies of the batch it got to MARKER (JSON list) and then never answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from lamina.eventsources.factory import make_source
+from lamina.eventsources.mapping import MappingConfig, MappingWorker, Timing
+
+
+def _announce(marker: str, bodies: list[str]) -> None:
+    tmp = Path(marker + ".tmp")
+    tmp.write_text(json.dumps(bodies))
+    tmp.rename(marker)
+
+
+async def main(kind: str, url: str, source: str, esm: str, marker: str) -> None:
+    async def hang(function_name: str, payload: bytes):
+        bodies = [r["body"] for r in json.loads(payload)["Records"]]
+        _announce(marker, bodies)
+        await asyncio.Event().wait()
+
+    key = {"redis": "stream", "nats": "subject", "rabbitmq": "queue"}[kind]
+    options = {"ack_wait_seconds": 3.0} if kind == "nats" else {}
+    src = make_source({kind: {"url": url, key: source}}, url, esm_name=esm, batch_size=5, **options)
+    worker = MappingWorker(
+        MappingConfig(name=esm, function_name="fn", batch_size=5), src, hang, timing=Timing(0.2)
+    )
+    await worker.run()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:6]))
