@@ -7,9 +7,6 @@ import asyncio
 import inspect
 import json
 import re
-import shutil
-import socket
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -22,6 +19,7 @@ from lamina.asyncinvoke.destinations import record_event_id
 from lamina.asyncinvoke.redis_store import RedisEventStore
 from lamina.asyncinvoke.sqlite_store import SqliteEventStore
 from lamina_runtime.protocol import InvocationResult
+from tests.support import brokers
 
 pytest.importorskip("lamina.eventsources.redis_streams")
 
@@ -36,56 +34,12 @@ FAST = dict(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_redis(port: int, d) -> subprocess.Popen:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed")
-    proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(d),
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(16).startswith(b"+PONG"):
-                    return proc
-        except OSError:
-            pass
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            pytest.fail("redis-server did not start")
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory):
-    proc = start_redis(port := _free_port(), tmp_path_factory.mktemp("redis"))
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+    if not brokers.available("redis"):
+        pytest.skip("redis-server is not installed")
+    with brokers.server_for("redis", tmp_path_factory.mktemp("redis")) as server:
+        yield server.url
 
 
 class Clock:
@@ -471,8 +425,8 @@ async def test_function_destination_receives_the_record_as_an_async_event(store)
 
 
 async def test_an_undeliverable_record_is_kept_and_delivered_later(make_store, tmp_path):
-    port = _free_port()
-    url = f"redis://127.0.0.1:{port}/0"  # nothing listens there yet
+    server = brokers.server_for("redis", tmp_path / "late-redis")
+    url = server.url  # nothing listens there yet
     store = make_store()
     fns = Functions()
     fns.script["default/f"] = ["error"]
@@ -481,7 +435,6 @@ async def test_an_undeliverable_record_is_kept_and_delivered_later(make_store, t
             maximum_retry_attempts=0, on_failure={"redis": {"url": url, "stream": "dlq"}}
         )
     }
-    proc = None
     try:
         async with dispatcher(store, fns, cfg) as d:
             ev = await d.enqueue("default/f", b'{"keep": true}')
@@ -489,7 +442,7 @@ async def test_an_undeliverable_record_is_kept_and_delivered_later(make_store, t
             assert await store.pending_count() == 1
             kept = await store.get(ev.id)
             assert kept is not None and json.loads(kept.pending_record)["destination"] == "onFailure"
-            proc = start_redis(port, tmp_path)
+            await server.astart()
             await wait_until(lambda: d.stats["delivered"] == 1, what="delivery after the broker came up")
             await wait_until(lambda: d.in_flight == 0)
         r = aioredis.Redis.from_url(url)
@@ -502,9 +455,7 @@ async def test_an_undeliverable_record_is_kept_and_delivered_later(make_store, t
         assert await store.pending_count() == 0
     finally:
         await store.close()
-        if proc is not None:
-            proc.terminate()
-            proc.wait(10)
+        server.close()
 
 
 # -- scheduling, unknown functions, stop ------------------------------------------------------------

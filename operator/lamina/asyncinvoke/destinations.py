@@ -41,28 +41,16 @@ async def _maybe_await(value: Any) -> Any:
 
 
 async def default_sink_factory(kind: str, settings: dict[str, Any]) -> Sink:
-    """Sinks of :mod:`lamina.eventsources`, connected."""
-    url = settings["url"]
+    """The :mod:`lamina.eventsources` sink of the endpoint, connected."""
     try:
-        if kind == "redis":
-            from lamina.eventsources.redis_streams import RedisStreamSink
-
-            sink: Any = RedisStreamSink(url, settings["stream"])
-        elif kind == "nats":
-            from lamina.eventsources import nats_jetstream  # type: ignore[attr-defined]
-
-            sink = nats_jetstream.NatsJetStreamSink(url, settings["subject"], stream=settings.get("stream"))
-        elif kind == "rabbitmq":
-            from lamina.eventsources import rabbitmq  # type: ignore[attr-defined]
-
-            sink = rabbitmq.RabbitMQSink(url, settings["queue"])
-        else:
-            raise DestinationError(f"unknown destination kind {kind!r}")
-    except (ImportError, AttributeError) as e:
+        from lamina.eventsources.factory import make_sink
+    except ImportError as e:  # pragma: no cover - the package ships with lamina
         raise DestinationError(f"no {kind} sink available: {e}") from e
-    connect = getattr(sink, "connect", None)
-    if connect is not None:
-        await connect()
+    try:
+        sink: Any = make_sink({kind: settings}, settings["url"])
+    except (ValueError, KeyError) as e:
+        raise DestinationError(f"bad {kind} destination: {e}") from e
+    await sink.connect()
     return sink
 
 
