@@ -40,6 +40,7 @@ BUILD_SCRIPT = REPO / "scripts" / "build-control-plane"
 VERSIONS_FILE = REPO / "scripts" / "control-plane-versions"
 DEFAULT_STATE_DIR = "/tmp/lamina-test-cluster"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+KWOK_STAGES = "kwok-stages.yaml"  # written next to the binaries by build-control-plane
 # Stop order: the reverse of the start order.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 NODE_NAME = "kwok-node-0"
@@ -73,6 +74,11 @@ def _log(msg: str) -> None:
 # --------------------------------------------------------------------------------------------- build
 
 
+def _missing(d: Path) -> list[str]:
+    missing = [b for b in BINARIES if not os.access(d / b, os.X_OK)]
+    return missing + ([] if (d / KWOK_STAGES).is_file() else [KWOK_STAGES])
+
+
 def bin_dir(build: bool = True) -> Path:
     """The directory holding the control-plane binaries, building them if needed (and allowed).
 
@@ -81,7 +87,7 @@ def bin_dir(build: bool = True) -> Path:
     override = os.environ.get("LAMINA_CONTROL_PLANE_BIN")
     if override:
         d = Path(override)
-        missing = [b for b in BINARIES if not os.access(d / b, os.X_OK)]
+        missing = _missing(d)
         if missing:
             raise ControlPlaneError(f"LAMINA_CONTROL_PLANE_BIN={d} lacks {', '.join(missing)}")
         return d
@@ -98,7 +104,7 @@ def bin_dir(build: bool = True) -> Path:
             "It needs Go >= 1.26 and access to the Go module proxy."
         )
     d = Path(lines[-1].strip())
-    missing = [b for b in BINARIES if not os.access(d / b, os.X_OK)]
+    missing = _missing(d)
     if missing:
         raise ControlPlaneError(f"build-control-plane reported {d} but {', '.join(missing)} missing")
     return d
@@ -545,6 +551,7 @@ class ControlPlane:
             "kwok",
             [
                 f"--kubeconfig={kc}",
+                f"--config={self.bin_dir / KWOK_STAGES}",
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 "--manage-nodes-with-label-selector=",
