@@ -99,5 +99,41 @@ class AsyncInvocations:
         return [f"  async queue: {self.path}"]
 
 
+
+
+class EventSourceMappings:
+    """Every EventSourceMapping of the manifests: broker consumers and schedules."""
+
+    def __init__(self, stack: LocalStack, dispatcher: AsyncDispatcher) -> None:
+        from lamina.local.mappings import BrokerMapping, ScheduleMapping
+        from lamina.schedule.stores import SqliteTickStore
+
+        assert stack.manifests is not None
+        self.ticks = SqliteTickStore(stack.options.state_dir / "schedule-ticks.sqlite3")
+        invoker, urls = LocalInvoker(stack), SecretUrls(stack)
+        self.mappings: list[Any] = []
+        for esm in stack.manifests.mappings.values():
+            if esm.spec.source.schedule is not None:
+                self.mappings.append(ScheduleMapping(esm, dispatcher, self.ticks))
+            else:
+                self.mappings.append(BrokerMapping(esm, invoker, urls, dispatcher))
+
+    async def start(self) -> None:
+        for mapping in self.mappings:
+            await mapping.start()
+
+    async def stop(self) -> None:
+        for mapping in self.mappings:
+            await mapping.stop()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [m.snapshot() for m in self.mappings]
+
+    def describe(self) -> list[str]:
+        return [f"  mapping {s['name']}: {s['source']} -> {s['function']} ({s['state']})"
+                for s in self.snapshot()]
+
+
 def build_components(stack: LocalStack) -> list[Any]:
-    return [AsyncInvocations(stack)]
+    async_invocations = AsyncInvocations(stack)
+    return [async_invocations, EventSourceMappings(stack, async_invocations.dispatcher)]

@@ -80,7 +80,9 @@ class LocalStack:
         for component in self._build_components():
             await component.start()
             self._components.append(component)
-        self._runner = web.AppRunner(build_app(self.service), access_log=None)
+        app = build_app(self.service)
+        app.router.add_get("/lamina/status", self._status)
+        self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, opts.host, opts.port).start()
 
@@ -89,6 +91,19 @@ class LocalStack:
 
         assert self.service is not None and self.manifests is not None
         return build_components(self)
+
+    async def _status(self, request: web.Request) -> web.Response:
+        """What `lamina local` runs right now: environments per function and each mapping's state."""
+        assert self.pool is not None
+        doc: dict[str, Any] = {"environments": self.pool.describe()}
+        for component in self._components:
+            snapshot = getattr(component, "snapshot", None)
+            if snapshot is not None:
+                doc["mappings"] = snapshot()
+            store = getattr(component, "store", None)
+            if store is not None and hasattr(store, "pending_count"):
+                doc["asyncPending"] = await store.pending_count()
+        return web.json_response(doc)
 
     async def stop(self) -> None:
         if self._runner is not None:
