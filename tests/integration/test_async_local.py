@@ -35,7 +35,7 @@ def server(tmp_path: Path) -> Iterator[LocalServer]:
     srv.kill()
 
 
-def send(client, name: str, payload: dict) -> str:  # noqa: ANN001
+def send(client, name: str, payload: dict) -> str:
     response = client.invoke(FunctionName=name, InvocationType="Event", Payload=json.dumps(payload).encode())
     assert response["StatusCode"] == 202
     return response["ResponseMetadata"]["RequestId"]

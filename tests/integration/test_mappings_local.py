@@ -26,7 +26,7 @@ def redis_server(tmp_path: Path) -> Iterator[brokers.RedisServer]:
     server.close()
 
 
-def wait_for(predicate, timeout: float = 60) -> None:  # noqa: ANN001
+def wait_for(predicate, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
