@@ -29,9 +29,11 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,14 +96,28 @@ def bin_dir(build: bool = True) -> Path:
     if not build:
         raise ControlPlaneError("control-plane binaries are not built (run scripts/build-control-plane)")
     _log(f"resolving binaries via {BUILD_SCRIPT} (first build takes a long time; cached afterwards)")
-    proc = subprocess.run(
-        ["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=None, text=True, check=False
+    proc = subprocess.Popen(
+        ["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
-    if proc.returncode != 0 or not lines:
+    tail: list[str] = []
+
+    def pump() -> None:  # stream the build's progress and keep its end for the error message
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            sys.stderr.write(line)
+            tail.append(line.rstrip())
+            del tail[:-15]
+
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    out = proc.stdout.read() if proc.stdout else ""
+    rc = proc.wait()
+    t.join(timeout=5)
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    if rc != 0 or not lines:
         raise ControlPlaneError(
-            f"scripts/build-control-plane failed (exit {proc.returncode}); see its output above. "
-            "It needs Go >= 1.26 and access to the Go module proxy."
+            f"scripts/build-control-plane failed (exit {rc}); it needs Go >= 1.26 and the Go module "
+            "proxy. Its last output:\n" + "\n".join(tail)
         )
     d = Path(lines[-1].strip())
     missing = _missing(d)
@@ -699,17 +715,34 @@ def down(state_dir: Path | None = None) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def state_lock(state_dir: Path) -> Iterator[None]:
+    """Serialise up/down on one state dir (the lock file sits beside it: down removes the dir)."""
+    import fcntl
+
+    state_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(state_dir.with_name(state_dir.name + ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = argv[0] if argv else "help"
     sd = state_dir_default()
     try:
         if cmd == "up":
-            cp = up(sd)
+            with state_lock(sd):
+                cp = up(sd)
             print(cp.kubeconfig)
             return 0
         if cmd == "down":
-            print("stopped" if down(sd) else "not running")
+            with state_lock(sd):
+                stopped = down(sd)
+            print("stopped" if stopped else "not running")
             return 0
         if cmd == "status":
             cp = ControlPlane.load(sd)
