@@ -28,24 +28,35 @@ def split_function_name(raw: str, qualifier: str | None = None) -> tuple[str, st
 
 
 class FunctionRegistry:
-    """The functions a gateway serves, by name, in one namespace."""
+    """The functions a gateway serves.
 
-    def __init__(self, functions: list[FunctionConfig] | None = None) -> None:
-        self._by_name: dict[str, FunctionConfig] = {}
+    A plain name means a Function in the default namespace; `namespace.name` names another one
+    (Kubernetes names are DNS labels, so the dot is unambiguous, and boto3 sends it unchanged).
+    """
+
+    def __init__(
+        self, functions: list[FunctionConfig] | None = None, default_namespace: str = "default"
+    ) -> None:
+        self.default_namespace = default_namespace
+        self._by_key: dict[str, FunctionConfig] = {}
         self.replace(functions or [])
 
     def replace(self, functions: list[FunctionConfig]) -> None:
-        self._by_name = {f.name: f for f in functions}
+        self._by_key = {f.key: f for f in functions}
 
     def all(self) -> list[FunctionConfig]:
-        return list(self._by_name.values())
+        return list(self._by_key.values())
 
-    def get(self, name: str) -> FunctionConfig | None:
-        return self._by_name.get(name)
+    def get(self, key: str) -> FunctionConfig | None:
+        return self._by_key.get(key)
+
+    def key_of(self, name: str) -> str:
+        namespace, dot, short = name.partition(".")
+        return f"{namespace}/{short}" if dot else f"{self.default_namespace}/{name}"
 
     def resolve(self, raw: str, qualifier: str | None = None) -> FunctionConfig:
         name, qual = split_function_name(raw, qualifier)
-        fn = self._by_name.get(name)
+        fn = self._by_key.get(self.key_of(name))
         if fn is None or qual not in SUPPORTED_QUALIFIERS:
             raise FunctionNotFound(f"Function not found: {function_arn(name, qual)}")
         return fn
