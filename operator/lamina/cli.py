@@ -29,6 +29,12 @@ def _operator(args: argparse.Namespace) -> int:
     return int(run_operator(args.rest) or 0)
 
 
+def _gateway(args: argparse.Namespace) -> int:
+    from lamina.cluster.gateway import run_gateway
+
+    return run_gateway(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lamina", description="AWS Lambda semantics on Kubernetes")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -53,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     operator = sub.add_parser("operator", help="run the Kubernetes operator (kopf)")
     operator.add_argument("rest", nargs=argparse.REMAINDER)
     operator.set_defaults(run=_operator)
+
+    gateway = sub.add_parser("gateway", help="run the cluster gateway (Invoke API, URL trigger, async queue)")
+    gateway.add_argument("rest", nargs=argparse.REMAINDER)
+    gateway.set_defaults(run=_gateway)
     return parser
 
 

@@ -1,0 +1,1 @@
+"""Cluster-mode wiring: the gateway and event source workers as they run in Kubernetes."""

@@ -1,0 +1,129 @@
+"""`lamina gateway`: the front door in a cluster.
+
+Functions come from the API server (watched), environments are the ready pods of each function
+(`KubernetesEndpointSource` + `HttpEnvironmentPool`), and Event invocations go to a Redis-backed
+durable queue whose dispatcher runs here too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from lamina.api import Function, ManifestError, parse_object
+from lamina.cluster.kube import ThreadedWatch, api_client, list_functions_fn
+from lamina.environments.base import FunctionConfig
+from lamina.environments.http_pool import HttpEnvironmentPool
+from lamina.environments.kubernetes_source import KubernetesEndpointSource
+from lamina.gateway.app import build_app
+from lamina.gateway.concurrency import ConcurrencyLimiter
+from lamina.gateway.errors import FunctionNotFound
+from lamina.gateway.registry import FunctionRegistry
+from lamina.gateway.service import InvocationService
+from lamina_runtime.protocol import InvocationRequest, InvocationResult
+
+log = logging.getLogger(__name__)
+
+
+def function_config(fn: Function) -> FunctionConfig:
+    """What the gateway needs of a Function object (code and layers live in the pods)."""
+    spec = fn.spec
+    return FunctionConfig(
+        name=fn.name, namespace=fn.metadata.namespace, handler=spec.handler, runtime=spec.runtime,
+        memory_mb=spec.memory_mb, timeout_seconds=spec.timeout_seconds,
+        reserved_concurrency=spec.reserved_concurrency, provisioned_concurrency=spec.provisioned_concurrency,
+        idle_timeout_seconds=float(spec.idle_timeout_seconds), async_config=spec.async_,
+        revision=str(fn.metadata.generation or ""))
+
+
+class FunctionCatalog:
+    """Functions as the API server has them, applied to the registry, limiter and pool on change."""
+
+    def __init__(self, service: InvocationService, pool: HttpEnvironmentPool) -> None:
+        self.service = service
+        self.pool = pool
+        self.functions: dict[str, FunctionConfig] = {}
+
+    def on_event(self, kind: str, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        key = f"{meta.get('namespace')}/{meta.get('name')}"
+        if kind == "DELETED":
+            self.functions.pop(key, None)
+        else:
+            try:
+                self.functions[key] = function_config(parse_object(obj))  # type: ignore[arg-type]
+            except ManifestError as exc:  # the CRD schema should have refused it; never serve it
+                log.warning("ignoring Function %s: %s", key, exc)
+                self.functions.pop(key, None)
+        configs = list(self.functions.values())
+        self.service.replace_functions(configs)
+        asyncio.get_running_loop().create_task(self.pool.update(configs))
+
+    def lookup(self, key: str) -> FunctionConfig | None:
+        return self.functions.get(key)
+
+    async def invoke(self, key: str, payload: bytes, request_id: str | None = None) -> InvocationResult:
+        fn = self.functions.get(key)
+        if fn is None:
+            raise FunctionNotFound(f"Function not found: {key}")
+        request = InvocationRequest(request_id=request_id or str(uuid.uuid4()), payload=payload,
+                                    invoked_function_arn=fn.arn)
+        return await self.service.invoke(fn, request)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    api = await asyncio.to_thread(api_client, args.kubeconfig)
+    source = KubernetesEndpointSource(api, args.namespace)
+    pool = HttpEnvironmentPool(source, [], cold_start_timeout=args.cold_start_timeout)
+    service = InvocationService(FunctionRegistry([], default_namespace=args.default_namespace), pool,
+                                limiter=ConcurrencyLimiter(args.concurrency_limit))
+    catalog = FunctionCatalog(service, pool)
+    loop = asyncio.get_running_loop()
+    functions = ThreadedWatch(list_functions_fn(api, args.namespace), catalog.on_event, loop)
+    functions.start()
+    await asyncio.to_thread(functions.synced.wait, 30)
+    await pool.start()
+    dispatcher = None
+    if args.redis_url:
+        from lamina.asyncinvoke.dispatcher import AsyncDispatcher
+        from lamina.asyncinvoke.redis_store import RedisEventStore
+
+        store = RedisEventStore(args.redis_url)
+        dispatcher = AsyncDispatcher(store, catalog.invoke, catalog.lookup)
+        await dispatcher.start()
+        service.async_queue = dispatcher.gateway_queue()
+    runner = web.AppRunner(build_app(service), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, args.host, args.port).start()
+    print(f"lamina gateway: serving on {args.host}:{args.port}", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    if dispatcher is not None:
+        await dispatcher.stop()
+    functions.stop()
+    await pool.close()
+    return 0
+
+
+def run_gateway(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lamina gateway", description="the Invoke API in a cluster")
+    parser.add_argument("--host", default="0.0.0.0")
+    parser.add_argument("--port", type=int, default=9000)
+    parser.add_argument("--namespace", default=None, help="watch one namespace (default: all)")
+    parser.add_argument("--default-namespace", default="default",
+                        help="namespace of plain function names (others: namespace.name)")
+    parser.add_argument("--redis-url", default=None, help="durable queue of Event invocations")
+    parser.add_argument("--concurrency-limit", type=int, default=1000)
+    parser.add_argument("--cold-start-timeout", type=float, default=120.0)
+    parser.add_argument("--kubeconfig", default=None)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(serve(parser.parse_args(argv)))

@@ -1,0 +1,81 @@
+"""The cluster gateway's view of environments, against a real API server with kwok pods.
+
+kwok gives pods addresses in 10.0.0.0/24 that nothing listens on, so these tests check discovery and
+scaling only; invoking pods over HTTP is covered by tests/unit/test_http_pool.py against real runtime
+servers on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from kubernetes import client
+
+from lamina.environments.base import FunctionConfig
+from lamina.environments.kubernetes_source import DELETION_COST, KubernetesEndpointSource
+from lamina.resources import labels, names
+
+
+def deployment(name: str, replicas: int) -> dict[str, Any]:
+    pod_labels = {labels.FUNCTION: name, labels.NAME: labels.FUNCTION_APP}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": names.function_deployment(name)},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": pod_labels},
+                 "template": {"metadata": {"labels": pod_labels},
+                              "spec": {"containers": [{"name": "runtime", "image": "lamina/runtime:test"}]}}},
+    }
+
+
+async def eventually(predicate, within: float = 60) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not predicate():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.2)
+
+
+async def test_ready_pods_become_endpoints_and_scale_follows(k8s_api, namespace, apply_yaml) -> None:
+    apply_yaml(deployment("disc", 1), namespace=namespace)
+    fn = FunctionConfig(name="disc", namespace=namespace)
+    source = KubernetesEndpointSource(k8s_api, namespace)
+    seen: list[list[str]] = []
+    source.subscribe(lambda key, eps: seen.append(eps) if key == fn.key else None)
+    await source.start()
+    try:
+        await eventually(lambda: len(source.endpoints(fn.key)) == 1)
+        [endpoint] = source.endpoints(fn.key)
+        assert endpoint.endswith(":8080")
+        assert seen[-1] == [endpoint]
+
+        await source.scale(fn, 3)
+        await eventually(lambda: len(source.endpoints(fn.key)) == 3)
+
+        retire = source.endpoints(fn.key)[1]
+        await source.scale(fn, 2, retire=retire)
+        apps = client.AppsV1Api(k8s_api)
+        scale = apps.read_namespaced_deployment_scale(names.function_deployment("disc"), namespace)
+        assert scale.spec.replicas == 2
+        await eventually(lambda: len(source.endpoints(fn.key)) == 2)
+        assert retire not in source.endpoints(fn.key)  # the idle pod we named is the one removed
+    finally:
+        await source.close()
+
+
+async def test_retired_pod_is_marked_cheapest_to_delete(k8s_api, namespace, apply_yaml) -> None:
+    apply_yaml(deployment("cost", 2), namespace=namespace)
+    fn = FunctionConfig(name="cost", namespace=namespace)
+    source = KubernetesEndpointSource(k8s_api, namespace)
+    await source.start()
+    try:
+        await eventually(lambda: len(source.endpoints(fn.key)) == 2)
+        retire = source.endpoints(fn.key)[0]
+        core = client.CoreV1Api(k8s_api)
+        pods = core.list_namespaced_pod(namespace, label_selector=f"{labels.FUNCTION}=cost").items
+        [victim] = [p for p in pods if f"{p.status.pod_ip}:8080" == retire]
+        await source.scale(fn, 2, retire=retire)  # same size: only the annotation changes
+        annotations = core.read_namespaced_pod(victim.metadata.name, namespace).metadata.annotations
+        assert annotations[DELETION_COST] == "-1000"
+    finally:
+        await source.close()
