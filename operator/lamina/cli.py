@@ -35,6 +35,12 @@ def _gateway(args: argparse.Namespace) -> int:
     return run_gateway(args.rest)
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from lamina.cluster.worker import run_worker
+
+    return run_worker(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lamina", description="AWS Lambda semantics on Kubernetes")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     gateway = sub.add_parser("gateway", help="run the cluster gateway (Invoke API, URL trigger, async queue)")
     gateway.add_argument("rest", nargs=argparse.REMAINDER)
     gateway.set_defaults(run=_gateway)
+
+    worker = sub.add_parser("worker", help="run an EventSourceMapping worker (`lamina worker esm`)")
+    worker.add_argument("rest", nargs=argparse.REMAINDER)
+    worker.set_defaults(run=_worker)
     return parser
 
 

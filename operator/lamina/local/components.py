@@ -41,7 +41,7 @@ class LocalInvoker:
 
 
 class SecretUrls:
-    """Resolves `urlFrom.secretKeyRef` from the Secrets among the loaded manifests."""
+    """The async dispatcher's resolver of `urlFrom.secretKeyRef`, over the loaded Secrets."""
 
     def __init__(self, stack: LocalStack) -> None:
         self.stack = stack
@@ -105,18 +105,19 @@ class EventSourceMappings:
     """Every EventSourceMapping of the manifests: broker consumers and schedules."""
 
     def __init__(self, stack: LocalStack, dispatcher: AsyncDispatcher) -> None:
-        from lamina.local.mappings import BrokerMapping, ScheduleMapping
+        from lamina.eventsources.runners import literal_or_secret, mapping_runner
         from lamina.schedule.stores import SqliteTickStore
 
         assert stack.manifests is not None
         self.ticks = SqliteTickStore(stack.options.state_dir / "schedule-ticks.sqlite3")
-        invoker, urls = LocalInvoker(stack), SecretUrls(stack)
-        self.mappings: list[Any] = []
-        for esm in stack.manifests.mappings.values():
-            if esm.spec.source.schedule is not None:
-                self.mappings.append(ScheduleMapping(esm, dispatcher, self.ticks))
-            else:
-                self.mappings.append(BrokerMapping(esm, invoker, urls, dispatcher))
+        invoker = LocalInvoker(stack)
+        resolve = literal_or_secret(stack.manifests.secret_value)
+
+        async def enqueue(function_key: str, payload: bytes, request_id: str | None) -> None:
+            await dispatcher.enqueue(function_key, payload, request_id=request_id)
+
+        self.mappings = [mapping_runner(esm, invoker, enqueue, resolve, self.ticks)
+                         for esm in stack.manifests.mappings.values()]
 
     async def start(self) -> None:
         for mapping in self.mappings:

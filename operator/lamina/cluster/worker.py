@@ -1,0 +1,133 @@
+"""`lamina worker esm`: one EventSourceMapping's consumer or schedule, as its Deployment runs it.
+
+Everything comes from the environment the operator sets (see lamina.resources.eventsourcemapping):
+the mapping as JSON, broker URLs resolved from Secrets by the kubelet, the gateway to invoke through
+and the Redis that claims schedule ticks. The worker needs no Kubernetes API access.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+
+from lamina.api import EventSourceMapping, parse_object
+from lamina.eventsources.runners import mapping_runner
+from lamina.gateway.errors import FunctionNotFound, ThrottledError
+from lamina_runtime.protocol import InvocationResult
+
+log = logging.getLogger(__name__)
+
+
+def invoke_path(function_key: str) -> str:
+    namespace, name = function_key.split("/", 1)
+    return f"/2015-03-31/functions/{namespace}.{name}/invocations"
+
+
+class GatewayClient:
+    """Invokes through the gateway's Invoke API, so throttling and accounting are the gateway's."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=960))
+        return self._session
+
+    async def invoke(self, function_key: str, payload: bytes) -> InvocationResult:
+        url = self.base_url + invoke_path(function_key)
+        async with self._http().post(url, data=payload) as response:
+            body = await response.read()
+            if response.status == 429:
+                raise ThrottledError(response.headers.get("x-amzn-ErrorType", "TooManyRequestsException"))
+            if response.status == 404:
+                raise FunctionNotFound(f"Function not found: {function_key}")
+            if response.status != 200:
+                raise RuntimeError(f"gateway answered {response.status}: {body[:200]!r}")
+            return InvocationResult(request_id=response.headers.get("x-amzn-RequestId", ""), payload=body,
+                                    function_error=response.headers.get("X-Amz-Function-Error"))
+
+    async def enqueue(self, function_key: str, payload: bytes, request_id: str | None) -> None:
+        url = self.base_url + invoke_path(function_key)
+        headers = {"X-Amz-Invocation-Type": "Event"}
+        async with self._http().post(url, data=payload, headers=headers) as response:
+            if response.status != 202:
+                raise RuntimeError(f"gateway refused an Event invocation: {response.status} "
+                                   f"{(await response.read())[:200]!r}")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def url_resolver(esm: EventSourceMapping, environ: Mapping[str, str]):
+    """Literal URLs from the spec; those from Secrets arrive as LAMINA_SOURCE_URL / LAMINA_ON_FAILURE_URL."""
+    source_target = esm.spec.source.target
+
+    def resolve(target: Any, namespace: str) -> str:
+        if target.url:
+            return str(target.url)
+        variable = "LAMINA_SOURCE_URL" if target is source_target else "LAMINA_ON_FAILURE_URL"
+        value = environ.get(variable)
+        if not value:
+            raise LookupError(f"{variable} is not set: the Secret named by urlFrom was not mounted")
+        return value
+
+    return resolve
+
+
+def tick_store(environ: Mapping[str, str]) -> Any:
+    url = environ.get("LAMINA_REDIS_URL")
+    if url:
+        from lamina.schedule.redis_store import RedisTickStore
+
+        return RedisTickStore.from_url(url, owner=socket.gethostname())
+    from lamina.schedule.stores import SqliteTickStore
+
+    log.warning("LAMINA_REDIS_URL is not set: schedule ticks are claimed in a local file, so two "
+                "replicas could both fire a tick")
+    return SqliteTickStore(os.path.join(environ.get("TMPDIR", "/tmp"), "lamina-ticks.sqlite3"))
+
+
+async def run(environ: Mapping[str, str]) -> int:
+    raw = environ.get("LAMINA_ESM")
+    if not raw:
+        print("lamina worker esm: LAMINA_ESM is not set", flush=True)
+        return 2
+    import json
+
+    esm = parse_object(json.loads(raw))
+    assert isinstance(esm, EventSourceMapping)
+    gateway = GatewayClient(environ.get("LAMINA_GATEWAY_URL", "http://lamina-gateway:9000"))
+    runner = mapping_runner(esm, gateway.invoke, gateway.enqueue, url_resolver(esm, environ),
+                            tick_store(environ))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await runner.start()
+    print(f"lamina worker: {esm.metadata.namespace}/{esm.name}: {esm.spec.source.describe()} -> "
+          f"{esm.spec.function_name}", flush=True)
+    await stop.wait()
+    await runner.stop()
+    await gateway.close()
+    return 0
+
+
+def run_worker(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lamina worker esm")
+    parser.add_argument("kind", choices=["esm"])
+    parser.add_argument("--namespace", help="informational: the mapping comes from LAMINA_ESM")
+    parser.add_argument("--name", help="informational: the mapping comes from LAMINA_ESM")
+    parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return asyncio.run(run(os.environ))

@@ -1,0 +1,172 @@
+"""An EventSourceMapping object turned into something that runs: a broker consumer or a schedule.
+
+Shared by local mode and the cluster worker; they differ only in how a function is invoked, how an
+async invocation is queued and where broker URLs from Secrets come from, which are passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from lamina.api import EventSourceMapping
+from lamina.eventsources.factory import make_sink, make_source
+from lamina.eventsources.mapping import MappingConfig, MappingStatus, MappingWorker
+from lamina.schedule.event import event_id, scheduled_event
+from lamina.schedule.expressions import parse_schedule
+from lamina.schedule.stores import TickStore
+from lamina.schedule.ticker import ScheduleTicker
+from lamina_runtime.protocol import InvocationResult
+
+log = logging.getLogger(__name__)
+
+#: Run a function synchronously: (function key "namespace/name", payload) -> result.
+Invoke = Callable[[str, bytes], Awaitable[InvocationResult]]
+#: Queue an Event invocation: (function key, payload, request id) -> None.
+Enqueue = Callable[[str, bytes, str | None], Awaitable[None]]
+#: The URL of a broker endpoint (literal, or from its Secret): (endpoint target, namespace) -> url.
+ResolveUrl = Callable[[Any, str], str]
+
+
+def literal_or_secret(secret_value: Callable[[str, str, str], str | None]) -> ResolveUrl:
+    """A ResolveUrl over a Secret reader (namespace, name, key) -> value."""
+
+    def resolve(target: Any, namespace: str) -> str:
+        if target.url:
+            return str(target.url)
+        ref = target.url_from.secret_key_ref
+        value = secret_value(namespace, ref.name, ref.key)
+        if value is None:
+            raise LookupError(f"Secret {ref.name!r} has no key {ref.key!r} in namespace {namespace}")
+        return value
+
+    return resolve
+
+
+class FunctionSink:
+    """A failure destination that is a Function: each record becomes an Event invocation."""
+
+    def __init__(self, enqueue: Enqueue, function_key: str) -> None:
+        self.enqueue = enqueue
+        self.function_key = function_key
+
+    async def connect(self) -> None:
+        return None
+
+    async def publish(self, body: bytes, headers: dict[str, str] | None = None) -> None:
+        await self.enqueue(self.function_key, body, None)
+
+    async def close(self) -> None:
+        return None
+
+
+class BrokerMapping:
+    """One mapping over a queue or stream; prints each change of state."""
+
+    def __init__(self, esm: EventSourceMapping, invoke: Invoke, enqueue: Enqueue, resolve_url: ResolveUrl,
+                 on_change: Callable[[MappingStatus], Any] | None = None) -> None:
+        ns, spec = esm.metadata.namespace, esm.spec
+        self.esm = esm
+        self.label = f"{esm.name} ({spec.source.describe()} -> {spec.function_name})"
+        source = make_source(spec.source, resolve_url(spec.source.target, ns), esm_name=esm.name,
+                             batch_size=spec.batch_size, starting_position=spec.starting_position)
+        dlq: Any = None
+        on_failure = spec.destination_config.on_failure if spec.destination_config else None
+        if on_failure is not None:
+            if on_failure.function is not None:
+                dlq = FunctionSink(enqueue, f"{ns}/{on_failure.function.name}")
+            else:
+                dlq = make_sink(on_failure, resolve_url(on_failure.target, ns))
+        function_key = f"{ns}/{spec.function_name}"
+
+        async def invoke_function(_: str, payload: bytes) -> InvocationResult:
+            return await invoke(function_key, payload)
+
+        self.status = MappingStatus()
+        self._shown = ""
+        self._on_change = on_change
+        self.worker = MappingWorker(MappingConfig.from_spec(esm.name, spec), source, invoke_function,
+                                    dlq=dlq, on_status=self._on_status)
+
+    def _on_status(self, status: MappingStatus) -> None:
+        self.status = status
+        shown = f"{status.state}: {status.last_processing_result}"
+        if shown != self._shown:
+            self._shown = shown
+            print(f"mapping {self.label}: {shown}", flush=True)
+            if self._on_change is not None:
+                self._on_change(status)
+
+    async def start(self) -> None:
+        self.worker.start()
+
+    async def stop(self) -> None:
+        await self.worker.stop(grace_seconds=5)
+
+    async def wait(self) -> None:
+        task = self.worker.start()
+        await task
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"name": self.esm.name, "source": self.esm.spec.source.describe(),
+                "function": self.esm.spec.function_name, **self.status.to_dict()}
+
+
+class ScheduleMapping:
+    """A schedule: each tick, claimed once in `ticks`, becomes an Event invocation of the function."""
+
+    def __init__(self, esm: EventSourceMapping, enqueue: Enqueue, ticks: TickStore) -> None:
+        schedule = esm.spec.source.schedule
+        assert schedule is not None
+        self.esm = esm
+        self.schedule = schedule
+        self.enqueue = enqueue
+        self.ticks = ticks
+        self.function_key = f"{esm.metadata.namespace}/{esm.spec.function_name}"
+        self.ticker = ScheduleTicker(f"{esm.metadata.namespace}/{esm.name}",
+                                     parse_schedule(schedule.expression, schedule.timezone))
+        self.fired = 0
+        self.last_fired: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def _fire(self, tick: datetime) -> None:
+        payload = json.dumps(scheduled_event(self.esm.name, tick, self.schedule.input)).encode()
+        # The request id is derived from (rule, tick): a tick queued twice is stored once.
+        await self.enqueue(self.function_key, payload, event_id(self.esm.name, tick))
+        self.fired += 1
+        self.last_fired = tick.isoformat()
+        print(f"schedule {self.esm.name}: fired {self.schedule.expression} at {self.last_fired} -> "
+              f"{self.esm.spec.function_name}", flush=True)
+
+    async def start(self) -> None:
+        if self.esm.spec.enabled:
+            self._task = asyncio.create_task(self.ticker.run(self._fire, self.ticks))
+
+    async def wait(self) -> None:
+        await self.start()
+        if self._task is not None:
+            await self._task
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"name": self.esm.name, "source": self.esm.spec.source.describe(),
+                "function": self.esm.spec.function_name,
+                "state": "Enabled" if self.esm.spec.enabled else "Disabled",
+                "fired": self.fired, "lastFired": self.last_fired}
+
+
+def mapping_runner(esm: EventSourceMapping, invoke: Invoke, enqueue: Enqueue, resolve_url: ResolveUrl,
+                   ticks: TickStore) -> BrokerMapping | ScheduleMapping:
+    if esm.spec.source.schedule is not None:
+        return ScheduleMapping(esm, enqueue, ticks)
+    return BrokerMapping(esm, invoke, enqueue, resolve_url)
