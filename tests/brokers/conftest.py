@@ -147,7 +147,7 @@ class TestFunction:
     """Stands in for the Invoker: records every batch, fails the way a test asks.
 
     * a record whose body contains ``poison`` fails the whole invocation (function error) while
-      ``poison_active`` is true;
+      ``poison_active`` is true, or only ``poison_failures`` times when that is set;
     * with ``report_failures``, records containing ``bad`` are reported in ``batchItemFailures`` the
       first ``bad_times`` times they are seen;
     * ``hold`` (an asyncio.Event) makes the function wait before answering;
@@ -160,6 +160,7 @@ class TestFunction:
         self.batches: list[list[dict[str, Any]]] = []
         self.succeeded: list[str] = []
         self.poison_active = True
+        self.poison_failures: int | None = None  # None: poison fails for as long as poison_active
         self.report_failures = report_failures
         self.bad_times = bad_times
         self.bad_seen: dict[str, int] = {}
@@ -186,6 +187,9 @@ class TestFunction:
             await self.hold.wait()
         rid = f"req-{self.calls}"
         if self.poison_active and any("poison" in r["body"] for r in records):
+            if self.poison_failures is not None:
+                self.poison_failures -= 1
+                self.poison_active = self.poison_failures > 0
             error = {"errorMessage": "poison record", "errorType": "ValueError", "stackTrace": []}
             return InvocationResult(rid, json.dumps(error).encode(), function_error="Unhandled")
         if self.invalid_response_once:

@@ -132,10 +132,12 @@ async def test_invalid_batch_item_failures_fail_the_whole_batch(kit: Kit, runnin
 async def test_throttles_do_not_consume_retries(kit: Kit, function, running):
     src, dlq = kit.name("in"), kit.name("dlq")
     function.throttle = 4
-    await kit.publish(src, ["only"])
-    worker = running(kit.worker(function, src, dlq=dlq, batch_size=1, maximum_retry_attempts=0))
-    await eventually(lambda: function.succeeded == ["only"], what="processed after the throttles")
+    function.poison_failures = 1
+    await kit.publish(src, ["poison-once"])
+    worker = running(kit.worker(function, src, dlq=dlq, batch_size=1, maximum_retry_attempts=1))
+    await eventually(lambda: function.succeeded == ["poison-once"], what="processed after throttles + 1 error")
     assert worker.status.throttles == 4
+    assert worker.status.function_errors == 1
     assert worker.status.records_dead_lettered == 0
     assert await kit.dead_letters(dlq) == []
 
