@@ -465,7 +465,7 @@ async def test_a_slow_function_does_not_hold_up_the_others(store):
     fns = Functions()
     fns.gates["default/slow"] = asyncio.Event()
     cfg = {"default/slow": EventInvokeConfig(), "default/fast": EventInvokeConfig()}
-    async with dispatcher(store, fns, cfg, max_in_flight=8) as d:
+    async with dispatcher(store, fns, cfg, max_in_flight=8, defer_after_seconds=0.1, defer_seconds=0.1) as d:
         for i in range(20):
             await d.enqueue("default/slow", str(i).encode())
         await wait_until(lambda: fns.count("default/slow") >= 6)

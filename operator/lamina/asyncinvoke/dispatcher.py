@@ -16,8 +16,12 @@
 
 ``approximateInvokeCount`` counts the runs of the handler (function errors plus the final run).
 
-Up to ``max_in_flight`` events run at once, at most ``max_in_flight_per_function`` of them for one
-function, so that one slow function does not hold up the others. Leases of events in flight are
+Up to ``max_in_flight`` events run at once, at most ``max_in_flight_per_function`` (default 3/4 of
+them) for one function. Claimed events that cannot start yet wait in a local queue per function
+(started round-robin as slots free up, at most ``max_in_flight`` of them waiting); an event that
+waited ``defer_after_seconds`` while its function is at its share goes back to the store for
+``defer_seconds``, which makes room to claim other functions' events: one slow function does not
+hold up the others. Leases of events in flight are
 extended every third of ``lease_seconds``; after a crash, events come back when their lease ends.
 """
 
@@ -29,7 +33,7 @@ import inspect
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -75,6 +79,8 @@ class AsyncDispatcher:
         delivery_retry_min_seconds: float = 1.0,
         delivery_retry_max_seconds: float = 300.0,
         not_found_grace_seconds: float = 600.0,
+        defer_after_seconds: float = 1.0,
+        defer_seconds: float = 1.0,
         region: str = records.REGION,
         account: str = records.ACCOUNT,
     ) -> None:
@@ -103,12 +109,16 @@ class AsyncDispatcher:
         self.delivery_retry_min_seconds = delivery_retry_min_seconds
         self.delivery_retry_max_seconds = delivery_retry_max_seconds
         self.not_found_grace_seconds = not_found_grace_seconds
+        self.defer_after_seconds = defer_after_seconds
+        self.defer_seconds = defer_seconds
         self.region, self.account = region, account
         self.stats: Counter[str] = Counter()
         self._throttled_errors, self._not_found_errors = invoker_error_classes()
         self._pass_request_id = self._accepts_request_id(invoker)
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._per_function: Counter[str] = Counter()
+        self._per_function: Counter[str] = Counter()  # running, by function
+        self._waiting: dict[str, deque[tuple[QueuedEvent, float]]] = {}  # claimed, not started
+        self._waiting_count = 0
         self._wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._next_due: float | None = None
@@ -144,7 +154,8 @@ class AsyncDispatcher:
 
     @property
     def in_flight(self) -> int:
-        return len(self._tasks)
+        """Events held by this dispatcher: running, or claimed and waiting for a slot."""
+        return len(self._tasks) + self._waiting_count
 
     async def start(self) -> None:
         if self._runner is not None:
@@ -163,6 +174,7 @@ class AsyncDispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
             self._runner = None
+        await self._release_waiting(lambda fn, since: True)
         tasks = dict(self._tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks.values(), timeout=drain_seconds)
@@ -220,29 +232,88 @@ class AsyncDispatcher:
             await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def _run(self) -> None:
+        held_limit = 2 * self.max_in_flight
         while not self._stopping:
-            slots = self.max_in_flight - len(self._tasks)
-            if slots <= 0:
+            self._start_waiting()
+            limit = held_limit - len(self._tasks) - self._waiting_count
+            if limit <= 0:
+                if await self._release_stale_waiting():
+                    continue
                 self._slot_freed.clear()
-                await self._slot_freed.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._slot_freed.wait(), max(0.01, self.defer_after_seconds / 2))
                 continue
             self._wake.clear()
             if self._next_due is not None and self._next_due <= self._clock():
                 self._next_due = None
             try:
-                events = await self.store.claim_due(slots, self.lease_seconds)
+                events = await self.store.claim_due(limit, self.lease_seconds)
             except Exception:
                 log.exception("async event store: claim failed; retrying")
                 await self._idle_wait()
                 continue
+            waiting_ids = {e.id for q in self._waiting.values() for e, _ in q} if self._waiting else set()
+            now = time.monotonic()
             for ev in events:
-                if ev.id in self._tasks:  # our lease ran out while we still work on it: keep working
+                # our own lease ran out while we still hold the event: keep the copy we have
+                if ev.id in self._tasks or ev.id in waiting_ids:
                     continue
-                self._spawn(ev)
-            if len(events) < slots:
+                self._waiting.setdefault(ev.function, deque()).append((ev, now))
+                self._waiting_count += 1
+            self._start_waiting()
+            if len(events) < limit:
                 await self._idle_wait()
             else:
                 await asyncio.sleep(0)
+
+    def _start_waiting(self) -> None:
+        """Start waiting events while slots are free, one function after the other."""
+        while self._waiting and len(self._tasks) < self.max_in_flight:
+            started = False
+            for fn in list(self._waiting):
+                if len(self._tasks) >= self.max_in_flight:
+                    break
+                if self._per_function[fn] >= self.max_in_flight_per_function:
+                    continue
+                q = self._waiting[fn]
+                ev, _ = q.popleft()
+                if not q:
+                    del self._waiting[fn]
+                self._waiting_count -= 1
+                self._spawn(ev)
+                started = True
+            if not started:
+                break
+
+    async def _release_stale_waiting(self) -> int:
+        """Hand back events that waited too long behind their function's share of the slots."""
+        cutoff = time.monotonic() - self.defer_after_seconds
+        return await self._release_waiting(
+            lambda fn, since: since <= cutoff and self._per_function[fn] >= self.max_in_flight_per_function,
+            delay=self.defer_seconds,
+        )
+
+    async def _release_waiting(self, which: Callable[[str, float], bool], delay: float = 0.0) -> int:
+        released: list[QueuedEvent] = []
+        for fn in list(self._waiting):
+            q = self._waiting[fn]
+            keep = deque(item for item in q if not which(fn, item[1]))
+            released += [ev for ev, since in q if which(fn, since)]
+            if keep:
+                self._waiting[fn] = keep
+            else:
+                del self._waiting[fn]
+        self._waiting_count -= len(released)
+        t = self._clock() + delay
+        for ev in released:
+            self.stats["deferred"] += 1
+            try:
+                await self.store.reschedule(ev.id, t, ev.attempts, ev.last_error, throttles=ev.throttles)
+            except Exception:
+                log.exception("async event store: cannot hand back %s; it returns after its lease", ev.id)
+        if released:
+            self._due_at(t)
+        return len(released)
 
     def _spawn(self, ev: QueuedEvent) -> None:
         self._per_function[ev.function] += 1
@@ -255,6 +326,8 @@ class AsyncDispatcher:
             self._per_function[ev.function] -= 1
             if self._per_function[ev.function] <= 0:
                 del self._per_function[ev.function]
+            if not self._stopping:
+                self._start_waiting()
             self._slot_freed.set()
             self._wake.set()
 
@@ -264,20 +337,15 @@ class AsyncDispatcher:
         interval = max(0.05, self.lease_seconds / 3)
         while True:
             await asyncio.sleep(interval)
-            if self._tasks:
+            ids = [*self._tasks, *(ev.id for q in self._waiting.values() for ev, _ in q)]
+            if ids:
                 try:
-                    await self.store.touch(list(self._tasks), self.lease_seconds)
+                    await self.store.touch(ids, self.lease_seconds)
                 except Exception:
                     log.exception("async event store: lease renewal failed")
 
     async def _guarded(self, ev: QueuedEvent) -> None:
         try:
-            if self._per_function[ev.function] > self.max_in_flight_per_function:
-                self.stats["deferred"] += 1
-                t = self._clock() + min(self.throttle_min_seconds, 0.5)
-                await self.store.reschedule(ev.id, t, ev.attempts, ev.last_error, throttles=ev.throttles)
-                self._due_at(t)
-                return
             await self._process(ev)
         except asyncio.CancelledError:
             raise
