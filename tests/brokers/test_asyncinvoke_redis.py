@@ -184,3 +184,36 @@ async def test_on_failure_record_reaches_each_broker_kind(kit: Kit):
     assert rec["requestContext"]["functionArn"] == "arn:aws:lambda:local:000000000000:function:charge:$LATEST"
     assert rec["requestPayload"] == {"amount": 5}
     assert rec["responsePayload"] == {"errorMessage": "nope", "errorType": "KeyError"}
+
+
+async def test_a_redis_restart_mid_stream_loses_nothing(private_server):
+    server = private_server("redis")
+    store = RedisEventStore(server.url, prefix=prefix())
+    fns = Echo()
+    gate = asyncio.Event()
+
+    async def slow(fn, payload):
+        if int(payload) >= 10:
+            await gate.wait()
+        return await fns(fn, payload)
+
+    n = 40
+    d = AsyncDispatcher(store, slow, lambda k: EventInvokeConfig(), max_in_flight=4, lease_seconds=2, **FAST)
+    async with d:
+        for i in range(n):
+            await d.enqueue("default/f", f"{i}".encode())
+        await eventually(lambda: len(fns.calls) >= 10, limit=30, what="the first events")
+        await server.arestart(kill=True)
+        gate.set()
+        await eventually(lambda: len(fns.calls) == n, limit=90, what="every event after the restart")
+        await eventually(lambda: d.in_flight == 0, limit=60)
+
+        async def drained():
+            try:
+                return await store.pending_count() == 0
+            except Exception:
+                return False
+
+        await eventually(drained, limit=60, what="the queue to drain")
+    assert set(fns.calls) == {f"{i}".encode() for i in range(n)}  # at least once each
+    await store.close()

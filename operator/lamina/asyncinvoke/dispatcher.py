@@ -248,9 +248,10 @@ class AsyncDispatcher:
                 self._next_due = None
             try:
                 events = await self.store.claim_due(limit, self.lease_seconds)
-            except Exception:
-                log.exception("async event store: claim failed; retrying")
-                await self._idle_wait()
+            except Exception as e:
+                self.stats["store_errors"] += 1
+                log.warning("async event store: claim failed (%s: %s); retrying", type(e).__name__, e)
+                await asyncio.sleep(self.poll_interval)
                 continue
             waiting_ids = {e.id for q in self._waiting.values() for e, _ in q} if self._waiting else set()
             now = time.monotonic()
