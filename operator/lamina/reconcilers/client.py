@@ -1,0 +1,203 @@
+"""A small, blocking JSON client for the few API calls the reconcilers make.
+
+It sits on the official client's ApiClient (authentication, TLS, token refresh) but speaks plain dicts,
+so builders' output goes to the API server unchanged and what comes back is what kubectl shows. It is
+thread-safe and is called from kopf's sync handlers, which kopf runs in its thread pool.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
+
+PLURALS = {
+    "ConfigMap": "configmaps",
+    "Secret": "secrets",
+    "Service": "services",
+    "Event": "events",
+    "Deployment": "deployments",
+    "Function": "functions",
+    "Layer": "layers",
+    "EventSourceMapping": "eventsourcemappings",
+}
+
+
+class ApiError(Exception):
+    """The API server refused a request; ``message`` is its own explanation (names the field)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+class Conflict(ApiError):
+    """409: the object changed since it was read (or already exists)."""
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Enough to address one namespaced object."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+
+    @classmethod
+    def of(cls, obj: dict[str, Any]) -> Ref:
+        meta = obj["metadata"]
+        return cls(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+
+def collection_path(api_version: str, kind: str, namespace: str | None) -> str:
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    scope = f"/namespaces/{namespace}" if namespace else ""
+    return f"{base}{scope}/{PLURALS[kind]}"
+
+
+def object_path(ref: Ref, subresource: str | None = None) -> str:
+    path = f"{collection_path(ref.api_version, ref.kind, ref.namespace)}/{ref.name}"
+    return f"{path}/{subresource}" if subresource else path
+
+
+class Kube:
+    """Blocking JSON calls against one cluster."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api = api_client
+
+    @classmethod
+    def from_environment(cls, kubeconfig: str | None = None, pool_size: int = 32) -> Kube:
+        """In-cluster credentials when running in a pod, else ``kubeconfig`` / $KUBECONFIG."""
+        configuration = client.Configuration()
+        try:
+            if kubeconfig:
+                raise config.ConfigException("explicit kubeconfig")
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        configuration.connection_pool_maxsize = pool_size
+        return cls(client.ApiClient(configuration))
+
+    def close(self) -> None:
+        self.api.close()
+
+    # ------------------------------------------------------------------------------------- raw
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: list[tuple[str, str]] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        params = self.api.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params=headers,
+            body=body,  # the REST layer serialises dicts as JSON (valid YAML for apply)
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self.api.call_api(*params, _request_timeout=(10, 60))
+            response.read()
+        except ApiException as e:  # transport-level refusals surface here
+            raise _api_error(e.status or 0, e.reason or "", e.body) from None
+        if not 200 <= response.status <= 299:
+            raise _api_error(response.status, response.reason or "", response.data)
+        return json.loads(response.data) if response.data else None
+
+    # -------------------------------------------------------------------------------- objects
+
+    def get(self, ref: Ref) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        try:
+            return self.request("GET", object_path(ref))
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def list(
+        self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        query = [("labelSelector", label_selector)] if label_selector else None
+        result = self.request("GET", collection_path(api_version, kind, namespace), query=query)
+        items = result.get("items") or []
+        for item in items:  # list items come without these
+            item.setdefault("apiVersion", api_version)
+            item.setdefault("kind", kind)
+        return items
+
+    def apply(self, obj: dict[str, Any], field_manager: str, force: bool = True) -> dict[str, Any]:
+        """Server-side apply: ``obj`` states every field ``field_manager`` wants to own."""
+        query = [("fieldManager", field_manager)]
+        if force:
+            query.append(("force", "true"))
+        return self.request(
+            "PATCH",
+            object_path(Ref.of(obj)),
+            query=query,
+            body=obj,
+            content_type="application/apply-patch+yaml",
+        )
+
+    def merge_patch(
+        self, ref: Ref, patch: dict[str, Any], field_manager: str, subresource: str | None = None
+    ) -> dict[str, Any]:
+        return self.request(
+            "PATCH",
+            object_path(ref, subresource),
+            query=[("fieldManager", field_manager)],
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
+
+    def create(self, obj: dict[str, Any], field_manager: str) -> dict[str, Any]:
+        ns = obj["metadata"].get("namespace")
+        return self.request(
+            "POST",
+            collection_path(obj["apiVersion"], obj["kind"], ns),
+            query=[("fieldManager", field_manager)],
+            body=obj,
+        )
+
+    def delete(self, ref: Ref, uid: str | None = None) -> bool:
+        """Delete (only the object with ``uid`` when given); False when it was already gone."""
+        body: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            self.request("DELETE", object_path(ref), body=body)
+            return True
+        except ApiError as e:
+            if e.status in (404, 409):
+                return False
+            raise
+
+
+def _api_error(status: int, reason: str, data: Any) -> ApiError:
+    message = ""
+    if data:
+        try:
+            message = json.loads(data).get("message", "")
+        except (ValueError, AttributeError):
+            message = data.decode(errors="replace") if isinstance(data, bytes) else str(data)
+    cls = Conflict if status == 409 else ApiError
+    return cls(status, reason, message or reason)

@@ -1,0 +1,76 @@
+"""What every reconcile gets: the API client, the installation settings, and a way to post Events."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from lamina.reconcilers.client import Kube
+from lamina.reconcilers.requeue import Requeue
+from lamina.reconcilers.status import BLOCKING_REASONS, READY, find
+from lamina.resources import Settings
+
+log = logging.getLogger(__name__)
+
+#: (involved object, type, reason, message) -> None; kopf's poster in the operator.
+EventSink = Callable[[Mapping[str, Any], str, str, str], None]
+
+
+class Blocked(Exception):
+    """The reconcile cannot go on: Ready=False with ``reason``; retried after ``retry`` seconds
+    (None: only a change of the object helps, e.g. an invalid spec)."""
+
+    def __init__(self, reason: str, message: str, retry: float | None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retry = retry
+
+
+def _log_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    meta = obj.get("metadata") or {}
+    log.info(
+        "%s %s/%s: %s %s: %s",
+        obj.get("kind"),
+        meta.get("namespace"),
+        meta.get("name"),
+        type_,
+        reason,
+        message,
+    )
+
+
+@dataclass
+class Context:
+    kube: Kube
+    settings: Settings
+    post: EventSink = field(default=_log_event)
+    requeue: Requeue | None = None
+
+    def announce(
+        self,
+        obj: Mapping[str, Any],
+        before: Mapping[str, Any] | None,
+        after: Mapping[str, Any] | None,
+    ) -> None:
+        """Post an Event when Ready flips, or when a blocking reason (a Warning) newly stands.
+        Transient progress (Deploying, RollingOut...) stays in the status only."""
+        new = find((after or {}).get("conditions"), READY)
+        old = find((before or {}).get("conditions"), READY)
+        if new is None:
+            return
+        reason, status = str(new.get("reason")), new.get("status")
+        blocking = reason in BLOCKING_REASONS
+        if old is not None and old.get("reason") == reason:
+            return
+        if not blocking and old is not None and old.get("status") == status:
+            return
+        if not blocking and old is None and status != "True":
+            return
+        type_ = "Warning" if blocking else "Normal"
+        try:
+            self.post(obj, type_, reason, str(new.get("message", "")))
+        except Exception:  # an Event is a courtesy; never fail a reconcile over it
+            log.exception("could not post an Event")

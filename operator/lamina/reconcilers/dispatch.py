@@ -1,0 +1,68 @@
+"""One entry point for every reconcile, whoever triggers it (a kopf handler, a dependency that
+changed, the requeue, the resync): blocked objects are requeued, reconciled ones forgotten."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from lamina.reconcilers.client import ApiError, Ref
+from lamina.reconcilers.context import Blocked, Context
+from lamina.reconcilers.eventsourcemapping import reconcile_mapping
+from lamina.reconcilers.function import reconcile_function
+from lamina.reconcilers.layer import reconcile_layer
+
+log = logging.getLogger(__name__)
+
+GROUP_VERSION = "lamina.dev/v1alpha1"
+RECONCILERS: dict[str, Callable[[Context, dict[str, Any]], Any]] = {
+    "Layer": reconcile_layer,
+    "Function": reconcile_function,
+    "EventSourceMapping": reconcile_mapping,
+}
+
+
+def key_of(body: dict[str, Any]) -> tuple[str, str, str]:
+    meta = body["metadata"]
+    return (body["kind"], meta["namespace"], meta["name"])
+
+
+def reconcile(ctx: Context, body: dict[str, Any]) -> Any:
+    """Reconcile ``body`` (a plain dict); returns the reconciler's result, or None when blocked
+    (the reason is in the object's status, and a retry is scheduled if waiting can help)."""
+    key = key_of(body)
+    try:
+        result = RECONCILERS[key[0]](ctx, body)
+    except Blocked as b:
+        log.info("%s %s/%s: %s: %s", *key, b.reason, b.message)
+        if b.retry is not None and ctx.requeue is not None:
+            ctx.requeue.add(key, b.retry)
+        elif ctx.requeue is not None:
+            ctx.requeue.forget(key)  # only a change of the object can help
+        return None
+    if ctx.requeue is not None:
+        ctx.requeue.forget(key)
+    return result
+
+
+def reconcile_named(ctx: Context, kind: str, namespace: str, name: str) -> Any:
+    """Read the object and reconcile it (nothing if it is gone or going)."""
+    try:
+        body = ctx.kube.get(Ref(GROUP_VERSION, kind, namespace, name))
+    except ApiError as e:
+        log.warning("%s %s/%s: cannot read: %s", kind, namespace, name, e)
+        if ctx.requeue is not None:
+            ctx.requeue.add((kind, namespace, name), 5.0)
+        return None
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        if ctx.requeue is not None:
+            ctx.requeue.forget((kind, namespace, name))
+        return None
+    return reconcile(ctx, body)
+
+
+def reconcile_key(ctx: Context, key: Hashable) -> None:
+    """The requeue's callback."""
+    kind, namespace, name = key  # type: ignore[misc]
+    reconcile_named(ctx, kind, namespace, name)

@@ -1,0 +1,105 @@
+"""EventSourceMapping reconciler: run (or pause) the mapping's worker and report its state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lamina.api import EventSourceMapping, ManifestError, parse_object
+from lamina.reconcilers.apply import apply
+from lamina.reconcilers.client import ApiError, Ref
+from lamina.reconcilers.context import Blocked, Context
+from lamina.reconcilers.status import READY, is_blocked, set_condition, write_status
+from lamina.resources import build_mapping, names, worker_state
+
+GROUP_VERSION = "lamina.dev/v1alpha1"
+POLL_DELAY = 10.0
+
+
+def mapping_ref(namespace: str, name: str) -> Ref:
+    return Ref(GROUP_VERSION, "EventSourceMapping", namespace, name)
+
+
+def worker_ref(namespace: str, name: str) -> Ref:
+    return Ref("apps/v1", "Deployment", namespace, names.mapping_deployment(name))
+
+
+def parse_mapping(body: dict[str, Any]) -> EventSourceMapping:
+    doc = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+    try:
+        esm = parse_object(doc)
+    except ManifestError as e:
+        raise Blocked("InvalidSpec", str(e), retry=None) from None
+    assert isinstance(esm, EventSourceMapping)
+    return esm
+
+
+def _fields(
+    ctx: Context, obj: dict[str, Any], generation: int | None, blocked: Blocked | None
+) -> dict[str, Any]:
+    meta, spec = obj["metadata"], obj.get("spec") or {}
+    enabled = spec.get("enabled", True)
+    conditions = (obj.get("status") or {}).get("conditions")
+    if blocked is not None:
+        ready, reason, message, state = False, blocked.reason, blocked.message, "Creating"
+    else:
+        ws = worker_state(ctx.kube.get(worker_ref(meta["namespace"], meta["name"])), enabled)
+        ready, reason, message, state = ws.ready, ws.reason, ws.message, ws.state
+    fields: dict[str, Any] = {
+        "state": state,
+        "conditions": set_condition(conditions, READY, ready, reason, message, generation),
+    }
+    if generation is not None:
+        fields["observedGeneration"] = generation
+    return fields
+
+
+def reconcile_mapping(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | None:
+    meta = body["metadata"]
+    ns, name, generation = meta["namespace"], meta["name"], meta.get("generation")
+    if meta.get("deletionTimestamp"):
+        return None
+    ref = mapping_ref(ns, name)
+    blocked: Blocked | None = None
+    source = None
+    try:
+        esm = parse_mapping(body)
+        source = esm.spec.source.describe()
+        fn = esm.spec.function_name
+        if ctx.kube.get(Ref(GROUP_VERSION, "Function", ns, fn)) is None:
+            raise Blocked("FunctionNotFound", f"Function {fn} does not exist in namespace {ns}", POLL_DELAY)
+        apply(ctx.kube, build_mapping(esm, ctx.settings))
+    except Blocked as b:
+        blocked = b
+    except ApiError as e:
+        blocked = Blocked("ApplyFailed", f"the API server refused the worker: {e.message}", POLL_DELAY)
+
+    def compute(obj: dict[str, Any]) -> dict[str, Any] | None:
+        if obj["metadata"].get("generation") != generation:
+            return None
+        fields = _fields(ctx, obj, generation, blocked)
+        if source is not None:
+            fields["source"] = source
+        return fields
+
+    written = write_status(ctx.kube, ref, compute)
+    if written is not None:
+        ctx.announce(body, *written)
+    if blocked is not None:
+        raise blocked
+    return written[1] if written else None
+
+
+def sync_mapping_status(ctx: Context, namespace: str, name: str) -> None:
+    """Refresh state and Ready from the worker Deployment (unless the reconcile is blocked)."""
+    seen: dict[str, Any] = {}
+
+    def compute(obj: dict[str, Any]) -> dict[str, Any] | None:
+        seen["obj"] = obj
+        generation = obj["metadata"].get("generation")
+        if (obj.get("status") or {}).get("observedGeneration") != generation or is_blocked(obj):
+            return None
+        return _fields(ctx, obj, generation, None)
+
+    written = write_status(ctx.kube, mapping_ref(namespace, name), compute)
+    if written is not None:
+        ctx.announce(seen["obj"], *written)

@@ -1,0 +1,218 @@
+"""Function reconciler: check what the function depends on, apply its children, report readiness.
+
+``reconcile_function`` is the whole level-based reconcile; it is called by the kopf handlers of the
+Function itself, by the Layer handlers (a layer a function uses changed) and by the periodic resync.
+``sync_function_status`` only refreshes readiness from the Deployment (called on Deployment events).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lamina.api import Function, ManifestError, parse_object
+from lamina.reconcilers.apply import apply, apply_scaled_deployment, delete_if_owned
+from lamina.reconcilers.client import ApiError, Kube, Ref
+from lamina.reconcilers.context import Blocked, Context
+from lamina.reconcilers.status import READY, is_blocked, ready_reason, set_condition, write_status
+from lamina.resources import LayerArtifact, build_function, deployment_readiness, names
+from lamina.resources.function import Readiness
+
+log = logging.getLogger(__name__)
+
+GROUP_VERSION = "lamina.dev/v1alpha1"
+#: Retry delays (seconds): dependencies that nothing watches are polled; layers also trigger us.
+POLL_DELAY = 10.0
+LAYER_DELAY = 60.0
+
+
+def function_ref(namespace: str, name: str) -> Ref:
+    return Ref(GROUP_VERSION, "Function", namespace, name)
+
+
+def deployment_ref(namespace: str, function: str) -> Ref:
+    return Ref("apps/v1", "Deployment", namespace, names.function_deployment(function))
+
+
+def parse_function(body: dict[str, Any]) -> Function:
+    """The validated model of a Function as the API server returned it (status is not validated)."""
+    doc = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+    try:
+        fn = parse_object(doc)
+    except ManifestError as e:
+        raise Blocked("InvalidSpec", str(e), retry=None) from None
+    assert isinstance(fn, Function)
+    return fn
+
+
+# ------------------------------------------------------------------------------------ dependencies
+
+
+def resolve_layers(kube: Kube, fn: Function) -> list[LayerArtifact]:
+    artifacts = []
+    ns = fn.metadata.namespace
+    for name in fn.spec.layers:
+        layer = kube.get(Ref(GROUP_VERSION, "Layer", ns, name))
+        if layer is None:
+            raise Blocked(
+                "LayerNotFound", f"Layer {name} does not exist in namespace {ns}", retry=LAYER_DELAY
+            )
+        status = layer.get("status") or {}
+        runtimes = (layer.get("spec") or {}).get("compatibleRuntimes") or []
+        if runtimes and fn.spec.runtime not in runtimes:
+            raise Blocked(
+                "LayerIncompatible",
+                f"Layer {name} supports {', '.join(runtimes)}, not {fn.spec.runtime}",
+                retry=LAYER_DELAY,
+            )
+        reason = ready_reason(status)
+        if reason is None or not _ready(status) or not status.get("artifact"):
+            why = f" ({reason}: {_message(status)})" if reason else ""
+            raise Blocked("LayerNotReady", f"Layer {name} is not ready{why}", retry=LAYER_DELAY)
+        artifacts.append(LayerArtifact.from_status(name, status))
+    return artifacts
+
+
+def _ready(status: dict[str, Any]) -> bool:
+    return any(c.get("type") == READY and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def _message(status: dict[str, Any]) -> str:
+    return next((c.get("message", "") for c in status.get("conditions") or [] if c.get("type") == READY), "")
+
+
+def check_references(kube: Kube, fn: Function) -> dict[str, Any] | None:
+    """Check the Secrets / ConfigMaps the function reads; return its code ConfigMap, if any."""
+    ns = fn.metadata.namespace
+    for ref in fn.spec.environment_from:
+        if ref.secret_key_ref is not None:
+            kind, key_ref = "Secret", ref.secret_key_ref
+        else:
+            assert ref.config_map_key_ref is not None
+            kind, key_ref = "ConfigMap", ref.config_map_key_ref
+        obj = kube.get(Ref("v1", kind, ns, key_ref.name))
+        reason = f"{kind}NotFound"
+        if obj is None:
+            raise Blocked(reason, f"{kind} {key_ref.name} (for {ref.name}) does not exist", retry=POLL_DELAY)
+        if key_ref.key not in (obj.get("data") or {}) and key_ref.key not in (obj.get("binaryData") or {}):
+            raise Blocked(
+                reason, f"{kind} {key_ref.name} has no key {key_ref.key} (for {ref.name})", retry=POLL_DELAY
+            )
+    code = fn.spec.code.config_map
+    if code is None:
+        return None
+    cm = kube.get(Ref("v1", "ConfigMap", ns, code.name))
+    if cm is None:
+        raise Blocked(
+            "ConfigMapNotFound", f"ConfigMap {code.name} (the code) does not exist", retry=POLL_DELAY
+        )
+    return cm
+
+
+# ----------------------------------------------------------------------------------------- reconcile
+
+
+def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | None:
+    """Make the cluster match one Function and return its new status; raise :class:`Blocked` when
+    it cannot (after writing Ready=False with the reason)."""
+    meta = body["metadata"]
+    ns, name, generation = meta["namespace"], meta["name"], meta.get("generation")
+    if meta.get("deletionTimestamp"):
+        return None
+    kube = ctx.kube
+    try:
+        try:
+            fn = parse_function(body)
+            layers = resolve_layers(kube, fn)
+            code_cm = check_references(kube, fn)
+            res = build_function(fn, ctx.settings, layers, code_cm)
+            code_ref = Ref("v1", "ConfigMap", ns, names.function_code_config_map(name))
+            if res.code_config_map is not None:
+                apply(kube, res.code_config_map)
+            else:
+                delete_if_owned(kube, code_ref, meta["uid"])
+            apply(kube, res.service)
+            apply_scaled_deployment(kube, res.deployment, fn.spec.provisioned_concurrency)
+        except ApiError as e:
+            raise Blocked(
+                "ApplyFailed", f"the API server refused a child: {e.message}", retry=POLL_DELAY
+            ) from e
+    except Blocked as blocked:
+        written = write_function_status(ctx, ns, name, generation, blocked=blocked)
+        if written is not None:
+            ctx.announce(body, *written)
+        raise
+    fields = {
+        "layerRevisions": {a.name: a.revision for a in layers},
+        "codeDigest": res.code_digest,
+        "url": f"{ctx.settings.gateway_url}/url/{name}",
+    }
+    written = write_function_status(ctx, ns, name, generation, fields=fields)
+    if written is None:
+        return None
+    ctx.announce(body, *written)
+    return written[1]
+
+
+def _readiness_fields(
+    obj: dict[str, Any], readiness: Readiness, blocked: Blocked | None, generation: int | None
+) -> dict[str, Any]:
+    status = obj.get("status") or {}
+    fields: dict[str, Any] = {
+        "readyEnvironments": readiness.ready_environments,
+        "desiredEnvironments": readiness.desired_environments,
+    }
+    if blocked is not None:
+        ready, reason, message = False, blocked.reason, blocked.message
+    else:
+        ready, reason, message = readiness.ready, readiness.reason, readiness.message
+    fields["conditions"] = set_condition(status.get("conditions"), READY, ready, reason, message, generation)
+    if generation is not None:
+        fields["observedGeneration"] = generation
+    return fields
+
+
+def write_function_status(
+    ctx: Context,
+    namespace: str,
+    name: str,
+    generation: int | None,
+    fields: dict[str, Any] | None = None,
+    blocked: Blocked | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Write the outcome of reconciling ``generation``, with readiness read from the Deployment."""
+
+    def compute(obj: dict[str, Any]) -> dict[str, Any] | None:
+        if obj["metadata"].get("generation") != generation:
+            return None  # the spec moved on; the reconcile of the new generation writes
+        dep = ctx.kube.get(deployment_ref(namespace, name))
+        readiness = deployment_readiness(dep, _provisioned(obj))
+        return {**(fields or {}), **_readiness_fields(obj, readiness, blocked, generation)}
+
+    return write_status(ctx.kube, function_ref(namespace, name), compute)
+
+
+def _provisioned(obj: dict[str, Any]) -> int:
+    return int((obj.get("spec") or {}).get("provisionedConcurrency") or 0)
+
+
+def sync_function_status(ctx: Context, namespace: str, name: str) -> None:
+    """Refresh readiness from the Deployment. Ready itself is left alone while a reconcile is blocked
+    or before the current generation was reconciled (that reconcile writes it)."""
+    seen: dict[str, Any] = {}
+
+    def compute(obj: dict[str, Any]) -> dict[str, Any] | None:
+        seen["obj"] = obj
+        dep = ctx.kube.get(deployment_ref(namespace, name))
+        readiness = deployment_readiness(dep, _provisioned(obj))
+        generation = obj["metadata"].get("generation")
+        if (obj.get("status") or {}).get("observedGeneration") == generation and not is_blocked(obj):
+            return _readiness_fields(obj, readiness, None, generation)
+        return {
+            "readyEnvironments": readiness.ready_environments,
+            "desiredEnvironments": readiness.desired_environments,
+        }
+
+    written = write_status(ctx.kube, function_ref(namespace, name), compute)
+    if written is not None:
+        ctx.announce(seen["obj"], *written)

@@ -1,0 +1,143 @@
+"""Layer reconciler: turn the layer's content into a ready, immutable artifact and report it.
+
+Functions read ``status.artifact`` / ``status.digest`` / ``status.revision``; the handlers in
+:mod:`lamina.reconcilers.main` re-reconcile the functions that use a layer when its status changes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lamina.api import Layer, ManifestError, parse_object
+from lamina.reconcilers.apply import apply
+from lamina.reconcilers.client import ApiError, Kube, Ref
+from lamina.reconcilers.context import Blocked, Context
+from lamina.reconcilers.status import READY, Compute, set_condition, write_status
+from lamina.resources import NotSupported, build_layer, labels
+from lamina.resources.layer import LayerBuild, next_revision, stale_revisions
+
+log = logging.getLogger(__name__)
+
+GROUP_VERSION = "lamina.dev/v1alpha1"
+POLL_DELAY = 10.0
+
+
+def layer_ref(namespace: str, name: str) -> Ref:
+    return Ref(GROUP_VERSION, "Layer", namespace, name)
+
+
+def parse_layer(body: dict[str, Any]) -> Layer:
+    doc = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+    try:
+        layer = parse_object(doc)
+    except ManifestError as e:
+        raise Blocked("InvalidSpec", str(e), retry=None) from None
+    assert isinstance(layer, Layer)
+    return layer
+
+
+def prune_revisions(kube: Kube, layer: Layer, current: str) -> None:
+    """Delete this layer's revision ConfigMaps beyond the newest few (never the current one)."""
+    ns, uid = layer.metadata.namespace, layer.metadata.uid
+    selector = f"{labels.LAYER}={layer.name},{labels.NAME}={labels.LAYER_APP}"
+    owned = [
+        cm
+        for cm in kube.list("v1", "ConfigMap", ns, selector)
+        if any(o.get("uid") == uid for o in cm["metadata"].get("ownerReferences") or [])
+    ]
+    for name in stale_revisions(owned, current):
+        log.info("Layer %s/%s: deleting old revision ConfigMap %s", ns, layer.name, name)
+        kube.delete(Ref("v1", "ConfigMap", ns, name))
+
+
+def build(kube: Kube, layer: Layer) -> LayerBuild:
+    source = None
+    if layer.spec.config_map is not None:
+        cm_name = layer.spec.config_map.name
+        source = kube.get(Ref("v1", "ConfigMap", layer.metadata.namespace, cm_name))
+        if source is None:
+            raise Blocked(
+                "ConfigMapNotFound", f"ConfigMap {cm_name} (the content) does not exist", POLL_DELAY
+            )
+    try:
+        return build_layer(layer, source)
+    except NotSupported as e:
+        raise Blocked("NotSupportedYet", str(e), retry=None) from None
+
+
+def reconcile_layer(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Make the layer's current content available; returns (status before, status after)."""
+    meta = body["metadata"]
+    ns, name, generation = meta["namespace"], meta["name"], meta.get("generation")
+    if meta.get("deletionTimestamp"):
+        return None
+    ref = layer_ref(ns, name)
+    try:
+        try:
+            layer = parse_layer(body)
+            result = build(ctx.kube, layer)
+            if result.config_map is not None:
+                apply(ctx.kube, result.config_map)
+                prune_revisions(ctx.kube, layer, result.config_map["metadata"]["name"])
+        except ApiError as e:
+            raise Blocked(
+                "ApplyFailed", f"the API server refused the artifact: {e.message}", POLL_DELAY
+            ) from e
+    except Blocked as blocked:
+        written = write_status(ctx.kube, ref, _failed(generation, blocked))
+        if written is not None:
+            ctx.announce(body, *written)
+        raise
+
+    def ready(obj: dict[str, Any]) -> dict[str, Any] | None:
+        if obj["metadata"].get("generation") != generation:
+            return None
+        status = obj.get("status") or {}
+        revision = next_revision(status, result.digest)
+        artifact = result.artifact(revision, name)
+        message = f"revision {revision} ({result.digest[:12]}) is available"
+        return {
+            "observedGeneration": generation,
+            "revision": revision,
+            "digest": result.digest,
+            "artifact": artifact.artifact,
+            "conditions": set_condition(
+                status.get("conditions"), READY, True, "Available", message, generation
+            ),
+        }
+
+    written = write_status(ctx.kube, ref, ready)
+    if written is not None:
+        ctx.announce(body, *written)
+    return written
+
+
+def _failed(generation: int | None, blocked: Blocked) -> Compute:
+    def compute(obj: dict[str, Any]) -> dict[str, Any] | None:
+        if obj["metadata"].get("generation") != generation:
+            return None
+        conditions = (obj.get("status") or {}).get("conditions")
+        return {
+            "observedGeneration": generation,
+            "conditions": set_condition(
+                conditions, READY, False, blocked.reason, blocked.message, generation
+            ),
+        }
+
+    return compute
+
+
+def artifact_changed(written: tuple[dict[str, Any], dict[str, Any]] | None) -> bool:
+    """Whether what functions mount (or whether they may) changed with this write."""
+    if written is None:
+        return False
+    before, after = written
+    keys = ("revision", "digest", "artifact")
+    was_ready = any(
+        c.get("type") == READY and c.get("status") == "True" for c in before.get("conditions") or []
+    )
+    is_ready = any(
+        c.get("type") == READY and c.get("status") == "True" for c in after.get("conditions") or []
+    )
+    return was_ready != is_ready or any(before.get(k) != after.get(k) for k in keys)

@@ -1,0 +1,252 @@
+"""The kopf wiring: which events call which reconcile, and how the operator is started.
+
+Handlers are thin: they hand the object to :func:`dispatch.reconcile`, which writes the outcome to the
+object's status and requeues what waits on something (see :mod:`requeue` for why blocked objects are
+not kopf handler failures). Unexpected errors do propagate, and kopf retries those. Nothing here adds a
+finalizer: children carry owner references and the API server's garbage collector removes them,
+so deleting a Function never waits for the operator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import kopf
+
+from lamina.reconcilers.client import Kube
+from lamina.reconcilers.context import Context
+from lamina.reconcilers.dispatch import RECONCILERS, reconcile, reconcile_key, reconcile_named
+from lamina.reconcilers.eventsourcemapping import sync_mapping_status
+from lamina.reconcilers.function import sync_function_status
+from lamina.reconcilers.layer import artifact_changed
+from lamina.reconcilers.requeue import Requeue
+from lamina.resources import Settings, labels
+
+log = logging.getLogger("lamina.operator")
+
+GROUP, VERSION = "lamina.dev", "v1alpha1"
+FUNCTIONS = (GROUP, VERSION, "functions")
+LAYERS = (GROUP, VERSION, "layers")
+MAPPINGS = (GROUP, VERSION, "eventsourcemappings")
+DEPLOYMENTS = ("apps", "v1", "deployments")
+#: Longest wait between retries of a blocked object (seconds).
+MAX_DELAY = 300.0
+DEFAULT_RESYNC_SECONDS = 600.0
+
+registry = kopf.OperatorRegistry()
+
+
+def plain(body: Mapping[str, Any]) -> dict[str, Any]:
+    """kopf's body views as plain JSON dicts."""
+    return json.loads(json.dumps(body, default=dict))
+
+
+def ctx_of(memo: Any) -> Context:
+    ctx: Context = memo.ctx
+    return ctx
+
+
+def post_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    kopf.event(dict(obj), type=type_, reason=reason, message=message)
+
+
+# ------------------------------------------------------------------------------------- lifecycle
+
+
+@kopf.on.login(registry=registry)
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    return kopf.login_via_client(**kwargs)
+
+
+@kopf.on.startup(registry=registry)
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Own annotation keys, so another kopf operator on the same objects never strips ours.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="lamina.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="lamina.dev", key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = "lamina.dev/operator"
+    settings.execution.max_workers = int(os.environ.get("LAMINA_OPERATOR_WORKERS", "16"))
+    settings.posting.loggers = False  # Events come from the reconcilers, on Ready transitions only
+    if getattr(memo, "ctx", None) is None:
+        memo.ctx = Context(Kube.from_environment(), Settings.from_env(), post=post_event)
+    ctx: Context = memo.ctx
+    ctx.requeue = Requeue(lambda key: reconcile_key(ctx, key), max_delay=MAX_DELAY)
+    ctx.requeue.start()
+    interval = float(os.environ.get("LAMINA_RESYNC_SECONDS", DEFAULT_RESYNC_SECONDS))
+    if interval > 0:
+        memo.resync = asyncio.create_task(resync_loop(ctx, interval))
+
+
+@kopf.on.cleanup(registry=registry)
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task = getattr(memo, "resync", None)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    ctx: Context | None = getattr(memo, "ctx", None)
+    if ctx is not None and ctx.requeue is not None:
+        await asyncio.to_thread(ctx.requeue.stop)
+
+
+async def resync_loop(ctx: Context, interval: float) -> None:
+    """Re-reconcile everything now and then: picks up edits nothing watches (a ConfigMap a Function
+    or Layer reads its content from) and repairs children changed behind the operator's back."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await asyncio.to_thread(resync_all, ctx)
+        except Exception:
+            log.exception("resync failed; trying again in %ss", interval)
+
+
+def resync_all(ctx: Context) -> None:
+    for kind in RECONCILERS:  # layers first: functions then see their newest artifacts
+        for body in ctx.kube.list(f"{GROUP}/{VERSION}", kind):
+            reconcile(ctx, body)
+
+
+# ---------------------------------------------------------------------------------------- indexes
+
+
+@kopf.index(*FUNCTIONS, registry=registry)
+def functions_by_layer(namespace: str, name: str, spec: Mapping[str, Any], **_: Any) -> dict[Any, str]:
+    return {(namespace, layer): name for layer in spec.get("layers") or []}
+
+
+@kopf.index(*MAPPINGS, registry=registry)
+def mappings_by_function(namespace: str, name: str, spec: Mapping[str, Any], **_: Any) -> dict[Any, str]:
+    return {(namespace, spec.get("functionName")): name}
+
+
+def _each(ctx: Context, kind: str, namespace: str, names: Iterable[str]) -> None:
+    for name in sorted(set(names)):
+        reconcile_named(ctx, kind, namespace, name)
+
+
+# -------------------------------------------------------------------------------------- functions
+
+
+@kopf.on.resume(*FUNCTIONS, registry=registry)
+@kopf.on.create(*FUNCTIONS, registry=registry)
+@kopf.on.update(*FUNCTIONS, field="spec", registry=registry)
+def function_changed(body: kopf.Body, memo: kopf.Memo, mappings_by_function: kopf.Index, **_: Any) -> None:
+    ctx = ctx_of(memo)
+    if reconcile(ctx, plain(body)) is None:
+        return
+    # Mappings created before their function waited for it; let them go now.
+    ns, name = body.metadata.namespace, body.metadata.name
+    _each(ctx, "EventSourceMapping", ns, mappings_by_function.get((ns, name), []))
+
+
+@kopf.on.event(*DEPLOYMENTS, labels={labels.NAME: labels.FUNCTION_APP}, registry=registry)
+def function_deployment_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    function = body.metadata.labels.get(labels.FUNCTION)
+    if not function:
+        return
+    ctx, ns = ctx_of(memo), body.metadata.namespace
+    if event.get("type") == "DELETED":
+        # Deleted behind the operator's back (or with its Function, which is then gone too).
+        reconcile_named(ctx, "Function", ns, function)
+    else:
+        sync_function_status(ctx, ns, function)
+
+
+# ----------------------------------------------------------------------------------------- layers
+
+
+@kopf.on.resume(*LAYERS, registry=registry)
+@kopf.on.create(*LAYERS, registry=registry)
+@kopf.on.update(*LAYERS, field="spec", registry=registry)
+def layer_changed(body: kopf.Body, memo: kopf.Memo, functions_by_layer: kopf.Index, **_: Any) -> None:
+    ctx = ctx_of(memo)
+    if artifact_changed(reconcile(ctx, plain(body))):
+        ns, name = body.metadata.namespace, body.metadata.name
+        _each(ctx, "Function", ns, functions_by_layer.get((ns, name), []))
+
+
+@kopf.on.event(*LAYERS, registry=registry)
+def layer_deleted(
+    event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, functions_by_layer: kopf.Index, **_: Any
+) -> None:
+    if event.get("type") == "DELETED":
+        ns, name = body.metadata.namespace, body.metadata.name
+        _each(ctx_of(memo), "Function", ns, functions_by_layer.get((ns, name), []))
+
+
+# ------------------------------------------------------------------------------- event sources
+
+
+@kopf.on.resume(*MAPPINGS, registry=registry)
+@kopf.on.create(*MAPPINGS, registry=registry)
+@kopf.on.update(*MAPPINGS, field="spec", registry=registry)
+def mapping_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    reconcile(ctx_of(memo), plain(body))
+
+
+@kopf.on.event(*DEPLOYMENTS, labels={labels.NAME: labels.WORKER_APP}, registry=registry)
+def mapping_deployment_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    mapping = body.metadata.labels.get(labels.MAPPING)
+    if not mapping:
+        return
+    ctx, ns = ctx_of(memo), body.metadata.namespace
+    if event.get("type") == "DELETED":
+        reconcile_named(ctx, "EventSourceMapping", ns, mapping)
+    else:
+        sync_mapping_status(ctx, ns, mapping)
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lamina operator", description="Run the lamina operator (kopf).")
+    p.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable; default: the whole cluster)",
+    )
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    p.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="join kopf peering NAME instead of running standalone (needs the kopf peering CRDs)",
+    )
+    p.add_argument("--priority", type=int, default=0, help="peering priority")
+    p.add_argument(
+        "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8081/healthz"
+    )
+    p.add_argument("--log-format", choices=["plain", "full", "json"], default="full")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def run_operator(argv: list[str] | None = None) -> int:
+    """``lamina operator``: run the handlers until SIGINT/SIGTERM; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.kubeconfig:
+        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it too
+    kopf.configure(verbose=args.verbose, quiet=args.quiet, log_format=kopf.LogFormat[args.log_format.upper()])
+    ctx = Context(Kube.from_environment(args.kubeconfig), Settings.from_env(), post=post_event)
+    kopf.run(
+        registry=registry,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        priority=args.priority,
+        liveness_endpoint=args.liveness,
+        memo=kopf.Memo(ctx=ctx),
+    )
+    return 0

@@ -1,0 +1,121 @@
+"""Status hygiene shared by every kind: the Ready condition, observedGeneration, and one way to write.
+
+Two kinds of writers touch a status: the reconcile of the object itself and the watchers of its
+children (a Deployment's ready replicas). Both go through :func:`write_status`, which reads the object,
+computes the new status from what it read, and writes it with the read ``resourceVersion`` as a
+precondition, retrying on conflict. So a writer never puts back a status computed from an older view
+than the last write, whatever order the threads run in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from lamina.reconcilers.client import Conflict, Kube, Ref
+
+log = logging.getLogger(__name__)
+
+FIELD_MANAGER = "lamina-operator"
+READY = "Ready"
+
+#: Reasons a reconcile stops at; the Deployment watcher does not flip Ready while one of them stands.
+BLOCKING_REASONS = frozenset(
+    {
+        "InvalidSpec",
+        "LayerNotFound",
+        "LayerNotReady",
+        "LayerIncompatible",
+        "SecretNotFound",
+        "ConfigMapNotFound",
+        "FunctionNotFound",
+        "NotSupportedYet",
+        "ApplyFailed",
+    }
+)
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def find(conditions: list[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:
+    return next((c for c in conditions or [] if c.get("type") == type_), None)
+
+
+def set_condition(
+    conditions: list[Mapping[str, Any]] | None,
+    type_: str,
+    status: bool | str,
+    reason: str,
+    message: str,
+    generation: int | None,
+    timestamp: str | None = None,
+) -> list[dict[str, Any]]:
+    """``conditions`` with ``type_`` set; lastTransitionTime moves only when the status flips."""
+    value = status if isinstance(status, str) else ("True" if status else "False")
+    previous = find(conditions, type_)
+    changed = previous is None or previous.get("status") != value
+    condition: dict[str, Any] = {
+        "type": type_,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": (timestamp or now())
+        if changed or not previous.get("lastTransitionTime")
+        else previous["lastTransitionTime"],
+    }
+    if generation is not None:
+        condition["observedGeneration"] = generation
+    others = [dict(c) for c in conditions or [] if c.get("type") != type_]
+    return [*others, condition]
+
+
+def ready_reason(status: Mapping[str, Any] | None) -> str | None:
+    cond = find((status or {}).get("conditions"), READY)
+    return cond.get("reason") if cond else None
+
+
+def is_blocked(obj: Mapping[str, Any]) -> bool:
+    """Whether the last reconcile of the current generation stopped at a blocking reason."""
+    status = obj.get("status") or {}
+    current = status.get("observedGeneration") == (obj.get("metadata") or {}).get("generation")
+    return current and ready_reason(status) in BLOCKING_REASONS
+
+
+def differs(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether writing ``new`` would change ``old`` (keys of ``new`` only)."""
+    old = old or {}
+    return any(old.get(k) != v for k, v in new.items())
+
+
+Compute = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+
+
+def write_status(
+    kube: Kube, ref: Ref, compute: Compute, attempts: int = 10
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Read ``ref``, let ``compute(obj)`` return the status fields to set (None: nothing to do), and
+    write them with a resourceVersion precondition; on conflict start over from a fresh read.
+
+    Returns (status before, status after) of the write that happened (equal when nothing changed),
+    or None if the object is gone or kept changing.
+    """
+    for _ in range(attempts):
+        obj = kube.get(ref)
+        if obj is None or obj["metadata"].get("deletionTimestamp"):
+            return None
+        fields = compute(obj)
+        current = obj.get("status") or {}
+        if fields is None or not differs(current, fields):
+            return current, current
+        patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": fields}
+        try:
+            written = kube.merge_patch(ref, patch, FIELD_MANAGER, subresource="status")
+        except Conflict:
+            continue
+        return current, written.get("status") or {}
+    log.warning("%s: status kept changing under %d attempts; leaving it to the next event", ref, attempts)
+    return None
