@@ -95,3 +95,9 @@ def test_no_event_is_lost_when_local_mode_is_killed(tmp_path: Path) -> None:
         wait_for(lambda: {r["id"] for r in lines(out)} == set(ids), timeout=120)
     finally:
         second.kill()
+
+
+def test_a_second_local_mode_on_the_same_state_dir_is_refused(server: LocalServer) -> None:
+    second = LocalServer([MANIFESTS], server.state_dir)
+    with pytest.raises(RuntimeError, match="is used by another lamina local"):
+        second.start()

@@ -117,6 +117,7 @@ class AsyncDispatcher:
         self._pass_request_id = self._accepts_request_id(invoker)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._per_function: Counter[str] = Counter()  # running, by function
+        self._reserved: dict[str, int | None] = {}  # reserved concurrency, as last looked up
         self._waiting: dict[str, deque[tuple[QueuedEvent, float]]] = {}  # claimed, not started
         self._waiting_count = 0
         self._wake = asyncio.Event()
@@ -267,6 +268,13 @@ class AsyncDispatcher:
             else:
                 await asyncio.sleep(0)
 
+    def _cap(self, fn: str) -> int:
+        """Events of one function run at once: its share of the slots, and never more than its
+        reserved concurrency (more would only be throttled and backed off, delaying them for nothing)."""
+        reserved = self._reserved.get(fn)
+        share = self.max_in_flight_per_function
+        return share if reserved is None else max(1, min(share, reserved))
+
     def _start_waiting(self) -> None:
         """Start waiting events while slots are free, one function after the other."""
         while self._waiting and len(self._tasks) < self.max_in_flight:
@@ -274,7 +282,7 @@ class AsyncDispatcher:
             for fn in list(self._waiting):
                 if len(self._tasks) >= self.max_in_flight:
                     break
-                if self._per_function[fn] >= self.max_in_flight_per_function:
+                if self._per_function[fn] >= self._cap(fn):
                     continue
                 q = self._waiting[fn]
                 ev, _ = q.popleft()
@@ -290,7 +298,7 @@ class AsyncDispatcher:
         """Hand back events that waited too long behind their function's share of the slots."""
         cutoff = time.monotonic() - self.defer_after_seconds
         return await self._release_waiting(
-            lambda fn, since: since <= cutoff and self._per_function[fn] >= self.max_in_flight_per_function,
+            lambda fn, since: since <= cutoff and self._per_function[fn] >= self._cap(fn),
             delay=self.defer_seconds,
         )
 
@@ -385,6 +393,8 @@ class AsyncDispatcher:
             await self._deliver(ev, pending)
             return
         cfg = await self._config(ev.function)
+        if cfg is not None:
+            self._reserved[ev.function] = cfg.reserved_concurrency
         now = self._clock()
         if cfg is None:
             await self._function_missing(ev, now, "no such function")

@@ -295,6 +295,19 @@ class SqliteEventStore:
         if ids:
             await self._call("op", self._touch, ids, self._clock() + lease_seconds)
 
+    async def release_leases(self) -> int:
+        """Make every leased event visible again at once: for a process that knows it is the only
+        consumer (local mode at start-up), leases left by its own previous, killed run are void."""
+        return int(await self._call("op", self._release_leases))
+
+    @staticmethod
+    def _release_leases(conn: sqlite3.Connection) -> int:
+        with conn:
+            cur = conn.execute(
+                "UPDATE async_events SET visible_at = next_attempt_at WHERE visible_at > next_attempt_at"
+            )
+        return cur.rowcount
+
     async def complete(self, id: str) -> None:
         await self._call("op", self._complete, id)
 

@@ -87,6 +87,10 @@ class AsyncInvocations:
 
     async def start(self) -> None:
         await self.store.open()
+        # This process holds the state directory's lock, so leases of a previous run are void.
+        released = await self.store.release_leases()
+        if released:
+            print(f"lamina local: {released} async event(s) of a previous run resume", flush=True)
         await self.dispatcher.start()
         assert self.stack.service is not None
         self.stack.service.async_queue = self.dispatcher.gateway_queue()

@@ -26,6 +26,10 @@ from lamina.gateway.service import InvocationService
 from lamina.local.artifacts import ArtifactBuilder
 
 
+class StateDirInUse(Exception):
+    """Another `lamina local` owns the state directory."""
+
+
 @dataclass
 class LocalOptions:
     paths: list[str]
@@ -65,9 +69,22 @@ class LocalStack:
         self._runner: web.AppRunner | None = None
         self._components: list[Any] = []  # things with async start()/stop() (async queue, mappings)
 
-    async def start(self) -> None:
+    def _lock_state_dir(self) -> None:
+        """One `lamina local` per state directory: its queue and tick stores assume a single owner."""
+        import fcntl
+
         opts = self.options
         opts.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = (opts.state_dir / "lock").open("w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StateDirInUse(f"state directory {opts.state_dir} is used by another lamina local; "
+                                "stop it or pass --state-dir") from None
+
+    async def start(self) -> None:
+        opts = self.options
+        self._lock_state_dir()
         self.manifests = await asyncio.to_thread(load_manifests, opts.paths)
         self.functions = await asyncio.to_thread(build_functions, self.manifests, opts.state_dir)
         self.pool = LocalProcessPool(self.functions, max_environments=opts.max_environments,
@@ -145,6 +162,9 @@ async def serve(options: LocalOptions) -> int:
         await stack.stop()
         print(f"lamina local: refusing the manifests:\n{exc}", file=sys.stderr)
         return 2
+    except StateDirInUse as exc:
+        print(f"lamina local: {exc}", file=sys.stderr)
+        return 1
     except OSError as exc:
         await stack.stop()
         print(f"lamina local: cannot serve on {options.host}:{options.port}: {exc}", file=sys.stderr)
