@@ -1,0 +1,100 @@
+"""LocalProcessPool with real worker processes: warm reuse, caps, reaping, replacement."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from lamina.environments.base import FunctionConfig
+from lamina.environments.local_pool import LocalProcessPool
+from lamina_runtime.protocol import InvocationRequest
+
+CODE = """import os, time
+def handler(event, context):
+    if event.get("crash"):
+        os._exit(3)
+    time.sleep(event.get("seconds", 0))
+    return {"pid": os.getpid()}
+"""
+
+
+@pytest.fixture
+def code_dir(tmp_path: Path) -> Path:
+    (tmp_path / "index.py").write_text(CODE)
+    return tmp_path
+
+
+def fn(code_dir: Path, **kw: object) -> FunctionConfig:
+    return FunctionConfig(name="f", code_dir=str(code_dir), timeout_seconds=5, **kw)  # type: ignore[arg-type]
+
+
+async def call(pool: LocalProcessPool, config: FunctionConfig, **event: object) -> dict:
+    result = await pool.invoke(config, InvocationRequest(request_id="r", payload=json.dumps(event).encode()))
+    return {"error": result.error_type, "cold": result.init_duration_ms is not None,
+            **(json.loads(result.payload) if not result.function_error else {})}
+
+
+async def test_provisioned_environments_start_first_and_are_never_reaped(code_dir: Path) -> None:
+    config = fn(code_dir, provisioned_concurrency=2, idle_timeout_seconds=0)
+    pool = LocalProcessPool([config], reap_interval=3600)
+    await pool.start()
+    try:
+        assert pool.environments(config) == 2
+        first = await call(pool, config)
+        assert first["cold"] is False
+        assert await pool.reap(asyncio.get_running_loop().time() + 10_000) == 0
+        assert pool.environments(config) == 2
+    finally:
+        await pool.close()
+
+
+async def test_on_demand_environments_are_reused_then_reaped_when_idle(code_dir: Path) -> None:
+    config = fn(code_dir, idle_timeout_seconds=60)
+    pool = LocalProcessPool([config], reap_interval=3600)
+    await pool.start()
+    try:
+        first, second = await call(pool, config), await call(pool, config)
+        assert first["cold"] and not second["cold"]
+        assert first["pid"] == second["pid"]
+        import time
+
+        assert await pool.reap(time.monotonic()) == 0  # not idle long enough
+        assert await pool.reap(time.monotonic() + 61) == 1
+        assert pool.environments(config) == 0  # scaled to zero
+        assert (await call(pool, config))["cold"]
+    finally:
+        await pool.close()
+
+
+async def test_reserved_concurrency_caps_environments_and_queues_the_rest(code_dir: Path) -> None:
+    config = fn(code_dir, reserved_concurrency=2)
+    pool = LocalProcessPool([config], reap_interval=3600)
+    await pool.start()
+    try:
+        results = await asyncio.gather(*(call(pool, config, seconds=0.3) for _ in range(5)))
+        assert len({r["pid"] for r in results}) == 2
+        assert pool.environments(config) == 2
+    finally:
+        await pool.close()
+
+
+async def test_a_crashed_environment_is_replaced(code_dir: Path) -> None:
+    config = fn(code_dir, provisioned_concurrency=1)
+    pool = LocalProcessPool([config], reap_interval=3600)
+    await pool.start()
+    try:
+        before = (await call(pool, config))["pid"]
+        crashed = await call(pool, config, crash=True)
+        assert crashed["error"] == "Runtime.ExitError"
+        for _ in range(100):  # the provisioned environment is re-initialised in the background
+            if pool.describe()[config.key]["idle"] == 1:
+                break
+            await asyncio.sleep(0.05)
+        after = await call(pool, config)
+        assert after["pid"] != before
+        assert after["cold"] is False  # re-INITialised ahead of the call
+    finally:
+        await pool.close()
