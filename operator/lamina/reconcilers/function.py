@@ -145,7 +145,7 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
     fields = {
         "layerRevisions": {a.name: a.revision for a in layers},
         "codeDigest": res.code_digest,
-        "url": f"{ctx.settings.gateway_url}/url/{name}",
+        "url": f"{ctx.settings.gateway_url}/url/{ns}.{name}",
     }
     written = write_function_status(ctx, ns, name, generation, fields=fields)
     if written is None:
