@@ -135,7 +135,7 @@ async def test_throttles_do_not_consume_retries(kit: Kit, function, running):
     function.poison_failures = 1
     await kit.publish(src, ["poison-once"])
     worker = running(kit.worker(function, src, dlq=dlq, batch_size=1, maximum_retry_attempts=1))
-    await eventually(lambda: function.succeeded == ["poison-once"], what="processed after throttles + 1 error")
+    await eventually(lambda: function.succeeded == ["poison-once"], what="processed after throttles, 1 error")
     assert worker.status.throttles == 4
     assert worker.status.function_errors == 1
     assert worker.status.records_dead_lettered == 0
@@ -210,3 +210,51 @@ async def test_disable_while_retrying_gives_the_batch_back(kit: Kit, function, r
     await eventually(lambda: function.succeeded == ["poison-held"], what="processed after re-enabling")
     await worker.stop()
     assert await kit.unacknowledged(src, worker.config.name) == 0
+
+
+async def test_records_older_than_the_age_limit_go_to_the_destination(kit: Kit, function, running):
+    src, dlq = kit.name("in"), kit.name("dlq")
+    await kit.publish(src, ["poison-aging"])
+    # The spec's minimum is 60 s; the worker itself takes any limit, which keeps the test short.
+    worker = running(
+        kit.worker(
+            function, src, dlq=dlq, batch_size=1, maximum_record_age_seconds=1, maximum_retry_attempts=-1
+        )
+    )
+    await eventually(lambda: worker.status.records_dead_lettered == 1, what="the aged record dead-lettered")
+    await kit.publish(src, ["fine"])
+    await eventually(lambda: function.succeeded == ["fine"], what="the next record processed")
+    (letter,) = await kit.dead_letters(dlq)
+    assert letter["requestContext"]["condition"] == "MaximumRecordAgeExceeded"
+    assert letter["requestContext"]["approximateInvokeCount"] >= 1
+    assert letter["record"]["body"] == "poison-aging"
+    assert letter["responsePayload"]["errorMessage"] == "poison record"
+
+
+async def test_a_record_already_too_old_is_dead_lettered_uninvoked(redis_server, function, running):
+    import redis.asyncio as aioredis
+
+    kit = Kit("redis", redis_server)
+    src, dlq = kit.name("in"), kit.name("dlq")
+    client = aioredis.Redis.from_url(kit.url)
+    await client.xadd(src, {"body": "ancient"}, id="1000-0")  # an entry id is its arrival time (1970)
+    await client.aclose()
+    worker = running(kit.worker(function, src, dlq=dlq, batch_size=1, maximum_record_age_seconds=60))
+    await eventually(lambda: worker.status.records_dead_lettered == 1, what="dead-lettered")
+    (letter,) = await kit.dead_letters(dlq)
+    assert letter["requestContext"]["condition"] == "MaximumRecordAgeExceeded"
+    assert letter["requestContext"]["approximateInvokeCount"] == 0
+    assert letter["responseContext"]["functionError"] is None
+    assert function.batches == []
+
+
+@pytest.mark.parametrize("kind", ["redis", "nats"])
+async def test_latest_starts_after_what_is_already_there(kind, request, function, running):
+    kit = Kit(kind, request.getfixturevalue(f"{kind}_server"))
+    src = kit.name("in")
+    await kit.publish(src, ["old-1", "old-2"])
+    worker = running(kit.worker(function, src, batch_size=10, starting_position="LATEST"))
+    await eventually(lambda: worker.status.state == "Enabled", what="Enabled")
+    await kit.publish(src, ["new-1"])
+    await eventually(lambda: function.succeeded, what="a record processed")
+    assert function.succeeded == ["new-1"]
