@@ -8,7 +8,14 @@ import json
 import pytest
 
 from lamina.eventsources.base import SourceRecord
-from lamina.eventsources.events import build_record, encode_event, failure_record, split_by_size
+from lamina.eventsources.events import (
+    build_record,
+    encode_entry,
+    encode_event,
+    failure_record,
+    join_event,
+    split_by_size,
+)
 from lamina.eventsources.filtering import FilterError, RecordFilter, matches, parse_pattern
 from lamina.eventsources.mapping import MappingConfig, MappingWorker, _Held
 
@@ -155,6 +162,7 @@ def test_event_record_shape():
         "redis": {"stream": "orders", "entryId": "1700000000000-0"},
     }
     assert json.loads(encode_event([e])) == {"Records": [e]}
+    assert json.loads(join_event([encode_entry(e), encode_entry(e)])) == {"Records": [e, e]}
 
 
 def test_split_by_size_keeps_each_event_under_the_limit():
@@ -192,7 +200,7 @@ def test_failure_record_carries_the_record_and_the_error():
 
 
 def held(*ids: str) -> list[_Held]:
-    return [_Held(SourceRecord(id=i, body=b"x"), {}, 1) for i in ids]
+    return [_Held(SourceRecord(id=i, body=b"x"), {}, b"{}") for i in ids]
 
 
 @pytest.mark.parametrize(

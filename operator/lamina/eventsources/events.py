@@ -73,8 +73,18 @@ def encode_event(entries: Sequence[dict[str, Any]]) -> bytes:
     return json.dumps({"Records": list(entries)}, separators=(",", ":"), default=str).encode()
 
 
+def encode_entry(entry: dict[str, Any]) -> bytes:
+    """One record as JSON; :func:`join_event` puts encoded records together without encoding again."""
+    return json.dumps(entry, separators=(",", ":"), default=str).encode()
+
+
+def join_event(parts: Sequence[bytes]) -> bytes:
+    """The event made of records already encoded with :func:`encode_entry`."""
+    return b'{"Records":[' + b",".join(parts) + b"]}"
+
+
 def entry_size(entry: dict[str, Any]) -> int:
-    return len(json.dumps(entry, separators=(",", ":"), default=str).encode()) + 1
+    return len(encode_entry(entry)) + 1
 
 
 def split_by_size(sizes: Sequence[int], limit: int = PAYLOAD_LIMIT) -> list[tuple[int, int]]:

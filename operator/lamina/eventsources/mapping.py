@@ -38,9 +38,9 @@ from lamina.eventsources.base import Sink, Source, SourceRecord
 from lamina.eventsources.events import (
     PAYLOAD_LIMIT,
     build_record,
-    encode_event,
-    entry_size,
+    encode_entry,
     failure_record,
+    join_event,
     split_by_size,
 )
 from lamina.eventsources.filtering import RecordFilter
@@ -198,7 +198,7 @@ class _Held:
 
     record: SourceRecord
     entry: dict[str, Any]
-    size: int
+    encoded: bytes  # the entry as JSON, encoded once
     invokes: int = 0
     retries: int = 0  # retries consumed (bisect splits and throttles do not count)
     last_error: str | None = None
@@ -402,7 +402,7 @@ class MappingWorker:
             if dropped:
                 await self.source.ack([rec for rec, _ in dropped])
                 await self._report(records_filtered=self.status.records_filtered + len(dropped))
-            batch.extend(_Held(rec, entry, entry_size(entry)) for rec, entry in kept)
+            batch.extend(_Held(rec, entry, encode_entry(entry)) for rec, entry in kept)
             self._held = batch
             if window <= 0:
                 break
@@ -421,7 +421,7 @@ class MappingWorker:
 
     async def _process(self, batch: list[_Held]) -> None:
         self._held = list(batch)
-        runs = split_by_size([h.size for h in batch], self.timing.payload_limit)
+        runs = split_by_size([len(h.encoded) + 1 for h in batch], self.timing.payload_limit)
         chunks: deque[list[_Held]] = deque(batch[a:b] for a, b in runs)
         heartbeat = None
         if self.source.heartbeat_interval:
@@ -494,7 +494,7 @@ class MappingWorker:
 
     async def _invoke(self, chunk: list[_Held]) -> tuple[list[_Held], bool, str | None] | None:
         """Invoke once. None: not attempted (throttle, invoker failure); else (failed, whole, error)."""
-        payload = encode_event([h.entry for h in chunk])
+        payload = join_event([h.encoded for h in chunk])
         try:
             result = await self.invoker(self.config.function_name, payload)
         except ThrottledError as exc:
