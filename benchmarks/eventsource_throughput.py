@@ -80,6 +80,7 @@ async def run_one(kind: str, url: str, batch: int, count: int) -> dict:
         "lost": lost,
         "duplicates": function.deliveries - len(function.seen),
         "unacked": left,
+        "invocations": worker.status.invocations,
     }
 
 
@@ -107,12 +108,13 @@ async def main(kinds: list[str], batch_sizes: list[int], records: int | None) ->
                 await asyncio.to_thread(server.close)
     print()
     head = ("source", "batch", "records", "seconds", "records/s")
-    print("| {:<9} | {:>5} | {:>7} | {:>7} | {:>9} | lost | dup | unacked |".format(*head))
-    print(f"|{'-' * 11}|{'-' * 7}|{'-' * 9}|{'-' * 9}|{'-' * 11}|------|-----|---------|")
+    print("| {:<9} | {:>5} | {:>7} | {:>7} | {:>9} | mean batch | lost | dup | unacked |".format(*head))
+    print(f"|{'-' * 11}|{'-' * 7}|{'-' * 9}|{'-' * 9}|{'-' * 11}|------------|------|-----|---------|")
     for r in rows:
         print(
             f"| {r['kind']:<9} | {r['batch']:>5} | {r['records']:>7} | {r['seconds']:>7.2f} |"
-            f" {r['rate']:>9,.0f} | {r['lost']:>4} | {r['duplicates']:>3} | {r['unacked']:>7} |"
+            f" {r['rate']:>9,.0f} | {r['records'] / max(1, r['invocations']):>10.1f} |"
+            f" {r['lost']:>4} | {r['duplicates']:>3} | {r['unacked']:>7} |"
         )
     bad = [r for r in rows if r["lost"] or r["unacked"]]
     redis100 = [r for r in rows if r["kind"] == "redis" and r["batch"] == 100]

@@ -52,20 +52,23 @@ class RabbitMQSource(Source):
     kind = "rabbitmq"
     ordered = False
 
-    def __init__(self, url: str, queue: str, *, prefetch: int = 10) -> None:
+    def __init__(self, url: str, queue: str, *, prefetch: int = 10, linger_seconds: float = 0.002) -> None:
         super().__init__(queue)
         self.url = url
         self.prefetch = max(1, prefetch)
+        self.linger_seconds = linger_seconds
         self._connection: AbstractConnection | None = None
         self._channel: AbstractChannel | None = None
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._buffer: asyncio.Queue[tuple[int, AbstractIncomingMessage]] = asyncio.Queue()
         self._generation = 0
+        self._unacked: set[int] = set()  # delivery tags of this channel not yet acknowledged
 
     async def connect(self) -> None:
         self._generation += 1
         self._buffer = asyncio.Queue()
+        self._unacked = set()
         generation = self._generation
         self._connection = await aio_pika.connect(self.url, timeout=10)
         try:
@@ -73,6 +76,8 @@ class RabbitMQSource(Source):
             await self._channel.set_qos(prefetch_count=self.prefetch)
 
             async def on_message(message: AbstractIncomingMessage) -> None:
+                if generation == self._generation:
+                    self._unacked.add(message.delivery_tag)
                 self._buffer.put_nowait((generation, message))
 
             self._consumer_tag = await self._queue.consume(on_message, no_ack=False)
@@ -98,15 +103,19 @@ class RabbitMQSource(Source):
                 generation, message = self._buffer.get_nowait()
             except asyncio.QueueEmpty:
                 if records:
-                    break
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
+                    # The broker pushes deliveries one after the other: give the rest of a burst a
+                    # moment to arrive rather than invoking with a sliver of it.
+                    wait = self.linger_seconds
+                else:
+                    wait = min(deadline - time.monotonic(), 0.5)  # wake up to notice a closed channel
+                    if wait <= 0:
+                        break
                 try:
-                    # Wake up now and then to notice a closed connection.
-                    generation, message = await asyncio.wait_for(self._buffer.get(), min(left, 0.5))
+                    generation, message = await asyncio.wait_for(self._buffer.get(), wait)
                 except TimeoutError:
                     self._live()
+                    if records:
+                        break
                     continue
             if generation == self._generation:
                 records.append(self._record(message))
@@ -151,13 +160,24 @@ class RabbitMQSource(Source):
 
     async def ack(self, records: Sequence[SourceRecord]) -> None:
         self._live()
-        for message in self._current(records):
-            await message.ack()
+        messages = self._current(records)
+        if not messages:
+            return
+        tags = {m.delivery_tag for m in messages}
+        last = max(messages, key=lambda m: m.delivery_tag)
+        if all(t in tags for t in self._unacked if t <= last.delivery_tag):
+            # Everything up to the last one goes: one frame acknowledges them all.
+            await last.ack(multiple=True)
+        else:
+            for message in messages:
+                await message.ack()
+        self._unacked.difference_update(tags)
 
     async def release(self, records: Sequence[SourceRecord]) -> None:
         self._live()
         for message in self._current(records):
             await message.nack(requeue=True)
+            self._unacked.discard(message.delivery_tag)
 
     async def close(self) -> None:
         connection = self._connection
