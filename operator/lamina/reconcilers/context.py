@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +48,18 @@ class Context:
     settings: Settings
     post: EventSink = field(default=_log_event)
     requeue: Requeue | None = None
+    #: Last readiness computed per (namespace, function): lets Deployment events that change nothing
+    #: the Function reports skip reading the Function (thread-safe: single dict operations).
+    readiness: dict[Hashable, Any] = field(default_factory=dict)
+
+    def remember_readiness(self, key: Hashable, readiness: Any) -> None:
+        self.readiness[key] = readiness
+
+    def readiness_unchanged(self, key: Hashable, readiness: Any) -> bool:
+        return self.readiness.get(key) == readiness
+
+    def forget_readiness(self, key: Hashable) -> None:
+        self.readiness.pop(key, None)
 
     def announce(
         self,

@@ -15,7 +15,7 @@ from lamina.reconcilers.apply import apply, apply_scaled_deployment, delete_if_o
 from lamina.reconcilers.client import ApiError, Kube, Ref
 from lamina.reconcilers.context import Blocked, Context
 from lamina.reconcilers.status import READY, is_blocked, ready_reason, set_condition, write_status
-from lamina.resources import LayerArtifact, build_function, deployment_readiness, names
+from lamina.resources import LayerArtifact, build_function, deployment_readiness, labels, names
 from lamina.resources.function import Readiness
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
             else:
                 delete_if_owned(kube, code_ref, meta["uid"])
             apply(kube, res.service)
-            apply_scaled_deployment(kube, res.deployment, fn.spec.provisioned_concurrency)
+            deployment = apply_scaled_deployment(kube, res.deployment, fn.spec.provisioned_concurrency)
         except ApiError as e:
             raise Blocked(
                 "ApplyFailed", f"the API server refused a child: {e.message}", retry=POLL_DELAY
@@ -147,7 +147,7 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
         "codeDigest": res.code_digest,
         "url": f"{ctx.settings.gateway_url}/url/{ns}.{name}",
     }
-    written = write_function_status(ctx, ns, name, generation, fields=fields)
+    written = write_function_status(ctx, ns, name, generation, fields=fields, deployment=deployment)
     if written is None:
         return None
     ctx.announce(body, *written)
@@ -172,6 +172,17 @@ def _readiness_fields(
     return fields
 
 
+def _deployments(ctx: Context, namespace: str, name: str, first: dict[str, Any] | None) -> Any:
+    """The Deployment as known: ``first`` (just applied, or from a watch event) for the first
+    attempt of a status write, a fresh read for attempts after a conflict."""
+    pending = [first] if first is not None else []
+
+    def current() -> dict[str, Any] | None:
+        return pending.pop() if pending else ctx.kube.get(deployment_ref(namespace, name))
+
+    return current
+
+
 def write_function_status(
     ctx: Context,
     namespace: str,
@@ -179,14 +190,16 @@ def write_function_status(
     generation: int | None,
     fields: dict[str, Any] | None = None,
     blocked: Blocked | None = None,
+    deployment: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """Write the outcome of reconciling ``generation``, with readiness read from the Deployment."""
+    """Write the outcome of reconciling ``generation``, with readiness from the Deployment."""
+    current_deployment = _deployments(ctx, namespace, name, deployment)
 
     def compute(obj: dict[str, Any]) -> dict[str, Any] | None:
         if obj["metadata"].get("generation") != generation:
             return None  # the spec moved on; the reconcile of the new generation writes
-        dep = ctx.kube.get(deployment_ref(namespace, name))
-        readiness = deployment_readiness(dep, _provisioned(obj))
+        readiness = deployment_readiness(current_deployment(), _provisioned(obj))
+        ctx.remember_readiness((namespace, name), readiness)
         return {**(fields or {}), **_readiness_fields(obj, readiness, blocked, generation)}
 
     return write_status(ctx.kube, function_ref(namespace, name), compute)
@@ -196,15 +209,25 @@ def _provisioned(obj: dict[str, Any]) -> int:
     return int((obj.get("spec") or {}).get("provisionedConcurrency") or 0)
 
 
-def sync_function_status(ctx: Context, namespace: str, name: str) -> None:
-    """Refresh readiness from the Deployment. Ready itself is left alone while a reconcile is blocked
-    or before the current generation was reconciled (that reconcile writes it)."""
+def sync_function_status(
+    ctx: Context, namespace: str, name: str, deployment: dict[str, Any] | None = None
+) -> None:
+    """Refresh readiness from the Deployment (``deployment``: as a watch event delivered it). Ready
+    itself is left alone while a reconcile is blocked or before the current generation was
+    reconciled (that reconcile writes it)."""
+    if deployment is not None:
+        # Most Deployment events change nothing the Function reports: skip reading the Function.
+        annotations = deployment["metadata"].get("annotations") or {}
+        provisioned = int(annotations.get(labels.PROVISIONED, "0") or 0)
+        if ctx.readiness_unchanged((namespace, name), deployment_readiness(deployment, provisioned)):
+            return
+    current_deployment = _deployments(ctx, namespace, name, deployment)
     seen: dict[str, Any] = {}
 
     def compute(obj: dict[str, Any]) -> dict[str, Any] | None:
         seen["obj"] = obj
-        dep = ctx.kube.get(deployment_ref(namespace, name))
-        readiness = deployment_readiness(dep, _provisioned(obj))
+        readiness = deployment_readiness(current_deployment(), _provisioned(obj))
+        ctx.remember_readiness((namespace, name), readiness)
         generation = obj["metadata"].get("generation")
         if (obj.get("status") or {}).get("observedGeneration") == generation and not is_blocked(obj):
             return _readiness_fields(obj, readiness, None, generation)

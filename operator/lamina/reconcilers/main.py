@@ -155,9 +155,10 @@ def function_deployment_event(event: Mapping[str, Any], body: kopf.Body, memo: k
     ctx, ns = ctx_of(memo), body.metadata.namespace
     if event.get("type") == "DELETED":
         # Deleted behind the operator's back (or with its Function, which is then gone too).
+        ctx.forget_readiness((ns, function))
         reconcile_named(ctx, "Function", ns, function)
     else:
-        sync_function_status(ctx, ns, function)
+        sync_function_status(ctx, ns, function, plain(body))
 
 
 # ----------------------------------------------------------------------------------------- layers
