@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -258,3 +259,40 @@ async def test_latest_starts_after_what_is_already_there(kind, request, function
     await kit.publish(src, ["new-1"])
     await eventually(lambda: function.succeeded, what="a record processed")
     assert function.succeeded == ["new-1"]
+
+
+@pytest.mark.parametrize("heartbeat", [True, False])
+async def test_nats_records_held_longer_than_ack_wait_stay_with_the_worker(
+    nats_server, function, running, heartbeat
+):
+    """The worker's in-progress acks keep its batch from going to another consumer of the durable."""
+    import nats
+    import nats.errors
+
+    kit = Kit("nats", nats_server)
+    src = kit.name("in")
+    await kit.publish(src, ["slow-1", "slow-2"])
+    function.hold = asyncio.Event()
+    worker = kit.worker(function, src, batch_size=2, maximum_batching_window_seconds=1)  # ack_wait 3 s
+    if not heartbeat:
+        worker.source.heartbeat_interval = None  # what the test must be able to catch
+    running(worker)
+    await eventually(lambda: function.batches, what="the batch in the function")
+
+    nc = await nats.connect(kit.url)
+    try:
+        js = nc.jetstream()
+        stream = await js.find_stream_name_by_subject(src)
+        rival = await js.pull_subscribe_bind(durable=f"lamina-{worker.config.name}", stream=stream)
+        try:
+            stolen = await rival.fetch(2, timeout=7)  # more than twice the consumer's ack_wait
+        except nats.errors.TimeoutError:
+            stolen = []
+    finally:
+        await nc.close()
+    function.hold.set()
+    await eventually(lambda: worker.status.records_succeeded == 2, what="acknowledged")
+    if heartbeat:
+        assert stolen == []
+    else:
+        assert [m.data for m in stolen] == [b"slow-1", b"slow-2"]

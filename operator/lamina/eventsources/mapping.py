@@ -310,6 +310,7 @@ class MappingWorker:
     # ----------------------------------------------------------------------------- main loop
 
     async def run(self) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat()) if self.source.heartbeat_interval else None
         try:
             while not self._stopping:
                 if not self._enabled:
@@ -335,6 +336,8 @@ class MappingWorker:
                 except Exception as exc:  # any broker failure: reconnect with backoff
                     await self._broker_trouble(exc)
         finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
             held, self._held = self._held, []
             if held and self._source_open:
                 with contextlib.suppress(Exception):
@@ -423,9 +426,6 @@ class MappingWorker:
         self._held = list(batch)
         runs = split_by_size([len(h.encoded) + 1 for h in batch], self.timing.payload_limit)
         chunks: deque[list[_Held]] = deque(batch[a:b] for a, b in runs)
-        heartbeat = None
-        if self.source.heartbeat_interval:
-            heartbeat = asyncio.create_task(self._heartbeat(chunks))
         try:
             while chunks:
                 if self._interrupted():
@@ -435,11 +435,6 @@ class MappingWorker:
             # Disabled or stopping: hand back what is left, unacknowledged, for later.
             await self._give_back(self._held)
             raise
-        finally:
-            if heartbeat is not None:
-                heartbeat.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await heartbeat
 
     async def _step(self, chunks: deque[list[_Held]]) -> None:
         """Work on the first chunk once: dead-letter what is too old, invoke, settle the outcome."""
@@ -474,12 +469,17 @@ class MappingWorker:
             return
         await self._retry_or_give_up(chunks, failed)
 
-    async def _heartbeat(self, chunks: deque[list[_Held]]) -> None:
+    async def _heartbeat(self) -> None:
+        """Tell the broker, now and then, that the records this worker holds are still in work.
+
+        Runs for the worker's whole life: records are held while a batching window fills, while the
+        function runs and while a retry waits.
+        """
         interval = float(self.source.heartbeat_interval or 10.0)
         while True:
             await asyncio.sleep(interval)
-            held = [h.record for c in list(chunks) for h in c]
-            if held:
+            held = [h.record for h in self._held]
+            if held and self._source_open:
                 try:
                     await self.source.touch(held)
                 except Exception as exc:  # the main loop notices a dead broker itself
