@@ -81,3 +81,34 @@ async def test_broker_restart_mid_stream_loses_nothing(kind, private_server, run
 
 async def _zero(count) -> bool:
     return await count == 0
+
+
+async def test_unreachable_failure_destination_holds_the_record_until_it_is_back(
+    redis_server, private_server, running
+):
+    from lamina.eventsources.factory import make_sink
+    from tests.support import brokers
+
+    kit = Kit("redis", redis_server)
+    dlq_server = private_server("redis")
+    src = kit.name("in")
+    await dlq_server.astop()  # the destination is down when the record fails
+    function = TestFunction()
+    await kit.publish(src, ["poison-waits"])
+    worker = kit.worker(function, src, batch_size=1, maximum_retry_attempts=0)
+    worker.dlq = make_sink({"redis": {"url": dlq_server.url, "stream": "dlq"}}, dlq_server.url)
+    running(worker)
+    await eventually(
+        lambda: worker.status.last_processing_result == "PROBLEM: onFailure destination unavailable",
+        what="the destination reported unavailable",
+    )
+    assert await kit.unacknowledged(src, worker.config.name) == 1
+
+    await dlq_server.astart()
+    await eventually(lambda: worker.status.records_dead_lettered == 1, what="dead-lettered once it is back")
+    ((body, headers),) = await brokers.read_all("redis", dlq_server.url, "dlq")
+    assert json.loads(body)["record"]["body"] == "poison-waits"
+    assert headers["lamina-condition"] == "RetryAttemptsExhausted"
+    await eventually(
+        lambda: _zero(kit.unacknowledged(src, worker.config.name)), what="acknowledged after the write"
+    )
