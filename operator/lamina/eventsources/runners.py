@@ -68,13 +68,24 @@ class FunctionSink:
 class BrokerMapping:
     """One mapping over a queue or stream; prints each change of state."""
 
-    def __init__(self, esm: EventSourceMapping, invoke: Invoke, enqueue: Enqueue, resolve_url: ResolveUrl,
-                 on_change: Callable[[MappingStatus], Any] | None = None) -> None:
+    def __init__(
+        self,
+        esm: EventSourceMapping,
+        invoke: Invoke,
+        enqueue: Enqueue,
+        resolve_url: ResolveUrl,
+        on_change: Callable[[MappingStatus], Any] | None = None,
+    ) -> None:
         ns, spec = esm.metadata.namespace, esm.spec
         self.esm = esm
         self.label = f"{esm.name} ({spec.source.describe()} -> {spec.function_name})"
-        source = make_source(spec.source, resolve_url(spec.source.target, ns), esm_name=esm.name,
-                             batch_size=spec.batch_size, starting_position=spec.starting_position)
+        source = make_source(
+            spec.source,
+            resolve_url(spec.source.target, ns),
+            esm_name=esm.name,
+            batch_size=spec.batch_size,
+            starting_position=spec.starting_position,
+        )
         dlq: Any = None
         on_failure = spec.destination_config.on_failure if spec.destination_config else None
         if on_failure is not None:
@@ -90,8 +101,13 @@ class BrokerMapping:
         self.status = MappingStatus()
         self._shown = ""
         self._on_change = on_change
-        self.worker = MappingWorker(MappingConfig.from_spec(esm.name, spec), source, invoke_function,
-                                    dlq=dlq, on_status=self._on_status)
+        self.worker = MappingWorker(
+            MappingConfig.from_spec(esm.name, spec),
+            source,
+            invoke_function,
+            dlq=dlq,
+            on_status=self._on_status,
+        )
 
     def _on_status(self, status: MappingStatus) -> None:
         self.status = status
@@ -113,8 +129,12 @@ class BrokerMapping:
         await task
 
     def snapshot(self) -> dict[str, Any]:
-        return {"name": self.esm.name, "source": self.esm.spec.source.describe(),
-                "function": self.esm.spec.function_name, **self.status.to_dict()}
+        return {
+            "name": self.esm.name,
+            "source": self.esm.spec.source.describe(),
+            "function": self.esm.spec.function_name,
+            **self.status.to_dict(),
+        }
 
 
 class ScheduleMapping:
@@ -128,8 +148,9 @@ class ScheduleMapping:
         self.enqueue = enqueue
         self.ticks = ticks
         self.function_key = f"{esm.metadata.namespace}/{esm.spec.function_name}"
-        self.ticker = ScheduleTicker(f"{esm.metadata.namespace}/{esm.name}",
-                                     parse_schedule(schedule.expression, schedule.timezone))
+        self.ticker = ScheduleTicker(
+            f"{esm.metadata.namespace}/{esm.name}", parse_schedule(schedule.expression, schedule.timezone)
+        )
         self.fired = 0
         self.last_fired: str | None = None
         self._task: asyncio.Task[None] | None = None
@@ -140,8 +161,11 @@ class ScheduleMapping:
         await self.enqueue(self.function_key, payload, event_id(self.esm.name, tick))
         self.fired += 1
         self.last_fired = tick.isoformat()
-        print(f"schedule {self.esm.name}: fired {self.schedule.expression} at {self.last_fired} -> "
-              f"{self.esm.spec.function_name}", flush=True)
+        print(
+            f"schedule {self.esm.name}: fired {self.schedule.expression} at {self.last_fired} -> "
+            f"{self.esm.spec.function_name}",
+            flush=True,
+        )
 
     async def start(self) -> None:
         if self.esm.spec.enabled:
@@ -159,14 +183,19 @@ class ScheduleMapping:
                 await self._task
 
     def snapshot(self) -> dict[str, Any]:
-        return {"name": self.esm.name, "source": self.esm.spec.source.describe(),
-                "function": self.esm.spec.function_name,
-                "state": "Enabled" if self.esm.spec.enabled else "Disabled",
-                "fired": self.fired, "lastFired": self.last_fired}
+        return {
+            "name": self.esm.name,
+            "source": self.esm.spec.source.describe(),
+            "function": self.esm.spec.function_name,
+            "state": "Enabled" if self.esm.spec.enabled else "Disabled",
+            "fired": self.fired,
+            "lastFired": self.last_fired,
+        }
 
 
-def mapping_runner(esm: EventSourceMapping, invoke: Invoke, enqueue: Enqueue, resolve_url: ResolveUrl,
-                   ticks: TickStore) -> BrokerMapping | ScheduleMapping:
+def mapping_runner(
+    esm: EventSourceMapping, invoke: Invoke, enqueue: Enqueue, resolve_url: ResolveUrl, ticks: TickStore
+) -> BrokerMapping | ScheduleMapping:
     if esm.spec.source.schedule is not None:
         return ScheduleMapping(esm, enqueue, ticks)
     return BrokerMapping(esm, invoke, enqueue, resolve_url)
