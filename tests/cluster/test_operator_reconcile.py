@@ -155,19 +155,38 @@ class Cluster:
             return None
         return next((c for c in status.get("conditions") or [] if c["type"] == "Ready"), None)
 
+    def _wait(
+        self,
+        wait_until: Callable[..., Any],
+        predicate: Callable[[], Any],
+        plural: str,
+        name: str,
+        what: str,
+        timeout: float,
+    ) -> Any:
+        try:
+            return wait_until(predicate, timeout=timeout, message=f"{plural}/{name} {what}")
+        except AssertionError as e:  # say where it got stuck
+            raise AssertionError(f"{e}; status now: {self.get(plural, name).get('status')}") from None
+
     def wait_ready(self, wait_until: Callable[..., Any], plural: str, name: str, timeout: float = 60) -> dict:
-        cond = wait_until(
+        return self._wait(
+            wait_until,
             lambda: (c := self.ready(plural, name)) and c["status"] == "True" and c,
-            timeout=timeout,
-            message=f"{plural}/{name} Ready=True (last: {self.ready(plural, name)})",
+            plural,
+            name,
+            "Ready=True",
+            timeout,
         )
-        return cond
 
     def wait_reason(self, wait_until: Callable[..., Any], plural: str, name: str, reason: str) -> dict:
-        return wait_until(
+        return self._wait(
+            wait_until,
             lambda: (c := self.ready(plural, name)) and c["reason"] == reason and c,
-            timeout=60,
-            message=f"{plural}/{name} Ready reason {reason}",
+            plural,
+            name,
+            f"Ready reason {reason}",
+            60,
         )
 
 
@@ -466,3 +485,44 @@ def test_operator_killed_mid_reconcile_converges_after_restart_without_duplicate
     assert [c["name"] for c in f0["spec"]["template"]["spec"]["initContainers"]] == ["fetch-layer-0"]
     # Function objects carry no finalizer: deleting them never waits for the operator.
     assert not cluster.get("functions", "f0")["metadata"].get("finalizers")
+
+
+def test_switching_code_source_replaces_the_mount_and_removes_the_inline_config_map(
+    operator: Operator, cluster: Cluster, wait_until: Callable[..., Any]
+) -> None:
+    cluster.create("functions", function("switch"))
+    cluster.wait_ready(wait_until, "functions", "switch")
+    assert cluster.config_map("switch-code") is not None
+    cluster.core.create_namespaced_config_map(
+        cluster.ns, {"metadata": {"name": "src"}, "data": {"index.py": "def handler(e, c):\n    return 2\n"}}
+    )
+    cluster.patch("functions", "switch", {"code": {"inline": None, "configMap": {"name": "src"}}})
+    wait_until(lambda: cluster.config_map("switch-code") is None, message="inline code ConfigMap deleted")
+    dep = cluster.deployment("fn-switch")
+    assert dep is not None
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["code"]["configMap"]["name"] == "src"
+    assert cluster.config_map("src") is not None  # the user's ConfigMap is never touched
+
+
+def test_layer_for_another_runtime_is_refused(
+    operator: Operator, cluster: Cluster, wait_until: Callable[..., Any]
+) -> None:
+    cluster.create(
+        "layers",
+        {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "Layer",
+            "metadata": {"name": "old"},
+            "spec": {
+                "url": "https://example.com/old.zip",
+                "sha256": "cd" * 32,
+                "compatibleRuntimes": ["python3.11"],
+            },
+        },
+    )
+    cluster.wait_ready(wait_until, "layers", "old")
+    cluster.create("functions", function("modern", runtime="python3.13", layers=["old"]))
+    cond = cluster.wait_reason(wait_until, "functions", "modern", "LayerIncompatible")
+    assert "python3.13" in cond["message"] and "old" in cond["message"]
+    assert cluster.deployment("fn-modern") is None

@@ -208,6 +208,17 @@ def mapping_deployment_event(event: Mapping[str, Any], body: kopf.Body, memo: ko
 # ------------------------------------------------------------------------------------------ main
 
 
+class QuietWatchHandlers(logging.Filter):
+    """Drop kopf's "Handler 'x' succeeded." lines of the handlers that only watch (Deployment and
+    Layer events): several per rollout, they would drown what the reconcilers log."""
+
+    WATCHERS = ("function_deployment_event", "mapping_deployment_event", "layer_deleted")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.endswith("succeeded.") and any(f"'{w}'" in message for w in self.WATCHERS))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lamina operator", description="Run the lamina operator (kopf).")
     p.add_argument(
@@ -239,6 +250,8 @@ def run_operator(argv: list[str] | None = None) -> int:
     if args.kubeconfig:
         os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it too
     kopf.configure(verbose=args.verbose, quiet=args.quiet, log_format=kopf.LogFormat[args.log_format.upper()])
+    if not args.verbose:
+        logging.getLogger("kopf.objects").addFilter(QuietWatchHandlers())
     ctx = Context(Kube.from_environment(args.kubeconfig), Settings.from_env(), post=post_event)
     kopf.run(
         registry=registry,
