@@ -132,7 +132,7 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
             else:
                 delete_if_owned(kube, code_ref, meta["uid"])
             apply(kube, res.service)
-            deployment = apply_scaled_deployment(kube, res.deployment, fn.spec.provisioned_concurrency)
+            apply_scaled_deployment(kube, res.deployment, fn.spec.provisioned_concurrency)
         except ApiError as e:
             raise Blocked(
                 "ApplyFailed", f"the API server refused a child: {e.message}", retry=POLL_DELAY
@@ -147,7 +147,7 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
         "codeDigest": res.code_digest,
         "url": f"{ctx.settings.gateway_url}/url/{ns}.{name}",
     }
-    written = write_function_status(ctx, ns, name, generation, fields=fields, deployment=deployment)
+    written = write_function_status(ctx, ns, name, generation, fields=fields)
     if written is None:
         return None
     ctx.announce(body, *written)
@@ -173,8 +173,11 @@ def _readiness_fields(
 
 
 def _deployments(ctx: Context, namespace: str, name: str, first: dict[str, Any] | None) -> Any:
-    """The Deployment as known: ``first`` (just applied, or from a watch event) for the first
-    attempt of a status write, a fresh read for attempts after a conflict."""
+    """The Deployment for a status write: ``first`` (as a watch event delivered it) for the first
+    attempt, else a fresh read made after the Function was read. A reconcile always reads afresh:
+    the state it applied may be older than what a watch event has already reported, and no later
+    event would come to correct a status computed from it. A watch event's state may be older
+    too, but then a newer event follows and is handled after it."""
     pending = [first] if first is not None else []
 
     def current() -> dict[str, Any] | None:
@@ -190,10 +193,9 @@ def write_function_status(
     generation: int | None,
     fields: dict[str, Any] | None = None,
     blocked: Blocked | None = None,
-    deployment: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """Write the outcome of reconciling ``generation``, with readiness from the Deployment."""
-    current_deployment = _deployments(ctx, namespace, name, deployment)
+    current_deployment = _deployments(ctx, namespace, name, None)
 
     def compute(obj: dict[str, Any]) -> dict[str, Any] | None:
         if obj["metadata"].get("generation") != generation:
