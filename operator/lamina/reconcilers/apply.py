@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from lamina.reconcilers.client import ApiError, Kube, Ref
+from lamina.reconcilers.client import Kube, Ref
 from lamina.reconcilers.status import FIELD_MANAGER
 from lamina.resources import desired_replicas, labels
 
@@ -81,6 +81,3 @@ def apply_scaled_deployment(kube: Kube, desired: dict[str, Any], provisioned: in
         }
         applied = kube.apply(scale, REPLICAS_MANAGER)
     return applied
-
-
-__all__ = ["REPLICAS_MANAGER", "ApiError", "apply", "apply_scaled_deployment", "delete_if_owned"]

@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+from lamina.api import LaminaObject, ManifestError, parse_object
 from lamina.reconcilers.client import Kube
 from lamina.reconcilers.requeue import Requeue
 from lamina.reconcilers.status import BLOCKING_REASONS, READY, find
 from lamina.resources import Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T", bound=LaminaObject)
 
 #: (involved object, type, reason, message) -> None; kopf's poster in the operator.
 EventSink = Callable[[Mapping[str, Any], str, str, str], None]
@@ -27,6 +30,18 @@ class Blocked(Exception):
         self.reason = reason
         self.message = message
         self.retry = retry
+
+
+def parse_as(body: Mapping[str, Any], kind: type[T]) -> T:
+    """The validated model of an object as the API server returned it (status is not validated);
+    an invalid spec blocks the reconcile until the object changes."""
+    doc = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+    try:
+        obj = parse_object(doc)
+    except ManifestError as e:
+        raise Blocked("InvalidSpec", str(e), retry=None) from None
+    assert isinstance(obj, kind)
+    return obj
 
 
 def _log_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:

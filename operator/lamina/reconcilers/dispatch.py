@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from lamina.api import API_VERSION
 from lamina.reconcilers.client import ApiError, Ref
 from lamina.reconcilers.context import Blocked, Context
 from lamina.reconcilers.eventsourcemapping import reconcile_mapping
@@ -15,7 +16,6 @@ from lamina.reconcilers.layer import reconcile_layer
 
 log = logging.getLogger(__name__)
 
-GROUP_VERSION = "lamina.dev/v1alpha1"
 RECONCILERS: dict[str, Callable[[Context, dict[str, Any]], Any]] = {
     "Layer": reconcile_layer,
     "Function": reconcile_function,
@@ -49,7 +49,7 @@ def reconcile(ctx: Context, body: dict[str, Any]) -> Any:
 def reconcile_named(ctx: Context, kind: str, namespace: str, name: str) -> Any:
     """Read the object and reconcile it (nothing if it is gone or going)."""
     try:
-        body = ctx.kube.get(Ref(GROUP_VERSION, kind, namespace, name))
+        body = ctx.kube.get(Ref(API_VERSION, kind, namespace, name))
     except ApiError as e:
         log.warning("%s %s/%s: cannot read: %s", kind, namespace, name, e)
         if ctx.requeue is not None:

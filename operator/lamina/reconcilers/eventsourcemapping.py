@@ -4,33 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from lamina.api import EventSourceMapping, ManifestError, parse_object
+from lamina.api import API_VERSION, EventSourceMapping
 from lamina.reconcilers.apply import apply
 from lamina.reconcilers.client import ApiError, Ref
-from lamina.reconcilers.context import Blocked, Context
+from lamina.reconcilers.context import Blocked, Context, parse_as
 from lamina.reconcilers.status import READY, is_blocked, set_condition, write_status
 from lamina.resources import build_mapping, names, worker_state
 
-GROUP_VERSION = "lamina.dev/v1alpha1"
 POLL_DELAY = 10.0
 
 
 def mapping_ref(namespace: str, name: str) -> Ref:
-    return Ref(GROUP_VERSION, "EventSourceMapping", namespace, name)
+    return Ref(API_VERSION, "EventSourceMapping", namespace, name)
 
 
 def worker_ref(namespace: str, name: str) -> Ref:
     return Ref("apps/v1", "Deployment", namespace, names.mapping_deployment(name))
-
-
-def parse_mapping(body: dict[str, Any]) -> EventSourceMapping:
-    doc = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
-    try:
-        esm = parse_object(doc)
-    except ManifestError as e:
-        raise Blocked("InvalidSpec", str(e), retry=None) from None
-    assert isinstance(esm, EventSourceMapping)
-    return esm
 
 
 def _fields(
@@ -62,10 +51,10 @@ def reconcile_mapping(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | No
     blocked: Blocked | None = None
     source = None
     try:
-        esm = parse_mapping(body)
+        esm = parse_as(body, EventSourceMapping)
         source = esm.spec.source.describe()
         fn = esm.spec.function_name
-        if ctx.kube.get(Ref(GROUP_VERSION, "Function", ns, fn)) is None:
+        if ctx.kube.get(Ref(API_VERSION, "Function", ns, fn)) is None:
             raise Blocked("FunctionNotFound", f"Function {fn} does not exist in namespace {ns}", POLL_DELAY)
         apply(ctx.kube, build_mapping(esm, ctx.settings))
     except Blocked as b:

@@ -10,39 +10,27 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from lamina.api import Function, ManifestError, parse_object
+from lamina.api import API_VERSION, Function
 from lamina.reconcilers.apply import apply, apply_scaled_deployment, delete_if_owned
 from lamina.reconcilers.client import ApiError, Kube, Ref
-from lamina.reconcilers.context import Blocked, Context
-from lamina.reconcilers.status import READY, is_blocked, ready_reason, set_condition, write_status
+from lamina.reconcilers.context import Blocked, Context, parse_as
+from lamina.reconcilers.status import READY, find, is_blocked, is_ready, set_condition, write_status
 from lamina.resources import LayerArtifact, build_function, deployment_readiness, labels, names
 from lamina.resources.function import Readiness
 
 log = logging.getLogger(__name__)
 
-GROUP_VERSION = "lamina.dev/v1alpha1"
 #: Retry delays (seconds): dependencies that nothing watches are polled; layers also trigger us.
 POLL_DELAY = 10.0
 LAYER_DELAY = 60.0
 
 
 def function_ref(namespace: str, name: str) -> Ref:
-    return Ref(GROUP_VERSION, "Function", namespace, name)
+    return Ref(API_VERSION, "Function", namespace, name)
 
 
 def deployment_ref(namespace: str, function: str) -> Ref:
     return Ref("apps/v1", "Deployment", namespace, names.function_deployment(function))
-
-
-def parse_function(body: dict[str, Any]) -> Function:
-    """The validated model of a Function as the API server returned it (status is not validated)."""
-    doc = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
-    try:
-        fn = parse_object(doc)
-    except ManifestError as e:
-        raise Blocked("InvalidSpec", str(e), retry=None) from None
-    assert isinstance(fn, Function)
-    return fn
 
 
 # ------------------------------------------------------------------------------------ dependencies
@@ -52,7 +40,7 @@ def resolve_layers(kube: Kube, fn: Function) -> list[LayerArtifact]:
     artifacts = []
     ns = fn.metadata.namespace
     for name in fn.spec.layers:
-        layer = kube.get(Ref(GROUP_VERSION, "Layer", ns, name))
+        layer = kube.get(Ref(API_VERSION, "Layer", ns, name))
         if layer is None:
             raise Blocked(
                 "LayerNotFound", f"Layer {name} does not exist in namespace {ns}", retry=LAYER_DELAY
@@ -65,20 +53,12 @@ def resolve_layers(kube: Kube, fn: Function) -> list[LayerArtifact]:
                 f"Layer {name} supports {', '.join(runtimes)}, not {fn.spec.runtime}",
                 retry=LAYER_DELAY,
             )
-        reason = ready_reason(status)
-        if reason is None or not _ready(status) or not status.get("artifact"):
-            why = f" ({reason}: {_message(status)})" if reason else ""
+        if not is_ready(status) or not status.get("artifact"):
+            cond = find(status.get("conditions"), READY)
+            why = f" ({cond.get('reason')}: {cond.get('message', '')})" if cond else ""
             raise Blocked("LayerNotReady", f"Layer {name} is not ready{why}", retry=LAYER_DELAY)
         artifacts.append(LayerArtifact.from_status(name, status))
     return artifacts
-
-
-def _ready(status: dict[str, Any]) -> bool:
-    return any(c.get("type") == READY and c.get("status") == "True" for c in status.get("conditions") or [])
-
-
-def _message(status: dict[str, Any]) -> str:
-    return next((c.get("message", "") for c in status.get("conditions") or [] if c.get("type") == READY), "")
 
 
 def check_references(kube: Kube, fn: Function) -> dict[str, Any] | None:
@@ -122,7 +102,7 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
     kube = ctx.kube
     try:
         try:
-            fn = parse_function(body)
+            fn = parse_as(body, Function)
             layers = resolve_layers(kube, fn)
             code_cm = check_references(kube, fn)
             res = build_function(fn, ctx.settings, layers, code_cm)

@@ -9,32 +9,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from lamina.api import Layer, ManifestError, parse_object
+from lamina.api import API_VERSION, Layer
 from lamina.reconcilers.apply import apply
 from lamina.reconcilers.client import ApiError, Kube, Ref
-from lamina.reconcilers.context import Blocked, Context
-from lamina.reconcilers.status import READY, Compute, set_condition, write_status
+from lamina.reconcilers.context import Blocked, Context, parse_as
+from lamina.reconcilers.status import READY, Compute, is_ready, set_condition, write_status
 from lamina.resources import NotSupported, build_layer, labels
 from lamina.resources.layer import LayerBuild, next_revision, stale_revisions
 
 log = logging.getLogger(__name__)
 
-GROUP_VERSION = "lamina.dev/v1alpha1"
 POLL_DELAY = 10.0
 
 
 def layer_ref(namespace: str, name: str) -> Ref:
-    return Ref(GROUP_VERSION, "Layer", namespace, name)
-
-
-def parse_layer(body: dict[str, Any]) -> Layer:
-    doc = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
-    try:
-        layer = parse_object(doc)
-    except ManifestError as e:
-        raise Blocked("InvalidSpec", str(e), retry=None) from None
-    assert isinstance(layer, Layer)
-    return layer
+    return Ref(API_VERSION, "Layer", namespace, name)
 
 
 def prune_revisions(kube: Kube, layer: Layer, current: str) -> None:
@@ -75,7 +64,7 @@ def reconcile_layer(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any],
     ref = layer_ref(ns, name)
     try:
         try:
-            layer = parse_layer(body)
+            layer = parse_as(body, Layer)
             result = build(ctx.kube, layer)
             if result.config_map is not None:
                 apply(ctx.kube, result.config_map)
@@ -134,10 +123,4 @@ def artifact_changed(written: tuple[dict[str, Any], dict[str, Any]] | None) -> b
         return False
     before, after = written
     keys = ("revision", "digest", "artifact")
-    was_ready = any(
-        c.get("type") == READY and c.get("status") == "True" for c in before.get("conditions") or []
-    )
-    is_ready = any(
-        c.get("type") == READY and c.get("status") == "True" for c in after.get("conditions") or []
-    )
-    return was_ready != is_ready or any(before.get(k) != after.get(k) for k in keys)
+    return is_ready(before) != is_ready(after) or any(before.get(k) != after.get(k) for k in keys)

@@ -78,6 +78,11 @@ def ready_reason(status: Mapping[str, Any] | None) -> str | None:
     return cond.get("reason") if cond else None
 
 
+def is_ready(status: Mapping[str, Any] | None) -> bool:
+    cond = find((status or {}).get("conditions"), READY)
+    return cond is not None and cond.get("status") == "True"
+
+
 def is_blocked(obj: Mapping[str, Any]) -> bool:
     """Whether the last reconcile of the current generation stopped at a blocking reason."""
     status = obj.get("status") or {}
