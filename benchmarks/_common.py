@@ -26,16 +26,33 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def summary(label: str, samples_ms: list[float]) -> str:
-    return (f"{label:44} n={len(samples_ms):5}  p50={percentile(samples_ms, 50):7.3f} ms  "
-            f"p99={percentile(samples_ms, 99):7.3f} ms  mean={statistics.fmean(samples_ms):7.3f} ms")
+    return (
+        f"{label:44} n={len(samples_ms):5}  p50={percentile(samples_ms, 50):7.3f} ms  "
+        f"p99={percentile(samples_ms, 99):7.3f} ms  mean={statistics.fmean(samples_ms):7.3f} ms"
+    )
 
 
 def start_local(manifest_dir: Path, state_dir: Path, port: int, *extra: str) -> subprocess.Popen[bytes]:
     log = open(state_dir.parent / f"local-{port}.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lamina.cli", "local", str(manifest_dir), "--port", str(port),
-         "--state-dir", str(state_dir), "--quiet", *extra],
-        stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        [
+            sys.executable,
+            "-m",
+            "lamina.cli",
+            "local",
+            str(manifest_dir),
+            "--port",
+            str(port),
+            "--state-dir",
+            str(state_dir),
+            "--quiet",
+            *extra,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     wait_for_port(port, proc)
     return proc
 
@@ -53,8 +70,14 @@ def wait_for_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeou
 
 
 def function_manifest(name: str, code: str, **spec: object) -> str:
-    lines = ["apiVersion: lamina.dev/v1alpha1", "kind: Function", "metadata:", f"  name: {name}", "spec:",
-             "  handler: index.handler"]
+    lines = [
+        "apiVersion: lamina.dev/v1alpha1",
+        "kind: Function",
+        "metadata:",
+        f"  name: {name}",
+        "spec:",
+        "  handler: index.handler",
+    ]
     lines += [f"  {key}: {value}" for key, value in spec.items()]
     lines += ["  code:", "    inline: |"] + [f"      {line}" for line in code.splitlines()]
     return "\n".join(lines) + "\n"

@@ -52,7 +52,8 @@ async def main() -> None:
         for i in range(args.starts):
             (m / f"hello-{i}.yaml").write_text(function_manifest(f"hello-{i}", HELLO))
             (m / f"layered-{i}.yaml").write_text(
-                function_manifest(f"layered-{i}", LAYERED, layers="[shared]"))
+                function_manifest(f"layered-{i}", LAYERED, layers="[shared]")
+            )
         port = free_port()
         server = start_local(m, root / "state", port)
         results: dict[str, list[float]] = {"hello": [], "layered": []}

@@ -38,7 +38,8 @@ async def main() -> None:
         (root / "m").mkdir()
         n = args.environments
         (root / "m" / "noop.yaml").write_text(
-            function_manifest("noop", NOOP, provisionedConcurrency=n, reservedConcurrency=n))
+            function_manifest("noop", NOOP, provisionedConcurrency=n, reservedConcurrency=n)
+        )
         port = free_port()
         server = start_local(root / "m", root / "state", port)
         url = f"http://127.0.0.1:{port}/2015-03-31/functions/noop/invocations"
@@ -46,20 +47,24 @@ async def main() -> None:
             connector = aiohttp.TCPConnector(limit=args.callers)
             async with aiohttp.ClientSession(connector=connector) as session:
                 warm: dict[str, int] = {}
-                await asyncio.gather(*(caller(session, url, time.perf_counter() + 1, warm)
-                                       for _ in range(args.callers)))
+                await asyncio.gather(
+                    *(caller(session, url, time.perf_counter() + 1, warm) for _ in range(args.callers))
+                )
                 counts: dict[str, int] = {}
                 started = time.perf_counter()
-                await asyncio.gather(*(caller(session, url, started + args.seconds, counts)
-                                       for _ in range(args.callers)))
+                await asyncio.gather(
+                    *(caller(session, url, started + args.seconds, counts) for _ in range(args.callers))
+                )
                 elapsed = time.perf_counter() - started
         finally:
             server.terminate()
             server.wait()
     ok = counts.get("200", 0)
-    print(f"{args.environments} warm environments, {args.callers} callers, {elapsed:.1f} s: "
-          f"{ok / elapsed:,.0f} invocations/s (200: {ok}, other: "
-          f"{ {k: v for k, v in counts.items() if k != '200'} })")
+    print(
+        f"{args.environments} warm environments, {args.callers} callers, {elapsed:.1f} s: "
+        f"{ok / elapsed:,.0f} invocations/s (200: {ok}, other: "
+        f"{ {k: v for k, v in counts.items() if k != '200'} })"
+    )
 
 
 if __name__ == "__main__":

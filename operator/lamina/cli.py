@@ -11,9 +11,15 @@ from pathlib import Path
 def _local(args: argparse.Namespace) -> int:
     from lamina.local.runner import LocalOptions, serve
 
-    options = LocalOptions(paths=args.paths, host=args.host, port=args.port, state_dir=Path(args.state_dir),
-                           max_environments=args.max_environments, quiet=args.quiet,
-                           async_retry_base_seconds=args.async_retry_base_seconds)
+    options = LocalOptions(
+        paths=args.paths,
+        host=args.host,
+        port=args.port,
+        state_dir=Path(args.state_dir),
+        max_environments=args.max_environments,
+        quiet=args.quiet,
+        async_retry_base_seconds=args.async_retry_base_seconds,
+    )
     return asyncio.run(serve(options))
 
 
@@ -49,12 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("paths", nargs="+", help="manifest files or folders (the ones kubectl apply takes)")
     local.add_argument("--host", default="127.0.0.1")
     local.add_argument("--port", type=int, default=9000)
-    local.add_argument("--state-dir", default=".lamina-state",
-                       help="where code, layers and the async event queue are kept (default .lamina-state)")
-    local.add_argument("--max-environments", type=int, default=64,
-                       help="concurrency limit shared by functions without reserved concurrency")
-    local.add_argument("--async-retry-base-seconds", type=float, default=60.0,
-                       help="first retry delay of a failed async event (Lambda: about 60 s)")
+    local.add_argument(
+        "--state-dir",
+        default=".lamina-state",
+        help="where code, layers and the async event queue are kept (default .lamina-state)",
+    )
+    local.add_argument(
+        "--max-environments",
+        type=int,
+        default=64,
+        help="concurrency limit shared by functions without reserved concurrency",
+    )
+    local.add_argument(
+        "--async-retry-base-seconds",
+        type=float,
+        default=60.0,
+        help="first retry delay of a failed async event (Lambda: about 60 s)",
+    )
     local.add_argument("--quiet", action="store_true", help="no line per invocation")
     local.set_defaults(run=_local)
 

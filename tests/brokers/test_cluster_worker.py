@@ -60,10 +60,22 @@ def gateway(tmp_path: Path) -> Iterator[tuple[LocalServer, Path]]:
 
 def start_worker(esm: dict, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "lamina.cli", "worker", "esm", "--namespace", "default", "--name",
-         esm["metadata"]["name"]],
+        [
+            sys.executable,
+            "-m",
+            "lamina.cli",
+            "worker",
+            "esm",
+            "--namespace",
+            "default",
+            "--name",
+            esm["metadata"]["name"],
+        ],
         env={**os.environ, "LAMINA_ESM": json.dumps(esm), "PYTHONUNBUFFERED": "1", **env},
-        stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO)
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
 
 
 def wait_for(predicate, timeout: float = 60) -> None:
@@ -80,23 +92,37 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
 
 def test_stream_consumer_invokes_through_the_gateway(redis_server, gateway, tmp_path: Path) -> None:
     server, out = gateway
-    esm = {"apiVersion": "lamina.dev/v1alpha1", "kind": "EventSourceMapping",
-           "metadata": {"name": "orders", "namespace": "default"},
-           "spec": {"functionName": "consumer", "batchSize": 5, "maximumRetryAttempts": 0,
-                    "bisectBatchOnFunctionError": True,
-                    "source": {"redis": {"url": redis_server.url, "stream": "orders"}},
-                    "destinationConfig": {"onFailure": {"redis": {
-                        "urlFrom": {"secretKeyRef": {"name": "dlq", "key": "url"}}, "stream": "dlq"}}}}}
+    esm = {
+        "apiVersion": "lamina.dev/v1alpha1",
+        "kind": "EventSourceMapping",
+        "metadata": {"name": "orders", "namespace": "default"},
+        "spec": {
+            "functionName": "consumer",
+            "batchSize": 5,
+            "maximumRetryAttempts": 0,
+            "bisectBatchOnFunctionError": True,
+            "source": {"redis": {"url": redis_server.url, "stream": "orders"}},
+            "destinationConfig": {
+                "onFailure": {
+                    "redis": {"urlFrom": {"secretKeyRef": {"name": "dlq", "key": "url"}}, "stream": "dlq"}
+                }
+            },
+        },
+    }
     client = redis.Redis.from_url(redis_server.url)
     for i in range(12):
         client.xadd("orders", {"body": "poison" if i == 4 else f"order-{i}"})
-    worker = start_worker(esm, {"LAMINA_GATEWAY_URL": server.url,
-                                "LAMINA_ON_FAILURE_URL": redis_server.url}, tmp_path / "worker.log")
+    worker = start_worker(
+        esm,
+        {"LAMINA_GATEWAY_URL": server.url, "LAMINA_ON_FAILURE_URL": redis_server.url},
+        tmp_path / "worker.log",
+    )
     try:
         expected = {f"order-{i}" for i in range(12) if i != 4}
         # Bisecting re-runs the good half of a failed batch: at-least-once, so compare as sets.
-        wait_for(lambda: client.xlen("dlq") == 1 and out.exists()
-                 and set(out.read_text().split()) == expected)
+        wait_for(
+            lambda: client.xlen("dlq") == 1 and out.exists() and set(out.read_text().split()) == expected
+        )
         [(_, fields)] = client.xrange("dlq")
         assert json.loads(fields[b"body"])["record"]["body"] == "poison"
     finally:
@@ -105,10 +131,15 @@ def test_stream_consumer_invokes_through_the_gateway(redis_server, gateway, tmp_
 
 def test_two_schedule_replicas_fire_each_tick_once(redis_server, gateway, tmp_path: Path) -> None:
     server, out = gateway
-    esm = {"apiVersion": "lamina.dev/v1alpha1", "kind": "EventSourceMapping",
-           "metadata": {"name": "tick", "namespace": "default"},
-           "spec": {"functionName": "consumer",
-                    "source": {"schedule": {"expression": "rate(1 minute)", "input": {"tick": True}}}}}
+    esm = {
+        "apiVersion": "lamina.dev/v1alpha1",
+        "kind": "EventSourceMapping",
+        "metadata": {"name": "tick", "namespace": "default"},
+        "spec": {
+            "functionName": "consumer",
+            "source": {"schedule": {"expression": "rate(1 minute)", "input": {"tick": True}}},
+        },
+    }
     env = {"LAMINA_GATEWAY_URL": server.url, "LAMINA_REDIS_URL": redis_server.url}
     workers = [start_worker(esm, env, tmp_path / f"worker-{i}.log") for i in range(2)]
     try:

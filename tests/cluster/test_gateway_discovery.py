@@ -20,11 +20,17 @@ from lamina.resources import labels, names
 def deployment(name: str, replicas: int) -> dict[str, Any]:
     pod_labels = {labels.FUNCTION: name, labels.NAME: labels.FUNCTION_APP}
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": {"name": names.function_deployment(name)},
-        "spec": {"replicas": replicas, "selector": {"matchLabels": pod_labels},
-                 "template": {"metadata": {"labels": pod_labels},
-                              "spec": {"containers": [{"name": "runtime", "image": "lamina/runtime:test"}]}}},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": pod_labels},
+            "template": {
+                "metadata": {"labels": pod_labels},
+                "spec": {"containers": [{"name": "runtime", "image": "lamina/runtime:test"}]},
+            },
+        },
     }
 
 

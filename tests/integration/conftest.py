@@ -14,8 +14,9 @@ MANIFESTS = Path(__file__).parent / "manifests"
 def local_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     """One `lamina local` serving the examples and the test manifests, for a module of tests."""
     state = tmp_path_factory.mktemp("state")
-    server = LocalServer([REPO / "examples", MANIFESTS], state,
-                         extra_args=["--async-retry-base-seconds", "0.2"]).start()
+    server = LocalServer(
+        [REPO / "examples", MANIFESTS], state, extra_args=["--async-retry-base-seconds", "0.2"]
+    ).start()
     yield server
     server.stop()
 

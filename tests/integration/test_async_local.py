@@ -29,8 +29,9 @@ def lines(path: Path) -> list[dict]:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[LocalServer]:
-    srv = LocalServer([MANIFESTS], tmp_path / "state",
-                      extra_args=["--async-retry-base-seconds", "0.2"]).start()
+    srv = LocalServer(
+        [MANIFESTS], tmp_path / "state", extra_args=["--async-retry-base-seconds", "0.2"]
+    ).start()
     yield srv
     srv.kill()
 
@@ -89,8 +90,9 @@ def test_no_event_is_lost_when_local_mode_is_killed(tmp_path: Path) -> None:
     first.kill()  # SIGKILL while most events are still queued
     done_before = {r["id"] for r in lines(out)}
     assert done_before != set(ids), "the kill came too late to test anything"
-    second = LocalServer([MANIFESTS], state, port=first.port,
-                         extra_args=["--async-retry-base-seconds", "0.2"]).start()
+    second = LocalServer(
+        [MANIFESTS], state, port=first.port, extra_args=["--async-retry-base-seconds", "0.2"]
+    ).start()
     try:
         wait_for(lambda: {r["id"] for r in lines(out)} == set(ids), timeout=120)
     finally:

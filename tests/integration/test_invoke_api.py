@@ -32,8 +32,12 @@ def test_success_returns_result_and_lambda_headers(lambda_client) -> None:
 
 def test_context_and_environment_reach_the_handler(lambda_client) -> None:
     custom = {"custom": {"tenant": "t1"}, "client": {}, "env": {}}
-    response = invoke(lambda_client, "echo", {"k": [1, 2]},
-                      ClientContext=base64.b64encode(json.dumps(custom).encode()).decode())
+    response = invoke(
+        lambda_client,
+        "echo",
+        {"k": [1, 2]},
+        ClientContext=base64.b64encode(json.dumps(custom).encode()).decode(),
+    )
     body = read(response)
     assert body["event"] == {"k": [1, 2]}
     assert body["function_name"] == "echo"
@@ -141,8 +145,11 @@ def test_tail_returns_the_invocation_log(lambda_client) -> None:
     assert f"START RequestId: {request_id} Version: $LATEST" in log
     assert "tail-me" in log
     assert f"END RequestId: {request_id}" in log
-    assert re.search(rf"REPORT RequestId: {request_id}\tDuration: [\d.]+ ms\tBilled Duration: \d+ ms\t"
-                     r"Memory Size: 256 MB\tMax Memory Used: \d+ MB", log)
+    assert re.search(
+        rf"REPORT RequestId: {request_id}\tDuration: [\d.]+ ms\tBilled Duration: \d+ ms\t"
+        r"Memory Size: 256 MB\tMax Memory Used: \d+ MB",
+        log,
+    )
 
 
 def test_event_invocation_is_accepted_then_runs(lambda_client, tmp_path) -> None:

@@ -38,8 +38,10 @@ def wait_for(predicate, timeout: float = 60) -> None:
 def test_redis_stream_consumer_with_bisect_and_dead_letters(redis_server, tmp_path: Path) -> None:
     manifest = (REPO / "docs/examples/orders-from-redis.yaml").read_text()
     manifest = manifest.replace("redis://127.0.0.1:6379/0", redis_server.url)
-    manifest = manifest.replace('print("processed order", order.get("id"))',
-                                f'open({str(tmp_path / "done")!r}, "a").write(str(order["id"]) + "\\n")')
+    manifest = manifest.replace(
+        'print("processed order", order.get("id"))',
+        f'open({str(tmp_path / "done")!r}, "a").write(str(order["id"]) + "\\n")',
+    )
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "orders.yaml").write_text(manifest)
     client = redis.Redis.from_url(redis_server.url)
@@ -49,8 +51,11 @@ def test_redis_stream_consumer_with_bisect_and_dead_letters(redis_server, tmp_pa
     server = LocalServer([tmp_path / "m"], tmp_path / "state").start()
     try:
         done = tmp_path / "done"
-        wait_for(lambda: client.xlen("orders-dlq") == 1
-                 and done.exists() and len(set(done.read_text().split())) == 19)
+        wait_for(
+            lambda: (
+                client.xlen("orders-dlq") == 1 and done.exists() and len(set(done.read_text().split())) == 19
+            )
+        )
         assert set(done.read_text().split()) == {str(i) for i in range(20) if i != 7}
         [(_, fields)] = client.xrange("orders-dlq")
         record = json.loads(fields[b"body"])
@@ -71,9 +76,13 @@ def test_redis_stream_consumer_with_bisect_and_dead_letters(redis_server, tmp_pa
 def test_rate_schedule_fires_on_time(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "schedule.yaml").write_text(
-        (REPO / "examples/schedule.yaml").read_text().replace(
-            'print(f"report for {event[\'time\']} ({event[\'detail-type\']})")',
-            f'open({str(tmp_path / "fired")!r}, "a").write(event["time"] + "\\n")'))
+        (REPO / "examples/schedule.yaml")
+        .read_text()
+        .replace(
+            "print(f\"report for {event['time']} ({event['detail-type']})\")",
+            f'open({str(tmp_path / "fired")!r}, "a").write(event["time"] + "\\n")',
+        )
+    )
     server = LocalServer([tmp_path / "m"], tmp_path / "state").start()
     try:
         fired = tmp_path / "fired"

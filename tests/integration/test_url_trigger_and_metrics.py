@@ -12,9 +12,12 @@ def request(url: str, method: str = "GET", body: bytes | None = None, headers: d
 
 
 def test_http_request_becomes_a_payload_2_event(local_server) -> None:
-    response = request(f"{local_server.url}/url/web/items/7?color=red&color=blue&size=L", "POST",
-                       b'{"a": 1}', {"Content-Type": "application/json", "Cookie": "session=abc; theme=dark",
-                                     "X-Custom": "yes"})
+    response = request(
+        f"{local_server.url}/url/web/items/7?color=red&color=blue&size=L",
+        "POST",
+        b'{"a": 1}',
+        {"Content-Type": "application/json", "Cookie": "session=abc; theme=dark", "X-Custom": "yes"},
+    )
     assert response.status == 201
     assert response.headers["X-Seen-Path"] == "/items/7"
     assert response.headers.get_all("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/"]
@@ -32,8 +35,12 @@ def test_http_request_becomes_a_payload_2_event(local_server) -> None:
 
 
 def test_binary_body_is_base64_encoded(local_server) -> None:
-    response = request(f"{local_server.url}/url/web/upload", "PUT", b"\x00\x01\xff",
-                       {"Content-Type": "application/octet-stream"})
+    response = request(
+        f"{local_server.url}/url/web/upload",
+        "PUT",
+        b"\x00\x01\xff",
+        {"Content-Type": "application/octet-stream"},
+    )
     event = json.loads(response.read())
     assert event["isBase64Encoded"] is True
     assert event["body"] == "AAH/"

@@ -27,11 +27,24 @@ def handler(event, context):
 
 async def start_server(code_dir: Path) -> tuple[str, asyncio.subprocess.Process]:
     port = free_port()
-    env = {**os.environ, "_HANDLER": "index.handler", "LAMBDA_TASK_ROOT": str(code_dir),
-           "AWS_LAMBDA_FUNCTION_NAME": "fn", "LAMINA_TIMEOUT_SECONDS": "5"}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "lamina_runtime", "serve", "--port",
-                                                str(port), env=env, stdout=subprocess.DEVNULL,
-                                                stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "_HANDLER": "index.handler",
+        "LAMBDA_TASK_ROOT": str(code_dir),
+        "AWS_LAMBDA_FUNCTION_NAME": "fn",
+        "LAMINA_TIMEOUT_SECONDS": "5",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "lamina_runtime",
+        "serve",
+        "--port",
+        str(port),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(200):
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)

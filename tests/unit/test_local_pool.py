@@ -33,8 +33,11 @@ def fn(code_dir: Path, **kw: object) -> FunctionConfig:
 
 async def call(pool: LocalProcessPool, config: FunctionConfig, **event: object) -> dict:
     result = await pool.invoke(config, InvocationRequest(request_id="r", payload=json.dumps(event).encode()))
-    return {"error": result.error_type, "cold": result.init_duration_ms is not None,
-            **(json.loads(result.payload) if not result.function_error else {})}
+    return {
+        "error": result.error_type,
+        "cold": result.init_duration_ms is not None,
+        **(json.loads(result.payload) if not result.function_error else {}),
+    }
 
 
 async def test_provisioned_environments_start_first_and_are_never_reaped(code_dir: Path) -> None:

@@ -35,11 +35,18 @@ def function_config(fn: Function) -> FunctionConfig:
     """What the gateway needs of a Function object (code and layers live in the pods)."""
     spec = fn.spec
     return FunctionConfig(
-        name=fn.name, namespace=fn.metadata.namespace, handler=spec.handler, runtime=spec.runtime,
-        memory_mb=spec.memory_mb, timeout_seconds=spec.timeout_seconds,
-        reserved_concurrency=spec.reserved_concurrency, provisioned_concurrency=spec.provisioned_concurrency,
-        idle_timeout_seconds=float(spec.idle_timeout_seconds), async_config=spec.async_,
-        revision=str(fn.metadata.generation or ""))
+        name=fn.name,
+        namespace=fn.metadata.namespace,
+        handler=spec.handler,
+        runtime=spec.runtime,
+        memory_mb=spec.memory_mb,
+        timeout_seconds=spec.timeout_seconds,
+        reserved_concurrency=spec.reserved_concurrency,
+        provisioned_concurrency=spec.provisioned_concurrency,
+        idle_timeout_seconds=float(spec.idle_timeout_seconds),
+        async_config=spec.async_,
+        revision=str(fn.metadata.generation or ""),
+    )
 
 
 class FunctionCatalog:
@@ -72,8 +79,9 @@ class FunctionCatalog:
         fn = self.functions.get(key)
         if fn is None:
             raise FunctionNotFound(f"Function not found: {key}")
-        request = InvocationRequest(request_id=request_id or str(uuid.uuid4()), payload=payload,
-                                    invoked_function_arn=fn.arn)
+        request = InvocationRequest(
+            request_id=request_id or str(uuid.uuid4()), payload=payload, invoked_function_arn=fn.arn
+        )
         return await self.service.invoke(fn, request)
 
 
@@ -81,8 +89,11 @@ async def serve(args: argparse.Namespace) -> int:
     api = await asyncio.to_thread(api_client, args.kubeconfig)
     source = KubernetesEndpointSource(api, args.namespace)
     pool = HttpEnvironmentPool(source, [], cold_start_timeout=args.cold_start_timeout)
-    service = InvocationService(FunctionRegistry([], default_namespace=args.default_namespace), pool,
-                                limiter=ConcurrencyLimiter(args.concurrency_limit))
+    service = InvocationService(
+        FunctionRegistry([], default_namespace=args.default_namespace),
+        pool,
+        limiter=ConcurrencyLimiter(args.concurrency_limit),
+    )
     catalog = FunctionCatalog(service, pool)
     loop = asyncio.get_running_loop()
     functions = ThreadedWatch(list_functions_fn(api, args.namespace), catalog.on_event, loop)
@@ -119,8 +130,11 @@ def run_gateway(argv: list[str]) -> int:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=9000)
     parser.add_argument("--namespace", default=None, help="watch one namespace (default: all)")
-    parser.add_argument("--default-namespace", default="default",
-                        help="namespace of plain function names (others: namespace.name)")
+    parser.add_argument(
+        "--default-namespace",
+        default="default",
+        help="namespace of plain function names (others: namespace.name)",
+    )
     parser.add_argument("--redis-url", default=None, help="durable queue of Event invocations")
     parser.add_argument("--concurrency-limit", type=int, default=1000)
     parser.add_argument("--cold-start-timeout", type=float, default=120.0)

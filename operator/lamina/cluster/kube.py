@@ -34,8 +34,9 @@ def api_client(kubeconfig: str | None = None) -> client.ApiClient:
 class ThreadedWatch:
     """List then watch one kind forever (re-listing on expiry); events reach `handler` on the loop."""
 
-    def __init__(self, list_fn: Callable[..., Any], handler: Handler, loop: asyncio.AbstractEventLoop,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, list_fn: Callable[..., Any], handler: Handler, loop: asyncio.AbstractEventLoop, **kwargs: Any
+    ) -> None:
         self.list_fn = list_fn
         self.handler = handler
         self.loop = loop
@@ -63,8 +64,9 @@ class ThreadedWatch:
                     self._emit("ADDED", item)
                 self.loop.call_soon_threadsafe(self.synced.set)
                 version = doc["metadata"]["resourceVersion"]
-                stream = watch.Watch().stream(self.list_fn, resource_version=version, timeout_seconds=60,
-                                              **self.kwargs)
+                stream = watch.Watch().stream(
+                    self.list_fn, resource_version=version, timeout_seconds=60, **self.kwargs
+                )
                 for event in stream:
                     if self._stop.is_set():
                         return
@@ -85,6 +87,7 @@ def custom_objects(api: client.ApiClient) -> client.CustomObjectsApi:
 def list_functions_fn(api: client.ApiClient, namespace: str | None) -> Callable[..., Any]:
     objects = custom_objects(api)
     if namespace:
+
         def list_namespaced(**kw: Any) -> Any:
             return objects.list_namespaced_custom_object(GROUP, VERSION, namespace, "functions", **kw)
 

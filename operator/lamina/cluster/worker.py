@@ -53,16 +53,21 @@ class GatewayClient:
                 raise FunctionNotFound(f"Function not found: {function_key}")
             if response.status != 200:
                 raise RuntimeError(f"gateway answered {response.status}: {body[:200]!r}")
-            return InvocationResult(request_id=response.headers.get("x-amzn-RequestId", ""), payload=body,
-                                    function_error=response.headers.get("X-Amz-Function-Error"))
+            return InvocationResult(
+                request_id=response.headers.get("x-amzn-RequestId", ""),
+                payload=body,
+                function_error=response.headers.get("X-Amz-Function-Error"),
+            )
 
     async def enqueue(self, function_key: str, payload: bytes, request_id: str | None) -> None:
         url = self.base_url + invoke_path(function_key)
         headers = {"X-Amz-Invocation-Type": "Event"}
         async with self._http().post(url, data=payload, headers=headers) as response:
             if response.status != 202:
-                raise RuntimeError(f"gateway refused an Event invocation: {response.status} "
-                                   f"{(await response.read())[:200]!r}")
+                raise RuntimeError(
+                    f"gateway refused an Event invocation: {response.status} "
+                    f"{(await response.read())[:200]!r}"
+                )
 
     async def close(self) -> None:
         if self._session is not None:
@@ -93,8 +98,10 @@ def tick_store(environ: Mapping[str, str]) -> Any:
         return RedisTickStore.from_url(url, owner=socket.gethostname())
     from lamina.schedule.stores import SqliteTickStore
 
-    log.warning("LAMINA_REDIS_URL is not set: schedule ticks are claimed in a local file, so two "
-                "replicas could both fire a tick")
+    log.warning(
+        "LAMINA_REDIS_URL is not set: schedule ticks are claimed in a local file, so two "
+        "replicas could both fire a tick"
+    )
     return SqliteTickStore(os.path.join(environ.get("TMPDIR", "/tmp"), "lamina-ticks.sqlite3"))
 
 
@@ -108,15 +115,19 @@ async def run(environ: Mapping[str, str]) -> int:
     esm = parse_object(json.loads(raw))
     assert isinstance(esm, EventSourceMapping)
     gateway = GatewayClient(environ.get("LAMINA_GATEWAY_URL", "http://lamina-gateway:9000"))
-    runner = mapping_runner(esm, gateway.invoke, gateway.enqueue, url_resolver(esm, environ),
-                            tick_store(environ))
+    runner = mapping_runner(
+        esm, gateway.invoke, gateway.enqueue, url_resolver(esm, environ), tick_store(environ)
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await runner.start()
-    print(f"lamina worker: {esm.metadata.namespace}/{esm.name}: {esm.spec.source.describe()} -> "
-          f"{esm.spec.function_name}", flush=True)
+    print(
+        f"lamina worker: {esm.metadata.namespace}/{esm.name}: {esm.spec.source.describe()} -> "
+        f"{esm.spec.function_name}",
+        flush=True,
+    )
     await stop.wait()
     await runner.stop()
     await gateway.close()

@@ -52,9 +52,15 @@ class _Pool:
 class HttpEnvironmentPool:
     """An `EnvironmentPool` whose environments are HTTP endpoints published by an `EndpointSource`."""
 
-    def __init__(self, source: EndpointSource, functions: list[FunctionConfig], *,
-                 cold_start_timeout: float = 120.0, max_environments: int = 1000,
-                 reap_interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        source: EndpointSource,
+        functions: list[FunctionConfig],
+        *,
+        cold_start_timeout: float = 120.0,
+        max_environments: int = 1000,
+        reap_interval: float = 5.0,
+    ) -> None:
         self.source = source
         self.cold_start_timeout = cold_start_timeout
         self.max_environments = max_environments
@@ -67,7 +73,8 @@ class HttpEnvironmentPool:
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+        )
         await self.source.start()
         for pool in self._pools.values():
             pool.requested = max(len(pool.ready), pool.config.provisioned_concurrency)
@@ -138,8 +145,9 @@ class HttpEnvironmentPool:
             return await asyncio.wait_for(asyncio.shield(waiter), self.cold_start_timeout)
         except TimeoutError:
             waiter.cancel()
-            raise NoEnvironment(f"no environment of {pool.config.name} became ready within "
-                                f"{self.cold_start_timeout:.0f} s") from None
+            raise NoEnvironment(
+                f"no environment of {pool.config.name} became ready within {self.cold_start_timeout:.0f} s"
+            ) from None
 
     async def _post(self, endpoint: str, request: InvocationRequest, fn: FunctionConfig) -> InvocationResult:
         assert self._session is not None
@@ -148,18 +156,22 @@ class HttpEnvironmentPool:
             headers["Lamina-Client-Context"] = request.client_context
         # The pod enforces the function timeout; this bound only catches a pod that vanished mid-call.
         timeout = aiohttp.ClientTimeout(total=fn.timeout_seconds + 30)
-        async with self._session.post(f"http://{endpoint}/invoke", data=request.payload, headers=headers,
-                                      timeout=timeout) as response:
+        async with self._session.post(
+            f"http://{endpoint}/invoke", data=request.payload, headers=headers, timeout=timeout
+        ) as response:
             body = await response.read()
             h = response.headers
         init = h.get("Lamina-Init-Duration-Ms")
         return InvocationResult(
-            request_id=request.request_id, payload=body,
-            function_error=h.get("Lamina-Function-Error"), error_type=h.get("Lamina-Error-Type"),
+            request_id=request.request_id,
+            payload=body,
+            function_error=h.get("Lamina-Function-Error"),
+            error_type=h.get("Lamina-Error-Type"),
             log=base64.b64decode(h.get("Lamina-Log-Result", "")).decode(errors="replace"),
             duration_ms=float(h.get("Lamina-Duration-Ms", 0)),
             init_duration_ms=float(init) if init else None,
-            max_memory_mb=int(h.get("Lamina-Max-Memory-Mb", 0)))
+            max_memory_mb=int(h.get("Lamina-Max-Memory-Mb", 0)),
+        )
 
     async def _reap_forever(self) -> None:
         while True:

@@ -53,11 +53,14 @@ class KubernetesEndpointSource:
     async def start(self) -> None:
         selector = labels.FUNCTION
         if self.namespace:
+
             def list_pods(**kw: Any) -> Any:
                 return self.core.list_namespaced_pod(self.namespace, label_selector=selector, **kw)
         else:
+
             def list_pods(**kw: Any) -> Any:
                 return self.core.list_pod_for_all_namespaces(label_selector=selector, **kw)
+
         self._watch = ThreadedWatch(list_pods, self._on_pod, asyncio.get_running_loop())
         self._watch.start()
         await asyncio.to_thread(self._watch.synced.wait, 30)
@@ -91,9 +94,11 @@ class KubernetesEndpointSource:
             pod = next((name for ep, name in self._pods.get(fn.key, {}).values() if ep == retire), None)
             if pod is not None:
                 self.core.patch_namespaced_pod(
-                    pod, fn.namespace, {"metadata": {"annotations": {DELETION_COST: "-1000"}}})
+                    pod, fn.namespace, {"metadata": {"annotations": {DELETION_COST: "-1000"}}}
+                )
         self.apps.patch_namespaced_deployment_scale(
-            names.function_deployment(fn.name), fn.namespace, {"spec": {"replicas": replicas}})
+            names.function_deployment(fn.name), fn.namespace, {"spec": {"replicas": replicas}}
+        )
 
     async def close(self) -> None:
         if self._watch is not None:

@@ -48,22 +48,32 @@ class _FunctionEnvironments:
 class LocalProcessPool:
     """An `EnvironmentPool` whose environments are `python -m lamina_runtime.worker` processes."""
 
-    def __init__(self, functions: list[FunctionConfig], *, max_environments: int = 64,
-                 python: str = sys.executable, handler_output: IO[Any] | int | None = None,
-                 reap_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        functions: list[FunctionConfig],
+        *,
+        max_environments: int = 64,
+        python: str = sys.executable,
+        handler_output: IO[Any] | int | None = None,
+        reap_interval: float = 1.0,
+    ) -> None:
         self.max_environments = max_environments
         self.python = python
         self.handler_output = handler_output
         self.reap_interval = reap_interval
         self._functions: dict[str, _FunctionEnvironments] = {
-            f.key: _FunctionEnvironments(f) for f in functions}
+            f.key: _FunctionEnvironments(f) for f in functions
+        }
         self._reaper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        starts = [self._start_provisioned(envs) for envs in self._functions.values()
-                  for _ in range(envs.config.provisioned_concurrency)]
+        starts = [
+            self._start_provisioned(envs)
+            for envs in self._functions.values()
+            for _ in range(envs.config.provisioned_concurrency)
+        ]
         await asyncio.gather(*starts)
         self._reaper = asyncio.create_task(self._reap_forever(), name="lamina-reaper")
 
@@ -109,8 +119,15 @@ class LocalProcessPool:
         return envs.total if envs else 0
 
     def describe(self) -> dict[str, dict[str, int]]:
-        return {key: {"idle": len(e.idle), "busy": len(e.busy), "starting": e.starting,
-                      "provisioned": e.provisioned_count} for key, e in self._functions.items()}
+        return {
+            key: {
+                "idle": len(e.idle),
+                "busy": len(e.busy),
+                "starting": e.starting,
+                "provisioned": e.provisioned_count,
+            }
+            for key, e in self._functions.items()
+        }
 
     # -- invocation ----------------------------------------------------------------------------
     async def invoke(self, fn: FunctionConfig, request: InvocationRequest) -> InvocationResult:
@@ -191,9 +208,16 @@ class LocalProcessPool:
         env_vars = dict(fn.environment)
         env_vars["AWS_LAMBDA_INITIALIZATION_TYPE"] = "provisioned-concurrency" if provisioned else "on-demand"
         worker = WorkerProcess(
-            handler=fn.handler, code_dir=fn.code_dir or ".", layers=list(fn.layer_dirs),
-            env=env_vars, function_name=fn.name, memory_mb=fn.memory_mb,
-            timeout_s=float(fn.timeout_seconds), python=self.python, stdout=self.handler_output)
+            handler=fn.handler,
+            code_dir=fn.code_dir or ".",
+            layers=list(fn.layer_dirs),
+            env=env_vars,
+            function_name=fn.name,
+            memory_mb=fn.memory_mb,
+            timeout_s=float(fn.timeout_seconds),
+            python=self.python,
+            stdout=self.handler_output,
+        )
         envs.starting += 1
         try:
             await worker.start()

@@ -25,8 +25,9 @@ SERVICE_KEY = web.AppKey("invocation_service", InvocationService)
 
 
 def error_response(exc: LambdaServiceError, request_id: str) -> web.Response:
-    return web.Response(status=exc.status, body=exc.body(),
-                        headers={**exc.headers(), "x-amzn-RequestId": request_id})
+    return web.Response(
+        status=exc.status, body=exc.body(), headers={**exc.headers(), "x-amzn-RequestId": request_id}
+    )
 
 
 def check_json(payload: bytes) -> bytes:
@@ -61,8 +62,9 @@ async def read_body(request: web.Request, limit: int, invocation_type: str) -> b
 def _too_large(size: int | None, limit: int, invocation_type: str) -> RequestTooLarge:
     if invocation_type == "Event":
         shown = size if size is not None else "The"
-        return RequestTooLarge(f"{shown} byte payload is too large for the Event invocation type "
-                               f"(limit {limit} bytes)")
+        return RequestTooLarge(
+            f"{shown} byte payload is too large for the Event invocation type (limit {limit} bytes)"
+        )
     return RequestTooLarge(f"Request must be smaller than {limit} bytes for the InvokeFunction operation")
 
 
@@ -72,8 +74,10 @@ async def handle_invoke(request: web.Request) -> web.Response:
     try:
         invocation_type = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
         if invocation_type not in INVOCATION_TYPES:
-            raise InvalidParameterValue(f"Invalid invocation type: {invocation_type!r}; expected one of "
-                                        + ", ".join(INVOCATION_TYPES))
+            raise InvalidParameterValue(
+                f"Invalid invocation type: {invocation_type!r}; expected one of "
+                + ", ".join(INVOCATION_TYPES)
+            )
         fn = service.registry.resolve(request.match_info["name"], request.query.get("Qualifier"))
         limit = ASYNC_PAYLOAD_LIMIT if invocation_type == "Event" else SYNC_PAYLOAD_LIMIT
         payload = check_json(await read_body(request, limit, invocation_type))
@@ -82,14 +86,22 @@ async def handle_invoke(request: web.Request) -> web.Response:
         if invocation_type == "Event":
             request_id = await service.enqueue(fn, payload)
             return web.Response(status=202, headers={"x-amzn-RequestId": request_id})
-        result = await service.invoke(fn, InvocationRequest(
-            request_id=request_id, payload=payload,
-            client_context=request.headers.get("X-Amz-Client-Context"),
-            invoked_function_arn=fn.arn))
+        result = await service.invoke(
+            fn,
+            InvocationRequest(
+                request_id=request_id,
+                payload=payload,
+                client_context=request.headers.get("X-Amz-Client-Context"),
+                invoked_function_arn=fn.arn,
+            ),
+        )
     except LambdaServiceError as exc:
         return error_response(exc, request_id)
-    headers = {"x-amzn-RequestId": request_id, "X-Amz-Executed-Version": "$LATEST",
-               "Content-Type": "application/json"}
+    headers = {
+        "x-amzn-RequestId": request_id,
+        "X-Amz-Executed-Version": "$LATEST",
+        "Content-Type": "application/json",
+    }
     if result.function_error:
         headers["X-Amz-Function-Error"] = result.function_error
     if request.headers.get("X-Amz-Log-Type") == "Tail":

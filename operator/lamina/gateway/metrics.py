@@ -25,29 +25,56 @@ class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.invocations = Counter("lamina_invocations", "Handler runs, including function errors",
-                                   ["function"], registry=r)
-        self.errors = Counter("lamina_errors", "Invocations that ended in a function error",
-                              ["function", "error_type"], registry=r)
-        self.throttles = Counter("lamina_throttles", "Invocations refused with TooManyRequestsException",
-                                 ["function", "reason"], registry=r)
-        self.duration = Histogram("lamina_duration_seconds", "Time in the handler", ["function"],
-                                  buckets=_BUCKETS, registry=r)
-        self.concurrent = Gauge("lamina_concurrent_executions", "Invocations in flight", ["function"],
-                                registry=r)
-        self.environments = Gauge("lamina_environments", "Execution environments that exist",
-                                  ["function"], registry=r)
-        self.cold_starts = Counter("lamina_cold_starts", "Invocations that ran INIT first", ["function"],
-                                   registry=r)
-        self.init_duration = Histogram("lamina_init_duration_seconds", "INIT time of cold starts",
-                                       ["function"], buckets=_BUCKETS, registry=r)
-        self.async_received = Counter("lamina_async_events_received", "Event invocations queued",
-                                      ["function"], registry=r)
-        self.async_dropped = Counter("lamina_async_events_dropped",
-                                     "Event invocations that ended without success (sent to onFailure)",
-                                     ["function", "condition"], registry=r)
-        self.async_age = Histogram("lamina_async_event_age_seconds", "Queue time before an attempt",
-                                   ["function"], buckets=(*_BUCKETS, 3600, 21600), registry=r)
+        self.invocations = Counter(
+            "lamina_invocations", "Handler runs, including function errors", ["function"], registry=r
+        )
+        self.errors = Counter(
+            "lamina_errors",
+            "Invocations that ended in a function error",
+            ["function", "error_type"],
+            registry=r,
+        )
+        self.throttles = Counter(
+            "lamina_throttles",
+            "Invocations refused with TooManyRequestsException",
+            ["function", "reason"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            "lamina_duration_seconds", "Time in the handler", ["function"], buckets=_BUCKETS, registry=r
+        )
+        self.concurrent = Gauge(
+            "lamina_concurrent_executions", "Invocations in flight", ["function"], registry=r
+        )
+        self.environments = Gauge(
+            "lamina_environments", "Execution environments that exist", ["function"], registry=r
+        )
+        self.cold_starts = Counter(
+            "lamina_cold_starts", "Invocations that ran INIT first", ["function"], registry=r
+        )
+        self.init_duration = Histogram(
+            "lamina_init_duration_seconds",
+            "INIT time of cold starts",
+            ["function"],
+            buckets=_BUCKETS,
+            registry=r,
+        )
+        self.async_received = Counter(
+            "lamina_async_events_received", "Event invocations queued", ["function"], registry=r
+        )
+        self.async_dropped = Counter(
+            "lamina_async_events_dropped",
+            "Event invocations that ended without success (sent to onFailure)",
+            ["function", "condition"],
+            registry=r,
+        )
+        self.async_age = Histogram(
+            "lamina_async_event_age_seconds",
+            "Queue time before an attempt",
+            ["function"],
+            buckets=(*_BUCKETS, 3600, 21600),
+            registry=r,
+        )
         self._per_function: dict[str, FunctionMetrics] = {}
 
     def function(self, name: str) -> FunctionMetrics:

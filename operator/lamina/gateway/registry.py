@@ -22,8 +22,9 @@ def split_function_name(raw: str, qualifier: str | None = None) -> tuple[str, st
     else:
         name, qual = raw, None
     if qual and qualifier and qual != qualifier:
-        raise InvalidParameterValue("The derived qualifier from the function name does not match the "
-                                    "specified qualifier.")
+        raise InvalidParameterValue(
+            "The derived qualifier from the function name does not match the specified qualifier."
+        )
     return name, qual or qualifier
 
 

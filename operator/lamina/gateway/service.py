@@ -23,9 +23,15 @@ class AsyncQueue(Protocol):
 class InvocationService:
     """Throttle, route to an environment, account. One instance per gateway process."""
 
-    def __init__(self, registry: FunctionRegistry, pool: EnvironmentPool,
-                 limiter: ConcurrencyLimiter | None = None, metrics: GatewayMetrics | None = None,
-                 async_queue: AsyncQueue | None = None, log_invocations: bool = False) -> None:
+    def __init__(
+        self,
+        registry: FunctionRegistry,
+        pool: EnvironmentPool,
+        limiter: ConcurrencyLimiter | None = None,
+        metrics: GatewayMetrics | None = None,
+        async_queue: AsyncQueue | None = None,
+        log_invocations: bool = False,
+    ) -> None:
         self.registry = registry
         self.pool = pool
         self.limiter = limiter or ConcurrencyLimiter()
@@ -84,5 +90,8 @@ class InvocationService:
     def _print_line(fn: FunctionConfig, req: InvocationRequest, res: InvocationResult, took: float) -> None:
         status = f"error {res.error_type}" if res.function_error else "ok"
         cold = f" cold start {res.init_duration_ms:.1f} ms" if res.init_duration_ms is not None else ""
-        print(f"invoke {fn.name} {req.request_id} {status} {res.duration_ms:.1f} ms{cold} "
-              f"(total {took * 1000:.1f} ms)", flush=True)
+        print(
+            f"invoke {fn.name} {req.request_id} {status} {res.duration_ms:.1f} ms{cold} "
+            f"(total {took * 1000:.1f} ms)",
+            flush=True,
+        )

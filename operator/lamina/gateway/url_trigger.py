@@ -15,8 +15,13 @@ from lamina.gateway.errors import SYNC_PAYLOAD_LIMIT, LambdaServiceError, Thrott
 from lamina.gateway.invoke_api import SERVICE_KEY, read_body
 from lamina_runtime.protocol import InvocationRequest
 
-_TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript",
-               "application/x-www-form-urlencoded")
+_TEXT_TYPES = (
+    "text/",
+    "application/json",
+    "application/xml",
+    "application/javascript",
+    "application/x-www-form-urlencoded",
+)
 
 
 def build_event(request: web.Request, function: str, body: bytes, request_id: str) -> dict[str, Any]:
@@ -46,9 +51,13 @@ def build_event(request: web.Request, function: str, body: bytes, request_id: st
             "apiId": function,
             "domainName": request.host,
             "domainPrefix": request.host.split(".")[0],
-            "http": {"method": request.method, "path": path, "protocol": f"HTTP/{request.version.major}."
-                     f"{request.version.minor}", "sourceIp": peer,
-                     "userAgent": request.headers.get("User-Agent", "")},
+            "http": {
+                "method": request.method,
+                "path": path,
+                "protocol": f"HTTP/{request.version.major}.{request.version.minor}",
+                "sourceIp": peer,
+                "userAgent": request.headers.get("User-Agent", ""),
+            },
             "requestId": request_id,
             "routeKey": "$default",
             "stage": "$default",
@@ -71,8 +80,9 @@ def build_response(payload: bytes) -> web.Response:
     try:
         result = json.loads(payload) if payload else None
     except ValueError:
-        return web.Response(status=502, body=b'{"message":"Internal Server Error"}',
-                            content_type="application/json")
+        return web.Response(
+            status=502, body=b'{"message":"Internal Server Error"}', content_type="application/json"
+        )
     if not (isinstance(result, dict) and "statusCode" in result):
         return web.Response(status=200, body=json.dumps(result).encode(), content_type="application/json")
     headers: CIMultiDict[str] = CIMultiDict()
@@ -99,17 +109,21 @@ async def handle_url(request: web.Request) -> web.Response:
         fn = service.registry.resolve(request.match_info["function"])
         body = await read_body(request, SYNC_PAYLOAD_LIMIT, "RequestResponse")
         event = build_event(request, fn.name, body, request_id)
-        result = await service.invoke(fn, InvocationRequest(request_id=request_id,
-                                                            payload=json.dumps(event).encode()))
+        result = await service.invoke(
+            fn, InvocationRequest(request_id=request_id, payload=json.dumps(event).encode())
+        )
     except ThrottledError:
-        return web.json_response({"message": "Too Many Requests"}, status=429,
-                                 headers={"x-amzn-RequestId": request_id})
+        return web.json_response(
+            {"message": "Too Many Requests"}, status=429, headers={"x-amzn-RequestId": request_id}
+        )
     except LambdaServiceError as exc:
-        return web.json_response({"message": exc.message}, status=exc.status,
-                                 headers={"x-amzn-RequestId": request_id})
+        return web.json_response(
+            {"message": exc.message}, status=exc.status, headers={"x-amzn-RequestId": request_id}
+        )
     if result.function_error:
-        return web.json_response({"message": "Internal Server Error"}, status=502,
-                                 headers={"x-amzn-RequestId": request_id})
+        return web.json_response(
+            {"message": "Internal Server Error"}, status=502, headers={"x-amzn-RequestId": request_id}
+        )
     response = build_response(result.payload)
     response.headers["x-amzn-RequestId"] = request_id
     return response

@@ -74,8 +74,11 @@ def download_zip(url: str, sha256: str, where: str) -> dict[str, bytes]:
         raise ManifestError([f"{where}: sha256 mismatch for {url} (expected {sha256}, got {actual})"])
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            return {i.filename: archive.read(i) for i in archive.infolist() if not i.is_dir()
-                    and not i.filename.startswith("/") and ".." not in Path(i.filename).parts}
+            return {
+                i.filename: archive.read(i)
+                for i in archive.infolist()
+                if not i.is_dir() and not i.filename.startswith("/") and ".." not in Path(i.filename).parts
+            }
     except zipfile.BadZipFile:
         raise ManifestError([f"{where}: {url} is not a zip archive"]) from None
 
@@ -97,12 +100,17 @@ class ArtifactBuilder:
             layer = self.manifests.layers.get((fn.metadata.namespace, layer_name))
             where = f"{subject}: spec.layers[{i}]"
             if layer is None:
-                raise ManifestError([f"{where}: Layer {layer_name!r} not found in namespace "
-                                     f"{fn.metadata.namespace!r}"])
+                raise ManifestError(
+                    [f"{where}: Layer {layer_name!r} not found in namespace {fn.metadata.namespace!r}"]
+                )
             if not layer.spec.supports(spec.runtime):
-                raise ManifestError([f"{where}: Layer {layer_name!r} is not compatible with "
-                                     f"{spec.runtime} (compatibleRuntimes: "
-                                     f"{', '.join(layer.spec.compatible_runtimes)})"])
+                raise ManifestError(
+                    [
+                        f"{where}: Layer {layer_name!r} is not compatible with "
+                        f"{spec.runtime} (compatibleRuntimes: "
+                        f"{', '.join(layer.spec.compatible_runtimes)})"
+                    ]
+                )
             path, digest = self.layer(layer)
             layer_dirs.append(str(path))
             layer_digests.append(digest)
@@ -110,21 +118,30 @@ class ArtifactBuilder:
         environment.update(self._environment_from(fn, subject))
         config_digest = _digest(spec.model_dump_json(by_alias=True), json.dumps(environment, sort_keys=True))
         return FunctionConfig(
-            name=fn.name, namespace=fn.metadata.namespace, handler=spec.handler, runtime=spec.runtime,
-            memory_mb=spec.memory_mb, timeout_seconds=spec.timeout_seconds,
+            name=fn.name,
+            namespace=fn.metadata.namespace,
+            handler=spec.handler,
+            runtime=spec.runtime,
+            memory_mb=spec.memory_mb,
+            timeout_seconds=spec.timeout_seconds,
             reserved_concurrency=spec.reserved_concurrency,
             provisioned_concurrency=spec.provisioned_concurrency,
-            idle_timeout_seconds=float(spec.idle_timeout_seconds), environment=environment,
-            code_dir=str(code_dir), layer_dirs=layer_dirs, async_config=spec.async_,
-            revision=_digest(code_digest, *layer_digests, config_digest)[:16])
+            idle_timeout_seconds=float(spec.idle_timeout_seconds),
+            environment=environment,
+            code_dir=str(code_dir),
+            layer_dirs=layer_dirs,
+            async_config=spec.async_,
+            revision=_digest(code_digest, *layer_digests, config_digest)[:16],
+        )
 
     def _code(self, fn: Function, subject: str) -> tuple[Path, str]:
         code = fn.spec.code
         if code.inline is not None:
             files = {"index.py": code.inline.encode()}
         elif code.config_map is not None:
-            files = _config_map_files(self.manifests, fn.metadata.namespace, code.config_map.name,
-                                      f"{subject}: spec.code.configMap")
+            files = _config_map_files(
+                self.manifests, fn.metadata.namespace, code.config_map.name, f"{subject}: spec.code.configMap"
+            )
         else:
             assert code.url is not None and code.sha256 is not None
             files = download_zip(code.url, code.sha256, f"{subject}: spec.code.url")
@@ -137,8 +154,9 @@ class ArtifactBuilder:
         subject = f"Layer {layer.name}"
         base = self.state_dir / "layers" / layer.metadata.namespace / layer.name
         if spec.config_map is not None:
-            files = _config_map_files(self.manifests, layer.metadata.namespace, spec.config_map.name,
-                                      f"{subject}: spec.configMap")
+            files = _config_map_files(
+                self.manifests, layer.metadata.namespace, spec.config_map.name, f"{subject}: spec.configMap"
+            )
             digest = _digest(*(p for k in sorted(files) for p in (k, files[k])))
             return _write_tree(base / digest[:16], {f"python/{k}": v for k, v in files.items()}), digest
         if spec.url is not None:
@@ -158,12 +176,26 @@ class ArtifactBuilder:
     def _pip_install(self, requirements: list[str], target: Path, subject: str) -> None:
         tmp = target.with_name(target.name + ".tmp")
         _remove(tmp)
-        cmd = [self.python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-               "--no-input", "--target", str(tmp / "python"), *requirements]
+        cmd = [
+            self.python,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--target",
+            str(tmp / "python"),
+            *requirements,
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise ManifestError([f"{subject}: spec.requirements: pip install failed: "
-                                 f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"])
+            raise ManifestError(
+                [
+                    f"{subject}: spec.requirements: pip install failed: "
+                    f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"
+                ]
+            )
         tmp.rename(target)
 
     def _environment_from(self, fn: Function, subject: str) -> dict[str, str]:
@@ -178,7 +210,11 @@ class ArtifactBuilder:
                 value = self.manifests.config_map_value(fn.metadata.namespace, ref.name, ref.key)
                 kind = "ConfigMap"
             if value is None:
-                raise ManifestError([f"{subject}: spec.environmentFrom[{i}]: {kind} {ref.name!r} has no "
-                                     f"key {ref.key!r} in namespace {fn.metadata.namespace!r}"])
+                raise ManifestError(
+                    [
+                        f"{subject}: spec.environmentFrom[{i}]: {kind} {ref.name!r} has no "
+                        f"key {ref.key!r} in namespace {fn.metadata.namespace!r}"
+                    ]
+                )
             values[item.name] = value
         return values

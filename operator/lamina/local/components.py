@@ -35,8 +35,9 @@ class LocalInvoker:
         if fn is None:
             raise FunctionNotFound(f"Function not found: {function}")
         assert self.stack.service is not None
-        request = InvocationRequest(request_id=request_id or str(uuid.uuid4()), payload=payload,
-                                    invoked_function_arn=fn.arn)
+        request = InvocationRequest(
+            request_id=request_id or str(uuid.uuid4()), payload=payload, invoked_function_arn=fn.arn
+        )
         return await self.stack.service.invoke(fn, request)
 
 
@@ -82,8 +83,13 @@ class AsyncInvocations:
         self.store = SqliteEventStore(self.path)
         invoker = LocalInvoker(stack)
         self.dispatcher = AsyncDispatcher(
-            self.store, invoker, invoker.lookup, url_resolver=SecretUrls(stack),
-            metrics=AsyncMetrics(stack), retry_base_seconds=stack.options.async_retry_base_seconds)
+            self.store,
+            invoker,
+            invoker.lookup,
+            url_resolver=SecretUrls(stack),
+            metrics=AsyncMetrics(stack),
+            retry_base_seconds=stack.options.async_retry_base_seconds,
+        )
 
     async def start(self) -> None:
         await self.store.open()
@@ -103,8 +109,6 @@ class AsyncInvocations:
         return [f"  async queue: {self.path}"]
 
 
-
-
 class EventSourceMappings:
     """Every EventSourceMapping of the manifests: broker consumers and schedules."""
 
@@ -120,8 +124,10 @@ class EventSourceMappings:
         async def enqueue(function_key: str, payload: bytes, request_id: str | None) -> None:
             await dispatcher.enqueue(function_key, payload, request_id=request_id)
 
-        self.mappings = [mapping_runner(esm, invoker, enqueue, resolve, self.ticks)
-                         for esm in stack.manifests.mappings.values()]
+        self.mappings = [
+            mapping_runner(esm, invoker, enqueue, resolve, self.ticks)
+            for esm in stack.manifests.mappings.values()
+        ]
 
     async def start(self) -> None:
         for mapping in self.mappings:
@@ -135,8 +141,9 @@ class EventSourceMappings:
         return [m.snapshot() for m in self.mappings]
 
     def describe(self) -> list[str]:
-        return [f"  mapping {s['name']}: {s['source']} -> {s['function']} ({s['state']})"
-                for s in self.snapshot()]
+        return [
+            f"  mapping {s['name']}: {s['source']} -> {s['function']} ({s['state']})" for s in self.snapshot()
+        ]
 
 
 def build_components(stack: LocalStack) -> list[Any]:

@@ -79,20 +79,26 @@ class LocalStack:
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise StateDirInUse(f"state directory {opts.state_dir} is used by another lamina local; "
-                                "stop it or pass --state-dir") from None
+            raise StateDirInUse(
+                f"state directory {opts.state_dir} is used by another lamina local; "
+                "stop it or pass --state-dir"
+            ) from None
 
     async def start(self) -> None:
         opts = self.options
         self._lock_state_dir()
         self.manifests = await asyncio.to_thread(load_manifests, opts.paths)
         self.functions = await asyncio.to_thread(build_functions, self.manifests, opts.state_dir)
-        self.pool = LocalProcessPool(self.functions, max_environments=opts.max_environments,
-                                     handler_output=opts.handler_output)
+        self.pool = LocalProcessPool(
+            self.functions, max_environments=opts.max_environments, handler_output=opts.handler_output
+        )
         registry = FunctionRegistry(self.functions)
-        self.service = InvocationService(registry, self.pool,
-                                         limiter=ConcurrencyLimiter(opts.max_environments),
-                                         log_invocations=not opts.quiet)
+        self.service = InvocationService(
+            registry,
+            self.pool,
+            limiter=ConcurrencyLimiter(opts.max_environments),
+            log_invocations=not opts.quiet,
+        )
         await self.pool.start()  # provisioned environments are warm before the port opens
         for component in self._build_components():
             await component.start()
@@ -142,8 +148,10 @@ class LocalStack:
             if fn.provisioned_concurrency:
                 caps.append(f"provisioned {fn.provisioned_concurrency}")
             extra = f" ({', '.join(caps)})" if caps else ""
-            lines.append(f"  {fn.name:24} {fn.handler:24} {fn.memory_mb} MB {fn.timeout_seconds}s{extra}  "
-                         f"{base}/url/{fn.name}/")
+            lines.append(
+                f"  {fn.name:24} {fn.handler:24} {fn.memory_mb} MB {fn.timeout_seconds}s{extra}  "
+                f"{base}/url/{fn.name}/"
+            )
         for component in self._components:
             lines.extend(component.describe())
         lines.append(f"  invoke: aws lambda invoke --endpoint-url {base} --function-name NAME out.json")
