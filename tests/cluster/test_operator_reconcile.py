@@ -123,29 +123,22 @@ class Cluster:
     def delete(self, plural: str, name: str) -> None:
         self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, plural, name)
 
-    def deployment(self, name: str) -> dict[str, Any] | None:
+    def _read(self, read: Callable[[str, str], Any], name: str) -> dict[str, Any] | None:
         try:
-            return self.plain(self.apps.read_namespaced_deployment(name, self.ns))
+            return self.plain(read(name, self.ns))
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
+
+    def deployment(self, name: str) -> dict[str, Any] | None:
+        return self._read(self.apps.read_namespaced_deployment, name)
 
     def service(self, name: str) -> dict[str, Any] | None:
-        try:
-            return self.plain(self.core.read_namespaced_service(name, self.ns))
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        return self._read(self.core.read_namespaced_service, name)
 
     def config_map(self, name: str) -> dict[str, Any] | None:
-        try:
-            return self.plain(self.core.read_namespaced_config_map(name, self.ns))
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
+        return self._read(self.core.read_namespaced_config_map, name)
 
     def ready(self, plural: str, name: str) -> dict[str, Any] | None:
         """The Ready condition of an object's current generation, if written."""
