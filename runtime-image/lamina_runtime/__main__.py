@@ -1,4 +1,4 @@
-"""`python -m lamina_runtime serve --port P [--host H]`: the runtime image's entrypoint."""
+"""`python -m lamina_runtime serve|fetch`: the runtime image's entrypoint and its init-container job."""
 
 from __future__ import annotations
 
@@ -13,7 +13,15 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run one execution environment behind HTTP")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--host", default="127.0.0.1")
+    fetch = commands.add_parser("fetch", help="download a zip, check its sha256, extract it (init container)")
+    fetch.add_argument("url")
+    fetch.add_argument("sha256")
+    fetch.add_argument("dest")
     args = parser.parse_args(argv)
+    if args.command == "fetch":
+        from .fetch import main as fetch_main
+
+        return fetch_main(args.url, args.sha256, args.dest)
     from .server import serve as run
 
     asyncio.run(run(args.host, args.port))

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 import json
 import subprocess
 import sys
-import urllib.request
-import zipfile
 from pathlib import Path
 
 from lamina.api import Function, Layer, ManifestError
 from lamina.api.manifests import Manifests
 from lamina.environments.base import FunctionConfig
-
-DOWNLOAD_LIMIT = 250 * 1024 * 1024  # Lambda's unzipped size limit bounds what we accept
+from lamina_runtime.fetch import FetchError, download, extract
 
 
 def _digest(*parts: bytes | str) -> str:
@@ -62,25 +58,14 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def download_zip(url: str, sha256: str, where: str) -> dict[str, bytes]:
-    """Fetch a zip archive and check it against its declared digest before using any of it."""
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            data = response.read(DOWNLOAD_LIMIT + 1)
-    except OSError as exc:
-        raise ManifestError([f"{where}: cannot download {url}: {exc}"]) from None
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != sha256.lower():
-        raise ManifestError([f"{where}: sha256 mismatch for {url} (expected {sha256}, got {actual})"])
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            return {
-                i.filename: archive.read(i)
-                for i in archive.infolist()
-                if not i.is_dir() and not i.filename.startswith("/") and ".." not in Path(i.filename).parts
-            }
-    except zipfile.BadZipFile:
-        raise ManifestError([f"{where}: {url} is not a zip archive"]) from None
+def fetch_zip(url: str, sha256: str, target: Path, where: str) -> Path:
+    """Download, verify and extract with the init container's own code (lamina_runtime.fetch)."""
+    if not target.exists():
+        try:
+            extract(download(url), sha256, str(target))
+        except FetchError as exc:
+            raise ManifestError([f"{where}: {exc}"]) from None
+    return target
 
 
 class ArtifactBuilder:
@@ -144,7 +129,9 @@ class ArtifactBuilder:
             )
         else:
             assert code.url is not None and code.sha256 is not None
-            files = download_zip(code.url, code.sha256, f"{subject}: spec.code.url")
+            digest = code.sha256.lower()
+            target = self.state_dir / "code" / fn.metadata.namespace / fn.name / digest[:16]
+            return fetch_zip(code.url, code.sha256, target, f"{subject}: spec.code.url"), digest
         digest = _digest(*(p for k in sorted(files) for p in (k, files[k])))
         target = self.state_dir / "code" / fn.metadata.namespace / fn.name / digest[:16]
         return _write_tree(target, files), digest
@@ -162,10 +149,7 @@ class ArtifactBuilder:
         if spec.url is not None:
             assert spec.sha256 is not None
             digest = spec.sha256.lower()
-            target = base / digest[:16]
-            if not target.exists():
-                _write_tree(target, download_zip(spec.url, spec.sha256, f"{subject}: spec.url"))
-            return target, digest
+            return fetch_zip(spec.url, spec.sha256, base / digest[:16], f"{subject}: spec.url"), digest
         requirements = spec.requirements or []
         digest = _digest(self.python, *requirements)
         target = base / digest[:16]

@@ -1,0 +1,73 @@
+"""`python -m lamina_runtime fetch` against a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import subprocess
+import sys
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def make_zip(files: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def serve_bytes(tmp_path: Path) -> Iterator:
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(root))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def publish(name: str, data: bytes) -> str:
+        (root / name).write_bytes(data)
+        return f"http://127.0.0.1:{server.server_address[1]}/{name}"
+
+    yield publish
+    server.shutdown()
+
+
+def fetch(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lamina_runtime", "fetch", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_fetch_checks_the_digest_and_extracts(serve_bytes, tmp_path: Path) -> None:
+    data = make_zip({"index.py": "def handler(e, c):\n    return 1\n", "lib/util.py": "X = 1\n"})
+    url = serve_bytes("code.zip", data)
+    dest = tmp_path / "task"
+    result = fetch(url, hashlib.sha256(data).hexdigest(), str(dest))
+    assert result.returncode == 0, result.stderr
+    assert (dest / "index.py").read_text().startswith("def handler")
+    assert (dest / "lib" / "util.py").read_text() == "X = 1\n"
+
+
+def test_a_wrong_digest_writes_nothing(serve_bytes, tmp_path: Path) -> None:
+    url = serve_bytes("code.zip", make_zip({"index.py": "x = 1\n"}))
+    dest = tmp_path / "task"
+    result = fetch(url, "0" * 64, str(dest))
+    assert result.returncode == 1
+    assert "sha256 mismatch" in result.stderr
+    assert not dest.exists()
+
+
+def test_path_traversal_is_refused(serve_bytes, tmp_path: Path) -> None:
+    data = make_zip({"../evil.py": "x = 1\n"})
+    url = serve_bytes("evil.zip", data)
+    result = fetch(url, hashlib.sha256(data).hexdigest(), str(tmp_path / "task"))
+    assert result.returncode == 1
+    assert "unsafe path" in result.stderr
+    assert not (tmp_path / "evil.py").exists()
