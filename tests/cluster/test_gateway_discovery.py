@@ -13,7 +13,7 @@ from typing import Any
 from kubernetes import client
 
 from lamina.environments.base import FunctionConfig
-from lamina.environments.kubernetes_source import DELETION_COST, KubernetesEndpointSource
+from lamina.environments.kubernetes_source import DELETION_COST, FIELD_MANAGER, KubernetesEndpointSource
 from lamina.resources import labels, names
 
 
@@ -63,6 +63,13 @@ async def test_ready_pods_become_endpoints_and_scale_follows(k8s_api, namespace,
         apps = client.AppsV1Api(k8s_api)
         scale = apps.read_namespaced_deployment_scale(names.function_deployment("disc"), namespace)
         assert scale.spec.replicas == 2
+        managers = {
+            f.manager
+            for f in apps.read_namespaced_deployment(
+                names.function_deployment("disc"), namespace
+            ).metadata.managed_fields
+        }
+        assert FIELD_MANAGER in managers  # scaling is the gateway's, not confused with the operator's
         await eventually(lambda: len(source.endpoints(fn.key)) == 2)
         assert retire not in source.endpoints(fn.key)  # the idle pod we named is the one removed
     finally:

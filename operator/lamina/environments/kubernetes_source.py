@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 RUNTIME_PORT = 8080
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+#: Who owns `replicas` above provisioned concurrency (the operator only sets the floor).
+FIELD_MANAGER = "lamina-gateway"
 
 
 def pod_endpoint(pod: dict[str, Any]) -> str | None:
@@ -94,10 +96,16 @@ class KubernetesEndpointSource:
             pod = next((name for ep, name in self._pods.get(fn.key, {}).values() if ep == retire), None)
             if pod is not None:
                 self.core.patch_namespaced_pod(
-                    pod, fn.namespace, {"metadata": {"annotations": {DELETION_COST: "-1000"}}}
+                    pod,
+                    fn.namespace,
+                    {"metadata": {"annotations": {DELETION_COST: "-1000"}}},
+                    field_manager=FIELD_MANAGER,
                 )
         self.apps.patch_namespaced_deployment_scale(
-            names.function_deployment(fn.name), fn.namespace, {"spec": {"replicas": replicas}}
+            names.function_deployment(fn.name),
+            fn.namespace,
+            {"spec": {"replicas": replicas}},
+            field_manager=FIELD_MANAGER,
         )
 
     async def close(self) -> None:
