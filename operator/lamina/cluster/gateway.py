@@ -16,9 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
-from lamina.api import Function, ManifestError, parse_object
+from lamina.api import ManifestError, parse_object
 from lamina.cluster.kube import ThreadedWatch, api_client, list_functions_fn
-from lamina.environments.base import FunctionConfig
+from lamina.environments.base import FunctionConfig, function_config
 from lamina.environments.http_pool import HttpEnvironmentPool
 from lamina.environments.kubernetes_source import KubernetesEndpointSource
 from lamina.gateway.app import build_app
@@ -29,24 +29,6 @@ from lamina.gateway.service import InvocationService
 from lamina_runtime.protocol import InvocationRequest, InvocationResult
 
 log = logging.getLogger(__name__)
-
-
-def function_config(fn: Function) -> FunctionConfig:
-    """What the gateway needs of a Function object (code and layers live in the pods)."""
-    spec = fn.spec
-    return FunctionConfig(
-        name=fn.name,
-        namespace=fn.metadata.namespace,
-        handler=spec.handler,
-        runtime=spec.runtime,
-        memory_mb=spec.memory_mb,
-        timeout_seconds=spec.timeout_seconds,
-        reserved_concurrency=spec.reserved_concurrency,
-        provisioned_concurrency=spec.provisioned_concurrency,
-        idle_timeout_seconds=float(spec.idle_timeout_seconds),
-        async_config=spec.async_,
-        revision=str(fn.metadata.generation or ""),
-    )
 
 
 class FunctionCatalog:
@@ -64,7 +46,9 @@ class FunctionCatalog:
             self.functions.pop(key, None)
         else:
             try:
-                self.functions[key] = function_config(parse_object(obj))  # type: ignore[arg-type]
+                fn = parse_object(obj)
+                revision = str(fn.metadata.generation or "")
+                self.functions[key] = function_config(fn, revision=revision)  # type: ignore[arg-type]
             except ManifestError as exc:  # the CRD schema should have refused it; never serve it
                 log.warning("ignoring Function %s: %s", key, exc)
                 self.functions.pop(key, None)

@@ -8,9 +8,12 @@ local process (local mode) or a pod behind a Service (cluster). Both implementat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lamina_runtime.protocol import InvocationRequest, InvocationResult
+
+if TYPE_CHECKING:
+    from lamina.api import Function
 
 
 @dataclass(slots=True)
@@ -39,6 +42,25 @@ class FunctionConfig:
     @property
     def arn(self) -> str:
         return function_arn(self.name)
+
+
+def function_config(fn: Function, **where: Any) -> FunctionConfig:
+    """A Function object's routing and sizing; `where` adds what the caller resolved (code_dir,
+    layer_dirs, environment, revision)."""
+    spec = fn.spec
+    return FunctionConfig(
+        name=fn.name,
+        namespace=fn.metadata.namespace,
+        handler=spec.handler,
+        runtime=spec.runtime,
+        memory_mb=spec.memory_mb,
+        timeout_seconds=spec.timeout_seconds,
+        reserved_concurrency=spec.reserved_concurrency,
+        provisioned_concurrency=spec.provisioned_concurrency,
+        idle_timeout_seconds=float(spec.idle_timeout_seconds),
+        async_config=spec.async_,
+        **where,
+    )
 
 
 def function_arn(name: str, qualifier: str | None = None) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lamina.api import Function, Layer, ManifestError
 from lamina.api.manifests import Manifests
-from lamina.environments.base import FunctionConfig
+from lamina.environments.base import FunctionConfig, function_config
 from lamina_runtime.fetch import FetchError, download, extract
 
 
@@ -102,20 +102,11 @@ class ArtifactBuilder:
         environment = dict(spec.environment)
         environment.update(self._environment_from(fn, subject))
         config_digest = _digest(spec.model_dump_json(by_alias=True), json.dumps(environment, sort_keys=True))
-        return FunctionConfig(
-            name=fn.name,
-            namespace=fn.metadata.namespace,
-            handler=spec.handler,
-            runtime=spec.runtime,
-            memory_mb=spec.memory_mb,
-            timeout_seconds=spec.timeout_seconds,
-            reserved_concurrency=spec.reserved_concurrency,
-            provisioned_concurrency=spec.provisioned_concurrency,
-            idle_timeout_seconds=float(spec.idle_timeout_seconds),
+        return function_config(
+            fn,
             environment=environment,
             code_dir=str(code_dir),
             layer_dirs=layer_dirs,
-            async_config=spec.async_,
             revision=_digest(code_digest, *layer_digests, config_digest)[:16],
         )
 
