@@ -103,7 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Subcommands that parse their own arguments (argparse.REMAINDER cannot start with an option).
+PASSTHROUGH = {"crds": _crds, "operator": _operator, "gateway": _gateway, "worker": _worker}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASSTHROUGH:
+        return int(PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:])))
     args = build_parser().parse_args(argv)
     return int(args.run(args))
 
