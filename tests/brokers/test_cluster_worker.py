@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.support import brokers
 from tests.support.local_mode import REPO, LocalServer
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.brokers
 
@@ -37,15 +37,6 @@ spec:
               with open(OUT, "a") as f:
                   f.write(body + "\\n")
 """
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[brokers.RedisServer]:
-    if not brokers.available("redis"):
-        pytest.fail("redis-server is not installed: run scripts/test, which installs it")
-    server = brokers.RedisServer(tmp_path / "redis").start()
-    yield server
-    server.close()
 
 
 @pytest.fixture
@@ -78,19 +69,12 @@ def start_worker(esm: dict, env: dict[str, str], log: Path) -> subprocess.Popen[
     )
 
 
-def wait_for(predicate, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
-
-
 def stop(proc: subprocess.Popen[bytes]) -> int:
     proc.send_signal(signal.SIGTERM)
     return proc.wait(30)
 
 
-def test_stream_consumer_invokes_through_the_gateway(redis_server, gateway, tmp_path: Path) -> None:
+def test_stream_consumer_invokes_through_the_gateway(private_redis, gateway, tmp_path: Path) -> None:
     server, out = gateway
     esm = {
         "apiVersion": "lamina.dev/v1alpha1",
@@ -101,7 +85,7 @@ def test_stream_consumer_invokes_through_the_gateway(redis_server, gateway, tmp_
             "batchSize": 5,
             "maximumRetryAttempts": 0,
             "bisectBatchOnFunctionError": True,
-            "source": {"redis": {"url": redis_server.url, "stream": "orders"}},
+            "source": {"redis": {"url": private_redis.url, "stream": "orders"}},
             "destinationConfig": {
                 "onFailure": {
                     "redis": {"urlFrom": {"secretKeyRef": {"name": "dlq", "key": "url"}}, "stream": "dlq"}
@@ -109,12 +93,12 @@ def test_stream_consumer_invokes_through_the_gateway(redis_server, gateway, tmp_
             },
         },
     }
-    client = redis.Redis.from_url(redis_server.url)
+    client = redis.Redis.from_url(private_redis.url)
     for i in range(12):
         client.xadd("orders", {"body": "poison" if i == 4 else f"order-{i}"})
     worker = start_worker(
         esm,
-        {"LAMINA_GATEWAY_URL": server.url, "LAMINA_ON_FAILURE_URL": redis_server.url},
+        {"LAMINA_GATEWAY_URL": server.url, "LAMINA_ON_FAILURE_URL": private_redis.url},
         tmp_path / "worker.log",
     )
     try:
@@ -129,7 +113,7 @@ def test_stream_consumer_invokes_through_the_gateway(redis_server, gateway, tmp_
         assert stop(worker) == 0, (tmp_path / "worker.log").read_text()
 
 
-def test_two_schedule_replicas_fire_each_tick_once(redis_server, gateway, tmp_path: Path) -> None:
+def test_two_schedule_replicas_fire_each_tick_once(private_redis, gateway, tmp_path: Path) -> None:
     server, out = gateway
     esm = {
         "apiVersion": "lamina.dev/v1alpha1",
@@ -140,7 +124,7 @@ def test_two_schedule_replicas_fire_each_tick_once(redis_server, gateway, tmp_pa
             "source": {"schedule": {"expression": "rate(1 minute)", "input": {"tick": True}}},
         },
     }
-    env = {"LAMINA_GATEWAY_URL": server.url, "LAMINA_REDIS_URL": redis_server.url}
+    env = {"LAMINA_GATEWAY_URL": server.url, "LAMINA_REDIS_URL": private_redis.url}
     workers = [start_worker(esm, env, tmp_path / f"worker-{i}.log") for i in range(2)]
     try:
         wait_for(out.exists, timeout=90)

@@ -3,48 +3,28 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from tests.support import brokers
 from tests.support.local_mode import REPO, LocalServer
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.brokers
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[brokers.RedisServer]:
-    if not brokers.available("redis"):
-        pytest.fail("redis-server is not installed: run scripts/test, which installs it")
-    server = brokers.RedisServer(tmp_path / "redis").start()
-    yield server
-    server.close()
-
-
-def wait_for(predicate, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
-
-
-def test_redis_stream_consumer_with_bisect_and_dead_letters(redis_server, tmp_path: Path) -> None:
+def test_redis_stream_consumer_with_bisect_and_dead_letters(private_redis, tmp_path: Path) -> None:
     manifest = (REPO / "docs/examples/orders-from-redis.yaml").read_text()
-    manifest = manifest.replace("redis://127.0.0.1:6379/0", redis_server.url)
+    manifest = manifest.replace("redis://127.0.0.1:6379/0", private_redis.url)
     manifest = manifest.replace(
         'print("processed order", order.get("id"))',
         f'open({str(tmp_path / "done")!r}, "a").write(str(order["id"]) + "\\n")',
     )
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "orders.yaml").write_text(manifest)
-    client = redis.Redis.from_url(redis_server.url)
+    client = redis.Redis.from_url(private_redis.url)
     for i in range(20):
         amount = -1 if i == 7 else 10 + i
         client.xadd("orders", {"body": json.dumps({"id": i, "amount": amount})})
