@@ -72,6 +72,8 @@ class ThrottledError(LambdaServiceError):
         return {**super().headers(), "Retry-After": str(self.retry_after)}
 
 
-class ServiceUnavailable(LambdaServiceError):
-    status = 503
+class ServiceError(LambdaServiceError):
+    """Something inside lamina failed before the function could answer (Lambda's ServiceException)."""
+
+    status = 500
     code = "ServiceException"

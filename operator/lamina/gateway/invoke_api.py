@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import uuid
 
 from aiohttp import web
@@ -15,10 +16,12 @@ from lamina.gateway.errors import (
     InvalidRequestContent,
     LambdaServiceError,
     RequestTooLarge,
+    ServiceError,
 )
 from lamina.gateway.service import InvocationService
 from lamina_runtime.protocol import InvocationRequest
 
+log = logging.getLogger(__name__)
 INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
 LOG_TAIL_BYTES = 4096
 SERVICE_KEY = web.AppKey("invocation_service", InvocationService)
@@ -97,6 +100,9 @@ async def handle_invoke(request: web.Request) -> web.Response:
         )
     except LambdaServiceError as exc:
         return error_response(exc, request_id)
+    except Exception as exc:  # the platform failed (no environment came up, a pod vanished): Lambda's 500
+        log.exception("invocation %s failed in the platform", request_id)
+        return error_response(ServiceError(f"{type(exc).__name__}: {exc}"), request_id)
     headers = {
         "x-amzn-RequestId": request_id,
         "X-Amz-Executed-Version": "$LATEST",
