@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 import uuid
 from typing import Any
@@ -15,6 +16,7 @@ from lamina.gateway.errors import SYNC_PAYLOAD_LIMIT, LambdaServiceError, Thrott
 from lamina.gateway.invoke_api import SERVICE_KEY, read_body
 from lamina_runtime.protocol import InvocationRequest
 
+log = logging.getLogger(__name__)
 _TEXT_TYPES = (
     "text/",
     "application/json",
@@ -119,6 +121,11 @@ async def handle_url(request: web.Request) -> web.Response:
     except LambdaServiceError as exc:
         return web.json_response(
             {"message": exc.message}, status=exc.status, headers={"x-amzn-RequestId": request_id}
+        )
+    except Exception:  # the platform failed: the client sees a plain 500, the log has the cause
+        log.exception("URL invocation %s failed in the platform", request_id)
+        return web.json_response(
+            {"message": "Internal Server Error"}, status=500, headers={"x-amzn-RequestId": request_id}
         )
     if result.function_error:
         return web.json_response(
