@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import logging
 import signal
-import uuid
 from typing import Any
 
 from aiohttp import web
@@ -23,10 +22,8 @@ from lamina.environments.http_pool import HttpEnvironmentPool
 from lamina.environments.kubernetes_source import KubernetesEndpointSource
 from lamina.gateway.app import build_app
 from lamina.gateway.concurrency import ConcurrencyLimiter
-from lamina.gateway.errors import FunctionNotFound
 from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
-from lamina_runtime.protocol import InvocationRequest, InvocationResult
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +53,6 @@ class FunctionCatalog:
         self.service.replace_functions(configs)
         asyncio.get_running_loop().create_task(self.pool.update(configs))
 
-    def lookup(self, key: str) -> FunctionConfig | None:
-        return self.functions.get(key)
-
-    async def invoke(self, key: str, payload: bytes, request_id: str | None = None) -> InvocationResult:
-        fn = self.functions.get(key)
-        if fn is None:
-            raise FunctionNotFound(f"Function not found: {key}")
-        request = InvocationRequest(
-            request_id=request_id or str(uuid.uuid4()), payload=payload, invoked_function_arn=fn.arn
-        )
-        return await self.service.invoke(fn, request)
-
 
 async def serve(args: argparse.Namespace) -> int:
     api = await asyncio.to_thread(api_client, args.kubeconfig)
@@ -90,7 +75,7 @@ async def serve(args: argparse.Namespace) -> int:
         from lamina.asyncinvoke.redis_store import RedisEventStore
 
         store = RedisEventStore(args.redis_url)
-        dispatcher = AsyncDispatcher(store, catalog.invoke, catalog.lookup)
+        dispatcher = AsyncDispatcher(store, service.invoke_key, service.lookup)
         await dispatcher.start()
         service.async_queue = dispatcher.gateway_queue()
     runner = web.AppRunner(build_app(service), access_log=None)

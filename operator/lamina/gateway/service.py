@@ -8,7 +8,7 @@ from typing import Protocol
 
 from lamina.environments.base import EnvironmentPool, FunctionConfig
 from lamina.gateway.concurrency import ConcurrencyLimiter
-from lamina.gateway.errors import ThrottledError
+from lamina.gateway.errors import FunctionNotFound, ThrottledError
 from lamina.gateway.metrics import GatewayMetrics
 from lamina.gateway.registry import FunctionRegistry
 from lamina_runtime.protocol import InvocationRequest, InvocationResult
@@ -73,10 +73,19 @@ class InvocationService:
             self._print_line(fn, request, result, time.perf_counter() - started)
         return result
 
-    async def invoke_by_name(self, name: str, payload: bytes) -> InvocationResult:
-        """The `Invoker` callable of event sources and the async dispatcher."""
-        fn = self.registry.resolve(name)
-        return await self.invoke(fn, InvocationRequest(request_id=str(uuid.uuid4()), payload=payload))
+    def lookup(self, key: str) -> FunctionConfig | None:
+        """A function by "namespace/name" (the async dispatcher's config lookup)."""
+        return self.registry.get(key)
+
+    async def invoke_key(self, key: str, payload: bytes, request_id: str | None = None) -> InvocationResult:
+        """The `Invoker` of event sources and the async dispatcher: by "namespace/name" key."""
+        fn = self.registry.get(key)
+        if fn is None:
+            raise FunctionNotFound(f"Function not found: {key}")
+        request = InvocationRequest(
+            request_id=request_id or str(uuid.uuid4()), payload=payload, invoked_function_arn=fn.arn
+        )
+        return await self.invoke(fn, request)
 
     async def enqueue(self, fn: FunctionConfig, payload: bytes) -> str:
         if self.async_queue is None:

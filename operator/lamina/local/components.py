@@ -5,40 +5,13 @@ Each has `start()`, `stop()` and `describe() -> list[str]`; `LocalStack` runs th
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from lamina.asyncinvoke.dispatcher import AsyncDispatcher
 from lamina.asyncinvoke.sqlite_store import SqliteEventStore
-from lamina.environments.base import FunctionConfig
-from lamina.gateway.errors import FunctionNotFound
-from lamina_runtime.protocol import InvocationRequest, InvocationResult
 
 if TYPE_CHECKING:
     from lamina.local.runner import LocalStack
-
-
-class LocalInvoker:
-    """Invoke by "namespace/name" key or plain name through the gateway's service (throttles apply)."""
-
-    def __init__(self, stack: LocalStack) -> None:
-        self.stack = stack
-
-    def lookup(self, function: str) -> FunctionConfig | None:
-        by_key = {f.key: f for f in self.stack.functions}
-        return by_key.get(function) or by_key.get(f"default/{function}")
-
-    async def __call__(
-        self, function: str, payload: bytes, request_id: str | None = None
-    ) -> InvocationResult:
-        fn = self.lookup(function)
-        if fn is None:
-            raise FunctionNotFound(f"Function not found: {function}")
-        assert self.stack.service is not None
-        request = InvocationRequest(
-            request_id=request_id or str(uuid.uuid4()), payload=payload, invoked_function_arn=fn.arn
-        )
-        return await self.stack.service.invoke(fn, request)
 
 
 class SecretUrls:
@@ -81,11 +54,11 @@ class AsyncInvocations:
         self.stack = stack
         self.path = stack.options.state_dir / "async-events.sqlite3"
         self.store = SqliteEventStore(self.path)
-        invoker = LocalInvoker(stack)
+        assert stack.service is not None
         self.dispatcher = AsyncDispatcher(
             self.store,
-            invoker,
-            invoker.lookup,
+            stack.service.invoke_key,
+            stack.service.lookup,
             url_resolver=SecretUrls(stack),
             metrics=AsyncMetrics(stack),
             retry_base_seconds=stack.options.async_retry_base_seconds,
@@ -118,14 +91,15 @@ class EventSourceMappings:
 
         assert stack.manifests is not None
         self.ticks = SqliteTickStore(stack.options.state_dir / "schedule-ticks.sqlite3")
-        invoker = LocalInvoker(stack)
+        assert stack.service is not None
+        invoke = stack.service.invoke_key
         resolve = literal_or_secret(stack.manifests.secret_value)
 
         async def enqueue(function_key: str, payload: bytes, request_id: str | None) -> None:
             await dispatcher.enqueue(function_key, payload, request_id=request_id)
 
         self.mappings = [
-            mapping_runner(esm, invoker, enqueue, resolve, self.ticks)
+            mapping_runner(esm, invoke, enqueue, resolve, self.ticks)
             for esm in stack.manifests.mappings.values()
         ]
 
