@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from lamina.sqlite_wal import open_wal
+
 from .errors import StoreError
 from .store import QueuedEvent
 
@@ -105,11 +107,7 @@ class SqliteEventStore:
                 raise StoreError(f"cannot open {self.path}: {err}") from err
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=30000")
-        conn.executescript(_SCHEMA)
+        conn = open_wal(self.path, _SCHEMA, synchronous="FULL")
         conn.execute("PRAGMA user_version=1")
         return conn
 

@@ -14,7 +14,17 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
+from lamina.sqlite_wal import open_wal
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS schedule_ticks (
+    key       TEXT NOT NULL,
+    fire_time INTEGER NOT NULL,
+    PRIMARY KEY (key, fire_time)
+);
+"""
 
 
 class TickStore(Protocol):
@@ -74,16 +84,9 @@ class SqliteTickStore:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = sqlite3.connect(self._path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL survives process crashes; only a power loss may drop the
             # newest claims, which at worst repeats a tick.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schedule_ticks ("
-                " key TEXT NOT NULL, fire_time INTEGER NOT NULL, PRIMARY KEY (key, fire_time))"
-            )
-            self._conn = conn
+            self._conn = open_wal(self._path, _SCHEMA, synchronous="NORMAL", check_same_thread=False)
         return self._conn
 
     def _last_fired(self, key: str) -> datetime | None:
