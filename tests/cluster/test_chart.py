@@ -3,10 +3,8 @@ operator running under exactly the RBAC the chart grants (least privilege that i
 
 from __future__ import annotations
 
-import base64
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,8 @@ KUBE_VERSION = "1.34.4"  # the test control plane's; helm built without ldflags 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_operator_reconcile import GROUP, VERSION, Cluster, Operator, function  # noqa: E402
+
+from tests.cluster.tokens import token_kubeconfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -130,32 +130,6 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     )
 
 
-def _token_kubeconfig(k8s_api: client.ApiClient, kubeconfig: str, namespace: str, account: str) -> str:
-    """A kubeconfig that authenticates as ServiceAccount ``account`` (bound token)."""
-    core = client.CoreV1Api(k8s_api)
-    token = core.create_namespaced_service_account_token(
-        account, namespace, {"spec": {"expirationSeconds": 3600}}
-    ).status.token
-    admin = yaml.safe_load(Path(kubeconfig).read_text())
-    cluster = admin["clusters"][0]["cluster"]
-    ca = cluster.get("certificate-authority-data")
-    if ca is None and cluster.get("certificate-authority"):
-        ca = base64.b64encode(Path(cluster["certificate-authority"]).read_bytes()).decode()
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [
-            {"name": "c", "cluster": {"server": cluster["server"], "certificate-authority-data": ca}}
-        ],
-        "users": [{"name": account, "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "c", "user": account, "namespace": namespace}}],
-        "current-context": "sa",
-    }
-    path = Path(tempfile.mkstemp(prefix="lamina-sa-", suffix=".kubeconfig")[1])
-    path.write_text(yaml.safe_dump(doc))
-    return str(path)
-
-
 def test_operator_works_with_exactly_the_charts_rbac(
     helm: str,
     namespace: str,
@@ -175,15 +149,24 @@ def test_operator_works_with_exactly_the_charts_rbac(
     }
     apply_yaml([d for d in docs if d["kind"] in rbac_kinds], namespace=namespace)
     account = f"{release}-lamina-operator"
-    sa_config = _token_kubeconfig(k8s_api, kubeconfig, namespace, account)
+    sa_config = token_kubeconfig(k8s_api, kubeconfig, namespace, account)
 
-    # Least privilege: the operator may check a Secret exists, not list them; it may not touch RBAC.
+    # Least privilege: the operator may check a Secret exists, not list them. It makes the workers'
+    # Roles, but cannot list Roles, nor grant more than it holds itself (no escalate/bind).
     sa_api = config.new_client_from_config(config_file=sa_config)
     with pytest.raises(ApiException) as denied:
         client.CoreV1Api(sa_api).list_namespaced_secret(namespace)
     assert denied.value.status == 403
+    rbac = client.RbacAuthorizationV1Api(sa_api)
     with pytest.raises(ApiException) as denied:
-        client.RbacAuthorizationV1Api(sa_api).list_namespaced_role(namespace)
+        rbac.list_namespaced_role(namespace)
+    assert denied.value.status == 403
+    greedy = {
+        "metadata": {"name": "greedy"},
+        "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]}],
+    }
+    with pytest.raises(ApiException) as denied:
+        rbac.create_namespaced_role(namespace, greedy)
     assert denied.value.status == 403
 
     op = Operator(sa_config, namespace).start()
@@ -218,6 +201,12 @@ def test_operator_works_with_exactly_the_charts_rbac(
         )
         cluster.wait_ready(wait_until, "functions", "rbac", timeout=90)
         cluster.wait_ready(wait_until, "eventsourcemappings", "tick", timeout=90)
+        # The worker's identity was granted under the chart's RBAC (the escalation check passed).
+        admin_rbac = client.RbacAuthorizationV1Api(k8s_api)
+        role = admin_rbac.read_namespaced_role("esm-tick", namespace)
+        assert role.rules[0].resources == ["eventsourcemappings/status"]
+        assert admin_rbac.read_namespaced_role_binding("esm-tick", namespace).role_ref.name == "esm-tick"
+        assert core.read_namespaced_service_account("esm-tick", namespace)
         events = core.list_namespaced_event(namespace, field_selector="involvedObject.name=rbac").items
         assert any(e.reason == "EnvironmentsReady" or e.reason == "OnDemand" for e in events)
         assert "Forbidden" not in op.log.read_text(), op.tail()

@@ -1,4 +1,5 @@
-"""Layer -> artifact and EventSourceMapping -> worker Deployment (pure builders, no cluster)."""
+"""Layer -> artifact and EventSourceMapping -> worker Deployment and its identity (pure builders,
+no cluster)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from lamina.resources import (
     Settings,
     build_layer,
     build_mapping,
+    build_mapping_identity,
     names,
     worker_state,
 )
@@ -151,7 +153,9 @@ def test_broker_mapping_runs_one_worker_with_secret_urls_from_env() -> None:
     assert doc["metadata"] == {"name": "orders", "namespace": "team-a"}
     assert doc["spec"]["source"]["redis"]["stream"] == "orders"
     assert parse_object(doc).name == "orders"  # the worker can validate what it is given
-    assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    # The one pod with a token: its own ServiceAccount, which may only write this mapping's status.
+    assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "esm-orders"
+    assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
     assert dep["metadata"]["ownerReferences"][0]["kind"] == "EventSourceMapping"
     assert dep["metadata"]["labels"]["lamina.dev/function"] == "hello"
 
@@ -191,3 +195,44 @@ def test_spec_change_rolls_the_worker() -> None:
 def test_worker_state(status: dict[str, int], ready: bool, state: str) -> None:
     ws = worker_state({"metadata": {"generation": 1}, "status": status}, enabled=True)
     assert (ws.ready, ws.state) == (ready, state)
+
+
+def test_worker_identity_may_only_write_its_own_mappings_status() -> None:
+    esm = mapping({"source": {"schedule": {"expression": "rate(5 minutes)"}}})
+    account, role, binding = build_mapping_identity(esm)
+    assert [o["kind"] for o in (account, role, binding)] == ["ServiceAccount", "Role", "RoleBinding"]
+    for obj in (account, role, binding):
+        meta = obj["metadata"]
+        assert (meta["name"], meta["namespace"]) == ("esm-orders", "team-a")
+        [owner] = meta["ownerReferences"]
+        assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+            "EventSourceMapping",
+            "orders",
+            "E1",
+            True,
+        )
+        assert meta["labels"]["lamina.dev/eventsourcemapping"] == "orders"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "lamina-operator"
+    assert role["apiVersion"] == binding["apiVersion"] == "rbac.authorization.k8s.io/v1"
+    assert role["rules"] == [
+        {
+            "apiGroups": ["lamina.dev"],
+            "resources": ["eventsourcemappings/status"],
+            "resourceNames": ["orders"],
+            "verbs": ["get", "patch"],
+        }
+    ]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "esm-orders",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "esm-orders", "namespace": "team-a"}]
+    pod = build_mapping(esm, SETTINGS)["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+
+
+def test_long_mapping_names_give_a_valid_service_account_name() -> None:
+    name = names.mapping_service_account("m" * 80)
+    assert len(name) <= 63 and name.startswith("esm-")
+    assert name != names.mapping_service_account("m" * 81)

@@ -11,6 +11,7 @@ import pytest
 from lamina.reconcilers.apply import replicas_owners
 from lamina.reconcilers.client import Ref, collection_path, object_path
 from lamina.reconcilers.context import Context
+from lamina.reconcilers.eventsourcemapping import _fields as mapping_status_fields
 from lamina.reconcilers.main import QuietWatchHandlers
 from lamina.reconcilers.requeue import Requeue
 from lamina.reconcilers.status import is_blocked, set_condition
@@ -135,6 +136,30 @@ def test_api_paths() -> None:
     ref = Ref("lamina.dev/v1alpha1", "Function", "ns", "f")
     assert object_path(ref, "status") == "/apis/lamina.dev/v1alpha1/namespaces/ns/functions/f/status"
     assert str(ref) == "Function ns/f"
+    role = Ref("rbac.authorization.k8s.io/v1", "Role", "ns", "esm-m")
+    assert object_path(role) == "/apis/rbac.authorization.k8s.io/v1/namespaces/ns/roles/esm-m"
+    account = Ref("v1", "ServiceAccount", "ns", "esm-m")
+    assert object_path(account) == "/api/v1/namespaces/ns/serviceaccounts/esm-m"
+
+
+class _Deployments:
+    """A Kube that knows one ready worker Deployment."""
+
+    def get(self, ref: Ref) -> dict[str, Any] | None:
+        status = {"observedGeneration": 1, "updatedReplicas": 1, "readyReplicas": 1}
+        return {"metadata": {"generation": 1}, "status": status}
+
+
+@pytest.mark.parametrize(
+    ("reported", "written"),
+    [(None, "Enabled"), ("Creating", "Enabled"), ("Enabling", "Enabling"), ("Enabled", "Enabled")],
+)
+def test_a_running_workers_own_state_is_not_overwritten(reported: str | None, written: str) -> None:
+    ctx = Context(kube=_Deployments(), settings=Settings())  # type: ignore[arg-type]
+    obj = {"metadata": {"namespace": "ns", "name": "m"}, "spec": {}, "status": {"state": reported}}
+    fields = mapping_status_fields(ctx, obj, 1, None)
+    assert fields["state"] == written
+    assert fields["conditions"][0]["reason"] == "WorkerRunning"
 
 
 @pytest.mark.parametrize(

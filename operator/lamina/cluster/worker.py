@@ -1,8 +1,11 @@
 """`lamina worker esm`: one EventSourceMapping's consumer or schedule, as its Deployment runs it.
 
-Everything comes from the environment the operator sets (see lamina.resources.eventsourcemapping):
-the mapping as JSON, broker URLs resolved from Secrets by the kubelet, the gateway to invoke through
-and the Redis that claims schedule ticks. The worker needs no Kubernetes API access.
+Its configuration comes from the environment the operator sets (see
+lamina.resources.eventsourcemapping): the mapping as JSON, broker URLs resolved from Secrets by the
+kubelet, the gateway to invoke through and the Redis that claims schedule ticks. It never reads the
+Kubernetes API; its one use of it is writing what it does into its own mapping's status, with a
+token that may do nothing else (lamina.cluster.mapping_status). Without credentials, or when the API
+server refuses, it consumes all the same.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from lamina.api import EventSourceMapping, parse_object
+from lamina.cluster.mapping_status import mapping_reporter
 from lamina.eventsources.runners import mapping_runner
 from lamina.gateway.errors import FunctionNotFound, ThrottledError
 from lamina_runtime.protocol import InvocationResult
@@ -122,7 +126,10 @@ async def run(environ: Mapping[str, str]) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    reporting = mapping_reporter(runner.snapshot, esm.api_version, esm.metadata.namespace, esm.name, environ)
     await runner.start()
+    if reporting is not None:
+        reporting[0].start()
     print(
         f"lamina worker: {esm.metadata.namespace}/{esm.name}: {esm.spec.source.describe()} -> "
         f"{esm.spec.function_name}",
@@ -130,6 +137,10 @@ async def run(environ: Mapping[str, str]) -> int:
     )
     await stop.wait()
     await runner.stop()
+    if reporting is not None:
+        reporter, writer = reporting
+        await reporter.stop()  # records the last batch's result
+        writer.close()
     await gateway.close()
     return 0
 

@@ -20,7 +20,7 @@ from lamina.eventsources.mapping import MappingConfig, MappingStatus, MappingWor
 from lamina.schedule.event import event_id, scheduled_event
 from lamina.schedule.expressions import parse_schedule
 from lamina.schedule.stores import TickStore
-from lamina.schedule.ticker import ScheduleTicker
+from lamina.schedule.ticker import ScheduleTicker, utc_now
 from lamina_runtime.protocol import InvocationResult
 
 log = logging.getLogger(__name__)
@@ -190,7 +190,13 @@ class ScheduleMapping:
             "state": "Enabled" if self.esm.spec.enabled else "Disabled",
             "fired": self.fired,
             "lastFired": self.last_fired,
+            "nextFire": self.next_fire(),
         }
+
+    def next_fire(self) -> str | None:
+        """The next tick after now (ISO, UTC), or None once the schedule is over (``at``)."""
+        upcoming = self.ticker.schedule.next_after(utc_now(), self.ticker.anchor)
+        return upcoming.isoformat() if upcoming is not None else None
 
 
 def mapping_runner(

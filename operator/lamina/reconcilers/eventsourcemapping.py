@@ -1,4 +1,10 @@
-"""EventSourceMapping reconciler: run (or pause) the mapping's worker and report its state."""
+"""EventSourceMapping reconciler: run (or pause) the mapping's worker and report its state.
+
+The worker writes its own half of the status (``lastProcessingResult``, ``iteratorAgeMs``, fire
+times, and ``state`` while it runs) through the ServiceAccount applied here; the operator keeps
+``conditions``, ``observedGeneration``, ``source`` and the lifecycle states (Creating, Updating,
+Disabled).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,11 @@ from lamina.reconcilers.apply import apply
 from lamina.reconcilers.client import ApiError, Ref
 from lamina.reconcilers.context import Blocked, Context, parse_as
 from lamina.reconcilers.status import READY, is_blocked, set_condition, write_status
-from lamina.resources import build_mapping, names, worker_state
+from lamina.resources import build_mapping, build_mapping_identity, names, worker_state
 
 POLL_DELAY = 10.0
+#: States only the running worker can tell apart; the operator, seeing a ready pod, would say Enabled.
+WORKER_STATES = frozenset({"Enabling", "Enabled"})
 
 
 def mapping_ref(namespace: str, name: str) -> Ref:
@@ -33,6 +41,9 @@ def _fields(
     else:
         ws = worker_state(ctx.kube.get(worker_ref(meta["namespace"], meta["name"])), enabled)
         ready, reason, message, state = ws.ready, ws.reason, ws.message, ws.state
+        reported = (obj.get("status") or {}).get("state")
+        if state == "Enabled" and reported in WORKER_STATES:
+            state = reported  # a running worker still connecting to its broker says Enabling
     fields: dict[str, Any] = {
         "state": state,
         "conditions": set_condition(conditions, READY, ready, reason, message, generation),
@@ -56,6 +67,8 @@ def reconcile_mapping(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | No
         fn = esm.spec.function_name
         if ctx.kube.get(Ref(API_VERSION, "Function", ns, fn)) is None:
             raise Blocked("FunctionNotFound", f"Function {fn} does not exist in namespace {ns}", POLL_DELAY)
+        for identity in build_mapping_identity(esm):  # before the pod that uses it
+            apply(ctx.kube, identity)
         apply(ctx.kube, build_mapping(esm, ctx.settings))
     except Blocked as b:
         blocked = b

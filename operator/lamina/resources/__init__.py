@@ -1,7 +1,12 @@
 """Pure builders: a lamina object (plus what it depends on, read by the caller) -> the Kubernetes
 objects that realise it, as plain dicts. No client, no I/O; the reconcilers apply what comes out."""
 
-from lamina.resources.eventsourcemapping import WorkerState, build_mapping, worker_state
+from lamina.resources.eventsourcemapping import (
+    WorkerState,
+    build_mapping,
+    build_mapping_identity,
+    worker_state,
+)
 from lamina.resources.function import (
     FunctionResources,
     Readiness,
@@ -23,6 +28,7 @@ __all__ = [
     "build_function",
     "build_layer",
     "build_mapping",
+    "build_mapping_identity",
     "deployment_readiness",
     "desired_replicas",
     "worker_state",

@@ -1,13 +1,19 @@
 """EventSourceMapping -> a Deployment of its worker (``lamina worker esm``), one replica, zero when
-disabled. Schedules run in the same worker kind; their ticks are claimed in Redis, so a second replica
-(during a rollout, or by mistake) never fires a tick twice.
+disabled, plus the identity the worker writes its status with. Schedules run in the same worker kind;
+their ticks are claimed in Redis, so a second replica (during a rollout, or by mistake) never fires a
+tick twice.
 
-The worker gets everything it needs through its environment, so it needs no Kubernetes API access:
+The worker gets its configuration through its environment:
 
 - ``LAMINA_ESM``: the mapping as JSON (apiVersion, kind, metadata.name/namespace, spec);
 - ``LAMINA_SOURCE_URL`` / ``LAMINA_ON_FAILURE_URL``: the broker URLs that the spec reads from a Secret
   (``urlFrom``), resolved by the kubelet from ``secretKeyRef``;
 - ``LAMINA_GATEWAY_URL``: where to invoke the function; ``LAMINA_REDIS_URL``: schedule tick claims.
+
+Its only Kubernetes API access is writing what it does (``state``, ``lastProcessingResult``,
+``iteratorAgeMs``, fire times) into its own mapping's ``status``: a ServiceAccount per mapping, bound
+to a Role that allows ``get``/``patch`` on ``eventsourcemappings/status`` of that one mapping by name.
+A compromised worker can therefore misreport its own mapping and nothing else.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from lamina.resources.pods import container_security_context, hardened_pod
 from lamina.resources.settings import Settings
 
 WORKER_COMMAND = ["lamina", "worker", "esm"]
+RBAC_GROUP = "rbac.authorization.k8s.io"
+RBAC_API_VERSION = f"{RBAC_GROUP}/v1"
 
 
 def mapping_document(esm: EventSourceMapping) -> dict[str, Any]:
@@ -74,6 +82,9 @@ def build_mapping(esm: EventSourceMapping, settings: Settings) -> dict[str, Any]
     chash = digest({"image": settings.worker_image, "env": env})
     pod = hardened_pod(
         {
+            # The one pod lamina gives a token: it may patch its own mapping's status, nothing else.
+            "serviceAccountName": names.mapping_service_account(esm.name),
+            "automountServiceAccountToken": True,
             "terminationGracePeriodSeconds": 30,
             "containers": [
                 {
@@ -118,6 +129,43 @@ def build_mapping(esm: EventSourceMapping, settings: Settings) -> dict[str, Any]
             },
         },
     }
+
+
+def build_mapping_identity(esm: EventSourceMapping) -> list[dict[str, Any]]:
+    """ServiceAccount, Role and RoleBinding of ``esm``'s worker, in the order to apply them.
+
+    The Role names the mapping in ``resourceNames``, so one mapping's token cannot touch another's
+    status, and it grants no read of the spec: the worker is given the spec in ``LAMINA_ESM``.
+    """
+    account = names.mapping_service_account(esm.name)
+    child_labels = labels.mapping_labels(esm.name, esm.spec.function_name)
+    group = esm.api_version.split("/", 1)[0]
+    service_account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": metadata(account, esm, child_labels),
+    }
+    role = {
+        "apiVersion": RBAC_API_VERSION,
+        "kind": "Role",
+        "metadata": metadata(account, esm, child_labels),
+        "rules": [
+            {
+                "apiGroups": [group],
+                "resources": ["eventsourcemappings/status"],
+                "resourceNames": [esm.name],
+                "verbs": ["get", "patch"],
+            }
+        ],
+    }
+    binding = {
+        "apiVersion": RBAC_API_VERSION,
+        "kind": "RoleBinding",
+        "metadata": metadata(account, esm, child_labels),
+        "roleRef": {"apiGroup": RBAC_GROUP, "kind": "Role", "name": account},
+        "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": esm.metadata.namespace}],
+    }
+    return [service_account, role, binding]
 
 
 @dataclass(frozen=True)

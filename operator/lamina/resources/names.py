@@ -47,6 +47,11 @@ def mapping_deployment(mapping: str) -> str:
     return _bounded(f"esm-{mapping}")
 
 
+def mapping_service_account(mapping: str) -> str:
+    """The ServiceAccount (and its Role and RoleBinding) a mapping's worker writes status with."""
+    return _bounded(f"esm-{mapping}")
+
+
 def layer_mount_path(index: int, layer: str) -> str:
     """Where the ``index``-th layer of a Function is mounted (LAMINA_LAYERS lists these in order)."""
     return f"/opt/layers/{index}-{layer}"
