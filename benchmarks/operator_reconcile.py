@@ -151,7 +151,7 @@ def main() -> int:
                     "lamina.reconcilers",
                     "--namespace",
                     namespace,
-                    "--log-format=plain",
+                    "--log-format=full" if args.operator_log else "--log-format=plain",
                     "-v" if args.operator_log else "-q",
                 ],
                 env=env,

@@ -492,7 +492,8 @@ class ControlPlane:
                 f"--service-account-issuer={self.server}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
-                "--profiling=false",
+                # LAMINA_CP_PROFILING=1 serves /debug/pprof (for profiling the benchmarks).
+                f"--profiling={'true' if os.environ.get('LAMINA_CP_PROFILING') == '1' else 'false'}",
                 "--event-ttl=30m",
                 "--v=1",
             ],
@@ -537,6 +538,9 @@ class ControlPlane:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--controllers=*",
                 "--concurrent-gc-syncs=20",
+                # The default client limit (20 requests/s) makes 100 Functions wait minutes for pods.
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
             ],
         )
         self._spawn(
@@ -545,6 +549,8 @@ class ControlPlane:
                 *common,
                 f"--secure-port={p['scheduler']}",
                 f"--cert-dir={self.state_dir / 'scheduler-certs'}",
+                "--kube-api-qps=200",
+                "--kube-api-burst=400",
             ],
         )
         insecure = ssl.create_default_context()

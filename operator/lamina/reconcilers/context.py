@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Hashable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -66,6 +68,32 @@ class Context:
     #: Last readiness computed per (namespace, function): lets Deployment events that change nothing
     #: the Function reports skip reading the Function (thread-safe: single dict operations).
     readiness: dict[Hashable, Any] = field(default_factory=dict)
+    #: Runs a reconcile's independent API calls side by side (kopf's own pool runs the handlers;
+    #: a separate pool cannot deadlock on it).
+    fanout: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=16, thread_name_prefix="lamina-apply")
+    )
+
+    def run_all(self, *calls: Callable[[], Any]) -> list[Any]:
+        """Run ``calls`` concurrently and return their results in order. Every call finishes before
+        the first failure is raised, so no write is left running behind a reconcile that gave up."""
+        futures = [self.fanout.submit(call) for call in calls]
+        errors = [f.exception() for f in futures]
+        for error in errors:
+            if error is not None:
+                raise error
+        return [f.result() for f in futures]
+
+    #: Sequence number of the last child (Deployment) event per object, from one counter, so a
+    #: value never repeats: a reconcile compares it before and after to learn whether events came.
+    _child_events: dict[Hashable, int] = field(default_factory=dict)
+    _child_event_seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def note_child_event(self, key: Hashable) -> None:
+        self._child_events[key] = next(self._child_event_seq)  # both steps are atomic under the GIL
+
+    def child_events(self, key: Hashable) -> int:
+        return self._child_events.get(key, 0)
 
     def remember_readiness(self, key: Hashable, readiness: Any) -> None:
         self.readiness[key] = readiness
@@ -75,6 +103,7 @@ class Context:
 
     def forget_readiness(self, key: Hashable) -> None:
         self.readiness.pop(key, None)
+        self._child_events.pop(key, None)
 
     def announce(
         self,

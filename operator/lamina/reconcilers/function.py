@@ -100,6 +100,9 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
     if meta.get("deletionTimestamp"):
         return None
     kube = ctx.kube
+    # Deployment events from here on may carry state newer than what this reconcile applies and
+    # reports; while it runs, sync_function_status leaves the status to it, so it re-syncs after.
+    events_seen = ctx.child_events((ns, name))
     try:
         try:
             fn = parse_as(body, Function)
@@ -107,18 +110,25 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
             code_cm = check_references(kube, fn)
             res = build_function(fn, ctx.settings, layers, code_cm)
             code_ref = Ref("v1", "ConfigMap", ns, names.function_code_config_map(name))
-            if res.code_config_map is not None:
-                apply(kube, res.code_config_map)
-            else:
-                delete_if_owned(kube, code_ref, meta["uid"])
-            apply(kube, res.service)
-            apply_scaled_deployment(kube, res.deployment, fn.spec.provisioned_concurrency)
+            code_cm_desired = res.code_config_map
+
+            def code() -> Any:
+                if code_cm_desired is not None:
+                    return apply(kube, code_cm_desired)
+                return delete_if_owned(kube, code_ref, meta["uid"])
+
+            # The children do not depend on each other: apply them side by side.
+            _, _, deployment = ctx.run_all(
+                code,
+                lambda: apply(kube, res.service),
+                lambda: apply_scaled_deployment(kube, res.deployment, fn.spec.provisioned_concurrency),
+            )
         except ApiError as e:
             raise Blocked(
                 "ApplyFailed", f"the API server refused a child: {e.message}", retry=POLL_DELAY
             ) from e
     except Blocked as blocked:
-        written = write_function_status(ctx, ns, name, generation, blocked=blocked)
+        written = write_function_status(ctx, ns, name, generation, blocked=blocked, first=body)
         if written is not None:
             ctx.announce(body, *written)
         raise
@@ -127,7 +137,11 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
         "codeDigest": res.code_digest,
         "url": f"{ctx.settings.gateway_url}/url/{ns}.{name}",
     }
-    written = write_function_status(ctx, ns, name, generation, fields=fields)
+    written = write_function_status(
+        ctx, ns, name, generation, fields=fields, first=body, deployment=deployment
+    )
+    if ctx.child_events((ns, name)) != events_seen:
+        sync_function_status(ctx, ns, name)
     if written is None:
         return None
     ctx.announce(body, *written)
@@ -153,11 +167,10 @@ def _readiness_fields(
 
 
 def _deployments(ctx: Context, namespace: str, name: str, first: dict[str, Any] | None) -> Any:
-    """The Deployment for a status write: ``first`` (as a watch event delivered it) for the first
-    attempt, else a fresh read made after the Function was read. A reconcile always reads afresh:
-    the state it applied may be older than what a watch event has already reported, and no later
-    event would come to correct a status computed from it. A watch event's state may be older
-    too, but then a newer event follows and is handled after it."""
+    """The Deployment for a status write: ``first`` (as a watch event or an apply delivered it) for
+    the first attempt, else a fresh read made after the Function was read. Either may be older than
+    the newest state, but then a newer event follows: handled by sync_function_status, or, while
+    the current generation is not yet reported, by the re-sync that ends its reconcile."""
     pending = [first] if first is not None else []
 
     def current() -> dict[str, Any] | None:
@@ -173,9 +186,14 @@ def write_function_status(
     generation: int | None,
     fields: dict[str, Any] | None = None,
     blocked: Blocked | None = None,
+    first: dict[str, Any] | None = None,
+    deployment: dict[str, Any] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """Write the outcome of reconciling ``generation``, with readiness from the Deployment."""
-    current_deployment = _deployments(ctx, namespace, name, None)
+    """Write the outcome of reconciling ``generation``, with readiness from the Deployment.
+
+    ``first`` (the Function as the handler got it) and ``deployment`` (as the apply returned it)
+    save two reads when they are still current; after a conflict both are read afresh."""
+    current_deployment = _deployments(ctx, namespace, name, deployment)
 
     def compute(obj: dict[str, Any]) -> dict[str, Any] | None:
         if obj["metadata"].get("generation") != generation:
@@ -184,7 +202,7 @@ def write_function_status(
         ctx.remember_readiness((namespace, name), readiness)
         return {**(fields or {}), **_readiness_fields(obj, readiness, blocked, generation)}
 
-    return write_status(ctx.kube, function_ref(namespace, name), compute)
+    return write_status(ctx.kube, function_ref(namespace, name), compute, first=first)
 
 
 def _provisioned(obj: dict[str, Any]) -> int:
@@ -194,9 +212,11 @@ def _provisioned(obj: dict[str, Any]) -> int:
 def sync_function_status(
     ctx: Context, namespace: str, name: str, deployment: dict[str, Any] | None = None
 ) -> None:
-    """Refresh readiness from the Deployment (``deployment``: as a watch event delivered it). Ready
-    itself is left alone while a reconcile is blocked or before the current generation was
-    reconciled (that reconcile writes it)."""
+    """Refresh readiness from the Deployment (``deployment``: as a watch event delivered it).
+
+    Nothing is written before the current generation was reconciled: that reconcile writes the
+    whole status and re-syncs if Deployment events came meanwhile (writing here would only make
+    its write conflict). While a reconcile is blocked, only the counts are refreshed."""
     if deployment is not None:
         # Most Deployment events change nothing the Function reports: skip reading the Function.
         annotations = deployment["metadata"].get("annotations") or {}
@@ -211,7 +231,9 @@ def sync_function_status(
         readiness = deployment_readiness(current_deployment(), _provisioned(obj))
         ctx.remember_readiness((namespace, name), readiness)
         generation = obj["metadata"].get("generation")
-        if (obj.get("status") or {}).get("observedGeneration") == generation and not is_blocked(obj):
+        if (obj.get("status") or {}).get("observedGeneration") != generation:
+            return None
+        if not is_blocked(obj):
             return _readiness_fields(obj, readiness, None, generation)
         return {
             "readyEnvironments": readiness.ready_environments,

@@ -95,6 +95,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     ctx: Context | None = getattr(memo, "ctx", None)
     if ctx is not None and ctx.requeue is not None:
         await asyncio.to_thread(ctx.requeue.stop)
+    if ctx is not None:
+        ctx.fanout.shutdown(wait=False, cancel_futures=True)
 
 
 async def resync_loop(ctx: Context, interval: float) -> None:
@@ -153,6 +155,7 @@ def function_deployment_event(event: Mapping[str, Any], body: kopf.Body, memo: k
     if not function:
         return
     ctx, ns = ctx_of(memo), body.metadata.namespace
+    ctx.note_child_event((ns, function))
     if event.get("type") == "DELETED":
         # Deleted behind the operator's back (or with its Function, which is then gone too).
         ctx.forget_readiness((ns, function))

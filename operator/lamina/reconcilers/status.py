@@ -100,21 +100,29 @@ Compute = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
 
 def write_status(
-    kube: Kube, ref: Ref, compute: Compute, attempts: int = 10
+    kube: Kube, ref: Ref, compute: Compute, attempts: int = 10, first: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """Read ``ref``, let ``compute(obj)`` return the status fields to set (None: nothing to do), and
     write them with a resourceVersion precondition; on conflict start over from a fresh read.
 
+    ``first`` (the object as the handler received it) replaces the first read: when it is stale the
+    precondition fails and the loop reads afresh, so it only saves a round trip. A stale copy is
+    never trusted to say "nothing to change" either; that answer always comes from a fresh read.
+
     Returns (status before, status after) of the write that happened (equal when nothing changed),
     or None if the object is gone or kept changing.
     """
+    cached = first
     for _ in range(attempts):
-        obj = kube.get(ref)
+        obj = cached if cached is not None else kube.get(ref)
+        from_cache, cached = cached is not None, None
         if obj is None or obj["metadata"].get("deletionTimestamp"):
             return None
         fields = compute(obj)
         current = obj.get("status") or {}
         if fields is None or not differs(current, fields):
+            if from_cache:
+                continue  # confirm on a fresh read
             return current, current
         patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": fields}
         try:
