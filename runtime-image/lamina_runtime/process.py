@@ -19,11 +19,12 @@ from typing import IO
 from . import logfmt
 from .framing import FrameError, encode, read_frame
 from .paths import layer_dirs
-from .protocol import InvocationRequest, InvocationResult
+from .protocol import FLUSH_LOG_SIGNAL, InvocationRequest, InvocationResult
 
 RUNTIME_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 STOP_GRACE_S = 2.0  # Lambda's Shutdown phase is capped at 2 s before SIGKILL
+PARTIAL_LOG_WAIT_S = 0.25  # how long a timed-out worker gets to hand over its log
 
 
 class WorkerBusy(RuntimeError):
@@ -287,8 +288,9 @@ class WorkerProcess:
             reply, payload = await asyncio.wait_for(read_frame(self._reader), self.timeout_s)
         except TimeoutError:
             memory = peak_memory_mb(self._proc.pid)
+            partial = await self._partial_log()
             await self._kill()
-            return self._timeout_result(req, init_ms, memory, self._init_log if cold else "")
+            return self._timeout_result(req, init_ms, memory, self._init_log if cold else "", partial)
         except (asyncio.IncompleteReadError, FrameError, ConnectionError):
             returncode = await self._reap()
             duration = (time.perf_counter() - started) * 1000
@@ -304,6 +306,25 @@ class WorkerProcess:
             init_duration_ms=reply.get("init_duration_ms"),
             max_memory_mb=int(reply.get("max_memory_mb") or 0),
         )
+
+    async def _partial_log(self) -> str | None:
+        """What a timed-out invocation printed, asked of the worker before it is killed; None when
+        it does not answer in time (stuck in native code that never yields to the signal handler).
+        The timed-out read consumed nothing unless a reply was arriving, which shows as garbage here
+        and is given up on like silence."""
+        assert self._proc is not None and self._reader is not None
+        try:
+            os.kill(self._proc.pid, FLUSH_LOG_SIGNAL)
+            deadline = time.monotonic() + PARTIAL_LOG_WAIT_S
+            while (left := deadline - time.monotonic()) > 0:
+                header, _ = await asyncio.wait_for(read_frame(self._reader), left)
+                if header.get("type") in ("log", "result"):
+                    return str(header.get("log") or "")
+        except (TimeoutError, ProcessLookupError, asyncio.IncompleteReadError, FrameError, ConnectionError):
+            pass
+        except ValueError:  # a header that is not JSON: the stream was mid-frame
+            pass
+        return None
 
     def _error_result(
         self,
@@ -340,14 +361,20 @@ class WorkerProcess:
         )
 
     def _timeout_result(
-        self, req: InvocationRequest, init_ms: float | None, memory: int, prefix: str
+        self,
+        req: InvocationRequest,
+        init_ms: float | None,
+        memory: int,
+        prefix: str,
+        partial: str | None = None,
     ) -> InvocationResult:
+        """``partial``: the invocation's own log so far (from its START line), when the worker gave it."""
         error = {
             "errorType": "Sandbox.Timedout",
             "errorMessage": logfmt.timeout_message(req.request_id, self.timeout_s),
         }
         line = logfmt.timeout_line(req.request_id, self.timeout_s)
-        return self._error_result(
+        result = self._error_result(
             req,
             error,
             line,
@@ -358,6 +385,13 @@ class WorkerProcess:
             prefix,
             worker_wrote_start=True,
         )
+        if partial:
+            # The worker's START line and prints replace the START line the host wrote.
+            start = logfmt.start_line(req.request_id, req.version or self.version)
+            own = result.log[len(prefix) :]
+            if own.startswith(start) and partial.startswith(start):
+                result.log = prefix + partial + own[len(start) :]
+        return result
 
     def _exit_result(
         self,

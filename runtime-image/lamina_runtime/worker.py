@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -19,6 +20,7 @@ from .errors import InitError, from_exception
 from .framing import read_frame_fd, write_frame_fd
 from .loader import load_handler
 from .paths import layer_import_paths, split_layers
+from .protocol import FLUSH_LOG_SIGNAL
 
 MAX_RESPONSE_BYTES = 6291556  # what Lambda's Runtime API accepts (6 MB + 100 B)
 
@@ -163,8 +165,18 @@ class Worker:
         self.payload = payload
         return None
 
+    def flush_log(self, signum: int, frame: object) -> None:
+        """SIGUSR1 from the host after a timeout: hand over what the invocation printed so far, so
+        that its log (and Tail) shows it before "Task timed out". The host kills the environment
+        next, so writing between frames of an unfinished reply cannot confuse a later invocation."""
+        try:
+            write_frame_fd(self.fd, {"type": "log", "log": self.log.take()})
+        except OSError:
+            pass
+
     def serve(self) -> int:
         ready = self.init()
+        signal.signal(FLUSH_LOG_SIGNAL, self.flush_log)
         write_frame_fd(self.fd, ready)
         if ready["init_error"] is not None:
             return 1  # as in Lambda, a failed INIT ends the environment; the host reports it on invoke

@@ -66,11 +66,15 @@ def test_function_error_comes_back_in_lambdas_shape(lambda_client) -> None:
 
 def test_timeout_replaces_the_environment(lambda_client) -> None:
     before = read(invoke(lambda_client, "sleeper", {"seconds": 0}))["pid"]
-    response = invoke(lambda_client, "sleeper", {"seconds": 10})
+    response = invoke(lambda_client, "sleeper", {"seconds": 10}, LogType="Tail")
     assert response["FunctionError"] == "Unhandled"
     body = read(response)
     assert body["errorType"] == "Sandbox.Timedout"
     assert re.fullmatch(r"RequestId: \S+ Error: Task timed out after 2\.00 seconds", body["errorMessage"])
+    # The tail shows what the handler printed before the timeout, then the timeout line.
+    tail = base64.b64decode(response["LogResult"]).decode().splitlines()
+    printed = tail.index("sleeping 10 s")
+    assert tail[printed + 1].endswith("Task timed out after 2.00 seconds")
     after = read(invoke(lambda_client, "sleeper", {"seconds": 0}))["pid"]
     assert after != before
 

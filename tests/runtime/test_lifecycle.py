@@ -100,6 +100,49 @@ async def test_timeout_kills_and_next_invoke_is_cold(write_code, make_worker, tm
     assert after.init_duration_ms is not None  # a fresh INIT: a cold start
 
 
+async def test_timeout_log_keeps_what_the_handler_printed(write_code, make_worker):
+    code = write_code(
+        """
+        import time
+        def handler(event, context):
+            print("step 1 done")
+            print("waiting on the slow thing")
+            time.sleep(600)
+        """
+    )
+    worker = make_worker(code, timeout_s=1)
+    result, _ = await call(worker, {})
+    rid = result.request_id
+    lines = result.log.splitlines()
+    start = lines.index(f"START RequestId: {rid} Version: $LATEST")
+    assert lines[start + 1 : start + 3] == ["step 1 done", "waiting on the slow thing"]
+    assert lines[start + 3].endswith(f" {rid} Task timed out after 1.00 seconds")
+    assert lines[start + 4] == f"END RequestId: {rid}"
+    assert lines[start + 5].startswith(f"REPORT RequestId: {rid}") and lines[start + 5].endswith("timeout")
+    assert len(lines) == start + 6
+    assert not worker.alive
+
+
+async def test_timeout_in_native_code_still_reports_without_the_partial_log(write_code, make_worker):
+    code = write_code(
+        """
+        import signal, time
+        def handler(event, context):
+            print("about to block")
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})  # as if stuck where no signal lands
+            time.sleep(600)
+        """
+    )
+    worker = make_worker(code, timeout_s=1)
+    result, body = await call(worker, {})
+    rid = result.request_id
+    assert body["errorType"] == "Sandbox.Timedout"
+    lines = result.log.splitlines()
+    start = lines.index(f"START RequestId: {rid} Version: $LATEST")
+    assert lines[start + 1].endswith(f" {rid} Task timed out after 1.00 seconds")
+    assert lines[start + 2] == f"END RequestId: {rid}"
+
+
 @pytest.mark.parametrize(
     ("crash", "expected"),
     [
