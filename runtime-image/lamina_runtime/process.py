@@ -8,6 +8,7 @@ next use, which is Lambda's "reset" (the next invocation pays a new INIT).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -25,10 +26,19 @@ RUNTIME_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 STOP_GRACE_S = 2.0  # Lambda's Shutdown phase is capped at 2 s before SIGKILL
 PARTIAL_LOG_WAIT_S = 0.25  # how long a timed-out worker gets to hand over its log
+MEMORY_POLL_S = 0.1  # how often a running invocation's memory is checked
 
 
 class WorkerBusy(RuntimeError):
     """An execution environment serves one invocation at a time."""
+
+
+class OutOfMemory(Exception):
+    """The worker's resident memory passed the function's memory size."""
+
+    def __init__(self, memory_mb: int) -> None:
+        super().__init__(f"{memory_mb} MB resident")
+        self.memory_mb = memory_mb
 
 
 def exit_description(returncode: int) -> str:
@@ -39,12 +49,21 @@ def exit_description(returncode: int) -> str:
     return f"exit status {returncode}"
 
 
+def resident_memory_mb(pid: int) -> int:
+    """Current RSS (VmRSS) of a live process in MB; 0 if unknown."""
+    return _proc_status_mb(pid, "VmRSS:")
+
+
 def peak_memory_mb(pid: int) -> int:
     """Peak RSS (VmHWM) of a live process, for the REPORT line of a timeout; 0 if unknown."""
+    return _proc_status_mb(pid, "VmHWM:")
+
+
+def _proc_status_mb(pid: int, key: str) -> int:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key):
                     return int(line.split()[1]) // 1024
     except (OSError, ValueError):
         pass
@@ -282,20 +301,35 @@ class WorkerProcess:
         cold, self._cold = self._cold, False
         init_ms = self.init_duration_ms if cold else None
         started = time.perf_counter()
+        prefix = self._init_log if cold else ""
         try:
             self._writer.write(encode(header, req.payload))
             await self._writer.drain()
-            reply, payload = await asyncio.wait_for(read_frame(self._reader), self.timeout_s)
+            reply, payload = await self._await_reply(started)
         except TimeoutError:
             memory = peak_memory_mb(self._proc.pid)
             partial = await self._partial_log()
             await self._kill()
-            return self._timeout_result(req, init_ms, memory, self._init_log if cold else "", partial)
+            return self._timeout_result(req, init_ms, memory, prefix, partial)
+        except OutOfMemory as oom:
+            partial = await self._partial_log()
+            await self._kill()
+            duration = (time.perf_counter() - started) * 1000
+            return self._oom_result(req, duration, init_ms, oom.memory_mb, prefix, partial)
         except (asyncio.IncompleteReadError, FrameError, ConnectionError):
             returncode = await self._reap()
             duration = (time.perf_counter() - started) * 1000
-            prefix = self._init_log if cold else ""
             return self._exit_result(req, returncode, duration, init_ms, prefix, worker_wrote_start=True)
+        peak = int(reply.get("max_memory_mb") or 0)
+        if peak > self.memory_mb:
+            # Lambda would have killed it on the way up: never let a local run pass that fails there.
+            await self._kill()
+            own = str(reply.get("log") or "")
+            cut = own.find(logfmt.end_line(req.request_id))
+            duration = float(reply.get("duration_ms") or 0.0)
+            return self._oom_result(
+                req, duration, init_ms, peak, prefix, own[:cut] if cut >= 0 else own, worker_reported=True
+            )
         return InvocationResult(
             request_id=req.request_id,
             payload=payload,
@@ -306,6 +340,29 @@ class WorkerProcess:
             init_duration_ms=reply.get("init_duration_ms"),
             max_memory_mb=int(reply.get("max_memory_mb") or 0),
         )
+
+    async def _await_reply(self, started: float) -> tuple[dict, bytes]:
+        """The worker's reply; TimeoutError past the timeout, OutOfMemory as soon as the worker's
+        resident memory passes the function's memory size (checked every MEMORY_POLL_S)."""
+        assert self._reader is not None and self._proc is not None
+        deadline = started + self.timeout_s
+        reading = asyncio.ensure_future(read_frame(self._reader))
+        try:
+            while True:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    raise TimeoutError
+                done, _ = await asyncio.wait({reading}, timeout=min(MEMORY_POLL_S, left))
+                if done:
+                    return reading.result()
+                rss = resident_memory_mb(self._proc.pid)
+                if rss > self.memory_mb:
+                    raise OutOfMemory(rss)
+        finally:
+            if not reading.done():
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reading
 
     async def _partial_log(self) -> str | None:
         """What a timed-out invocation printed, asked of the worker before it is killed; None when
@@ -338,6 +395,7 @@ class WorkerProcess:
         prefix_log: str = "",
         *,
         worker_wrote_start: bool = False,
+        echo: bool = True,
     ) -> InvocationResult:
         """A result the host writes itself because the worker cannot (timeout, crash, failed INIT)."""
         import json
@@ -347,7 +405,8 @@ class WorkerProcess:
         rest = body_log + logfmt.end_line(rid)
         rest += logfmt.report_line(rid, duration_ms, self.memory_mb, memory, init_ms, status)
         # The worker already echoed its INIT output, and its START line if it got the invocation.
-        self._echo(rest if worker_wrote_start else start + rest)
+        if echo:
+            self._echo(rest if worker_wrote_start else start + rest)
         log = prefix_log + start + rest
         return InvocationResult(
             request_id=rid,
@@ -391,6 +450,45 @@ class WorkerProcess:
             own = result.log[len(prefix) :]
             if own.startswith(start) and partial.startswith(start):
                 result.log = prefix + partial + own[len(start) :]
+        return result
+
+    def _oom_result(
+        self,
+        req: InvocationRequest,
+        duration_ms: float,
+        init_ms: float | None,
+        memory: int,
+        prefix: str,
+        partial: str | None,
+        *,
+        worker_reported: bool = False,
+    ) -> InvocationResult:
+        """Lambda's answer when a function outgrows its memory: the environment is killed and the
+        error is ``Runtime.OutOfMemory``. ``partial``: the invocation's log up to then.
+        ``worker_reported``: the worker finished and already wrote its END and REPORT lines to the
+        container log, so only the error is added there."""
+        rid = req.request_id
+        message = f"RequestId: {rid} Error: Runtime exited with error: signal: killed"
+        error = {"errorType": "Runtime.OutOfMemory", "errorMessage": message}
+        body = f"{message}\nRuntime.OutOfMemory\n"
+        result = self._error_result(
+            req,
+            error,
+            body,
+            duration_ms,
+            init_ms,
+            memory,
+            "error",
+            prefix,
+            worker_wrote_start=True,
+            echo=not worker_reported,
+        )
+        if worker_reported:
+            self._echo(body)
+        start = logfmt.start_line(rid, req.version or self.version)
+        own = result.log[len(prefix) :]
+        if partial and partial.startswith(start) and own.startswith(start):
+            result.log = prefix + partial + own[len(start) :]
         return result
 
     def _exit_result(

@@ -187,3 +187,14 @@ def test_error_inside_layered_function(lambda_client) -> None:
     response = invoke(lambda_client, "orders", {"items": []})
     assert response["FunctionError"] == "Unhandled"
     assert read(response)["errorMessage"] == "event.items must be a non-empty list"
+
+
+def test_outgrowing_memory_size_is_out_of_memory(lambda_client) -> None:
+    assert read(invoke(lambda_client, "hog", {"mb": 8})) == 8 * 1024 * 1024
+    response = invoke(lambda_client, "hog", {"mb": 400}, LogType="Tail")
+    assert response["FunctionError"] == "Unhandled"
+    body = read(response)
+    assert body["errorType"] == "Runtime.OutOfMemory"
+    assert body["errorMessage"].endswith("Error: Runtime exited with error: signal: killed")
+    assert "Memory Size: 128 MB" in base64.b64decode(response["LogResult"]).decode()
+    assert read(invoke(lambda_client, "hog", {"mb": 8})) == 8 * 1024 * 1024  # a fresh environment

@@ -23,6 +23,10 @@ from lamina.resources.settings import Settings
 PORT = 8080
 TASK_ROOT = "/var/task"
 TMP_SIZE = "512Mi"  # Lambda's default ephemeral /tmp
+#: The pod's runtime server lives beside the function's worker. The runtime stops a worker whose
+#: resident memory passes memoryMB (Runtime.OutOfMemory, as Lambda does), so the container limit
+#: leaves room for the server: the kernel's OOM killer must not get there first.
+SERVER_MEMORY_HEADROOM_MB = 64
 INLINE_FILE = "index.py"
 SERVE_COMMAND = ["python", "-m", "lamina_runtime", "serve", "--host", "0.0.0.0", "--port", str(PORT)]
 #: ``python -m lamina_runtime fetch URL SHA256 DEST``: download a zip, check its digest, extract it.
@@ -171,7 +175,7 @@ def _deployment(
                 )
             )
 
-    memory = f"{spec.memory_mb}Mi"
+    memory = f"{spec.memory_mb + SERVER_MEMORY_HEADROOM_MB}Mi"
     container = {
         "name": "function",
         "image": image,
