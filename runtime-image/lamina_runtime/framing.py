@@ -6,6 +6,8 @@ stays raw so that a 6 MB event or result is never re-encoded inside JSON.
 
 from __future__ import annotations
 
+# The C module: `signal` imports `enum`, which would cost the worker a third of its start-up.
+import _signal
 import json
 import os
 import struct
@@ -13,6 +15,10 @@ import struct
 PREFIX = struct.Struct("!II")
 MAX_HEADER = 64 * 1024 * 1024  # a header carries the invocation log, which may be long
 MAX_BODY = 64 * 1024 * 1024  # well above the 6 MB payload limits; guards against a corrupt stream
+
+#: Sent by the host to a timed-out worker: write what the invocation logged so far as a "log" frame.
+#: (Here and not in ``protocol``: the worker must not import dataclasses, a third of its start-up.)
+FLUSH_LOG_SIGNAL: int = _signal.SIGUSR1
 
 
 class FrameError(Exception):

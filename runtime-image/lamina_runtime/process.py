@@ -18,9 +18,9 @@ from collections.abc import Iterable, Mapping
 from typing import IO
 
 from . import logfmt
-from .framing import FrameError, encode, read_frame
+from .framing import FLUSH_LOG_SIGNAL, FrameError, encode, read_frame
 from .paths import layer_dirs
-from .protocol import FLUSH_LOG_SIGNAL, InvocationRequest, InvocationResult
+from .protocol import InvocationRequest, InvocationResult
 
 RUNTIME_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"

@@ -5,11 +5,7 @@ Kept in the runtime package so both sides share one definition without the runti
 
 from __future__ import annotations
 
-import signal
 from dataclasses import dataclass, field
-
-#: Sent by the host to a timed-out worker: write what the invocation logged so far as a "log" frame.
-FLUSH_LOG_SIGNAL = signal.SIGUSR1
 
 
 @dataclass(slots=True)

@@ -7,9 +7,9 @@ runtime adds little to a cold start.
 
 from __future__ import annotations
 
+import _signal  # not `signal`: it imports enum, a third of the worker's start-up
 import json
 import os
-import signal
 import sys
 import time
 
@@ -17,10 +17,9 @@ from . import capture, logfmt
 from .context import LambdaContext, decode_client_context, decode_identity
 from .environment import apply_defaults
 from .errors import InitError, from_exception
-from .framing import read_frame_fd, write_frame_fd
+from .framing import FLUSH_LOG_SIGNAL, read_frame_fd, write_frame_fd
 from .loader import load_handler
 from .paths import layer_import_paths, split_layers
-from .protocol import FLUSH_LOG_SIGNAL
 
 MAX_RESPONSE_BYTES = 6291556  # what Lambda's Runtime API accepts (6 MB + 100 B)
 
@@ -176,7 +175,7 @@ class Worker:
 
     def serve(self) -> int:
         ready = self.init()
-        signal.signal(FLUSH_LOG_SIGNAL, self.flush_log)
+        _signal.signal(FLUSH_LOG_SIGNAL, self.flush_log)
         write_frame_fd(self.fd, ready)
         if ready["init_error"] is not None:
             return 1  # as in Lambda, a failed INIT ends the environment; the host reports it on invoke
