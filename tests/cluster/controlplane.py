@@ -47,7 +47,7 @@ KWOK_STAGES = "kwok-stages.yaml"  # written next to the binaries by build-contro
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 NODE_NAME = "kwok-node-0"
 SERVICE_CIDR = "10.0.0.0/24"
-POD_CIDR = "10.244.0.0/16"
+POD_CIDR = "127.244.0.0/16"  # loopback: a test may run a "pod" itself at its IP (see test_end_to_end)
 START_TIMEOUT = float(os.environ.get("LAMINA_TEST_CLUSTER_START_TIMEOUT", "180"))
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from lamina.environments.base import FunctionConfig
 from lamina.environments.endpoints import StaticEndpointSource
-from lamina.environments.http_pool import HttpEnvironmentPool
+from lamina.environments.http_pool import HttpEnvironmentPool, NoEnvironment
 from lamina_runtime.protocol import InvocationRequest
 from tests.support.local_mode import free_port
 
@@ -125,5 +125,58 @@ async def test_idle_endpoints_above_provisioned_are_given_back(servers) -> None:
         assert retired == 1
         assert source.requested[fn.key] == 1
         assert pool.environments(fn) == 1
+    finally:
+        await pool.close()
+
+
+async def test_an_endpoint_that_refuses_connections_is_passed_over(servers) -> None:
+    live = await servers()
+    dead = f"127.0.0.1:{free_port()}"  # Ready in the source, but nothing listens (yet, or any more)
+    fn = FunctionConfig(name="fn", provisioned_concurrency=2)
+    source = StaticEndpointSource({fn.key: [dead, live]})
+    pool = HttpEnvironmentPool(source, [fn], cold_start_timeout=10)
+    await pool.start()
+    try:
+        results = [await pool.invoke(fn, request({})) for _ in range(4)]
+        assert all(r.function_error is None for r in results)
+        assert len({json.loads(r.payload)["pid"] for r in results}) == 1  # all served by the live one
+    finally:
+        await pool.close()
+
+
+async def test_a_request_waits_for_an_endpoint_that_starts_listening(tmp_path: Path) -> None:
+    (tmp_path / "index.py").write_text(CODE)
+    port = free_port()
+    fn = FunctionConfig(name="fn", provisioned_concurrency=1)
+    source = StaticEndpointSource({fn.key: [f"127.0.0.1:{port}"]})
+    pool = HttpEnvironmentPool(source, [fn], cold_start_timeout=30)
+    await pool.start()
+    proc = None
+    try:
+        call = asyncio.create_task(pool.invoke(fn, request({})))
+        await asyncio.sleep(0.5)
+        assert not call.done()  # refused so far, and retried rather than failed
+        env = {**os.environ, "_HANDLER": "index.handler", "LAMBDA_TASK_ROOT": str(tmp_path)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "lamina_runtime", "serve", "--port", str(port), env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        result = await asyncio.wait_for(call, 20)
+        assert result.function_error is None and json.loads(result.payload)["pid"] != proc.pid
+    finally:
+        await pool.close()
+        if proc is not None:
+            proc.terminate()
+            await proc.wait()
+
+
+async def test_refusals_end_in_no_environment_after_the_cold_start_limit() -> None:
+    fn = FunctionConfig(name="fn", provisioned_concurrency=1)
+    source = StaticEndpointSource({fn.key: [f"127.0.0.1:{free_port()}"]})
+    pool = HttpEnvironmentPool(source, [fn], cold_start_timeout=1)
+    await pool.start()
+    try:
+        with pytest.raises(NoEnvironment, match="accepted the request within 1 s"):
+            await pool.invoke(fn, request({}))
     finally:
         await pool.close()

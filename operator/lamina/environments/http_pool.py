@@ -20,6 +20,9 @@ from lamina.environments.base import FunctionConfig
 from lamina.environments.endpoints import EndpointSource
 from lamina_runtime.protocol import InvocationRequest, InvocationResult
 
+#: How long an endpoint that refused a connection sits out before it is offered again.
+REFUSED_PAUSE_S = 0.2
+
 
 class NoEnvironment(Exception):
     """No environment became ready within the cold-start limit."""
@@ -34,6 +37,19 @@ class _Pool:
     last_used: dict[str, float] = field(default_factory=dict)
     waiters: deque[asyncio.Future[str]] = field(default_factory=deque)
     requested: int = 0  # replicas asked of the source
+    resting: set[str] = field(default_factory=set)  # refused a connection; offered again shortly
+
+    def rest(self, endpoint: str, seconds: float) -> None:
+        """Keep a refusing endpoint out of rotation for ``seconds``. It is neither busy nor idle, so
+        it does not count as demand: one slow-starting pod does not make the pool ask for more."""
+        self.busy.discard(endpoint)
+        self.resting.add(endpoint)
+        asyncio.get_running_loop().call_later(seconds, self._wake, endpoint)
+
+    def _wake(self, endpoint: str) -> None:
+        self.resting.discard(endpoint)
+        if endpoint in self.ready and endpoint not in self.busy and endpoint not in self.idle:
+            self.free(endpoint)
 
     def free(self, endpoint: str) -> None:
         self.busy.discard(endpoint)
@@ -112,7 +128,7 @@ class HttpEnvironmentPool:
             return
         new = set(endpoints)
         pool.idle = [e for e in pool.idle if e in new]
-        for endpoint in sorted(new - pool.ready):
+        for endpoint in sorted(new - pool.ready - pool.resting):
             pool.ready.add(endpoint)
             pool.free(endpoint)
         pool.ready = new
@@ -121,11 +137,28 @@ class HttpEnvironmentPool:
         pool = self._pools.get(fn.key)
         if pool is None:
             pool = self._pools[fn.key] = _Pool(fn)
-        endpoint = await self._acquire(pool)
-        try:
-            return await self._post(endpoint, request, fn)
-        finally:
-            pool.free(endpoint)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.cold_start_timeout
+        while True:
+            endpoint = await self._acquire(pool)
+            refused = False
+            try:
+                return await self._post(endpoint, request, fn)
+            except aiohttp.ClientConnectorError as exc:
+                # The request never reached the environment (a pod marked Ready before it listens, or
+                # one going away): sending it again cannot run the function twice. The endpoint sits
+                # out a moment instead of going straight back to the idle list.
+                refused = True
+                if loop.time() >= deadline:
+                    raise NoEnvironment(
+                        f"no environment of {pool.config.name} accepted the request within "
+                        f"{self.cold_start_timeout:.0f} s (last: {endpoint}: {exc})"
+                    ) from exc
+            finally:
+                if refused:
+                    pool.rest(endpoint, REFUSED_PAUSE_S)
+                else:
+                    pool.free(endpoint)
 
     async def _acquire(self, pool: _Pool) -> str:
         while pool.idle:
