@@ -1,8 +1,8 @@
 """The cluster gateway's view of environments, against a real API server with kwok pods.
 
-kwok gives pods addresses in 10.0.0.0/24 that nothing listens on, so these tests check discovery and
-scaling only; invoking pods over HTTP is covered by tests/unit/test_http_pool.py against real runtime
-servers on loopback.
+Nothing listens at these pods' addresses, so these tests check discovery and scaling only; invoking
+through pods is tests/cluster/test_end_to_end.py (which runs the pods' servers itself) and
+tests/unit/test_http_pool.py (real runtime servers on loopback).
 """
 
 from __future__ import annotations

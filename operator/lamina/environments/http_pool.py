@@ -38,6 +38,7 @@ class _Pool:
     waiters: deque[asyncio.Future[str]] = field(default_factory=deque)
     requested: int = 0  # replicas asked of the source
     resting: set[str] = field(default_factory=set)  # refused a connection; offered again shortly
+    scaling: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def rest(self, endpoint: str, seconds: float) -> None:
         """Keep a refusing endpoint out of rotation for ``seconds``. It is neither busy nor idle, so
@@ -95,7 +96,7 @@ class HttpEnvironmentPool:
         for pool in self._pools.values():
             pool.requested = max(len(pool.ready), pool.config.provisioned_concurrency)
             if pool.requested != len(pool.ready):
-                await self.source.scale(pool.config, pool.requested)
+                await self._scale(pool)
         self._reaper = asyncio.create_task(self._reap_forever())
 
     async def update(self, functions: list[FunctionConfig]) -> None:
@@ -160,6 +161,13 @@ class HttpEnvironmentPool:
                 else:
                     pool.free(endpoint)
 
+    async def _scale(self, pool: _Pool, retire: str | None = None) -> None:
+        """Ask the source for ``pool.requested`` replicas. One request at a time per function, each
+        sending the count as it is when its turn comes: concurrent cold starts ask for 2 and then 3,
+        and an unordered pair of writes must not leave the Deployment at 2."""
+        async with pool.scaling:
+            await self.source.scale(pool.config, pool.requested, retire=retire)
+
     async def _acquire(self, pool: _Pool) -> str:
         while pool.idle:
             endpoint = pool.idle.pop()
@@ -173,7 +181,7 @@ class HttpEnvironmentPool:
         wanted = len(pool.busy) + len(pool.waiters)
         if wanted > pool.requested and pool.requested < cap:
             pool.requested = min(wanted, cap)
-            await self.source.scale(pool.config, pool.requested)  # a cold start: hold the request
+            await self._scale(pool)  # a cold start: hold the request
         try:
             return await asyncio.wait_for(asyncio.shield(waiter), self.cold_start_timeout)
         except TimeoutError:
@@ -225,5 +233,5 @@ class HttpEnvironmentPool:
                 pool.ready.discard(endpoint)
                 pool.requested -= 1
                 retired += 1
-                await self.source.scale(pool.config, pool.requested, retire=endpoint)
+                await self._scale(pool, retire=endpoint)
         return retired
