@@ -240,7 +240,8 @@ def test_function_gets_children_with_owner_refs_and_becomes_ready(
         assert (owner["kind"], owner["name"], owner["uid"]) == ("Function", "hello", uid)
     assert code["data"]["index.py"].startswith("def handler")
     assert dep["spec"]["replicas"] == 2
-    assert container(dep)["resources"]["limits"] == {"memory": "256Mi"}
+    # memoryMB plus 64 Mi for the pod's runtime server
+    assert container(dep)["resources"]["limits"] == {"memory": "320Mi"}
     assert container(dep)["image"] == "registry.test/runtime:python3.12"
     assert svc["spec"]["clusterIP"] == "None"
     assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
@@ -257,10 +258,10 @@ def test_memory_update_rolls_the_deployment(
     after = wait_until(
         lambda: (
             (d := cluster.deployment("fn-mem"))
-            and container(d)["resources"]["limits"]["memory"] == "1000Mi"
+            and container(d)["resources"]["limits"]["memory"] == "1064Mi"
             and d
         ),
-        message="Deployment fn-mem with 1000Mi",
+        message="Deployment fn-mem with 1064Mi (memoryMB 1000 + the server's 64)",
     )
     assert container(after)["resources"]["requests"]["cpu"] == "566m"
     key = "lamina.dev/config-hash"
@@ -472,7 +473,7 @@ def test_operator_killed_mid_reconcile_converges_after_restart_without_duplicate
         assert len(dep["metadata"]["ownerReferences"]) == 1
         assert dep["spec"]["replicas"] == 1
     f1 = cluster.deployment("fn-f1")
-    assert f1 is not None and container(f1)["resources"]["limits"]["memory"] == "512Mi"
+    assert f1 is not None and container(f1)["resources"]["limits"]["memory"] == "576Mi"
     f0 = cluster.deployment("fn-f0")
     assert f0 is not None
     assert [c["name"] for c in f0["spec"]["template"]["spec"]["initContainers"]] == ["fetch-layer-0"]
