@@ -1,12 +1,13 @@
 """A minimal HTTP/1.1 request reader and response writer over asyncio streams.
 
-Enough for the pod's two endpoints: Content-Length bodies, keep-alive, no chunked uploads. The runtime
-stays stdlib-only, so no aiohttp here.
+Enough for the pod's two endpoints and for the Runtime API that custom runtimes call: Content-Length
+bodies, keep-alive, no chunked uploads. The runtime stays stdlib-only, so no aiohttp here.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 MAX_HEADER_LINE = 16 * 1024
@@ -14,7 +15,9 @@ MAX_HEADERS = 100
 
 REASONS = {
     200: "OK",
+    202: "Accepted",
     400: "Bad Request",
+    403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
     411: "Length Required",
@@ -97,3 +100,36 @@ def render_response(status: int, body: bytes, headers: dict[str, str], keep_aliv
     lines.append(f"Content-Length: {len(body)}")
     lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+Response = tuple[int, bytes, dict[str, str]]
+
+
+async def serve_connection(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    route: Callable[[Request], Awaitable[Response]],
+    max_body: int,
+    refuse: Callable[[BadRequest], Response],
+) -> None:
+    """Answer the requests of one keep-alive connection with ``route``; a malformed or oversized one
+    gets ``refuse``'s answer and the connection is closed (its body may be unread)."""
+    try:
+        while True:
+            try:
+                request = await read_request(reader, max_body)
+            except BadRequest as exc:
+                writer.write(render_response(*refuse(exc), keep_alive=False))
+                await writer.drain()
+                return
+            if request is None:
+                return
+            status, body, headers = await route(request)
+            writer.write(render_response(status, body, headers, request.keep_alive))
+            await writer.drain()
+            if not request.keep_alive:
+                return
+    except (ConnectionError, asyncio.IncompleteReadError):
+        return
+    finally:
+        writer.close()

@@ -14,17 +14,19 @@ import os
 import uuid
 from collections.abc import Mapping
 
-from .http11 import BadRequest, Request, read_request, render_response
+from .factory import environment_for
+from .host import HostedEnvironment, WorkerBusy
+from .http11 import BadRequest, Request, serve_connection
 from .paths import split_layers
-from .process import WorkerBusy, WorkerProcess
 from .protocol import InvocationRequest, InvocationResult
 
 MAX_REQUEST_BYTES = 6291456  # Lambda's synchronous request payload limit
 LOG_TAIL_BYTES = 4096  # X-Amz-Log-Result carries the last 4 KB of the log
 
 
-def worker_from_env(environ: Mapping[str, str]) -> WorkerProcess:
-    """Configure the environment from the pod's variables (set by the operator on the container)."""
+def worker_from_env(environ: Mapping[str, str]) -> HostedEnvironment:
+    """Configure the environment from the pod's variables (set by the operator on the container);
+    LAMINA_RUNTIME picks a custom runtime's bootstrap (``provided*``) or the Python worker."""
     handler = environ.get("LAMINA_HANDLER") or environ.get("_HANDLER")
     if not handler:
         raise SystemExit("lamina_runtime serve: set LAMINA_HANDLER (or _HANDLER), e.g. index.handler")
@@ -34,7 +36,8 @@ def worker_from_env(environ: Mapping[str, str]) -> WorkerProcess:
     except ValueError as exc:
         raise SystemExit(f"lamina_runtime serve: LAMINA_TIMEOUT_SECONDS / memory size: {exc}") from None
     function_env = {k: v for k, v in environ.items() if not k.startswith("LAMINA_")}
-    return WorkerProcess(
+    return environment_for(
+        environ.get("LAMINA_RUNTIME"),
         handler,
         environ.get("LAMBDA_TASK_ROOT", "/var/task"),
         split_layers(environ.get("LAMINA_LAYERS")),
@@ -69,8 +72,12 @@ def _json(status: int, message: str) -> tuple[int, bytes, dict[str, str]]:
     return status, json.dumps({"message": message}).encode(), {"Content-Type": "application/json"}
 
 
+def _refuse(exc: BadRequest) -> tuple[int, bytes, dict[str, str]]:
+    return _json(exc.status, str(exc))
+
+
 class RuntimeServer:
-    def __init__(self, worker: WorkerProcess) -> None:
+    def __init__(self, worker: HostedEnvironment) -> None:
         self.worker = worker
         self._invoking = False
         # The INIT in progress (the first one, or a restart after a timeout/crash). Invocations wait for
@@ -111,26 +118,7 @@ class RuntimeServer:
         await self._server.serve_forever()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    request = await read_request(reader, MAX_REQUEST_BYTES)
-                except BadRequest as exc:
-                    status, body, headers = _json(exc.status, str(exc))
-                    writer.write(render_response(status, body, headers, keep_alive=False))
-                    await writer.drain()
-                    return
-                if request is None:
-                    return
-                status, body, headers = await self._route(request)
-                writer.write(render_response(status, body, headers, request.keep_alive))
-                await writer.drain()
-                if not request.keep_alive:
-                    return
-        except (ConnectionError, asyncio.IncompleteReadError):
-            return
-        finally:
-            writer.close()
+        await serve_connection(reader, writer, self._route, MAX_REQUEST_BYTES, _refuse)
 
     async def _route(self, request: Request) -> tuple[int, bytes, dict[str, str]]:
         path = request.path.split("?", 1)[0]

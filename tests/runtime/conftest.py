@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from lamina_runtime.host import HostedEnvironment
 from lamina_runtime.process import WorkerProcess
 from lamina_runtime.protocol import InvocationRequest, InvocationResult
 
@@ -29,12 +30,18 @@ def write_code(tmp_path: Path) -> Callable[..., str]:
 
 
 @pytest.fixture
-async def make_worker() -> AsyncIterator[Callable[..., WorkerProcess]]:
-    workers: list[WorkerProcess] = []
+async def make_worker() -> AsyncIterator[Callable[..., HostedEnvironment]]:
+    """make_worker(code_dir, handler="index.handler", kind=WorkerProcess, **options); stopped after."""
+    workers: list[HostedEnvironment] = []
 
-    def make(code_dir: str, handler: str = "index.handler", **kwargs: object) -> WorkerProcess:
+    def make(
+        code_dir: str,
+        handler: str = "index.handler",
+        kind: type[HostedEnvironment] = WorkerProcess,
+        **kwargs: object,
+    ) -> HostedEnvironment:
         kwargs.setdefault("stdout", subprocess.DEVNULL)
-        worker = WorkerProcess(handler, code_dir, **kwargs)  # type: ignore[arg-type]
+        worker = kind(handler, code_dir, **kwargs)  # type: ignore[arg-type]
         workers.append(worker)
         return worker
 
@@ -44,7 +51,7 @@ async def make_worker() -> AsyncIterator[Callable[..., WorkerProcess]]:
 
 
 async def call(
-    worker: WorkerProcess, event: object = None, *, raw: bytes | None = None, **fields: object
+    worker: HostedEnvironment, event: object = None, *, raw: bytes | None = None, **fields: object
 ) -> tuple[InvocationResult, object]:
     """Invoke with a JSON event; returns the result and its decoded payload."""
     payload = raw if raw is not None else json.dumps({} if event is None else event).encode()

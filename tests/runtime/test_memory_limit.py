@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lamina_runtime import process
+from lamina_runtime import host
 
 from .conftest import call
 
@@ -43,7 +43,7 @@ async def test_growing_past_memory_size_is_killed_with_out_of_memory(write_code,
 
 
 async def test_a_spike_between_checks_is_caught_by_the_peak(write_code, make_worker, monkeypatch):
-    monkeypatch.setattr(process, "MEMORY_POLL_S", 60.0)  # no check lands inside the spike
+    monkeypatch.setattr(host, "MEMORY_POLL_S", 60.0)  # no check lands inside the spike
     worker = make_worker(write_code(GROWING), memory_mb=128, timeout_s=30)
     ok, out = await call(worker, {"spike": 16})
     assert ok.function_error is None and out == "survived"

@@ -211,3 +211,22 @@ def test_sigterm_stops_server_and_worker(serve, write_code):
     served.proc.send_signal(signal.SIGTERM)
     assert served.proc.wait(timeout=30) == 0
     _poll(lambda: not Path(f"/proc/{out['pid']}").exists(), "the worker to exit")
+
+
+def test_a_provided_runtime_is_served_through_its_bootstrap(serve, tmp_path):
+    """LAMINA_RUNTIME (set by the operator) makes the pod run the code's bootstrap (Runtime API)."""
+    from .test_runtime_api import BOOTSTRAP, FUNCTION
+
+    code = tmp_path / "custom"
+    code.mkdir()
+    (code / "bootstrap").write_text(BOOTSTRAP)
+    (code / "bootstrap").chmod(0o755)
+    (code / "function.py").write_text(FUNCTION)
+    served = serve(str(code), "function.handler", LAMINA_RUNTIME="provided.al2023")
+    _poll(lambda: served.request("GET", "/healthz")[0] == 200, "INIT")
+    status, headers, body = served.invoke({"n": 1}, **{"Lamina-Log-Tail": "1"})
+    assert status == 200 and "Lamina-Function-Error" not in headers
+    assert body["event"] == {"n": 1}
+    assert body["env"]["_HANDLER"] == "function.handler" and body["env"]["AWS_EXECUTION_ENV"] is None
+    log = base64.b64decode(headers["Lamina-Log-Result"]).decode()
+    assert "Init Duration" in log.splitlines()[-1]

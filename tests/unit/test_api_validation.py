@@ -62,7 +62,8 @@ CASES = [
     ),
     (
         with_spec(FUNCTION, runtime="python3.9"),
-        "Function hello: spec.runtime: must be one of python3.11, python3.12, python3.13 (got 'python3.9')",
+        "Function hello: spec.runtime: must be one of python3.11, python3.12, python3.13, provided.al2023, "
+        "provided.al2 (got 'python3.9')",
     ),
     (with_spec(FUNCTION, timeoutSecond=3), "Function hello: spec.timeoutSecond: unknown field"),
     (with_spec(FUNCTION, code=None), "Function hello: spec.code: must be an object (got null)"),
@@ -212,8 +213,8 @@ CASES = [
     ),
     (
         with_spec(LAYER, compatibleRuntimes=["python2.7"]),
-        "Layer deps: spec.compatibleRuntimes[0]: must be one of python3.11, python3.12, python3.13 (got "
-        "'python2.7')",
+        "Layer deps: spec.compatibleRuntimes[0]: must be one of python3.11, python3.12, python3.13, "
+        "provided.al2023, provided.al2 (got 'python2.7')",
     ),
     (with_spec(LAYER, requirements=[]), "Layer deps: spec.requirements: must have at least 1 item"),
 ]
@@ -227,7 +228,8 @@ def test_one_problem_one_line(doc: dict[str, Any], expected: str) -> None:
 def test_all_problems_are_reported() -> None:
     doc = with_spec(FUNCTION, timeoutSeconds=901, memoryMB=1, runtime="go")
     assert problems(doc) == [
-        "Function hello: spec.runtime: must be one of python3.11, python3.12, python3.13 (got 'go')",
+        "Function hello: spec.runtime: must be one of python3.11, python3.12, python3.13, provided.al2023, "
+        "provided.al2 (got 'go')",
         "Function hello: spec.memoryMB: must be between 128 and 10240 (got 1)",
         "Function hello: spec.timeoutSeconds: must be between 1 and 900 (got 901)",
     ]

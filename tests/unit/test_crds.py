@@ -110,7 +110,13 @@ def test_defaults_and_bounds_are_kept(crds: dict[str, dict[str, Any]]) -> None:
         "maximum": 900,
         "default": 3,
     }
-    assert at(spec, "runtime")["enum"] == ["python3.11", "python3.12", "python3.13"]
+    assert at(spec, "runtime")["enum"] == [
+        "python3.11",
+        "python3.12",
+        "python3.13",
+        "provided.al2023",
+        "provided.al2",
+    ]
     assert at(spec, "runtime")["default"] == "python3.12"
     assert at(spec, "layers")["maxItems"] == 5
     assert at(spec, "layers", "[]")["pattern"].startswith("^")

@@ -120,6 +120,7 @@ def test_environment_lambda_variables_then_user_then_references() -> None:
     assert env["LAMBDA_TASK_ROOT"] == "/var/task"
     assert env["LAMINA_TIMEOUT_SECONDS"] == "30"
     assert env["AWS_EXECUTION_ENV"] == "AWS_Lambda_python3.11"
+    assert env["LAMINA_RUNTIME"] == "python3.11"
     assert env["AWS_REGION"] == "us-west-2"  # the user's value replaces the default
     assert env["AWS_DEFAULT_REGION"] == "eu-west-1"
     assert env["STAGE"] == "prod"
@@ -129,6 +130,17 @@ def test_environment_lambda_variables_then_user_then_references() -> None:
     assert len(names) == len(set(names)), "server-side apply refuses duplicate env names"
     assert "LAMINA_LAYERS" not in env
     assert container(res.deployment)["image"] == "registry.example/runtime:python3.11"
+
+
+@pytest.mark.parametrize("runtime", ["provided.al2023", "provided.al2"])
+def test_custom_runtime_carries_its_runtime_and_runs_in_the_python_image(runtime: str) -> None:
+    """The runtime server reads LAMINA_RUNTIME to run the bootstrap; like Lambda, no AWS_EXECUTION_ENV."""
+    res = build_function(function({"runtime": runtime, "handler": "function.handler"}), SETTINGS)
+    env = env_of(res.deployment)
+    assert env["LAMINA_RUNTIME"] == runtime
+    assert env["_HANDLER"] == "function.handler"
+    assert "AWS_EXECUTION_ENV" not in env
+    assert container(res.deployment)["image"] == "registry.example/runtime:python3.12"
 
 
 def test_layers_mounted_in_order_and_listed_in_lamina_layers() -> None:

@@ -16,8 +16,10 @@ GROUP = "lamina.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 
-Runtime = Literal["python3.11", "python3.12", "python3.13"]
-RUNTIMES: tuple[str, ...] = ("python3.11", "python3.12", "python3.13")
+#: ``provided.*`` are custom runtimes: the code (or a layer) ships a ``bootstrap`` that speaks the Lambda
+#: Runtime API; they run in the Python runtime image, which carries the host of that API.
+Runtime = Literal["python3.11", "python3.12", "python3.13", "provided.al2023", "provided.al2"]
+RUNTIMES: tuple[str, ...] = ("python3.11", "python3.12", "python3.13", "provided.al2023", "provided.al2")
 
 # Regular expressions are written in the subset shared by Python, Rust (pydantic) and Go (apiserver).
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"

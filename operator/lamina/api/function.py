@@ -129,8 +129,16 @@ class FunctionSpec(LaminaModel):
         }
     )
 
-    runtime: Runtime = Field(default="python3.12", description="Python version of the runtime image.")
-    handler: str = Field(pattern=HANDLER, max_length=128, description="module.function to call.")
+    runtime: Runtime = Field(
+        default="python3.12",
+        description="Python version of the runtime image, or provided.al2023 / provided.al2 for a custom "
+        "runtime whose bootstrap (in the code or a layer) speaks the Lambda Runtime API.",
+    )
+    handler: str = Field(
+        pattern=HANDLER,
+        max_length=128,
+        description="module.function to call; a custom runtime reads it from _HANDLER.",
+    )
     code: CodeSource
     memory_mb: int = Field(
         default=128, ge=128, le=10240, alias="memoryMB", description="Memory in MB; CPU follows it."

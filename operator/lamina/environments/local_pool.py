@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from lamina.environments.base import FunctionConfig
-from lamina_runtime.process import WorkerProcess
+from lamina_runtime.factory import environment_for
+from lamina_runtime.host import HostedEnvironment
 from lamina_runtime.protocol import InvocationRequest, InvocationResult
 
 
 @dataclass(eq=False)
 class _Environment:
-    worker: WorkerProcess
+    worker: HostedEnvironment
     provisioned: bool
     revision: str
     last_used: float = field(default_factory=time.monotonic)
@@ -46,7 +47,8 @@ class _FunctionEnvironments:
 
 
 class LocalProcessPool:
-    """An `EnvironmentPool` whose environments are `python -m lamina_runtime.worker` processes."""
+    """An `EnvironmentPool` whose environments are local processes: `python -m lamina_runtime.worker`,
+    or a custom runtime's `bootstrap` for `provided*` functions."""
 
     def __init__(
         self,
@@ -207,7 +209,8 @@ class LocalProcessPool:
         fn = envs.config
         env_vars = dict(fn.environment)
         env_vars["AWS_LAMBDA_INITIALIZATION_TYPE"] = "provisioned-concurrency" if provisioned else "on-demand"
-        worker = WorkerProcess(
+        worker = environment_for(
+            fn.runtime,
             handler=fn.handler,
             code_dir=fn.code_dir or ".",
             layers=list(fn.layer_dirs),

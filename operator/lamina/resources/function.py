@@ -19,6 +19,7 @@ from lamina.resources.layer import LayerArtifact
 from lamina.resources.meta import config_map_digest, digest, metadata
 from lamina.resources.pods import container_security_context, hardened_pod
 from lamina.resources.settings import Settings
+from lamina_runtime.factory import is_custom_runtime
 
 PORT = 8080
 TASK_ROOT = "/var/task"
@@ -259,9 +260,12 @@ def function_env(fn: Function, settings: Settings, layer_paths: Sequence[str]) -
         "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}",
         "_HANDLER": spec.handler,
         "LAMINA_HANDLER": spec.handler,
+        "LAMINA_RUNTIME": spec.runtime,  # the runtime server picks the Python worker or a bootstrap by it
         "LAMBDA_TASK_ROOT": TASK_ROOT,
         "LAMINA_TIMEOUT_SECONDS": str(spec.timeout_seconds),
     }
+    if is_custom_runtime(spec.runtime):
+        del values["AWS_EXECUTION_ENV"]  # custom runtimes do not get one on Lambda either
     if layer_paths:
         values["LAMINA_LAYERS"] = os.pathsep.join(layer_paths)
     values.update(spec.environment)

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
+from lamina_runtime.factory import is_custom_runtime
+
 try:
     VERSION = version("lamina")
 except PackageNotFoundError:  # running from a source tree that was never installed
@@ -16,13 +18,17 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 DEFAULT_RUNTIME_IMAGE = f"ghcr.io/lamina-dev/runtime:{VERSION}"
 DEFAULT_WORKER_IMAGE = f"ghcr.io/lamina-dev/lamina:{VERSION}"
 DEFAULT_GATEWAY_URL = "http://lamina-gateway.lamina-system.svc:8080"
+#: Custom runtimes (provided.*) need no language, only lamina_runtime, which hosts their Runtime API:
+#: they run in the image of the default Python runtime.
+CUSTOM_RUNTIME_IMAGE_RUNTIME = "python3.12"
 
 
 @dataclass(frozen=True)
 class Settings:
     """Installation-wide inputs of the builders.
 
-    ``runtime_image`` may contain ``{runtime}`` (``python3.12``...) to pick one image per runtime.
+    ``runtime_image`` may contain ``{runtime}`` (``python3.12``...) to pick one image per runtime;
+    ``provided.*`` functions get the ``python3.12`` image.
     """
 
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
@@ -33,7 +39,8 @@ class Settings:
     redis_url: str | None = None
 
     def image_for(self, runtime: str) -> str:
-        return self.runtime_image.replace("{runtime}", runtime)
+        tag = CUSTOM_RUNTIME_IMAGE_RUNTIME if is_custom_runtime(runtime) else runtime
+        return self.runtime_image.replace("{runtime}", tag)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -1,0 +1,35 @@
+"""Which kind of execution environment a function's runtime needs.
+
+One place decides it, so that local mode (the pool) and the pod server (``serve``) never disagree:
+``provided*`` runtimes bring their own ``bootstrap`` (Runtime API over HTTP), the ``python*`` ones run
+lamina's own worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .host import HostedEnvironment
+from .process import WorkerProcess
+from .runtime_api import RuntimeApiProcess
+
+CUSTOM_RUNTIME_PREFIX = "provided"
+
+
+def is_custom_runtime(runtime: str | None) -> bool:
+    return bool(runtime) and str(runtime).startswith(CUSTOM_RUNTIME_PREFIX)
+
+
+def environment_for(
+    runtime: str | None,
+    handler: str,
+    code_dir: str,
+    layers: Iterable[str] = (),
+    env: Mapping[str, str] | None = None,
+    **options: Any,
+) -> HostedEnvironment:
+    """A RuntimeApiProcess for ``provided*`` runtimes, else a WorkerProcess (an unknown or missing
+    runtime is a Python one, as before runtimes were told apart); ``options`` as WorkerProcess takes."""
+    kind = RuntimeApiProcess if is_custom_runtime(runtime) else WorkerProcess
+    return kind(handler, code_dir, layers, env, **options)

@@ -1,0 +1,427 @@
+"""What every kind of execution environment shares on the host side.
+
+An environment is one process group the host spawns, feeds one invocation at a time and resets (kills)
+on a timeout, a crash or memory past ``memoryMB``. How the invocation travels differs: the Python worker
+speaks length-prefixed frames over a socketpair (process.WorkerProcess), a custom runtime speaks the
+Lambda Runtime API over HTTP (runtime_api.RuntimeApiProcess). Everything else, the lifecycle, the
+limits and the results the host has to write itself because the runtime cannot, lives here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import IO, TypeVar
+
+from . import logfmt
+from .paths import layer_dirs
+from .protocol import InvocationRequest, InvocationResult
+
+T = TypeVar("T")
+
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+STOP_GRACE_S = 2.0  # Lambda's Shutdown phase is capped at 2 s before SIGKILL
+MEMORY_POLL_S = 0.1  # how often a running invocation's memory is checked
+PROVISIONED = "provisioned-concurrency"  # AWS_LAMBDA_INITIALIZATION_TYPE of a pre-initialised environment
+
+
+class WorkerBusy(RuntimeError):
+    """An execution environment serves one invocation at a time."""
+
+
+class OutOfMemory(Exception):
+    """The environment's resident memory passed the function's memory size."""
+
+    def __init__(self, memory_mb: int) -> None:
+        super().__init__(f"{memory_mb} MB resident")
+        self.memory_mb = memory_mb
+
+
+def exit_description(returncode: int) -> str:
+    """How Lambda words a runtime's exit: `exit status 1`, or `signal: segmentation fault`."""
+    if returncode < 0:
+        name = signal.strsignal(-returncode) or f"signal {-returncode}"
+        return f"signal: {name.lower()}"
+    return f"exit status {returncode}"
+
+
+def resident_memory_mb(pid: int) -> int:
+    """Current RSS (VmRSS) of a live process in MB; 0 if unknown."""
+    return _proc_status_mb(pid, "VmRSS:")
+
+
+def peak_memory_mb(pid: int) -> int:
+    """Peak RSS (VmHWM) of a live process, for the REPORT line of a timeout; 0 if unknown."""
+    return _proc_status_mb(pid, "VmHWM:")
+
+
+def _proc_status_mb(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+class HostedEnvironment:
+    """The host's handle on one execution environment; subclasses say how to spawn and talk to it
+    (``_start``, ``_invoke``, ``_close_channel``, ``_on_killed``)."""
+
+    def __init__(
+        self,
+        handler: str,
+        code_dir: str,
+        layers: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
+        *,
+        function_name: str = "function",
+        memory_mb: int = 128,
+        timeout_s: float = 3.0,
+        python: str = sys.executable,
+        stdout: int | IO | None = None,
+        init_timeout_s: float | None = None,
+        site_packages: bool = False,
+        version: str = "$LATEST",
+        account_id: str = "000000000000",
+    ) -> None:
+        self.handler = handler
+        self.code_dir = os.path.abspath(code_dir)
+        self.layers = [os.path.abspath(p) for p in layers]
+        self.user_env = dict(env or {})
+        self.function_name = function_name
+        self.memory_mb = memory_mb
+        self.timeout_s = timeout_s
+        self.python = python
+        self.stdout = stdout
+        self.init_timeout_s = init_timeout_s if init_timeout_s is not None else max(10.0, timeout_s)
+        self.site_packages = site_packages
+        self.version = version
+        self.account_id = account_id
+
+        self.init_duration_ms: float | None = None
+        self.invocations = 0
+        self.last_used = time.monotonic()
+        self._proc: asyncio.subprocess.Process | None = None
+        self._busy = False
+        self._init_failure: tuple[str, object] | None = None  # ("error", obj) | ("exit", rc) | ("timeout", s)
+        self._init_log = ""
+        self._cold = False  # the next invocation is the first after an INIT
+
+    # --- state the pool reads ---
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.returncode is None
+
+    @property
+    def busy(self) -> bool:
+        return self._busy
+
+    @property
+    def needs_restart(self) -> bool:
+        """True when the next invocation must pay a new INIT (never started, reset, crashed)."""
+        return self._init_failure is not None or not self.alive
+
+    @property
+    def region(self) -> str:
+        env = self.user_env
+        return env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+    @property
+    def function_arn(self) -> str:
+        return f"arn:aws:lambda:{self.region}:{self.account_id}:function:{self.function_name}"
+
+    def base_env(self) -> dict[str, str]:
+        """The function's variables, then the reserved ones every runtime gets on top."""
+        env = dict(self.user_env)
+        base_path = env.get("PATH") or os.environ.get("PATH") or DEFAULT_PATH
+        env["PATH"] = os.pathsep.join([base_path, *layer_dirs(self.layers, "bin")])
+        libs = layer_dirs(self.layers, "lib")
+        if libs:
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [env.get("LD_LIBRARY_PATH"), *libs]))
+        day = time.strftime("%Y/%m/%d", time.gmtime())
+        env.update(
+            {
+                "_HANDLER": self.handler,
+                "LAMBDA_TASK_ROOT": self.code_dir,
+                "AWS_LAMBDA_FUNCTION_NAME": self.function_name,
+                "AWS_LAMBDA_FUNCTION_VERSION": self.version,
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
+                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.function_name}",
+                "AWS_LAMBDA_LOG_STREAM_NAME": f"{day}/[{self.version}]{os.urandom(16).hex()}",
+                "AWS_REGION": self.region,
+                "AWS_DEFAULT_REGION": env.get("AWS_DEFAULT_REGION", self.region),
+                "TZ": "UTC",
+            }
+        )
+        env.setdefault("LANG", "en_US.UTF-8")
+        return env
+
+    # --- lifecycle ---
+
+    async def start(self) -> float:
+        """Spawn the environment and run INIT; returns the init duration in ms.
+
+        An INIT that fails is not raised here: as in Lambda, it is the first invocation's result.
+        """
+        if self._busy:
+            raise WorkerBusy(f"{self.function_name}: environment is busy")
+        self._busy = True
+        try:
+            return await self._start()
+        finally:
+            self._busy = False
+
+    async def _start(self) -> float:
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Shut the environment down: ask it to end (``_close_channel``), then SIGKILL what is left."""
+        await self._shutdown(grace_s=STOP_GRACE_S)
+
+    def _close_channel(self) -> None:
+        """Tell the runtime to finish (EOF, a signal); the grace period runs after this."""
+
+    def _on_killed(self) -> None:
+        """Forget the channel to a process group that is gone."""
+
+    async def _shutdown(self, grace_s: float) -> None:
+        self._close_channel()
+        if self._proc is not None and self._proc.returncode is None and grace_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._proc.wait(), grace_s)
+        await self._kill()
+        self._proc = None
+
+    async def _kill(self) -> None:
+        """SIGKILL the environment's process group (the handler's subprocesses too) and reap it."""
+        proc = self._proc
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        self._on_killed()
+
+    async def _reap(self) -> int:
+        """The runtime went away: wait for its exit status, then clear its process group."""
+        assert self._proc is not None
+        try:
+            returncode = await asyncio.wait_for(self._proc.wait(), STOP_GRACE_S)
+        except TimeoutError:
+            returncode = -signal.SIGKILL
+        await self._kill()
+        return returncode if returncode is not None else -signal.SIGKILL
+
+    # --- invocations ---
+
+    async def invoke(self, req: InvocationRequest) -> InvocationResult:
+        """Run one invocation; starts (cold) or restarts the environment first if needed."""
+        if self._busy:
+            raise WorkerBusy(f"{self.function_name}: environment is busy")
+        self._busy = True
+        try:
+            if self.needs_restart and self._init_failure is None:
+                await self._start()
+            if self._init_failure is not None:
+                return await self._init_failure_result(req)
+            return await self._invoke(req)
+        finally:
+            self._busy = False
+            self.invocations += 1
+            self.last_used = time.monotonic()
+
+    async def _invoke(self, req: InvocationRequest) -> InvocationResult:
+        raise NotImplementedError
+
+    async def _watch(self, waiting: Awaitable[T], started: float) -> T:
+        """``waiting``'s result; TimeoutError past the timeout, OutOfMemory as soon as the runtime's
+        resident memory passes the function's memory size (checked every MEMORY_POLL_S)."""
+        assert self._proc is not None
+        deadline = started + self.timeout_s
+        future = asyncio.ensure_future(waiting)
+        try:
+            while True:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    raise TimeoutError
+                done, _ = await asyncio.wait({future}, timeout=min(MEMORY_POLL_S, left))
+                if done:
+                    return future.result()
+                rss = resident_memory_mb(self._proc.pid)
+                if rss > self.memory_mb:
+                    raise OutOfMemory(rss)
+        finally:
+            if not future.done():
+                future.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await future
+
+    # --- results the host writes itself ---
+
+    def _error_result(
+        self,
+        req: InvocationRequest,
+        error: dict,
+        body_log: str,
+        duration_ms: float,
+        init_ms: float | None,
+        memory: int,
+        status: str,
+        prefix_log: str = "",
+        *,
+        output: str = "",
+        runtime_wrote_start: bool = False,
+        echo: bool = True,
+    ) -> InvocationResult:
+        """A result the host writes because the runtime cannot (timeout, crash, failed INIT).
+
+        ``output``: what the invocation printed after its START line (already echoed by whoever
+        read it). ``runtime_wrote_start``: START already went to the container log."""
+        rid = req.request_id
+        start = logfmt.start_line(rid, req.version or self.version)
+        rest = body_log + logfmt.end_line(rid)
+        rest += logfmt.report_line(rid, duration_ms, self.memory_mb, memory, init_ms, status)
+        if echo:
+            self._echo(rest if runtime_wrote_start else start + rest)
+        return InvocationResult(
+            request_id=rid,
+            payload=json.dumps(error).encode(),
+            function_error="Unhandled",
+            error_type=error["errorType"],
+            log=prefix_log + start + output + rest,
+            duration_ms=duration_ms,
+            init_duration_ms=init_ms,
+            max_memory_mb=memory,
+        )
+
+    def _timeout_result(
+        self, req: InvocationRequest, init_ms: float | None, memory: int, prefix: str, output: str = ""
+    ) -> InvocationResult:
+        error = {
+            "errorType": "Sandbox.Timedout",
+            "errorMessage": logfmt.timeout_message(req.request_id, self.timeout_s),
+        }
+        line = logfmt.timeout_line(req.request_id, self.timeout_s)
+        return self._error_result(
+            req,
+            error,
+            line,
+            self.timeout_s * 1000,
+            init_ms,
+            memory,
+            "timeout",
+            prefix,
+            output=output,
+            runtime_wrote_start=True,
+        )
+
+    def _oom_result(
+        self,
+        req: InvocationRequest,
+        duration_ms: float,
+        init_ms: float | None,
+        memory: int,
+        prefix: str,
+        output: str = "",
+        *,
+        runtime_reported: bool = False,
+    ) -> InvocationResult:
+        """Lambda's answer when a function outgrows its memory: the environment is killed and the
+        error is ``Runtime.OutOfMemory``. ``runtime_reported``: the runtime finished and already wrote
+        its END and REPORT lines to the container log, so only the error is added there."""
+        message = f"RequestId: {req.request_id} Error: Runtime exited with error: signal: killed"
+        error = {"errorType": "Runtime.OutOfMemory", "errorMessage": message}
+        body = f"{message}\nRuntime.OutOfMemory\n"
+        result = self._error_result(
+            req,
+            error,
+            body,
+            duration_ms,
+            init_ms,
+            memory,
+            "error",
+            prefix,
+            output=output,
+            runtime_wrote_start=True,
+            echo=not runtime_reported,
+        )
+        if runtime_reported:
+            self._echo(body)
+        return result
+
+    def _exit_result(
+        self,
+        req: InvocationRequest,
+        returncode: int,
+        duration_ms: float,
+        init_ms: float | None,
+        prefix: str,
+        *,
+        output: str = "",
+        runtime_wrote_start: bool = False,
+    ) -> InvocationResult:
+        message = (
+            f"RequestId: {req.request_id} Error: Runtime exited with error: {exit_description(returncode)}"
+        )
+        error = {"errorType": "Runtime.ExitError", "errorMessage": message}
+        body = f"{message}\nRuntime.ExitError\n"
+        return self._error_result(
+            req,
+            error,
+            body,
+            duration_ms,
+            init_ms,
+            0,
+            "error",
+            prefix,
+            output=output,
+            runtime_wrote_start=runtime_wrote_start,
+        )
+
+    async def _init_failure_result(self, req: InvocationRequest) -> InvocationResult:
+        """Report a failed INIT on this invocation, then leave the environment to be started afresh."""
+        assert self._init_failure is not None
+        kind, detail = self._init_failure
+        self._init_failure = None
+        self._cold = False
+        await self._shutdown(grace_s=STOP_GRACE_S)
+        init_ms = self.init_duration_ms
+        if kind == "exit":
+            return self._exit_result(req, int(detail), 0.0, init_ms, self._init_log)  # type: ignore[call-overload]
+        if kind == "timeout":
+            message = f"RequestId: {req.request_id} Error: Init timed out after {detail:.2f} seconds"
+            error = {"errorType": "Sandbox.Timedout", "errorMessage": message}
+            return self._error_result(req, error, "", 0.0, init_ms, 0, "timeout", self._init_log)
+        error = dict(detail)  # type: ignore[call-overload]
+        error["requestId"] = req.request_id
+        return self._error_result(req, error, "", 0.0, init_ms, 0, "error", self._init_log)
+
+    def _echo(self, text: str) -> None:
+        """Platform lines the host wrote also go where the runtime's output goes (the container log)."""
+        target = self.stdout
+        try:
+            if target is None:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            elif isinstance(target, int):
+                if target >= 0:
+                    os.write(target, text.encode())
+            else:
+                target.write(text.encode() if "b" in getattr(target, "mode", "") else text)  # type: ignore[arg-type]
+                target.flush()
+        except (OSError, ValueError):
+            pass
