@@ -15,6 +15,7 @@ import urllib.request
 import zipfile
 
 MAX_BYTES = 250 * 1024 * 1024  # Lambda's unzipped limit bounds what we accept
+UNIX = 3  # ZipInfo.create_system of archives made on Unix (the only ones that carry modes)
 
 
 class FetchError(Exception):
@@ -50,6 +51,7 @@ def extract(data: bytes, sha256: str, dest: str) -> int:
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     archive.extractall(staging, members)
+    keep_exec_bits(staging, members)
     os.makedirs(dest, exist_ok=True)
     for name in os.listdir(staging):
         target = os.path.join(dest, name)
@@ -58,6 +60,16 @@ def extract(data: bytes, sha256: str, dest: str) -> int:
         os.replace(os.path.join(staging, name), target)
     shutil.rmtree(staging, ignore_errors=True)
     return len(members)
+
+
+def keep_exec_bits(root: str, members: list[zipfile.ZipInfo]) -> None:
+    """zipfile drops Unix permissions; a custom runtime's ``bootstrap`` (or a bundled binary) needs
+    its exec bit, as Lambda keeps it. Only the exec bits are restored (never setuid, never write)."""
+    for member in members:
+        mode = member.external_attr >> 16
+        if member.create_system == UNIX and mode & 0o111:
+            path = os.path.join(root, member.filename)
+            os.chmod(path, os.stat(path).st_mode | (mode & 0o111))
 
 
 def main(url: str, sha256: str, dest: str) -> int:

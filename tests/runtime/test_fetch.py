@@ -71,3 +71,22 @@ def test_path_traversal_is_refused(serve_bytes, tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "unsafe path" in result.stderr
     assert not (tmp_path / "evil.py").exists()
+
+
+def test_exec_bits_survive_extraction_and_nothing_more(serve_bytes, tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for name, mode in (("bootstrap", 0o755), ("data.txt", 0o644), ("setuid", 0o4777)):
+            info = zipfile.ZipInfo(name)
+            info.create_system = 3  # made on Unix: the mode is in the high half of external_attr
+            info.external_attr = mode << 16
+            archive.writestr(info, "#!/bin/sh\necho hi\n")
+    data = buf.getvalue()
+    dest = tmp_path / "task"
+    result = fetch(serve_bytes("rt.zip", data), hashlib.sha256(data).hexdigest(), str(dest))
+    assert result.returncode == 0, result.stderr
+    assert (dest / "bootstrap").stat().st_mode & 0o111 == 0o111
+    assert (dest / "data.txt").stat().st_mode & 0o111 == 0
+    mode = (dest / "setuid").stat().st_mode
+    assert mode & 0o111 == 0o111 and not mode & 0o4000  # exec kept, setuid never
+    assert subprocess.run([str(dest / "bootstrap")], capture_output=True, text=True).stdout == "hi\n"
