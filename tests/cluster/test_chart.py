@@ -214,3 +214,24 @@ def test_operator_works_with_exactly_the_charts_rbac(
         op.stop()
         sys.stderr.write(f"\n--- operator log ---\n{op.tail()}\n")
         Path(sa_config).unlink(missing_ok=True)
+
+
+def test_monitors_render_only_where_the_prometheus_operator_is(helm: str) -> None:
+    on = "metrics.serviceMonitor.enabled=true"
+    without = {d["kind"] for d in render(helm, "r", "lamina-system", on)}
+    assert not {"ServiceMonitor", "PodMonitor"} & without
+    args = ["template", "r", str(CHART), "--kube-version", KUBE_VERSION, "--set", on]
+    done = run_helm(helm, *args, "--api-versions", "monitoring.coreos.com/v1")
+    assert done.returncode == 0, done.stderr
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    monitors = {d["kind"]: d for d in docs if d["kind"] in ("ServiceMonitor", "PodMonitor")}
+    assert monitors["ServiceMonitor"]["spec"]["endpoints"][0]["port"] == "http"
+    assert monitors["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    operator = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "r-lamina-operator"
+    )
+    container = operator["spec"]["template"]["spec"]["containers"][0]
+    assert "--metrics-port=8082" in container["args"]
+    assert {"name": "metrics", "containerPort": 8082, "protocol": "TCP"} in container["ports"]
+    selector = monitors["PodMonitor"]["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= operator["spec"]["template"]["metadata"]["labels"].items()

@@ -36,9 +36,10 @@ def crds(apply_yaml: Callable[..., list[dict]]) -> None:
 class Operator:
     """`python -m lamina.reconcilers --namespace NS` as a child process."""
 
-    def __init__(self, kubeconfig: str, namespace: str) -> None:
+    def __init__(self, kubeconfig: str, namespace: str, *args: str) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
+        self.args = list(args)
         self.log = Path(tempfile.mkstemp(prefix="lamina-operator-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -59,6 +60,7 @@ class Operator:
                     "--namespace",
                     self.namespace,
                     "--log-format=plain",
+                    *self.args,
                 ],
                 env=env,
                 stdout=out,

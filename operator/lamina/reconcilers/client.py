@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +81,8 @@ class Kube:
 
     def __init__(self, api_client: client.ApiClient) -> None:
         self.api = api_client
+        #: Called with (verb, HTTP status; 0 when nothing answered) after every request (metrics).
+        self.on_response: Callable[[str, int], None] | None = None
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None, pool_size: int = 32) -> Kube:
@@ -121,10 +124,19 @@ class Kube:
             response = self.api.call_api(*params, _request_timeout=(10, 60))
             response.read()
         except ApiException as e:  # transport-level refusals surface here
+            self._observe(method, e.status or 0)
             raise _api_error(e.status or 0, e.reason or "", e.body) from None
+        except Exception:
+            self._observe(method, 0)
+            raise
+        self._observe(method, response.status)
         if not 200 <= response.status <= 299:
             raise _api_error(response.status, response.reason or "", response.data)
         return json.loads(response.data) if response.data else None
+
+    def _observe(self, verb: str, code: int) -> None:
+        if self.on_response is not None:
+            self.on_response(verb, code)
 
     # -------------------------------------------------------------------------------- objects
 

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from lamina.api import LaminaObject, ManifestError, parse_object
 from lamina.reconcilers.client import Kube
+from lamina.reconcilers.metrics import OperatorMetrics
 from lamina.reconcilers.requeue import Requeue
 from lamina.reconcilers.status import BLOCKING_REASONS, READY, find
 from lamina.resources import Settings
@@ -65,6 +66,7 @@ class Context:
     settings: Settings
     post: EventSink = field(default=_log_event)
     requeue: Requeue | None = None
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     #: Last readiness computed per (namespace, function): lets Deployment events that change nothing
     #: the Function reports skip reading the Function (thread-safe: single dict operations).
     readiness: dict[Hashable, Any] = field(default_factory=dict)

@@ -4,6 +4,7 @@ changed, the requeue, the resync): blocked objects are requeued, reconciled ones
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -32,15 +33,26 @@ def reconcile(ctx: Context, body: dict[str, Any]) -> Any:
     """Reconcile ``body`` (a plain dict); returns the reconciler's result, or None when blocked
     (the reason is in the object's status, and a retry is scheduled if waiting can help)."""
     key = key_of(body)
+    metrics = ctx.metrics
+    started = time.perf_counter()
     try:
         result = RECONCILERS[key[0]](ctx, body)
     except Blocked as b:
         log.info("%s %s/%s: %s: %s", *key, b.reason, b.message)
+        metrics.reconciles.labels(key[0], "blocked").inc()
+        metrics.blocked.block(key, key[0], b.reason)
         if b.retry is not None and ctx.requeue is not None:
             ctx.requeue.add(key, b.retry)
         elif ctx.requeue is not None:
             ctx.requeue.forget(key)  # only a change of the object can help
         return None
+    except Exception:
+        metrics.reconciles.labels(key[0], "error").inc()
+        raise
+    finally:
+        metrics.reconcile_seconds.labels(key[0]).observe(time.perf_counter() - started)
+    metrics.reconciles.labels(key[0], "reconciled").inc()
+    metrics.blocked.clear(key)
     if ctx.requeue is not None:
         ctx.requeue.forget(key)
     return result
@@ -56,6 +68,7 @@ def reconcile_named(ctx: Context, kind: str, namespace: str, name: str) -> Any:
             ctx.requeue.add((kind, namespace, name), 5.0)
         return None
     if body is None or body["metadata"].get("deletionTimestamp"):
+        ctx.metrics.blocked.clear((kind, namespace, name))
         if ctx.requeue is not None:
             ctx.requeue.forget((kind, namespace, name))
         return None

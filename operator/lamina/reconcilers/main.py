@@ -183,7 +183,17 @@ def layer_deleted(
 ) -> None:
     if event.get("type") == "DELETED":
         ns, name = body.metadata.namespace, body.metadata.name
-        _each(ctx_of(memo), "Function", ns, functions_by_layer.get((ns, name), []))
+        ctx = ctx_of(memo)
+        ctx.metrics.blocked.clear(("Layer", ns, name))
+        _each(ctx, "Function", ns, functions_by_layer.get((ns, name), []))
+
+
+@kopf.on.event(*FUNCTIONS, registry=registry)
+@kopf.on.event(*MAPPINGS, registry=registry)
+async def object_deleted(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A deleted object is no longer blocked (nothing else would tell the metrics: no finalizers)."""
+    if event.get("type") == "DELETED":
+        ctx_of(memo).metrics.blocked.clear((body["kind"], body.metadata.namespace, body.metadata.name))
 
 
 # ------------------------------------------------------------------------------- event sources
@@ -241,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8081/healthz"
     )
+    p.add_argument(
+        "--metrics-port", type=int, help="serve Prometheus metrics on this port (/metrics; default: off)"
+    )
+    p.add_argument("--metrics-address", default="0.0.0.0", help="address for --metrics-port")
     p.add_argument("--log-format", choices=["plain", "full", "json"], default="full")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -256,6 +270,9 @@ def run_operator(argv: list[str] | None = None) -> int:
     if not args.verbose:
         logging.getLogger("kopf.objects").addFilter(QuietWatchHandlers())
     ctx = Context(Kube.from_environment(args.kubeconfig), Settings.from_env(), post=post_event)
+    ctx.kube.on_response = ctx.metrics.count_api_request
+    if args.metrics_port is not None:
+        ctx.metrics.serve(args.metrics_port, args.metrics_address)
     kopf.run(
         registry=registry,
         clusterwide=not args.namespace,
