@@ -220,6 +220,20 @@ def test_invalid_manifest_is_rejected_by_the_api_server_naming_the_field(
         cluster.create("functions", function("bad", code={"inline": "x", "configMap": {"name": "c"}}))
     assert two_sources.value.status == 422
     assert "spec.code" in two_sources.value.body
+    ordered_but_scaled = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "EventSourceMapping",
+        "metadata": {"name": "bad"},
+        "spec": {
+            "functionName": "f",
+            "source": {"redis": {"url": "redis://127.0.0.1:6379", "stream": "s"}},
+            "scalingConfig": {"maximumConcurrency": 4},
+        },
+    }
+    with pytest.raises(ApiException) as scaled:
+        cluster.create("eventsourcemappings", ordered_but_scaled)
+    assert scaled.value.status == 422
+    assert "spec.scalingConfig: applies to rabbitmq sources only" in scaled.value.body
 
 
 def test_function_gets_children_with_owner_refs_and_becomes_ready(

@@ -204,6 +204,20 @@ CASES = [
         "EventSourceMapping orders: spec.functionResponseTypes: does not apply to a schedule",
     ),
     (
+        with_spec(MAPPING, scalingConfig={"maximumConcurrency": 5}),
+        "EventSourceMapping orders: spec.scalingConfig: applies to rabbitmq sources only (Redis and NATS "
+        "streams keep their order by processing one batch at a time)",
+    ),
+    (
+        with_spec(
+            MAPPING,
+            source={"rabbitmq": {"url": "amqp://localhost", "queue": "q"}},
+            scalingConfig={"maximumConcurrency": 1},
+        ),
+        "EventSourceMapping orders: spec.scalingConfig.maximumConcurrency: "
+        "must be between 2 and 1000 (got 1)",
+    ),
+    (
         with_spec(LAYER, url="https://h/l.zip", sha256=SHA),
         "Layer deps: spec: exactly one of url, configMap, requirements must be set (got url, requirements)",
     ),

@@ -111,6 +111,20 @@ class FilterCriteria(LaminaModel):
     )
 
 
+SCALING_ONLY_QUEUES = (
+    "spec.scalingConfig: applies to rabbitmq sources only (Redis and NATS streams keep their order by "
+    "processing one batch at a time)"
+)
+
+
+class ScalingConfig(LaminaModel):
+    """How many batches of a queue are processed at once (Lambda's SQS ScalingConfig)."""
+
+    maximum_concurrency: int = Field(
+        ge=2, le=1000, description="Most batches in flight at once (each invokes the function)."
+    )
+
+
 class EventSourceMappingSpec(LaminaModel):
     """How records flow from a source into a function."""
 
@@ -122,7 +136,12 @@ class EventSourceMappingSpec(LaminaModel):
                     " || self.maximumRecordAgeSeconds >= 60",
                     "message": "spec.maximumRecordAgeSeconds must be -1 or between 60 and 604800",
                     "fieldPath": ".maximumRecordAgeSeconds",
-                }
+                },
+                {
+                    "rule": "!has(self.scalingConfig) || has(self.source.rabbitmq)",
+                    "message": SCALING_ONLY_QUEUES,
+                    "fieldPath": ".scalingConfig",
+                },
             ]
         }
     )
@@ -153,6 +172,9 @@ class EventSourceMappingSpec(LaminaModel):
     )
     destination_config: DestinationConfig | None = None
     filter_criteria: FilterCriteria | None = None
+    scaling_config: ScalingConfig | None = Field(
+        default=None, description="rabbitmq only: process several batches at once (default: one)."
+    )
 
     @field_validator("maximum_record_age_seconds")
     @classmethod
@@ -165,7 +187,14 @@ class EventSourceMappingSpec(LaminaModel):
     def _brokers_only(self) -> EventSourceMappingSpec:
         if self.source.schedule is not None and self.function_response_types:
             raise FieldError("functionResponseTypes", "does not apply to a schedule")
+        if self.scaling_config is not None and self.source.kind != "rabbitmq":
+            raise FieldError("scalingConfig", SCALING_ONLY_QUEUES.removeprefix("spec.scalingConfig: "))
         return self
+
+    @property
+    def concurrency(self) -> int:
+        """Batches in flight at once: one unless scalingConfig says more."""
+        return self.scaling_config.maximum_concurrency if self.scaling_config is not None else 1
 
     @property
     def is_schedule(self) -> bool:

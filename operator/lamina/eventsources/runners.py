@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -66,7 +68,12 @@ class FunctionSink:
 
 
 class BrokerMapping:
-    """One mapping over a queue or stream; prints each change of state."""
+    """One mapping over a queue or stream; prints each change of state.
+
+    ``spec.scalingConfig.maximumConcurrency`` workers consume side by side (rabbitmq only: each is a
+    consumer of its own on the queue, so the broker spreads the messages); otherwise one worker keeps
+    the source's order. Each worker has its own connections, and its own dead-letter sink.
+    """
 
     def __init__(
         self,
@@ -79,62 +86,97 @@ class BrokerMapping:
         ns, spec = esm.metadata.namespace, esm.spec
         self.esm = esm
         self.label = f"{esm.name} ({spec.source.describe()} -> {spec.function_name})"
-        source = make_source(
-            spec.source,
-            resolve_url(spec.source.target, ns),
-            esm_name=esm.name,
-            batch_size=spec.batch_size,
-            starting_position=spec.starting_position,
-        )
-        dlq: Any = None
+        source_url = resolve_url(spec.source.target, ns)
         on_failure = spec.destination_config.on_failure if spec.destination_config else None
-        if on_failure is not None:
-            if on_failure.function is not None:
-                dlq = FunctionSink(enqueue, f"{ns}/{on_failure.function.name}")
-            else:
-                dlq = make_sink(on_failure, resolve_url(on_failure.target, ns))
+        dlq_url = (
+            resolve_url(on_failure.target, ns)
+            if on_failure is not None and on_failure.function is None
+            else None
+        )
         function_key = f"{ns}/{spec.function_name}"
 
         async def invoke_function(_: str, payload: bytes) -> InvocationResult:
             return await invoke(function_key, payload)
 
-        self.status = MappingStatus()
+        def dead_letters() -> Any:
+            if on_failure is None:
+                return None
+            if on_failure.function is not None:
+                return FunctionSink(enqueue, f"{ns}/{on_failure.function.name}")
+            return make_sink(on_failure, dlq_url)
+
+        self._statuses: list[MappingStatus] = [MappingStatus() for _ in range(spec.concurrency)]
         self._shown = ""
         self._on_change = on_change
-        self.worker = MappingWorker(
-            MappingConfig.from_spec(esm.name, spec),
-            source,
-            invoke_function,
-            dlq=dlq,
-            on_status=self._on_status,
-        )
+        self.workers = [
+            MappingWorker(
+                MappingConfig.from_spec(esm.name, spec),
+                make_source(
+                    spec.source,
+                    source_url,
+                    esm_name=esm.name,
+                    batch_size=spec.batch_size,
+                    starting_position=spec.starting_position,
+                ),
+                invoke_function,
+                dlq=dead_letters(),
+                on_status=functools.partial(self._on_status, i),
+            )
+            for i in range(spec.concurrency)
+        ]
 
-    def _on_status(self, status: MappingStatus) -> None:
-        self.status = status
-        shown = f"{status.state}: {status.last_processing_result}"
+    @property
+    def status(self) -> MappingStatus:
+        """The workers' statuses as one: counters summed, the latest result, the oldest record's age."""
+        return combine(self._statuses)
+
+    def _on_status(self, index: int, status: MappingStatus) -> None:
+        self._statuses[index] = status
+        combined = self.status
+        shown = f"{combined.state}: {combined.last_processing_result}"
         if shown != self._shown:
             self._shown = shown
             print(f"mapping {self.label}: {shown}", flush=True)
             if self._on_change is not None:
-                self._on_change(status)
+                self._on_change(combined)
 
     async def start(self) -> None:
-        self.worker.start()
+        for worker in self.workers:
+            worker.start()
 
     async def stop(self) -> None:
-        await self.worker.stop(grace_seconds=5)
+        await asyncio.gather(*(worker.stop(grace_seconds=5) for worker in self.workers))
 
     async def wait(self) -> None:
-        task = self.worker.start()
-        await task
+        await asyncio.gather(*(worker.start() for worker in self.workers))
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "name": self.esm.name,
             "source": self.esm.spec.source.describe(),
             "function": self.esm.spec.function_name,
+            "concurrency": len(self.workers),
             **self.status.to_dict(),
         }
+
+
+def combine(statuses: list[MappingStatus]) -> MappingStatus:
+    """One status for workers of one mapping (one worker: its own status, unchanged)."""
+    if len(statuses) == 1:
+        return statuses[0]
+    first = statuses[0]
+    merged = dataclasses.replace(first)
+    for f in dataclasses.fields(MappingStatus):
+        if f.type in ("int", int) and f.name != "iterator_age_ms":
+            setattr(merged, f.name, sum(getattr(s, f.name) for s in statuses))
+    merged.iterator_age_ms = max(s.iterator_age_ms for s in statuses)
+    problems = [s for s in statuses if s.last_processing_result.startswith("PROBLEM")]
+    if problems:
+        merged.last_processing_result = problems[0].last_processing_result
+        merged.last_error = problems[0].last_error
+    elif any(s.last_processing_result == "OK" for s in statuses):
+        merged.last_processing_result = "OK"
+    return merged
 
 
 class ScheduleMapping:
