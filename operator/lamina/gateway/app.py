@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from lamina.gateway import functions_api
 from lamina.gateway.errors import SYNC_PAYLOAD_LIMIT
 from lamina.gateway.invoke_api import SERVICE_KEY, handle_invoke
 from lamina.gateway.service import InvocationService
@@ -25,6 +26,7 @@ def build_app(service: InvocationService) -> web.Application:
     app = web.Application(client_max_size=SYNC_PAYLOAD_LIMIT + 1024 * 1024)
     app[SERVICE_KEY] = service
     app.router.add_post("/2015-03-31/functions/{name}/invocations", handle_invoke)
+    functions_api.add_routes(app)
     app.router.add_route("*", "/url/{function}", handle_url)
     app.router.add_route("*", "/url/{function}/{tail:.*}", handle_url)
     app.router.add_get("/metrics", handle_metrics)

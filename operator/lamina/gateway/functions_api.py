@@ -1,0 +1,119 @@
+"""The read side of Lambda's control-plane API: what `aws lambda list-functions` / `get-function` and
+boto3's `list_functions`, `get_function`, `get_function_configuration` and
+`get_function_concurrency` ask.
+
+Functions are declared as manifests, not created through this API, so only reads are served. The
+environment's variables are left out of the configuration: the gateway has no IAM in front of it,
+and they may come from Secrets.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+
+from lamina.environments.base import FunctionConfig
+from lamina.gateway.errors import InvalidParameterValue, LambdaServiceError
+from lamina.gateway.invoke_api import SERVICE_KEY, error_response
+
+MAX_ITEMS = 50  # Lambda's page size for ListFunctions
+
+
+def display_name(fn: FunctionConfig, default_namespace: str) -> str:
+    """The FunctionName that invokes it: plain in the default namespace, else `namespace.name`."""
+    return fn.name if fn.namespace == default_namespace else f"{fn.namespace}.{fn.name}"
+
+
+def configuration(fn: FunctionConfig, default_namespace: str) -> dict[str, object]:
+    """A FunctionConfiguration as Lambda returns it, for what lamina knows of the function."""
+    custom = fn.runtime.startswith("provided")
+    return {
+        "FunctionName": display_name(fn, default_namespace),
+        "FunctionArn": fn.arn,
+        "Runtime": fn.runtime,
+        "Handler": fn.handler,
+        "MemorySize": fn.memory_mb,
+        "Timeout": fn.timeout_seconds,
+        "Version": "$LATEST",
+        "CodeSha256": fn.revision,
+        "PackageType": "Zip",
+        "Architectures": ["x86_64"],
+        "State": "Active",
+        "LastUpdateStatus": "Successful",
+        "Description": f"{fn.namespace}/{fn.name}" + (" (custom runtime)" if custom else ""),
+    }
+
+
+def _json(body: object, request_id: str) -> web.Response:
+    return web.json_response(body, headers={"x-amzn-RequestId": request_id})
+
+
+async def handle_list(request: web.Request) -> web.Response:
+    request_id = str(uuid.uuid4())
+    service = request.app[SERVICE_KEY]
+    try:
+        raw = request.query.get("MaxItems", str(MAX_ITEMS))
+        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+            raise InvalidParameterValue(f"MaxItems must be between 1 and 10000 (got {raw!r})")
+        size = int(raw)
+        marker = request.query.get("Marker", "")
+        if marker and not marker.isdigit():
+            raise InvalidParameterValue(f"Invalid Marker: {marker!r}")
+        start = int(marker or 0)
+    except LambdaServiceError as exc:
+        return error_response(exc, request_id)
+    default = service.registry.default_namespace
+    functions = sorted(service.registry.all(), key=lambda f: (f.namespace, f.name))
+    page = functions[start : start + size]
+    body: dict[str, object] = {"Functions": [configuration(f, default) for f in page]}
+    if start + size < len(functions):
+        body["NextMarker"] = str(start + size)
+    return _json(body, request_id)
+
+
+async def handle_get(request: web.Request) -> web.Response:
+    request_id = str(uuid.uuid4())
+    service = request.app[SERVICE_KEY]
+    try:
+        fn = service.registry.resolve(request.match_info["name"], request.query.get("Qualifier"))
+    except LambdaServiceError as exc:
+        return error_response(exc, request_id)
+    body: dict[str, object] = {
+        "Configuration": configuration(fn, service.registry.default_namespace),
+        "Code": {"RepositoryType": "S3", "Location": ""},
+    }
+    if fn.reserved_concurrency is not None:
+        body["Concurrency"] = {"ReservedConcurrentExecutions": fn.reserved_concurrency}
+    return _json(body, request_id)
+
+
+async def handle_get_configuration(request: web.Request) -> web.Response:
+    request_id = str(uuid.uuid4())
+    service = request.app[SERVICE_KEY]
+    try:
+        fn = service.registry.resolve(request.match_info["name"], request.query.get("Qualifier"))
+    except LambdaServiceError as exc:
+        return error_response(exc, request_id)
+    return _json(configuration(fn, service.registry.default_namespace), request_id)
+
+
+async def handle_get_concurrency(request: web.Request) -> web.Response:
+    request_id = str(uuid.uuid4())
+    service = request.app[SERVICE_KEY]
+    try:
+        fn = service.registry.resolve(request.match_info["name"])
+    except LambdaServiceError as exc:
+        return error_response(exc, request_id)
+    body = (
+        {} if fn.reserved_concurrency is None else {"ReservedConcurrentExecutions": fn.reserved_concurrency}
+    )
+    return _json(body, request_id)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/2015-03-31/functions/", handle_list)
+    app.router.add_get("/2015-03-31/functions", handle_list)
+    app.router.add_get("/2015-03-31/functions/{name}", handle_get)
+    app.router.add_get("/2015-03-31/functions/{name}/configuration", handle_get_configuration)
+    app.router.add_get("/2019-09-30/functions/{name}/concurrency", handle_get_concurrency)
