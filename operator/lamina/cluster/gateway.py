@@ -44,7 +44,8 @@ class FunctionCatalog:
         else:
             try:
                 fn = parse_object(obj)
-                revision = str(fn.metadata.generation or "")
+                # The operator's digest of code, layers and configuration (GetFunction's CodeSha256).
+                revision = (obj.get("status") or {}).get("codeDigest") or str(fn.metadata.generation or "")
                 self.functions[key] = function_config(fn, revision=revision)  # type: ignore[arg-type]
             except ManifestError as exc:  # the CRD schema should have refused it; never serve it
                 log.warning("ignoring Function %s: %s", key, exc)
