@@ -43,6 +43,20 @@ class OutOfMemory(Exception):
         self.memory_mb = memory_mb
 
 
+def kill_group(pgid: int, sig: int, *, leader_reaped: bool) -> None:
+    """Signal the process group an environment leads (the handler's own subprocesses included).
+
+    Once the leader has been reaped its id is free, and the kernel may hand it to a new process that
+    leads its own group (anything started in a new session: a broker, another environment). Linux does
+    not reuse an id while orphans of ours still carry it as their group, so an id that names a live
+    process again is not ours any more, and that group is left alone.
+    """
+    if leader_reaped and os.path.exists(f"/proc/{pgid}"):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
 def exit_description(returncode: int) -> str:
     """How Lambda words a runtime's exit: `exit status 1`, or `signal: segmentation fault`."""
     if returncode < 0:
@@ -211,8 +225,7 @@ class HostedEnvironment:
         proc = self._proc
         if proc is None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc.pid, signal.SIGKILL, leader_reaped=proc.returncode is not None)
         await proc.wait()
         self._on_killed()
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import fcntl
 import json
 import os
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import logfmt
-from .host import PROVISIONED, HostedEnvironment, OutOfMemory, peak_memory_mb
+from .host import PROVISIONED, HostedEnvironment, OutOfMemory, kill_group, peak_memory_mb
 from .http11 import BadRequest, Request, serve_connection
 from .protocol import InvocationRequest, InvocationResult
 
@@ -268,8 +267,7 @@ class RuntimeApiProcess(HostedEnvironment):
     def _close_channel(self) -> None:
         """SIGTERM, as Lambda's Shutdown phase sends the runtime; SIGKILL follows after the grace."""
         if self._proc is not None and self._proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, signal.SIGTERM)
+            kill_group(self._proc.pid, signal.SIGTERM, leader_reaped=False)
 
     def _on_killed(self) -> None:
         """Drop every connection of the dead bootstrap (a parked /next must never get new work)."""

@@ -28,6 +28,8 @@ import urllib.request
 from pathlib import Path
 from typing import Self
 
+from lamina_runtime.host import kill_group
+
 BINARIES = {
     "redis": "redis-server",
     "nats": "nats-server",
@@ -127,10 +129,10 @@ class BrokerServer:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
-        # Helpers the server left in its session (Erlang port programs...).
+        # Helpers the server left in its session (Erlang port programs...); never a group that now
+        # merely has the same id (see kill_group).
         if proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            kill_group(proc.pid, signal.SIGKILL, leader_reaped=True)
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
