@@ -690,10 +690,11 @@ def start(state_dir: Path | None = None, *, build: bool = True, attempts: int = 
         try:
             cp.start()
         except BaseException as e:
-            logs = sd.with_name(sd.name + ".failed-logs")
+            logs = sd.with_name(f"{sd.name}.failed-logs-{attempt}")
             shutil.rmtree(logs, ignore_errors=True)
             with contextlib.suppress(OSError):
                 shutil.copytree(sd / "logs", logs)
+                (logs / "error.txt").write_text(f"{type(e).__name__}: {e}\n")
             cp.stop()
             if not isinstance(e, Exception):
                 raise
