@@ -10,6 +10,7 @@ and they may come from Secrets.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -72,48 +73,42 @@ async def handle_list(request: web.Request) -> web.Response:
     return _json(body, request_id)
 
 
-async def handle_get(request: web.Request) -> web.Response:
-    request_id = str(uuid.uuid4())
-    service = request.app[SERVICE_KEY]
-    try:
-        fn = service.registry.resolve(request.match_info["name"], request.query.get("Qualifier"))
-    except LambdaServiceError as exc:
-        return error_response(exc, request_id)
+def _function(fn: FunctionConfig, default_namespace: str) -> dict[str, object]:
     body: dict[str, object] = {
-        "Configuration": configuration(fn, service.registry.default_namespace),
+        "Configuration": configuration(fn, default_namespace),
         "Code": {"RepositoryType": "S3", "Location": ""},
     }
     if fn.reserved_concurrency is not None:
         body["Concurrency"] = {"ReservedConcurrentExecutions": fn.reserved_concurrency}
-    return _json(body, request_id)
+    return body
 
 
-async def handle_get_configuration(request: web.Request) -> web.Response:
-    request_id = str(uuid.uuid4())
-    service = request.app[SERVICE_KEY]
-    try:
-        fn = service.registry.resolve(request.match_info["name"], request.query.get("Qualifier"))
-    except LambdaServiceError as exc:
-        return error_response(exc, request_id)
-    return _json(configuration(fn, service.registry.default_namespace), request_id)
+def _concurrency(fn: FunctionConfig, default_namespace: str) -> dict[str, object]:
+    reserved = fn.reserved_concurrency
+    return {} if reserved is None else {"ReservedConcurrentExecutions": reserved}
 
 
-async def handle_get_concurrency(request: web.Request) -> web.Response:
-    request_id = str(uuid.uuid4())
-    service = request.app[SERVICE_KEY]
-    try:
-        fn = service.registry.resolve(request.match_info["name"])
-    except LambdaServiceError as exc:
-        return error_response(exc, request_id)
-    body = (
-        {} if fn.reserved_concurrency is None else {"ReservedConcurrentExecutions": fn.reserved_concurrency}
-    )
-    return _json(body, request_id)
+def describing(
+    describe: Callable[[FunctionConfig, str], dict[str, object]], *, qualified: bool = True
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """A GET handler for one function: resolve the name (and Qualifier) as Invoke does, describe it."""
+
+    async def handle(request: web.Request) -> web.Response:
+        request_id = str(uuid.uuid4())
+        registry = request.app[SERVICE_KEY].registry
+        qualifier = request.query.get("Qualifier") if qualified else None
+        try:
+            fn = registry.resolve(request.match_info["name"], qualifier)
+        except LambdaServiceError as exc:
+            return error_response(exc, request_id)
+        return _json(describe(fn, registry.default_namespace), request_id)
+
+    return handle
 
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/2015-03-31/functions/", handle_list)
     app.router.add_get("/2015-03-31/functions", handle_list)
-    app.router.add_get("/2015-03-31/functions/{name}", handle_get)
-    app.router.add_get("/2015-03-31/functions/{name}/configuration", handle_get_configuration)
-    app.router.add_get("/2019-09-30/functions/{name}/concurrency", handle_get_concurrency)
+    app.router.add_get("/2015-03-31/functions/{name}", describing(_function))
+    app.router.add_get("/2015-03-31/functions/{name}/configuration", describing(configuration))
+    app.router.add_get("/2019-09-30/functions/{name}/concurrency", describing(_concurrency, qualified=False))
