@@ -15,30 +15,8 @@ import time
 
 from . import logfmt
 from .framing import FLUSH_LOG_SIGNAL, FrameError, encode, read_frame
-from .host import (
-    DEFAULT_PATH,
-    MEMORY_POLL_S,
-    STOP_GRACE_S,
-    HostedEnvironment,
-    OutOfMemory,
-    WorkerBusy,
-    exit_description,
-    peak_memory_mb,
-    resident_memory_mb,
-)
+from .host import HostedEnvironment, OutOfMemory, peak_memory_mb
 from .protocol import InvocationRequest, InvocationResult
-
-__all__ = [
-    "DEFAULT_PATH",
-    "MEMORY_POLL_S",
-    "STOP_GRACE_S",
-    "OutOfMemory",
-    "WorkerBusy",
-    "WorkerProcess",
-    "exit_description",
-    "peak_memory_mb",
-    "resident_memory_mb",
-]
 
 RUNTIME_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTIAL_LOG_WAIT_S = 0.25  # how long a timed-out worker gets to hand over its log

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lamina_runtime.process import WorkerBusy, WorkerProcess
+from lamina_runtime.host import WorkerBusy
+from lamina_runtime.process import WorkerProcess
 
 from .conftest import call
 
@@ -242,7 +243,7 @@ async def test_last_used_and_invocations(write_code, make_worker):
 
 
 def test_signal_name_format():
-    from lamina_runtime.process import exit_description
+    from lamina_runtime.host import exit_description
 
     assert exit_description(2) == "exit status 2"
     assert exit_description(-signal.SIGKILL) == "signal: killed"
