@@ -7,8 +7,10 @@ local process (local mode) or a pod behind a Service (cluster). Both implementat
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from lamina_runtime.protocol import InvocationRequest, InvocationResult
 
@@ -61,6 +63,22 @@ def function_config(fn: Function, **where: Any) -> FunctionConfig:
         async_config=spec.async_,
         **where,
     )
+
+
+E = TypeVar("E")
+
+
+def hand_over(environment: E, waiters: deque[asyncio.Future[E]], busy: set[E], idle: list[E]) -> None:
+    """Give a free environment to the oldest request still waiting for one (marked busy for it), or
+    park it idle. Both pools hand environments over this way, so a held request never waits behind
+    a newer one."""
+    while waiters:
+        waiter = waiters.popleft()
+        if not waiter.done():
+            busy.add(environment)
+            waiter.set_result(environment)
+            return
+    idle.append(environment)
 
 
 def function_arn(name: str, qualifier: str | None = None) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from lamina.environments.base import FunctionConfig
+from lamina.environments.base import FunctionConfig, hand_over
 from lamina.environments.endpoints import EndpointSource
 from lamina_runtime.protocol import InvocationRequest, InvocationResult
 
@@ -55,15 +55,8 @@ class _Pool:
     def free(self, endpoint: str) -> None:
         self.busy.discard(endpoint)
         self.last_used[endpoint] = time.monotonic()
-        if endpoint not in self.ready:
-            return
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                self.busy.add(endpoint)
-                waiter.set_result(endpoint)
-                return
-        self.idle.append(endpoint)
+        if endpoint in self.ready:
+            hand_over(endpoint, self.waiters, self.busy, self.idle)
 
 
 class HttpEnvironmentPool:

@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from lamina.environments.base import FunctionConfig
+from lamina.environments.base import FunctionConfig, hand_over
 from lamina_runtime.factory import environment_for
 from lamina_runtime.host import HostedEnvironment
 from lamina_runtime.protocol import InvocationRequest, InvocationResult
@@ -175,13 +175,7 @@ class LocalProcessPool:
         self._hand_over(envs, env)
 
     def _hand_over(self, envs: _FunctionEnvironments, env: _Environment) -> None:
-        while envs.waiters:
-            waiter = envs.waiters.popleft()
-            if not waiter.done():
-                envs.busy.add(env)
-                waiter.set_result(env)
-                return
-        envs.idle.append(env)
+        hand_over(env, envs.waiters, envs.busy, envs.idle)
 
     async def _replace(self, envs: _FunctionEnvironments, env: _Environment, stale: bool) -> None:
         """A timed-out or crashed environment is reset; a provisioned one is re-INITialised at once."""
