@@ -21,16 +21,12 @@ from lamina.gateway.invoke_api import SERVICE_KEY, error_response
 MAX_ITEMS = 50  # Lambda's page size for ListFunctions
 
 
-def display_name(fn: FunctionConfig, default_namespace: str) -> str:
-    """The FunctionName that invokes it: plain in the default namespace, else `namespace.name`."""
-    return fn.name if fn.namespace == default_namespace else f"{fn.namespace}.{fn.name}"
-
-
-def configuration(fn: FunctionConfig, default_namespace: str) -> dict[str, object]:
-    """A FunctionConfiguration as Lambda returns it, for what lamina knows of the function."""
+def configuration(fn: FunctionConfig, name: str) -> dict[str, object]:
+    """A FunctionConfiguration as Lambda returns it, for what lamina knows of the function
+    (``name``: the FunctionName that reaches it)."""
     custom = fn.runtime.startswith("provided")
     return {
-        "FunctionName": display_name(fn, default_namespace),
+        "FunctionName": name,
         "FunctionArn": fn.arn,
         "Runtime": fn.runtime,
         "Handler": fn.handler,
@@ -64,18 +60,18 @@ async def handle_list(request: web.Request) -> web.Response:
         start = int(marker or 0)
     except LambdaServiceError as exc:
         return error_response(exc, request_id)
-    default = service.registry.default_namespace
-    functions = sorted(service.registry.all(), key=lambda f: (f.namespace, f.name))
+    registry = service.registry
+    functions = sorted(registry.all(), key=lambda f: (f.namespace, f.name))
     page = functions[start : start + size]
-    body: dict[str, object] = {"Functions": [configuration(f, default) for f in page]}
+    body: dict[str, object] = {"Functions": [configuration(f, registry.name_of(f)) for f in page]}
     if start + size < len(functions):
         body["NextMarker"] = str(start + size)
     return _json(body, request_id)
 
 
-def _function(fn: FunctionConfig, default_namespace: str) -> dict[str, object]:
+def _function(fn: FunctionConfig, name: str) -> dict[str, object]:
     body: dict[str, object] = {
-        "Configuration": configuration(fn, default_namespace),
+        "Configuration": configuration(fn, name),
         "Code": {"RepositoryType": "S3", "Location": ""},
     }
     if fn.reserved_concurrency is not None:
@@ -83,7 +79,7 @@ def _function(fn: FunctionConfig, default_namespace: str) -> dict[str, object]:
     return body
 
 
-def _concurrency(fn: FunctionConfig, default_namespace: str) -> dict[str, object]:
+def _concurrency(fn: FunctionConfig, name: str) -> dict[str, object]:
     reserved = fn.reserved_concurrency
     return {} if reserved is None else {"ReservedConcurrentExecutions": reserved}
 
@@ -101,7 +97,7 @@ def describing(
             fn = registry.resolve(request.match_info["name"], qualifier)
         except LambdaServiceError as exc:
             return error_response(exc, request_id)
-        return _json(describe(fn, registry.default_namespace), request_id)
+        return _json(describe(fn, registry.name_of(fn)), request_id)
 
     return handle
 

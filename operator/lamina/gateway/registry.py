@@ -55,6 +55,10 @@ class FunctionRegistry:
         namespace, dot, short = name.partition(".")
         return f"{namespace}/{short}" if dot else f"{self.default_namespace}/{name}"
 
+    def name_of(self, fn: FunctionConfig) -> str:
+        """The FunctionName that reaches ``fn`` (the inverse of :meth:`key_of`)."""
+        return fn.name if fn.namespace == self.default_namespace else f"{fn.namespace}.{fn.name}"
+
     def resolve(self, raw: str, qualifier: str | None = None) -> FunctionConfig:
         name, qual = split_function_name(raw, qualifier)
         fn = self._by_key.get(self.key_of(name))
