@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import json
 import logging
@@ -32,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from lamina.eventsources.base import Sink, Source, SourceRecord
 from lamina.eventsources.events import (
@@ -168,6 +169,40 @@ class MappingStatus:
     bisections: int = 0
     broker_errors: int = 0
 
+    #: The fields that count what happened (summed across the workers of one mapping).
+    COUNTERS: ClassVar[tuple[str, ...]] = (
+        "records_received",
+        "records_filtered",
+        "records_succeeded",
+        "records_dead_lettered",
+        "records_kept_without_destination",
+        "invocations",
+        "function_errors",
+        "partial_failures",
+        "throttles",
+        "retries",
+        "bisections",
+        "broker_errors",
+    )
+
+    @classmethod
+    def merged(cls, statuses: Sequence[MappingStatus]) -> MappingStatus:
+        """One status for several workers of one mapping: counters summed, the oldest record's age,
+        a problem if any worker has one, else OK if any processed records; the rest is the first's."""
+        if len(statuses) == 1:
+            return statuses[0]
+        merged = dataclasses.replace(statuses[0])
+        for name in cls.COUNTERS:
+            setattr(merged, name, sum(getattr(s, name) for s in statuses))
+        merged.iterator_age_ms = max(s.iterator_age_ms for s in statuses)
+        problems = [s for s in statuses if s.last_processing_result.startswith("PROBLEM")]
+        if problems:
+            merged.last_processing_result = problems[0].last_processing_result
+            merged.last_error = problems[0].last_error
+        elif any(s.last_processing_result == "OK" for s in statuses):
+            merged.last_processing_result = "OK"
+        return merged
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "state": self.state,
@@ -175,21 +210,13 @@ class MappingStatus:
             "lastProcessingResult": self.last_processing_result,
             "iteratorAgeMs": self.iterator_age_ms,
             "lastError": self.last_error,
-            "counters": {
-                "recordsReceived": self.records_received,
-                "recordsFiltered": self.records_filtered,
-                "recordsSucceeded": self.records_succeeded,
-                "recordsDeadLettered": self.records_dead_lettered,
-                "recordsKeptWithoutDestination": self.records_kept_without_destination,
-                "invocations": self.invocations,
-                "functionErrors": self.function_errors,
-                "partialFailures": self.partial_failures,
-                "throttles": self.throttles,
-                "retries": self.retries,
-                "bisections": self.bisections,
-                "brokerErrors": self.broker_errors,
-            },
+            "counters": {_camel(name): getattr(self, name) for name in self.COUNTERS},
         }
+
+
+def _camel(name: str) -> str:
+    first, *rest = name.split("_")
+    return first + "".join(part.title() for part in rest)
 
 
 @dataclass(slots=True, eq=False)

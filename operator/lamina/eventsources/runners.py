@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
@@ -128,7 +127,7 @@ class BrokerMapping:
     @property
     def status(self) -> MappingStatus:
         """The workers' statuses as one: counters summed, the latest result, the oldest record's age."""
-        return combine(self._statuses)
+        return MappingStatus.merged(self._statuses)
 
     def _on_status(self, index: int, status: MappingStatus) -> None:
         self._statuses[index] = status
@@ -158,25 +157,6 @@ class BrokerMapping:
             "concurrency": len(self.workers),
             **self.status.to_dict(),
         }
-
-
-def combine(statuses: list[MappingStatus]) -> MappingStatus:
-    """One status for workers of one mapping (one worker: its own status, unchanged)."""
-    if len(statuses) == 1:
-        return statuses[0]
-    first = statuses[0]
-    merged = dataclasses.replace(first)
-    for f in dataclasses.fields(MappingStatus):
-        if f.type in ("int", int) and f.name != "iterator_age_ms":
-            setattr(merged, f.name, sum(getattr(s, f.name) for s in statuses))
-    merged.iterator_age_ms = max(s.iterator_age_ms for s in statuses)
-    problems = [s for s in statuses if s.last_processing_result.startswith("PROBLEM")]
-    if problems:
-        merged.last_processing_result = problems[0].last_processing_result
-        merged.last_error = problems[0].last_error
-    elif any(s.last_processing_result == "OK" for s in statuses):
-        merged.last_processing_result = "OK"
-    return merged
 
 
 class ScheduleMapping:
