@@ -292,7 +292,9 @@ def _pid_alive(pid: int, exe: str | None = None) -> bool:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
         except OSError:
             return False
-        return cmd == exe
+        # Just after spawning, a live process can show an empty cmdline for a moment (exec is still
+        # setting it up); taking that for "exited" failed control-plane starts and leaked the process.
+        return cmd in (exe, "")
     return True
 
 
