@@ -1,7 +1,9 @@
 """`python -m lamina_runtime fetch URL SHA256 DEST`: an init container's job for url code and layers.
 
-The archive is checked against its declared digest before a single file is written, and extracted into
-DEST through a temporary directory, so DEST is either complete or untouched.
+The archive is checked against its declared digest before a single file is written, and extracted through
+a staging directory on DEST's own filesystem: beside DEST when DEST does not exist yet (then renamed into
+place whole), inside DEST when it does (a pod's volume on a read-only root: nothing beside it is
+writable). Either way nothing is written outside DEST's filesystem and no partial tree is served.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import io
 import os
 import shutil
 import sys
+import tempfile
 import urllib.request
 import zipfile
 
@@ -47,19 +50,58 @@ def extract(data: bytes, sha256: str, dest: str) -> int:
         parts = member.filename.replace("\\", "/").split("/")
         if member.filename.startswith("/") or ".." in parts:
             raise FetchError(f"unsafe path in archive: {member.filename}")
-    staging = dest.rstrip("/") + ".partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
+    if os.path.isdir(dest):
+        _extract_into_volume(archive, members, dest)
+    else:
+        _extract_beside(archive, members, dest)
+    return len(members)
+
+
+#: Prefix of the staging directory made inside a destination that already exists (a volume).
+STAGING_PREFIX = ".lamina-fetch-"
+
+
+def _unpack(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], staging: str) -> None:
     archive.extractall(staging, members)
     keep_exec_bits(staging, members)
-    os.makedirs(dest, exist_ok=True)
-    for name in os.listdir(staging):
-        target = os.path.join(dest, name)
-        if os.path.isdir(target):
-            shutil.rmtree(target)
-        os.replace(os.path.join(staging, name), target)
-    shutil.rmtree(staging, ignore_errors=True)
-    return len(members)
+
+
+def _extract_beside(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], dest: str) -> None:
+    """DEST does not exist yet (local mode's content-addressed directories): stage beside it and
+    rename the whole directory into place, so DEST appears complete or not at all."""
+    parent = os.path.dirname(os.path.abspath(dest))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent)
+    try:
+        _unpack(archive, members, staging)
+        os.chmod(staging, 0o755)  # mkdtemp's 0700 would hide the code from another user
+        os.rename(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _extract_into_volume(archive: zipfile.ZipFile, members: list[zipfile.ZipInfo], dest: str) -> None:
+    """DEST exists: in a pod it is the mount point of an emptyDir, on a read-only root filesystem, so
+    nothing can be written beside it and DEST itself cannot be replaced. Stage inside DEST (the one
+    writable place on the same filesystem, so every move is a rename), then rename each top-level
+    entry into place. The main container only starts once this init container has succeeded, so it
+    never sees a half-moved tree; an attempt that died half-way (the kubelet restarts the init
+    container with the same volume) leaves a stale staging directory, removed here, and entries of
+    the same archive, replaced here."""
+    for name in os.listdir(dest):
+        if name.startswith(STAGING_PREFIX):
+            shutil.rmtree(os.path.join(dest, name), ignore_errors=True)
+    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=dest)
+    try:
+        _unpack(archive, members, staging)
+        for name in os.listdir(staging):
+            target = os.path.join(dest, name)
+            if os.path.isdir(target) and not os.path.islink(target):
+                shutil.rmtree(target)
+            os.replace(os.path.join(staging, name), target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def keep_exec_bits(root: str, members: list[zipfile.ZipInfo]) -> None:
@@ -72,11 +114,30 @@ def keep_exec_bits(root: str, members: list[zipfile.ZipInfo]) -> None:
             os.chmod(path, os.stat(path).st_mode | (mode & 0o111))
 
 
+#: Where the kubelet looks for a container's last words (Pod status ...terminated.message).
+TERMINATION_LOG = "/dev/termination-log"
+
+
 def main(url: str, sha256: str, dest: str) -> int:
     try:
         count = extract(download(url), sha256, dest)
     except FetchError as exc:
-        print(f"lamina_runtime fetch: {exc}", file=sys.stderr)
-        return 1
+        return fail(str(exc))
+    except OSError as exc:  # the destination cannot be written: say where, not a traceback
+        return fail(f"cannot write {url} into {dest}: {exc}")
     print(f"lamina_runtime fetch: {count} files from {url} into {dest}")
     return 0
+
+
+def fail(message: str) -> int:
+    """Report a failed fetch on stderr and as the container's termination message, which the operator
+    copies into the Function's status (the kubelet mounts the file; outside a pod it does not exist)."""
+    line = f"lamina_runtime fetch: {message}"
+    print(line, file=sys.stderr)
+    if os.path.exists(TERMINATION_LOG):
+        try:
+            with open(TERMINATION_LOG, "w") as out:
+                out.write(line[:4096])
+        except OSError:
+            pass
+    return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import http.server
 import io
+import shutil
 import subprocess
 import sys
 import threading
@@ -90,3 +91,68 @@ def test_exec_bits_survive_extraction_and_nothing_more(serve_bytes, tmp_path: Pa
     mode = (dest / "setuid").stat().st_mode
     assert mode & 0o111 == 0o111 and not mode & 0o4000  # exec kept, setuid never
     assert subprocess.run([str(dest / "bootstrap")], capture_output=True, text=True).stdout == "hi\n"
+
+
+def test_a_read_only_parent_gets_nothing_written_beside_the_volume(serve_bytes, tmp_path: Path) -> None:
+    """As in a pod: the root filesystem is read-only and DEST is a writable volume mounted on it.
+
+    A private mount namespace makes the parent read-only and mounts a tmpfs at DEST, then runs the
+    init container's command in it."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) for a private mount namespace")
+    data = make_zip({"index.py": "X = 1\n", "pkg/mod.py": "Y = 2\n"})
+    url = serve_bytes("code.zip", data)
+    root = tmp_path / "root"
+    dest = root / "var-task"
+    dest.mkdir(parents=True)
+    listing = tmp_path / "listing"
+    script = f"""
+set -e
+mount --bind {root} {root}
+mount -o remount,bind,ro {root}
+mount -t tmpfs -o size=16m tmpfs {dest}
+if touch {root}/probe 2>/dev/null; then echo "parent is writable" >&2; exit 3; fi
+{sys.executable} -m lamina_runtime fetch {url} {hashlib.sha256(data).hexdigest()} {dest}
+cd {dest} && find . | sort > {listing}
+cat index.py pkg/mod.py >> {listing}
+"""
+    probe = subprocess.run(["unshare", "--mount", "--map-root-user", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no private mount namespace here: {probe.stderr.decode().strip()}")
+    result = subprocess.run(
+        ["unshare", "--mount", "--map-root-user", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 files" in result.stdout
+    # Everything landed inside the volume, nothing staged was left there.
+    assert listing.read_text().splitlines() == [".", "./index.py", "./pkg", "./pkg/mod.py", "X = 1", "Y = 2"]
+    assert sorted(p.name for p in root.iterdir()) == ["var-task"]
+
+
+def test_an_existing_destination_is_filled_in_place_over_an_interrupted_attempt(
+    serve_bytes, tmp_path: Path
+) -> None:
+    """A restarted init container finds its volume with the previous attempt's leftovers."""
+    data = make_zip({"index.py": "X = 2\n", "lib/util.py": "Y = 2\n"})
+    dest = tmp_path / "task"
+    (dest / ".lamina-fetch-dead" / "lib").mkdir(parents=True)
+    (dest / "lib").mkdir()
+    (dest / "lib" / "util.py").write_text("half")
+    result = fetch(serve_bytes("c.zip", data), hashlib.sha256(data).hexdigest(), str(dest))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in dest.iterdir()) == ["index.py", "lib"]
+    assert (dest / "lib" / "util.py").read_text() == "Y = 2\n"
+
+
+def test_an_unwritable_destination_is_named_in_one_line(serve_bytes, tmp_path: Path) -> None:
+    data = make_zip({"index.py": "X = 1\n"})
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = fetch(serve_bytes("c.zip", data), hashlib.sha256(data).hexdigest(), str(blocker / "task"))
+    assert result.returncode == 1
+    assert result.stderr.startswith("lamina_runtime fetch: cannot write ")
+    assert "Traceback" not in result.stderr
