@@ -20,7 +20,15 @@ from lamina.api.eventsourcemapping import (
     EventSourceMappingStatus,
     ScheduleSource,
 )
-from lamina.api.function import AsyncConfig, CodeSource, EnvFrom, Function, FunctionSpec, FunctionStatus
+from lamina.api.function import (
+    AsyncConfig,
+    CodeSource,
+    EnvFrom,
+    Function,
+    FunctionSpec,
+    FunctionStatus,
+    HttpConfig,
+)
 from lamina.api.layer import Layer, LayerSpec, LayerStatus
 from lamina.api.manifests import Manifests, load_documents, load_manifests, parse_object
 from lamina.api.references import reference_problems
@@ -42,6 +50,7 @@ __all__ = [
     "Function",
     "FunctionSpec",
     "FunctionStatus",
+    "HttpConfig",
     "KeyRef",
     "LaminaObject",
     "Layer",

@@ -110,6 +110,41 @@ class AsyncConfig(LaminaModel):
     on_failure: Endpoint | None = Field(default=None, description="Receives events that failed for good.")
 
 
+class HttpConfig(LaminaModel):
+    """The HTTP trigger's event shape (``/url/{function}/...``)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.multiValueHeaders) || !self.multiValueHeaders || "
+                    "(has(self.payloadFormat) && self.payloadFormat == 'alb')",
+                    "message": "spec.http.multiValueHeaders: only goes with payloadFormat alb",
+                    "fieldPath": ".multiValueHeaders",
+                }
+            ]
+        }
+    )
+
+    payload_format: Literal["2.0", "1.0", "alb"] = Field(
+        default="2.0",
+        description='"2.0": API Gateway HTTP API payload 2.0 (function URLs); "1.0": API Gateway REST / '
+        'HTTP API payload 1.0 (multiValueHeaders, multiValueQueryStringParameters); "alb": an '
+        "Application Load Balancer target event.",
+    )
+    multi_value_headers: bool = Field(
+        default=False,
+        description="alb only: the target group's multi-value headers setting (multiValueHeaders and "
+        "multiValueQueryStringParameters in the event and the response).",
+    )
+
+    @model_validator(mode="after")
+    def _multi_value_for_alb(self) -> HttpConfig:
+        if self.multi_value_headers and self.payload_format != "alb":
+            raise FieldError("multiValueHeaders", "only goes with payloadFormat alb")
+        return self
+
+
 LayerName = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
 
 
@@ -169,6 +204,7 @@ class FunctionSpec(LaminaModel):
     async_: AsyncConfig = Field(
         default_factory=AsyncConfig, alias="async", description="Asynchronous invocation settings."
     )
+    http: HttpConfig = Field(default_factory=HttpConfig, description="The HTTP trigger's payload format.")
 
     @field_validator("environment")
     @classmethod

@@ -36,6 +36,8 @@ class FunctionConfig:
     layer_dirs: list[str] = field(default_factory=list)  # local mode: extracted layers, in order
     async_config: Any = None  # lamina.api AsyncConfig (retries, max age, destinations)
     revision: str = ""  # changes when code, layers or configuration change
+    http_format: str = "2.0"  # spec.http.payloadFormat: "2.0", "1.0" or "alb"
+    http_multi_value: bool = False  # alb: multi-value headers on
 
     @property
     def key(self) -> str:
@@ -61,6 +63,8 @@ def function_config(fn: Function, **where: Any) -> FunctionConfig:
         provisioned_concurrency=spec.provisioned_concurrency,
         idle_timeout_seconds=float(spec.idle_timeout_seconds),
         async_config=spec.async_,
+        http_format=spec.http.payload_format,
+        http_multi_value=spec.http.multi_value_headers,
         **where,
     )
 

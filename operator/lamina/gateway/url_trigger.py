@@ -1,116 +1,51 @@
-"""HTTP trigger under `/url/{function}/...`: API Gateway HTTP API payload 2.0 in and out."""
+"""HTTP trigger under `/url/{function}/...`: the request becomes the event of the function's
+``spec.http.payloadFormat`` (see :mod:`http_formats`), and the result becomes the response."""
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
-import time
 import uuid
-from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from lamina.gateway.errors import SYNC_PAYLOAD_LIMIT, LambdaServiceError, ThrottledError
+from lamina.gateway.http_formats import HttpRequest, HttpResponse, build_event, failed_response, map_response
 from lamina.gateway.invoke_api import SERVICE_KEY, read_body
 from lamina_runtime.protocol import InvocationRequest
 
 log = logging.getLogger(__name__)
-_TEXT_TYPES = (
-    "text/",
-    "application/json",
-    "application/xml",
-    "application/javascript",
-    "application/x-www-form-urlencoded",
-)
 
 
-def build_event(request: web.Request, function: str, body: bytes, request_id: str) -> dict[str, Any]:
-    path = "/" + request.match_info.get("tail", "")
-    headers: dict[str, str] = {}
-    for key in request.headers:
-        lower = key.lower()
-        if lower == "cookie":
-            continue
-        headers[lower] = ",".join(request.headers.getall(key)) if lower not in headers else headers[lower]
-    cookies = [c.strip() for h in request.headers.getall("Cookie", []) for c in h.split(";") if c.strip()]
-    query: dict[str, str] = {}
-    for key in request.query:
-        query.setdefault(key, ",".join(request.query.getall(key)))
-    content_type = request.headers.get("Content-Type", "")
-    is_text = not body or content_type.startswith(_TEXT_TYPES)
-    now = time.time()
-    peer = request.remote or "127.0.0.1"
-    event: dict[str, Any] = {
-        "version": "2.0",
-        "routeKey": "$default",
-        "rawPath": path,
-        "rawQueryString": request.query_string,
-        "headers": headers,
-        "requestContext": {
-            "accountId": "000000000000",
-            "apiId": function,
-            "domainName": request.host,
-            "domainPrefix": request.host.split(".")[0],
-            "http": {
-                "method": request.method,
-                "path": path,
-                "protocol": f"HTTP/{request.version.major}.{request.version.minor}",
-                "sourceIp": peer,
-                "userAgent": request.headers.get("User-Agent", ""),
-            },
-            "requestId": request_id,
-            "routeKey": "$default",
-            "stage": "$default",
-            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
-            "timeEpoch": int(now * 1000),
-        },
-        "isBase64Encoded": not is_text,
-    }
-    if cookies:
-        event["cookies"] = cookies
-    if query:
-        event["queryStringParameters"] = query
-    if body:
-        event["body"] = body.decode() if is_text else base64.b64encode(body).decode()
-    return event
+def http_request(request: web.Request, body: bytes) -> HttpRequest:
+    return HttpRequest(
+        method=request.method,
+        path="/" + request.match_info.get("tail", ""),
+        raw_query=request.query_string,
+        headers=list(request.headers.items()),
+        body=body,
+        source_ip=request.remote or "127.0.0.1",
+        host=request.host,
+        protocol=f"HTTP/{request.version.major}.{request.version.minor}",
+    )
 
 
-def build_response(payload: bytes) -> web.Response:
-    """Map the function's result back: a payload-2.0 response object, or any value as a JSON body."""
-    try:
-        result = json.loads(payload) if payload else None
-    except ValueError:
-        return web.Response(
-            status=502, body=b'{"message":"Internal Server Error"}', content_type="application/json"
-        )
-    if not (isinstance(result, dict) and "statusCode" in result):
-        return web.Response(status=200, body=json.dumps(result).encode(), content_type="application/json")
-    headers: CIMultiDict[str] = CIMultiDict()
-    for key, value in (result.get("headers") or {}).items():
-        headers[str(key)] = str(value)
-    for cookie in result.get("cookies") or []:
-        headers.add("Set-Cookie", str(cookie))
-    body = result.get("body")
-    if body is None:
-        data = b""
-    elif result.get("isBase64Encoded"):
-        data = base64.b64decode(body)
-    else:
-        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-    if "content-type" not in {k.lower() for k in headers}:
-        headers["Content-Type"] = "application/json"
-    return web.Response(status=int(result["statusCode"]), body=data, headers=headers)
+def to_web(response: HttpResponse, request_id: str) -> web.Response:
+    headers: CIMultiDict[str] = CIMultiDict(response.headers)
+    headers["x-amzn-RequestId"] = request_id
+    return web.Response(status=response.status, body=response.body, headers=headers)
 
 
 async def handle_url(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     request_id = str(uuid.uuid4())
+    fmt = "2.0"
     try:
         fn = service.registry.resolve(request.match_info["function"])
+        fmt = fn.http_format
         body = await read_body(request, SYNC_PAYLOAD_LIMIT, "RequestResponse")
-        event = build_event(request, fn.name, body, request_id)
+        event = build_event(fmt, http_request(request, body), fn.name, request_id, fn.http_multi_value)
         result = await service.invoke(
             fn, InvocationRequest(request_id=request_id, payload=json.dumps(event).encode())
         )
@@ -128,9 +63,5 @@ async def handle_url(request: web.Request) -> web.Response:
             {"message": "Internal Server Error"}, status=500, headers={"x-amzn-RequestId": request_id}
         )
     if result.function_error:
-        return web.json_response(
-            {"message": "Internal Server Error"}, status=502, headers={"x-amzn-RequestId": request_id}
-        )
-    response = build_response(result.payload)
-    response.headers["x-amzn-RequestId"] = request_id
-    return response
+        return to_web(failed_response(fmt), request_id)
+    return to_web(map_response(fmt, result.payload, fn.http_multi_value), request_id)
