@@ -57,6 +57,12 @@ def _worker(args: argparse.Namespace) -> int:
     return run_worker(args.rest)
 
 
+def _invoke(args: argparse.Namespace) -> int:
+    from lamina.invoke import run_invoke
+
+    return run_invoke(args.rest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lamina", description="AWS Lambda semantics on Kubernetes")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,11 +106,23 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run an EventSourceMapping worker (`lamina worker esm`)")
     worker.add_argument("rest", nargs=argparse.REMAINDER)
     worker.set_defaults(run=_worker)
+
+    invoke = sub.add_parser(
+        "invoke", help="invoke a function (lamina local or a gateway) and print the result"
+    )
+    invoke.add_argument("rest", nargs=argparse.REMAINDER)
+    invoke.set_defaults(run=_invoke)
     return parser
 
 
 #: Subcommands that parse their own arguments (argparse.REMAINDER cannot start with an option).
-PASSTHROUGH = {"crds": _crds, "operator": _operator, "gateway": _gateway, "worker": _worker}
+PASSTHROUGH = {
+    "crds": _crds,
+    "operator": _operator,
+    "gateway": _gateway,
+    "worker": _worker,
+    "invoke": _invoke,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,23 @@ def build_functions(manifests: Manifests, state_dir: Path) -> list[FunctionConfi
     return configs
 
 
+def lock_state_dir(state_dir: Path) -> IO[str]:
+    """One owner per state directory (`lamina local` or a `lamina invoke --local`): its queue, tick
+    stores and published versions assume a single writer. The lock lasts as long as the file is open."""
+    import fcntl
+
+    state_dir.mkdir(parents=True, exist_ok=True)
+    lock = (state_dir / "lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise StateDirInUse(
+            f"state directory {state_dir} is used by another lamina local; stop it or pass --state-dir"
+        ) from None
+    return lock
+
+
 class LocalStack:
     """Owns every component of local mode; `start` returns once the port is open."""
 
@@ -70,19 +87,7 @@ class LocalStack:
         self._components: list[Any] = []  # things with async start()/stop() (async queue, mappings)
 
     def _lock_state_dir(self) -> None:
-        """One `lamina local` per state directory: its queue and tick stores assume a single owner."""
-        import fcntl
-
-        opts = self.options
-        opts.state_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = (opts.state_dir / "lock").open("w")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StateDirInUse(
-                f"state directory {opts.state_dir} is used by another lamina local; "
-                "stop it or pass --state-dir"
-            ) from None
+        self._lock = lock_state_dir(self.options.state_dir)
 
     async def start(self) -> None:
         opts = self.options
