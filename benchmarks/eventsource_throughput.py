@@ -24,8 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lamina.eventsources.config import MappingConfig  # noqa: E402
 from lamina.eventsources.factory import consumer_name, make_source  # noqa: E402
-from lamina.eventsources.mapping import MappingConfig, MappingWorker, Timing  # noqa: E402
+from lamina.eventsources.mapping import MappingWorker  # noqa: E402
+from lamina.eventsources.timing import Timing  # noqa: E402
 from lamina_runtime.protocol import InvocationResult  # noqa: E402
 from tests.support import brokers  # noqa: E402
 

@@ -139,9 +139,9 @@ async def invoke_local(
 
     from lamina.api import ManifestError, load_manifests
     from lamina.environments.local_pool import LocalProcessPool
-    from lamina.gateway.errors import LambdaServiceError
     from lamina.gateway.registry import FunctionRegistry
     from lamina.gateway.service import InvocationService
+    from lamina.invocation.errors import LambdaServiceError
     from lamina.local.runner import StateDirInUse, build_functions, lock_state_dir
     from lamina_runtime.protocol import InvocationRequest
 

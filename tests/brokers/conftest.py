@@ -18,8 +18,10 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from lamina.eventsources.config import MappingConfig  # noqa: E402
 from lamina.eventsources.factory import consumer_name, make_sink, make_source  # noqa: E402
-from lamina.eventsources.mapping import Backoff, MappingConfig, MappingWorker, Timing  # noqa: E402
+from lamina.eventsources.mapping import MappingWorker  # noqa: E402
+from lamina.eventsources.timing import Backoff, Timing  # noqa: E402
 from lamina_runtime.protocol import InvocationResult  # noqa: E402
 from tests.support import brokers  # noqa: E402
 
@@ -174,7 +176,7 @@ class TestFunction:
         return [r["body"] for r in self.batches[index]]
 
     async def __call__(self, function_name: str, payload: bytes) -> InvocationResult:
-        from lamina.eventsources.mapping import ThrottledError
+        from lamina.invocation.errors import ThrottledError
 
         self.calls += 1
         if self.throttle > 0:

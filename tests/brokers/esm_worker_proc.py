@@ -12,8 +12,10 @@ import json
 import sys
 from pathlib import Path
 
+from lamina.eventsources.config import MappingConfig
 from lamina.eventsources.factory import make_source
-from lamina.eventsources.mapping import MappingConfig, MappingWorker, Timing
+from lamina.eventsources.mapping import MappingWorker
+from lamina.eventsources.timing import Timing
 
 
 def _announce(marker: str, bodies: list[str]) -> None:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lamina.eventsources.mapping import FUNCTION_FAILED, NO_DESTINATION, OK
+from lamina.eventsources.status import FUNCTION_FAILED, NO_DESTINATION, OK
 
 from .conftest import Kit, TestFunction, eventually
 

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from lamina.eventsources.base import SourceRecord
+from lamina.eventsources.config import MappingConfig
 from lamina.eventsources.events import (
     build_record,
     encode_entry,
@@ -17,7 +18,7 @@ from lamina.eventsources.events import (
     split_by_size,
 )
 from lamina.eventsources.filtering import FilterError, RecordFilter, matches, parse_pattern
-from lamina.eventsources.mapping import MappingConfig, MappingWorker, _Held
+from lamina.eventsources.mapping import MappingWorker, _Held
 
 
 def entry(body, **attributes) -> dict:

@@ -14,10 +14,11 @@ from collections import Counter
 import pytest
 import redis.asyncio as aioredis
 
-from lamina.asyncinvoke import AsyncDispatcher, EventInvokeConfig, QueuedEvent, ThrottledError
+from lamina.asyncinvoke import AsyncDispatcher, EventInvokeConfig, QueuedEvent
 from lamina.asyncinvoke.destinations import record_event_id
 from lamina.asyncinvoke.redis_store import RedisEventStore
 from lamina.asyncinvoke.sqlite_store import SqliteEventStore
+from lamina.invocation.errors import ThrottledError
 from lamina_runtime.protocol import InvocationResult
 from tests.support import brokers
 

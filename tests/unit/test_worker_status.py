@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +21,8 @@ from lamina.cluster.mapping_status import (
     status_interval,
     worker_fields,
 )
-from lamina.eventsources.mapping import OK, MappingStatus
 from lamina.eventsources.runners import ScheduleMapping
+from lamina.eventsources.status import OK, MappingStatus
 from lamina.schedule.stores import SqliteTickStore
 
 BROKER = {"name": "orders", "source": "redis orders", "function": "f", **MappingStatus().to_dict()}
@@ -149,10 +150,15 @@ async def test_the_loop_keeps_running_while_writes_fail() -> None:
     assert patch.writes == []
 
 
-def test_settings_and_missing_credentials_turn_reporting_off(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_settings_and_missing_credentials_turn_reporting_off(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     assert status_interval({}) == 5.0
     assert status_interval({"LAMINA_STATUS_INTERVAL": "2.5"}) == 2.5
     assert status_interval({"LAMINA_STATUS_INTERVAL": "soon"}) == 5.0
     assert mapping_reporter(dict, "lamina.dev/v1alpha1", "ns", "m", {"LAMINA_STATUS_INTERVAL": "0"}) is None
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config either
     assert mapping_reporter(dict, "lamina.dev/v1alpha1", "ns", "m", {}) is None  # not in a pod
+    missing = {"KUBECONFIG": str(tmp_path / "missing")}
+    assert mapping_reporter(dict, "lamina.dev/v1alpha1", "ns", "m", missing) is None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from importlib import import_module
 from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -21,6 +20,7 @@ from lamina.api.common import (
     StatusBase,
     cel_exactly_one,
 )
+from lamina.schedule.expressions import parse_schedule
 
 MAX_FILTERS = 5
 
@@ -39,12 +39,7 @@ class ScheduleSource(LaminaModel):
     @field_validator("expression")
     @classmethod
     def _parse(cls, expression: str) -> str:
-        # lamina.schedule owns the grammar; it is imported lazily so the models stay light.
-        try:
-            parse_schedule = import_module("lamina.schedule.expressions").parse_schedule
-        except (ImportError, AttributeError):
-            return expression
-        parse_schedule(expression)
+        parse_schedule(expression)  # lamina.schedule owns the grammar (and its error messages)
         return expression
 
     @field_validator("timezone")

@@ -3,7 +3,7 @@
 from .config import EventInvokeConfig
 from .destinations import Destinations
 from .dispatcher import AsyncDispatcher, Invoker
-from .errors import DestinationError, FunctionNotFound, StoreError, ThrottledError
+from .errors import DestinationError, StoreError
 from .records import EVENT_AGE_EXCEEDED, RETRIES_EXHAUSTED, SUCCESS, invocation_record
 from .store import AsyncEventStore, QueuedEvent
 
@@ -16,10 +16,8 @@ __all__ = [
     "DestinationError",
     "Destinations",
     "EventInvokeConfig",
-    "FunctionNotFound",
     "Invoker",
     "QueuedEvent",
     "StoreError",
-    "ThrottledError",
     "invocation_record",
 ]

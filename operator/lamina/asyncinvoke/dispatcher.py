@@ -37,12 +37,12 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from lamina.invocation.errors import FunctionNotFound, ThrottledError
 from lamina_runtime.protocol import InvocationResult
 
 from . import records
 from .config import EventInvokeConfig
 from .destinations import Destinations, SinkFactory, UrlResolver
-from .errors import invoker_error_classes
 from .store import AsyncEventStore, QueuedEvent
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,6 @@ class AsyncDispatcher:
         self.defer_seconds = defer_seconds
         self.region, self.account = region, account
         self.stats: Counter[str] = Counter()
-        self._throttled_errors, self._not_found_errors = invoker_error_classes()
         self._pass_request_id = self._accepts_request_id(invoker)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._per_function: Counter[str] = Counter()  # running, by function
@@ -413,13 +412,13 @@ class AsyncDispatcher:
         self._metric("async_event_age", ev.function, age)
         try:
             result = await self._invoke(ev)
-        except self._throttled_errors as e:
+        except ThrottledError as e:
             self.stats["throttled"] += 1
             self._metric("async_event_throttled", ev.function)
-            response = records.throttled_response(str(e) or "Rate Exceeded.", getattr(e, "reason", None))
+            response = records.throttled_response(e.message, e.reason)
             await self._back_off(ev, cfg, response)
             return
-        except self._not_found_errors as e:
+        except FunctionNotFound as e:
             await self._function_missing(ev, self._clock(), str(e))
             return
         except asyncio.CancelledError:

@@ -16,7 +16,6 @@ from typing import Any
 from aiohttp import web
 
 from lamina.api import ManifestError, parse_object
-from lamina.cluster.kube import ThreadedWatch, api_client, list_functions_fn
 from lamina.environments.base import FunctionConfig, function_config
 from lamina.environments.http_pool import HttpEnvironmentPool
 from lamina.environments.kubernetes_source import KubernetesEndpointSource
@@ -24,6 +23,7 @@ from lamina.gateway.app import build_app
 from lamina.gateway.concurrency import ConcurrencyLimiter
 from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
+from lamina.kubeapi import ThreadedWatch, api_client, list_functions_fn
 
 log = logging.getLogger(__name__)
 

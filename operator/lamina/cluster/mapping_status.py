@@ -27,6 +27,8 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from lamina.kubeapi import NoCredentials, api_client
+
 log = logging.getLogger(__name__)
 
 INTERVAL_VARIABLE = "LAMINA_STATUS_INTERVAL"
@@ -88,22 +90,16 @@ def status_interval(environ: Mapping[str, str]) -> float:
         return DEFAULT_INTERVAL
 
 
-def api_client(environ: Mapping[str, str]) -> client.ApiClient | None:
-    """``$KUBECONFIG`` when set (tests, running outside a cluster), else the pod's mounted token;
-    None when there is neither (the worker then runs without reporting)."""
-    configuration = client.Configuration()
-    kubeconfig = environ.get("KUBECONFIG")
+def status_api_client(environ: Mapping[str, str]) -> client.ApiClient | None:
+    """A client with the credentials every lamina process finds (:func:`lamina.kubeapi.api_client`:
+    in a pod its own token, outside one ``$KUBECONFIG``); None when there are none (the worker then
+    runs without reporting)."""
     try:
-        if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        else:
-            # Re-reads the projected token when it is rotated.
-            config.load_incluster_config(client_configuration=configuration)
-    except (config.ConfigException, OSError) as exc:
+        # Bounded retries: a final write at shutdown must not hold the pod long.
+        return api_client(environ=environ, retries=1)
+    except (NoCredentials, config.ConfigException, OSError) as exc:
         log.info("no Kubernetes credentials (%s): the mapping's status is not written", exc)
         return None
-    configuration.retries = 1  # bounded: a final write at shutdown must not hold the pod long
-    return client.ApiClient(configuration)
 
 
 class MappingStatusWriter:
@@ -240,7 +236,7 @@ def mapping_reporter(
     if interval <= 0:
         log.info("%s=%s: the mapping's status is not written", INTERVAL_VARIABLE, interval)
         return None
-    api = api_client(environ)
+    api = status_api_client(environ)
     if api is None:
         return None
     group, version = api_version.split("/", 1)

@@ -24,7 +24,7 @@ import aiohttp
 from lamina.api import EventSourceMapping, parse_object
 from lamina.cluster.mapping_status import mapping_reporter
 from lamina.eventsources.runners import mapping_runner
-from lamina.gateway.errors import FunctionNotFound, ThrottledError
+from lamina.invocation.errors import FunctionNotFound, ThrottledError
 from lamina_runtime.protocol import InvocationResult
 
 log = logging.getLogger(__name__)

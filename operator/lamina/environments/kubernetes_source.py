@@ -14,9 +14,9 @@ from typing import Any
 
 from kubernetes import client
 
-from lamina.cluster.kube import ThreadedWatch
 from lamina.environments.base import FunctionConfig
 from lamina.environments.endpoints import Listener
+from lamina.kubeapi import ThreadedWatch
 from lamina.resources import labels, names
 
 log = logging.getLogger(__name__)

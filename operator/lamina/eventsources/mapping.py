@@ -25,19 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import inspect
 import json
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 from lamina.eventsources.base import Sink, Source, SourceRecord
+from lamina.eventsources.config import MappingConfig
 from lamina.eventsources.events import (
-    PAYLOAD_LIMIT,
     build_record,
     encode_entry,
     failure_record,
@@ -45,178 +44,25 @@ from lamina.eventsources.events import (
     split_by_size,
 )
 from lamina.eventsources.filtering import RecordFilter
+from lamina.eventsources.status import (
+    FUNCTION_FAILED,
+    NO_DESTINATION,
+    NOT_FOUND,
+    OK,
+    THROTTLED,
+    MappingStatus,
+)
+from lamina.eventsources.timing import Timing
+from lamina.invocation.errors import FunctionNotFound, ThrottledError
 from lamina_runtime.protocol import InvocationResult
-
-try:
-    from lamina.gateway.errors import FunctionNotFound, ThrottledError
-except ImportError:  # pragma: no cover - the gateway is always shipped with lamina
-
-    class ThrottledError(Exception):  # type: ignore[no-redef]
-        pass
-
-    class FunctionNotFound(Exception):  # type: ignore[no-redef]
-        pass
-
 
 log = logging.getLogger("lamina.eventsources")
 
 Invoker = Callable[[str, bytes], Awaitable[InvocationResult]]
-StatusCallback = Callable[["MappingStatus"], Any]
+StatusCallback = Callable[[MappingStatus], Any]
 
 RETRY_EXHAUSTED = "RetryAttemptsExhausted"
 AGE_EXCEEDED = "MaximumRecordAgeExceeded"
-
-OK = "OK"
-NO_RECORDS = "No records processed"
-FUNCTION_FAILED = "PROBLEM: Function call failed"
-THROTTLED = "PROBLEM: Function call throttled"
-NOT_FOUND = "PROBLEM: Function not found"
-NO_DESTINATION = "PROBLEM: Records exhausted their retries and there is no onFailure destination; kept"
-
-
-def _get(spec: Any, name: str, camel: str, default: Any = None) -> Any:
-    """Read a spec field from a pydantic model (snake_case) or a wire dict (camelCase)."""
-    if isinstance(spec, dict):
-        return spec.get(camel, spec.get(name, default))
-    return getattr(spec, name, default)
-
-
-@dataclass(slots=True)
-class MappingConfig:
-    """The parts of an EventSourceMapping spec the worker uses (see docs/contracts.md)."""
-
-    name: str
-    function_name: str
-    batch_size: int = 10
-    maximum_batching_window_seconds: float = 0.0
-    starting_position: str = "TRIM_HORIZON"
-    enabled: bool = True
-    maximum_retry_attempts: int = -1
-    maximum_record_age_seconds: int = -1
-    bisect_batch_on_function_error: bool = False
-    report_batch_item_failures: bool = False
-    filter_patterns: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_spec(cls, name: str, spec: Any) -> MappingConfig:
-        """From an ``EventSourceMappingSpec`` model or its camelCase dict."""
-        criteria = _get(spec, "filter_criteria", "filterCriteria")
-        filters = _get(criteria, "filters", "filters", []) if criteria is not None else []
-        types = _get(spec, "function_response_types", "functionResponseTypes", []) or []
-        return cls(
-            name=name,
-            function_name=_get(spec, "function_name", "functionName"),
-            batch_size=_get(spec, "batch_size", "batchSize", 10),
-            maximum_batching_window_seconds=_get(
-                spec, "maximum_batching_window_seconds", "maximumBatchingWindowSeconds", 0
-            ),
-            starting_position=_get(spec, "starting_position", "startingPosition", "TRIM_HORIZON"),
-            enabled=_get(spec, "enabled", "enabled", True),
-            maximum_retry_attempts=_get(spec, "maximum_retry_attempts", "maximumRetryAttempts", -1),
-            maximum_record_age_seconds=_get(
-                spec, "maximum_record_age_seconds", "maximumRecordAgeSeconds", -1
-            ),
-            bisect_batch_on_function_error=_get(
-                spec, "bisect_batch_on_function_error", "bisectBatchOnFunctionError", False
-            ),
-            report_batch_item_failures="ReportBatchItemFailures" in types,
-            filter_patterns=[_get(f, "pattern", "pattern") for f in filters or []],
-        )
-
-
-@dataclass(slots=True)
-class Backoff:
-    """Exponential backoff: ``initial * factor**n`` capped at ``maximum`` (seconds)."""
-
-    initial: float = 1.0
-    maximum: float = 60.0
-    factor: float = 2.0
-
-    def delay(self, attempt: int) -> float:
-        return min(self.maximum, self.initial * self.factor ** max(0, attempt))
-
-
-@dataclass(slots=True)
-class Timing:
-    """How long the worker waits; tests shrink these, production keeps the defaults."""
-
-    poll_wait: float = 1.0  # longest wait for records in one fetch (also how fast a stop is noticed)
-    function_error: Backoff = field(default_factory=lambda: Backoff(1.0, 60.0))
-    throttle: Backoff = field(default_factory=lambda: Backoff(1.0, 60.0))
-    broker: Backoff = field(default_factory=lambda: Backoff(0.5, 30.0))
-    payload_limit: int = PAYLOAD_LIMIT
-
-
-@dataclass(slots=True)
-class MappingStatus:
-    """What the worker reports; mirrors Lambda's State / LastProcessingResult plus counters."""
-
-    state: str = "Creating"
-    state_transition_reason: str = "User action"
-    last_processing_result: str = NO_RECORDS
-    iterator_age_ms: int = 0
-    last_error: str | None = None
-    records_received: int = 0
-    records_filtered: int = 0
-    records_succeeded: int = 0
-    records_dead_lettered: int = 0
-    records_kept_without_destination: int = 0
-    invocations: int = 0
-    function_errors: int = 0
-    partial_failures: int = 0
-    throttles: int = 0
-    retries: int = 0
-    bisections: int = 0
-    broker_errors: int = 0
-
-    #: The fields that count what happened (summed across the workers of one mapping).
-    COUNTERS: ClassVar[tuple[str, ...]] = (
-        "records_received",
-        "records_filtered",
-        "records_succeeded",
-        "records_dead_lettered",
-        "records_kept_without_destination",
-        "invocations",
-        "function_errors",
-        "partial_failures",
-        "throttles",
-        "retries",
-        "bisections",
-        "broker_errors",
-    )
-
-    @classmethod
-    def merged(cls, statuses: Sequence[MappingStatus]) -> MappingStatus:
-        """One status for several workers of one mapping: counters summed, the oldest record's age,
-        a problem if any worker has one, else OK if any processed records; the rest is the first's."""
-        if len(statuses) == 1:
-            return statuses[0]
-        merged = dataclasses.replace(statuses[0])
-        for name in cls.COUNTERS:
-            setattr(merged, name, sum(getattr(s, name) for s in statuses))
-        merged.iterator_age_ms = max(s.iterator_age_ms for s in statuses)
-        problems = [s for s in statuses if s.last_processing_result.startswith("PROBLEM")]
-        if problems:
-            merged.last_processing_result = problems[0].last_processing_result
-            merged.last_error = problems[0].last_error
-        elif any(s.last_processing_result == "OK" for s in statuses):
-            merged.last_processing_result = "OK"
-        return merged
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "stateTransitionReason": self.state_transition_reason,
-            "lastProcessingResult": self.last_processing_result,
-            "iteratorAgeMs": self.iterator_age_ms,
-            "lastError": self.last_error,
-            "counters": {_camel(name): getattr(self, name) for name in self.COUNTERS},
-        }
-
-
-def _camel(name: str) -> str:
-    first, *rest = name.split("_")
-    return first + "".join(part.title() for part in rest)
 
 
 @dataclass(slots=True, eq=False)

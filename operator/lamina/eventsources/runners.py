@@ -16,8 +16,10 @@ from datetime import datetime
 from typing import Any
 
 from lamina.api import EventSourceMapping
+from lamina.eventsources.config import MappingConfig
 from lamina.eventsources.factory import make_sink, make_source
-from lamina.eventsources.mapping import MappingConfig, MappingStatus, MappingWorker
+from lamina.eventsources.mapping import MappingWorker
+from lamina.eventsources.status import MappingStatus
 from lamina.schedule.event import event_id, scheduled_event
 from lamina.schedule.expressions import parse_schedule
 from lamina.schedule.stores import TickStore

@@ -10,10 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from lamina.environments.base import FunctionConfig
-from lamina.gateway.errors import ThrottledError
-
-RESERVED_LIMIT = "ReservedFunctionConcurrentInvocationLimitExceeded"
-ACCOUNT_LIMIT = "ConcurrentInvocationLimitExceeded"
+from lamina.invocation.errors import ACCOUNT_LIMIT, RESERVED_LIMIT, ThrottledError
 
 
 class ConcurrencyLimiter:

@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from lamina.environments.base import FunctionConfig
-from lamina.gateway.errors import InvalidParameterValue, LambdaServiceError
+from lamina.gateway.errors import InvalidParameterValue
 from lamina.gateway.invoke_api import SERVICE_KEY, error_response
+from lamina.invocation.errors import LambdaServiceError
 
 MAX_ITEMS = 50  # Lambda's page size for ListFunctions
 

@@ -14,11 +14,11 @@ from lamina.gateway.errors import (
     SYNC_PAYLOAD_LIMIT,
     InvalidParameterValue,
     InvalidRequestContent,
-    LambdaServiceError,
     RequestTooLarge,
     ServiceError,
 )
 from lamina.gateway.service import InvocationService
+from lamina.invocation.errors import LambdaServiceError
 from lamina_runtime.protocol import InvocationRequest
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from lamina.environments.base import FunctionConfig, function_arn
-from lamina.gateway.errors import FunctionNotFound, InvalidParameterValue
+from lamina.gateway.errors import InvalidParameterValue
+from lamina.invocation.errors import FunctionNotFound
 
 SUPPORTED_QUALIFIERS = {None, "", "$LATEST"}
 

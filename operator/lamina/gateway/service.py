@@ -8,9 +8,9 @@ from typing import Protocol
 
 from lamina.environments.base import EnvironmentPool, FunctionConfig
 from lamina.gateway.concurrency import ConcurrencyLimiter
-from lamina.gateway.errors import FunctionNotFound, ThrottledError
 from lamina.gateway.metrics import GatewayMetrics
 from lamina.gateway.registry import FunctionRegistry
+from lamina.invocation.errors import FunctionNotFound, ThrottledError
 from lamina_runtime.protocol import InvocationRequest, InvocationResult
 
 

@@ -10,9 +10,10 @@ import uuid
 from aiohttp import web
 from multidict import CIMultiDict
 
-from lamina.gateway.errors import SYNC_PAYLOAD_LIMIT, LambdaServiceError, ThrottledError
+from lamina.gateway.errors import SYNC_PAYLOAD_LIMIT
 from lamina.gateway.http_formats import HttpRequest, HttpResponse, build_event, failed_response, map_response
 from lamina.gateway.invoke_api import SERVICE_KEY, read_body
+from lamina.invocation.errors import LambdaServiceError, ThrottledError
 from lamina_runtime.protocol import InvocationRequest
 
 log = logging.getLogger(__name__)

@@ -24,6 +24,7 @@ from lamina.gateway.concurrency import ConcurrencyLimiter
 from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
 from lamina.local.artifacts import ArtifactBuilder
+from lamina.local.components import Component, build_components
 
 
 class StateDirInUse(Exception):
@@ -84,7 +85,7 @@ class LocalStack:
         self.pool: LocalProcessPool | None = None
         self.service: InvocationService | None = None
         self._runner: web.AppRunner | None = None
-        self._components: list[Any] = []  # things with async start()/stop() (async queue, mappings)
+        self._components: list[Component] = []  # the async queue, then the mappings
 
     def _lock_state_dir(self) -> None:
         self._lock = lock_state_dir(self.options.state_dir)
@@ -105,7 +106,10 @@ class LocalStack:
             log_invocations=not opts.quiet,
         )
         await self.pool.start()  # provisioned environments are warm before the port opens
-        for component in self._build_components():
+        components = build_components(
+            self.service, self.manifests, opts.state_dir, opts.async_retry_base_seconds
+        )
+        for component in components:
             await component.start()
             self._components.append(component)
         app = build_app(self.service)
@@ -114,23 +118,12 @@ class LocalStack:
         await self._runner.setup()
         await web.TCPSite(self._runner, opts.host, opts.port).start()
 
-    def _build_components(self) -> list[Any]:
-        from lamina.local.components import build_components
-
-        assert self.service is not None and self.manifests is not None
-        return build_components(self)
-
     async def _status(self, request: web.Request) -> web.Response:
         """What `lamina local` runs right now: environments per function and each mapping's state."""
         assert self.pool is not None
         doc: dict[str, Any] = {"environments": self.pool.describe()}
         for component in self._components:
-            snapshot = getattr(component, "snapshot", None)
-            if snapshot is not None:
-                doc["mappings"] = snapshot()
-            store = getattr(component, "store", None)
-            if store is not None and hasattr(store, "pending_count"):
-                doc["asyncPending"] = await store.pending_count()
+            doc.update(await component.status())
         return web.json_response(doc)
 
     async def stop(self) -> None:

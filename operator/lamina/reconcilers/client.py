@@ -13,8 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from lamina.kubeapi import api_client
 
 log = logging.getLogger(__name__)
 
@@ -86,16 +88,8 @@ class Kube:
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None, pool_size: int = 32) -> Kube:
-        """In-cluster credentials when running in a pod, else ``kubeconfig`` / $KUBECONFIG."""
-        configuration = client.Configuration()
-        try:
-            if kubeconfig:
-                raise config.ConfigException("explicit kubeconfig")
-            config.load_incluster_config(client_configuration=configuration)
-        except config.ConfigException:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
-        configuration.connection_pool_maxsize = pool_size
-        return cls(client.ApiClient(configuration))
+        """Credentials as every lamina process finds them (:func:`lamina.kubeapi.load_configuration`)."""
+        return cls(api_client(kubeconfig, connection_pool_maxsize=pool_size))
 
     def close(self) -> None:
         self.api.close()

@@ -1,4 +1,9 @@
-"""The few Kubernetes API reads, watches and patches the gateway and workers need.
+"""How every lamina process reaches the Kubernetes API: one way to find credentials, and watches.
+
+Credentials (:func:`load_configuration`) are found in one order for the operator, the gateway and the
+mapping workers alike: an explicit kubeconfig (``--kubeconfig``), then the pod's service account
+(in-cluster), then ``$KUBECONFIG`` (or ``~/.kube/config``). A process given a kubeconfig uses it even
+inside a pod; a pod without one uses its own token.
 
 The official client is blocking; each watch runs in its own thread and hands events to the event loop,
 so nothing blocks the loop. Objects are plain dicts, as kubectl shows them.
@@ -9,26 +14,61 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from lamina.api.common import GROUP, VERSION
+
 log = logging.getLogger(__name__)
 
-GROUP, VERSION = "lamina.dev", "v1alpha1"
 Handler = Callable[[str, dict[str, Any]], None]  # (ADDED | MODIFIED | DELETED, object)
 
 
-def api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """In-cluster credentials in a pod, otherwise the kubeconfig (`KUBECONFIG` or ~/.kube/config)."""
+class NoCredentials(Exception):
+    """Neither a kubeconfig nor a pod's service account was found."""
+
+
+def load_configuration(
+    kubeconfig: str | None = None, environ: Mapping[str, str] | None = None
+) -> client.Configuration:
+    """The client configuration from, in this order: ``kubeconfig`` when given, the pod's service
+    account (in-cluster), ``$KUBECONFIG`` of ``environ`` (default: the process's; kubectl's
+    ``~/.kube/config`` when unset). Raises :class:`NoCredentials` naming what was tried when none
+    works, and the client's ``ConfigException`` when an explicit kubeconfig is unusable."""
+    configuration = client.Configuration()
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        return configuration
     try:
-        config.load_incluster_config()
-        return client.ApiClient()
-    except config.ConfigException:
-        return config.new_client_from_config(config_file=kubeconfig)
+        # Re-reads the projected token when the kubelet rotates it.
+        config.load_incluster_config(client_configuration=configuration)
+        return configuration
+    except config.ConfigException as in_cluster:
+        environ = os.environ if environ is None else environ
+        path = environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        try:
+            config.load_kube_config(config_file=path, client_configuration=configuration)
+        except (config.ConfigException, OSError) as from_file:
+            raise NoCredentials(
+                f"no Kubernetes credentials: not in a pod ({in_cluster}) and no kubeconfig ({from_file})"
+            ) from None
+    return configuration
+
+
+def api_client(
+    kubeconfig: str | None = None, environ: Mapping[str, str] | None = None, **settings: object
+) -> client.ApiClient:
+    """An API client with :func:`load_configuration`'s credentials; ``settings`` set attributes of
+    the client configuration (``connection_pool_maxsize``, ``retries``...)."""
+    configuration = load_configuration(kubeconfig, environ)
+    for name, value in settings.items():
+        setattr(configuration, name, value)
+    return client.ApiClient(configuration)
 
 
 class ThreadedWatch:
