@@ -1,10 +1,16 @@
-"""Types exchanged between a host (gateway, pod server) and an execution environment.
+"""What a host (gateway, pod server) and an execution environment exchange, defined once.
 
-Kept in the runtime package so both sides share one definition without the runtime importing lamina.
+The types, and their wire form between the gateway's HTTP pool and a pod's server
+(``POST /invoke``): the request's fields travel in ``Lamina-*`` request headers, the result's in
+``Lamina-*`` response headers, the payloads as the bodies. Both sides encode and decode through the
+functions below, so a field cannot be sent by one and missed by the other. Kept in the runtime
+package so both share one definition without the runtime importing lamina.
 """
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 
@@ -28,3 +34,81 @@ class InvocationResult:
     init_duration_ms: float | None = None  # set on the first invocation of a cold environment
     max_memory_mb: int = 0
     extra: dict[str, str] = field(default_factory=dict)
+
+
+# -- the wire form of POST /invoke -------------------------------------------------------------------
+REQUEST_ID = "Lamina-Request-Id"
+CLIENT_CONTEXT = "Lamina-Client-Context"
+INVOKED_FUNCTION_ARN = "Lamina-Invoked-Function-Arn"
+VERSION = "Lamina-Version"
+FUNCTION_ERROR = "Lamina-Function-Error"
+ERROR_TYPE = "Lamina-Error-Type"
+DURATION_MS = "Lamina-Duration-Ms"
+INIT_DURATION_MS = "Lamina-Init-Duration-Ms"
+MAX_MEMORY_MB = "Lamina-Max-Memory-Mb"
+LOG_RESULT = "Lamina-Log-Result"
+#: The log travels base64-encoded and cut to its last 4 KB, as X-Amz-Log-Result carries it.
+LOG_TAIL_BYTES = 4096
+
+
+def _lower(headers: Mapping[str, str]) -> dict[str, str]:
+    """Header names are case-insensitive: look them up in lower case, whoever parsed them."""
+    return {name.lower(): value for name, value in headers.items()}
+
+
+def encode_request(request: InvocationRequest) -> dict[str, str]:
+    """The request headers of ``POST /invoke`` (the payload is the body)."""
+    headers = {REQUEST_ID: request.request_id, VERSION: request.version}
+    if request.client_context:
+        headers[CLIENT_CONTEXT] = request.client_context
+    if request.invoked_function_arn:
+        headers[INVOKED_FUNCTION_ARN] = request.invoked_function_arn
+    return headers
+
+
+def decode_request(
+    headers: Mapping[str, str], payload: bytes, new_request_id: Callable[[], str]
+) -> InvocationRequest:
+    """The request a pod's server received; ``new_request_id()`` names it when the caller did not."""
+    h = _lower(headers)
+    return InvocationRequest(
+        request_id=h.get(REQUEST_ID.lower()) or new_request_id(),
+        payload=payload,
+        client_context=h.get(CLIENT_CONTEXT.lower()) or None,
+        invoked_function_arn=h.get(INVOKED_FUNCTION_ARN.lower()) or None,
+        version=h.get(VERSION.lower()) or "$LATEST",
+    )
+
+
+def encode_result(result: InvocationResult) -> dict[str, str]:
+    """The response headers of ``POST /invoke`` (the payload is the body)."""
+    tail = result.log.encode()[-LOG_TAIL_BYTES:]
+    headers = {
+        REQUEST_ID: result.request_id,
+        DURATION_MS: f"{result.duration_ms:.2f}",
+        MAX_MEMORY_MB: str(result.max_memory_mb),
+        LOG_RESULT: base64.b64encode(tail).decode(),
+    }
+    if result.function_error:
+        headers[FUNCTION_ERROR] = result.function_error
+    if result.error_type:
+        headers[ERROR_TYPE] = result.error_type
+    if result.init_duration_ms is not None:
+        headers[INIT_DURATION_MS] = f"{result.init_duration_ms:.2f}"
+    return headers
+
+
+def decode_result(request_id: str, headers: Mapping[str, str], payload: bytes) -> InvocationResult:
+    """The result of the invocation ``request_id`` as the pod's server answered it."""
+    h = _lower(headers)
+    init = h.get(INIT_DURATION_MS.lower())
+    return InvocationResult(
+        request_id=request_id,
+        payload=payload,
+        function_error=h.get(FUNCTION_ERROR.lower()),
+        error_type=h.get(ERROR_TYPE.lower()),
+        log=base64.b64decode(h.get(LOG_RESULT.lower(), "")).decode(errors="replace"),
+        duration_ms=float(h.get(DURATION_MS.lower(), 0)),
+        init_duration_ms=float(init) if init else None,
+        max_memory_mb=int(h.get(MAX_MEMORY_MB.lower(), 0)),
+    )

@@ -8,7 +8,6 @@ this pod, decides where to queue or throttle.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import uuid
@@ -18,10 +17,9 @@ from .factory import environment_for
 from .host import HostedEnvironment, WorkerBusy
 from .http11 import BadRequest, Request, serve_connection
 from .paths import split_layers
-from .protocol import InvocationRequest, InvocationResult
+from .protocol import InvocationResult, decode_request, encode_result
 
 MAX_REQUEST_BYTES = 6291456  # Lambda's synchronous request payload limit
-LOG_TAIL_BYTES = 4096  # X-Amz-Log-Result carries the last 4 KB of the log
 
 
 def worker_from_env(environ: Mapping[str, str]) -> HostedEnvironment:
@@ -51,21 +49,11 @@ def worker_from_env(environ: Mapping[str, str]) -> HostedEnvironment:
 
 
 def result_headers(result: InvocationResult) -> dict[str, str]:
-    tail = result.log.encode()[-LOG_TAIL_BYTES:]
-    headers = {
-        "Content-Type": "application/json",
-        "Lamina-Request-Id": result.request_id,
-        "Lamina-Duration-Ms": f"{result.duration_ms:.2f}",
-        "Lamina-Max-Memory-Mb": str(result.max_memory_mb),
-        "Lamina-Log-Result": base64.b64encode(tail).decode(),
-    }
-    if result.function_error:
-        headers["Lamina-Function-Error"] = result.function_error
-    if result.error_type:
-        headers["Lamina-Error-Type"] = result.error_type
-    if result.init_duration_ms is not None:
-        headers["Lamina-Init-Duration-Ms"] = f"{result.init_duration_ms:.2f}"
-    return headers
+    return {"Content-Type": "application/json", **encode_result(result)}
+
+
+def _new_request_id() -> str:
+    return str(uuid.uuid4())
 
 
 def _json(status: int, message: str) -> tuple[int, bytes, dict[str, str]]:
@@ -141,12 +129,7 @@ class RuntimeServer:
         try:
             if self._starting is not None:
                 await asyncio.shield(self._starting)  # held, not refused, while the environment starts
-            req = InvocationRequest(
-                request_id=request.headers.get("lamina-request-id") or str(uuid.uuid4()),
-                payload=request.body,
-                client_context=request.headers.get("lamina-client-context") or None,
-                invoked_function_arn=request.headers.get("lamina-invoked-function-arn") or None,
-            )
+            req = decode_request(request.headers, request.body, _new_request_id)
             result = await self.worker.invoke(req)
         except WorkerBusy as exc:
             return _json(429, str(exc))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import subprocess
@@ -21,7 +22,12 @@ from tests.support.local_mode import free_port
 CODE = """import os, time
 def handler(event, context):
     time.sleep(event.get("seconds", 0))
-    return {"pid": os.getpid()}
+    return {
+        "pid": os.getpid(),
+        "arn": context.invoked_function_arn,
+        "request_id": context.aws_request_id,
+        "client": context.client_context and context.client_context.custom,
+    }
 """
 
 
@@ -87,6 +93,30 @@ async def test_routes_to_an_idle_endpoint_and_maps_the_result(servers) -> None:
         assert "pid" in json.loads(result.payload)
         assert "START RequestId: r" in result.log
         assert pool.environments(fn) == 1
+    finally:
+        await pool.close()
+
+
+async def test_the_pod_sees_the_callers_arn_request_id_and_client_context(servers) -> None:
+    """What the gateway puts in the request reaches the handler's context in the pod, as in local
+    mode: the ARN the caller invoked (with its qualifier), not one the pod makes up."""
+    endpoint = await servers()
+    fn = FunctionConfig(name="fn", provisioned_concurrency=1)
+    pool = HttpEnvironmentPool(StaticEndpointSource({fn.key: [endpoint]}), [fn])
+    await pool.start()
+    arn = "arn:aws:lambda:local:000000000000:function:fn:live"
+    client_context = base64.b64encode(json.dumps({"custom": {"tenant": "a"}}).encode()).decode()
+    try:
+        result = await pool.invoke(
+            fn,
+            InvocationRequest(
+                request_id="req-7", payload=b"{}", invoked_function_arn=arn, client_context=client_context
+            ),
+        )
+        body = json.loads(result.payload)
+        assert body["arn"] == arn
+        assert body["request_id"] == "req-7" == result.request_id
+        assert body["client"] == {"tenant": "a"}
     finally:
         await pool.close()
 

@@ -8,7 +8,6 @@ and idle endpoints above provisioned concurrency handed back after the keep-aliv
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import time
 from collections import deque
@@ -18,7 +17,7 @@ import aiohttp
 
 from lamina.environments.base import FunctionConfig, hand_over
 from lamina.environments.endpoints import EndpointSource
-from lamina_runtime.protocol import InvocationRequest, InvocationResult
+from lamina_runtime.protocol import InvocationRequest, InvocationResult, decode_result, encode_request
 
 #: How long an endpoint that refused a connection sits out before it is offered again.
 REFUSED_PAUSE_S = 0.2
@@ -185,27 +184,16 @@ class HttpEnvironmentPool:
 
     async def _post(self, endpoint: str, request: InvocationRequest, fn: FunctionConfig) -> InvocationResult:
         assert self._session is not None
-        headers = {"Lamina-Request-Id": request.request_id}
-        if request.client_context:
-            headers["Lamina-Client-Context"] = request.client_context
         # The pod enforces the function timeout; this bound only catches a pod that vanished mid-call.
         timeout = aiohttp.ClientTimeout(total=fn.timeout_seconds + 30)
         async with self._session.post(
-            f"http://{endpoint}/invoke", data=request.payload, headers=headers, timeout=timeout
+            f"http://{endpoint}/invoke",
+            data=request.payload,
+            headers=encode_request(request),
+            timeout=timeout,
         ) as response:
             body = await response.read()
-            h = response.headers
-        init = h.get("Lamina-Init-Duration-Ms")
-        return InvocationResult(
-            request_id=request.request_id,
-            payload=body,
-            function_error=h.get("Lamina-Function-Error"),
-            error_type=h.get("Lamina-Error-Type"),
-            log=base64.b64decode(h.get("Lamina-Log-Result", "")).decode(errors="replace"),
-            duration_ms=float(h.get("Lamina-Duration-Ms", 0)),
-            init_duration_ms=float(init) if init else None,
-            max_memory_mb=int(h.get("Lamina-Max-Memory-Mb", 0)),
-        )
+            return decode_result(request.request_id, response.headers, body)
 
     async def _reap_forever(self) -> None:
         while True:

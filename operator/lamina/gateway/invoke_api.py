@@ -19,11 +19,10 @@ from lamina.gateway.errors import (
 )
 from lamina.gateway.service import InvocationService
 from lamina.invocation.errors import LambdaServiceError
-from lamina_runtime.protocol import InvocationRequest
+from lamina_runtime.protocol import LOG_TAIL_BYTES, InvocationRequest
 
 log = logging.getLogger(__name__)
 INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
-LOG_TAIL_BYTES = 4096
 SERVICE_KEY = web.AppKey("invocation_service", InvocationService)
 
 
