@@ -29,6 +29,7 @@ def _local(args: argparse.Namespace) -> int:
         max_environments=args.max_environments,
         quiet=args.quiet,
         async_retry_base_seconds=args.async_retry_base_seconds,
+        allow_local_urls=args.allow_local_urls,
     )
     return run_async(serve(options))
 
@@ -89,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="first retry delay of a failed async event (Lambda: about 60 s)",
     )
     local.add_argument("--quiet", action="store_true", help="no line per invocation")
+    local.add_argument(
+        "--allow-local-urls",
+        action="store_true",
+        help="let code and layer urls be file:// or reach loopback addresses (refused by default: a "
+        "manifest could otherwise read this machine's files or probe its local services)",
+    )
     local.set_defaults(run=_local)
 
     crds = sub.add_parser("crds", help="write crds/*.yaml from the API models (--check to detect drift)")

@@ -53,7 +53,7 @@ def decode_client_context(encoded: str | None) -> ClientContext | None:
 
     try:
         data = json.loads(base64.b64decode(encoded))
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return ClientContext(data) if isinstance(data, dict) else None
 

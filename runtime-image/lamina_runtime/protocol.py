@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from urllib.parse import quote, unquote
 
 
 @dataclass(slots=True)
@@ -49,6 +50,20 @@ MAX_MEMORY_MB = "Lamina-Max-Memory-Mb"
 LOG_RESULT = "Lamina-Log-Result"
 #: The log travels base64-encoded and cut to its last 4 KB, as X-Amz-Log-Result carries it.
 LOG_TAIL_BYTES = 4096
+
+#: Header the gateway sends with every /invoke to a pod; the pod refuses /invoke without it when it was
+#: given a secret (LAMINA_INVOKE_SECRET). See lamina.auth.credentials.invoke_secret.
+INVOKE_SECRET_HEADER = "Lamina-Invoke-Secret"
+
+
+def header_value(text: str) -> str:
+    """Arbitrary text (an error type a function chose) as a header value that cannot split a
+    response: percent-encoded UTF-8, printable ASCII only. :func:`from_header_value` reverses it."""
+    return quote(text, safe=" !#$&'()*+,-./:;<=>?@[]^_`{|}~")
+
+
+def from_header_value(value: str) -> str:
+    return unquote(value, errors="replace")
 
 
 def _lower(headers: Mapping[str, str]) -> dict[str, str]:
@@ -92,7 +107,8 @@ def encode_result(result: InvocationResult) -> dict[str, str]:
     if result.function_error:
         headers[FUNCTION_ERROR] = result.function_error
     if result.error_type:
-        headers[ERROR_TYPE] = result.error_type
+        # A function chooses its error type's name: it may hold CR/LF or any Unicode.
+        headers[ERROR_TYPE] = header_value(result.error_type)
     if result.init_duration_ms is not None:
         headers[INIT_DURATION_MS] = f"{result.init_duration_ms:.2f}"
     return headers
@@ -106,7 +122,7 @@ def decode_result(request_id: str, headers: Mapping[str, str], payload: bytes) -
         request_id=request_id,
         payload=payload,
         function_error=h.get(FUNCTION_ERROR.lower()),
-        error_type=h.get(ERROR_TYPE.lower()),
+        error_type=from_header_value(h[ERROR_TYPE.lower()]) if ERROR_TYPE.lower() in h else None,
         log=base64.b64decode(h.get(LOG_RESULT.lower(), "")).decode(errors="replace"),
         duration_ms=float(h.get(DURATION_MS.lower(), 0)),
         init_duration_ms=float(init) if init else None,

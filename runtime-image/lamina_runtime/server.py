@@ -3,11 +3,18 @@
 INIT runs when the server starts, so /healthz (the readiness probe) turns 200 only once the environment
 is warm. One invocation at a time: a second concurrent one gets 429 at once, because the gateway, not
 this pod, decides where to queue or throttle.
+
+With ``LAMINA_INVOKE_SECRET`` set (the operator sets it from the function's own Secret), ``/invoke``
+is refused (403) unless the request carries that secret in ``Lamina-Invoke-Secret``: only the gateway
+computes it, so another pod cannot run the function around the gateway's authentication and reserved
+concurrency, even where the network does not enforce NetworkPolicy. The secret is taken out of the
+environment the function's processes inherit, and never logged. ``/healthz`` stays open for probes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import os
 import uuid
@@ -15,11 +22,27 @@ from collections.abc import Mapping
 
 from .factory import environment_for
 from .host import HostedEnvironment, WorkerBusy
-from .http11 import BadRequest, Request, serve_connection
+from .http11 import BadRequest, Request, Timeouts, serve_connection
 from .paths import split_layers
-from .protocol import InvocationResult, decode_request, encode_result
+from .protocol import INVOKE_SECRET_HEADER, InvocationResult, decode_request, encode_result
 
 MAX_REQUEST_BYTES = 6291456  # Lambda's synchronous request payload limit
+INVOKE_SECRET_ENV = "LAMINA_INVOKE_SECRET"
+#: The gateway opens a connection to send a request at once and keeps idle ones for 60 s; anything
+#: slower is not the gateway. A request's head and body (6 MB at most) get 30 s.
+TIMEOUTS = Timeouts(first=10.0, idle=120.0, read=30.0)
+TIMEOUTS_ENV = "LAMINA_HTTP_TIMEOUTS"  # "first,idle,read" seconds, to shorten them in tests
+
+
+def timeouts_from_env(environ: Mapping[str, str]) -> Timeouts:
+    raw = environ.get(TIMEOUTS_ENV)
+    if not raw:
+        return TIMEOUTS
+    try:
+        first, idle, read = (float(x) for x in raw.split(","))
+    except ValueError:
+        raise SystemExit(f"lamina_runtime serve: {TIMEOUTS_ENV} must be first,idle,read seconds") from None
+    return Timeouts(first=first, idle=idle, read=read)
 
 
 def worker_from_env(environ: Mapping[str, str]) -> HostedEnvironment:
@@ -65,8 +88,12 @@ def _refuse(exc: BadRequest) -> tuple[int, bytes, dict[str, str]]:
 
 
 class RuntimeServer:
-    def __init__(self, worker: HostedEnvironment) -> None:
+    def __init__(
+        self, worker: HostedEnvironment, invoke_secret: str | None = None, timeouts: Timeouts = TIMEOUTS
+    ) -> None:
         self.worker = worker
+        self.timeouts = timeouts
+        self._secret = invoke_secret.encode() if invoke_secret else None
         self._invoking = False
         # The INIT in progress (the first one, or a restart after a timeout/crash). Invocations wait for
         # it; probes answer 503 meanwhile. A failed INIT still counts as done: it is the next answer.
@@ -106,7 +133,13 @@ class RuntimeServer:
         await self._server.serve_forever()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await serve_connection(reader, writer, self._route, MAX_REQUEST_BYTES, _refuse)
+        await serve_connection(reader, writer, self._route, MAX_REQUEST_BYTES, _refuse, self.timeouts)
+
+    def _authorized(self, request: Request) -> bool:
+        if self._secret is None:
+            return True
+        given = request.headers.get(INVOKE_SECRET_HEADER.lower(), "").encode("latin-1")
+        return hmac.compare_digest(given, self._secret)
 
     async def _route(self, request: Request) -> tuple[int, bytes, dict[str, str]]:
         path = request.path.split("?", 1)[0]
@@ -119,6 +152,9 @@ class RuntimeServer:
         if path == "/invoke":
             if request.method != "POST":
                 return _json(405, "use POST /invoke")
+            if not self._authorized(request):
+                why = f"/invoke needs this function's {INVOKE_SECRET_HEADER} (only the gateway has it)"
+                return _json(403, why)
             return await self._invoke(request)
         return _json(404, f"no route for {request.method} {path}")
 
@@ -147,7 +183,13 @@ async def serve(host: str, port: int, environ: Mapping[str, str] | None = None) 
     """Run until SIGTERM/SIGINT (a pod being deleted), then shut the environment down."""
     import signal
 
-    server = RuntimeServer(worker_from_env(os.environ if environ is None else environ))
+    environ = dict(os.environ if environ is None else environ)
+    # Out of the environment before anything is spawned: the function must not inherit the secret.
+    secret = environ.pop(INVOKE_SECRET_ENV, None)
+    os.environ.pop(INVOKE_SECRET_ENV, None)
+    server = RuntimeServer(
+        worker_from_env(environ), invoke_secret=secret, timeouts=timeouts_from_env(environ)
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -129,7 +129,7 @@ class Worker:
         self.payload = b""
         try:
             event = json.loads(body) if body.strip() else {}
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # nesting past Python's recursion: refused, not a crash
             return {
                 "errorMessage": f"Unable to unmarshal input: {exc}",
                 "errorType": "Runtime.UnmarshalError",
@@ -148,7 +148,7 @@ class Worker:
             return from_exception(exc)
         try:
             payload = json.dumps(result, default=_json_default, ensure_ascii=False).encode()
-        except (TypeError, ValueError, OverflowError) as exc:
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             return {
                 "errorMessage": f"Unable to marshal response: {exc}",
                 "errorType": "Runtime.MarshalError",

@@ -49,7 +49,7 @@ kind: ConfigMap
 metadata:
   name: deps-files
 data:
-  python/util.py: "X = 1"
+  util.py: "X = 1"
 """
 SECRET = f"""\
 apiVersion: v1
@@ -76,8 +76,8 @@ def test_multi_document_file(tmp_path: Path) -> None:
     assert list(m.functions) == [("default", "hello")]
     assert list(m.layers) == [("default", "deps")]
     assert list(m.mappings) == [("jobs", "tick")]
-    assert m.config_maps[("default", "deps-files")]["data"] == {"python/util.py": "X = 1"}
-    assert m.config_map_value("default", "deps-files", "python/util.py") == "X = 1"
+    assert m.config_maps[("default", "deps-files")]["data"] == {"util.py": "X = 1"}
+    assert m.config_map_value("default", "deps-files", "util.py") == "X = 1"
     assert m.secret_value("jobs", "creds", "token") == "s3cret"
     assert m.secret_value("jobs", "creds", "url") == "redis://localhost"
     assert m.secret_value("jobs", "creds", "missing") is None

@@ -72,7 +72,7 @@ def test_url_code_is_fetched_by_an_init_container_into_an_empty_dir() -> None:
         function({"code": {"url": "https://example.com/f.zip", "sha256": SHA.upper()}}), SETTINGS
     )
     pod = res.deployment["spec"]["template"]["spec"]
-    assert {"name": "code", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "code", "emptyDir": {"sizeLimit": "250Mi"}} in pod["volumes"]
     fetch = container(res.deployment, "fetch-code")
     assert fetch["command"] == [
         "python",
@@ -154,7 +154,7 @@ def test_layers_mounted_in_order_and_listed_in_lamina_layers() -> None:
     assert env["LAMINA_LAYERS"] == "/opt/layers/0-deps:/opt/layers/1-utils"
     pod = res.deployment["spec"]["template"]["spec"]
     assert {"name": "layer-1", "configMap": {"name": "layer-utils-222222222222"}} in pod["volumes"]
-    assert {"name": "layer-0", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "layer-0", "emptyDir": {"sizeLimit": "250Mi"}} in pod["volumes"]
     fetch = container(res.deployment, "fetch-layer-0")
     assert fetch["command"][-3:] == ["https://example.com/deps.zip", "11" * 32, "/opt/layers/0-deps"]
     mounts = {m["mountPath"]: m["name"] for m in container(res.deployment)["volumeMounts"]}

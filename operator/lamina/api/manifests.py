@@ -7,6 +7,8 @@ our kinds (plus ConfigMaps and Secrets that functions reference) and refuses the
 from __future__ import annotations
 
 import base64
+import binascii
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,10 @@ KINDS: dict[str, type[LaminaObject]] = {
 #: Core kinds kept as plain dicts because functions read values from them.
 CORE_KINDS = ("ConfigMap", "Secret")
 YAML_SUFFIXES = (".yaml", ".yml")
+#: Kubernetes' rule for ConfigMap and Secret keys (IsConfigMapKey): no "/", not "." or "..", and not
+#: starting with "..". Local mode writes ConfigMap keys as file names, so this keeps them inside the
+#: state directory, exactly as the kubelet keeps them inside the volume.
+DATA_KEY = re.compile(r"[-._a-zA-Z0-9]{1,253}")
 
 Key = tuple[str, str]
 
@@ -78,7 +84,7 @@ class Manifests:
         if key in (secret.get("stringData") or {}):
             return str(secret["stringData"][key])
         raw = (secret.get("data") or {}).get(key)
-        return None if raw is None else base64.b64decode(raw).decode()
+        return None if raw is None else base64.b64decode(raw).decode(errors="replace")
 
     def config_map_value(self, namespace: str, name: str, key: str) -> str | None:
         """A ConfigMap's value by key."""
@@ -130,6 +136,34 @@ def _documents(text: str, source: str) -> list[tuple[str, Any]]:
     return out
 
 
+def _data_problems(subject: str, doc: dict[str, Any]) -> list[str]:
+    """What the API server would refuse in a ConfigMap's or Secret's data: bad keys, and base64
+    fields that are not base64."""
+    problems: list[str] = []
+    for section in ("data", "binaryData", "stringData"):
+        values = doc.get(section)
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            problems.append(f"{subject}: {section}: must be a map of keys to values")
+            continue
+        for k, v in values.items():
+            where = f"{subject}: {section}[{k!r}]"
+            if not isinstance(k, str) or not DATA_KEY.fullmatch(k) or k in (".", "..") or k.startswith(".."):
+                problems.append(
+                    f"{where}: a key must consist of letters, digits, '-', '_' or '.' (no '/', not "
+                    "'.' or '..', not starting with '..')"
+                )
+            elif not isinstance(v, str):
+                problems.append(f"{where}: must be a string")
+            elif section == "binaryData" or (section == "data" and doc.get("kind") == "Secret"):
+                try:
+                    base64.b64decode(v, validate=True)
+                except (binascii.Error, ValueError):
+                    problems.append(f"{where}: must be base64")
+    return problems
+
+
 def _add(found: Manifests, seen: dict[tuple[str, Key], str], label: str, doc: Any) -> list[str]:
     """Put one document into ``found``; return its problems."""
     if not isinstance(doc, dict):
@@ -141,6 +175,9 @@ def _add(found: Manifests, seen: dict[tuple[str, Key], str], label: str, doc: An
         if not isinstance(name, str) or not name:
             return [f"{label}: {kind} <unnamed>: metadata.name: is required"]
         key: Key = (meta.get("namespace") or "default", name)
+        problems = _data_problems(f"{label}: {kind} {name}", doc)
+        if problems:
+            return problems
         obj: Any = doc
     elif kind in KINDS and api_version == API_VERSION:
         try:

@@ -9,22 +9,61 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
 
 from lamina.environments.base import FunctionConfig, hand_over
 from lamina.environments.endpoints import EndpointSource
-from lamina_runtime.protocol import InvocationRequest, InvocationResult, decode_result, encode_request
+from lamina_runtime.protocol import (
+    INVOKE_SECRET_HEADER,
+    InvocationRequest,
+    InvocationResult,
+    decode_result,
+    encode_request,
+)
+
+#: ``secret_for(fn)``: the invoke secret the function's pods require, or None when they require none.
+SecretFor = Callable[[FunctionConfig], str | None]
 
 #: How long an endpoint that refused a connection sits out before it is offered again.
 REFUSED_PAUSE_S = 0.2
+#: How long an endpoint that dropped an invocation sits out (it is usually gone for good: its pod's
+#: deletion reaches the watch meanwhile).
+LOST_PAUSE_S = 5.0
 
 
 class NoEnvironment(Exception):
     """No environment became ready within the cold-start limit."""
+
+
+def environment_lost(request: InvocationRequest, why: str) -> InvocationResult:
+    """The result of an invocation whose environment vanished after the request reached it (the pod's
+    kernel OOM kill, a node going away): the handler may have run, so, as on Lambda, it is a function
+    error (``Runtime.ExitError``), which an async event counts against ``maximumRetryAttempts`` instead
+    of retrying it as a platform error until its maximum age."""
+    message = f"RequestId: {request.request_id} Error: Runtime exited without providing a reason"
+    error = {"errorType": "Runtime.ExitError", "errorMessage": message, "requestId": request.request_id}
+    return InvocationResult(
+        request_id=request.request_id,
+        payload=json.dumps(error).encode(),
+        function_error="Unhandled",
+        error_type="Runtime.ExitError",
+        log=f"{message}\nRuntime.ExitError ({why})\n",
+    )
+
+
+class EnvironmentRefused(Exception):
+    """An environment answered /invoke with an error status: the function did not run (a wrong
+    invoke secret, a busy or broken environment)."""
+
+    def __init__(self, status: int, body: bytes) -> None:
+        super().__init__(f"the execution environment answered HTTP {status}: {body[:200]!r}")
+        self.status = status
 
 
 @dataclass(eq=False)
@@ -69,8 +108,10 @@ class HttpEnvironmentPool:
         cold_start_timeout: float = 120.0,
         max_environments: int = 1000,
         reap_interval: float = 5.0,
+        secret_for: SecretFor | None = None,
     ) -> None:
         self.source = source
+        self.secret_for = secret_for
         self.cold_start_timeout = cold_start_timeout
         self.max_environments = max_environments
         self.reap_interval = reap_interval
@@ -134,7 +175,7 @@ class HttpEnvironmentPool:
         deadline = loop.time() + self.cold_start_timeout
         while True:
             endpoint = await self._acquire(pool)
-            refused = False
+            refused = lost = False
             try:
                 return await self._post(endpoint, request, fn)
             except aiohttp.ClientConnectorError as exc:
@@ -147,8 +188,15 @@ class HttpEnvironmentPool:
                         f"no environment of {pool.config.name} accepted the request within "
                         f"{self.cold_start_timeout:.0f} s (last: {endpoint}: {exc})"
                     ) from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # Sent, and then the connection dropped or went silent past the function's timeout:
+                # the handler may have run. Not retried here (it must not run twice).
+                lost = True
+                return environment_lost(request, f"{type(exc).__name__} from {endpoint}")
             finally:
-                if refused:
+                if lost:
+                    pool.rest(endpoint, LOST_PAUSE_S)
+                elif refused:
                     pool.rest(endpoint, REFUSED_PAUSE_S)
                 else:
                     pool.free(endpoint)
@@ -184,15 +232,21 @@ class HttpEnvironmentPool:
 
     async def _post(self, endpoint: str, request: InvocationRequest, fn: FunctionConfig) -> InvocationResult:
         assert self._session is not None
+        headers = encode_request(request)
+        secret = self.secret_for(fn) if self.secret_for is not None else None
+        if secret:
+            headers[INVOKE_SECRET_HEADER] = secret
         # The pod enforces the function timeout; this bound only catches a pod that vanished mid-call.
         timeout = aiohttp.ClientTimeout(total=fn.timeout_seconds + 30)
         async with self._session.post(
             f"http://{endpoint}/invoke",
             data=request.payload,
-            headers=encode_request(request),
+            headers=headers,
             timeout=timeout,
         ) as response:
             body = await response.read()
+            if response.status != 200:
+                raise EnvironmentRefused(response.status, body)
             return decode_result(request.request_id, response.headers, body)
 
     async def _reap_forever(self) -> None:

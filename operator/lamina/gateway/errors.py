@@ -24,6 +24,22 @@ class InvalidParameterValue(LambdaServiceError):
     error_type = "User"
 
 
+class ValidationError(LambdaServiceError):
+    """A request parameter broke the API's constraints (pattern, length): AWS's front end answers
+    these before the service sees them, in its own shape."""
+
+    status = 400
+    code = "ValidationException"
+    error_type = "User"
+
+    def __init__(self, field: str, value: str, constraint: str) -> None:
+        shown = value if len(value) <= 256 else value[:256] + "..."
+        super().__init__(
+            f"1 validation error detected: Value '{shown}' at '{field}' failed to satisfy constraint: "
+            f"{constraint}"
+        )
+
+
 class RequestTooLarge(LambdaServiceError):
     status = 413
     code = "RequestTooLargeException"
@@ -35,3 +51,64 @@ class ServiceError(LambdaServiceError):
 
     status = 500
     code = "ServiceException"
+
+
+# ------------------------------------------------------------------------- authentication (SigV4)
+# AWS's front end answers these before Lambda sees the request; botocore maps them by the
+# x-amzn-ErrorType header like any other code.
+
+
+class MissingAuthenticationToken(LambdaServiceError):
+    """No Authorization header and no presigned query: AWS's answer to an unsigned request."""
+
+    status = 403
+    code = "MissingAuthenticationTokenException"
+    error_type = "User"
+
+    def __init__(self, message: str = "Missing Authentication Token") -> None:
+        super().__init__(message)
+
+
+class IncompleteSignature(LambdaServiceError):
+    """An Authorization header (or presigned query) that is not a complete SigV4 signature."""
+
+    status = 400
+    code = "IncompleteSignatureException"
+    error_type = "User"
+
+
+class InvalidSignature(LambdaServiceError):
+    """A well-formed signature that does not verify: wrong secret, outside the time window, another
+    region or service."""
+
+    status = 403
+    code = "InvalidSignatureException"
+    error_type = "User"
+
+
+class UnrecognizedClient(LambdaServiceError):
+    """An access key id (or bearer token) nobody issued."""
+
+    status = 403
+    code = "UnrecognizedClientException"
+    error_type = "User"
+
+    def __init__(self, message: str = "The security token included in the request is invalid.") -> None:
+        super().__init__(message)
+
+
+class ExpiredToken(LambdaServiceError):
+    status = 403
+    code = "ExpiredTokenException"
+    error_type = "User"
+
+    def __init__(self, message: str = "The security token included in the request is expired") -> None:
+        super().__init__(message)
+
+
+class AccessDenied(LambdaServiceError):
+    """Authenticated, but RBAC (or the local keys file) does not allow this action on this function."""
+
+    status = 403
+    code = "AccessDeniedException"
+    error_type = "User"

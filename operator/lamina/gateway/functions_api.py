@@ -9,6 +9,7 @@ and they may come from Secrets.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -20,6 +21,7 @@ from lamina.gateway.invoke_api import SERVICE_KEY, error_response
 from lamina.invocation.errors import LambdaServiceError
 
 MAX_ITEMS = 50  # Lambda's page size for ListFunctions
+NUMBER = re.compile(r"[0-9]{1,9}")
 
 
 def configuration(fn: FunctionConfig, name: str) -> dict[str, object]:
@@ -52,12 +54,13 @@ async def handle_list(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
     try:
         raw = request.query.get("MaxItems", str(MAX_ITEMS))
-        if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
-            raise InvalidParameterValue(f"MaxItems must be between 1 and 10000 (got {raw!r})")
+        # ASCII digits only, and few of them: str.isdigit() takes "²", and int() refuses 5000 digits.
+        if not NUMBER.fullmatch(raw) or not 1 <= int(raw) <= 10_000:
+            raise InvalidParameterValue(f"MaxItems must be between 1 and 10000 (got {raw[:64]!r})")
         size = int(raw)
         marker = request.query.get("Marker", "")
-        if marker and not marker.isdigit():
-            raise InvalidParameterValue(f"Invalid Marker: {marker!r}")
+        if marker and not NUMBER.fullmatch(marker):
+            raise InvalidParameterValue(f"Invalid Marker: {marker[:64]!r}")
         start = int(marker or 0)
     except LambdaServiceError as exc:
         return error_response(exc, request_id)

@@ -28,6 +28,9 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
+from lamina.gateway.strict_json import parse_json
+from lamina_runtime.http11 import check_header
+
 FORMATS = ("2.0", "1.0", "alb")
 ACCOUNT = "000000000000"
 _TEXT_TYPES = (
@@ -38,6 +41,23 @@ _TEXT_TYPES = (
     "application/x-www-form-urlencoded",
 )
 _API_GATEWAY_ERROR = b'{"message":"Internal server error"}'
+#: Headers a function may not set on the HTTP response: the gateway frames the response itself, and
+#: hop-by-hop headers describe a connection, not a response (RFC 9110 7.6.1). A function's
+#: Transfer-Encoding or Content-Length would otherwise desynchronise a keep-alive connection.
+DROPPED_RESPONSE_HEADERS = frozenset(
+    {
+        "connection",
+        "content-length",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 
 
 @dataclass
@@ -45,8 +65,9 @@ class HttpRequest:
     """What the trigger received, independent of the web framework."""
 
     method: str
-    path: str
-    raw_query: str = ""
+    path: str  # percent-decoded
+    raw_query: str = ""  # as sent
+    raw_path: str = ""  # as sent (still percent-encoded); empty: the same as path
     headers: list[tuple[str, str]] = field(default_factory=list)  # in arrival order, original case
     body: bytes = b""
     source_ip: str = "127.0.0.1"
@@ -59,11 +80,20 @@ class HttpRequest:
 
     @property
     def is_text(self) -> bool:
-        return not self.body or self.header("Content-Type").startswith(_TEXT_TYPES)
+        """A text content type whose body really is UTF-8 (one that is not travels as base64)."""
+        if not self.body:
+            return True
+        if not self.header("Content-Type").startswith(_TEXT_TYPES):
+            return False
+        try:
+            self.body.decode()
+        except UnicodeDecodeError:
+            return False
+        return True
 
     def encoded_body(self) -> str:
         if self.is_text:
-            return self.body.decode(errors="replace")
+            return self.body.decode()
         return base64.b64encode(self.body).decode()
 
     def query_pairs(self, decode: bool = True) -> list[tuple[str, str]]:
@@ -125,7 +155,7 @@ def _event_v2(req: HttpRequest, function: str, request_id: str) -> dict[str, Any
     event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": "$default",
-        "rawPath": req.path,
+        "rawPath": req.raw_path or req.path,
         "rawQueryString": req.raw_query,
         "headers": headers,
         "requestContext": {
@@ -230,20 +260,23 @@ def _event_alb(req: HttpRequest, function: str, multi_value: bool) -> dict[str, 
 
 
 def map_response(fmt: str, payload: bytes, multi_value: bool = False) -> HttpResponse:
-    """The HTTP response for a function's result under ``fmt``'s rules."""
+    """The HTTP response for a function's result under ``fmt``'s rules. Whatever the function sets,
+    the response is well-formed: framing and hop-by-hop headers are dropped, and a header that could
+    split the response (CR/LF, a name that is no token, non-Latin-1 text), a status outside 100-599
+    or a body that is not the base64 it claims makes the format's 502."""
     try:
-        result = json.loads(payload) if payload else None
+        result = parse_json(payload) if payload else None
     except ValueError:
         return failed_response(fmt)
-    if fmt == "2.0":
-        return _response_v2(result)
-    if not (isinstance(result, dict) and _status_code(result) is not None):
+    if not (fmt == "2.0" or (isinstance(result, dict) and _status_code(result) is not None)):
         return failed_response(fmt)  # 1.0 and ALB need a response object
     try:
+        if fmt == "2.0":
+            return _response_v2(result)
         if fmt == "alb":
             return _response_object(result, use_multi=multi_value, use_single=not multi_value)
         return _response_object(result, use_multi=True, use_single=True)
-    except (TypeError, ValueError, AttributeError):
+    except (TypeError, ValueError, AttributeError, RecursionError):  # UnsafeHeader is a ValueError
         return failed_response(fmt)
 
 
@@ -262,11 +295,27 @@ def _status_code(result: dict[str, Any]) -> int | None:
     code = result.get("statusCode")
     if isinstance(code, bool):
         return None
-    if isinstance(code, int):
+    if isinstance(code, str) and code.isascii() and code.isdigit() and len(code) <= 3:
+        code = int(code)
+    if isinstance(code, int) and 100 <= code <= 599:
         return code
-    if isinstance(code, str) and code.isdigit():
-        return int(code)
     return None
+
+
+def _headers_out(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The function's headers as they may be sent (UnsafeHeader, a ValueError, when one cannot)."""
+    out = []
+    for name, value in pairs:
+        check_header(name, value)
+        if name.lower() not in DROPPED_RESPONSE_HEADERS:
+            out.append((name, value))
+    return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict | list):
+        raise TypeError("a header value must be text")
+    return json.dumps(value) if isinstance(value, bool) else str(value)
 
 
 def _body(result: dict[str, Any], *, lenient: bool) -> bytes:
@@ -274,7 +323,9 @@ def _body(result: dict[str, Any], *, lenient: bool) -> bytes:
     if body is None:
         return b""
     if result.get("isBase64Encoded"):
-        return base64.b64decode(body)
+        if not isinstance(body, str):
+            raise TypeError("a base64 body must be a string")
+        return base64.b64decode(body, validate=True)
     if isinstance(body, str):
         return body.encode()
     if lenient:
@@ -290,8 +341,11 @@ def _response_v2(result: Any) -> HttpResponse:
         code = _status_code(result)
         if code is None:
             return failed_response("2.0")
-        headers = [(str(k), str(v)) for k, v in (result.get("headers") or {}).items()]
-        headers += [("Set-Cookie", str(c)) for c in result.get("cookies") or []]
+        cookies = result.get("cookies") or []
+        if not isinstance(cookies, list):
+            raise TypeError("cookies must be a list")
+        headers = [(str(k), _text(v)) for k, v in (result.get("headers") or {}).items()]
+        headers = _headers_out(headers + [("Set-Cookie", _text(c)) for c in cookies])
         data = _body(result, lenient=True)
     except (TypeError, ValueError, AttributeError):
         return failed_response("2.0")
@@ -306,14 +360,14 @@ def _response_object(result: dict[str, Any], *, use_multi: bool, use_single: boo
     multi: dict[str, list[str]] = {}
     if use_single:
         for key, value in (result.get("headers") or {}).items():
-            multi[str(key)] = [str(value)]
+            multi[str(key)] = [_text(value)]
     if use_multi:
         for key, values in (result.get("multiValueHeaders") or {}).items():
             if not isinstance(values, list):
                 raise TypeError("multiValueHeaders values must be lists")
             # API Gateway: a name in both maps keeps the multi-value list's values only.
-            multi[str(key)] = [str(v) for v in values]
-    headers = [(k, v) for k, values in multi.items() for v in values]
+            multi[str(key)] = [_text(v) for v in values]
+    headers = _headers_out([(k, v) for k, values in multi.items() for v in values])
     if "content-type" not in {k.lower() for k in multi}:
         headers.append(("Content-Type", "application/json"))
     return HttpResponse(code, headers, _body(result, lenient=False))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-import json
+import binascii
 import logging
 import uuid
 
@@ -18,6 +18,7 @@ from lamina.gateway.errors import (
     ServiceError,
 )
 from lamina.gateway.service import InvocationService
+from lamina.gateway.strict_json import parse_json
 from lamina.invocation.errors import LambdaServiceError
 from lamina_runtime.protocol import LOG_TAIL_BYTES, InvocationRequest
 
@@ -32,15 +33,36 @@ def error_response(exc: LambdaServiceError, request_id: str) -> web.Response:
     )
 
 
+MAX_CLIENT_CONTEXT = 3583  # bytes of base64, Lambda's limit on X-Amz-Client-Context
+BAD_CLIENT_CONTEXT = "Client context must be a valid Base64-encoded JSON object."
+
+
 def check_json(payload: bytes) -> bytes:
     """Lambda refuses a body that is not JSON before anything runs; an empty body means `{}`."""
     if not payload.strip():
         return b"{}"
     try:
-        json.loads(payload)
+        parse_json(payload)
     except ValueError as exc:
         raise InvalidRequestContent(f"Could not parse request body into json: {exc}") from None
     return payload
+
+
+def check_client_context(value: str | None) -> str | None:
+    """X-Amz-Client-Context as Lambda takes it: at most 3,583 bytes of base64 of a JSON object."""
+    if not value:
+        return None
+    if len(value) > MAX_CLIENT_CONTEXT:
+        raise InvalidRequestContent(
+            f"{BAD_CLIENT_CONTEXT} It may be at most {MAX_CLIENT_CONTEXT} bytes (got {len(value)})."
+        )
+    try:
+        doc = parse_json(base64.b64decode(value, validate=True))
+    except (binascii.Error, ValueError):
+        raise InvalidRequestContent(BAD_CLIENT_CONTEXT) from None
+    if not isinstance(doc, dict):
+        raise InvalidRequestContent(BAD_CLIENT_CONTEXT)
+    return value
 
 
 def log_tail(log: str) -> str:
@@ -81,6 +103,7 @@ async def handle_invoke(request: web.Request) -> web.Response:
                 + ", ".join(INVOCATION_TYPES)
             )
         fn = service.registry.resolve(request.match_info["name"], request.query.get("Qualifier"))
+        client_context = check_client_context(request.headers.get("X-Amz-Client-Context"))
         limit = ASYNC_PAYLOAD_LIMIT if invocation_type == "Event" else SYNC_PAYLOAD_LIMIT
         payload = check_json(await read_body(request, limit, invocation_type))
         if invocation_type == "DryRun":
@@ -93,7 +116,7 @@ async def handle_invoke(request: web.Request) -> web.Response:
             InvocationRequest(
                 request_id=request_id,
                 payload=payload,
-                client_context=request.headers.get("X-Amz-Client-Context"),
+                client_context=client_context,
                 invoked_function_arn=fn.arn,
             ),
         )

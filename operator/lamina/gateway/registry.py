@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
+import re
+
 from lamina.environments.base import FunctionConfig, function_arn
-from lamina.gateway.errors import InvalidParameterValue
+from lamina.gateway.errors import InvalidParameterValue, ValidationError
 from lamina.invocation.errors import FunctionNotFound
 
 SUPPORTED_QUALIFIERS = {None, "", "$LATEST"}
+#: Lambda's FunctionName pattern, loosened only in the region (lamina's own ARNs say "local").
+FUNCTION_NAME = re.compile(
+    r"(arn:(aws[a-zA-Z-]*)?:lambda:([a-z0-9-]+:)?(\d{12}:)?function:|(\d{12}:)?function:)?"
+    r"[a-zA-Z0-9._-]+(:(\$LATEST|[a-zA-Z0-9_-]+))?"
+)
+FUNCTION_NAME_MAX = 256
+QUALIFIER = re.compile(r"\$LATEST|[a-zA-Z0-9$_-]{1,128}")
+
+
+def check_function_name(raw: str) -> None:
+    """Refuse what Lambda's API refuses before looking anything up (an ARN of another service, odd
+    characters), in AWS's ValidationException shape."""
+    if len(raw) > FUNCTION_NAME_MAX:
+        raise ValidationError(
+            "functionName", raw, f"Member must have length less than or equal to {FUNCTION_NAME_MAX}"
+        )
+    if not FUNCTION_NAME.fullmatch(raw):
+        raise ValidationError(
+            "functionName", raw, f"Member must satisfy regular expression pattern: {FUNCTION_NAME.pattern}"
+        )
 
 
 def split_function_name(raw: str, qualifier: str | None = None) -> tuple[str, str | None]:
     """Return (name, qualifier) from `name`, `name:qual`, `acct:function:name[:qual]` or a full ARN."""
+    check_function_name(raw)
+    if qualifier and not QUALIFIER.fullmatch(qualifier):
+        raise ValidationError(
+            "qualifier", qualifier, f"Member must satisfy regular expression pattern: {QUALIFIER.pattern}"
+        )
     parts = raw.split(":")
     if raw.startswith("arn:"):
         if len(parts) < 7 or parts[5] != "function":

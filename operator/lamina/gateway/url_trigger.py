@@ -19,11 +19,19 @@ from lamina_runtime.protocol import InvocationRequest
 log = logging.getLogger(__name__)
 
 
+def raw_tail(request: web.Request) -> str:
+    """The path after ``/url/{function}`` exactly as the client sent it (still percent-encoded)."""
+    raw = request.raw_path.split("?", 1)[0]
+    parts = raw.split("/", 3)  # "", "url", function, rest
+    return "/" + (parts[3] if len(parts) > 3 else "")
+
+
 def http_request(request: web.Request, body: bytes) -> HttpRequest:
     return HttpRequest(
         method=request.method,
         path="/" + request.match_info.get("tail", ""),
-        raw_query=request.query_string,
+        raw_query=request.raw_path.partition("?")[2],
+        raw_path=raw_tail(request),
         headers=list(request.headers.items()),
         body=body,
         source_ip=request.remote or "127.0.0.1",

@@ -45,6 +45,9 @@ def _write_tree(target: Path, files: dict[str, bytes]) -> Path:
         _remove(tmp)
     for rel, data in files.items():
         path = tmp / rel
+        # Keys were checked when the manifests were loaded; this keeps a future caller honest too.
+        if Path(rel).is_absolute() or not path.resolve().is_relative_to(tmp.resolve()):
+            raise ManifestError([f"{rel!r}: a file name may not leave its directory"])
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     tmp.mkdir(parents=True, exist_ok=True)
@@ -58,11 +61,12 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def fetch_zip(url: str, sha256: str, target: Path, where: str) -> Path:
-    """Download, verify and extract with the init container's own code (lamina_runtime.fetch)."""
+def fetch_zip(url: str, sha256: str, target: Path, where: str, allow_local: bool = False) -> Path:
+    """Download, verify and extract with the init container's own code (lamina_runtime.fetch);
+    ``allow_local`` lets file:// and loopback URLs through (``lamina local --allow-local-urls``)."""
     if not target.exists():
         try:
-            extract(download(url), sha256, str(target))
+            extract(download(url, allow_local=allow_local), sha256, str(target))
         except FetchError as exc:
             raise ManifestError([f"{where}: {exc}"]) from None
     return target
@@ -71,10 +75,17 @@ def fetch_zip(url: str, sha256: str, target: Path, where: str) -> Path:
 class ArtifactBuilder:
     """Turns Function and Layer manifests into directories under `state_dir`."""
 
-    def __init__(self, manifests: Manifests, state_dir: Path, python: str = sys.executable) -> None:
+    def __init__(
+        self,
+        manifests: Manifests,
+        state_dir: Path,
+        python: str = sys.executable,
+        allow_local_urls: bool = False,
+    ) -> None:
         self.manifests = manifests
         self.state_dir = state_dir
         self.python = python
+        self.allow_local_urls = allow_local_urls
 
     def function_config(self, fn: Function) -> FunctionConfig:
         spec = fn.spec
@@ -122,7 +133,8 @@ class ArtifactBuilder:
             assert code.url is not None and code.sha256 is not None
             digest = code.sha256.lower()
             target = self.state_dir / "code" / fn.metadata.namespace / fn.name / digest[:16]
-            return fetch_zip(code.url, code.sha256, target, f"{subject}: spec.code.url"), digest
+            where = f"{subject}: spec.code.url"
+            return fetch_zip(code.url, code.sha256, target, where, self.allow_local_urls), digest
         digest = _digest(*(p for k in sorted(files) for p in (k, files[k])))
         target = self.state_dir / "code" / fn.metadata.namespace / fn.name / digest[:16]
         return _write_tree(target, files), digest
@@ -140,7 +152,8 @@ class ArtifactBuilder:
         if spec.url is not None:
             assert spec.sha256 is not None
             digest = spec.sha256.lower()
-            return fetch_zip(spec.url, spec.sha256, base / digest[:16], f"{subject}: spec.url"), digest
+            where = f"{subject}: spec.url"
+            return fetch_zip(spec.url, spec.sha256, base / digest[:16], where, self.allow_local_urls), digest
         requirements = spec.requirements or []
         digest = _digest(self.python, *requirements)
         target = base / digest[:16]

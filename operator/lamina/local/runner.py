@@ -41,12 +41,15 @@ class LocalOptions:
     handler_output: IO[Any] | int | None = None
     quiet: bool = False
     async_retry_base_seconds: float = 60.0
+    allow_local_urls: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def build_functions(manifests: Manifests, state_dir: Path) -> list[FunctionConfig]:
+def build_functions(
+    manifests: Manifests, state_dir: Path, allow_local_urls: bool = False
+) -> list[FunctionConfig]:
     """Every Function's code and layers on disk; all problems reported together."""
-    builder = ArtifactBuilder(manifests, state_dir)
+    builder = ArtifactBuilder(manifests, state_dir, allow_local_urls=allow_local_urls)
     configs, problems = [], []
     for fn in manifests.functions.values():
         try:
@@ -94,7 +97,9 @@ class LocalStack:
         opts = self.options
         self._lock_state_dir()
         self.manifests = await asyncio.to_thread(load_manifests, opts.paths)
-        self.functions = await asyncio.to_thread(build_functions, self.manifests, opts.state_dir)
+        self.functions = await asyncio.to_thread(
+            build_functions, self.manifests, opts.state_dir, opts.allow_local_urls
+        )
         self.pool = LocalProcessPool(
             self.functions, max_environments=opts.max_environments, handler_output=opts.handler_output
         )

@@ -24,6 +24,9 @@ from lamina_runtime.factory import is_custom_runtime
 PORT = 8080
 TASK_ROOT = "/var/task"
 TMP_SIZE = "512Mi"  # Lambda's default ephemeral /tmp
+#: Lambda's unzipped limit (250 MB = 262,144,000 bytes): each code or layer volume the init
+#: containers fill is bounded on disk too, not only by the fetch's own check of the archive.
+UNZIPPED_SIZE = "250Mi"
 #: The pod's runtime server lives beside the function's worker. The runtime stops a worker whose
 #: resident memory passes memoryMB (Runtime.OutOfMemory, as Lambda does), so the container limit
 #: leaves room for the server: the kernel's OOM killer must not get there first.
@@ -156,7 +159,7 @@ def _deployment(
         volumes.append({"name": "code", "configMap": {"name": code.config_map.name}})
     else:
         assert code.url is not None and code.sha256 is not None
-        volumes.append({"name": "code", "emptyDir": {}})
+        volumes.append({"name": "code", "emptyDir": {"sizeLimit": UNZIPPED_SIZE}})
         init.append(_fetch_container("fetch-code", image, settings, code.url, code.sha256, "code", TASK_ROOT))
 
     layer_paths = []
@@ -169,7 +172,7 @@ def _deployment(
             volumes.append({"name": volume, "configMap": {"name": artifact.config_map}})
         else:
             assert artifact.url is not None
-            volumes.append({"name": volume, "emptyDir": {}})
+            volumes.append({"name": volume, "emptyDir": {"sizeLimit": UNZIPPED_SIZE}})
             init.append(
                 _fetch_container(
                     f"fetch-layer-{i}", image, settings, artifact.url, artifact.digest, volume, path
