@@ -121,7 +121,8 @@ mount --bind {root} {root}
 mount -o remount,bind,ro {root}
 mount -t tmpfs -o size=16m tmpfs {dest}
 if touch {root}/probe 2>/dev/null; then echo "parent is writable" >&2; exit 3; fi
-LAMINA_FETCH_ALLOW_LOCAL=1 {sys.executable} -m lamina_runtime fetch {url} {hashlib.sha256(data).hexdigest()} {dest}
+export LAMINA_FETCH_ALLOW_LOCAL=1
+{sys.executable} -m lamina_runtime fetch {url} {hashlib.sha256(data).hexdigest()} {dest}
 cd {dest} && find . | sort > {listing}
 cat index.py pkg/mod.py >> {listing}
 """

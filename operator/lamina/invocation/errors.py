@@ -63,3 +63,11 @@ class ThrottledError(LambdaServiceError):
 
     def headers(self) -> dict[str, str]:
         return {**super().headers(), "Retry-After": str(self.retry_after)}
+
+
+class AccessDenied(LambdaServiceError):
+    """Authenticated, but RBAC (or the local keys file) does not allow this action on this function."""
+
+    status = 403
+    code = "AccessDeniedException"
+    error_type = "User"
