@@ -156,10 +156,11 @@ async def invoke_local(
         lock.close()
         return Outcome(status=400, error=f"the manifests were refused:\n{exc}")
     registry = FunctionRegistry(functions)
-    pool = LocalProcessPool(functions, handler_output=sys.stderr.fileno())
+    pool = LocalProcessPool(registry.environments(), handler_output=sys.stderr.fileno())
     service = InvocationService(registry, pool)
     try:
-        fn = registry.resolve(function, qualifier)
+        target = registry.route(function, qualifier)
+        fn = target.config
         if invocation_type == "DryRun":
             return Outcome(status=204)
         if invocation_type == "Event":
@@ -177,7 +178,7 @@ async def invoke_local(
         payload=result.payload,
         function_error=result.function_error,
         log=result.log,
-        executed_version="$LATEST",
+        executed_version=fn.version,
     )
 
 

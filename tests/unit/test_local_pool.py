@@ -101,3 +101,30 @@ async def test_a_crashed_environment_is_replaced(code_dir: Path) -> None:
         assert after["cold"] is False  # re-INITialised ahead of the call
     finally:
         await pool.close()
+
+
+async def test_versions_have_their_own_environments_and_unrouted_ones_are_retired(code_dir: Path) -> None:
+    from dataclasses import replace
+
+    latest = fn(code_dir)
+    v1 = replace(latest, version="1", provisioned_concurrency=1, routed=True)
+    v2 = replace(latest, version="2", routed=True)
+    pool = LocalProcessPool([latest, v1, v2], reap_interval=3600)
+    await pool.start()
+    try:
+        assert (pool.environments(latest), pool.environments(v1), pool.environments(v2)) == (0, 1, 0)
+        assert (await call(pool, v2))["cold"] is True
+        assert pool.environments(v2) == 1 and pool.environments(latest) == 0
+        # The alias moves from 1 to 2: 1 is no longer routed nor provisioned, 2 gets the warm one.
+        await pool.update(
+            [
+                latest,
+                replace(v1, provisioned_concurrency=0, routed=False),
+                replace(v2, provisioned_concurrency=1),
+            ]
+        )
+        assert pool.environments(v1) == 0
+        assert pool.environments(v2) == 1  # the on-demand one now counts as provisioned
+        assert pool.describe()["default/f:2"]["provisioned"] == 1
+    finally:
+        await pool.close()

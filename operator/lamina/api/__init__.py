@@ -21,6 +21,9 @@ from lamina.api.eventsourcemapping import (
     ScheduleSource,
 )
 from lamina.api.function import (
+    ALIAS_VERSIONS_EXIST,
+    AliasSpec,
+    AliasStatus,
     AsyncConfig,
     CodeSource,
     EnvFrom,
@@ -28,16 +31,20 @@ from lamina.api.function import (
     FunctionSpec,
     FunctionStatus,
     HttpConfig,
+    PublishedVersion,
 )
 from lamina.api.layer import Layer, LayerSpec, LayerStatus
 from lamina.api.manifests import Manifests, load_documents, load_manifests, parse_object
 from lamina.api.references import reference_problems
 
 __all__ = [
+    "ALIAS_VERSIONS_EXIST",
     "API_VERSION",
     "GROUP",
     "RUNTIMES",
     "VERSION",
+    "AliasSpec",
+    "AliasStatus",
     "AsyncConfig",
     "CodeSource",
     "Condition",
@@ -60,6 +67,7 @@ __all__ = [
     "Manifests",
     "NameRef",
     "ObjectMeta",
+    "PublishedVersion",
     "ScheduleSource",
     "load_documents",
     "load_manifests",

@@ -29,6 +29,9 @@ URL = r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^\s]+$"
 HANDLER = r"^[A-Za-z_][A-Za-z0-9_]*([./][A-Za-z_][A-Za-z0-9_]*)*\.[A-Za-z_][A-Za-z0-9_]*$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SCHEDULE = r"^(rate|cron|at)\(.+\)$"
+#: A function name with an optional qualifier (``orders``, ``orders:prod``, ``orders:7``): what an event
+#: source mapping, a schedule or an async destination invokes.
+QUALIFIED_FUNCTION = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(:(\$LATEST|[a-zA-Z0-9_-]{1,128}))?$"
 
 #: What each pattern means, so that a mismatch is reported as a rule and not as a regex.
 PATTERN_RULES: dict[str, str] = {
@@ -40,6 +43,7 @@ PATTERN_RULES: dict[str, str] = {
     HANDLER: "must be module.function, e.g. index.handler or src/app.main",
     ENV_NAME: "must be an environment variable name (letters, digits and '_', not starting with a digit)",
     SCHEDULE: "must be rate(...), cron(...) or at(...)",
+    QUALIFIED_FUNCTION: "must be a Function's name, optionally with :version or :alias (orders:prod)",
 }
 
 
@@ -201,10 +205,17 @@ class RabbitMQEndpoint(BrokerEndpoint):
     queue: str = Field(min_length=1, max_length=256)
 
 
-class FunctionTarget(LaminaModel):
-    """Another Function in the same namespace, invoked asynchronously."""
+def split_qualifier(name: str) -> tuple[str, str | None]:
+    """``orders:prod`` -> (``orders``, ``prod``); ``orders`` -> (``orders``, None)."""
+    base, _, qualifier = name.partition(":")
+    return base, qualifier or None
 
-    name: str = Field(pattern=DNS_LABEL, max_length=63)
+
+class FunctionTarget(LaminaModel):
+    """Another Function in the same namespace, invoked asynchronously (``name:alias`` or
+    ``name:version`` targets an alias or a version)."""
+
+    name: str = Field(pattern=QUALIFIED_FUNCTION, max_length=192)
 
 
 class BrokerChoice(LaminaModel):

@@ -10,7 +10,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from lamina.api.common import (
-    DNS_LABEL,
+    QUALIFIED_FUNCTION,
     SCHEDULE,
     BrokerChoice,
     Endpoint,
@@ -19,6 +19,7 @@ from lamina.api.common import (
     LaminaObject,
     StatusBase,
     cel_exactly_one,
+    split_qualifier,
 )
 from lamina.schedule.expressions import parse_schedule
 
@@ -141,7 +142,11 @@ class EventSourceMappingSpec(LaminaModel):
         }
     )
 
-    function_name: str = Field(pattern=DNS_LABEL, max_length=63, description="Function to invoke.")
+    function_name: str = Field(
+        pattern=QUALIFIED_FUNCTION,
+        max_length=192,
+        description="Function to invoke; name:alias or name:version targets an alias or a version.",
+    )
     source: EventSource
     batch_size: int = Field(default=10, ge=1, le=10000, description="Most records per invocation.")
     maximum_batching_window_seconds: int = Field(
@@ -214,3 +219,8 @@ class EventSourceMapping(LaminaObject):
     kind: Literal["EventSourceMapping"] = "EventSourceMapping"
     spec: EventSourceMappingSpec
     status: EventSourceMappingStatus | None = None
+
+    @property
+    def function(self) -> str:
+        """The Function the mapping invokes, without the qualifier of ``spec.functionName``."""
+        return split_qualifier(self.spec.function_name)[0]

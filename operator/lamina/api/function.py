@@ -7,6 +7,7 @@ import re
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
 
 from lamina.api.common import (
     DNS_LABEL,
@@ -147,6 +148,92 @@ class HttpConfig(LaminaModel):
 
 LayerName = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
 
+#: A published version's number, as Lambda writes it (a string of digits).
+VERSION_NUMBER = r"^[1-9][0-9]{0,9}$"
+#: What an alias may point to: a version number, ``$LATEST``, or ``$LATEST.PUBLISHED`` (lamina: the
+#: newest published version, so that an alias follows ``publishVersions`` as SAM's AutoPublishAlias).
+ALIAS_TARGET = r"^([1-9][0-9]{0,9}|\$LATEST|\$LATEST\.PUBLISHED)$"
+LATEST = "$LATEST"
+LATEST_PUBLISHED = "$LATEST.PUBLISHED"
+#: Lambda's alias names: letters, digits, '-' and '_', not only digits (that would read as a version).
+ALIAS_NAME = r"^[a-zA-Z0-9_-]{1,128}$"
+MAX_ALIASES = 16
+VersionNumber = Annotated[str, Field(pattern=VERSION_NUMBER)]
+
+
+class AliasSpec(LaminaModel):
+    """A named pointer to a version, optionally splitting traffic with one other version."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.additionalVersionWeights) || self.additionalVersionWeights.size() == 0"
+                    " || self.functionVersion.matches('^[0-9]+$')",
+                    "message": "additionalVersionWeights: weighted routing needs functionVersion to be a "
+                    "published version number (not $LATEST)",
+                    "fieldPath": ".additionalVersionWeights",
+                },
+                {
+                    "rule": "!has(self.additionalVersionWeights) || "
+                    "!(self.functionVersion in self.additionalVersionWeights)",
+                    "message": "additionalVersionWeights: must name another version than functionVersion",
+                    "fieldPath": ".additionalVersionWeights",
+                },
+                {
+                    "rule": "!has(self.provisionedConcurrency) || self.provisionedConcurrency == 0"
+                    " || self.functionVersion != '$LATEST'",
+                    "message": "provisionedConcurrency: not on an alias of $LATEST (Lambda allows it on "
+                    "published versions only)",
+                    "fieldPath": ".provisionedConcurrency",
+                },
+            ]
+        }
+    )
+
+    function_version: str = Field(
+        pattern=ALIAS_TARGET,
+        max_length=32,
+        description="The version the alias points to: a number, $LATEST, or $LATEST.PUBLISHED (the newest "
+        "published version).",
+    )
+    additional_version_weights: dict[VersionNumber, Annotated[float, Field(ge=0, le=1)]] = Field(
+        default_factory=dict,
+        max_length=1,
+        description="One other published version and the share of invocations (0 to 1) it gets; "
+        "functionVersion gets the rest.",
+        json_schema_extra={"maxProperties": 1},
+    )
+    provisioned_concurrency: int = Field(
+        default=0, ge=0, description="Environments kept initialised for the versions this alias routes to."
+    )
+    description: str = Field(default="", max_length=256)
+
+    @model_validator(mode="after")
+    def _routing(self) -> AliasSpec:
+        weights = self.additional_version_weights
+        if weights and not re.fullmatch(VERSION_NUMBER, self.function_version):
+            raise FieldError(
+                "additionalVersionWeights",
+                "weighted routing needs functionVersion to be a published version number (not "
+                f"{self.function_version})",
+            )
+        if self.function_version in weights:
+            raise FieldError(
+                "additionalVersionWeights",
+                f"must name another version than functionVersion {self.function_version}",
+            )
+        if self.provisioned_concurrency and self.function_version == LATEST:
+            raise FieldError(
+                "provisionedConcurrency",
+                "not on an alias of $LATEST (Lambda allows it on published versions only)",
+            )
+        return self
+
+    def versions(self) -> list[str]:
+        """Every version this alias names."""
+        return [self.function_version, *self.additional_version_weights]
+
 
 class FunctionSpec(LaminaModel):
     """The desired configuration of a Function."""
@@ -205,6 +292,39 @@ class FunctionSpec(LaminaModel):
         default_factory=AsyncConfig, alias="async", description="Asynchronous invocation settings."
     )
     http: HttpConfig = Field(default_factory=HttpConfig, description="The HTTP trigger's payload format.")
+    publish_versions: bool = Field(
+        default=False,
+        description="Publish an immutable, numbered version on every change of code or configuration (as "
+        "SAM's AutoPublishAlias does).",
+    )
+    retain_versions: int = Field(
+        default=10,
+        ge=1,
+        le=100,
+        description="Published versions kept; older ones are deleted unless an alias names them.",
+    )
+    aliases: dict[str, AliasSpec] = Field(
+        default_factory=dict,
+        max_length=MAX_ALIASES,
+        description="Alias name -> the version it points to (and optional weighted routing).",
+        json_schema_extra={
+            "maxProperties": MAX_ALIASES,
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.all(name, name.matches('^[a-zA-Z0-9_-]{1,128}$') && "
+                    "!name.matches('^[0-9]+$'))",
+                    "message": "spec.aliases: an alias name is letters, digits, '-' and '_' (at most 128), "
+                    "and not only digits",
+                }
+            ],
+        },
+    )
+    provisioned_concurrency_by_version: dict[VersionNumber, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict,
+        max_length=MAX_ALIASES,
+        description="Provisioned concurrency of published versions, by number (aliases carry their own).",
+        json_schema_extra={"maxProperties": MAX_ALIASES},
+    )
 
     @field_validator("environment")
     @classmethod
@@ -241,6 +361,27 @@ class FunctionSpec(LaminaModel):
                 "provisionedConcurrency",
                 f"must not exceed reservedConcurrency ({self.provisioned_concurrency} > {reserved})",
             )
+        for name in self.aliases:
+            if not re.fullmatch(ALIAS_NAME, name) or name.isdigit():
+                raise FieldError(
+                    "aliases",
+                    f"an alias name is letters, digits, '-' and '_' (at most 128), and not only digits "
+                    f"(got {name!r})",
+                )
+        if self.provisioned_concurrency and (self.publish_versions or self.aliases):
+            raise FieldError(
+                "provisionedConcurrency",
+                "not on $LATEST once the function publishes versions or has aliases: set it on an alias "
+                "(spec.aliases.NAME.provisionedConcurrency) or a version "
+                "(spec.provisionedConcurrencyByVersion), as Lambda does",
+            )
+        total = self.total_provisioned
+        if reserved is not None and total > reserved:
+            raise FieldError(
+                "aliases",
+                f"provisioned concurrency of aliases and versions ({total}) must not exceed "
+                f"reservedConcurrency ({reserved})",
+            )
         clash = set(self.environment) & {e.name for e in self.environment_from}
         if clash:
             raise FieldError("environmentFrom", f"{', '.join(sorted(clash))} also set in environment")
@@ -252,13 +393,71 @@ class FunctionSpec(LaminaModel):
         return max(MIN_MILLICORES, math.ceil(self.memory_mb * 1000 / MB_PER_VCPU))
 
     @property
+    def total_provisioned(self) -> int:
+        """Provisioned environments over $LATEST, every alias and every version."""
+        return (
+            self.provisioned_concurrency
+            + sum(a.provisioned_concurrency for a in self.aliases.values())
+            + sum(self.provisioned_concurrency_by_version.values())
+        )
+
+    def named_versions(self) -> set[str]:
+        """Version numbers that an alias or a provisioned-concurrency setting names."""
+        named = {v for a in self.aliases.values() for v in a.versions() if v.isdigit()}
+        return named | set(self.provisioned_concurrency_by_version)
+
+    @property
     def max_environments(self) -> int | None:
         """Upper bound on environments: the reserved concurrency, or None when unreserved."""
         return self.reserved_concurrency
 
 
+class PublishedVersion(LaminaModel):
+    """A published version as the status lists it (its full snapshot is in an immutable ConfigMap)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    version: str = Field(pattern=VERSION_NUMBER, description="The version's number.")
+    code_sha256: str = Field(description="Digest of the version's code.")
+    digest: str = Field(description="Digest of the whole snapshot (code, layers, configuration).")
+    runtime: str = ""
+    handler: str = ""
+    memory_mb: int = Field(default=128, alias="memoryMB")
+    timeout_seconds: int = 3
+    layer_revisions: dict[str, int] = Field(default_factory=dict)
+    payload_format: str = Field(default="2.0", description="spec.http.payloadFormat of the version.")
+    multi_value_headers: bool = False
+    created: str = Field(default="", description="When it was published (RFC 3339).")
+
+
+class AliasStatus(LaminaModel):
+    """The routing of an alias in effect (during a rollout, the current step's weights)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    function_version: str = Field(description="The version that gets the remaining traffic.")
+    additional_version_weights: dict[str, float] = Field(
+        default_factory=dict, description="The other version and its share of invocations."
+    )
+
+
 class FunctionStatus(StatusBase):
     """What the operator observed about a Function."""
+
+    latest_version: int | None = Field(
+        default=None, ge=0, description="Number of the newest version ever published (never reused)."
+    )
+    versions: list[PublishedVersion] = Field(
+        default_factory=list,
+        max_length=200,
+        description="Published versions that are kept, oldest first.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["version"]},
+    )
+    aliases: dict[str, AliasStatus] = Field(
+        default_factory=dict,
+        description="Each alias's routing in effect.",
+        json_schema_extra={"maxProperties": MAX_ALIASES},
+    )
 
     ready_environments: int | None = Field(default=None, ge=0, description="Environments ready to serve.")
     desired_environments: int | None = Field(default=None, ge=0, description="Environments wanted now.")
@@ -269,9 +468,42 @@ class FunctionStatus(StatusBase):
     url: str | None = Field(default=None, description="In-cluster URL of the function's HTTP trigger.")
 
 
+#: The root of a Function's CRD: an alias may only name a version that is published (status.versions)
+#: or that this change publishes (the next number, with publishVersions).
+ALIAS_VERSIONS_EXIST = {
+    "rule": "!has(self.spec.aliases) || self.spec.aliases.all(a, "
+    "([self.spec.aliases[a].functionVersion] + (has(self.spec.aliases[a].additionalVersionWeights) ? "
+    "self.spec.aliases[a].additionalVersionWeights.map(v, v) : [])).all(v, !v.matches('^[0-9]+$') || "
+    "(has(self.status) && has(self.status.versions) && self.status.versions.exists(p, p.version == v)) || "
+    "(has(self.spec.publishVersions) && self.spec.publishVersions && int(v) == "
+    "(has(self.status) && has(self.status.latestVersion) ? self.status.latestVersion : 0) + 1)))",
+    "message": "spec.aliases: an alias names a version that does not exist (published versions are in "
+    "status.versions; with publishVersions the next number is allowed too)",
+    "fieldPath": ".spec.aliases",
+}
+
+
 class Function(LaminaObject):
     """A serverless Python function."""
 
     kind: Literal["Function"] = "Function"
     spec: FunctionSpec
     status: FunctionStatus | None = None
+
+    @model_validator(mode="after")
+    def _aliases_name_published_versions(self) -> Function:
+        """The model's copy of :data:`ALIAS_VERSIONS_EXIST` (checked when a status is known)."""
+        status = self.status
+        if status is None or not self.spec.aliases:
+            return self
+        published = {v.version for v in status.versions}
+        upcoming = str((status.latest_version or 0) + 1) if self.spec.publish_versions else None
+        for name, alias in self.spec.aliases.items():
+            for version in alias.versions():
+                if version.isdigit() and version not in published and version != upcoming:
+                    shown = ", ".join(sorted(published, key=int)) or "none"
+                    raise FieldError(
+                        f"spec.aliases.{name}",
+                        f"version {version} does not exist (published: {shown})",
+                    )
+        return self

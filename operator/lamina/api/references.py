@@ -17,8 +17,9 @@ def _endpoint(m: Manifests, ns: str, where: str, ep: BrokerChoice | None) -> Ite
     if ep is None:
         return
     target_fn = getattr(ep, "function", None)
-    if target_fn is not None and (ns, target_fn.name) not in m.functions:
-        yield f"{where}.function.name: Function {target_fn.name!r} not found in namespace {ns}"
+    base = target_fn.name.partition(":")[0] if target_fn is not None else ""
+    if target_fn is not None and (ns, base) not in m.functions:
+        yield f"{where}.function.name: Function {base!r} not found in namespace {ns}"
     target = ep.target
     url_from = getattr(target, "url_from", None)
     if url_from is not None:
@@ -69,9 +70,9 @@ def reference_problems(m: Manifests) -> list[str]:
     for esm in m.mappings.values():
         ns, spec = esm.metadata.namespace, esm.spec
         subject = f"EventSourceMapping {esm.name}"
-        if (ns, spec.function_name) not in m.functions:
+        if (ns, esm.function) not in m.functions:
             lines.append(
-                f"{subject}: spec.functionName: Function {spec.function_name!r} not found in namespace {ns}"
+                f"{subject}: spec.functionName: Function {esm.function!r} not found in namespace {ns}"
             )
         if spec.source.schedule is None:
             lines += [f"{subject}: {p}" for p in _endpoint(m, ns, "spec.source", spec.source)]

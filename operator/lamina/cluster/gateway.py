@@ -52,7 +52,7 @@ class FunctionCatalog:
                 self.functions.pop(key, None)
         configs = list(self.functions.values())
         self.service.replace_functions(configs)
-        asyncio.get_running_loop().create_task(self.pool.update(configs))
+        asyncio.get_running_loop().create_task(self.pool.update(self.service.environment_configs()))
 
 
 async def serve(args: argparse.Namespace) -> int:

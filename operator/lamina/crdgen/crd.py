@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from lamina.api import (
+    ALIAS_VERSIONS_EXIST,
     GROUP,
     VERSION,
     EventSourceMapping,
@@ -55,6 +56,7 @@ class Kind:
     plural: str
     columns: list[dict[str, Any]]
     short_names: list[str] = field(default_factory=list)
+    rules: list[dict[str, Any]] = field(default_factory=list)  # CEL on the whole object (spec and status)
 
     @property
     def kind(self) -> str:
@@ -79,6 +81,7 @@ KINDS = [
             AGE,
         ],
         ["fn"],
+        [ALIAS_VERSIONS_EXIST],
     ),
     Kind(
         Layer,
@@ -129,6 +132,7 @@ def crd(kind: Kind) -> dict[str, Any]:
                 "spec": model_schema(kind.spec),
                 "status": model_schema(kind.status),
             },
+            **({"x-kubernetes-validations": kind.rules} if kind.rules else {}),
         }
     )
     names: dict[str, Any] = {

@@ -16,6 +16,9 @@ from lamina_runtime.protocol import InvocationRequest, InvocationResult
 
 if TYPE_CHECKING:
     from lamina.api import Function
+    from lamina.api.versions import Route
+
+LATEST = "$LATEST"
 
 
 @dataclass(slots=True)
@@ -38,6 +41,14 @@ class FunctionConfig:
     revision: str = ""  # changes when code, layers or configuration change
     http_format: str = "2.0"  # spec.http.payloadFormat: "2.0", "1.0" or "alb"
     http_multi_value: bool = False  # alb: multi-value headers on
+    code_sha256: str = ""  # digest of the code alone (GetFunction's CodeSha256)
+    version: str = LATEST  # "$LATEST", or the number of a published version
+    #: False for a published version that no alias (nor provisioned concurrency) sends traffic to: its
+    #: idle environments are retired at once instead of after the keep-alive.
+    routed: bool = True
+    #: On the $LATEST config only: the published versions that exist and each alias's routing.
+    versions: dict[str, FunctionConfig] = field(default_factory=dict)
+    routes: dict[str, Route] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -46,6 +57,15 @@ class FunctionConfig:
     @property
     def arn(self) -> str:
         return function_arn(self.name)
+
+    @property
+    def pool_key(self) -> str:
+        """Which environments may serve it: each version has its own (``ns/name`` or ``ns/name:7``)."""
+        return self.key if self.version == LATEST else f"{self.key}:{self.version}"
+
+    def with_versions(self) -> list[FunctionConfig]:
+        """This config and those of its published versions (everything that has environments)."""
+        return [self, *self.versions.values()]
 
 
 def function_config(fn: Function, **where: Any) -> FunctionConfig:

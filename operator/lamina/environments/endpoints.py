@@ -42,7 +42,7 @@ class StaticEndpointSource:
                 listener(key, list(eps))
 
     async def scale(self, fn: FunctionConfig, replicas: int, retire: str | None = None) -> None:
-        self.requested[fn.key] = replicas
+        self.requested[fn.pool_key] = replicas
 
     def set_endpoints(self, key: str, endpoints: list[str]) -> None:
         self.endpoints[key] = list(endpoints)

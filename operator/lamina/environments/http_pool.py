@@ -115,7 +115,7 @@ class HttpEnvironmentPool:
         self.cold_start_timeout = cold_start_timeout
         self.max_environments = max_environments
         self.reap_interval = reap_interval
-        self._pools = {f.key: _Pool(f) for f in functions}
+        self._pools = {f.pool_key: _Pool(f) for f in functions}
         self._session: aiohttp.ClientSession | None = None
         self._reaper: asyncio.Task[None] | None = None
         source.subscribe(self._on_endpoints)
@@ -134,9 +134,9 @@ class HttpEnvironmentPool:
 
     async def update(self, functions: list[FunctionConfig]) -> None:
         for fn in functions:
-            pool = self._pools.setdefault(fn.key, _Pool(fn))
+            pool = self._pools.setdefault(fn.pool_key, _Pool(fn))
             pool.config = fn
-        for key in set(self._pools) - {f.key for f in functions}:
+        for key in set(self._pools) - {f.pool_key for f in functions}:
             del self._pools[key]
 
     async def close(self) -> None:
@@ -149,11 +149,11 @@ class HttpEnvironmentPool:
             await self._session.close()
 
     def in_flight(self, fn: FunctionConfig) -> int:
-        pool = self._pools.get(fn.key)
+        pool = self._pools.get(fn.pool_key)
         return len(pool.busy) if pool else 0
 
     def environments(self, fn: FunctionConfig) -> int:
-        pool = self._pools.get(fn.key)
+        pool = self._pools.get(fn.pool_key)
         return len(pool.ready) if pool else 0
 
     def _on_endpoints(self, key: str, endpoints: list[str]) -> None:
@@ -168,9 +168,9 @@ class HttpEnvironmentPool:
         pool.ready = new
 
     async def invoke(self, fn: FunctionConfig, request: InvocationRequest) -> InvocationResult:
-        pool = self._pools.get(fn.key)
+        pool = self._pools.get(fn.pool_key)
         if pool is None:
-            pool = self._pools[fn.key] = _Pool(fn)
+            pool = self._pools[fn.pool_key] = _Pool(fn)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cold_start_timeout
         while True:

@@ -93,7 +93,7 @@ class KubernetesEndpointSource:
 
     def _scale(self, fn: FunctionConfig, replicas: int, retire: str | None) -> None:
         if retire is not None:
-            pod = next((name for ep, name in self._pods.get(fn.key, {}).values() if ep == retire), None)
+            pod = next((name for ep, name in self._pods.get(fn.pool_key, {}).values() if ep == retire), None)
             if pod is not None:
                 self.core.patch_namespaced_pod(
                     pod,

@@ -64,7 +64,7 @@ class LocalProcessPool:
         self.handler_output = handler_output
         self.reap_interval = reap_interval
         self._functions: dict[str, _FunctionEnvironments] = {
-            f.key: _FunctionEnvironments(f) for f in functions
+            f.pool_key: _FunctionEnvironments(f) for f in functions
         }
         self._reaper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
@@ -95,7 +95,7 @@ class LocalProcessPool:
     async def update(self, functions: list[FunctionConfig]) -> None:
         """New configurations take effect for new environments; stale idle ones are retired now."""
         retired: list[_Environment] = []
-        wanted = {f.key: f for f in functions}
+        wanted = {f.pool_key: f for f in functions}
         for key, envs in list(self._functions.items()):
             if key not in wanted:
                 retired += envs.idle
@@ -104,8 +104,24 @@ class LocalProcessPool:
         for key, fn in wanted.items():
             envs = self._functions.setdefault(key, _FunctionEnvironments(fn))
             envs.config = fn
-            retired += [e for e in envs.idle if e.revision != fn.revision]
-            envs.idle = [e for e in envs.idle if e.revision == fn.revision]
+            keep = [e for e in envs.idle if e.revision == fn.revision]
+            # Provisioned environments beyond the new provisioned concurrency (an alias moved away from
+            # this version) become on-demand ones; a version nothing routes to keeps no idle on-demand
+            # environment (they are retired now, not after the keep-alive).
+            # Fewer provisioned: the extra become on-demand ones. More: idle on-demand ones, already
+            # initialised, are promoted before any new environment is started.
+            excess = envs.provisioned_count - fn.provisioned_concurrency
+            for env in keep:
+                if excess > 0 and env.provisioned:
+                    env.provisioned = False
+                    excess -= 1
+                elif excess < 0 and not env.provisioned:
+                    env.provisioned = True
+                    excess += 1
+            if not fn.routed:
+                keep = [e for e in keep if e.provisioned]
+            retired += [e for e in envs.idle if e not in keep]
+            envs.idle = keep
         await asyncio.gather(*(e.worker.stop() for e in retired), return_exceptions=True)
         for envs in self._functions.values():
             while envs.provisioned_count + envs.starting < envs.config.provisioned_concurrency:
@@ -113,11 +129,11 @@ class LocalProcessPool:
 
     # -- accounting ----------------------------------------------------------------------------
     def in_flight(self, fn: FunctionConfig) -> int:
-        envs = self._functions.get(fn.key)
+        envs = self._functions.get(fn.pool_key)
         return len(envs.busy) if envs else 0
 
     def environments(self, fn: FunctionConfig) -> int:
-        envs = self._functions.get(fn.key)
+        envs = self._functions.get(fn.pool_key)
         return envs.total if envs else 0
 
     def describe(self) -> dict[str, dict[str, int]]:
@@ -133,9 +149,9 @@ class LocalProcessPool:
 
     # -- invocation ----------------------------------------------------------------------------
     async def invoke(self, fn: FunctionConfig, request: InvocationRequest) -> InvocationResult:
-        envs = self._functions.get(fn.key)
+        envs = self._functions.get(fn.pool_key)
         if envs is None:
-            envs = self._functions[fn.key] = _FunctionEnvironments(fn)
+            envs = self._functions[fn.pool_key] = _FunctionEnvironments(fn)
         env = await self._acquire(envs)
         try:
             result = await env.worker.invoke(request)
@@ -214,6 +230,7 @@ class LocalProcessPool:
             timeout_s=float(fn.timeout_seconds),
             python=self.python,
             stdout=self.handler_output,
+            version=fn.version,
         )
         envs.starting += 1
         try:

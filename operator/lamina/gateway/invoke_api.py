@@ -102,14 +102,16 @@ async def handle_invoke(request: web.Request) -> web.Response:
                 f"Invalid invocation type: {invocation_type!r}; expected one of "
                 + ", ".join(INVOCATION_TYPES)
             )
-        fn = service.registry.resolve(request.match_info["name"], request.query.get("Qualifier"))
+        target = service.registry.route(request.match_info["name"], request.query.get("Qualifier"))
+        fn = target.config
         client_context = check_client_context(request.headers.get("X-Amz-Client-Context"))
         limit = ASYNC_PAYLOAD_LIMIT if invocation_type == "Event" else SYNC_PAYLOAD_LIMIT
         payload = check_json(await read_body(request, limit, invocation_type))
         if invocation_type == "DryRun":
             return web.Response(status=204, headers={"x-amzn-RequestId": request_id})
         if invocation_type == "Event":
-            request_id = await service.enqueue(fn, payload)
+            qualifier = target.alias or (None if fn.version == "$LATEST" else fn.version)
+            request_id = await service.enqueue(fn, payload, qualifier)
             return web.Response(status=202, headers={"x-amzn-RequestId": request_id})
         result = await service.invoke(
             fn,
@@ -117,7 +119,7 @@ async def handle_invoke(request: web.Request) -> web.Response:
                 request_id=request_id,
                 payload=payload,
                 client_context=client_context,
-                invoked_function_arn=fn.arn,
+                invoked_function_arn=target.invoked_arn,
             ),
         )
     except LambdaServiceError as exc:
@@ -127,7 +129,7 @@ async def handle_invoke(request: web.Request) -> web.Response:
         return error_response(ServiceError(f"{type(exc).__name__}: {exc}"), request_id)
     headers = {
         "x-amzn-RequestId": request_id,
-        "X-Amz-Executed-Version": "$LATEST",
+        "X-Amz-Executed-Version": fn.version,
         "Content-Type": "application/json",
     }
     if result.function_error:

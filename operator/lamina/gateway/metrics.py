@@ -19,6 +19,14 @@ class FunctionMetrics:
         self.init_duration = m.init_duration.labels(name)
 
 
+class VersionMetrics:
+    """Invocations and errors of one version ("$LATEST" or a number): what a rollout is judged by."""
+
+    def __init__(self, m: GatewayMetrics, namespace: str, name: str, version: str) -> None:
+        self.invocations = m.version_invocations.labels(namespace, name, version)
+        self.errors = m.version_errors.labels(namespace, name, version)
+
+
 class GatewayMetrics:
     """One registry per gateway, so tests and several gateways in a process don't collide."""
 
@@ -75,10 +83,32 @@ class GatewayMetrics:
             buckets=(*_BUCKETS, 3600, 21600),
             registry=r,
         )
+        # Lambda's ExecutedVersion dimension. Errors count function errors (INIT failures included) and
+        # invocations the platform could not run; the operator reads both to judge a rollout.
+        self.version_invocations = Counter(
+            "lamina_version_invocations",
+            "Invocations by the version that ran them",
+            ["namespace", "function", "version"],
+            registry=r,
+        )
+        self.version_errors = Counter(
+            "lamina_version_errors",
+            "Invocations of a version that ended in a function error or could not run",
+            ["namespace", "function", "version"],
+            registry=r,
+        )
         self._per_function: dict[str, FunctionMetrics] = {}
+        self._per_version: dict[tuple[str, str, str], VersionMetrics] = {}
 
     def function(self, name: str) -> FunctionMetrics:
         found = self._per_function.get(name)
         if found is None:
             found = self._per_function[name] = FunctionMetrics(self, name)
+        return found
+
+    def version(self, namespace: str, name: str, version: str) -> VersionMetrics:
+        key = (namespace, name, version)
+        found = self._per_version.get(key)
+        if found is None:
+            found = self._per_version[key] = VersionMetrics(self, namespace, name, version)
         return found

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import random
 import re
+from dataclasses import dataclass
 
-from lamina.environments.base import FunctionConfig, function_arn
+from lamina.environments.base import LATEST, FunctionConfig, function_arn
 from lamina.gateway.errors import InvalidParameterValue, ValidationError
 from lamina.invocation.errors import FunctionNotFound
 
-SUPPORTED_QUALIFIERS = {None, "", "$LATEST"}
+LATEST_PUBLISHED = "$LATEST.PUBLISHED"
 #: Lambda's FunctionName pattern, loosened only in the region (lamina's own ARNs say "local").
 FUNCTION_NAME = re.compile(
     r"(arn:(aws[a-zA-Z-]*)?:lambda:([a-z0-9-]+:)?(\d{12}:)?function:|(\d{12}:)?function:)?"
@@ -29,6 +31,20 @@ def check_function_name(raw: str) -> None:
         raise ValidationError(
             "functionName", raw, f"Member must satisfy regular expression pattern: {FUNCTION_NAME.pattern}"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What one invocation runs: the version's config, and the ARN the caller named (context's
+    ``invoked_function_arn``; an alias ARN when called through an alias)."""
+
+    config: FunctionConfig
+    invoked_arn: str
+    alias: str | None = None
+
+    @property
+    def executed_version(self) -> str:
+        return self.config.version
 
 
 def split_function_name(raw: str, qualifier: str | None = None) -> tuple[str, str | None]:
@@ -76,6 +92,10 @@ class FunctionRegistry:
     def all(self) -> list[FunctionConfig]:
         return list(self._by_key.values())
 
+    def environments(self) -> list[FunctionConfig]:
+        """Every config that has environments of its own: each $LATEST and each published version."""
+        return [c for fn in self._by_key.values() for c in fn.with_versions()]
+
     def get(self, key: str) -> FunctionConfig | None:
         return self._by_key.get(key)
 
@@ -88,8 +108,33 @@ class FunctionRegistry:
         return fn.name if fn.namespace == self.default_namespace else f"{fn.namespace}.{fn.name}"
 
     def resolve(self, raw: str, qualifier: str | None = None) -> FunctionConfig:
+        """The config a name (and qualifier) runs; an alias picks one of its versions by weight."""
+        return self.route(raw, qualifier).config
+
+    def route(self, raw: str, qualifier: str | None = None) -> Target:
         name, qual = split_function_name(raw, qualifier)
-        fn = self._by_key.get(self.key_of(name))
-        if fn is None or qual not in SUPPORTED_QUALIFIERS:
-            raise FunctionNotFound(f"Function not found: {function_arn(name, qual)}")
-        return fn
+        return self.route_key(self.key_of(name), qual, name)
+
+    def route_key(self, key: str, qualifier: str | None, name: str | None = None) -> Target:
+        """Like :meth:`route` for a "namespace/name" key; raises ResourceNotFoundException (404) for an
+        unknown function, version or alias."""
+        fn = self._by_key.get(key)
+        shown = name or key.partition("/")[2]
+        if fn is not None:
+            if not qualifier or qualifier == LATEST:
+                return Target(fn, function_arn(shown, qualifier))
+            arn = function_arn(shown, qualifier)
+            version = fn.versions.get(qualifier)
+            if version is not None:
+                return Target(version, arn)
+            route = fn.routes.get(qualifier)
+            if route is not None:
+                pick = (
+                    route.additional if route.additional and random.random() < route.weight else route.primary
+                )
+                chosen = fn if pick == LATEST else fn.versions.get(pick)
+                if chosen is not None:
+                    return Target(chosen, arn, alias=qualifier)
+            if qualifier == LATEST_PUBLISHED and fn.versions:
+                return Target(fn.versions[max(fn.versions, key=int)], arn)
+        raise FunctionNotFound(f"Function not found: {function_arn(shown, qualifier)}")

@@ -17,7 +17,8 @@ from lamina_runtime.protocol import InvocationRequest, InvocationResult
 class AsyncQueue(Protocol):
     """Where Event invocations go; durable before `enqueue` returns."""
 
-    async def enqueue(self, fn: FunctionConfig, request_id: str, payload: bytes) -> None: ...
+    async def enqueue(self, fn: FunctionConfig | str, request_id: str, payload: bytes) -> None:
+        """``fn``: a config, or a "namespace/name[:qualifier]" key (resolved when the event runs)."""
 
 
 class InvocationService:
@@ -44,6 +45,10 @@ class InvocationService:
         self.registry.replace(functions)
         self.limiter.set_functions(functions)
 
+    def environment_configs(self) -> list[FunctionConfig]:
+        """What the pool must know: every $LATEST and every published version."""
+        return self.registry.environments()
+
     async def invoke(self, fn: FunctionConfig, request: InvocationRequest) -> InvocationResult:
         """Run synchronously; raises ThrottledError above the function's cap."""
         m = self.metrics
@@ -53,17 +58,27 @@ class InvocationService:
             m.throttles.labels(fn.name, exc.reason).inc()
             raise
         fm = m.function(fn.name)
+        vm = m.version(fn.namespace, fn.name, fn.version)
         concurrent = fm.concurrent
         concurrent.inc()
         started = time.perf_counter()
+        request.version = fn.version
         try:
             result = await self.pool.invoke(fn, request)
+        except BaseException:
+            # The platform failed to run this version (no environment came up, INIT crashed a pod):
+            # for a rollout that is as bad as a function error.
+            vm.invocations.inc()
+            vm.errors.inc()
+            raise
         finally:
             concurrent.dec()
             self.limiter.release(fn)
         fm.invocations.inc()
+        vm.invocations.inc()
         fm.duration.observe(result.duration_ms / 1000)
         if result.function_error:
+            vm.errors.inc()
             m.errors.labels(fn.name, result.error_type or result.function_error).inc()
         if result.init_duration_ms is not None:
             fm.cold_starts.inc()
@@ -74,24 +89,32 @@ class InvocationService:
         return result
 
     def lookup(self, key: str) -> FunctionConfig | None:
-        """A function by "namespace/name" (the async dispatcher's config lookup)."""
-        return self.registry.get(key)
+        """A function by "namespace/name[:qualifier]" (the async dispatcher's config lookup: retries,
+        destinations and reserved concurrency are the function's, whatever the qualifier)."""
+        return self.registry.get(key.partition(":")[0])
 
     async def invoke_key(self, key: str, payload: bytes, request_id: str | None = None) -> InvocationResult:
-        """The `Invoker` of event sources and the async dispatcher: by "namespace/name" key."""
-        fn = self.registry.get(key)
-        if fn is None:
-            raise FunctionNotFound(f"Function not found: {key}")
+        """The `Invoker` of event sources and the async dispatcher: by "namespace/name[:qualifier]"
+        key, so a mapping, a schedule or a destination may target an alias or a version."""
+        function_key, _, qualifier = key.partition(":")
+        try:
+            target = self.registry.route_key(function_key, qualifier or None)
+        except FunctionNotFound:
+            raise FunctionNotFound(f"Function not found: {key}") from None
         request = InvocationRequest(
-            request_id=request_id or str(uuid.uuid4()), payload=payload, invoked_function_arn=fn.arn
+            request_id=request_id or str(uuid.uuid4()),
+            payload=payload,
+            invoked_function_arn=target.invoked_arn,
         )
-        return await self.invoke(fn, request)
+        return await self.invoke(target.config, request)
 
-    async def enqueue(self, fn: FunctionConfig, payload: bytes) -> str:
+    async def enqueue(self, fn: FunctionConfig, payload: bytes, qualifier: str | None = None) -> str:
+        """Queue an Event invocation; an alias is resolved when the event runs, as on Lambda."""
         if self.async_queue is None:
             raise RuntimeError("this gateway has no async queue configured")
         request_id = str(uuid.uuid4())
-        await self.async_queue.enqueue(fn, request_id, payload)
+        key = fn.key if not qualifier or qualifier == "$LATEST" else f"{fn.key}:{qualifier}"
+        await self.async_queue.enqueue(key, request_id, payload)
         self.metrics.async_received.labels(fn.name).inc()
         return request_id
 

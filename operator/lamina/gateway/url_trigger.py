@@ -51,12 +51,19 @@ async def handle_url(request: web.Request) -> web.Response:
     request_id = str(uuid.uuid4())
     fmt = "2.0"
     try:
-        fn = service.registry.resolve(request.match_info["function"])
+        # `/url/name:alias/...` reaches an alias, as a function URL with a Qualifier does.
+        target = service.registry.route(request.match_info["function"])
+        fn = target.config
         fmt = fn.http_format
         body = await read_body(request, SYNC_PAYLOAD_LIMIT, "RequestResponse")
         event = build_event(fmt, http_request(request, body), fn.name, request_id, fn.http_multi_value)
         result = await service.invoke(
-            fn, InvocationRequest(request_id=request_id, payload=json.dumps(event).encode())
+            fn,
+            InvocationRequest(
+                request_id=request_id,
+                payload=json.dumps(event).encode(),
+                invoked_function_arn=target.invoked_arn,
+            ),
         )
     except ThrottledError:
         return web.json_response(

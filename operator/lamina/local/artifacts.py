@@ -13,8 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lamina.api import Function, Layer, ManifestError
+from lamina.api import EnvFrom, Function, Layer, ManifestError
 from lamina.api.manifests import Manifests
+from lamina.api.versions import version_digest
 from lamina.environments.base import FunctionConfig, function_config
 from lamina_runtime.fetch import FetchError, download, extract
 
@@ -88,6 +89,10 @@ class ArtifactBuilder:
         self.allow_local_urls = allow_local_urls
 
     def function_config(self, fn: Function) -> FunctionConfig:
+        return self.build(fn)[0]
+
+    def build(self, fn: Function) -> tuple[FunctionConfig, str]:
+        """The function's $LATEST config and its version digest (what a published version would be)."""
         spec = fn.spec
         subject = f"Function {fn.name}"
         code_dir, code_digest = self._code(fn, subject)
@@ -111,15 +116,17 @@ class ArtifactBuilder:
             layer_dirs.append(str(path))
             layer_digests.append(digest)
         environment = dict(spec.environment)
-        environment.update(self._environment_from(fn, subject))
+        environment.update(self.environment_from(fn.metadata.namespace, spec.environment_from, subject))
         config_digest = _digest(spec.model_dump_json(by_alias=True), json.dumps(environment, sort_keys=True))
-        return function_config(
+        config = function_config(
             fn,
             environment=environment,
             code_dir=str(code_dir),
             layer_dirs=layer_dirs,
             revision=_digest(code_digest, *layer_digests, config_digest)[:16],
+            code_sha256=code_digest,
         )
+        return config, version_digest(spec, code_digest, layer_digests)
 
     def _code(self, fn: Function, subject: str) -> tuple[Path, str]:
         code = fn.spec.code
@@ -186,22 +193,23 @@ class ArtifactBuilder:
             )
         tmp.rename(target)
 
-    def _environment_from(self, fn: Function, subject: str) -> dict[str, str]:
+    def environment_from(self, namespace: str, items: list[EnvFrom], subject: str) -> dict[str, str]:
+        """Values of ``environmentFrom`` references, read from the loaded Secrets and ConfigMaps."""
         values: dict[str, str] = {}
-        for i, item in enumerate(fn.spec.environment_from):
+        for i, item in enumerate(items):
             ref = item.secret_key_ref or item.config_map_key_ref
             assert ref is not None
             if item.secret_key_ref is not None:
-                value = self.manifests.secret_value(fn.metadata.namespace, ref.name, ref.key)
+                value = self.manifests.secret_value(namespace, ref.name, ref.key)
                 kind = "Secret"
             else:
-                value = self.manifests.config_map_value(fn.metadata.namespace, ref.name, ref.key)
+                value = self.manifests.config_map_value(namespace, ref.name, ref.key)
                 kind = "ConfigMap"
             if value is None:
                 raise ManifestError(
                     [
                         f"{subject}: spec.environmentFrom[{i}]: {kind} {ref.name!r} has no "
-                        f"key {ref.key!r} in namespace {fn.metadata.namespace!r}"
+                        f"key {ref.key!r} in namespace {namespace!r}"
                     ]
                 )
             values[item.name] = value

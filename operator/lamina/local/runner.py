@@ -25,6 +25,7 @@ from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
 from lamina.local.artifacts import ArtifactBuilder
 from lamina.local.components import Component, build_components
+from lamina.local.versions import LocalVersions
 
 
 class StateDirInUse(Exception):
@@ -48,12 +49,15 @@ class LocalOptions:
 def build_functions(
     manifests: Manifests, state_dir: Path, allow_local_urls: bool = False
 ) -> list[FunctionConfig]:
-    """Every Function's code and layers on disk; all problems reported together."""
+    """Every Function's code and layers on disk, its versions published and collected (see
+    :mod:`lamina.local.versions`); all problems reported together."""
     builder = ArtifactBuilder(manifests, state_dir, allow_local_urls=allow_local_urls)
+    versions = LocalVersions(state_dir, builder.environment_from)
     configs, problems = [], []
     for fn in manifests.functions.values():
         try:
-            configs.append(builder.function_config(fn))
+            config, digest = builder.build(fn)
+            configs.append(versions.attach(fn, config, digest))
         except ManifestError as exc:
             problems.extend(exc.problems)
     if problems:
@@ -101,7 +105,9 @@ class LocalStack:
             build_functions, self.manifests, opts.state_dir, opts.allow_local_urls
         )
         self.pool = LocalProcessPool(
-            self.functions, max_environments=opts.max_environments, handler_output=opts.handler_output
+            [c for f in self.functions for c in f.with_versions()],
+            max_environments=opts.max_environments,
+            handler_output=opts.handler_output,
         )
         registry = FunctionRegistry(self.functions)
         self.service = InvocationService(
@@ -155,6 +161,11 @@ class LocalStack:
                 f"  {fn.name:24} {fn.handler:24} {fn.memory_mb} MB {fn.timeout_seconds}s{extra}  "
                 f"{base}/url/{fn.name}/"
             )
+            if fn.versions:
+                lines.append(f"    versions: {', '.join(fn.versions)}")
+            for alias, route in sorted(fn.routes.items()):
+                split = f" + {route.additional} ({route.weight:.0%})" if route.additional else ""
+                lines.append(f"    alias {alias} -> {route.primary}{split}")
         for component in self._components:
             lines.extend(component.describe())
         lines.append(f"  invoke: aws lambda invoke --endpoint-url {base} --function-name NAME out.json")

@@ -64,7 +64,7 @@ def reconcile_mapping(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | No
     try:
         esm = parse_as(body, EventSourceMapping)
         source = esm.spec.source.describe()
-        fn = esm.spec.function_name
+        fn = esm.function
         if ctx.kube.get(Ref(API_VERSION, "Function", ns, fn)) is None:
             raise Blocked("FunctionNotFound", f"Function {fn} does not exist in namespace {ns}", POLL_DELAY)
         for identity in build_mapping_identity(esm):  # before the pod that uses it

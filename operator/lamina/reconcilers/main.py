@@ -126,7 +126,7 @@ def functions_by_layer(namespace: str, name: str, spec: Mapping[str, Any], **_: 
 
 @kopf.index(*MAPPINGS, registry=registry)
 def mappings_by_function(namespace: str, name: str, spec: Mapping[str, Any], **_: Any) -> dict[Any, str]:
-    return {(namespace, spec.get("functionName")): name}
+    return {(namespace, str(spec.get("functionName") or "").partition(":")[0]): name}
 
 
 def _each(ctx: Context, kind: str, namespace: str, names: Iterable[str]) -> None:

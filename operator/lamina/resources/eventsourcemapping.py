@@ -77,7 +77,7 @@ def worker_env(esm: EventSourceMapping, settings: Settings) -> list[dict[str, An
 def build_mapping(esm: EventSourceMapping, settings: Settings) -> dict[str, Any]:
     """The worker Deployment of ``esm``."""
     ns = esm.metadata.namespace
-    fn = esm.spec.function_name
+    fn = esm.function
     env = worker_env(esm, settings)
     chash = digest({"image": settings.worker_image, "env": env})
     pod = hardened_pod(
@@ -138,7 +138,7 @@ def build_mapping_identity(esm: EventSourceMapping) -> list[dict[str, Any]]:
     status, and it grants no read of the spec: the worker is given the spec in ``LAMINA_ESM``.
     """
     account = names.mapping_service_account(esm.name)
-    child_labels = labels.mapping_labels(esm.name, esm.spec.function_name)
+    child_labels = labels.mapping_labels(esm.name, esm.function)
     group = esm.api_version.split("/", 1)[0]
     service_account = {
         "apiVersion": "v1",
