@@ -18,3 +18,16 @@ def private_redis(tmp_path: Path) -> Iterator[brokers.RedisServer]:
     server = brokers.RedisServer(tmp_path / "redis").start()
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def python312() -> str:
+    """A CPython 3.12 interpreter: the one scripts/build-python builds (cached under ~/.cache/lamina;
+    scripts/test builds it first, so here it is only looked up)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "build-python"
+    done = subprocess.run([str(script), "3.12"], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.fail(f"scripts/build-python 3.12 failed:\n{done.stderr[-3000:]}")
+    return done.stdout.strip().splitlines()[-1]

@@ -44,18 +44,29 @@ class ClientContext:
         self.env = data.get("env")
 
 
-def decode_client_context(encoded: str | None) -> ClientContext | None:
-    """Decode X-Amz-Client-Context (base64 JSON); anything unreadable becomes None, as in Lambda."""
+#: W3C trace-context fields ``context.w3c()`` returns, as Lambda's runtime allows them.
+W3C_FIELDS = ("traceparent", "tracestate", "baggage")
+
+
+def decode_client_context(encoded: str | None) -> tuple[ClientContext | None, dict[str, str]]:
+    """Decode X-Amz-Client-Context (base64 JSON); anything unreadable becomes None, as in Lambda.
+
+    Also returns the W3C trace context carried under its ``w3c`` key, which Lambda's runtime takes
+    out of the client context and serves as ``context.w3c()``."""
     if not encoded:
-        return None
+        return None, {}
     import base64
     import json
 
     try:
         data = json.loads(base64.b64decode(encoded))
     except (ValueError, RecursionError):
-        return None
-    return ClientContext(data) if isinstance(data, dict) else None
+        return None, {}
+    if not isinstance(data, dict):
+        return None, {}
+    raw = data.pop("w3c", None)
+    w3c = {k: raw[k] for k in W3C_FIELDS if isinstance(raw, dict) and isinstance(raw.get(k), str)}
+    return ClientContext(data), w3c
 
 
 def decode_identity(data: dict | None) -> CognitoIdentity:
@@ -66,6 +77,7 @@ def decode_identity(data: dict | None) -> CognitoIdentity:
 class LambdaContext:
     __slots__ = (
         "_deadline_ms",
+        "_w3c",
         "aws_request_id",
         "client_context",
         "function_name",
@@ -75,6 +87,7 @@ class LambdaContext:
         "log_group_name",
         "log_stream_name",
         "memory_limit_in_mb",
+        "tenant_id",
     )
 
     def __init__(
@@ -84,6 +97,8 @@ class LambdaContext:
         invoked_function_arn: str,
         client_context: ClientContext | None,
         identity: CognitoIdentity,
+        w3c: dict[str, str] | None = None,
+        tenant_id: str | None = None,
     ) -> None:
         env = os.environ
         self.aws_request_id = request_id
@@ -91,6 +106,8 @@ class LambdaContext:
         self.invoked_function_arn = invoked_function_arn
         self.client_context = client_context
         self.identity = identity
+        self.tenant_id = tenant_id
+        self._w3c = w3c or {}
         self.function_name = env.get("AWS_LAMBDA_FUNCTION_NAME", "")
         self.function_version = env.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         self.memory_limit_in_mb = env.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")  # a string, like the RIC
@@ -99,6 +116,16 @@ class LambdaContext:
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, self._deadline_ms - int(time.time() * 1000))
+
+    def w3c(self) -> dict[str, str]:
+        """The W3C trace context (traceparent, tracestate) of the call that invoked the function."""
+        return dict(self._w3c)
+
+    def log(self, msg: object) -> None:
+        """Write to the function's log, as the runtime's ``context.log`` does."""
+        import sys
+
+        sys.stdout.write(str(msg))
 
     def __repr__(self) -> str:
         return (

@@ -21,7 +21,8 @@ def apply_defaults(env: os._Environ[str] | dict[str, str]) -> None:
         env["AWS_LAMBDA_LOG_STREAM_NAME"] = f"{day}/[{version}]{os.urandom(16).hex()}"
     region = env.setdefault("AWS_REGION", env.get("AWS_DEFAULT_REGION", "us-east-1"))
     env.setdefault("AWS_DEFAULT_REGION", region)
-    env.setdefault("AWS_EXECUTION_ENV", f"AWS_Lambda_python{major}.{minor}")
+    # The interpreter that really runs the function, whatever was declared: never a silent substitute.
+    env["AWS_EXECUTION_ENV"] = f"AWS_Lambda_python{major}.{minor}"
     env.setdefault("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand")
     env.setdefault("LAMBDA_TASK_ROOT", os.getcwd())
     env.setdefault("LAMBDA_RUNTIME_DIR", os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,3 +30,21 @@ def apply_defaults(env: os._Environ[str] | dict[str, str]) -> None:
     if env.get("TZ") != "UTC":
         env["TZ"] = "UTC"
         time.tzset()
+
+
+def runtime_version() -> str:
+    """What INIT_START names as the runtime version: Lambda writes python:3.12.v38, lamina the
+    interpreter's own release (python:3.12.14)."""
+    major, minor, micro = sys.version_info[:3]
+    return f"python:{major}.{minor}.{micro}"
+
+
+def runtime_version_arn(region: str, version: str) -> str:
+    """A runtime version ARN in Lambda's shape, naming this interpreter build."""
+    try:  # the C module alone: hashlib's import would cost a cold start milliseconds
+        from _sha2 import sha256  # type: ignore[import-not-found]  # 3.12+
+    except ImportError:
+        from _sha256 import sha256  # type: ignore[import-not-found,no-redef]  # 3.11
+
+    digest = sha256(f"{version}|{sys.version}".encode()).hexdigest()
+    return f"arn:aws:lambda:{region}::runtime:{digest}"

@@ -21,6 +21,16 @@ def is_custom_runtime(runtime: str | None) -> bool:
     return bool(runtime) and str(runtime).startswith(CUSTOM_RUNTIME_PREFIX)
 
 
+def python_version(runtime: str | None) -> tuple[int, int] | None:
+    """(3, 12) for ``python3.12``; None for a custom runtime or anything else."""
+    if not runtime or not runtime.startswith("python"):
+        return None
+    major, _, minor = runtime[len("python") :].partition(".")
+    if not (major.isdigit() and minor.isdigit()):
+        return None
+    return int(major), int(minor)
+
+
 def environment_for(
     runtime: str | None,
     handler: str,
@@ -32,4 +42,4 @@ def environment_for(
     """A RuntimeApiProcess for ``provided*`` runtimes, else a WorkerProcess (an unknown or missing
     runtime is a Python one, as before runtimes were told apart); ``options`` as WorkerProcess takes."""
     kind = RuntimeApiProcess if is_custom_runtime(runtime) else WorkerProcess
-    return kind(handler, code_dir, layers, env, **options)
+    return kind(handler, code_dir, layers, env, runtime=runtime, **options)

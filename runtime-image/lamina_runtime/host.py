@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import IO, TypeVar
 
 from . import logfmt
@@ -65,6 +65,13 @@ def exit_description(returncode: int) -> str:
     return f"exit status {returncode}"
 
 
+def exit_message(returncode: int) -> str:
+    """Lambda's error message for a runtime that ended: an exit with status 0 gives no reason."""
+    if returncode == 0:
+        return "Runtime exited without providing a reason"
+    return f"Runtime exited with error: {exit_description(returncode)}"
+
+
 def resident_memory_mb(pid: int) -> int:
     """Current RSS (VmRSS) of a live process in MB; 0 if unknown."""
     return _proc_status_mb(pid, "VmRSS:")
@@ -106,6 +113,9 @@ class HostedEnvironment:
         site_packages: bool = False,
         version: str = "$LATEST",
         account_id: str = "000000000000",
+        runtime_packages: Sequence[str] = (),
+        system_log_level: str = "INFO",
+        runtime: str | None = None,
     ) -> None:
         self.handler = handler
         self.code_dir = os.path.abspath(code_dir)
@@ -120,6 +130,13 @@ class HostedEnvironment:
         self.site_packages = site_packages
         self.version = version
         self.account_id = account_id
+        #: Directories of the runtime's own packages (boto3), on the import path after code and layers.
+        self.runtime_packages = list(runtime_packages)
+        self.system_log_level = system_log_level
+        self.runtime = runtime
+        self.platform = logfmt.PlatformLog(
+            self.user_env.get("AWS_LAMBDA_LOG_FORMAT", "").upper() == "JSON", system_log_level
+        )
 
         self.init_duration_ms: float | None = None
         self.invocations = 0
@@ -129,6 +146,7 @@ class HostedEnvironment:
         self._init_failure: tuple[str, object] | None = None  # ("error", obj) | ("exit", rc) | ("timeout", s)
         self._init_log = ""
         self._cold = False  # the next invocation is the first after an INIT
+        self._init_phase = "init"  # "invoke" when an invocation had to (re)start the environment
 
     # --- state the pool reads ---
 
@@ -248,6 +266,7 @@ class HostedEnvironment:
         self._busy = True
         try:
             if self.needs_restart and self._init_failure is None:
+                self._init_phase = "invoke"
                 await self._start()
             if self._init_failure is not None:
                 return await self._init_failure_result(req)
@@ -303,11 +322,14 @@ class HostedEnvironment:
         """A result the host writes because the runtime cannot (timeout, crash, failed INIT).
 
         ``output``: what the invocation printed after its START line (already echoed by whoever
-        read it). ``runtime_wrote_start``: START already went to the container log."""
+        read it). ``runtime_wrote_start``: START already went to the container log. REPORT carries
+        ``status`` and, unless it is a timeout, the error's type."""
         rid = req.request_id
-        start = logfmt.start_line(rid, req.version or self.version)
-        rest = body_log + logfmt.end_line(rid)
-        rest += logfmt.report_line(rid, duration_ms, self.memory_mb, memory, init_ms, status)
+        platform = self.platform
+        start = platform.start(rid, req.version or self.version)
+        error_type = None if status == "timeout" else error.get("errorType")
+        rest = body_log + platform.end(rid, status, duration_ms)
+        rest += platform.report(rid, duration_ms, self.memory_mb, memory, init_ms, status, error_type)
         if echo:
             self._echo(rest if runtime_wrote_start else start + rest)
         return InvocationResult(
@@ -328,7 +350,7 @@ class HostedEnvironment:
             "errorType": "Sandbox.Timedout",
             "errorMessage": logfmt.timeout_message(req.request_id, self.timeout_s),
         }
-        line = logfmt.timeout_line(req.request_id, self.timeout_s)
+        line = self.platform.timeout(req.request_id, self.timeout_s)
         return self._error_result(
             req,
             error,
@@ -387,9 +409,7 @@ class HostedEnvironment:
         output: str = "",
         runtime_wrote_start: bool = False,
     ) -> InvocationResult:
-        message = (
-            f"RequestId: {req.request_id} Error: Runtime exited with error: {exit_description(returncode)}"
-        )
+        message = f"RequestId: {req.request_id} Error: {exit_message(returncode)}"
         error = {"errorType": "Runtime.ExitError", "errorMessage": message}
         body = f"{message}\nRuntime.ExitError\n"
         return self._error_result(
@@ -411,17 +431,24 @@ class HostedEnvironment:
         kind, detail = self._init_failure
         self._init_failure = None
         self._cold = False
+        phase, self._init_phase = self._init_phase, "init"
         await self._shutdown(grace_s=STOP_GRACE_S)
         init_ms = self.init_duration_ms
         if kind == "exit":
-            return self._exit_result(req, int(detail), 0.0, init_ms, self._init_log)  # type: ignore[call-overload]
+            report = self.platform.init_report(init_ms or 0.0, phase, "error", "Runtime.ExitError")
+            self._echo(report)
+            return self._exit_result(req, int(detail), 0.0, init_ms, self._init_log + report)  # type: ignore[call-overload]
         if kind == "timeout":
+            report = self.platform.init_report(init_ms or 0.0, phase, "timeout")
+            self._echo(report)
             message = f"RequestId: {req.request_id} Error: Init timed out after {detail:.2f} seconds"
             error = {"errorType": "Sandbox.Timedout", "errorMessage": message}
-            return self._error_result(req, error, "", 0.0, init_ms, 0, "timeout", self._init_log)
+            return self._error_result(req, error, "", 0.0, init_ms, 0, "timeout", self._init_log + report)
         error = dict(detail)  # type: ignore[call-overload]
         error["requestId"] = req.request_id
-        return self._error_result(req, error, "", 0.0, init_ms, 0, "error", self._init_log)
+        report = self.platform.init_report(init_ms or 0.0, phase, "error", error.get("errorType"))
+        self._echo(report)
+        return self._error_result(req, error, "", 0.0, init_ms, 0, "error", self._init_log + report)
 
     def _echo(self, text: str) -> None:
         """Platform lines the host wrote also go where the runtime's output goes (the container log)."""

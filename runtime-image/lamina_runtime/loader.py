@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from .errors import InitError, format_stack
+from .errors import InitError, format_stack, show_path
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at cold start
 if TYPE_CHECKING:
@@ -32,7 +32,8 @@ def load_handler(spec: str) -> Callable:
             "Runtime.ImportModuleError", f"Unable to import module '{module_name}': {exc}"
         ) from None
     except SyntaxError as exc:
-        where = f'  File "{exc.filename}" Line {exc.lineno}\n    {(exc.text or "").strip()}\n'
+        shown = show_path(exc.filename or "")
+        where = f'  File "{shown}" Line {exc.lineno}\n    {(exc.text or "").strip()}\n'
         raise InitError(
             "Runtime.UserCodeSyntaxError", f"Syntax error in module '{module_name}': {exc}", [where]
         ) from None

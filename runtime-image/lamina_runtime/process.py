@@ -13,7 +13,6 @@ import os
 import socket
 import time
 
-from . import logfmt
 from .framing import FLUSH_LOG_SIGNAL, FrameError, encode, read_frame
 from .host import HostedEnvironment, OutOfMemory, peak_memory_mb
 from .protocol import InvocationRequest, InvocationResult
@@ -35,6 +34,8 @@ class WorkerProcess(HostedEnvironment):
         env.update(
             {
                 "LAMINA_LAYERS": os.pathsep.join(self.layers),
+                "LAMINA_RUNTIME_PACKAGES": os.pathsep.join(self.runtime_packages),
+                "LAMINA_SYSTEM_LOG_LEVEL": self.system_log_level,
                 "LAMINA_CONTROL_FD": str(control_fd),
                 "LAMINA_SPAWNED_AT": f"{time.time():.6f}",
             }
@@ -105,6 +106,9 @@ class WorkerProcess(HostedEnvironment):
             "client_context": req.client_context,
             "invoked_function_arn": req.invoked_function_arn or self.function_arn,
             "version": req.version or self.version,
+            "trace_id": req.trace_id,
+            "traceparent": req.traceparent,
+            "tracestate": req.tracestate,
         }
         cold, self._cold = self._cold, False
         init_ms = self.init_duration_ms if cold else None
@@ -133,10 +137,10 @@ class WorkerProcess(HostedEnvironment):
         if peak > self.memory_mb:
             # Lambda would have killed it on the way up: never let a local run pass that fails there.
             await self._kill()
-            own = str(reply.get("log") or "")
-            cut = own.find(logfmt.end_line(req.request_id))
+            own = str(reply.get("log") or "").splitlines(keepends=True)
+            end = next((i for i, line in enumerate(own) if self.platform.is_end(line, req.request_id)), None)
             duration = float(reply.get("duration_ms") or 0.0)
-            output = self._after_start(req, own[:cut] if cut >= 0 else own)
+            output = self._after_start(req, "".join(own[:end]))
             return self._oom_result(req, duration, init_ms, peak, prefix, output, runtime_reported=True)
         return InvocationResult(
             request_id=req.request_id,
@@ -151,9 +155,14 @@ class WorkerProcess(HostedEnvironment):
 
     def _after_start(self, req: InvocationRequest, log: str | None) -> str:
         """The worker's log of an invocation without the START line it begins with (the host's
-        result writes its own); empty when the worker gave nothing usable."""
-        start = logfmt.start_line(req.request_id, req.version or self.version)
-        return log[len(start) :] if log and log.startswith(start) else ""
+        result writes its own); empty when the worker gave nothing usable. With the platform's
+        lines switched off (system log level WARN) there is no START line to look for."""
+        if not log:
+            return ""
+        if not self.platform.enabled:
+            return log
+        first, _, rest = log.partition("\n")
+        return rest if self.platform.is_start(first, req.request_id) else ""
 
     async def _partial_log(self) -> str | None:
         """What a timed-out invocation printed, asked of the worker before it is killed; None when

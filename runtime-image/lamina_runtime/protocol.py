@@ -22,6 +22,11 @@ class InvocationRequest:
     client_context: str | None = None  # base64 JSON, as X-Amz-Client-Context carries it
     invoked_function_arn: str | None = None
     version: str = "$LATEST"
+    #: X-Ray trace header (Root=...;Parent=...;Sampled=...;Lineage=...): the function's _X_AMZN_TRACE_ID
+    trace_id: str | None = None
+    #: W3C trace context of the caller (or of the gateway's span): the function's context.w3c()
+    traceparent: str | None = None
+    tracestate: str | None = None
 
 
 @dataclass(slots=True)
@@ -42,6 +47,9 @@ REQUEST_ID = "Lamina-Request-Id"
 CLIENT_CONTEXT = "Lamina-Client-Context"
 INVOKED_FUNCTION_ARN = "Lamina-Invoked-Function-Arn"
 VERSION = "Lamina-Version"
+TRACE_ID = "Lamina-Trace-Id"
+TRACEPARENT = "Lamina-Traceparent"
+TRACESTATE = "Lamina-Tracestate"
 FUNCTION_ERROR = "Lamina-Function-Error"
 ERROR_TYPE = "Lamina-Error-Type"
 DURATION_MS = "Lamina-Duration-Ms"
@@ -78,6 +86,13 @@ def encode_request(request: InvocationRequest) -> dict[str, str]:
         headers[CLIENT_CONTEXT] = request.client_context
     if request.invoked_function_arn:
         headers[INVOKED_FUNCTION_ARN] = request.invoked_function_arn
+    for name, value in (
+        (TRACE_ID, request.trace_id),
+        (TRACEPARENT, request.traceparent),
+        (TRACESTATE, request.tracestate),
+    ):
+        if value:
+            headers[name] = value
     return headers
 
 
@@ -92,6 +107,9 @@ def decode_request(
         client_context=h.get(CLIENT_CONTEXT.lower()) or None,
         invoked_function_arn=h.get(INVOKED_FUNCTION_ARN.lower()) or None,
         version=h.get(VERSION.lower()) or "$LATEST",
+        trace_id=h.get(TRACE_ID.lower()) or None,
+        traceparent=h.get(TRACEPARENT.lower()) or None,
+        tracestate=h.get(TRACESTATE.lower()) or None,
     )
 
 

@@ -22,7 +22,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import logfmt
 from .host import PROVISIONED, HostedEnvironment, OutOfMemory, kill_group, peak_memory_mb
 from .http11 import BadRequest, Request, serve_connection
 from .protocol import InvocationRequest, InvocationResult
@@ -59,12 +58,17 @@ class _Invocation:
             "Lambda-Runtime-Aws-Request-Id": req.request_id,
             "Lambda-Runtime-Deadline-Ms": str(self.deadline_ms),
             "Lambda-Runtime-Invoked-Function-Arn": req.invoked_function_arn or self.function_arn,
-            "Lambda-Runtime-Trace-Id": trace_id(),
+            "Lambda-Runtime-Trace-Id": req.trace_id or trace_id(),
         }
-        context = client_context_json(req.client_context)
+        context = client_context_json(req.client_context, w3c_fields(req))
         if context:
             headers["Lambda-Runtime-Client-Context"] = context
         return headers
+
+
+def w3c_fields(req: InvocationRequest) -> dict[str, str]:
+    """The caller's W3C trace context, which Lambda passes in the client context under ``w3c``."""
+    return {k: v for k, v in (("traceparent", req.traceparent), ("tracestate", req.tracestate)) if v}
 
 
 def trace_id() -> str:
@@ -72,16 +76,23 @@ def trace_id() -> str:
     return f"Root=1-{int(time.time()):08x}-{os.urandom(12).hex()};Parent={os.urandom(8).hex()};Sampled=0"
 
 
-def client_context_json(encoded: str | None) -> str | None:
-    """The invoke API carries ClientContext as base64 JSON; the Runtime API header carries the JSON."""
-    if not encoded:
+def client_context_json(encoded: str | None, w3c: dict[str, str] | None = None) -> str | None:
+    """The invoke API carries ClientContext as base64 JSON; the Runtime API header carries the JSON,
+    with the W3C trace context added under ``w3c`` (as Lambda's runtime client reads it)."""
+    data: object = None
+    if encoded:
+        try:
+            text = base64.b64decode(encoded, validate=True).decode()
+            data = json.loads(text)
+        except (binascii.Error, ValueError):
+            data = None
+        if not w3c:
+            return text if data is not None else None
+    if not w3c:
         return None
-    try:
-        text = base64.b64decode(encoded, validate=True).decode()
-        json.loads(text)
-    except (binascii.Error, ValueError):
-        return None
-    return text
+    merged = dict(data) if isinstance(data, dict) else {}
+    merged["w3c"] = w3c
+    return json.dumps(merged)
 
 
 def bootstrap_candidates(task_root: str, layers: list[str]) -> list[str]:
@@ -194,6 +205,7 @@ class RuntimeApiProcess(HostedEnvironment):
         self._init_error, self._log = None, []
         self._work = asyncio.Queue()
         self._ready = loop.create_future()
+        self._output(self._init_start_line())
         path, command = await asyncio.to_thread(locate_bootstrap, self.code_dir, self.layers)
         if command is None:
             self.init_duration_ms = 0.0
@@ -247,6 +259,14 @@ class RuntimeApiProcess(HostedEnvironment):
             self._init_failure = ("exit", returncode)
         self._init_log = self._take_log()
         return self.init_duration_ms
+
+    def _init_start_line(self) -> str:
+        """INIT_START of a custom runtime: Lambda names the OS-only runtime (provided:al2023...)."""
+        from .environment import runtime_version_arn
+
+        version = (self.runtime or "provided.al2023").replace(".", ":", 1)
+        init_type = self.user_env.get("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand")
+        return self.platform.init_start(version, runtime_version_arn(self.region, version), init_type)
 
     def _invalid_entrypoint(self, path: str | None, exc: OSError | None = None) -> dict:
         if path is None:
@@ -311,7 +331,7 @@ class RuntimeApiProcess(HostedEnvironment):
         report_init = cold and self.user_env.get("AWS_LAMBDA_INITIALIZATION_TYPE") != PROVISIONED
         init_ms = self.init_duration_ms if report_init else None
         prefix = self._take_log()  # INIT's output on a cold start, else what came between invocations
-        start = logfmt.start_line(rid, req.version or self.version)
+        start = self.platform.start(rid, req.version or self.version)
         self._echo(start)
         started = time.perf_counter()
         invocation = _Invocation(req, int((time.time() + self.timeout_s) * 1000), self.function_arn)
@@ -358,7 +378,11 @@ class RuntimeApiProcess(HostedEnvironment):
         else:
             error = runtime_error(body, headers)
             payload, error_type = json.dumps(error).encode(), str(error["errorType"])
-        rest = logfmt.end_line(rid) + logfmt.report_line(rid, duration, self.memory_mb, memory, init_ms)
+        status = "failure" if error_type else "success"
+        rest = self.platform.end(rid, status, duration)
+        rest += self.platform.report(
+            rid, duration, self.memory_mb, memory, init_ms, function_error=error_type is not None
+        )
         self._echo(rest)
         return InvocationResult(
             request_id=rid,

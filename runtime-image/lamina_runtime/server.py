@@ -17,10 +17,11 @@ import asyncio
 import hmac
 import json
 import os
+import sys
 import uuid
 from collections.abc import Mapping
 
-from .factory import environment_for
+from .factory import environment_for, python_version
 from .host import HostedEnvironment, WorkerBusy
 from .http11 import BadRequest, Request, Timeouts, serve_connection
 from .paths import split_layers
@@ -56,9 +57,18 @@ def worker_from_env(environ: Mapping[str, str]) -> HostedEnvironment:
         memory_mb = int(environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128"))
     except ValueError as exc:
         raise SystemExit(f"lamina_runtime serve: LAMINA_TIMEOUT_SECONDS / memory size: {exc}") from None
+    runtime = environ.get("LAMINA_RUNTIME")
+    declared = python_version(runtime)
+    if declared is not None and declared != sys.version_info[:2]:
+        # Never a silent substitute: the image of another Python version was given to this function.
+        raise SystemExit(
+            f"lamina_runtime serve: the function declares runtime {runtime}, but this image runs Python "
+            f"{sys.version_info[0]}.{sys.version_info[1]}; give each runtime its own image "
+            "(the operator's LAMINA_RUNTIME_IMAGE with {runtime} in it)"
+        )
     function_env = {k: v for k, v in environ.items() if not k.startswith("LAMINA_")}
     return environment_for(
-        environ.get("LAMINA_RUNTIME"),
+        runtime,
         handler,
         environ.get("LAMBDA_TASK_ROOT", "/var/task"),
         split_layers(environ.get("LAMINA_LAYERS")),
@@ -68,6 +78,8 @@ def worker_from_env(environ: Mapping[str, str]) -> HostedEnvironment:
         timeout_s=timeout_s,
         version=environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST"),
         site_packages=environ.get("LAMINA_SITE_PACKAGES", "") in ("1", "true"),
+        runtime_packages=split_layers(environ.get("LAMINA_RUNTIME_PACKAGES")),
+        system_log_level=environ.get("LAMINA_SYSTEM_LOG_LEVEL") or "INFO",
     )
 
 

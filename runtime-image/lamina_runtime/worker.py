@@ -13,15 +13,17 @@ import os
 import sys
 import time
 
-from . import capture, logfmt
+from . import capture, logfmt, logsetup
 from .context import LambdaContext, decode_client_context, decode_identity
-from .environment import apply_defaults
-from .errors import InitError, from_exception
+from .environment import apply_defaults, runtime_version, runtime_version_arn
+from .errors import InitError, from_exception, show_code_at
 from .framing import FLUSH_LOG_SIGNAL, read_frame_fd, write_frame_fd
 from .loader import load_handler
 from .paths import layer_import_paths, split_layers
 
 MAX_RESPONSE_BYTES = 6291556  # what Lambda's Runtime API accepts (6 MB + 100 B)
+#: Lambda's runtime escapes non-ASCII characters of results up to python3.11, and no longer from 3.12.
+ENSURE_ASCII = sys.version_info < (3, 12)
 
 
 def _json_default(obj: object) -> object:
@@ -45,23 +47,25 @@ def _max_memory_mb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024  # KiB on Linux
 
 
-def setup_import_path(task_root: str, layers: list[str]) -> None:
-    """Task root first, then layers (later layer first), ahead of everything else; drop the cwd entry."""
+def setup_import_path(task_root: str, layers: list[str], runtime_packages: list[str] = ()) -> None:  # type: ignore[assignment]
+    """Task root first, then layers (later layer first), then the runtime's own packages (boto3), ahead
+    of the runtime and the standard library; drop the cwd entry. So the function or a layer can bring
+    its own boto3, as on Lambda."""
     if sys.path and sys.path[0] in ("", os.getcwd()):
         del sys.path[0]
-    sys.path[:0] = [task_root, *layer_import_paths(layers)]
+    sys.path[:0] = [task_root, *layer_import_paths(layers), *runtime_packages]
 
 
 class Worker:
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, platform: logfmt.PlatformLog = logfmt.TEXT) -> None:
         self.fd = fd
+        self.platform = platform
         self.log = capture.LogBuffer()
         self.handler = None
         self.init_duration_ms = 0.0
         # A provisioned environment was initialised ahead of any request: as on Lambda, no invocation
         # pays for that INIT, so no REPORT carries Init Duration.
         self.first = os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") != "provisioned-concurrency"
-        self.logging_bridged = False
         self.payload = b""
         self.memory_mb = os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]
 
@@ -72,13 +76,22 @@ class Worker:
         interpreter and runtime startup as well as the module's top-level code, as Lambda's does.
         """
         started = time.perf_counter()
-        spawned_at = float(os.environ.pop("LAMINA_SPAWNED_AT", "0") or 0)
+        env = os.environ
+        spawned_at = float(env.pop("LAMINA_SPAWNED_AT", "0") or 0)
+        version = runtime_version()
+        sys.stdout.write(
+            self.platform.init_start(
+                version,
+                runtime_version_arn(env.get("AWS_REGION", ""), version),
+                env.get("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand"),
+            )
+        )
         error = None
         try:
-            self.handler = load_handler(os.environ.get("_HANDLER", ""))
+            self.handler = load_handler(env.get("_HANDLER", ""))
         except InitError as exc:
             error = exc.as_object()
-            sys.stdout.write(logfmt.error_lines(exc.error_type, exc.message, exc.stack))
+            sys.stdout.write(self.error_block(error))
         if spawned_at:
             self.init_duration_ms = max(0.0, time.time() - spawned_at) * 1000
         else:
@@ -91,27 +104,65 @@ class Worker:
             "init_log": self.log.take(),
         }
 
+    def error_block(self, error: dict, request_id: str = "") -> str:
+        """How the runtime logs an unhandled error: the [ERROR] block, or one JSON line."""
+        if not self.platform.json_format:
+            return logfmt.error_lines(error["errorType"], error["errorMessage"], error.get("stackTrace"))
+        line = {
+            "timestamp": time.strftime(logsetup.JSON_DATE_FORMAT, time.gmtime()),
+            "level": "ERROR",
+            "errorMessage": error["errorMessage"],
+            "errorType": error["errorType"],
+            "requestId": request_id,
+            "stackTrace": error.get("stackTrace") or [],
+        }
+        return json.dumps(line, ensure_ascii=False) + "\n"
+
+    def begin(self, header: dict) -> None:
+        """Per-invocation state the function's code sees: the request id of its log records, and
+        the trace context in _X_AMZN_TRACE_ID (botocore forwards it on calls the function makes,
+        which carries the recursion guard's depth) and in TRACEPARENT / TRACESTATE."""
+        logsetup.current.request_id = header["request_id"]
+        env = os.environ
+        for name, value in (
+            ("_X_AMZN_TRACE_ID", header.get("trace_id")),
+            ("TRACEPARENT", header.get("traceparent")),
+            ("TRACESTATE", header.get("tracestate")),
+        ):
+            if value:
+                env[name] = value
+            else:
+                env.pop(name, None)
+
     def invoke(self, header: dict, body: bytes) -> tuple[dict, bytes]:
         request_id = header["request_id"]
-        capture.current_request.value = request_id
-        if not self.logging_bridged:
-            self.logging_bridged = capture.bridge_logging()
+        self.begin(header)
         out = sys.stdout
-        out.write(logfmt.start_line(request_id, header.get("version") or "$LATEST"))
+        platform = self.platform
+        out.write(platform.start(request_id, header.get("version") or "$LATEST"))
         started = time.perf_counter()
         error = self._run(header, body)
         duration_ms = (time.perf_counter() - started) * 1000
         if error is not None:
-            out.write(logfmt.error_lines(error["errorType"], error["errorMessage"], error.get("stackTrace")))
+            out.write(self.error_block(error, request_id))
             error["requestId"] = request_id
-            payload = json.dumps(error, ensure_ascii=False).encode()
+            payload = json.dumps(error, ensure_ascii=ENSURE_ASCII).encode()
         else:
             payload = self.payload
         max_memory = _max_memory_mb()
         init_ms = self.init_duration_ms if self.first else None
         self.first = False
-        out.write(logfmt.end_line(request_id))
-        out.write(logfmt.report_line(request_id, duration_ms, self.memory_mb, max_memory, init_ms))
+        out.write(platform.end(request_id, "failure" if error is not None else "success", duration_ms))
+        out.write(
+            platform.report(
+                request_id,
+                duration_ms,
+                self.memory_mb,
+                max_memory,
+                init_ms,
+                function_error=error is not None,
+            )
+        )
         reply = {
             "type": "result",
             "request_id": request_id,
@@ -135,25 +186,34 @@ class Worker:
                 "errorType": "Runtime.UnmarshalError",
                 "stackTrace": [],
             }
+        client_context, w3c = decode_client_context(header.get("client_context"))
+        for key in ("traceparent", "tracestate"):
+            if header.get(key):
+                w3c[key] = header[key]
         context = LambdaContext(
             header["request_id"],
             int(header.get("deadline_ms") or (time.time() + 900) * 1000),
             header.get("invoked_function_arn") or "",
-            decode_client_context(header.get("client_context")),
+            client_context,
             decode_identity(header.get("cognito_identity")),
+            w3c,
         )
         try:
             result = self.handler(event, context)  # type: ignore[misc]
         except Exception as exc:
             return from_exception(exc)
-        try:
-            payload = json.dumps(result, default=_json_default, ensure_ascii=False).encode()
-        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
-            return {
-                "errorMessage": f"Unable to marshal response: {exc}",
-                "errorType": "Runtime.MarshalError",
-                "stackTrace": [],
-            }
+        if isinstance(result, bytes):
+            # As Lambda's runtime: bytes are the response as they are, not JSON.
+            payload = result
+        else:
+            try:
+                payload = json.dumps(result, default=_json_default, ensure_ascii=ENSURE_ASCII).encode()
+            except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+                return {
+                    "errorMessage": f"Unable to marshal response: {exc}",
+                    "errorType": "Runtime.MarshalError",
+                    "stackTrace": [],
+                }
         if len(payload) > MAX_RESPONSE_BYTES:
             return {
                 "errorMessage": f"Response payload size ({len(payload)} bytes) exceeded maximum allowed "
@@ -198,9 +258,16 @@ def main() -> int:
     fd = int(fd_text)
     os.set_inheritable(fd, False)  # the handler's own subprocesses must not hold the control channel
     apply_defaults(env)
-    setup_import_path(env["LAMBDA_TASK_ROOT"], split_layers(env.pop("LAMINA_LAYERS", None)))
-    worker = Worker(fd)
+    layers = split_layers(env.pop("LAMINA_LAYERS", None))
+    task_root = env["LAMBDA_TASK_ROOT"]
+    setup_import_path(task_root, layers, split_layers(env.pop("LAMINA_RUNTIME_PACKAGES", None)))
+    show_code_at(task_root, layers)
+    platform = logfmt.PlatformLog.from_env(env)
+    env.pop("LAMINA_SYSTEM_LOG_LEVEL", None)
+    worker = Worker(fd, platform)
     capture.install(worker.log)
+    # Lambda's log handler is in place before the handler module is imported (set up on `import logging`).
+    logsetup.install(platform.json_format, logsetup.level_from_env(env.get("AWS_LAMBDA_LOG_LEVEL")))
     return worker.serve()
 
 

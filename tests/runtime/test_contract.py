@@ -123,7 +123,11 @@ async def test_report_lines_init_duration_only_on_first(write_code, make_worker)
     second, _ = await call(worker)
     rid = first.request_id
     lines = first.log.splitlines()
-    assert lines[0] == f"START RequestId: {rid} Version: $LATEST"
+    # INIT_START (a cold start's first line), then the invocation's lines
+    version = "python:{}.{}.{}".format(*sys.version_info[:3])
+    assert lines[0].startswith(f"INIT_START Runtime Version: {version}\tRuntime Version ARN: arn:aws:lambda:")
+    assert lines[1] == f"START RequestId: {rid} Version: $LATEST"
+    assert second.log.splitlines()[0] == f"START RequestId: {second.request_id} Version: $LATEST"
     assert lines[-2] == f"END RequestId: {rid}"
     report = lines[-1].split("\t")
     assert report[0] == f"REPORT RequestId: {rid}"
@@ -166,7 +170,7 @@ async def test_output_captured_per_invocation(write_code, make_worker, tmp_path)
     warn = [line for line in two.log.splitlines() if "warned 2" in line]
     assert len(warn) == 1
     assert warn[0].startswith("[WARNING]\t") and f"\t{two.request_id}\t" in warn[0]
-    assert "from init" in one.log.split("START")[0]  # INIT output precedes the first START
+    assert "from init" in one.log.split("\nSTART RequestId")[0]  # INIT output precedes the first START
     container_log = sink.read_text()  # everything also reached the real stdout
     for text in ("from init", "out 1", "err 2", "warned 2", f"END RequestId: {two.request_id}"):
         assert text in container_log

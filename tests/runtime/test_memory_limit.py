@@ -53,5 +53,7 @@ async def test_a_spike_between_checks_is_caught_by_the_peak(write_code, make_wor
     assert result.max_memory_mb > 300
     lines = result.log.splitlines()
     assert lines.count(f"END RequestId: {rid}") == 1  # the worker's own END/REPORT were replaced
-    assert lines[-1].startswith(f"REPORT RequestId: {rid}") and lines[-1].endswith("Status: error")
+    assert lines[-1].startswith(f"REPORT RequestId: {rid}") and lines[-1].endswith(
+        "Status: error\tError Type: Runtime.OutOfMemory"
+    )
     assert not worker.alive

@@ -22,11 +22,15 @@ def test_a_request_round_trips_with_every_field() -> None:
         client_context="eyJjdXN0b20iOiB7fX0=",
         invoked_function_arn="arn:aws:lambda:local:000000000000:function:fn:live",
         version="3",
+        trace_id="Root=1-6749f000-0123456789abcdef01234567;Parent=0123456789abcdef;Sampled=0;Lineage=1a2b3c4d:1",
+        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        tracestate="vendor=value",
     )
     assert decode_request(encode_request(request), request.payload, lambda: "unused") == request
     # Only a field the type has may travel: a new field fails here until it has a header.
     assert {f.name for f in dataclasses.fields(InvocationRequest)} == {
         "request_id", "payload", "client_context", "invoked_function_arn", "version",
+        "trace_id", "traceparent", "tracestate",
     }  # fmt: skip
 
 

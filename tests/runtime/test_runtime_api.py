@@ -176,8 +176,11 @@ async def test_success_returns_the_result_with_lambda_log_lines(task_root, make_
     }
     lines = first.log.splitlines()
     rid = first.request_id
-    assert lines[0] == "init output"  # INIT's output leads the first invocation's log
-    assert lines[1] == f"START RequestId: {rid} Version: $LATEST"
+    assert lines[0].startswith(
+        "INIT_START Runtime Version: provided:al2023\tRuntime Version ARN: arn:aws:lambda:"
+    )
+    assert lines[1] == "init output"  # INIT's output leads the first invocation's log
+    assert lines[2] == f"START RequestId: {rid} Version: $LATEST"
     assert lines[-2] == f"END RequestId: {rid}"
     assert f"Init Duration: {init_ms:.2f} ms" in report(first)
     assert first.init_duration_ms == pytest.approx(init_ms)
@@ -250,7 +253,13 @@ async def test_init_error_is_the_first_invocations_result(task_root, make_env) -
     assert result.function_error == "Unhandled"
     assert body["errorType"] == "RuntimeError" and body["errorMessage"] == "no database configured"
     assert body["requestId"] == result.request_id
-    assert "Init Duration" in report(result) and report(result).endswith("Status: error")
+    assert "Init Duration" in report(result) and report(result).endswith(
+        "Status: error\tError Type: RuntimeError"
+    )
+    assert (
+        "INIT_REPORT Init Duration: " in result.log
+        and "\tPhase: init\tStatus: error\tError Type: RuntimeError" in result.log
+    )
     assert not env.alive
 
 
@@ -288,7 +297,9 @@ async def test_exit_or_timeout_resets_the_environment(
     assert lines[start + 1] == printed  # what it printed first, then the platform's lines
     if action == "sleep":
         assert lines[start + 2].endswith(f"{rid} Task timed out after 1.00 seconds")
-    assert report(result).endswith(f"Status: {status}")
+    assert report(result).endswith(
+        f"Status: {status}" + ("\tError Type: Runtime.ExitError" if status == "error" else "")
+    )
     assert env.needs_restart
     after, again = await call(env)
     assert after.function_error is None and again["pid"] != first["pid"]
