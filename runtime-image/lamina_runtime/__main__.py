@@ -17,7 +17,23 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("url")
     fetch.add_argument("sha256")
     fetch.add_argument("dest")
+    fetch_s3 = commands.add_parser(
+        "fetch-s3", help="get a zip from S3-compatible storage, check its sha256, extract it (init container)"
+    )
+    fetch_s3.add_argument("--endpoint", default=None, help="an S3-compatible server (path-style URLs)")
+    fetch_s3.add_argument("--region", default="us-east-1")
+    fetch_s3.add_argument("--version-id", default=None, help="the object version to fetch")
+    fetch_s3.add_argument("bucket")
+    fetch_s3.add_argument("key")
+    fetch_s3.add_argument("sha256")
+    fetch_s3.add_argument("dest")
     args = parser.parse_args(argv)
+    if args.command == "fetch-s3":
+        from .fetch import main_s3
+        from .s3 import S3Object
+
+        obj = S3Object(args.bucket, args.key, args.version_id, args.endpoint, args.region)
+        return main_s3(obj, args.sha256, args.dest)
     if args.command == "fetch":
         from .fetch import main as fetch_main
 

@@ -35,6 +35,8 @@ import urllib.error
 import urllib.request
 import zipfile
 
+from .s3 import S3Error, S3Object, credentials_from_env, get
+
 MAX_BYTES = 250 * 1024 * 1024  # Lambda's unzipped limit (262,144,000 bytes) bounds the archive too
 MAX_UNZIPPED_BYTES = 250 * 1024 * 1024
 MAX_FILES = 50_000
@@ -286,6 +288,20 @@ def main(url: str, sha256: str, dest: str) -> int:
     except OSError as exc:  # the destination cannot be written: say where, not a traceback
         return fail(f"cannot write {url} into {dest}: {exc}")
     print(f"lamina_runtime fetch: {count} files from {url} into {dest}")
+    return 0
+
+
+def main_s3(obj: S3Object, sha256: str, dest: str) -> int:
+    """``fetch-s3``: the object (pinned to its version when one is given), checked against the digest
+    the operator recorded, then extracted. Credentials come from AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN), which the pod takes from a Secret by reference."""
+    try:
+        count = extract(get(obj, credentials_from_env()).data, sha256, dest)
+    except (FetchError, S3Error) as exc:
+        return fail(str(exc))
+    except OSError as exc:
+        return fail(f"cannot write {obj} into {dest}: {exc}")
+    print(f"lamina_runtime fetch: {count} files from {obj} into {dest}")
     return 0
 
 

@@ -74,11 +74,11 @@ CASES = [
     ),
     (
         with_spec(FUNCTION, code={}),
-        "Function hello: spec.code: exactly one of inline, configMap, url must be set (got none)",
+        "Function hello: spec.code: exactly one of inline, configMap, url, s3 must be set (got none)",
     ),
     (
         with_spec(FUNCTION, code={"inline": "x", "url": "https://h/a.zip", "sha256": SHA}),
-        "Function hello: spec.code: exactly one of inline, configMap, url must be set (got inline, url)",
+        "Function hello: spec.code: exactly one of inline, configMap, url, s3 must be set (got inline, url)",
     ),
     (
         with_spec(FUNCTION, code={"url": "https://h/a.zip"}),
@@ -219,7 +219,8 @@ CASES = [
     ),
     (
         with_spec(LAYER, url="https://h/l.zip", sha256=SHA),
-        "Layer deps: spec: exactly one of url, configMap, requirements must be set (got url, requirements)",
+        "Layer deps: spec: exactly one of url, configMap, requirements, s3 must be set "
+        "(got url, requirements)",
     ),
     (
         with_spec(LAYER, requirements=["ok", "--index-url=http://evil"]),

@@ -140,7 +140,7 @@ def test_cel_rules_where_openapi_cannot(crds: dict[str, dict[str, Any]]) -> None
     fn = at(schema(crds["lamina.dev_functions.yaml"]), "spec")
     code = at(fn, "code")
     assert rules(code) == [
-        "[has(self.inline), has(self.configMap), has(self.url)].filter(x, x).size() == 1",
+        "[has(self.inline), has(self.configMap), has(self.url), has(self.s3)].filter(x, x).size() == 1",
         "has(self.url) == has(self.sha256)",
     ]
     assert "spec.code" in code["x-kubernetes-validations"][0]["message"]
@@ -159,8 +159,8 @@ def test_cel_rules_where_openapi_cannot(crds: dict[str, dict[str, Any]]) -> None
     ]
     layer = at(schema(crds["lamina.dev_layers.yaml"]), "spec")
     assert (
-        rules(layer)[0]
-        == "[has(self.url), has(self.configMap), has(self.requirements)].filter(x, x).size() == 1"
+        rules(layer)[0] == "[has(self.url), has(self.configMap), has(self.requirements), has(self.s3)]"
+        ".filter(x, x).size() == 1"
     )
     esm = at(schema(crds["lamina.dev_eventsourcemappings.yaml"]), "spec")
     assert rules(at(esm, "source"))[0].startswith(

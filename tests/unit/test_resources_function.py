@@ -339,3 +339,47 @@ def test_desired_replicas(
     current: int | None, previous: int | None, provisioned: int, want: int | None
 ) -> None:
     assert desired_replicas(current, previous, provisioned) == want
+
+
+def test_s3_code_is_fetched_by_an_init_container_with_secret_references_only() -> None:
+    from dataclasses import dataclass
+
+    from lamina.api import parse_object
+    from lamina.resources import Settings, build_function
+
+    @dataclass(frozen=True)
+    class Resolved:
+        sha256: str
+        version_id: str | None
+
+    fn = parse_object(
+        {
+            "apiVersion": "lamina.dev/v1alpha1",
+            "kind": "Function",
+            "metadata": {"name": "f", "namespace": "ns", "uid": "u"},
+            "spec": {
+                "handler": "app.handler",
+                "code": {
+                    "s3": {
+                        "bucket": "code-bucket",
+                        "key": "f/app.zip",
+                        "endpoint": "http://minio.storage:9000",
+                        "credentialsSecret": {"name": "s3-creds"},
+                    }
+                },
+            },
+        }
+    )
+    res = build_function(fn, Settings(), s3_code=Resolved("ab" * 32, "v-3"))  # type: ignore[arg-type]
+    assert res.code_digest == "ab" * 32
+    pod = res.deployment["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["command"][:4] == ["python", "-m", "lamina_runtime", "fetch-s3"]
+    assert ["--version-id", "v-3"] == init["command"][init["command"].index("--version-id") :][:2]
+    assert init["command"][-4:] == ["code-bucket", "f/app.zip", "ab" * 32, "/var/task"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in init["env"]}
+    assert refs["AWS_ACCESS_KEY_ID"] == {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID", "optional": False}
+    assert refs["AWS_SESSION_TOKEN"]["optional"] is True
+    assert all("value" not in e for e in init["env"])
+    other = build_function(fn, Settings(), s3_code=Resolved("cd" * 32, "v-4"))  # type: ignore[arg-type]
+    assert other.config_hash != res.config_hash  # a new object version rolls the environments

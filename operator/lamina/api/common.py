@@ -159,6 +159,40 @@ class KeyRef(LaminaModel):
     key: str = Field(min_length=1, max_length=253)
 
 
+#: S3's bucket naming rules (3 to 63 lowercase letters, digits, '.' and '-').
+S3_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+PATTERN_RULES[S3_BUCKET] = "must be an S3 bucket name: 3 to 63 lowercase letters, digits, '.' and '-'"
+
+
+class S3Location(LaminaModel):
+    """A zip archive in S3-compatible storage (Lambda's S3Bucket, S3Key, S3ObjectVersion)."""
+
+    bucket: str = Field(pattern=S3_BUCKET, description="Bucket name.")
+    key: str = Field(min_length=1, max_length=1024, description="Object key of the zip archive.")
+    object_version: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Object version to use; unset means the current one, whose digest is recorded so "
+        "that a new upload is a new code digest (and a new version with publishVersions).",
+    )
+    endpoint: str | None = Field(
+        default=None,
+        pattern=URL,
+        description="URL of an S3-compatible server (path-style addressing); default AWS S3 of the region.",
+    )
+    region: str = Field(default="us-east-1", min_length=1, max_length=64, description="Signing region.")
+    credentials_secret: NameRef | None = Field(
+        default=None,
+        description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and optionally "
+        "AWS_SESSION_TOKEN); unset means anonymous reads.",
+    )
+
+    def describe(self) -> str:
+        version = f" (version {self.object_version})" if self.object_version else ""
+        return f"s3://{self.bucket}/{self.key}{version}"
+
+
 class SecretValueFrom(LaminaModel):
     """Where a secret value (a broker URL with credentials) comes from."""
 

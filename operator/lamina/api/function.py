@@ -23,6 +23,7 @@ from lamina.api.common import (
     LaminaObject,
     NameRef,
     Runtime,
+    S3Location,
     StatusBase,
     cel_exactly_one,
     exactly_one,
@@ -42,14 +43,14 @@ RESERVED_ENV = frozenset({"_HANDLER", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR", 
 
 
 class CodeSource(LaminaModel):
-    """Where the function's code comes from; exactly one of the three."""
+    """Where the function's code comes from; exactly one of the four."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    **cel_exactly_one("inline", "configMap", "url"),
-                    "message": "spec.code: exactly one of inline, configMap, url must be set",
+                    **cel_exactly_one("inline", "configMap", "url", "s3"),
+                    "message": "spec.code: exactly one of inline, configMap, url, s3 must be set",
                 },
                 {
                     "rule": "has(self.url) == has(self.sha256)",
@@ -65,10 +66,11 @@ class CodeSource(LaminaModel):
     )
     url: str | None = Field(default=None, pattern=URL, description="URL of a zip archive.")
     sha256: str | None = Field(default=None, pattern=SHA256, description="SHA-256 of the archive at url.")
+    s3: S3Location | None = Field(default=None, description="A zip archive in S3-compatible storage.")
 
     @model_validator(mode="after")
     def _one_source(self) -> CodeSource:
-        exactly_one(self, "inline", "config_map", "url")
+        exactly_one(self, "inline", "config_map", "url", "s3")
         if self.url is not None and self.sha256 is None:
             raise FieldError("sha256", "is required with url")
         if self.url is None and self.sha256 is not None:
@@ -76,10 +78,12 @@ class CodeSource(LaminaModel):
         return self
 
     @property
-    def kind(self) -> Literal["inline", "configMap", "url"]:
+    def kind(self) -> Literal["inline", "configMap", "url", "s3"]:
         """Which source is set."""
         if self.inline is not None:
             return "inline"
+        if self.s3 is not None:
+            return "s3"
         return "configMap" if self.config_map is not None else "url"
 
 
@@ -465,6 +469,11 @@ class FunctionStatus(StatusBase):
         default_factory=dict, description="Revision of each layer the environments run with."
     )
     code_digest: str | None = Field(default=None, description="Digest of the code the environments run.")
+    code_s3: dict[str, str] | None = Field(
+        default=None,
+        alias="codeS3",
+        description="The S3 object the code comes from as last read: bucket, key, versionId, etag, sha256.",
+    )
     url: str | None = Field(default=None, description="In-cluster URL of the function's HTTP trigger.")
 
 

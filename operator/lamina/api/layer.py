@@ -14,6 +14,7 @@ from lamina.api.common import (
     LaminaObject,
     NameRef,
     Runtime,
+    S3Location,
     StatusBase,
     cel_exactly_one,
     exactly_one,
@@ -29,8 +30,8 @@ class LayerSpec(LaminaModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    **cel_exactly_one("url", "configMap", "requirements"),
-                    "message": "spec: exactly one of url, configMap, requirements must be set",
+                    **cel_exactly_one("url", "configMap", "requirements", "s3"),
+                    "message": "spec: exactly one of url, configMap, requirements, s3 must be set",
                 },
                 {"rule": "has(self.url) == has(self.sha256)", "message": "spec: url and sha256 go together"},
             ]
@@ -41,6 +42,9 @@ class LayerSpec(LaminaModel):
     sha256: str | None = Field(default=None, pattern=SHA256, description="SHA-256 of the archive at url.")
     config_map: NameRef | None = Field(
         default=None, description="ConfigMap whose keys are file paths under python/."
+    )
+    s3: S3Location | None = Field(
+        default=None, description="A zip archive (python/ inside) in S3-compatible storage."
     )
     requirements: list[str] | None = Field(
         default=None,
@@ -57,7 +61,7 @@ class LayerSpec(LaminaModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> LayerSpec:
-        exactly_one(self, "url", "config_map", "requirements")
+        exactly_one(self, "url", "config_map", "requirements", "s3")
         if self.url is not None and self.sha256 is None:
             raise FieldError("sha256", "is required with url")
         if self.url is None and self.sha256 is not None:

@@ -38,7 +38,7 @@ def configuration(fn: FunctionConfig, name: str) -> dict[str, object]:
         "MemorySize": fn.memory_mb,
         "Timeout": fn.timeout_seconds,
         "Version": fn.version,
-        "CodeSha256": fn.revision,
+        "CodeSha256": fn.code_sha256 or fn.revision,
         "PackageType": "Zip",
         "Architectures": ["x86_64"],
         "State": "Active",

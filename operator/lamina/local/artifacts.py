@@ -14,10 +14,17 @@ import sys
 from pathlib import Path
 
 from lamina.api import EnvFrom, Function, Layer, ManifestError
+from lamina.api.common import S3Location
 from lamina.api.manifests import Manifests
 from lamina.api.versions import version_digest
 from lamina.environments.base import FunctionConfig, function_config
+from lamina_runtime import s3
 from lamina_runtime.fetch import FetchError, download, extract
+from lamina_runtime.s3 import S3Error, S3Object
+from lamina_runtime.sigv4 import Credentials
+
+#: The keys a credentials Secret of an S3 location holds (AWS_SESSION_TOKEN is optional).
+S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 def _digest(*parts: bytes | str) -> str:
@@ -136,6 +143,9 @@ class ArtifactBuilder:
             files = _config_map_files(
                 self.manifests, fn.metadata.namespace, code.config_map.name, f"{subject}: spec.code.configMap"
             )
+        elif code.s3 is not None:
+            base = self.state_dir / "code" / fn.metadata.namespace / fn.name
+            return self.s3_zip(code.s3, fn.metadata.namespace, base, f"{subject}: spec.code.s3")
         else:
             assert code.url is not None and code.sha256 is not None
             digest = code.sha256.lower()
@@ -161,12 +171,50 @@ class ArtifactBuilder:
             digest = spec.sha256.lower()
             where = f"{subject}: spec.url"
             return fetch_zip(spec.url, spec.sha256, base / digest[:16], where, self.allow_local_urls), digest
+        if spec.s3 is not None:
+            return self.s3_zip(spec.s3, layer.metadata.namespace, base, f"{subject}: spec.s3")
         requirements = spec.requirements or []
         digest = _digest(self.python, *requirements)
         target = base / digest[:16]
         if not target.exists():
             self._pip_install(requirements, target, subject)
         return target, digest
+
+    def s3_zip(self, location: S3Location, namespace: str, base: Path, where: str) -> tuple[Path, str]:
+        """Get the object (each start: a new upload must become a new digest), extract it into a
+        directory named by its SHA-256; errors name the object, never the credentials."""
+        credentials = self.s3_credentials(location, namespace, where)
+        obj = S3Object(
+            location.bucket, location.key, location.object_version, location.endpoint, location.region
+        )
+        try:
+            fetched = s3.get(obj, credentials)
+            digest = fetched.sha256
+            target = base / digest[:16]
+            if not target.exists():
+                extract(fetched.data, digest, str(target))
+        except (S3Error, FetchError) as exc:
+            raise ManifestError([f"{where}: {exc}"]) from None
+        return target, digest
+
+    def s3_credentials(self, location: S3Location, namespace: str, where: str) -> Credentials | None:
+        ref = location.credentials_secret
+        if ref is None:
+            return None
+        values = {k: self.manifests.secret_value(namespace, ref.name, k) for k in S3_SECRET_KEYS}
+        key, secret, token = (
+            values["AWS_ACCESS_KEY_ID"],
+            values["AWS_SECRET_ACCESS_KEY"],
+            values["AWS_SESSION_TOKEN"],
+        )
+        if not key or not secret:
+            raise ManifestError(
+                [
+                    f"{where}.credentialsSecret: Secret {ref.name!r} in namespace {namespace!r} needs "
+                    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                ]
+            )
+        return Credentials(key, secret, token or None)
 
     def _pip_install(self, requirements: list[str], target: Path, subject: str) -> None:
         tmp = target.with_name(target.name + ".tmp")

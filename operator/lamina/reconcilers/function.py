@@ -14,6 +14,7 @@ from lamina.api import API_VERSION, Function
 from lamina.reconcilers.apply import apply, apply_scaled_deployment, delete_if_owned
 from lamina.reconcilers.client import ApiError, Kube, Ref
 from lamina.reconcilers.context import Blocked, Context, parse_as
+from lamina.reconcilers.s3code import resolve_code
 from lamina.reconcilers.status import READY, find, is_blocked, is_ready, set_condition, write_status
 from lamina.resources import LayerArtifact, build_function, deployment_readiness, labels, names
 from lamina.resources.function import Readiness
@@ -108,7 +109,8 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
             fn = parse_as(body, Function)
             layers = resolve_layers(kube, fn)
             code_cm = check_references(kube, fn)
-            res = build_function(fn, ctx.settings, layers, code_cm)
+            s3_code = resolve_code(kube, fn, (body.get("status") or {}).get("codeS3"))
+            res = build_function(fn, ctx.settings, layers, code_cm, s3_code=s3_code)
             code_ref = Ref("v1", "ConfigMap", ns, names.function_code_config_map(name))
             code_cm_desired = res.code_config_map
 
@@ -133,6 +135,7 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
             ctx.announce(body, *written)
         raise
     fields = {
+        "codeS3": s3_code.to_status(fn.spec.code.s3) if s3_code and fn.spec.code.s3 else None,
         "layerRevisions": {a.name: a.revision for a in layers},
         "codeDigest": res.code_digest,
         "url": f"{ctx.settings.gateway_url}/url/{ns}.{name}",

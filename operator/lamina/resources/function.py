@@ -11,9 +11,10 @@ import hashlib
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from lamina.api import Function
+from lamina.api.common import S3Location
 from lamina.resources import labels, names
 from lamina.resources.layer import LayerArtifact
 from lamina.resources.meta import config_map_digest, digest, metadata
@@ -35,6 +36,8 @@ INLINE_FILE = "index.py"
 SERVE_COMMAND = ["python", "-m", "lamina_runtime", "serve", "--host", "0.0.0.0", "--port", str(PORT)]
 #: ``python -m lamina_runtime fetch URL SHA256 DEST``: download a zip, check its digest, extract it.
 FETCH_COMMAND = ["python", "-m", "lamina_runtime", "fetch"]
+#: ``python -m lamina_runtime fetch-s3 [--endpoint E] [--version-id V] BUCKET KEY SHA256 DEST``.
+FETCH_S3_COMMAND = ["python", "-m", "lamina_runtime", "fetch-s3"]
 #: Seconds a terminating environment gets beyond the function timeout to finish its invocation.
 GRACE_SECONDS = 5
 
@@ -55,9 +58,16 @@ class FunctionResources:
         return [*head, self.service, self.deployment]
 
 
-def code_digest(fn: Function, code_config_map: Mapping[str, Any] | None = None) -> str:
-    """Digest of the function's code: of the inline text, of the ConfigMap's content, or the zip's sha256."""
+def code_digest(
+    fn: Function, code_config_map: Mapping[str, Any] | None = None, s3_code: S3Code | None = None
+) -> str:
+    """Digest of the function's code: of the inline text, of the ConfigMap's content, the zip's sha256,
+    or the digest the operator computed of the S3 object."""
     code = fn.spec.code
+    if code.s3 is not None:
+        if s3_code is None:
+            raise ValueError(f"Function {fn.name}: the digest of {code.s3.describe()} is needed")
+        return s3_code.sha256
     if code.inline is not None:
         return hashlib.sha256(code.inline.encode()).hexdigest()
     if code.config_map is not None:
@@ -87,11 +97,22 @@ def config_hash(fn: Function, image: str, code: str, layers: Sequence[LayerArtif
     )
 
 
+class S3Code(Protocol):
+    """The S3 object the pods fetch, as the operator resolved it."""
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def version_id(self) -> str | None: ...
+
+
 def build_function(
     fn: Function,
     settings: Settings,
     layers: Sequence[LayerArtifact] = (),
     code_config_map: Mapping[str, Any] | None = None,
+    s3_code: S3Code | None = None,
 ) -> FunctionResources:
     """The desired children of ``fn``.
 
@@ -105,7 +126,7 @@ def build_function(
             f"{list(fn.spec.layers)}"
         )
     image = settings.image_for(fn.spec.runtime)
-    code = code_digest(fn, code_config_map)
+    code = code_digest(fn, code_config_map, s3_code)
     chash = config_hash(fn, image, code, layers)
     inline = fn.spec.code.inline
     code_cm = None
@@ -119,7 +140,7 @@ def build_function(
             "data": {INLINE_FILE: inline},
         }
     return FunctionResources(
-        deployment=_deployment(fn, settings, image, layers, chash),
+        deployment=_deployment(fn, settings, image, layers, chash, s3_code),
         service=_service(fn),
         code_config_map=code_cm,
         config_hash=chash,
@@ -143,7 +164,12 @@ def _service(fn: Function) -> dict[str, Any]:
 
 
 def _deployment(
-    fn: Function, settings: Settings, image: str, layers: Sequence[LayerArtifact], chash: str
+    fn: Function,
+    settings: Settings,
+    image: str,
+    layers: Sequence[LayerArtifact],
+    chash: str,
+    s3_code: S3Code | None = None,
 ) -> dict[str, Any]:
     spec = fn.spec
     pod_labels = {**labels.function_labels(fn.name), **labels.function_selector(fn.name)}
@@ -157,6 +183,10 @@ def _deployment(
         volumes.append({"name": "code", "configMap": {"name": names.function_code_config_map(fn.name)}})
     elif code.config_map is not None:
         volumes.append({"name": "code", "configMap": {"name": code.config_map.name}})
+    elif code.s3 is not None:
+        assert s3_code is not None
+        volumes.append({"name": "code", "emptyDir": {}})
+        init.append(_fetch_s3_container("fetch-code", image, settings, code.s3, s3_code, "code", TASK_ROOT))
     else:
         assert code.url is not None and code.sha256 is not None
         volumes.append({"name": "code", "emptyDir": {"sizeLimit": UNZIPPED_SIZE}})
@@ -247,6 +277,39 @@ def _fetch_container(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": volume, "mountPath": dest}, {"name": "tmp", "mountPath": "/tmp"}],
     }
+
+
+def _fetch_s3_container(
+    name: str, image: str, settings: Settings, location: S3Location, s3_code: S3Code, volume: str, dest: str
+) -> dict[str, Any]:
+    """``fetch-s3`` of exactly the object version the operator read, checked against its digest; the
+    credentials come from the Secret by reference (the pod spec holds no key)."""
+    args = [*FETCH_S3_COMMAND, "--region", location.region]
+    if location.endpoint:
+        args += ["--endpoint", location.endpoint]
+    if s3_code.version_id:
+        args += ["--version-id", s3_code.version_id]
+    container = {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": [*args, location.bucket, location.key, s3_code.sha256, dest],
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}},
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [{"name": volume, "mountPath": dest}, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if location.credentials_secret is not None:
+        secret = location.credentials_secret.name
+        container["env"] = [
+            {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}}}
+            for key, optional in (
+                ("AWS_ACCESS_KEY_ID", False),
+                ("AWS_SECRET_ACCESS_KEY", False),
+                ("AWS_SESSION_TOKEN", True),
+            )
+        ]
+    return container
 
 
 def function_env(fn: Function, settings: Settings, layer_paths: Sequence[str]) -> list[dict[str, Any]]:

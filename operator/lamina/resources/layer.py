@@ -90,6 +90,11 @@ def build_layer(layer: Layer, source_config_map: Mapping[str, Any] | None = None
             if source_config_map.get(key):
                 cm[key] = dict(source_config_map[key])
         return LayerBuild(digest, cm, None)
+    if spec.s3 is not None:
+        raise NotSupported(
+            "s3 layers are read by `lamina local`; in a cluster the operator does not fetch them yet: "
+            "publish the layer as url + sha256 or as a configMap (Function code from s3 works in both)"
+        )
     raise NotSupported(
         "requirements layers are built by `lamina local` only; in a cluster publish the built layer "
         "as url + sha256 or as a configMap"
