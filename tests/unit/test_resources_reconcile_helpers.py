@@ -16,6 +16,7 @@ from lamina.reconcilers.main import QuietWatchHandlers
 from lamina.reconcilers.requeue import Requeue
 from lamina.reconcilers.status import is_blocked, set_condition
 from lamina.resources import Settings
+from lamina.resources.pod_state import PodProblem
 
 
 def test_set_condition_moves_last_transition_time_only_when_the_status_flips() -> None:
@@ -71,6 +72,14 @@ def ready(status: str, reason: str) -> dict[str, Any]:
         (ready("True", "EnvironmentsReady"), ready("False", "RollingOut"), ("Normal", "RollingOut")),
         (ready("False", "LayerNotFound"), ready("False", "SecretNotFound"), ("Warning", "SecretNotFound")),
         (ready("False", "SecretNotFound"), ready("False", "SecretNotFound"), None),
+        # environments that cannot start are Warnings, as blocked reconciles are
+        (ready("False", "RollingOut"), ready("False", "ImagePullBackOff"), ("Warning", "ImagePullBackOff")),
+        (
+            ready("True", "OnDemand"),
+            ready("False", "InitContainerFailed"),
+            ("Warning", "InitContainerFailed"),
+        ),
+        (ready("False", "CrashLoopBackOff"), ready("False", "CrashLoopBackOff"), None),
     ],
 )
 def test_events_on_ready_flips_and_blocking_reasons(
@@ -80,6 +89,20 @@ def test_events_on_ready_flips_and_blocking_reasons(
     ctx = Context(kube=None, settings=Settings(), post=lambda obj, t, r, m: events.append((t, r, m)))  # type: ignore[arg-type]
     ctx.announce({"kind": "Function", "metadata": {"name": "f"}}, before, after)
     assert events == ([] if posted is None else [(*posted, f"{posted[1]}!")])
+
+
+def test_pod_problems_change_the_function_only_when_its_problem_changes() -> None:
+    ctx = Context(kube=None, settings=Settings())  # type: ignore[arg-type]
+    key = ("default", "f")
+    a = PodProblem("ImagePullBackOff", "image x", "fn-f-a")
+    b = PodProblem("ImagePullBackOff", "image x", "fn-f-b")
+    assert ctx.note_pod(key, "fn-f-b", b) is True
+    assert ctx.note_pod(key, "fn-f-a", a) is True  # a comes first by name: reported instead
+    assert ctx.note_pod(key, "fn-f-b", None) is False
+    assert ctx.pod_problem(key) == a
+    assert ctx.note_pod(key, "fn-f-c", None) is False  # a healthy pod changes nothing
+    assert ctx.note_pod(key, "fn-f-a", None) is True
+    assert ctx.pod_problem(key) is None
 
 
 def test_requeue_backs_off_per_key_and_resets_when_forgotten() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from lamina.reconcilers.metrics import OperatorMetrics
 from lamina.reconcilers.requeue import Requeue
 from lamina.reconcilers.status import BLOCKING_REASONS, READY, find
 from lamina.resources import Settings
+from lamina.resources.pod_state import FAILURE_REASONS, PodProblem, function_problem
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,28 @@ class Context:
     def child_events(self, key: Hashable) -> int:
         return self._child_events.get(key, 0)
 
+    #: Problems of each function's pods (pod name -> problem), fed by the pod watch; the Function's
+    #: readiness names the one :func:`function_problem` picks.
+    _pod_problems: dict[Hashable, dict[str, PodProblem]] = field(default_factory=dict)
+    _pod_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def note_pod(self, key: Hashable, pod: str, problem: PodProblem | None) -> bool:
+        """Record what one pod of function ``key`` says; True when the function's problem changed."""
+        with self._pod_lock:
+            problems = self._pod_problems.setdefault(key, {})
+            before = function_problem(problems.values())
+            if problem is None:
+                problems.pop(pod, None)
+            else:
+                problems[pod] = problem
+            if not problems:
+                del self._pod_problems[key]
+            return function_problem(problems.values()) != before
+
+    def pod_problem(self, key: Hashable) -> PodProblem | None:
+        with self._pod_lock:
+            return function_problem((self._pod_problems.get(key) or {}).values())
+
     def remember_readiness(self, key: Hashable, readiness: Any) -> None:
         self.readiness[key] = readiness
 
@@ -113,14 +137,16 @@ class Context:
         before: Mapping[str, Any] | None,
         after: Mapping[str, Any] | None,
     ) -> None:
-        """Post an Event when Ready flips, or when a blocking reason (a Warning) newly stands.
+        """Post an Event when Ready flips, or when a blocking reason or an environment failure (a
+        Warning) newly stands.
         Transient progress (Deploying, RollingOut...) stays in the status only."""
         new = find((after or {}).get("conditions"), READY)
         old = find((before or {}).get("conditions"), READY)
         if new is None:
             return
         reason, status = str(new.get("reason")), new.get("status")
-        blocking = reason in BLOCKING_REASONS
+        # A reconcile that stopped, or environments that cannot start: both need someone to act.
+        blocking = reason in BLOCKING_REASONS or reason in FAILURE_REASONS
         if old is not None and old.get("reason") == reason:
             return
         if not blocking and old is not None and old.get("status") == status:

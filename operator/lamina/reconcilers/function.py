@@ -2,7 +2,8 @@
 
 ``reconcile_function`` is the whole level-based reconcile; it is called by the kopf handlers of the
 Function itself, by the Layer handlers (a layer a function uses changed) and by the periodic resync.
-``sync_function_status`` only refreshes readiness from the Deployment (called on Deployment events).
+``sync_function_status`` only refreshes readiness from the Deployment and the problems of the function's
+pods (called on Deployment events, and when what the pods say changes).
 """
 
 from __future__ import annotations
@@ -201,7 +202,9 @@ def write_function_status(
     def compute(obj: dict[str, Any]) -> dict[str, Any] | None:
         if obj["metadata"].get("generation") != generation:
             return None  # the spec moved on; the reconcile of the new generation writes
-        readiness = deployment_readiness(current_deployment(), _provisioned(obj))
+        readiness = deployment_readiness(
+            current_deployment(), _provisioned(obj), ctx.pod_problem((namespace, name))
+        )
         ctx.remember_readiness((namespace, name), readiness)
         return {**(fields or {}), **_readiness_fields(obj, readiness, blocked, generation)}
 
@@ -224,14 +227,17 @@ def sync_function_status(
         # Most Deployment events change nothing the Function reports: skip reading the Function.
         annotations = deployment["metadata"].get("annotations") or {}
         provisioned = int(annotations.get(labels.PROVISIONED, "0") or 0)
-        if ctx.readiness_unchanged((namespace, name), deployment_readiness(deployment, provisioned)):
+        problem = ctx.pod_problem((namespace, name))
+        if ctx.readiness_unchanged((namespace, name), deployment_readiness(deployment, provisioned, problem)):
             return
     current_deployment = _deployments(ctx, namespace, name, deployment)
     seen: dict[str, Any] = {}
 
     def compute(obj: dict[str, Any]) -> dict[str, Any] | None:
         seen["obj"] = obj
-        readiness = deployment_readiness(current_deployment(), _provisioned(obj))
+        readiness = deployment_readiness(
+            current_deployment(), _provisioned(obj), ctx.pod_problem((namespace, name))
+        )
         ctx.remember_readiness((namespace, name), readiness)
         generation = obj["metadata"].get("generation")
         if (obj.get("status") or {}).get("observedGeneration") != generation:

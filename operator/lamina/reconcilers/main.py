@@ -28,6 +28,7 @@ from lamina.reconcilers.function import sync_function_status
 from lamina.reconcilers.layer import artifact_changed
 from lamina.reconcilers.requeue import Requeue
 from lamina.resources import Settings, labels
+from lamina.resources.pod_state import pod_problem
 
 log = logging.getLogger("lamina.operator")
 
@@ -36,6 +37,7 @@ FUNCTIONS = (GROUP, VERSION, "functions")
 LAYERS = (GROUP, VERSION, "layers")
 MAPPINGS = (GROUP, VERSION, "eventsourcemappings")
 DEPLOYMENTS = ("apps", "v1", "deployments")
+PODS = ("", "v1", "pods")
 #: Longest wait between retries of a blocked object (seconds).
 MAX_DELAY = 300.0
 DEFAULT_RESYNC_SECONDS = 600.0
@@ -164,6 +166,19 @@ def function_deployment_event(event: Mapping[str, Any], body: kopf.Body, memo: k
         sync_function_status(ctx, ns, function, plain(body))
 
 
+@kopf.on.event(*PODS, labels={labels.NAME: labels.FUNCTION_APP}, registry=registry)
+def function_pod_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A pod that cannot start (image, init container, crash, scheduling) changes nothing in its
+    Deployment's status: the Function's readiness learns it from the pod itself."""
+    function = body.metadata.labels.get(labels.FUNCTION)
+    if not function:
+        return
+    ctx, ns = ctx_of(memo), body.metadata.namespace
+    problem = None if event.get("type") == "DELETED" else pod_problem(plain(body))
+    if ctx.note_pod((ns, function), body.metadata.name, problem):
+        sync_function_status(ctx, ns, function)
+
+
 # ----------------------------------------------------------------------------------------- layers
 
 
@@ -225,7 +240,12 @@ class QuietWatchHandlers(logging.Filter):
     """Drop kopf's "Handler 'x' succeeded." lines of the handlers that only watch (Deployment and
     Layer events): several per rollout, they would drown what the reconcilers log."""
 
-    WATCHERS = ("function_deployment_event", "mapping_deployment_event", "layer_deleted")
+    WATCHERS = (
+        "function_deployment_event",
+        "function_pod_event",
+        "mapping_deployment_event",
+        "layer_deleted",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

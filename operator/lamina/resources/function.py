@@ -18,6 +18,7 @@ from lamina.api.common import S3Location
 from lamina.resources import labels, names
 from lamina.resources.layer import LayerArtifact
 from lamina.resources.meta import config_map_digest, digest, metadata
+from lamina.resources.pod_state import PodProblem
 from lamina.resources.pods import container_security_context, hardened_pod
 from lamina.resources.settings import Settings
 from lamina_runtime.factory import is_custom_runtime
@@ -221,10 +222,13 @@ def _deployment(
             "requests": {"cpu": f"{spec.cpu_millicores}m", "memory": memory},
             "limits": {"memory": memory},
         },
+        # Readiness for kubectl, Services and the Function's status: /healthz answers 200 only
+        # after INIT, so a provisioned environment is Ready only once warm. The gateway does not wait
+        # for this probe on a cold start: it probes a starting pod itself every few milliseconds.
         "readinessProbe": {
             "httpGet": {"path": "/healthz", "port": "http"},
-            "periodSeconds": 2,
-            "timeoutSeconds": 2,
+            "periodSeconds": 1,
+            "timeoutSeconds": 1,
             "failureThreshold": 3,
         },
         "securityContext": container_security_context(),
@@ -363,8 +367,24 @@ class Readiness:
     desired_environments: int
 
 
-def deployment_readiness(deployment: Mapping[str, Any] | None, provisioned: int) -> Readiness:
-    """Ready once the Deployment's rollout is complete and ``provisioned`` environments are ready."""
+def deployment_readiness(
+    deployment: Mapping[str, Any] | None, provisioned: int, problem: PodProblem | None = None
+) -> Readiness:
+    """Ready once the Deployment's rollout is complete and ``provisioned`` environments are ready.
+
+    ``problem`` (from :func:`lamina.resources.pod_state.function_problem` over the function's pods)
+    overrides the rollout's progress: a pod whose image cannot be pulled, whose init container or
+    runtime server exits, or that cannot be scheduled makes the function not Ready, with the pod's
+    reason and cause, whatever the counts say."""
+    readiness = _rollout_readiness(deployment, provisioned)
+    if problem is None:
+        return readiness
+    return Readiness(
+        False, problem.reason, problem.message, readiness.ready_environments, readiness.desired_environments
+    )
+
+
+def _rollout_readiness(deployment: Mapping[str, Any] | None, provisioned: int) -> Readiness:
     if deployment is None:
         return Readiness(False, "Deploying", "waiting for the Deployment to be created", 0, provisioned)
     spec = deployment.get("spec") or {}
