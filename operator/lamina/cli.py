@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
-from typing import Any
-
-
-def run_async(main: Any) -> int:
-    """asyncio.run on uvloop when it is installed: the gateway's transports then cost about half."""
-    try:
-        import uvloop
-    except ImportError:
-        return int(asyncio.run(main))
-    return int(uvloop.run(main))
 
 
 def _local(args: argparse.Namespace) -> int:
+    from lamina.gateway.loop import run_async
     from lamina.local.runner import LocalOptions, serve
 
     options = LocalOptions(

@@ -10,12 +10,16 @@ discovery, its scale-ups through the Deployment's scale subresource, HTTP to the
 
 from __future__ import annotations
 
+import hashlib
+import http.server
+import io
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -48,18 +52,29 @@ def handler(event, context):
 """
 
 
+#: The operator's images are registry.test/runtime:{runtime} (tests/cluster/test_operator_reconcile.py);
+#: this kubelet has none for python3.11.
+MISSING_IMAGE = "registry.test/runtime:python3.11"
+
+
 def parent_pid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 class PodRunner:
-    """The kubelet's part for kwok's pods: run each Ready pod's container command at the pod's IP."""
+    """The kubelet's part for kwok's pods: run each pod's init containers (the `fetch` of url code)
+    and then its container command at the pod's IP. Where the kubelet would fail (an image it cannot
+    pull, an init container that exits with an error) it writes the pod status the kubelet writes."""
 
-    def __init__(self, api: client.ApiClient, namespace: str, workdir: Path) -> None:
+    def __init__(
+        self, api: client.ApiClient, namespace: str, workdir: Path, unpullable: frozenset[str] = frozenset()
+    ) -> None:
         self.core = client.CoreV1Api(api)
         self.namespace = namespace
         self.workdir = workdir
+        self.unpullable = unpullable  # images "not found" in this kubelet's registry
         self.servers: dict[str, subprocess.Popen[bytes]] = {}  # pod uid -> the pod's server
+        self.failed: set[str] = set()  # pod uids whose start failed (status written)
         self.endpoints: dict[str, str] = {}  # pod uid -> ip:port
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -94,22 +109,62 @@ class PodRunner:
             for pod in pods:
                 uid = pod.metadata.uid
                 live.add(uid)
-                if uid not in self.servers and pod.status.pod_ip and not pod.metadata.deletion_timestamp:
+                known = uid in self.servers or uid in self.failed
+                if not known and pod.status.pod_ip and not pod.metadata.deletion_timestamp:
                     self._start(pod)
             for uid in set(self.servers) - live:
                 self.servers.pop(uid).terminate()
+
+    def _fail(self, pod: Any, field: str, status: dict[str, Any]) -> None:
+        """Write what the kubelet reports for a pod that cannot start (kwok had marked it Ready)."""
+        self.failed.add(pod.metadata.uid)
+        not_ready = {
+            "status": "False",
+            "reason": "ContainersNotReady" if field == "containerStatuses" else "PodInitializing",
+        }
+        body = {
+            "status": {
+                "phase": "Pending",
+                "conditions": [{"type": t, **not_ready} for t in ("Ready", "ContainersReady")],
+                field: [status],
+            }
+        }
+        self.core.patch_namespaced_pod_status(pod.metadata.name, self.namespace, body)
 
     def _start(self, pod: Any) -> None:
         ip = pod.status.pod_ip
         assert ip.startswith("127."), f"pod IP {ip} is not loopback"
         spec = client.ApiClient().sanitize_for_serialization(pod.spec)
         main = container({"spec": {"template": {"spec": spec}}})
+        if main["image"] in self.unpullable:
+            message = f'Back-off pulling image "{main["image"]}"'
+            waiting = {"waiting": {"reason": "ImagePullBackOff", "message": message}}
+            status = {"name": main["name"], "image": main["image"], "imageID": "", "ready": False,
+                      "restartCount": 0, "state": waiting}  # fmt: skip
+            self._fail(pod, "containerStatuses", status)
+            return
         env = {e["name"]: e["value"] for e in main.get("env") or [] if "value" in e}
-        code_cm = next(v["configMap"]["name"] for v in spec["volumes"] if v["name"] == "code")
         task_root = self.workdir / pod.metadata.name
         task_root.mkdir(parents=True, exist_ok=True)
-        for key, text in (self.core.read_namespaced_config_map(code_cm, self.namespace).data or {}).items():
-            (task_root / key).write_text(text)
+        code = next(v for v in spec["volumes"] if v["name"] == "code")
+        if "configMap" in code:
+            cm = self.core.read_namespaced_config_map(code["configMap"]["name"], self.namespace)
+            for key, text in (cm.data or {}).items():
+                (task_root / key).write_text(text)
+        for init in spec.get("initContainers") or []:
+            command = list(init["command"])
+            assert command[:4] == ["python", "-m", "lamina_runtime", "fetch"], command
+            if command[-1] != env["LAMBDA_TASK_ROOT"]:
+                continue  # layers: not used by these tests
+            run = subprocess.run(
+                [sys.executable, *command[1:-1], str(task_root)], capture_output=True, text=True, timeout=60
+            )
+            if run.returncode != 0:  # terminationMessagePolicy FallbackToLogsOnError: the log's tail
+                terminated = {"exitCode": run.returncode, "reason": "Error", "message": run.stderr[-2048:]}
+                status = {"name": init["name"], "image": init["image"], "imageID": "", "ready": False,
+                          "restartCount": 0, "state": {"terminated": terminated}}  # fmt: skip
+                self._fail(pod, "initContainerStatuses", status)
+                return
         env["LAMBDA_TASK_ROOT"] = str(task_root)
         command = list(main["command"])
         assert command[:4] == ["python", "-m", "lamina_runtime", "serve"], command
@@ -165,7 +220,7 @@ def stack(
     op = Operator(kubeconfig, namespace).start()
     gateway = Gateway(kubeconfig, namespace, tmp_path / "gateway.log")
     try:
-        with PodRunner(k8s_api, namespace, tmp_path / "pods") as pods:
+        with PodRunner(k8s_api, namespace, tmp_path / "pods", frozenset({MISSING_IMAGE})) as pods:
             yield Cluster(k8s_api, namespace), gateway, pods
     finally:
         gateway.stop()
@@ -246,3 +301,83 @@ def test_concurrent_calls_scale_the_deployment_and_land_on_new_pods(stack, wait_
     managers = {m["manager"] for m in deployment["metadata"]["managedFields"] if "f:replicas" in str(m)}
     assert "lamina-gateway" in managers
     wait_until(lambda: cluster.get("functions", "burst")["status"].get("readyEnvironments") == 3)
+
+
+@pytest.fixture
+def zips(tmp_path: Path) -> Iterator[Any]:
+    """Serve zip archives over HTTP on loopback: ``publish(name, files) -> (url, sha256)``."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(root))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def publish(name: str, files: dict[str, str]) -> tuple[str, str]:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as archive:
+            for path, text in files.items():
+                archive.writestr(path, text)
+        (root / name).write_bytes(buf.getvalue())
+        url = f"http://127.0.0.1:{server.server_address[1]}/{name}"
+        return url, hashlib.sha256(buf.getvalue()).hexdigest()
+
+    yield publish
+    server.shutdown()
+
+
+def invoke_known(lam: Any, name: str, within: float = 60) -> Any:
+    """Invoke once the gateway knows the Function; returns the response or the boto3 error raised."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return lam.invoke(FunctionName=name, Payload=b"{}")
+        except (lam.exceptions.ResourceNotFoundException, EndpointConnectionError):
+            assert time.monotonic() < deadline, f"the gateway never learnt of {name}"
+            time.sleep(0.3)
+        except Exception as exc:  # the answer under test
+            return exc
+
+
+def test_url_code_is_fetched_by_the_init_container_command_and_served(stack, zips) -> None:
+    cluster, gateway, _ = stack
+    url, sha = zips("ok.zip", {"app/main.py": "def handler(event, context):\n    return {'from': 'zip'}\n"})
+    cluster.create(
+        "functions", function("zipped", handler="app.main.handler", code={"url": url, "sha256": sha})
+    )
+    response = invoke_known(gateway.lambda_client(), "zipped")
+    assert not isinstance(response, Exception), response
+    assert json.loads(response["Payload"].read()) == {"from": "zip"}
+
+
+def test_environments_that_cannot_start_are_named_in_status_and_in_the_invoke_error(
+    stack, zips, wait_until
+) -> None:
+    """A failed fetch and a missing image: the Function's status says why (Ready=False, the reason,
+    the cause), and every invoke is answered at once with ResourceNotReadyException naming it: never a
+    hang until the cold-start limit, never a 429 from a slot the failed call kept."""
+    cluster, gateway, _ = stack
+    url, _ = zips("code.zip", {"index.py": "def handler(e, c):\n    return 1\n"})
+    cluster.create(
+        "functions", function("badzip", code={"url": url, "sha256": "0" * 64}, reservedConcurrency=1)
+    )
+    cluster.create("functions", function("noimage", runtime="python3.11", reservedConcurrency=1))
+    lam = gateway.lambda_client()
+    for name, reason, cause in (
+        ("badzip", "InitContainerFailed", "sha256 mismatch"),
+        ("noimage", "ImagePullBackOff", f'image "{MISSING_IMAGE}"'),
+    ):
+        for attempt in range(3):  # the first waits for its cold start; the next ones know at once
+            error = invoke_known(lam, name)
+            assert isinstance(error, lam.exceptions.ResourceNotReadyException), (name, attempt, error)
+            assert error.response["ResponseMetadata"]["HTTPStatusCode"] == 502
+            assert reason in str(error) and cause in str(error), str(error)
+
+        def condition(name: str = name) -> dict[str, Any]:
+            conditions = cluster.get("functions", name).get("status", {}).get("conditions") or []
+            return next((c for c in conditions if c["type"] == "Ready"), {})
+
+        wait_until(lambda name=name, reason=reason: condition(name).get("reason") == reason, message=name)
+        ready = condition(name)
+        assert ready["status"] == "False" and cause in ready["message"], ready
+    log = gateway.log.read_text(errors="replace")
+    assert "cold start" in log and "sha256 mismatch" in log  # the wait and its end are in the log

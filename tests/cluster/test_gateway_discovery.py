@@ -47,7 +47,7 @@ async def test_ready_pods_become_endpoints_and_scale_follows(k8s_api, namespace,
     fn = FunctionConfig(name="disc", namespace=namespace)
     source = KubernetesEndpointSource(k8s_api, namespace)
     seen: list[list[str]] = []
-    source.subscribe(lambda key, eps: seen.append(eps) if key == fn.key else None)
+    source.subscribe(lambda key, pods: seen.append(list(pods.ready)) if key == fn.key else None)
     await source.start()
     try:
         await eventually(lambda: len(source.endpoints(fn.key)) == 1)

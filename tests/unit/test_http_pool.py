@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from lamina.environments.base import FunctionConfig
-from lamina.environments.endpoints import StaticEndpointSource
-from lamina.environments.http_pool import HttpEnvironmentPool, NoEnvironment
+from lamina.environments.endpoints import PodSet, StaticEndpointSource
+from lamina.environments.http_pool import EnvironmentFailed, HttpEnvironmentPool, NoEnvironment
+from lamina.resources.pod_state import PodProblem
 from lamina_runtime.protocol import InvocationRequest
 from tests.support.local_mode import free_port
 
@@ -31,8 +33,8 @@ def handler(event, context):
 """
 
 
-async def start_server(code_dir: Path) -> tuple[str, asyncio.subprocess.Process]:
-    port = free_port()
+async def spawn_server(code_dir: Path, port: int) -> asyncio.subprocess.Process:
+    """`python -m lamina_runtime serve` on ``port``, not waiting for it to listen."""
     env = {
         **os.environ,
         "_HANDLER": "index.handler",
@@ -40,17 +42,15 @@ async def start_server(code_dir: Path) -> tuple[str, asyncio.subprocess.Process]
         "AWS_LAMBDA_FUNCTION_NAME": "fn",
         "LAMINA_TIMEOUT_SECONDS": "5",
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "lamina_runtime",
-        "serve",
-        "--port",
-        str(port),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "lamina_runtime", "serve", "--port", str(port), env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def start_server(code_dir: Path) -> tuple[str, asyncio.subprocess.Process]:
+    port = free_port()
+    proc = await spawn_server(code_dir, port)
     for _ in range(200):
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -61,20 +61,47 @@ async def start_server(code_dir: Path) -> tuple[str, asyncio.subprocess.Process]
     return f"127.0.0.1:{port}", proc
 
 
-@pytest.fixture
-async def servers(tmp_path: Path) -> AsyncIterator[Callable[[], asyncio.Future]]:
-    (tmp_path / "index.py").write_text(CODE)
-    procs: list[asyncio.subprocess.Process] = []
+class Servers:
+    """Runtime servers of one function's code, stopped when the test ends."""
 
-    async def start() -> str:
-        endpoint, proc = await start_server(tmp_path)
-        procs.append(proc)
+    def __init__(self, code_dir: Path) -> None:
+        self.code_dir = code_dir
+        self.procs: list[asyncio.subprocess.Process] = []
+
+    async def __call__(self) -> str:
+        """A new server, once it listens: its endpoint."""
+        endpoint, proc = await start_server(self.code_dir)
+        self.procs.append(proc)
         return endpoint
 
-    yield start
-    for proc in procs:
+    async def listen(self, port: int) -> asyncio.subprocess.Process:
+        """A new server on a port handed out before, not waiting for it to listen."""
+        self.procs.append(await spawn_server(self.code_dir, port))
+        return self.procs[-1]
+
+
+@pytest.fixture
+async def servers(tmp_path: Path) -> AsyncIterator[Servers]:
+    (tmp_path / "index.py").write_text(CODE)
+    started = Servers(tmp_path)
+    yield started
+    for proc in started.procs:
         proc.terminate()
         await proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def empty_pool(
+    fn: FunctionConfig, cold_start_timeout: float
+) -> AsyncIterator[tuple[HttpEnvironmentPool, StaticEndpointSource]]:
+    """A started pool whose source has no environment of ``fn`` yet (the test publishes them)."""
+    source = StaticEndpointSource({})
+    pool = HttpEnvironmentPool(source, [fn], cold_start_timeout=cold_start_timeout)
+    await pool.start()
+    try:
+        yield pool, source
+    finally:
+        await pool.close()
 
 
 def request(payload: dict) -> InvocationRequest:
@@ -174,30 +201,21 @@ async def test_an_endpoint_that_refuses_connections_is_passed_over(servers) -> N
         await pool.close()
 
 
-async def test_a_request_waits_for_an_endpoint_that_starts_listening(tmp_path: Path) -> None:
-    (tmp_path / "index.py").write_text(CODE)
+async def test_a_request_waits_for_an_endpoint_that_starts_listening(servers) -> None:
     port = free_port()
     fn = FunctionConfig(name="fn", provisioned_concurrency=1)
     source = StaticEndpointSource({fn.key: [f"127.0.0.1:{port}"]})
     pool = HttpEnvironmentPool(source, [fn], cold_start_timeout=30)
     await pool.start()
-    proc = None
     try:
         call = asyncio.create_task(pool.invoke(fn, request({})))
         await asyncio.sleep(0.5)
         assert not call.done()  # refused so far, and retried rather than failed
-        env = {**os.environ, "_HANDLER": "index.handler", "LAMBDA_TASK_ROOT": str(tmp_path)}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "lamina_runtime", "serve", "--port", str(port), env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        proc = await servers.listen(port)
         result = await asyncio.wait_for(call, 20)
         assert result.function_error is None and json.loads(result.payload)["pid"] != proc.pid
     finally:
         await pool.close()
-        if proc is not None:
-            proc.terminate()
-            await proc.wait()
 
 
 async def test_refusals_end_in_no_environment_after_the_cold_start_limit() -> None:
@@ -206,7 +224,101 @@ async def test_refusals_end_in_no_environment_after_the_cold_start_limit() -> No
     pool = HttpEnvironmentPool(source, [fn], cold_start_timeout=1)
     await pool.start()
     try:
-        with pytest.raises(NoEnvironment, match="accepted the request within 1 s"):
+        with pytest.raises(NoEnvironment, match="within 1 s"):
             await pool.invoke(fn, request({}))
+    finally:
+        await pool.close()
+
+
+async def test_a_held_request_probes_a_starting_pod_instead_of_waiting_for_its_readiness(
+    servers,
+) -> None:
+    """The source says the pod has an address but is not Ready (the kubelet's probe has not run yet):
+    the pool probes it itself and the waiting request is served as soon as INIT is done."""
+    port = free_port()
+    endpoint = f"127.0.0.1:{port}"
+    fn = FunctionConfig(name="fn")
+    async with empty_pool(fn, 30) as (pool, source):
+        call = asyncio.create_task(pool.invoke(fn, request({})))
+        await asyncio.sleep(0.1)
+        assert source.requested[fn.key] == 1  # a cold start was asked for
+        source.set_pods(fn.key, PodSet.of([], [endpoint]))  # scheduled, has an IP, nothing listens yet
+        await asyncio.sleep(0.3)
+        assert not call.done()
+        await servers.listen(port)
+        result = await asyncio.wait_for(call, 20)  # never reported Ready by the source
+        assert result.function_error is None and result.init_duration_ms is not None
+        assert pool.environments(fn) == 1
+        # Once the source reports it Ready, nothing changes; a second call reuses it.
+        source.set_pods(fn.key, PodSet.of([endpoint]))
+        await asyncio.sleep(0)
+        again = await pool.invoke(fn, request({}))
+        assert json.loads(again.payload)["pid"] == json.loads(result.payload)["pid"]
+
+
+def image_problem(pod: str = "fn-fn-abc") -> PodProblem:
+    return PodProblem(
+        "ImagePullBackOff",
+        f'pod {pod}: image "registry.example/missing:1" cannot be pulled (ImagePullBackOff)',
+        pod,
+    )
+
+
+async def test_a_problem_fails_the_waiting_request_at_once_and_the_next_ones_too() -> None:
+    fn = FunctionConfig(name="fn")
+    async with empty_pool(fn, 60) as (pool, source):
+        call = asyncio.create_task(pool.invoke(fn, request({})))
+        await asyncio.sleep(0.1)
+        assert not call.done()
+        source.set_pods(fn.key, PodSet.of([], [], image_problem()))
+        # at once: the cold-start limit is 60 s
+        with pytest.raises(EnvironmentFailed, match=r"ImagePullBackOff.*registry\.example/missing:1") as info:
+            await asyncio.wait_for(call, 5)
+        assert info.value.reason == "ImagePullBackOff"
+        with pytest.raises(EnvironmentFailed):  # no new wait while nothing can serve
+            await asyncio.wait_for(pool.invoke(fn, request({})), 1)
+        # A healthy pod starting (the user fixed the image) lets requests wait again.
+        source.set_pods(fn.key, PodSet.of([], [f"127.0.0.1:{free_port()}"], image_problem()))
+        await asyncio.sleep(0)
+        held = asyncio.create_task(pool.invoke(fn, request({})))
+        await asyncio.sleep(0.2)
+        assert not held.done()
+        held.cancel()
+
+
+async def test_a_caller_that_goes_away_while_waiting_leaves_nothing_behind(servers) -> None:
+    fn = FunctionConfig(name="fn", reserved_concurrency=2)
+    async with empty_pool(fn, 60) as (pool, source):
+        call = asyncio.create_task(pool.invoke(fn, request({})))
+        await asyncio.sleep(0.1)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        endpoint = await servers()
+        source.set_endpoints(fn.key, [endpoint])
+        await asyncio.sleep(0.05)
+        assert pool.in_flight(fn) == 0  # the environment went idle, not to the caller that left
+        result = await asyncio.wait_for(pool.invoke(fn, request({})), 10)
+        assert result.function_error is None
+
+
+async def test_a_caller_that_goes_away_mid_call_keeps_the_environment_busy_until_it_ends(servers) -> None:
+    """The pod still runs the invocation: handing it to the next request would get the runtime's
+    own 429 (one invocation per environment)."""
+    endpoint = await servers()
+    fn = FunctionConfig(name="fn", provisioned_concurrency=1)
+    source = StaticEndpointSource({fn.key: [endpoint]})
+    pool = HttpEnvironmentPool(source, [fn], cold_start_timeout=30)
+    await pool.start()
+    try:
+        slow = asyncio.create_task(pool.invoke(fn, request({"seconds": 1})))
+        await asyncio.sleep(0.3)
+        slow.cancel()
+        await asyncio.sleep(0)
+        assert pool.in_flight(fn) == 1
+        nxt = await asyncio.wait_for(pool.invoke(fn, request({})), 10)  # waits for the slow one to end
+        assert nxt.function_error is None and b"busy" not in nxt.payload
+        with pytest.raises(asyncio.CancelledError):
+            await slow
     finally:
         await pool.close()

@@ -21,6 +21,7 @@ from lamina.environments.http_pool import HttpEnvironmentPool
 from lamina.environments.kubernetes_source import KubernetesEndpointSource
 from lamina.gateway.app import build_app
 from lamina.gateway.concurrency import ConcurrencyLimiter
+from lamina.gateway.loop import run_async
 from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
 from lamina.kubeapi import ThreadedWatch, api_client, list_functions_fn
@@ -55,6 +56,16 @@ class FunctionCatalog:
         asyncio.get_running_loop().create_task(self.pool.update(self.service.environment_configs()))
 
 
+async def start_http(service: InvocationService, host: str, port: int) -> web.AppRunner:
+    """The Invoke API on ``host:port``, as `lamina gateway` serves it (benchmarks start it the same way)."""
+    # A caller that hangs up while its request waits for an environment stops waiting (and frees its
+    # concurrency slot); once the request reached a pod, the pool lets it finish (see HttpEnvironmentPool).
+    runner = web.AppRunner(build_app(service), access_log=None, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner
+
+
 async def serve(args: argparse.Namespace) -> int:
     api = await asyncio.to_thread(api_client, args.kubeconfig)
     source = KubernetesEndpointSource(api, args.namespace)
@@ -79,9 +90,7 @@ async def serve(args: argparse.Namespace) -> int:
         dispatcher = AsyncDispatcher(store, service.invoke_key, service.lookup)
         await dispatcher.start()
         service.async_queue = dispatcher.gateway_queue()
-    runner = web.AppRunner(build_app(service), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, args.host, args.port).start()
+    runner = await start_http(service, args.host, args.port)
     print(f"lamina gateway: serving on {args.host}:{args.port}", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -110,4 +119,4 @@ def run_gateway(argv: list[str]) -> int:
     parser.add_argument("--cold-start-timeout", type=float, default=120.0)
     parser.add_argument("--kubeconfig", default=None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(serve(parser.parse_args(argv)))
+    return run_async(serve(parser.parse_args(argv)))

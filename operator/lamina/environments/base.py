@@ -92,6 +92,23 @@ def function_config(fn: Function, **where: Any) -> FunctionConfig:
 E = TypeVar("E")
 
 
+class NoEnvironment(Exception):
+    """No environment of the function became ready within the cold-start limit (the platform's fault
+    as far as the caller can tell: Lambda's ServiceException)."""
+
+
+class EnvironmentFailed(Exception):
+    """Environments of the function cannot start (an image that cannot be pulled, a failed init
+    container, a crash at start): the caller is told why at once (Lambda's ResourceNotReadyException)
+    rather than held until the cold-start limit."""
+
+    def __init__(self, function: str, reason: str, message: str) -> None:
+        super().__init__(f"function {function} cannot start an execution environment ({reason}): {message}")
+        self.function = function
+        self.reason = reason
+        self.detail = message
+
+
 def hand_over(environment: E, waiters: deque[asyncio.Future[E]], busy: set[E], idle: list[E]) -> None:
     """Give a free environment to the oldest request still waiting for one (marked busy for it), or
     park it idle. Both pools hand environments over this way, so a held request never waits behind

@@ -3,19 +3,42 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from lamina.environments.base import FunctionConfig
+from lamina.resources.pod_state import PodProblem
 
-Listener = Callable[[str, list[str]], None]  # (function key, ready endpoints "host:port")
+
+@dataclass(frozen=True)
+class PodSet:
+    """What a source knows of one function's environments ("host:port" endpoints)."""
+
+    #: Ready by the orchestrator's own readiness (the kubelet's probe): take requests now.
+    ready: tuple[str, ...] = ()
+    #: Have an address but are not Ready yet (a pod whose containers are still starting): the pool may
+    #: probe them itself, so a held request does not wait for the kubelet's next probe.
+    starting: tuple[str, ...] = ()
+    #: Why environments are not coming up (an image that cannot be pulled, a failed init container,
+    #: a crash at start), or None.
+    problem: PodProblem | None = None
+
+    @classmethod
+    def of(
+        cls, ready: Iterable[str], starting: Iterable[str] = (), problem: PodProblem | None = None
+    ) -> PodSet:
+        return cls(tuple(sorted(ready)), tuple(sorted(starting)), problem)
+
+
+Listener = Callable[[str, PodSet], None]  # (function key, its environments)
 
 
 class EndpointSource(Protocol):
     """Ready environments of each function, and the knob that makes more or fewer of them."""
 
     def subscribe(self, listener: Listener) -> None:
-        """`listener` is called (on the event loop) whenever a function's ready endpoints change."""
+        """`listener` is called (on the event loop) whenever a function's `PodSet` changes."""
 
     async def start(self) -> None: ...
 
@@ -26,10 +49,10 @@ class EndpointSource(Protocol):
 
 
 class StaticEndpointSource:
-    """Fixed endpoints per function: for tests, benchmarks and gateways in front of fixed pools."""
+    """Endpoints per function set by hand: for tests, benchmarks and gateways in front of fixed pools."""
 
     def __init__(self, endpoints: dict[str, list[str]]) -> None:
-        self.endpoints = {key: list(eps) for key, eps in endpoints.items()}
+        self.pods = {key: PodSet.of(eps) for key, eps in endpoints.items()}
         self.requested: dict[str, int] = {}
         self._listeners: list[Listener] = []
 
@@ -37,18 +60,21 @@ class StaticEndpointSource:
         self._listeners.append(listener)
 
     async def start(self) -> None:
-        for key, eps in self.endpoints.items():
+        for key, pods in self.pods.items():
             for listener in self._listeners:
-                listener(key, list(eps))
+                listener(key, pods)
 
     async def scale(self, fn: FunctionConfig, replicas: int, retire: str | None = None) -> None:
         self.requested[fn.pool_key] = replicas
 
     def set_endpoints(self, key: str, endpoints: list[str]) -> None:
-        self.endpoints[key] = list(endpoints)
+        self.set_pods(key, PodSet.of(endpoints))
+
+    def set_pods(self, key: str, pods: PodSet) -> None:
+        self.pods[key] = pods
         loop = asyncio.get_running_loop()
         for listener in self._listeners:
-            loop.call_soon(listener, key, list(endpoints))
+            loop.call_soon(listener, key, pods)
 
     async def close(self) -> None:
         return None

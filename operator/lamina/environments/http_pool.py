@@ -3,6 +3,12 @@
 The cluster's `EnvironmentPool`: one request per endpoint at a time, a cold start when every ready
 endpoint is busy (the source is asked for one more replica and the request is held until it is ready),
 and idle endpoints above provisioned concurrency handed back after the keep-alive.
+
+A held request does not wait for the kubelet's readiness probe: pods that have an address but are not
+Ready yet are probed here (`GET /healthz`, which the runtime answers 200 only after INIT) every few
+milliseconds while a request waits, and the first to answer takes it. A held request also does not
+wait for what cannot come: when the source reports why pods cannot start (an image that cannot be
+pulled, a failed init container, a crash) and nothing else can serve, it fails at once with that cause.
 """
 
 from __future__ import annotations
@@ -10,15 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import aiohttp
-
-from lamina.environments.base import FunctionConfig, hand_over
-from lamina.environments.endpoints import EndpointSource
+from lamina.environments.base import EnvironmentFailed, FunctionConfig, NoEnvironment, hand_over
+from lamina.environments.endpoints import EndpointSource, PodSet
+from lamina.environments.pod_client import Broken, PodClient, Refused
+from lamina.resources.pod_state import PodProblem
 from lamina_runtime.protocol import (
     INVOKE_SECRET_HEADER,
     InvocationRequest,
@@ -26,6 +33,10 @@ from lamina_runtime.protocol import (
     decode_result,
     encode_request,
 )
+
+__all__ = ["EnvironmentFailed", "HttpEnvironmentPool", "NoEnvironment"]
+
+log = logging.getLogger(__name__)
 
 #: ``secret_for(fn)``: the invoke secret the function's pods require, or None when they require none.
 SecretFor = Callable[[FunctionConfig], str | None]
@@ -35,10 +46,12 @@ REFUSED_PAUSE_S = 0.2
 #: How long an endpoint that dropped an invocation sits out (it is usually gone for good: its pod's
 #: deletion reaches the watch meanwhile).
 LOST_PAUSE_S = 5.0
-
-
-class NoEnvironment(Exception):
-    """No environment became ready within the cold-start limit."""
+#: Probing a starting pod while a request waits: first gap, growth per miss, longest gap (seconds).
+#: A refused connection costs microseconds, and the runtime answers its probe before INIT is done.
+PROBE_FIRST_S = 0.005
+PROBE_GROWTH = 1.3
+PROBE_MAX_S = 0.05
+PROBE_TIMEOUT_S = 1.0
 
 
 def environment_lost(request: InvocationRequest, why: str) -> InvocationResult:
@@ -69,14 +82,36 @@ class EnvironmentRefused(Exception):
 @dataclass(eq=False)
 class _Pool:
     config: FunctionConfig
-    ready: set[str] = field(default_factory=set)
+    ready: set[str] = field(default_factory=set)  # kube_ready | probed: may take requests
+    kube_ready: set[str] = field(default_factory=set)  # Ready by the orchestrator's readiness
+    starting: set[str] = field(default_factory=set)  # have an address, not Ready yet
+    probed: set[str] = field(default_factory=set)  # starting, but answered our own probe
+    probes: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    problem: PodProblem | None = None  # why pods cannot start, as the source last said
     idle: list[str] = field(default_factory=list)
     busy: set[str] = field(default_factory=set)
     last_used: dict[str, float] = field(default_factory=dict)
     waiters: deque[asyncio.Future[str]] = field(default_factory=deque)
     requested: int = 0  # replicas asked of the source
     resting: set[str] = field(default_factory=set)  # refused a connection; offered again shortly
+    retired: set[str] = field(default_factory=set)  # given back to the source, not gone yet
     scaling: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def waiting(self) -> int:
+        return sum(1 for w in self.waiters if not w.done())
+
+    def failure(self) -> EnvironmentFailed | None:
+        """Why a request that needs a new environment cannot get one now: pods cannot start, and
+        nothing is Ready or starting without a problem."""
+        if self.problem is None or self.ready or self.starting:
+            return None
+        return EnvironmentFailed(self.config.name, self.problem.reason, self.problem.message)
+
+    def fail_waiters(self, error: Exception) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(error)
 
     def rest(self, endpoint: str, seconds: float) -> None:
         """Keep a refusing endpoint out of rotation for ``seconds``. It is neither busy nor idle, so
@@ -116,15 +151,11 @@ class HttpEnvironmentPool:
         self.max_environments = max_environments
         self.reap_interval = reap_interval
         self._pools = {f.pool_key: _Pool(f) for f in functions}
-        self._session: aiohttp.ClientSession | None = None
+        self._client = PodClient()
         self._reaper: asyncio.Task[None] | None = None
         source.subscribe(self._on_endpoints)
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
-        )
         await self.source.start()
         for pool in self._pools.values():
             pool.requested = max(len(pool.ready), pool.config.provisioned_concurrency)
@@ -144,9 +175,12 @@ class HttpEnvironmentPool:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
+        probes = [t for pool in self._pools.values() for t in pool.probes.values()]
+        for task in probes:
+            task.cancel()
+        await asyncio.gather(*probes, return_exceptions=True)
         await self.source.close()
-        if self._session:
-            await self._session.close()
+        self._client.close()
 
     def in_flight(self, fn: FunctionConfig) -> int:
         pool = self._pools.get(fn.pool_key)
@@ -156,16 +190,31 @@ class HttpEnvironmentPool:
         pool = self._pools.get(fn.pool_key)
         return len(pool.ready) if pool else 0
 
-    def _on_endpoints(self, key: str, endpoints: list[str]) -> None:
+    def _on_endpoints(self, key: str, pods: PodSet) -> None:
         pool = self._pools.get(key)
         if pool is None:
             return
-        new = set(endpoints)
+        for gone in (pool.kube_ready | pool.starting) - set(pods.ready) - set(pods.starting):
+            self._client.forget(gone)
+        pool.kube_ready = set(pods.ready)
+        pool.starting = set(pods.starting)
+        pool.probed &= pool.starting  # Ready by now (in kube_ready), or gone
+        new = pool.kube_ready | pool.probed
+        pool.retired &= new | pool.starting  # retired and gone: forget
+        new -= pool.retired  # retired, still on its way out: never offered again
         pool.idle = [e for e in pool.idle if e in new]
-        for endpoint in sorted(new - pool.ready - pool.resting):
-            pool.ready.add(endpoint)
-            pool.free(endpoint)
+        added = new - pool.ready - pool.resting
         pool.ready = new
+        for endpoint in sorted(added):
+            pool.free(endpoint)
+        pool.problem = pods.problem
+        failure = pool.failure()
+        if failure is not None and pool.waiting():
+            log.warning(
+                "function %s: failing %d waiting requests: %s", pool.config.name, pool.waiting(), failure
+            )
+            pool.fail_waiters(failure)
+        self._probe_starting(pool)
 
     async def invoke(self, fn: FunctionConfig, request: InvocationRequest) -> InvocationResult:
         pool = self._pools.get(fn.pool_key)
@@ -174,32 +223,83 @@ class HttpEnvironmentPool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.cold_start_timeout
         while True:
-            endpoint = await self._acquire(pool)
-            refused = lost = False
-            try:
-                return await self._post(endpoint, request, fn)
-            except aiohttp.ClientConnectorError as exc:
-                # The request never reached the environment (a pod marked Ready before it listens, or
-                # one going away): sending it again cannot run the function twice. The endpoint sits
-                # out a moment instead of going straight back to the idle list.
-                refused = True
-                if loop.time() >= deadline:
-                    raise NoEnvironment(
-                        f"no environment of {pool.config.name} accepted the request within "
-                        f"{self.cold_start_timeout:.0f} s (last: {endpoint}: {exc})"
-                    ) from exc
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                # Sent, and then the connection dropped or went silent past the function's timeout:
-                # the handler may have run. Not retried here (it must not run twice).
-                lost = True
-                return environment_lost(request, f"{type(exc).__name__} from {endpoint}")
-            finally:
-                if lost:
-                    pool.rest(endpoint, LOST_PAUSE_S)
-                elif refused:
-                    pool.rest(endpoint, REFUSED_PAUSE_S)
-                else:
-                    pool.free(endpoint)
+            endpoint = await self._acquire(pool, deadline)
+            # From here the request may reach the environment. If the caller goes away (the gateway's
+            # handler is cancelled), the call still waits for the environment's reply (PodClient),
+            # so the environment is handed on only once it is free again and the caller's
+            # concurrency slot is held as long as the invocation runs.
+            result = await self._call(pool, endpoint, request, fn)
+            if result is not None:
+                return result
+            if loop.time() >= deadline:
+                raise NoEnvironment(
+                    f"no environment of {pool.config.name} accepted the request within "
+                    f"{self.cold_start_timeout:.0f} s (last: {endpoint} refused the connection)"
+                )
+
+    async def _call(
+        self, pool: _Pool, endpoint: str, request: InvocationRequest, fn: FunctionConfig
+    ) -> InvocationResult | None:
+        """POST to ``endpoint``; None when the connection was refused."""
+        refused = lost = False
+        try:
+            return await self._post(endpoint, request, fn)
+        except Refused:
+            # The request never reached the environment (a pod marked Ready before it listens, or
+            # one going away): sending it again cannot run the function twice. The endpoint sits
+            # out a moment instead of going straight back to the idle list.
+            refused = True
+            return None
+        except Broken as exc:
+            # Sent, and then the connection dropped or went silent past the function's timeout:
+            # the handler may have run. Not retried here (it must not run twice).
+            lost = True
+            return environment_lost(request, f"{exc} from {endpoint}")
+        finally:
+            if lost:
+                pool.rest(endpoint, LOST_PAUSE_S)
+            elif refused:
+                pool.rest(endpoint, REFUSED_PAUSE_S)
+            else:
+                pool.free(endpoint)
+
+    def _probe_starting(self, pool: _Pool) -> None:
+        """While requests wait, probe each starting pod that is not probed yet."""
+        if not pool.waiting():
+            return
+        for endpoint in sorted(pool.starting - pool.ready - pool.probes.keys()):
+            pool.probes[endpoint] = asyncio.get_running_loop().create_task(self._probe(pool, endpoint))
+
+    async def _probe(self, pool: _Pool, endpoint: str) -> None:
+        """``GET /healthz`` of a starting pod until it answers 200 (INIT done) or nobody waits any
+        more; then it takes requests without waiting for the kubelet's probe to say so."""
+        gap = PROBE_FIRST_S
+        started = time.monotonic()
+        try:
+            while endpoint in pool.starting and endpoint not in pool.ready and pool.waiting():
+                if await self._healthy(endpoint):
+                    if endpoint in pool.starting and endpoint not in pool.ready:
+                        log.info(
+                            "function %s: %s answered its probe after %.0f ms (before the kubelet's)",
+                            pool.config.name,
+                            endpoint,
+                            (time.monotonic() - started) * 1000,
+                        )
+                        pool.probed.add(endpoint)
+                        pool.ready.add(endpoint)
+                        pool.free(endpoint)
+                    return
+                await asyncio.sleep(gap)
+                gap = min(gap * PROBE_GROWTH, PROBE_MAX_S)
+        finally:
+            pool.probes.pop(endpoint, None)
+
+    async def _healthy(self, endpoint: str) -> bool:
+        try:
+            reply = await self._client.request(endpoint, "GET", "/healthz", {}, b"", PROBE_TIMEOUT_S)
+        except (Refused, Broken):
+            return False
+        return reply.status == 200
 
     async def _scale(self, pool: _Pool, retire: str | None = None) -> None:
         """Ask the source for ``pool.requested`` replicas. One request at a time per function, each
@@ -208,46 +308,73 @@ class HttpEnvironmentPool:
         async with pool.scaling:
             await self.source.scale(pool.config, pool.requested, retire=retire)
 
-    async def _acquire(self, pool: _Pool) -> str:
+    async def _acquire(self, pool: _Pool, deadline: float) -> str:
         while pool.idle:
             endpoint = pool.idle.pop()
             if endpoint in pool.ready:
                 pool.busy.add(endpoint)
                 return endpoint
+        failure = pool.failure()
+        if failure is not None:
+            raise failure
         cap = pool.config.reserved_concurrency
         cap = self.max_environments if cap is None else min(cap, self.max_environments)
-        waiter: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[str] = loop.create_future()
         pool.waiters.append(waiter)
-        wanted = len(pool.busy) + len(pool.waiters)
-        if wanted > pool.requested and pool.requested < cap:
-            pool.requested = min(wanted, cap)
-            await self._scale(pool)  # a cold start: hold the request
+        waited = time.monotonic()
+        endpoint: str | None = None
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter), self.cold_start_timeout)
+            wanted = len(pool.busy) + pool.waiting()
+            if wanted > pool.requested and pool.requested < cap:
+                before, pool.requested = pool.requested, min(wanted, cap)
+                log.info(
+                    "function %s: cold start: asking for %d environments (had %d), %d requests waiting",
+                    pool.config.name,
+                    pool.requested,
+                    before,
+                    pool.waiting(),
+                )
+                await self._scale(pool)  # a cold start: hold the request
+            self._probe_starting(pool)
+            endpoint = await asyncio.wait_for(asyncio.shield(waiter), max(deadline - loop.time(), 0))
         except TimeoutError:
-            waiter.cancel()
+            why = f"; last known problem: {pool.problem.message}" if pool.problem else ""
+            log.warning(
+                "function %s: no environment within %.0f s%s", pool.config.name, self.cold_start_timeout, why
+            )
             raise NoEnvironment(
                 f"no environment of {pool.config.name} became ready within {self.cold_start_timeout:.0f} s"
+                + why
             ) from None
+        finally:
+            if endpoint is None:  # gave up: timed out, failed, or the caller went away
+                if not waiter.done():
+                    waiter.cancel()
+                elif not waiter.cancelled() and waiter.exception() is None:
+                    pool.free(waiter.result())  # handed over just as we gave up: to the next in line
+        waited_ms = (time.monotonic() - waited) * 1000
+        if waited_ms >= 50:
+            log.info(
+                "function %s: request held %.0f ms for an environment (%s)",
+                pool.config.name,
+                waited_ms,
+                endpoint,
+            )
+        return endpoint
 
     async def _post(self, endpoint: str, request: InvocationRequest, fn: FunctionConfig) -> InvocationResult:
-        assert self._session is not None
         headers = encode_request(request)
         secret = self.secret_for(fn) if self.secret_for is not None else None
         if secret:
             headers[INVOKE_SECRET_HEADER] = secret
         # The pod enforces the function timeout; this bound only catches a pod that vanished mid-call.
-        timeout = aiohttp.ClientTimeout(total=fn.timeout_seconds + 30)
-        async with self._session.post(
-            f"http://{endpoint}/invoke",
-            data=request.payload,
-            headers=headers,
-            timeout=timeout,
-        ) as response:
-            body = await response.read()
-            if response.status != 200:
-                raise EnvironmentRefused(response.status, body)
-            return decode_result(request.request_id, response.headers, body)
+        reply = await self._client.request(
+            endpoint, "POST", "/invoke", headers, request.payload, fn.timeout_seconds + 30
+        )
+        if reply.status != 200:
+            raise EnvironmentRefused(reply.status, reply.body)
+        return decode_result(request.request_id, reply.headers, reply.body)
 
     async def _reap_forever(self) -> None:
         while True:
@@ -266,6 +393,8 @@ class HttpEnvironmentPool:
                     continue
                 pool.idle.remove(endpoint)
                 pool.ready.discard(endpoint)
+                pool.probed.discard(endpoint)
+                pool.retired.add(endpoint)
                 pool.requested -= 1
                 retired += 1
                 await self._scale(pool, retire=endpoint)

@@ -1,6 +1,9 @@
-"""Environments of functions in a cluster: ready pods found through the Kubernetes API.
+"""Environments of functions in a cluster: pods found through the Kubernetes API.
 
-Ready pods labelled `lamina.dev/function=<name>` are the endpoints (`podIP:8080`). Scaling patches the
+Pods labelled `lamina.dev/function=<name>` are the endpoints (`podIP:8080`): Ready ones take requests,
+ones that have an address but are not Ready yet are offered as starting (the pool probes those itself
+while a request waits), and what stops a pod from starting (`pod_state.pod_problem`) is passed on so a
+waiting request fails with that cause instead of waiting out the cold-start limit. Scaling patches the
 scale subresource of the function's Deployment; a pod chosen for retirement is first given the lowest
 `controller.kubernetes.io/pod-deletion-cost`, so the ReplicaSet removes that idle pod and not a busy one.
 """
@@ -10,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
 
 from lamina.environments.base import FunctionConfig
-from lamina.environments.endpoints import Listener
+from lamina.environments.endpoints import Listener, PodSet
 from lamina.kubeapi import ThreadedWatch
 from lamina.resources import labels, names
+from lamina.resources.pod_state import PodProblem, function_problem, pod_problem
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +32,40 @@ DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 FIELD_MANAGER = "lamina-gateway"
 
 
-def pod_endpoint(pod: dict[str, Any]) -> str | None:
-    """`ip:port` of a pod that is Ready and not terminating, else None."""
+def pod_address(pod: dict[str, Any]) -> str | None:
+    """`ip:port` of a pod that has an address and is not terminating, else None."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     if meta.get("deletionTimestamp") or not status.get("podIP"):
         return None
-    conditions = status.get("conditions") or []
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-    return f"{status['podIP']}:{RUNTIME_PORT}" if ready else None
+    return f"{status['podIP']}:{RUNTIME_PORT}"
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def pod_endpoint(pod: dict[str, Any]) -> str | None:
+    """`ip:port` of a pod that is Ready and not terminating, else None."""
+    address = pod_address(pod)
+    return address if address is not None and pod_ready(pod) else None
+
+
+@dataclass(frozen=True)
+class _Pod:
+    name: str
+    address: str | None
+    ready: bool
+    problem: PodProblem | None
+
+
+def pod_set(pods: list[_Pod]) -> PodSet:
+    """A function's pods as the pool sees them: a pod with a problem is never offered as starting."""
+    return PodSet.of(
+        (p.address for p in pods if p.address and p.ready),
+        (p.address for p in pods if p.address and not p.ready and p.problem is None),
+        function_problem(p.problem for p in pods),
+    )
 
 
 class KubernetesEndpointSource:
@@ -46,7 +77,7 @@ class KubernetesEndpointSource:
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self._listeners: list[Listener] = []
-        self._pods: dict[str, dict[str, tuple[str, str]]] = defaultdict(dict)  # key -> uid -> (ep, pod)
+        self._pods: dict[str, dict[str, _Pod]] = defaultdict(dict)  # function key -> pod uid -> pod
         self._watch: ThreadedWatch | None = None
 
     def subscribe(self, listener: Listener) -> None:
@@ -74,26 +105,30 @@ class KubernetesEndpointSource:
             return
         key = f"{meta.get('namespace')}/{function}"
         pods = self._pods[key]
-        endpoint = None if kind == "DELETED" else pod_endpoint(pod)
-        before = sorted(ep for ep, _ in pods.values())
-        if endpoint is None:
-            pods.pop(meta.get("uid", ""), None)
+        before = pod_set(list(pods.values()))
+        uid = meta.get("uid", "")
+        if kind == "DELETED" or meta.get("deletionTimestamp"):
+            pods.pop(uid, None)
         else:
-            pods[meta["uid"]] = (endpoint, meta["name"])
-        after = sorted(ep for ep, _ in pods.values())
-        if after != before:
-            for listener in self._listeners:
-                listener(key, after)
+            pods[uid] = _Pod(meta.get("name", ""), pod_address(pod), pod_ready(pod), pod_problem(pod))
+        after = pod_set(list(pods.values()))
+        if after == before:
+            return
+        if after.problem is not None and after.problem != before.problem:
+            log.warning("function %s: %s: %s", key, after.problem.reason, after.problem.message)
+        for listener in self._listeners:
+            listener(key, after)
 
     def endpoints(self, key: str) -> list[str]:
-        return sorted(ep for ep, _ in self._pods.get(key, {}).values())
+        return list(pod_set(list(self._pods.get(key, {}).values())).ready)
 
     async def scale(self, fn: FunctionConfig, replicas: int, retire: str | None = None) -> None:
         await asyncio.to_thread(self._scale, fn, replicas, retire)
 
     def _scale(self, fn: FunctionConfig, replicas: int, retire: str | None) -> None:
         if retire is not None:
-            pod = next((name for ep, name in self._pods.get(fn.pool_key, {}).values() if ep == retire), None)
+            pods = self._pods.get(fn.pool_key, {}).values()
+            pod = next((p.name for p in pods if p.address == retire), None)
             if pod is not None:
                 self.core.patch_namespaced_pod(
                     pod,

@@ -6,11 +6,12 @@ import time
 import uuid
 from typing import Protocol
 
-from lamina.environments.base import EnvironmentPool, FunctionConfig
+from lamina.environments.base import EnvironmentFailed, EnvironmentPool, FunctionConfig, NoEnvironment
 from lamina.gateway.concurrency import ConcurrencyLimiter
+from lamina.gateway.errors import ServiceError
 from lamina.gateway.metrics import GatewayMetrics
 from lamina.gateway.registry import FunctionRegistry
-from lamina.invocation.errors import FunctionNotFound, ThrottledError
+from lamina.invocation.errors import FunctionNotFound, ResourceNotReady, ThrottledError
 from lamina_runtime.protocol import InvocationRequest, InvocationResult
 
 
@@ -50,7 +51,9 @@ class InvocationService:
         return self.registry.environments()
 
     async def invoke(self, fn: FunctionConfig, request: InvocationRequest) -> InvocationResult:
-        """Run synchronously; raises ThrottledError above the function's cap."""
+        """Run synchronously; raises ThrottledError above the function's cap, ResourceNotReady when
+        the function's environments cannot start, ServiceError when none came up in time. The
+        concurrency slot is given back on every way out, a cancelled caller's included."""
         m = self.metrics
         try:
             self.limiter.try_acquire(fn)
@@ -65,11 +68,15 @@ class InvocationService:
         request.version = fn.version
         try:
             result = await self.pool.invoke(fn, request)
-        except BaseException:
+        except BaseException as exc:
             # The platform failed to run this version (no environment came up, INIT crashed a pod):
             # for a rollout that is as bad as a function error.
             vm.invocations.inc()
             vm.errors.inc()
+            if isinstance(exc, EnvironmentFailed):
+                raise ResourceNotReady(str(exc), Reason=exc.reason) from None
+            if isinstance(exc, NoEnvironment):
+                raise ServiceError(str(exc)) from None
             raise
         finally:
             concurrent.dec()

@@ -65,6 +65,14 @@ class ThrottledError(LambdaServiceError):
         return {**super().headers(), "Retry-After": str(self.retry_after)}
 
 
+class ResourceNotReady(LambdaServiceError):
+    """The function's execution environments cannot start (Lambda's 502 for environment problems):
+    the message names the cause, e.g. the image that cannot be pulled or the init container's error."""
+
+    status = 502
+    code = "ResourceNotReadyException"
+
+
 class AccessDenied(LambdaServiceError):
     """Authenticated, but RBAC (or the local keys file) does not allow this action on this function."""
 
