@@ -1,8 +1,14 @@
-"""Added latency of the gateway: the same no-op invocation three ways, in one run.
+"""Added latency of the gateway: the same no-op invocation four ways, in one run.
 
 1. in-process `WorkerProcess.invoke` (the floor: socketpair to a warm worker, no HTTP);
 2. HTTP straight to a warm environment (`python -m lamina_runtime serve`, the pod's entrypoint);
-3. HTTP through the gateway (`lamina local`, Invoke API) to a warm provisioned environment.
+3. HTTP through the gateway (`lamina local`, Invoke API) to a warm provisioned environment;
+4. HTTP through the cluster gateway's stack (`lamina gateway`: HttpEnvironmentPool, HTTP to the pod's
+   runtime server) to the environment of row 2, as a pod would be reached.
+
+The HTTP rows are timed in alternating batches of 100 calls, so a machine whose load changes during
+the run skews them alike; the CPU time each gateway process spent per invocation is printed too (it
+hardly depends on what else the machine runs).
 
 Usage: python benchmarks/gateway_overhead.py [--calls 2000]
 """
@@ -19,7 +25,7 @@ import time
 from pathlib import Path
 
 import aiohttp
-from _common import free_port, function_manifest, percentile, start_local, summary, wait_for_port
+from _common import REPO, free_port, function_manifest, percentile, start_local, summary, wait_for_port
 
 from lamina_runtime.process import WorkerProcess
 from lamina_runtime.protocol import InvocationRequest
@@ -27,16 +33,31 @@ from lamina_runtime.protocol import InvocationRequest
 NOOP = "def handler(event, context):\n    return None\n"
 
 
-async def time_http(url: str, calls: int, headers: dict[str, str]) -> list[float]:
-    samples = []
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def time_http_interleaved(
+    paths: dict[str, tuple[str, dict[str, str]]], calls: int, batch: int = 100
+) -> dict[str, list[float]]:
+    """Sequential calls on each path, in alternating batches: a machine that gets busier or quieter
+    during the run skews every row alike, so the differences between rows stay meaningful."""
+    samples: dict[str, list[float]] = {label: [] for label in paths}
     async with aiohttp.ClientSession() as session:
-        for i in range(calls + 200):
-            started = time.perf_counter()
-            async with session.post(url, data=b"{}", headers=headers) as response:
-                await response.read()
-                assert response.status == 200, response.status
-            if i >= 200:  # warm-up calls are not counted
-                samples.append((time.perf_counter() - started) * 1000)
+        for url, headers in paths.values():  # warm-up calls are not counted
+            for _ in range(200):
+                async with session.post(url, data=b"{}", headers=headers) as response:
+                    await response.read()
+        while any(len(v) < calls for v in samples.values()):
+            for label, (url, headers) in paths.items():
+                for _ in range(min(batch, calls - len(samples[label]))):
+                    started = time.perf_counter()
+                    async with session.post(url, data=b"{}", headers=headers) as response:
+                        await response.read()
+                        assert response.status == 200, (label, response.status)
+                    samples[label].append((time.perf_counter() - started) * 1000)
     return samples
 
 
@@ -86,26 +107,55 @@ async def main() -> None:
         gateway_port = free_port()
         state = root / "state"
         gateway = start_local(manifests, state, gateway_port)
+        cluster_port = free_port()
+        cluster = subprocess.Popen(  # noqa: ASYNC220 - set-up, before anything is timed
+            [
+                sys.executable,
+                str(REPO / "benchmarks" / "_cluster_gateway.py"),
+                "--port",
+                str(cluster_port),
+                f"noop=127.0.0.1:{direct_port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            cwd=REPO,
+        )
         try:
             wait_for_port(direct_port, direct)
+            wait_for_port(cluster_port, cluster)
             floor = await time_in_process(code, args.calls)
-            straight = await time_http(
-                f"http://127.0.0.1:{direct_port}/invoke", args.calls, {"Lamina-Request-Id": "bench"}
+            invoke_path = "/2015-03-31/functions/noop/invocations"
+            cpu_before = {p.pid: cpu_seconds(p.pid) for p in (gateway, cluster)}
+            timed = await time_http_interleaved(
+                {
+                    "straight": (f"http://127.0.0.1:{direct_port}/invoke", {"Lamina-Request-Id": "bench"}),
+                    "local": (f"http://127.0.0.1:{gateway_port}{invoke_path}", {}),
+                    "cluster": (f"http://127.0.0.1:{cluster_port}{invoke_path}", {}),
+                },
+                args.calls,
             )
-            through = await time_http(
-                f"http://127.0.0.1:{gateway_port}/2015-03-31/functions/noop/invocations", args.calls, {}
-            )
+            # Warm-up included: both gateways served calls + 200 invocations.
+            cpu_us = {
+                p.pid: (cpu_seconds(p.pid) - cpu_before[p.pid]) / (args.calls + 200) * 1e6
+                for p in (gateway, cluster)
+            }
+            straight, through, in_cluster = timed["straight"], timed["local"], timed["cluster"]
         finally:
-            direct.terminate()
-            gateway.terminate()
-            direct.wait()
-            gateway.wait()
+            for proc in (direct, gateway, cluster):
+                proc.terminate()
+            for proc in (direct, gateway, cluster):
+                proc.wait()
     print(summary("in-process WorkerProcess.invoke", floor))
     print(summary("HTTP straight to a warm environment", straight))
     print(summary("HTTP through the gateway (Invoke API)", through))
-    added50 = percentile(through, 50) - percentile(straight, 50)
-    added99 = percentile(through, 99) - percentile(straight, 99)
-    print(f"gateway added latency: p50 {added50:+.3f} ms, p99 {added99:+.3f} ms (target: < 1 ms at p50)")
+    print(summary("HTTP through the cluster gateway to the pod", in_cluster))
+    for label, samples in (("local gateway", through), ("cluster gateway", in_cluster)):
+        added50 = percentile(samples, 50) - percentile(straight, 50)
+        added99 = percentile(samples, 99) - percentile(straight, 99)
+        print(f"{label} added latency: p50 {added50:+.3f} ms, p99 {added99:+.3f} ms (target: < 1 ms at p50)")
+    print(
+        f"gateway CPU per invocation: local {cpu_us[gateway.pid]:.0f} µs, "
+        f"cluster {cpu_us[cluster.pid]:.0f} µs (the gateway process only; its environments are others)"
+    )
 
 
 if __name__ == "__main__":
