@@ -67,12 +67,20 @@ class PodRunner:
     pull, an init container that exits with an error) it writes the pod status the kubelet writes."""
 
     def __init__(
-        self, api: client.ApiClient, namespace: str, workdir: Path, unpullable: frozenset[str] = frozenset()
+        self,
+        api: client.ApiClient,
+        namespace: str,
+        workdir: Path,
+        unpullable: frozenset[str] = frozenset(),
+        interpreters: dict[str, str] | None = None,
     ) -> None:
         self.core = client.CoreV1Api(api)
         self.namespace = namespace
         self.workdir = workdir
         self.unpullable = unpullable  # images "not found" in this kubelet's registry
+        # What each runtime's image would run: "python3.12" -> an interpreter of that version.
+        here = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+        self.interpreters = {here: sys.executable, **(interpreters or {})}
         self.servers: dict[str, subprocess.Popen[bytes]] = {}  # pod uid -> the pod's server
         self.failed: set[str] = set()  # pod uids whose start failed (status written)
         self.endpoints: dict[str, str] = {}  # pod uid -> ip:port
@@ -156,8 +164,13 @@ class PodRunner:
             assert command[:4] == ["python", "-m", "lamina_runtime", "fetch"], command
             if command[-1] != env["LAMBDA_TASK_ROOT"]:
                 continue  # layers: not used by these tests
+            # Here the archives are served on loopback, as every "pod" address is: allow it.
             run = subprocess.run(
-                [sys.executable, *command[1:-1], str(task_root)], capture_output=True, text=True, timeout=60
+                [sys.executable, *command[1:-1], str(task_root)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, "LAMINA_FETCH_ALLOW_LOCAL": "1"},
             )
             if run.returncode != 0:  # terminationMessagePolicy FallbackToLogsOnError: the log's tail
                 terminated = {"exitCode": run.returncode, "reason": "Error", "message": run.stderr[-2048:]}
@@ -169,8 +182,13 @@ class PodRunner:
         command = list(main["command"])
         assert command[:4] == ["python", "-m", "lamina_runtime", "serve"], command
         port = command[command.index("--port") + 1]
-        command = [sys.executable, *command[1 : command.index("--host")], "--host", ip, "--port", port]
-        base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "PYTHONPATH", "VIRTUAL_ENV")}
+        python = self.interpreters[env.get("LAMINA_RUNTIME", "python3.12")]
+        command = [python, *command[1 : command.index("--host")], "--host", ip, "--port", port]
+        base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "VIRTUAL_ENV")}
+        # The runtime image holds lamina_runtime (stdlib only) for whichever interpreter runs it.
+        base["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO / "runtime-image"), os.environ.get("PYTHONPATH")) if p
+        )
         self.servers[pod.metadata.uid] = subprocess.Popen(
             command, env={**base, **env}, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -214,13 +232,21 @@ class Gateway:
 
 @pytest.fixture
 def stack(
-    k8s_api: client.ApiClient, kubeconfig: str, namespace: str, apply_yaml: Any, tmp_path: Path
+    k8s_api: client.ApiClient,
+    kubeconfig: str,
+    namespace: str,
+    apply_yaml: Any,
+    tmp_path: Path,
+    python312: str,
 ) -> Iterator[tuple[Cluster, Gateway, PodRunner]]:
     apply_yaml(sorted((REPO / "crds").glob("*.yaml")))
     op = Operator(kubeconfig, namespace).start()
     gateway = Gateway(kubeconfig, namespace, tmp_path / "gateway.log")
     try:
-        with PodRunner(k8s_api, namespace, tmp_path / "pods", frozenset({MISSING_IMAGE})) as pods:
+        runner = PodRunner(
+            k8s_api, namespace, tmp_path / "pods", frozenset({MISSING_IMAGE}), {"python3.12": python312}
+        )
+        with runner as pods:
             yield Cluster(k8s_api, namespace), gateway, pods
     finally:
         gateway.stop()
