@@ -92,7 +92,7 @@ async def bench_end_to_end(store, n: int, concurrency: int) -> tuple[float, list
     count = 0
     done = asyncio.Event()
 
-    async def noop(fn: str, payload: bytes) -> InvocationResult:
+    async def noop(fn: str, payload: bytes, request_id: str | None = None) -> InvocationResult:
         nonlocal count
         i = int(payload[6:-1])
         handled[i] = time.perf_counter()

@@ -40,7 +40,9 @@ class SlowFunction:
         self.seen: set[str] = set()
         self.all_seen = asyncio.Event()
 
-    async def __call__(self, function_key: str, payload: bytes) -> InvocationResult:
+    async def __call__(
+        self, function_key: str, payload: bytes, request_id: str | None = None
+    ) -> InvocationResult:
         records = json.loads(payload)["Records"]
         await asyncio.sleep(self.seconds)
         self.seen.update(r["body"] for r in records)

@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from lamina.api import EventSource  # noqa: E402
 from lamina.eventsources.config import MappingConfig  # noqa: E402
 from lamina.eventsources.factory import consumer_name, make_source  # noqa: E402
 from lamina.eventsources.mapping import MappingWorker  # noqa: E402
@@ -40,7 +41,9 @@ class NoOp:
         self.seen: set[str] = set()
         self.deliveries = 0
 
-    async def __call__(self, function_name: str, payload: bytes) -> InvocationResult:
+    async def __call__(
+        self, function_name: str, payload: bytes, request_id: str | None = None
+    ) -> InvocationResult:
         records = json.loads(payload)["Records"]
         self.deliveries += len(records)
         self.seen.update(r["body"] for r in records)
@@ -61,7 +64,8 @@ async def run_one(kind: str, url: str, batch: int, count: int) -> dict:
     bodies = await preload(kind, url, name, count)
     function = NoOp()
     config = MappingConfig(name=esm, function_name="noop", batch_size=batch)
-    source = make_source({kind: {"url": url, KEY[kind]: name}}, url, esm_name=esm, batch_size=batch)
+    endpoint = EventSource.model_validate({kind: {"url": url, KEY[kind]: name}})
+    source = make_source(endpoint, url, esm_name=esm, batch_size=batch)
     worker = MappingWorker(config, source, function, timing=Timing(poll_wait=0.2))
     started = time.perf_counter()
     worker.start()

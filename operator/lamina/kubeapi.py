@@ -12,10 +12,12 @@ so nothing blocks the loop. Objects are plain dicts, as kubectl shows them.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -137,3 +139,40 @@ def list_functions_fn(api: client.ApiClient, namespace: str | None) -> Callable[
         return objects.list_cluster_custom_object(GROUP, VERSION, "functions", **kw)
 
     return list_all
+
+
+class SecretValues:
+    """Values of Secrets by key, read through the API and kept ``ttl`` seconds.
+
+    The async dispatcher resolves a destination's ``urlFrom`` on every delivery; within the ``ttl`` a
+    burst of records costs one read, and a rotated Secret is seen after at most ``ttl`` seconds.
+    Reads are blocking client calls, run in a thread.
+    """
+
+    def __init__(
+        self, api: client.ApiClient, ttl: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.core = client.CoreV1Api(api)
+        self.ttl = ttl
+        self._clock = clock
+        self._cache: dict[tuple[str, str], tuple[float, dict[str, str] | None]] = {}
+
+    def _data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The Secret's decoded data; None when it does not exist."""
+        try:
+            secret = self.core.read_namespaced_secret(name, namespace, _request_timeout=(5, 10))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+
+    async def __call__(self, namespace: str, name: str, key: str) -> str | None:
+        """The value of ``key`` in Secret ``namespace/name``; None when either does not exist."""
+        now = self._clock()
+        cached = self._cache.get((namespace, name))
+        if cached is None or now - cached[0] >= self.ttl:
+            data = await asyncio.to_thread(self._data, namespace, name)
+            cached = self._cache[(namespace, name)] = (now, data)
+        data = cached[1]
+        return None if data is None else data.get(key)

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from lamina.api import Endpoint  # noqa: E402
 from lamina.eventsources.config import MappingConfig  # noqa: E402
 from lamina.eventsources.factory import consumer_name, make_sink, make_source  # noqa: E402
 from lamina.eventsources.mapping import MappingWorker  # noqa: E402
@@ -95,9 +96,9 @@ class Kit:
         sep = "." if self.kind == "nats" else "-"
         return f"{what}{sep}{self.tag}"
 
-    def endpoint(self, name: str) -> dict[str, Any]:
+    def endpoint(self, name: str) -> Endpoint:
         key = {"redis": "stream", "nats": "subject", "rabbitmq": "queue"}[self.kind]
-        return {self.kind: {"url": self.url, key: name}}
+        return Endpoint.model_validate({self.kind: {"url": self.url, key: name}})
 
     async def publish(self, name: str, bodies: list[str | bytes]) -> None:
         await brokers.publish(
@@ -175,7 +176,9 @@ class TestFunction:
     def bodies(self, index: int) -> list[str]:
         return [r["body"] for r in self.batches[index]]
 
-    async def __call__(self, function_name: str, payload: bytes) -> InvocationResult:
+    async def __call__(
+        self, function_name: str, payload: bytes, request_id: str | None = None
+    ) -> InvocationResult:
         from lamina.invocation.errors import ThrottledError
 
         self.calls += 1

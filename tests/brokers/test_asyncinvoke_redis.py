@@ -13,6 +13,7 @@ from collections import Counter
 import pytest
 import redis.asyncio as aioredis
 
+from lamina.api import Endpoint
 from lamina.asyncinvoke import AsyncDispatcher, EventInvokeConfig
 from lamina.asyncinvoke.redis_store import RedisEventStore
 from lamina.asyncinvoke.store import QueuedEvent
@@ -33,7 +34,7 @@ class Echo:
     def __init__(self) -> None:
         self.calls: Counter[bytes] = Counter()
 
-    async def __call__(self, fn: str, payload: bytes) -> InvocationResult:
+    async def __call__(self, fn: str, payload: bytes, request_id: str | None = None) -> InvocationResult:
         self.calls[payload] += 1
         return InvocationResult(str(uuid.uuid4()), payload)
 
@@ -80,7 +81,7 @@ _DISPATCHER = textwrap.dedent(
     async def main(url, prefix, n):
         entered = 0
 
-        async def hang(fn, payload):
+        async def hang(fn, payload, request_id=None):
             nonlocal entered
             entered += 1
             if entered == n:
@@ -102,7 +103,9 @@ async def test_events_of_a_killed_dispatcher_run_elsewhere_after_the_lease(redis
     n = 10
     store = RedisEventStore(redis_server.url, prefix=p, consumer="survivor")
     stream = f"ok-{uuid.uuid4().hex[:8]}"
-    cfg = EventInvokeConfig(on_success={"redis": {"url": redis_server.url, "stream": stream}})
+    cfg = EventInvokeConfig(
+        on_success=Endpoint.model_validate({"redis": {"url": redis_server.url, "stream": stream}})
+    )
     fns = Echo()
     d = AsyncDispatcher(store, fns, lambda k: cfg, lease_seconds=2, **FAST)
     ids = [(await d.enqueue("default/f", f'{{"i": {i}}}'.encode())).id for i in range(n)]
@@ -166,7 +169,7 @@ async def test_on_failure_record_reaches_each_broker_kind(kit: Kit):
     dlq = kit.name("async-dlq")
     cfg = EventInvokeConfig(maximum_retry_attempts=1, on_failure=kit.endpoint(dlq))
 
-    async def failing(fn, payload):
+    async def failing(fn, payload, request_id=None):
         return InvocationResult(
             "r", b'{"errorMessage": "nope", "errorType": "KeyError"}', function_error="Unhandled"
         )
@@ -192,7 +195,7 @@ async def test_a_redis_restart_mid_stream_loses_nothing(private_server):
     fns = Echo()
     gate = asyncio.Event()
 
-    async def slow(fn, payload):
+    async def slow(fn, payload, request_id=None):
         if int(payload) >= 10:
             await gate.wait()
         return await fns(fn, payload)

@@ -26,7 +26,9 @@ class Overlap:
         self.bodies: list[str] = []
         self._together = asyncio.Event()
 
-    async def __call__(self, function_key: str, payload: bytes) -> InvocationResult:
+    async def __call__(
+        self, function_key: str, payload: bytes, request_id: str | None = None
+    ) -> InvocationResult:
         self.active += 1
         self.most = max(self.most, self.active)
         try:

@@ -86,6 +86,7 @@ async def _zero(count) -> bool:
 async def test_unreachable_failure_destination_holds_the_record_until_it_is_back(
     redis_server, private_server, running
 ):
+    from lamina.api import Endpoint
     from lamina.eventsources.factory import make_sink
     from tests.support import brokers
 
@@ -96,7 +97,8 @@ async def test_unreachable_failure_destination_holds_the_record_until_it_is_back
     function = TestFunction()
     await kit.publish(src, ["poison-waits"])
     worker = kit.worker(function, src, batch_size=1, maximum_retry_attempts=0)
-    worker.dlq = make_sink({"redis": {"url": dlq_server.url, "stream": "dlq"}}, dlq_server.url)
+    dlq = Endpoint.model_validate({"redis": {"url": dlq_server.url, "stream": "dlq"}})
+    worker.dlq = make_sink(dlq, dlq_server.url)
     running(worker)
     await eventually(
         lambda: worker.status.last_processing_result == "PROBLEM: onFailure destination unavailable",

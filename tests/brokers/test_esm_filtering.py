@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from lamina.api import EventSourceMappingSpec
 from lamina.eventsources.base import SourceRecord
 from lamina.eventsources.config import MappingConfig
 from lamina.eventsources.events import (
@@ -228,20 +229,23 @@ def test_batch_item_failures(payload, expected):
 
 
 def test_config_from_wire_spec():
+    """The camelCase spec is read once, into the model, and the worker's config comes from that."""
     cfg = MappingConfig.from_spec(
         "m",
-        {
-            "functionName": "fn",
-            "source": {"redis": {"url": "redis://x", "stream": "s"}},
-            "batchSize": 50,
-            "maximumBatchingWindowSeconds": 2,
-            "startingPosition": "LATEST",
-            "maximumRetryAttempts": 3,
-            "maximumRecordAgeSeconds": 60,
-            "bisectBatchOnFunctionError": True,
-            "functionResponseTypes": ["ReportBatchItemFailures"],
-            "filterCriteria": {"filters": [{"pattern": '{"body": {"a": [1]}}'}]},
-        },
+        EventSourceMappingSpec.model_validate(
+            {
+                "functionName": "fn",
+                "source": {"redis": {"url": "redis://x", "stream": "s"}},
+                "batchSize": 50,
+                "maximumBatchingWindowSeconds": 2,
+                "startingPosition": "LATEST",
+                "maximumRetryAttempts": 3,
+                "maximumRecordAgeSeconds": 60,
+                "bisectBatchOnFunctionError": True,
+                "functionResponseTypes": ["ReportBatchItemFailures"],
+                "filterCriteria": {"filters": [{"pattern": '{"body": {"a": [1]}}'}]},
+            }
+        ),
     )
     assert (cfg.batch_size, cfg.maximum_batching_window_seconds, cfg.starting_position) == (50, 2, "LATEST")
     assert (cfg.maximum_retry_attempts, cfg.maximum_record_age_seconds) == (3, 60)

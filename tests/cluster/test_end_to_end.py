@@ -196,9 +196,9 @@ class PodRunner:
 
 
 class Gateway:
-    """`lamina gateway` for one namespace, on a loopback port."""
+    """`lamina gateway` for one namespace, on a loopback port (``extra``: more of its arguments)."""
 
-    def __init__(self, kubeconfig: str, namespace: str, log: Path) -> None:
+    def __init__(self, kubeconfig: str, namespace: str, log: Path, *extra: str) -> None:
         self.port = free_port()
         self.log = log
         with log.open("ab") as out:
@@ -207,7 +207,7 @@ class Gateway:
                     sys.executable, "-m", "lamina.cli", "gateway",
                     "--host", "127.0.0.1", "--port", str(self.port),
                     "--namespace", namespace, "--default-namespace", namespace,
-                    "--kubeconfig", kubeconfig, "--cold-start-timeout", "60",
+                    "--kubeconfig", kubeconfig, "--cold-start-timeout", "60", *extra,
                 ],
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip

@@ -14,6 +14,7 @@ from collections import Counter
 import pytest
 import redis.asyncio as aioredis
 
+from lamina.api import Endpoint
 from lamina.asyncinvoke import AsyncDispatcher, EventInvokeConfig, QueuedEvent
 from lamina.asyncinvoke.destinations import record_event_id
 from lamina.asyncinvoke.redis_store import RedisEventStore
@@ -82,7 +83,7 @@ async def store(make_store):
 
 @pytest.fixture
 def dest(redis_url):
-    """A fresh destination stream on the real redis-server: (endpoint dict, reader)."""
+    """A fresh destination stream on the real redis-server: (endpoint, reader)."""
     stream = f"dest-{uuid.uuid4().hex[:8]}"
 
     async def read() -> list[dict]:
@@ -93,7 +94,7 @@ def dest(redis_url):
             await r.aclose()
         return [json.loads(fields[b"body"]) for _, fields in entries]
 
-    return {"redis": {"url": redis_url, "stream": stream}}, read
+    return Endpoint.model_validate({"redis": {"url": redis_url, "stream": stream}}), read
 
 
 class Functions:
@@ -107,7 +108,7 @@ class Functions:
     def count(self, fn: str) -> int:
         return sum(1 for f, _ in self.calls if f == fn)
 
-    async def __call__(self, fn: str, payload: bytes) -> InvocationResult:
+    async def __call__(self, fn: str, payload: bytes, request_id: str | None = None) -> InvocationResult:
         self.calls.append((fn, payload))
         if fn in self.gates:
             await self.gates[fn].wait()
@@ -223,7 +224,8 @@ async def test_an_error_then_success_is_a_success_with_two_invokes(store, dest):
     fns.script["default/f"] = ["error", "ok"]
     cfg = {
         "default/f": EventInvokeConfig(
-            on_success=endpoint, on_failure={"redis": {**endpoint["redis"], "stream": "nope"}}
+            on_success=endpoint,
+            on_failure=Endpoint.model_validate({"redis": {**endpoint.to_dict()["redis"], "stream": "nope"}}),
         )
     }
     async with dispatcher(store, fns, cfg) as d:
@@ -401,7 +403,9 @@ async def test_system_errors_are_retried_like_throttles(store, dest):
 async def test_function_destination_receives_the_record_as_an_async_event(store):
     fns = Functions()
     cfg = {
-        "team/f": EventInvokeConfig(maximum_retry_attempts=0, on_failure={"function": {"name": "dlq"}}),
+        "team/f": EventInvokeConfig(
+            maximum_retry_attempts=0, on_failure=Endpoint.model_validate({"function": {"name": "dlq"}})
+        ),
         "team/dlq": EventInvokeConfig(),
     }
     async with dispatcher(store, fns, cfg) as d:
@@ -433,7 +437,8 @@ async def test_an_undeliverable_record_is_kept_and_delivered_later(make_store, t
     fns.script["default/f"] = ["error"]
     cfg = {
         "default/f": EventInvokeConfig(
-            maximum_retry_attempts=0, on_failure={"redis": {"url": url, "stream": "dlq"}}
+            maximum_retry_attempts=0,
+            on_failure=Endpoint.model_validate({"redis": {"url": url, "stream": "dlq"}}),
         )
     }
     try:
@@ -583,12 +588,12 @@ def test_config_from_a_function_manifest():
             },
         }
     )
-    cfg = EventInvokeConfig.coerce(fn)
+    cfg = EventInvokeConfig.from_async_config(fn.spec.async_, fn.spec.reserved_concurrency)
     assert cfg == EventInvokeConfig(
         maximum_retry_attempts=1,
         maximum_event_age_seconds=120,
-        on_success={"function": {"name": "next"}},
-        on_failure={"redis": {"url": "redis://r:6379/0", "stream": "dlq"}},
+        on_success=Endpoint.model_validate({"function": {"name": "next"}}),
+        on_failure=Endpoint.model_validate({"redis": {"url": "redis://r:6379/0", "stream": "dlq"}}),
         reserved_concurrency=3,
     )
-    assert EventInvokeConfig.coerce(None) is None
+    assert EventInvokeConfig.from_async_config(None, 2) == EventInvokeConfig(reserved_concurrency=2)

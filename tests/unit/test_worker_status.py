@@ -15,12 +15,8 @@ from kubernetes.client.exceptions import ApiException
 
 from lamina.api import EventSourceMapping, parse_object
 from lamina.api.eventsourcemapping import EventSourceMappingStatus
-from lamina.cluster.mapping_status import (
-    StatusReporter,
-    mapping_reporter,
-    status_interval,
-    worker_fields,
-)
+from lamina.cluster.mapping_status import StatusReporter, mapping_reporter, worker_fields
+from lamina.cluster.settings import WorkerSettings
 from lamina.eventsources.runners import ScheduleMapping
 from lamina.eventsources.status import OK, MappingStatus
 from lamina.schedule.stores import SqliteTickStore
@@ -153,12 +149,17 @@ async def test_the_loop_keeps_running_while_writes_fail() -> None:
 def test_settings_and_missing_credentials_turn_reporting_off(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    assert status_interval({}) == 5.0
-    assert status_interval({"LAMINA_STATUS_INTERVAL": "2.5"}) == 2.5
-    assert status_interval({"LAMINA_STATUS_INTERVAL": "soon"}) == 5.0
-    assert mapping_reporter(dict, "lamina.dev/v1alpha1", "ns", "m", {"LAMINA_STATUS_INTERVAL": "0"}) is None
+    def settings(**environ: str) -> WorkerSettings:
+        return WorkerSettings.from_environ(environ)
+
+    assert settings().status_interval == 5.0
+    assert settings(LAMINA_STATUS_INTERVAL="2.5").status_interval == 2.5
+    assert settings(LAMINA_STATUS_INTERVAL="soon").status_interval == 5.0
+    assert (
+        mapping_reporter(dict, "lamina.dev/v1alpha1", "ns", "m", settings(LAMINA_STATUS_INTERVAL="0")) is None
+    )
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.kube/config either
-    assert mapping_reporter(dict, "lamina.dev/v1alpha1", "ns", "m", {}) is None  # not in a pod
-    missing = {"KUBECONFIG": str(tmp_path / "missing")}
+    assert mapping_reporter(dict, "lamina.dev/v1alpha1", "ns", "m", settings()) is None  # not in a pod
+    missing = settings(KUBECONFIG=str(tmp_path / "missing"))
     assert mapping_reporter(dict, "lamina.dev/v1alpha1", "ns", "m", missing) is None

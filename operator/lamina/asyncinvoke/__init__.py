@@ -2,7 +2,7 @@
 
 from .config import EventInvokeConfig
 from .destinations import Destinations
-from .dispatcher import AsyncDispatcher, Invoker
+from .dispatcher import AsyncDispatcher
 from .errors import DestinationError, StoreError
 from .records import EVENT_AGE_EXCEEDED, RETRIES_EXHAUSTED, SUCCESS, invocation_record
 from .store import AsyncEventStore, QueuedEvent
@@ -16,7 +16,6 @@ __all__ = [
     "DestinationError",
     "Destinations",
     "EventInvokeConfig",
-    "Invoker",
     "QueuedEvent",
     "StoreError",
     "invocation_record",

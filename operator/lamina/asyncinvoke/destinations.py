@@ -1,6 +1,6 @@
 """Delivery of invocation records to ``onSuccess`` / ``onFailure`` destinations.
 
-An Endpoint (wire form) is one of ``redis``, ``nats``, ``rabbitmq`` (delivered through the
+An :class:`~lamina.api.Endpoint` is one of ``redis``, ``nats``, ``rabbitmq`` (delivered through the
 event-source package's :class:`~lamina.eventsources.base.Sink` implementations, one connection per
 distinct endpoint, kept open) or ``function: {name}`` (an asynchronous invocation of that function
 in the same namespace: the record is enqueued into the same store, as Lambda does).
@@ -12,17 +12,20 @@ record and retries it.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from lamina.api import Endpoint
+from lamina.api.common import BrokerEndpoint, SecretValueFrom
+from lamina.eventsources.factory import make_sink
+
 from .errors import DestinationError
 from .store import AsyncEventStore, QueuedEvent
 
-#: ``url_resolver(namespace, url_from)`` turns ``urlFrom: {secretKeyRef: {name, key}}`` into a URL.
-UrlResolver = Callable[[str, dict[str, Any]], Awaitable[str] | str]
+#: ``url_resolver(namespace, url_from)`` reads the URL a destination names in a Secret (``urlFrom``).
+UrlResolver = Callable[[str, SecretValueFrom], Awaitable[str]]
 
 _RECORD_IDS = uuid.UUID("6f1d7a4e-2b55-4c8e-9a8e-1f0c5e7b3d21")
 
@@ -32,24 +35,16 @@ class Sink(Protocol):
     async def close(self) -> None: ...
 
 
-#: ``sink_factory(kind, settings)`` with ``settings`` the endpoint's fields, ``url`` resolved.
-SinkFactory = Callable[[str, dict[str, Any]], Awaitable[Sink] | Sink]
+#: ``sink_factory(endpoint, url)``: a connected sink of a broker endpoint, its URL resolved.
+SinkFactory = Callable[[Endpoint, str], Awaitable[Sink]]
 
 
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
-async def default_sink_factory(kind: str, settings: dict[str, Any]) -> Sink:
+async def default_sink_factory(endpoint: Endpoint, url: str) -> Sink:
     """The :mod:`lamina.eventsources` sink of the endpoint, connected."""
     try:
-        from lamina.eventsources.factory import make_sink
-    except ImportError as e:  # pragma: no cover - the package ships with lamina
-        raise DestinationError(f"no {kind} sink available: {e}") from e
-    try:
-        sink: Any = make_sink({kind: settings}, settings["url"])
-    except (ValueError, KeyError) as e:
-        raise DestinationError(f"bad {kind} destination: {e}") from e
+        sink = make_sink(endpoint, url)
+    except ValueError as e:
+        raise DestinationError(f"bad {endpoint.kind} destination: {e}") from e
     await sink.connect()
     return sink
 
@@ -80,26 +75,24 @@ class Destinations:
         self._sinks: dict[str, Sink] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def _settings(self, namespace: str, kind: str, raw: dict[str, Any]) -> dict[str, Any]:
-        settings = {k: v for k, v in raw.items() if k != "urlFrom"}
-        if not settings.get("url"):
-            url_from = raw.get("urlFrom")
-            if not url_from:
-                raise DestinationError(f"{kind} destination has neither url nor urlFrom")
-            if self._resolver is None:
-                raise DestinationError(
-                    f"{kind} destination uses urlFrom but no secret resolver is configured"
-                )
-            try:
-                settings["url"] = await _maybe_await(self._resolver(namespace, url_from))
-            except DestinationError:
-                raise
-            except Exception as e:
-                raise DestinationError(f"cannot resolve urlFrom of the {kind} destination: {e}") from e
-        return settings
+    async def _url(self, namespace: str, kind: str, target: BrokerEndpoint) -> str:
+        if target.url:
+            return target.url
+        if target.url_from is None:
+            raise DestinationError(f"{kind} destination has neither url nor urlFrom")
+        if self._resolver is None:
+            raise DestinationError(f"{kind} destination uses urlFrom but no secret resolver is configured")
+        try:
+            return await self._resolver(namespace, target.url_from)
+        except Exception as e:
+            raise DestinationError(f"cannot resolve urlFrom of the {kind} destination: {e}") from e
 
-    async def _sink(self, kind: str, settings: dict[str, Any]) -> Sink:
-        key = json.dumps([kind, settings], sort_keys=True)
+    @staticmethod
+    def _key(endpoint: Endpoint, url: str) -> str:
+        return json.dumps([endpoint.to_dict(), url], sort_keys=True)
+
+    async def _sink(self, endpoint: Endpoint, url: str) -> Sink:
+        key = self._key(endpoint, url)
         sink = self._sinks.get(key)
         if sink is not None:
             return sink
@@ -107,12 +100,12 @@ class Destinations:
         async with lock:
             sink = self._sinks.get(key)
             if sink is None:
-                sink = await _maybe_await(self._factory(kind, settings))
+                sink = await self._factory(endpoint, url)
                 self._sinks[key] = sink
         return sink
 
-    async def _drop_sink(self, kind: str, settings: dict[str, Any]) -> None:
-        sink = self._sinks.pop(json.dumps([kind, settings], sort_keys=True), None)
+    async def _drop_sink(self, endpoint: Endpoint, url: str) -> None:
+        sink = self._sinks.pop(self._key(endpoint, url), None)
         if sink is not None:
             try:
                 await sink.close()
@@ -120,16 +113,12 @@ class Destinations:
                 pass
 
     async def deliver(
-        self, event: QueuedEvent, destination: str, endpoint: dict[str, Any], record: dict[str, Any]
+        self, event: QueuedEvent, destination: str, endpoint: Endpoint, record: dict[str, Any]
     ) -> None:
         """Deliver ``record`` (about ``event``) to ``endpoint``; ``destination`` is onSuccess/onFailure."""
-        kinds = [k for k, v in endpoint.items() if v is not None]
-        if len(kinds) != 1:
-            raise DestinationError(f"{destination} endpoint must name exactly one kind, got {kinds}")
-        kind = kinds[0]
         body = json.dumps(record, separators=(",", ":")).encode()
-        if kind == "function":
-            target = endpoint["function"]["name"]
+        if endpoint.function is not None:
+            target = endpoint.function.name
             now = self._clock() if self._clock else None
             ev = QueuedEvent.new(
                 f"{event.namespace}/{target}",
@@ -144,7 +133,9 @@ class Destinations:
             if added and self._on_enqueued is not None:
                 self._on_enqueued(ev)
             return
-        settings = await self._settings(event.namespace, kind, endpoint[kind])
+        kind, broker = endpoint.kind, endpoint.target
+        assert isinstance(broker, BrokerEndpoint)  # every kind but function is a broker
+        url = await self._url(event.namespace, kind, broker)
         headers = {
             "content-type": "application/json",
             "lamina-request-id": event.id,
@@ -152,12 +143,12 @@ class Destinations:
             "lamina-condition": record.get("requestContext", {}).get("condition", ""),
         }
         try:
-            sink = await self._sink(kind, settings)
+            sink = await self._sink(endpoint, url)
             await sink.publish(body, headers)
         except DestinationError:
             raise
         except Exception as e:
-            await self._drop_sink(kind, settings)  # reconnect on the next attempt
+            await self._drop_sink(endpoint, url)  # reconnect on the next attempt
             raise DestinationError(f"{kind} destination failed: {type(e).__name__}: {e}") from e
 
     async def close(self) -> None:

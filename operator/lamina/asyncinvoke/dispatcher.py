@@ -29,15 +29,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import json
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
+from lamina.api import Endpoint
 from lamina.invocation.errors import FunctionNotFound, ThrottledError
+from lamina.invocation.invoker import Invoker
 from lamina_runtime.protocol import InvocationResult
 
 from . import records
@@ -47,10 +48,8 @@ from .store import AsyncEventStore, QueuedEvent
 
 log = logging.getLogger(__name__)
 
-Invoker = Callable[[str, bytes], Awaitable[InvocationResult]]
-#: ``config_lookup("namespace/name")`` -> EventInvokeConfig | lamina.api.Function | None (unknown);
-#: may be a coroutine function.
-ConfigLookup = Callable[[str], Any]
+#: ``config_lookup("namespace/name")``: the function's event invoke config; None when it is unknown.
+ConfigLookup = Callable[[str], EventInvokeConfig | None]
 
 
 def _dumps(obj: Any) -> str:
@@ -113,7 +112,6 @@ class AsyncDispatcher:
         self.defer_seconds = defer_seconds
         self.region, self.account = region, account
         self.stats: Counter[str] = Counter()
-        self._pass_request_id = self._accepts_request_id(invoker)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._per_function: Counter[str] = Counter()  # running, by function
         self._reserved: dict[str, int | None] = {}  # reserved concurrency, as last looked up
@@ -367,31 +365,16 @@ class AsyncDispatcher:
             )
 
     # -- one event ----------------------------------------------------------------------------
-    @staticmethod
-    def _accepts_request_id(invoker: Invoker) -> bool:
-        try:
-            params = inspect.signature(invoker).parameters
-        except (TypeError, ValueError):
-            return False
-        return "request_id" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
     async def _invoke(self, ev: QueuedEvent) -> InvocationResult:
-        if self._pass_request_id:
-            return await self._invoker(ev.function, ev.payload, request_id=ev.id)  # type: ignore[call-arg]
-        return await self._invoker(ev.function, ev.payload)
-
-    async def _config(self, function: str) -> EventInvokeConfig | None:
-        value = self._lookup(function)
-        if inspect.isawaitable(value):
-            value = await value
-        return EventInvokeConfig.coerce(value)
+        # The event's id names the invocation: its retries and its record share it, as on Lambda.
+        return await self._invoker(ev.function, ev.payload, request_id=ev.id)
 
     async def _process(self, ev: QueuedEvent) -> None:
         pending = ev.pending_record_obj()
         if pending is not None:
             await self._deliver(ev, pending)
             return
-        cfg = await self._config(ev.function)
+        cfg = self._lookup(ev.function)
         if cfg is not None:
             self._reserved[ev.function] = cfg.reserved_concurrency
         now = self._clock()
@@ -519,13 +502,14 @@ class AsyncDispatcher:
             region=self.region,
             account=self.account,
         )
-        await self._deliver(ev, {"destination": destination, "endpoint": endpoint, "record": record})
+        # Kept in the store as it is delivered, should the delivery fail: the endpoint in its wire form.
+        pending = {"destination": destination, "endpoint": endpoint.to_dict(), "record": record}
+        await self._deliver(ev, pending)
 
     async def _deliver(self, ev: QueuedEvent, pending: dict[str, Any]) -> None:
         try:
-            await self.destinations.deliver(
-                ev, pending["destination"], pending["endpoint"], pending["record"]
-            )
+            endpoint = Endpoint.model_validate(pending["endpoint"])
+            await self.destinations.deliver(ev, pending["destination"], endpoint, pending["record"])
         except asyncio.CancelledError:
             raise
         except Exception as e:

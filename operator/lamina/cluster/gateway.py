@@ -7,7 +7,6 @@ durable queue whose dispatcher runs here too.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
@@ -16,15 +15,18 @@ from typing import Any
 from aiohttp import web
 
 from lamina.api import ManifestError, parse_object
+from lamina.asyncinvoke.redis_store import RedisEventStore
+from lamina.cluster.settings import GatewaySettings
 from lamina.environments.base import FunctionConfig, function_config
 from lamina.environments.http_pool import HttpEnvironmentPool
 from lamina.environments.kubernetes_source import KubernetesEndpointSource
 from lamina.gateway.app import build_app
+from lamina.gateway.async_queue import AsyncInvocations
 from lamina.gateway.concurrency import ConcurrencyLimiter
 from lamina.gateway.loop import run_async
 from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
-from lamina.kubeapi import ThreadedWatch, api_client, list_functions_fn
+from lamina.kubeapi import SecretValues, ThreadedWatch, api_client, list_functions_fn
 
 log = logging.getLogger(__name__)
 
@@ -66,57 +68,41 @@ async def start_http(service: InvocationService, host: str, port: int) -> web.Ap
     return runner
 
 
-async def serve(args: argparse.Namespace) -> int:
-    api = await asyncio.to_thread(api_client, args.kubeconfig)
-    source = KubernetesEndpointSource(api, args.namespace)
-    pool = HttpEnvironmentPool(source, [], cold_start_timeout=args.cold_start_timeout)
+async def serve(settings: GatewaySettings) -> int:
+    api = await asyncio.to_thread(api_client, settings.kubeconfig)
+    source = KubernetesEndpointSource(api, settings.namespace)
+    pool = HttpEnvironmentPool(source, [], cold_start_timeout=settings.cold_start_timeout)
     service = InvocationService(
-        FunctionRegistry([], default_namespace=args.default_namespace),
+        FunctionRegistry([], default_namespace=settings.default_namespace),
         pool,
-        limiter=ConcurrencyLimiter(args.concurrency_limit),
+        limiter=ConcurrencyLimiter(settings.concurrency_limit),
     )
     catalog = FunctionCatalog(service, pool)
     loop = asyncio.get_running_loop()
-    functions = ThreadedWatch(list_functions_fn(api, args.namespace), catalog.on_event, loop)
+    functions = ThreadedWatch(list_functions_fn(api, settings.namespace), catalog.on_event, loop)
     functions.start()
     await asyncio.to_thread(functions.synced.wait, 30)
     await pool.start()
-    dispatcher = None
-    if args.redis_url:
-        from lamina.asyncinvoke.dispatcher import AsyncDispatcher
-        from lamina.asyncinvoke.redis_store import RedisEventStore
-
-        store = RedisEventStore(args.redis_url)
-        dispatcher = AsyncDispatcher(store, service.invoke_key, service.lookup)
-        await dispatcher.start()
-        service.async_queue = dispatcher.gateway_queue()
-    runner = await start_http(service, args.host, args.port)
-    print(f"lamina gateway: serving on {args.host}:{args.port}", flush=True)
+    queue = None
+    if settings.redis_url:
+        # The same wiring as local mode's (store aside): Secrets come from the API server.
+        queue = AsyncInvocations(service, RedisEventStore(settings.redis_url), SecretValues(api))
+        await queue.start()
+    runner = await start_http(service, settings.host, settings.port)
+    print(f"lamina gateway: serving on {settings.host}:{settings.port}", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
-    if dispatcher is not None:
-        await dispatcher.stop()
+    if queue is not None:
+        await queue.stop()
     functions.stop()
     await pool.close()
     return 0
 
 
 def run_gateway(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lamina gateway", description="the Invoke API in a cluster")
-    parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--port", type=int, default=9000)
-    parser.add_argument("--namespace", default=None, help="watch one namespace (default: all)")
-    parser.add_argument(
-        "--default-namespace",
-        default="default",
-        help="namespace of plain function names (others: namespace.name)",
-    )
-    parser.add_argument("--redis-url", default=None, help="durable queue of Event invocations")
-    parser.add_argument("--concurrency-limit", type=int, default=1000)
-    parser.add_argument("--cold-start-timeout", type=float, default=120.0)
-    parser.add_argument("--kubeconfig", default=None)
+    settings = GatewaySettings.from_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run_async(serve(parser.parse_args(argv)))
+    return run_async(serve(settings))

@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -27,12 +26,12 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from lamina.cluster.settings import DEFAULT_STATUS_INTERVAL, WorkerSettings
 from lamina.kubeapi import NoCredentials, api_client
 
 log = logging.getLogger(__name__)
 
-INTERVAL_VARIABLE = "LAMINA_STATUS_INTERVAL"
-DEFAULT_INTERVAL = 5.0
+DEFAULT_INTERVAL = DEFAULT_STATUS_INTERVAL
 RESYNC_SECONDS = 300.0
 MAX_BACKOFF = 60.0
 FIELD_MANAGER = "lamina-worker"
@@ -78,22 +77,11 @@ def worker_fields(snapshot: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def status_interval(environ: Mapping[str, str]) -> float:
-    """Seconds between writes from ``LAMINA_STATUS_INTERVAL`` (default 5; 0 or less: off)."""
-    raw = environ.get(INTERVAL_VARIABLE, "").strip()
-    if not raw:
-        return DEFAULT_INTERVAL
-    try:
-        return float(raw)
-    except ValueError:
-        log.warning("%s=%r is not a number; using %ss", INTERVAL_VARIABLE, raw, DEFAULT_INTERVAL)
-        return DEFAULT_INTERVAL
-
-
-def status_api_client(environ: Mapping[str, str]) -> client.ApiClient | None:
+def status_api_client(kubeconfig: str | None) -> client.ApiClient | None:
     """A client with the credentials every lamina process finds (:func:`lamina.kubeapi.api_client`:
-    in a pod its own token, outside one ``$KUBECONFIG``); None when there are none (the worker then
-    runs without reporting)."""
+    in a pod its own token, outside one ``$KUBECONFIG``, here ``kubeconfig``); None when there are
+    none (the worker then runs without reporting)."""
+    environ = {"KUBECONFIG": kubeconfig} if kubeconfig else {}
     try:
         # Bounded retries: a final write at shutdown must not hold the pod long.
         return api_client(environ=environ, retries=1)
@@ -227,16 +215,14 @@ class StatusReporter:
 
 
 def mapping_reporter(
-    snapshot: Snapshot, api_version: str, namespace: str, name: str, environ: Mapping[str, str] | None = None
+    snapshot: Snapshot, api_version: str, namespace: str, name: str, settings: WorkerSettings
 ) -> tuple[StatusReporter, MappingStatusWriter] | None:
-    """A reporter for one mapping from the environment, or None when reporting is off or there are
-    no credentials."""
-    environ = os.environ if environ is None else environ
-    interval = status_interval(environ)
+    """A reporter for one mapping, or None when reporting is off or there are no credentials."""
+    interval = settings.status_interval
     if interval <= 0:
-        log.info("%s=%s: the mapping's status is not written", INTERVAL_VARIABLE, interval)
+        log.info("LAMINA_STATUS_INTERVAL=%s: the mapping's status is not written", interval)
         return None
-    api = status_api_client(environ)
+    api = status_api_client(settings.kubeconfig)
     if api is None:
         return None
     group, version = api_version.split("/", 1)

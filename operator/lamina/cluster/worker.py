@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
 import socket
-from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
 
 from lamina.api import EventSourceMapping, parse_object
 from lamina.cluster.mapping_status import mapping_reporter
-from lamina.eventsources.runners import mapping_runner
+from lamina.cluster.settings import WorkerSettings
+from lamina.eventsources.runners import ResolveUrl, mapping_runner
 from lamina.invocation.errors import FunctionNotFound, ThrottledError
+from lamina.schedule.stores import TickStore
 from lamina_runtime.protocol import InvocationResult
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,11 @@ class GatewayClient:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=960))
         return self._session
 
-    async def invoke(self, function_key: str, payload: bytes) -> InvocationResult:
+    async def invoke(
+        self, function_key: str, payload: bytes, request_id: str | None = None
+    ) -> InvocationResult:
+        """An :class:`~lamina.invocation.invoker.Invoker`. The gateway names the invocation itself
+        (the Invoke API takes no request id), so ``request_id`` is not sent."""
         url = self.base_url + invoke_path(function_key)
         async with self._http().post(url, data=payload) as response:
             body = await response.read()
@@ -63,7 +69,7 @@ class GatewayClient:
                 function_error=response.headers.get("X-Amz-Function-Error"),
             )
 
-    async def enqueue(self, function_key: str, payload: bytes, request_id: str | None) -> None:
+    async def enqueue(self, function_key: str, payload: bytes, request_id: str | None = None) -> None:
         url = self.base_url + invoke_path(function_key)
         headers = {"X-Amz-Invocation-Type": "Event"}
         async with self._http().post(url, data=payload, headers=headers) as response:
@@ -78,15 +84,17 @@ class GatewayClient:
             await self._session.close()
 
 
-def url_resolver(esm: EventSourceMapping, environ: Mapping[str, str]):
+def url_resolver(esm: EventSourceMapping, settings: WorkerSettings) -> ResolveUrl:
     """Literal URLs from the spec; those from Secrets arrive as LAMINA_SOURCE_URL / LAMINA_ON_FAILURE_URL."""
     source_target = esm.spec.source.target
 
     def resolve(target: Any, namespace: str) -> str:
         if target.url:
             return str(target.url)
-        variable = "LAMINA_SOURCE_URL" if target is source_target else "LAMINA_ON_FAILURE_URL"
-        value = environ.get(variable)
+        if target is source_target:
+            variable, value = "LAMINA_SOURCE_URL", settings.source_url
+        else:
+            variable, value = "LAMINA_ON_FAILURE_URL", settings.on_failure_url
         if not value:
             raise LookupError(f"{variable} is not set: the Secret named by urlFrom was not mounted")
         return value
@@ -94,39 +102,35 @@ def url_resolver(esm: EventSourceMapping, environ: Mapping[str, str]):
     return resolve
 
 
-def tick_store(environ: Mapping[str, str]) -> Any:
-    url = environ.get("LAMINA_REDIS_URL")
-    if url:
+def tick_store(settings: WorkerSettings) -> TickStore:
+    if settings.redis_url:
         from lamina.schedule.redis_store import RedisTickStore
 
-        return RedisTickStore.from_url(url, owner=socket.gethostname())
+        return RedisTickStore.from_url(settings.redis_url, owner=socket.gethostname())
     from lamina.schedule.stores import SqliteTickStore
 
     log.warning(
         "LAMINA_REDIS_URL is not set: schedule ticks are claimed in a local file, so two "
         "replicas could both fire a tick"
     )
-    return SqliteTickStore(os.path.join(environ.get("TMPDIR", "/tmp"), "lamina-ticks.sqlite3"))
+    return SqliteTickStore(os.path.join(settings.tmpdir, "lamina-ticks.sqlite3"))
 
 
-async def run(environ: Mapping[str, str]) -> int:
-    raw = environ.get("LAMINA_ESM")
-    if not raw:
+async def run(settings: WorkerSettings) -> int:
+    if not settings.mapping:
         print("lamina worker esm: LAMINA_ESM is not set", flush=True)
         return 2
-    import json
-
-    esm = parse_object(json.loads(raw))
+    esm = parse_object(json.loads(settings.mapping))
     assert isinstance(esm, EventSourceMapping)
-    gateway = GatewayClient(environ.get("LAMINA_GATEWAY_URL", "http://lamina-gateway:9000"))
+    gateway = GatewayClient(settings.gateway_url)
     runner = mapping_runner(
-        esm, gateway.invoke, gateway.enqueue, url_resolver(esm, environ), tick_store(environ)
+        esm, gateway.invoke, gateway.enqueue, url_resolver(esm, settings), tick_store(settings)
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    reporting = mapping_reporter(runner.snapshot, esm.api_version, esm.metadata.namespace, esm.name, environ)
+    reporting = mapping_reporter(runner.snapshot, esm.api_version, esm.metadata.namespace, esm.name, settings)
     await runner.start()
     if reporting is not None:
         reporting[0].start()
@@ -152,4 +156,4 @@ def run_worker(argv: list[str]) -> int:
     parser.add_argument("--name", help="informational: the mapping comes from LAMINA_ESM")
     parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return asyncio.run(run(os.environ))
+    return asyncio.run(run(WorkerSettings.from_environ(os.environ)))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from lamina_runtime.protocol import InvocationRequest, InvocationResult
 
 if TYPE_CHECKING:
-    from lamina.api import Function
+    from lamina.api import AsyncConfig, Function
     from lamina.api.versions import Route
 
 LATEST = "$LATEST"
@@ -37,7 +37,7 @@ class FunctionConfig:
     environment: dict[str, str] = field(default_factory=dict)
     code_dir: str | None = None  # local mode: directory holding the function's code
     layer_dirs: list[str] = field(default_factory=list)  # local mode: extracted layers, in order
-    async_config: Any = None  # lamina.api AsyncConfig (retries, max age, destinations)
+    async_config: AsyncConfig | None = None  # retries, max age, destinations of Event invocations
     revision: str = ""  # changes when code, layers or configuration change
     http_format: str = "2.0"  # spec.http.payloadFormat: "2.0", "1.0" or "alb"
     http_multi_value: bool = False  # alb: multi-value headers on

@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-
-def _get(spec: Any, name: str, camel: str, default: Any = None) -> Any:
-    """Read a spec field from a pydantic model (snake_case) or a wire dict (camelCase)."""
-    if isinstance(spec, dict):
-        return spec.get(camel, spec.get(name, default))
-    return getattr(spec, name, default)
+from lamina.api import EventSourceMappingSpec
 
 
 @dataclass(slots=True)
 class MappingConfig:
-    """The parts of an EventSourceMapping spec the worker uses (see docs/contracts.md)."""
+    """The parts of an EventSourceMapping spec the worker uses; tests build it directly."""
 
     name: str
     function_name: str
@@ -30,27 +24,18 @@ class MappingConfig:
     filter_patterns: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_spec(cls, name: str, spec: Any) -> MappingConfig:
-        """From an ``EventSourceMappingSpec`` model or its camelCase dict."""
-        criteria = _get(spec, "filter_criteria", "filterCriteria")
-        filters = _get(criteria, "filters", "filters", []) if criteria is not None else []
-        types = _get(spec, "function_response_types", "functionResponseTypes", []) or []
+    def from_spec(cls, name: str, spec: EventSourceMappingSpec) -> MappingConfig:
+        criteria = spec.filter_criteria
         return cls(
             name=name,
-            function_name=_get(spec, "function_name", "functionName"),
-            batch_size=_get(spec, "batch_size", "batchSize", 10),
-            maximum_batching_window_seconds=_get(
-                spec, "maximum_batching_window_seconds", "maximumBatchingWindowSeconds", 0
-            ),
-            starting_position=_get(spec, "starting_position", "startingPosition", "TRIM_HORIZON"),
-            enabled=_get(spec, "enabled", "enabled", True),
-            maximum_retry_attempts=_get(spec, "maximum_retry_attempts", "maximumRetryAttempts", -1),
-            maximum_record_age_seconds=_get(
-                spec, "maximum_record_age_seconds", "maximumRecordAgeSeconds", -1
-            ),
-            bisect_batch_on_function_error=_get(
-                spec, "bisect_batch_on_function_error", "bisectBatchOnFunctionError", False
-            ),
-            report_batch_item_failures="ReportBatchItemFailures" in types,
-            filter_patterns=[_get(f, "pattern", "pattern") for f in filters or []],
+            function_name=spec.function_name,
+            batch_size=spec.batch_size,
+            maximum_batching_window_seconds=spec.maximum_batching_window_seconds,
+            starting_position=spec.starting_position,
+            enabled=spec.enabled,
+            maximum_retry_attempts=spec.maximum_retry_attempts,
+            maximum_record_age_seconds=spec.maximum_record_age_seconds,
+            bisect_batch_on_function_error=spec.bisect_batch_on_function_error,
+            report_batch_item_failures="ReportBatchItemFailures" in spec.function_response_types,
+            filter_patterns=[f.pattern for f in criteria.filters] if criteria is not None else [],
         )

@@ -1,4 +1,5 @@
-"""Build the adapter for an Endpoint (``{"redis": {...}}``, ``{"nats": {...}}``, ``{"rabbitmq": {...}}``).
+"""Build the adapter of a broker endpoint (an :class:`~lamina.api.EventSource` or an
+:class:`~lamina.api.Endpoint`: ``redis``, ``nats`` or ``rabbitmq``).
 
 The broker URL is passed in already resolved (a ``urlFrom`` Secret is read by the caller), so that
 this module never talks to Kubernetes.
@@ -8,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lamina.api.common import BrokerChoice, NatsEndpoint, RabbitMQEndpoint, RedisEndpoint
 from lamina.eventsources.base import Sink, Source
-
-BROKER_KINDS = ("redis", "nats", "rabbitmq")
 
 
 def consumer_name(esm_name: str) -> str:
@@ -18,22 +18,8 @@ def consumer_name(esm_name: str) -> str:
     return f"lamina-{esm_name}"
 
 
-def endpoint_parts(endpoint: Any) -> tuple[str, dict[str, Any]]:
-    """(kind, settings) of an Endpoint given as a pydantic model or as its camelCase dict."""
-    if isinstance(endpoint, dict):
-        kinds = [k for k in (*BROKER_KINDS, "function", "schedule") if endpoint.get(k) is not None]
-        if len(kinds) != 1:
-            raise ValueError(f"endpoint must name exactly one of {', '.join(BROKER_KINDS)} (got {kinds})")
-        settings = endpoint[kinds[0]]
-        return kinds[0], dict(settings)
-    kind = endpoint.kind
-    target = endpoint.target
-    settings = target.model_dump(by_alias=True) if hasattr(target, "model_dump") else dict(vars(target))
-    return kind, settings
-
-
 def make_source(
-    endpoint: Any,
+    endpoint: BrokerChoice,
     url: str,
     *,
     esm_name: str,
@@ -45,46 +31,44 @@ def make_source(
 
     ``options`` go to the adapter: ``claim_idle_seconds`` (redis), ``ack_wait_seconds`` (nats).
     """
-    kind, settings = endpoint_parts(endpoint)
+    target = endpoint.target
     group = consumer_name(esm_name)
-    if kind == "redis":
+    if isinstance(target, RedisEndpoint):
         from lamina.eventsources.redis_streams import RedisStreamSource
 
-        return RedisStreamSource(
-            url, settings["stream"], group, starting_position=starting_position, **options
-        )
-    if kind == "nats":
+        return RedisStreamSource(url, target.stream, group, starting_position=starting_position, **options)
+    if isinstance(target, NatsEndpoint):
         from lamina.eventsources.nats_jetstream import NatsJetStreamSource
 
         return NatsJetStreamSource(
             url,
-            settings["subject"],
+            target.subject,
             group,
-            stream=settings.get("stream"),
+            stream=target.stream,
             starting_position=starting_position,
             max_ack_pending=batch_size,
             **options,
         )
-    if kind == "rabbitmq":
+    if isinstance(target, RabbitMQEndpoint):
         from lamina.eventsources.rabbitmq import RabbitMQSource
 
-        return RabbitMQSource(url, settings["queue"], prefetch=batch_size, **options)
-    raise ValueError(f"{kind} is not a broker an EventSourceMapping can consume")
+        return RabbitMQSource(url, target.queue, prefetch=batch_size, **options)
+    raise ValueError(f"{endpoint.kind} is not a broker an EventSourceMapping can consume")
 
 
-def make_sink(endpoint: Any, url: str) -> Sink:
+def make_sink(endpoint: BrokerChoice, url: str) -> Sink:
     """The sink adapter of a destination (not yet connected)."""
-    kind, settings = endpoint_parts(endpoint)
-    if kind == "redis":
+    target = endpoint.target
+    if isinstance(target, RedisEndpoint):
         from lamina.eventsources.redis_streams import RedisStreamSink
 
-        return RedisStreamSink(url, settings["stream"])
-    if kind == "nats":
+        return RedisStreamSink(url, target.stream)
+    if isinstance(target, NatsEndpoint):
         from lamina.eventsources.nats_jetstream import NatsJetStreamSink
 
-        return NatsJetStreamSink(url, settings["subject"], stream=settings.get("stream"))
-    if kind == "rabbitmq":
+        return NatsJetStreamSink(url, target.subject, stream=target.stream)
+    if isinstance(target, RabbitMQEndpoint):
         from lamina.eventsources.rabbitmq import RabbitMQSink
 
-        return RabbitMQSink(url, settings["queue"])
-    raise ValueError(f"a {kind} destination is not a broker; it has no sink adapter")
+        return RabbitMQSink(url, target.queue)
+    raise ValueError(f"a {endpoint.kind} destination is not a broker; it has no sink adapter")

@@ -30,7 +30,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,11 +54,10 @@ from lamina.eventsources.status import (
 )
 from lamina.eventsources.timing import Timing
 from lamina.invocation.errors import FunctionNotFound, ThrottledError
-from lamina_runtime.protocol import InvocationResult
+from lamina.invocation.invoker import Invoker
 
 log = logging.getLogger("lamina.eventsources")
 
-Invoker = Callable[[str, bytes], Awaitable[InvocationResult]]
 StatusCallback = Callable[[MappingStatus], Any]
 
 RETRY_EXHAUSTED = "RetryAttemptsExhausted"

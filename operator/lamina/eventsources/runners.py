@@ -11,7 +11,7 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ from lamina.eventsources.config import MappingConfig
 from lamina.eventsources.factory import make_sink, make_source
 from lamina.eventsources.mapping import MappingWorker
 from lamina.eventsources.status import MappingStatus
+from lamina.invocation.invoker import Enqueue, Invoker
 from lamina.schedule.event import event_id, scheduled_event
 from lamina.schedule.expressions import parse_schedule
 from lamina.schedule.stores import TickStore
@@ -28,10 +29,6 @@ from lamina_runtime.protocol import InvocationResult
 
 log = logging.getLogger(__name__)
 
-#: Run a function synchronously: (function key "namespace/name", payload) -> result.
-Invoke = Callable[[str, bytes], Awaitable[InvocationResult]]
-#: Queue an Event invocation: (function key, payload, request id) -> None.
-Enqueue = Callable[[str, bytes, str | None], Awaitable[None]]
 #: The URL of a broker endpoint (literal, or from its Secret): (endpoint target, namespace) -> url.
 ResolveUrl = Callable[[Any, str], str]
 
@@ -79,7 +76,7 @@ class BrokerMapping:
     def __init__(
         self,
         esm: EventSourceMapping,
-        invoke: Invoke,
+        invoke: Invoker,
         enqueue: Enqueue,
         resolve_url: ResolveUrl,
         on_change: Callable[[MappingStatus], Any] | None = None,
@@ -96,8 +93,8 @@ class BrokerMapping:
         )
         function_key = f"{ns}/{spec.function_name}"
 
-        async def invoke_function(_: str, payload: bytes) -> InvocationResult:
-            return await invoke(function_key, payload)
+        async def invoke_function(_: str, payload: bytes, request_id: str | None = None) -> InvocationResult:
+            return await invoke(function_key, payload, request_id=request_id)
 
         def dead_letters() -> Any:
             if on_failure is None:
@@ -224,7 +221,7 @@ class ScheduleMapping:
 
 
 def mapping_runner(
-    esm: EventSourceMapping, invoke: Invoke, enqueue: Enqueue, resolve_url: ResolveUrl, ticks: TickStore
+    esm: EventSourceMapping, invoke: Invoker, enqueue: Enqueue, resolve_url: ResolveUrl, ticks: TickStore
 ) -> BrokerMapping | ScheduleMapping:
     if esm.spec.source.schedule is not None:
         return ScheduleMapping(esm, enqueue, ticks)

@@ -9,8 +9,9 @@ the gateway's Prometheus metrics) is connected here, so the two cannot drift apa
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
+from lamina.api.common import SecretValueFrom
+from lamina.asyncinvoke.config import EventInvokeConfig
 from lamina.asyncinvoke.dispatcher import AsyncDispatcher
 from lamina.asyncinvoke.store import AsyncEventStore
 from lamina.gateway.metrics import GatewayMetrics
@@ -26,12 +27,11 @@ class SecretUrls:
     def __init__(self, secret_value: SecretValue) -> None:
         self.secret_value = secret_value
 
-    async def __call__(self, namespace: str, url_from: dict[str, Any]) -> str:
-        ref = url_from.get("secretKeyRef") or {}
-        name, key = ref.get("name", ""), ref.get("key", "")
-        value = await self.secret_value(namespace, name, key)
+    async def __call__(self, namespace: str, url_from: SecretValueFrom) -> str:
+        ref = url_from.secret_key_ref
+        value = await self.secret_value(namespace, ref.name, ref.key)
         if value is None:
-            raise LookupError(f"Secret {name!r} has no key {key!r} in {namespace}")
+            raise LookupError(f"Secret {ref.name!r} has no key {ref.key!r} in {namespace}")
         return value
 
 
@@ -72,11 +72,18 @@ class AsyncInvocations:
         self.dispatcher = AsyncDispatcher(
             store,
             service.invoke_key,
-            service.lookup,
+            self.event_config,
             url_resolver=SecretUrls(secret_value),
             metrics=AsyncMetrics(service.metrics),
             retry_base_seconds=retry_base_seconds,
         )
+
+    def event_config(self, key: str) -> EventInvokeConfig | None:
+        """The dispatcher's view of a function the gateway knows (None: unknown)."""
+        fn = self.service.lookup(key)
+        if fn is None:
+            return None
+        return EventInvokeConfig.from_async_config(fn.async_config, fn.reserved_concurrency)
 
     async def start(self) -> None:
         await self.dispatcher.start()

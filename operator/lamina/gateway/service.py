@@ -101,8 +101,9 @@ class InvocationService:
         return self.registry.get(key.partition(":")[0])
 
     async def invoke_key(self, key: str, payload: bytes, request_id: str | None = None) -> InvocationResult:
-        """The `Invoker` of event sources and the async dispatcher: by "namespace/name[:qualifier]"
-        key, so a mapping, a schedule or a destination may target an alias or a version."""
+        """The :class:`~lamina.invocation.invoker.Invoker` of event sources and the async dispatcher:
+        by "namespace/name[:qualifier]" key, so a mapping, a schedule or a destination may target an
+        alias or a version."""
         function_key, _, qualifier = key.partition(":")
         try:
             target = self.registry.route_key(function_key, qualifier or None)

@@ -80,7 +80,7 @@ class EventSourceMappings:
         self.ticks = SqliteTickStore(state_dir / "schedule-ticks.sqlite3")
         resolve = literal_or_secret(manifests.secret_value)
 
-        async def enqueue(function_key: str, payload: bytes, request_id: str | None) -> None:
+        async def enqueue(function_key: str, payload: bytes, request_id: str | None = None) -> None:
             await dispatcher.enqueue(function_key, payload, request_id=request_id)
 
         self.mappings = [

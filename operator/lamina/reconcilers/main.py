@@ -9,7 +9,6 @@ so deleting a Function never waits for the operator.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -20,6 +19,7 @@ from typing import Any
 
 import kopf
 
+from lamina.kubeapi import load_configuration
 from lamina.reconcilers.client import Kube
 from lamina.reconcilers.context import Context
 from lamina.reconcilers.dispatch import RECONCILERS, reconcile, reconcile_key, reconcile_named
@@ -27,7 +27,8 @@ from lamina.reconcilers.eventsourcemapping import sync_mapping_status
 from lamina.reconcilers.function import sync_function_status
 from lamina.reconcilers.layer import artifact_changed
 from lamina.reconcilers.requeue import Requeue
-from lamina.resources import Settings, labels
+from lamina.reconcilers.settings import OperatorSettings, connection_info
+from lamina.resources import labels
 from lamina.resources.pod_state import pod_problem
 
 log = logging.getLogger("lamina.operator")
@@ -40,7 +41,6 @@ DEPLOYMENTS = ("apps", "v1", "deployments")
 PODS = ("", "v1", "pods")
 #: Longest wait between retries of a blocked object (seconds).
 MAX_DELAY = 300.0
-DEFAULT_RESYNC_SECONDS = 600.0
 
 registry = kopf.OperatorRegistry()
 
@@ -62,9 +62,19 @@ def post_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) ->
 # ------------------------------------------------------------------------------------- lifecycle
 
 
+def operator_settings(memo: Any) -> OperatorSettings:
+    """The settings ``run_operator`` read; from the environment when kopf was started another way."""
+    if getattr(memo, "operator_settings", None) is None:
+        memo.operator_settings = OperatorSettings.read([], os.environ)
+    found: OperatorSettings = memo.operator_settings
+    return found
+
+
 @kopf.on.login(registry=registry)
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    return kopf.login_via_client(**kwargs)
+def login(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """The credentials every lamina process finds, in the same order (lamina.kubeapi)."""
+    configuration = load_configuration(operator_settings(memo).kubeconfig)
+    return connection_info(configuration, trust_env=settings.networking.trust_env)
 
 
 @kopf.on.startup(registry=registry)
@@ -75,16 +85,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         prefix="lamina.dev", key="last-handled-configuration"
     )
     settings.persistence.finalizer = "lamina.dev/operator"
-    settings.execution.max_workers = int(os.environ.get("LAMINA_OPERATOR_WORKERS", "16"))
+    ours = operator_settings(memo)
+    settings.execution.max_workers = ours.workers
     settings.posting.loggers = False  # Events come from the reconcilers, on Ready transitions only
     if getattr(memo, "ctx", None) is None:
-        memo.ctx = Context(Kube.from_environment(), Settings.from_env(), post=post_event)
+        memo.ctx = Context(Kube.from_environment(ours.kubeconfig), ours.builders, post=post_event)
     ctx: Context = memo.ctx
     ctx.requeue = Requeue(lambda key: reconcile_key(ctx, key), max_delay=MAX_DELAY)
     ctx.requeue.start()
-    interval = float(os.environ.get("LAMINA_RESYNC_SECONDS", DEFAULT_RESYNC_SECONDS))
-    if interval > 0:
-        memo.resync = asyncio.create_task(resync_loop(ctx, interval))
+    if ours.resync_seconds > 0:
+        memo.resync = asyncio.create_task(resync_loop(ctx, ours.resync_seconds))
 
 
 @kopf.on.cleanup(registry=registry)
@@ -252,55 +262,24 @@ class QuietWatchHandlers(logging.Filter):
         return not (message.endswith("succeeded.") and any(f"'{w}'" in message for w in self.WATCHERS))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lamina operator", description="Run the lamina operator (kopf).")
-    p.add_argument(
-        "-n",
-        "--namespace",
-        action="append",
-        default=[],
-        help="watch only this namespace (repeatable; default: the whole cluster)",
-    )
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
-    p.add_argument(
-        "--peering",
-        metavar="NAME",
-        help="join kopf peering NAME instead of running standalone (needs the kopf peering CRDs)",
-    )
-    p.add_argument("--priority", type=int, default=0, help="peering priority")
-    p.add_argument(
-        "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8081/healthz"
-    )
-    p.add_argument(
-        "--metrics-port", type=int, help="serve Prometheus metrics on this port (/metrics; default: off)"
-    )
-    p.add_argument("--metrics-address", default="0.0.0.0", help="address for --metrics-port")
-    p.add_argument("--log-format", choices=["plain", "full", "json"], default="full")
-    p.add_argument("-v", "--verbose", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
-    return p
-
-
 def run_operator(argv: list[str] | None = None) -> int:
     """``lamina operator``: run the handlers until SIGINT/SIGTERM; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig  # kopf's login reads it too
-    kopf.configure(verbose=args.verbose, quiet=args.quiet, log_format=kopf.LogFormat[args.log_format.upper()])
-    if not args.verbose:
+    ours = OperatorSettings.read(argv or [], os.environ)
+    kopf.configure(verbose=ours.verbose, quiet=ours.quiet, log_format=kopf.LogFormat[ours.log_format.upper()])
+    if not ours.verbose:
         logging.getLogger("kopf.objects").addFilter(QuietWatchHandlers())
-    ctx = Context(Kube.from_environment(args.kubeconfig), Settings.from_env(), post=post_event)
+    ctx = Context(Kube.from_environment(ours.kubeconfig), ours.builders, post=post_event)
     ctx.kube.on_response = ctx.metrics.count_api_request
-    if args.metrics_port is not None:
-        ctx.metrics.serve(args.metrics_port, args.metrics_address)
+    if ours.metrics_port is not None:
+        ctx.metrics.serve(ours.metrics_port, ours.metrics_address)
     kopf.run(
         registry=registry,
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        standalone=args.peering is None,
-        peering_name=args.peering,
-        priority=args.priority,
-        liveness_endpoint=args.liveness,
-        memo=kopf.Memo(ctx=ctx),
+        clusterwide=not ours.namespaces,
+        namespaces=list(ours.namespaces),
+        standalone=ours.peering is None,
+        peering_name=ours.peering,
+        priority=ours.priority,
+        liveness_endpoint=ours.liveness,
+        memo=kopf.Memo(ctx=ctx, operator_settings=ours),
     )
     return 0

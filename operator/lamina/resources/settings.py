@@ -17,7 +17,11 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 DEFAULT_RUNTIME_IMAGE = f"ghcr.io/lamina-dev/runtime:{VERSION}"
 DEFAULT_WORKER_IMAGE = f"ghcr.io/lamina-dev/lamina:{VERSION}"
-DEFAULT_GATEWAY_URL = "http://lamina-gateway.lamina-system.svc:8080"
+#: The port ``lamina gateway`` listens on and the chart's gateway Service serves (``gateway.port``).
+DEFAULT_GATEWAY_PORT = 8080
+#: The one default address of the gateway, for Function URLs and the mapping workers: the chart's
+#: Service in the chart's default namespace. Installations elsewhere set ``LAMINA_GATEWAY_URL``.
+DEFAULT_GATEWAY_URL = f"http://lamina-gateway.lamina-system.svc:{DEFAULT_GATEWAY_PORT}"
 #: Custom runtimes (provided.*) need no language, only lamina_runtime, which hosts their Runtime API:
 #: they run in the image of the default Python runtime.
 CUSTOM_RUNTIME_IMAGE_RUNTIME = "python3.12"

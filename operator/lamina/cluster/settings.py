@@ -1,0 +1,112 @@
+"""Every knob of the cluster's two processes, one typed object each, read once at start.
+
+``lamina gateway`` takes its settings from its command line (the chart passes them as arguments);
+``lamina worker esm`` from the environment the operator gives its pod
+(:mod:`lamina.resources.eventsourcemapping`). Nothing below reads ``os.environ`` or ``argv`` again:
+each part gets the fields it uses. Credentials are the one exception by design: the Kubernetes client
+finds them itself (:func:`lamina.kubeapi.load_configuration`), in the same order for every process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from lamina.resources.settings import DEFAULT_GATEWAY_PORT, DEFAULT_GATEWAY_URL
+
+log = logging.getLogger(__name__)
+
+
+def _option(default: Any, help: str, **argparse_options: Any) -> Any:
+    """A field that is also a command-line option; ``help`` documents both."""
+    return dataclasses.field(default=default, metadata={"help": help, **argparse_options})
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """``lamina gateway``: the Invoke API in a cluster."""
+
+    host: str = _option("0.0.0.0", "address to listen on")
+    port: int = _option(DEFAULT_GATEWAY_PORT, "port to listen on (the chart's Service targets it)")
+    namespace: str | None = _option(None, "watch one namespace (default: all)")
+    default_namespace: str = _option(
+        "default", "namespace of plain function names (others are addressed as namespace.name)"
+    )
+    redis_url: str | None = _option(
+        None, "Redis of the durable queue of Event invocations (without it they are refused)"
+    )
+    concurrency_limit: int = _option(1000, "concurrent invocations of all functions together")
+    cold_start_timeout: float = _option(120.0, "seconds a request waits for a new environment")
+    kubeconfig: str | None = _option(None, "kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+
+    @classmethod
+    def parser(cls) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(prog="lamina gateway", description="the Invoke API in a cluster")
+        for f in dataclasses.fields(cls):
+            kind = f.type if f.type in ("int", "float") else "str"
+            parser.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                type={"int": int, "float": float, "str": str}[kind],
+                default=f.default,
+                help=f.metadata["help"],
+            )
+        return parser
+
+    @classmethod
+    def from_args(cls, argv: Sequence[str]) -> GatewaySettings:
+        return cls(**vars(cls.parser().parse_args(list(argv))))
+
+
+#: Seconds between the worker's writes of its mapping's status when LAMINA_STATUS_INTERVAL is unset.
+DEFAULT_STATUS_INTERVAL = 5.0
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """``lamina worker esm``: one mapping's consumer or schedule, configured by its pod's environment."""
+
+    #: ``LAMINA_ESM``: the mapping as JSON (apiVersion, kind, metadata, spec).
+    mapping: str | None = None
+    #: ``LAMINA_GATEWAY_URL``: where functions are invoked (throttling and accounting are the gateway's).
+    gateway_url: str = DEFAULT_GATEWAY_URL
+    #: ``LAMINA_REDIS_URL``: where schedule ticks are claimed, so two replicas never both fire one.
+    redis_url: str | None = None
+    #: ``LAMINA_SOURCE_URL`` / ``LAMINA_ON_FAILURE_URL``: broker URLs the spec reads from a Secret
+    #: (``urlFrom``), resolved by the kubelet.
+    source_url: str | None = None
+    on_failure_url: str | None = None
+    #: ``LAMINA_STATUS_INTERVAL``: seconds between writes of the mapping's status (0 or less: off).
+    status_interval: float = DEFAULT_STATUS_INTERVAL
+    #: ``TMPDIR``: where schedule ticks are claimed without Redis.
+    tmpdir: str = "/tmp"
+    #: ``KUBECONFIG``: credentials for the status writes outside a pod (a pod uses its own token).
+    kubeconfig: str | None = None
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> WorkerSettings:
+        return cls(
+            mapping=environ.get("LAMINA_ESM") or None,
+            gateway_url=environ.get("LAMINA_GATEWAY_URL") or DEFAULT_GATEWAY_URL,
+            redis_url=environ.get("LAMINA_REDIS_URL") or None,
+            source_url=environ.get("LAMINA_SOURCE_URL") or None,
+            on_failure_url=environ.get("LAMINA_ON_FAILURE_URL") or None,
+            status_interval=status_interval(environ),
+            tmpdir=environ.get("TMPDIR") or "/tmp",
+            kubeconfig=environ.get("KUBECONFIG") or None,
+        )
+
+
+def status_interval(environ: Mapping[str, str]) -> float:
+    """Seconds between status writes from ``LAMINA_STATUS_INTERVAL`` (default 5; 0 or less: off)."""
+    raw = environ.get("LAMINA_STATUS_INTERVAL", "").strip()
+    if not raw:
+        return DEFAULT_STATUS_INTERVAL
+    try:
+        return float(raw)
+    except ValueError:
+        log.warning("LAMINA_STATUS_INTERVAL=%r is not a number; using %ss", raw, DEFAULT_STATUS_INTERVAL)
+        return DEFAULT_STATUS_INTERVAL
