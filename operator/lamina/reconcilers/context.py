@@ -14,7 +14,7 @@ from lamina.api import LaminaObject, ManifestError, parse_object
 from lamina.reconcilers.client import Kube
 from lamina.reconcilers.metrics import OperatorMetrics
 from lamina.reconcilers.requeue import Requeue
-from lamina.reconcilers.status import BLOCKING_REASONS, READY, find
+from lamina.reconcilers.status import BLOCKING_REASONS, READY, BlockReason, find
 from lamina.resources import Settings
 from lamina.resources.pod_state import FAILURE_REASONS, PodProblem, function_problem
 
@@ -30,7 +30,7 @@ class Blocked(Exception):
     """The reconcile cannot go on: Ready=False with ``reason``; retried after ``retry`` seconds
     (None: only a change of the object helps, e.g. an invalid spec)."""
 
-    def __init__(self, reason: str, message: str, retry: float | None) -> None:
+    def __init__(self, reason: BlockReason, message: str, retry: float | None) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
@@ -44,7 +44,7 @@ def parse_as(body: Mapping[str, Any], kind: type[T]) -> T:
     try:
         obj = parse_object(doc)
     except ManifestError as e:
-        raise Blocked("InvalidSpec", str(e), retry=None) from None
+        raise Blocked(BlockReason.INVALID_SPEC, str(e), retry=None) from None
     assert isinstance(obj, kind)
     return obj
 

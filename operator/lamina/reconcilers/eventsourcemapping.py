@@ -14,7 +14,7 @@ from lamina.api import API_VERSION, EventSourceMapping
 from lamina.reconcilers.apply import apply
 from lamina.reconcilers.client import ApiError, Ref
 from lamina.reconcilers.context import Blocked, Context, parse_as
-from lamina.reconcilers.status import READY, is_blocked, set_condition, write_status
+from lamina.reconcilers.status import READY, BlockReason, is_blocked, set_condition, write_status
 from lamina.resources import build_mapping, build_mapping_identity, names, worker_state
 
 POLL_DELAY = 10.0
@@ -66,14 +66,18 @@ def reconcile_mapping(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | No
         source = esm.spec.source.describe()
         fn = esm.function
         if ctx.kube.get(Ref(API_VERSION, "Function", ns, fn)) is None:
-            raise Blocked("FunctionNotFound", f"Function {fn} does not exist in namespace {ns}", POLL_DELAY)
+            raise Blocked(
+                BlockReason.FUNCTION_NOT_FOUND, f"Function {fn} does not exist in namespace {ns}", POLL_DELAY
+            )
         for identity in build_mapping_identity(esm):  # before the pod that uses it
             apply(ctx.kube, identity)
         apply(ctx.kube, build_mapping(esm, ctx.settings))
     except Blocked as b:
         blocked = b
     except ApiError as e:
-        blocked = Blocked("ApplyFailed", f"the API server refused the worker: {e.message}", POLL_DELAY)
+        blocked = Blocked(
+            BlockReason.APPLY_FAILED, f"the API server refused the worker: {e.message}", POLL_DELAY
+        )
 
     def compute(obj: dict[str, Any]) -> dict[str, Any] | None:
         if obj["metadata"].get("generation") != generation:

@@ -16,7 +16,15 @@ from lamina.reconcilers.apply import apply, apply_scaled_deployment, delete_if_o
 from lamina.reconcilers.client import ApiError, Kube, Ref
 from lamina.reconcilers.context import Blocked, Context, parse_as
 from lamina.reconcilers.s3code import resolve_code
-from lamina.reconcilers.status import READY, find, is_blocked, is_ready, set_condition, write_status
+from lamina.reconcilers.status import (
+    READY,
+    BlockReason,
+    find,
+    is_blocked,
+    is_ready,
+    set_condition,
+    write_status,
+)
 from lamina.resources import LayerArtifact, build_function, deployment_readiness, labels, names
 from lamina.resources.function import Readiness
 
@@ -45,20 +53,22 @@ def resolve_layers(kube: Kube, fn: Function) -> list[LayerArtifact]:
         layer = kube.get(Ref(API_VERSION, "Layer", ns, name))
         if layer is None:
             raise Blocked(
-                "LayerNotFound", f"Layer {name} does not exist in namespace {ns}", retry=LAYER_DELAY
+                BlockReason.LAYER_NOT_FOUND,
+                f"Layer {name} does not exist in namespace {ns}",
+                retry=LAYER_DELAY,
             )
         status = layer.get("status") or {}
         runtimes = (layer.get("spec") or {}).get("compatibleRuntimes") or []
         if runtimes and fn.spec.runtime not in runtimes:
             raise Blocked(
-                "LayerIncompatible",
+                BlockReason.LAYER_INCOMPATIBLE,
                 f"Layer {name} supports {', '.join(runtimes)}, not {fn.spec.runtime}",
                 retry=LAYER_DELAY,
             )
         if not is_ready(status) or not status.get("artifact"):
             cond = find(status.get("conditions"), READY)
             why = f" ({cond.get('reason')}: {cond.get('message', '')})" if cond else ""
-            raise Blocked("LayerNotReady", f"Layer {name} is not ready{why}", retry=LAYER_DELAY)
+            raise Blocked(BlockReason.LAYER_NOT_READY, f"Layer {name} is not ready{why}", retry=LAYER_DELAY)
         artifacts.append(LayerArtifact.from_status(name, status))
     return artifacts
 
@@ -73,7 +83,7 @@ def check_references(kube: Kube, fn: Function) -> dict[str, Any] | None:
             assert ref.config_map_key_ref is not None
             kind, key_ref = "ConfigMap", ref.config_map_key_ref
         obj = kube.get(Ref("v1", kind, ns, key_ref.name))
-        reason = f"{kind}NotFound"
+        reason = BlockReason.SECRET_NOT_FOUND if kind == "Secret" else BlockReason.CONFIG_MAP_NOT_FOUND
         if obj is None:
             raise Blocked(reason, f"{kind} {key_ref.name} (for {ref.name}) does not exist", retry=POLL_DELAY)
         if key_ref.key not in (obj.get("data") or {}) and key_ref.key not in (obj.get("binaryData") or {}):
@@ -86,7 +96,9 @@ def check_references(kube: Kube, fn: Function) -> dict[str, Any] | None:
     cm = kube.get(Ref("v1", "ConfigMap", ns, code.name))
     if cm is None:
         raise Blocked(
-            "ConfigMapNotFound", f"ConfigMap {code.name} (the code) does not exist", retry=POLL_DELAY
+            BlockReason.CONFIG_MAP_NOT_FOUND,
+            f"ConfigMap {code.name} (the code) does not exist",
+            retry=POLL_DELAY,
         )
     return cm
 
@@ -128,7 +140,7 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
             )
         except ApiError as e:
             raise Blocked(
-                "ApplyFailed", f"the API server refused a child: {e.message}", retry=POLL_DELAY
+                BlockReason.APPLY_FAILED, f"the API server refused a child: {e.message}", retry=POLL_DELAY
             ) from e
     except Blocked as blocked:
         written = write_function_status(ctx, ns, name, generation, blocked=blocked, first=body)

@@ -13,7 +13,7 @@ from lamina.api import API_VERSION, Layer
 from lamina.reconcilers.apply import apply
 from lamina.reconcilers.client import ApiError, Kube, Ref
 from lamina.reconcilers.context import Blocked, Context, parse_as
-from lamina.reconcilers.status import READY, Compute, is_ready, set_condition, write_status
+from lamina.reconcilers.status import READY, BlockReason, Compute, is_ready, set_condition, write_status
 from lamina.resources import NotSupported, build_layer, labels
 from lamina.resources.layer import LayerBuild, next_revision, stale_revisions
 
@@ -47,12 +47,14 @@ def build(kube: Kube, layer: Layer) -> LayerBuild:
         source = kube.get(Ref("v1", "ConfigMap", layer.metadata.namespace, cm_name))
         if source is None:
             raise Blocked(
-                "ConfigMapNotFound", f"ConfigMap {cm_name} (the content) does not exist", POLL_DELAY
+                BlockReason.CONFIG_MAP_NOT_FOUND,
+                f"ConfigMap {cm_name} (the content) does not exist",
+                POLL_DELAY,
             )
     try:
         return build_layer(layer, source)
     except NotSupported as e:
-        raise Blocked("NotSupportedYet", str(e), retry=None) from None
+        raise Blocked(BlockReason.NOT_SUPPORTED_YET, str(e), retry=None) from None
 
 
 def reconcile_layer(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -71,7 +73,7 @@ def reconcile_layer(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any],
                 prune_revisions(ctx.kube, layer, result.config_map["metadata"]["name"])
         except ApiError as e:
             raise Blocked(
-                "ApplyFailed", f"the API server refused the artifact: {e.message}", POLL_DELAY
+                BlockReason.APPLY_FAILED, f"the API server refused the artifact: {e.message}", POLL_DELAY
             ) from e
     except Blocked as blocked:
         written = write_status(ctx.kube, ref, _failed(generation, blocked))

@@ -19,6 +19,7 @@ from lamina.api import Function
 from lamina.api.common import S3Location
 from lamina.reconcilers.client import Kube, Ref
 from lamina.reconcilers.context import Blocked
+from lamina.reconcilers.status import BlockReason
 from lamina_runtime import s3
 from lamina_runtime.sigv4 import Credentials
 
@@ -61,13 +62,15 @@ def credentials(kube: Kube, namespace: str, location: S3Location, where: str) ->
     secret = kube.get(Ref("v1", "Secret", namespace, ref.name))
     if secret is None:
         raise Blocked(
-            "SecretNotFound", f"{where}.credentialsSecret: Secret {ref.name} does not exist", S3_RETRY
+            BlockReason.SECRET_NOT_FOUND,
+            f"{where}.credentialsSecret: Secret {ref.name} does not exist",
+            S3_RETRY,
         )
     data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
     data.update(secret.get("stringData") or {})
     if not data.get(ACCESS_KEY) or not data.get(SECRET_KEY):
         raise Blocked(
-            "SecretNotFound",
+            BlockReason.SECRET_NOT_FOUND,
             f"{where}.credentialsSecret: Secret {ref.name} needs the keys {ACCESS_KEY} and {SECRET_KEY}",
             S3_RETRY,
         )
@@ -97,5 +100,5 @@ def resolve_code(kube: Kube, fn: Function, recorded: Mapping[str, Any] | None) -
             return ResolvedObject(str(recorded["sha256"]), location.object_version or version_id, etag)
         fetched = s3.get(s3_object(location, version_id), creds)
     except s3.S3Error as exc:
-        raise Blocked("S3ObjectUnreadable", f"{where}: {exc}", S3_RETRY) from None
+        raise Blocked(BlockReason.S3_OBJECT_UNREADABLE, f"{where}: {exc}", S3_RETRY) from None
     return ResolvedObject(fetched.sha256, location.object_version or fetched.version_id, fetched.etag)

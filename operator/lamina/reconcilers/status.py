@@ -12,8 +12,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
+from lamina.api import Condition, EventSourceMappingStatus, FunctionStatus, LayerStatus
+from lamina.api.common import StatusBase
 from lamina.reconcilers.client import Conflict, Kube, Ref
 
 log = logging.getLogger(__name__)
@@ -21,20 +26,69 @@ log = logging.getLogger(__name__)
 FIELD_MANAGER = "lamina-operator"
 READY = "Ready"
 
-#: Reasons a reconcile stops at; the Deployment watcher does not flip Ready while one of them stands.
-BLOCKING_REASONS = frozenset(
-    {
-        "InvalidSpec",
-        "LayerNotFound",
-        "LayerNotReady",
-        "LayerIncompatible",
-        "SecretNotFound",
-        "ConfigMapNotFound",
-        "FunctionNotFound",
-        "NotSupportedYet",
-        "ApplyFailed",
-    }
-)
+
+class BlockReason(StrEnum):
+    """Why a reconcile stops: the object's Ready=False reason, a Warning Event, and the label of the
+    blocked-objects metric. While one of them stands, the Deployment watcher does not flip Ready."""
+
+    #: The spec breaks a rule the CRD cannot express; only an edit helps.
+    INVALID_SPEC = "InvalidSpec"
+    #: A Layer the Function names does not exist / is not ready / does not support its runtime.
+    LAYER_NOT_FOUND = "LayerNotFound"
+    LAYER_NOT_READY = "LayerNotReady"
+    LAYER_INCOMPATIBLE = "LayerIncompatible"
+    #: A Secret or ConfigMap (or a key of it) the object reads does not exist.
+    SECRET_NOT_FOUND = "SecretNotFound"
+    CONFIG_MAP_NOT_FOUND = "ConfigMapNotFound"
+    #: The Function an EventSourceMapping invokes does not exist.
+    FUNCTION_NOT_FOUND = "FunctionNotFound"
+    #: The object asks for something lamina does not do yet (e.g. a requirements Layer).
+    NOT_SUPPORTED_YET = "NotSupportedYet"
+    #: The API server refused a child object; its message says why.
+    APPLY_FAILED = "ApplyFailed"
+    #: The code or a layer in S3-compatible storage cannot be read (bucket and key named).
+    S3_OBJECT_UNREADABLE = "S3ObjectUnreadable"
+
+
+#: The Ready reasons that mean "blocked" (derived from :class:`BlockReason`, so never out of step).
+BLOCKING_REASONS = frozenset(reason.value for reason in BlockReason)
+
+
+class StatusFieldError(ValueError):
+    """A reconciler wrote a status key its kind's status model does not have: the API server would
+    drop it without a word, so it is refused here (every test that reaches the write fails)."""
+
+
+#: The status model of each kind lamina writes status for (what the CRD's status schema is made of).
+STATUS_MODELS: dict[str, type[StatusBase]] = {
+    "Function": FunctionStatus,
+    "Layer": LayerStatus,
+    "EventSourceMapping": EventSourceMappingStatus,
+}
+
+
+def _aliases(model: type[BaseModel]) -> set[str]:
+    return {f.alias or name for name, f in model.model_fields.items()}
+
+
+def check_status(kind: str, fields: Mapping[str, Any]) -> None:
+    """Refuse ``fields`` unless each key (and each key of each condition) is a field of ``kind``'s
+    status model and each value passes the model's validation (types, ranges). ``None`` is allowed
+    (a merge patch deletes the key with it)."""
+    model = STATUS_MODELS[kind]
+    unknown = sorted(set(fields) - _aliases(model))
+    if unknown:
+        raise StatusFieldError(
+            f"{kind} status has no field {', '.join(unknown)} (fields: {', '.join(sorted(_aliases(model)))})"
+        )
+    for condition in fields.get("conditions") or []:
+        extra = sorted(set(condition) - _aliases(Condition))
+        if extra:
+            raise StatusFieldError(f"{kind} status condition has no field {', '.join(extra)}")
+    try:
+        model.model_validate({k: v for k, v in fields.items() if v is not None})
+    except ValidationError as e:
+        raise StatusFieldError(f"{kind} status is not valid: {e}") from None
 
 
 def now() -> str:
@@ -124,6 +178,7 @@ def write_status(
             if from_cache:
                 continue  # confirm on a fresh read
             return current, current
+        check_status(ref.kind, fields)
         patch = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": fields}
         try:
             written = kube.merge_patch(ref, patch, FIELD_MANAGER, subresource="status")
