@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -162,7 +162,18 @@ LATEST_PUBLISHED = "$LATEST.PUBLISHED"
 #: Lambda's alias names: letters, digits, '-' and '_', not only digits (that would read as a version).
 ALIAS_NAME = r"^[a-zA-Z0-9_-]{1,128}$"
 MAX_ALIASES = 16
-VersionNumber = Annotated[str, Field(pattern=VERSION_NUMBER)]
+#: Map keys that are version numbers (the apiserver refuses patternProperties, so CEL checks them).
+VERSION_KEYS_RULE = {
+    "rule": "self.all(v, v.matches('^[1-9][0-9]{0,9}$'))",
+    "message": "keys must be published version numbers (1, 2, ...)",
+}
+
+
+def _version_keys(values: dict[str, Any]) -> dict[str, Any]:
+    for key in values:
+        if not re.fullmatch(VERSION_NUMBER, key):
+            raise ValueError(f"keys must be published version numbers (1, 2, ...), got {key!r}")
+    return values
 
 
 class AliasSpec(LaminaModel):
@@ -201,17 +212,21 @@ class AliasSpec(LaminaModel):
         description="The version the alias points to: a number, $LATEST, or $LATEST.PUBLISHED (the newest "
         "published version).",
     )
-    additional_version_weights: dict[VersionNumber, Annotated[float, Field(ge=0, le=1)]] = Field(
+    additional_version_weights: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=dict,
         max_length=1,
         description="One other published version and the share of invocations (0 to 1) it gets; "
         "functionVersion gets the rest.",
-        json_schema_extra={"maxProperties": 1},
+        json_schema_extra={"maxProperties": 1, "x-kubernetes-validations": [VERSION_KEYS_RULE]},
     )
     provisioned_concurrency: int = Field(
         default=0, ge=0, description="Environments kept initialised for the versions this alias routes to."
     )
     description: str = Field(default="", max_length=256)
+
+    _weights_keys = field_validator("additional_version_weights")(
+        classmethod(lambda cls, v: _version_keys(v))
+    )
 
     @model_validator(mode="after")
     def _routing(self) -> AliasSpec:
@@ -323,11 +338,11 @@ class FunctionSpec(LaminaModel):
             ],
         },
     )
-    provisioned_concurrency_by_version: dict[VersionNumber, Annotated[int, Field(ge=0)]] = Field(
+    provisioned_concurrency_by_version: dict[str, Annotated[int, Field(ge=0)]] = Field(
         default_factory=dict,
         max_length=MAX_ALIASES,
         description="Provisioned concurrency of published versions, by number (aliases carry their own).",
-        json_schema_extra={"maxProperties": MAX_ALIASES},
+        json_schema_extra={"maxProperties": MAX_ALIASES, "x-kubernetes-validations": [VERSION_KEYS_RULE]},
     )
 
     @field_validator("environment")
@@ -339,6 +354,10 @@ class FunctionSpec(LaminaModel):
             if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
                 raise FieldError(name, "is reserved by the runtime")
         return env
+
+    _pc_keys = field_validator("provisioned_concurrency_by_version")(
+        classmethod(lambda cls, v: _version_keys(v))
+    )
 
     @field_validator("layers")
     @classmethod

@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
 
-from lamina.api import ManifestError, parse_object
+from lamina.api import Function, ManifestError, parse_object
+from lamina.api.versions import Route, plan
 from lamina.asyncinvoke.redis_store import RedisEventStore
 from lamina.cluster.settings import GatewaySettings
-from lamina.environments.base import FunctionConfig, function_config
+from lamina.environments.base import FunctionConfig, function_config, version_of
 from lamina.environments.http_pool import HttpEnvironmentPool
 from lamina.environments.kubernetes_source import KubernetesEndpointSource
 from lamina.gateway.app import build_app
@@ -29,6 +31,24 @@ from lamina.gateway.service import InvocationService
 from lamina.kubeapi import SecretValues, ThreadedWatch, api_client, list_functions_fn
 
 log = logging.getLogger(__name__)
+
+
+def with_versions(config: FunctionConfig, fn: Function, status: Mapping[str, Any]) -> FunctionConfig:
+    """``config`` ($LATEST) carrying the published versions and the aliases' routing in effect, as the
+    operator wrote them into the status (during a rollout, the current step's weights)."""
+    routes = {a: Route.from_status(doc) for a, doc in (status.get("aliases") or {}).items() if doc}
+    wanted = plan(fn.spec, routes)
+    config.versions = {
+        str(doc["version"]): version_of(
+            config,
+            doc,
+            provisioned_concurrency=wanted.provisioned.get(str(doc["version"]), 0),
+            routed=str(doc["version"]) in wanted.routed,
+        )
+        for doc in sorted(status.get("versions") or [], key=lambda d: int(d["version"]))
+    }
+    config.routes = routes
+    return config
 
 
 class FunctionCatalog:
@@ -46,10 +66,12 @@ class FunctionCatalog:
             self.functions.pop(key, None)
         else:
             try:
-                fn = parse_object(obj)
+                # The spec alone: the status is the operator's, and only read below.
+                fn = parse_object({k: v for k, v in obj.items() if k != "status"})
                 # The operator's digest of code, layers and configuration (GetFunction's CodeSha256).
                 revision = (obj.get("status") or {}).get("codeDigest") or str(fn.metadata.generation or "")
-                self.functions[key] = function_config(fn, revision=revision)  # type: ignore[arg-type]
+                config = function_config(fn, revision=revision)  # type: ignore[arg-type]
+                self.functions[key] = with_versions(config, fn, obj.get("status") or {})  # type: ignore[arg-type]
             except ManifestError as exc:  # the CRD schema should have refused it; never serve it
                 log.warning("ignoring Function %s: %s", key, exc)
                 self.functions.pop(key, None)

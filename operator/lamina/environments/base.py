@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from lamina_runtime.protocol import InvocationRequest, InvocationResult
@@ -87,6 +88,30 @@ def function_config(fn: Function, **where: Any) -> FunctionConfig:
         http_multi_value=spec.http.multi_value_headers,
         **where,
     )
+
+
+def version_of(latest: FunctionConfig, doc: Mapping[str, Any], **where: Any) -> FunctionConfig:
+    """A published version's config: the function's identity and limits from ``latest``, the version's
+    make-up from ``doc`` (a version summary as ``status.versions`` lists it, or local mode's record:
+    version, handler, runtime, memoryMB, timeoutSeconds, payloadFormat, multiValueHeaders, digest,
+    codeSha256); ``where`` adds what the caller resolved (code_dir, environment, provisioning)."""
+    fields: dict[str, Any] = dict(
+        version=str(doc["version"]),
+        handler=doc.get("handler") or latest.handler,
+        runtime=doc.get("runtime") or latest.runtime,
+        memory_mb=int(doc.get("memoryMB", latest.memory_mb)),
+        timeout_seconds=int(doc.get("timeoutSeconds", latest.timeout_seconds)),
+        http_format=doc.get("payloadFormat", "2.0"),
+        http_multi_value=bool(doc.get("multiValueHeaders")),
+        revision=str(doc.get("digest", ""))[:16],
+        code_sha256=str(doc.get("codeSha256", "")),
+        provisioned_concurrency=0,
+        routed=False,
+        versions={},
+        routes={},
+    )
+    fields.update(where)
+    return replace(latest, **fields)
 
 
 E = TypeVar("E")

@@ -96,6 +96,9 @@ class _Pool:
     resting: set[str] = field(default_factory=set)  # refused a connection; offered again shortly
     retired: set[str] = field(default_factory=set)  # given back to the source, not gone yet
     scaling: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: The version stopped being routed to (an alias moved away): the next reap retires its idle
+    #: endpoints without waiting for the keep-alive.
+    flush_idle: bool = False
 
     def waiting(self) -> int:
         return sum(1 for w in self.waiters if not w.done())
@@ -166,6 +169,7 @@ class HttpEnvironmentPool:
     async def update(self, functions: list[FunctionConfig]) -> None:
         for fn in functions:
             pool = self._pools.setdefault(fn.pool_key, _Pool(fn))
+            pool.flush_idle = pool.flush_idle or (pool.config.routed and not fn.routed)
             pool.config = fn
         for key in set(self._pools) - {f.pool_key for f in functions}:
             del self._pools[key]
@@ -386,10 +390,12 @@ class HttpEnvironmentPool:
         retired = 0
         for pool in self._pools.values():
             keep = pool.config.provisioned_concurrency
+            keep_alive = 0.0 if pool.flush_idle else pool.config.idle_timeout_seconds
+            pool.flush_idle = False
             for endpoint in sorted(pool.idle, key=lambda e: pool.last_used.get(e, 0)):
                 if pool.requested <= keep:
                     break
-                if now - pool.last_used.get(endpoint, now) < pool.config.idle_timeout_seconds:
+                if now - pool.last_used.get(endpoint, now) < keep_alive:
                     continue
                 pool.idle.remove(endpoint)
                 pool.ready.discard(endpoint)

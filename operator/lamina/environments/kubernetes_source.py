@@ -18,7 +18,7 @@ from typing import Any
 
 from kubernetes import client
 
-from lamina.environments.base import FunctionConfig
+from lamina.environments.base import LATEST, FunctionConfig
 from lamina.environments.endpoints import Listener, PodSet
 from lamina.kubeapi import ThreadedWatch
 from lamina.resources import labels, names
@@ -103,7 +103,8 @@ class KubernetesEndpointSource:
         function = (meta.get("labels") or {}).get(labels.FUNCTION)
         if not function:
             return
-        key = f"{meta.get('namespace')}/{function}"
+        version = (meta.get("labels") or {}).get(labels.VERSION)
+        key = f"{meta.get('namespace')}/{function}" + (f":{version}" if version else "")
         pods = self._pods[key]
         before = pod_set(list(pods.values()))
         uid = meta.get("uid", "")
@@ -137,7 +138,9 @@ class KubernetesEndpointSource:
                     field_manager=FIELD_MANAGER,
                 )
         self.apps.patch_namespaced_deployment_scale(
-            names.function_deployment(fn.name),
+            names.function_deployment(fn.name)
+            if fn.version == LATEST
+            else names.version_deployment(fn.name, fn.version),
             fn.namespace,
             {"spec": {"replicas": replicas}},
             field_manager=FIELD_MANAGER,

@@ -12,13 +12,12 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from lamina.api import EnvFrom, Function, ManifestError
 from lamina.api.versions import MissingVersion, Route, declared_routes, needs_publish, plan, retained
-from lamina.environments.base import FunctionConfig
+from lamina.environments.base import FunctionConfig, version_of
 
 
 class VersionStore:
@@ -90,30 +89,6 @@ def record_of(fn: Function, config: FunctionConfig, digest: str) -> dict[str, An
     }
 
 
-def version_config(
-    latest: FunctionConfig, record: dict[str, Any], environment: dict[str, str]
-) -> FunctionConfig:
-    """A published version's config: the function's identity and limits, the version's own make-up."""
-    return replace(
-        latest,
-        version=record["version"],
-        handler=record["handler"],
-        runtime=record["runtime"],
-        memory_mb=record["memoryMB"],
-        timeout_seconds=record["timeoutSeconds"],
-        code_dir=record["codeDir"],
-        layer_dirs=list(record["layerDirs"]),
-        environment=environment,
-        http_format=record.get("payloadFormat", "2.0"),
-        http_multi_value=bool(record.get("multiValueHeaders")),
-        revision=record["digest"][:16],
-        code_sha256=record["codeSha256"],
-        provisioned_concurrency=0,
-        versions={},
-        routes={},
-    )
-
-
 class LocalVersions:
     """Publishes, collects and routes the versions of local mode's functions."""
 
@@ -155,10 +130,15 @@ class LocalVersions:
                 **record.get("environment", {}),
                 **self.environment_from(ns, refs, f"{subject} version {number}"),
             }
-            config = version_config(latest, record, env)
-            config.provisioned_concurrency = wanted.provisioned.get(number, 0)
-            config.routed = number in wanted.routed
-            versions[number] = config
+            versions[number] = version_of(
+                latest,
+                record,
+                code_dir=record["codeDir"],
+                layer_dirs=list(record["layerDirs"]),
+                environment=env,
+                provisioned_concurrency=wanted.provisioned.get(number, 0),
+                routed=number in wanted.routed,
+            )
         latest.versions = versions
         latest.routes = effective
         return latest

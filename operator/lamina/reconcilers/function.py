@@ -25,6 +25,7 @@ from lamina.reconcilers.status import (
     set_condition,
     write_status,
 )
+from lamina.reconcilers.versions import reconcile_versions
 from lamina.resources import LayerArtifact, build_function, deployment_readiness, labels, names
 from lamina.resources.function import Readiness
 
@@ -138,6 +139,7 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
                 lambda: apply(kube, res.service),
                 lambda: apply_scaled_deployment(kube, res.deployment, fn.spec.provisioned_concurrency),
             )
+            version_fields = reconcile_versions(ctx, fn, body, res, layers, code_cm, s3_code)
         except ApiError as e:
             raise Blocked(
                 BlockReason.APPLY_FAILED, f"the API server refused a child: {e.message}", retry=POLL_DELAY
@@ -148,6 +150,7 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
             ctx.announce(body, *written)
         raise
     fields = {
+        **version_fields,
         "codeS3": s3_code.to_status(fn.spec.code.s3) if s3_code and fn.spec.code.s3 else None,
         "layerRevisions": {a.name: a.revision for a in layers},
         "codeDigest": res.code_digest,

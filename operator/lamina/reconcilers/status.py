@@ -48,6 +48,8 @@ class BlockReason(StrEnum):
     APPLY_FAILED = "ApplyFailed"
     #: The code or a layer in S3-compatible storage cannot be read (bucket and key named).
     S3_OBJECT_UNREADABLE = "S3ObjectUnreadable"
+    #: An alias (or provisionedConcurrencyByVersion) names a version that is not published.
+    ALIAS_VERSION_NOT_FOUND = "AliasVersionNotFound"
 
 
 #: The Ready reasons that mean "blocked" (derived from :class:`BlockReason`, so never out of step).

@@ -39,6 +39,9 @@ SERVE_COMMAND = ["python", "-m", "lamina_runtime", "serve", "--host", "0.0.0.0",
 FETCH_COMMAND = ["python", "-m", "lamina_runtime", "fetch"]
 #: ``python -m lamina_runtime fetch-s3 [--endpoint E] [--version-id V] BUCKET KEY SHA256 DEST``.
 FETCH_S3_COMMAND = ["python", "-m", "lamina_runtime", "fetch-s3"]
+LATEST = "$LATEST"
+#: Keys of a version ConfigMap that hold code files (``code.index.py``); the rest is the snapshot.
+VERSION_CODE_PREFIX = "code."
 #: Seconds a terminating environment gets beyond the function timeout to finish its invocation.
 GRACE_SECONDS = 5
 
@@ -164,6 +167,17 @@ def _service(fn: Function) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class VersionPods:
+    """What makes a published version's Deployment differ from $LATEST's: its number, its own name and
+    selector, and its code read from the version's immutable ConfigMap (files under ``code.<name>``)."""
+
+    number: str
+    config_map: str
+    code_files: tuple[str, ...]
+    provisioned: int
+
+
 def _deployment(
     fn: Function,
     settings: Settings,
@@ -171,16 +185,27 @@ def _deployment(
     layers: Sequence[LayerArtifact],
     chash: str,
     s3_code: S3Code | None = None,
+    version: VersionPods | None = None,
 ) -> dict[str, Any]:
     spec = fn.spec
-    pod_labels = {**labels.function_labels(fn.name), **labels.function_selector(fn.name)}
+    if version is None:
+        name, provisioned = names.function_deployment(fn.name), spec.provisioned_concurrency
+        own_labels, selector = labels.function_labels(fn.name), labels.function_selector(fn.name)
+    else:
+        name, provisioned = names.version_deployment(fn.name, version.number), version.provisioned
+        own_labels = labels.version_labels(fn.name, version.number)
+        selector = labels.version_selector(fn.name, version.number)
+    pod_labels = {**own_labels, **selector}
     volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}}]
     mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     init: list[dict[str, Any]] = []
 
     code = spec.code
     mounts.append({"name": "code", "mountPath": TASK_ROOT, "readOnly": True})
-    if code.inline is not None:
+    if version is not None and version.code_files:
+        items = [{"key": f"{VERSION_CODE_PREFIX}{f}", "path": f} for f in version.code_files]
+        volumes.append({"name": "code", "configMap": {"name": version.config_map, "items": items}})
+    elif code.inline is not None:
         volumes.append({"name": "code", "configMap": {"name": names.function_code_config_map(fn.name)}})
     elif code.config_map is not None:
         volumes.append({"name": "code", "configMap": {"name": code.config_map.name}})
@@ -217,7 +242,7 @@ def _deployment(
         "imagePullPolicy": settings.image_pull_policy,
         "command": SERVE_COMMAND,
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
-        "env": function_env(fn, settings, layer_paths),
+        "env": function_env(fn, settings, layer_paths, version.number if version else LATEST),
         "resources": {
             "requests": {"cpu": f"{spec.cpu_millicores}m", "memory": memory},
             "limits": {"memory": memory},
@@ -249,14 +274,11 @@ def _deployment(
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": metadata(
-            names.function_deployment(fn.name),
-            fn,
-            labels.function_labels(fn.name),
-            {labels.CONFIG_HASH: chash, labels.PROVISIONED: str(spec.provisioned_concurrency)},
+            name, fn, own_labels, {labels.CONFIG_HASH: chash, labels.PROVISIONED: str(provisioned)}
         ),
         "spec": {
-            "replicas": spec.provisioned_concurrency,
-            "selector": {"matchLabels": labels.function_selector(fn.name)},
+            "replicas": provisioned,
+            "selector": {"matchLabels": selector},
             "revisionHistoryLimit": 3,
             # Never drop below the provisioned environments during a rollout.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
@@ -316,13 +338,15 @@ def _fetch_s3_container(
     return container
 
 
-def function_env(fn: Function, settings: Settings, layer_paths: Sequence[str]) -> list[dict[str, Any]]:
+def function_env(
+    fn: Function, settings: Settings, layer_paths: Sequence[str], version: str = "$LATEST"
+) -> list[dict[str, Any]]:
     """The container's variables: Lambda's reserved ones, then the user's (a user value replaces a
     default of the same name, such as AWS_REGION), then the Secret/ConfigMap references."""
     spec = fn.spec
     values: dict[str, str] = {
         "AWS_LAMBDA_FUNCTION_NAME": fn.name,
-        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+        "AWS_LAMBDA_FUNCTION_VERSION": version,
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
         "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{fn.name}",
         "AWS_REGION": settings.region,

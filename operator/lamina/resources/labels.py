@@ -13,6 +13,8 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 
 FUNCTION = "lamina.dev/function"
 LAYER = "lamina.dev/layer"
+#: On a published version's pods, Deployment and ConfigMap: its number.
+VERSION = "lamina.dev/version"
 MAPPING = "lamina.dev/eventsourcemapping"
 
 #: Annotation on pod templates: digest of everything that should restart environments when it changes.
@@ -21,6 +23,9 @@ CONFIG_HASH = "lamina.dev/config-hash"
 PROVISIONED = "lamina.dev/provisioned-concurrency"
 
 FUNCTION_APP = "lamina-function"
+#: A published version's pods carry another app name, so $LATEST's selector (which cannot change on an
+#: existing Deployment) never matches them.
+FUNCTION_VERSION_APP = "lamina-function-version"
 WORKER_APP = "lamina-eventsource-worker"
 LAYER_APP = "lamina-layer"
 MANAGER = "lamina-operator"
@@ -37,6 +42,15 @@ def function_selector(function: str) -> dict[str, str]:
 
 def function_labels(function: str) -> dict[str, str]:
     return {**common(FUNCTION_APP, "execution-environment"), FUNCTION: function}
+
+
+def version_selector(function: str, version: str) -> dict[str, str]:
+    """Selects the environments of one published version."""
+    return {NAME: FUNCTION_VERSION_APP, FUNCTION: function, VERSION: version}
+
+
+def version_labels(function: str, version: str) -> dict[str, str]:
+    return {**common(FUNCTION_VERSION_APP, "execution-environment"), FUNCTION: function, VERSION: version}
 
 
 def mapping_selector(mapping: str) -> dict[str, str]:

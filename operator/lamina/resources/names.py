@@ -37,6 +37,16 @@ def function_code_config_map(function: str) -> str:
     return _bounded(f"{function}-code", 253)
 
 
+def version_deployment(function: str, version: str) -> str:
+    """The Deployment of one published version's environments."""
+    return _bounded(f"fn-{function}-v{version}")
+
+
+def version_config_map(function: str, version: str) -> str:
+    """The immutable ConfigMap that is a published version: its snapshot and its code files."""
+    return _bounded(f"{function}-version-{version}", 253)
+
+
 def layer_config_map(layer: str, digest: str) -> str:
     """The immutable ConfigMap holding one revision (content digest) of a configMap Layer."""
     return _bounded(f"layer-{layer}-{digest[:12]}", 253)

@@ -1,0 +1,131 @@
+"""A Function's published versions and aliases in a cluster (see :mod:`lamina.resources.versions` for
+where a version lives and why).
+
+Called by :func:`reconcile_function` after $LATEST's children are applied: publish when
+``publishVersions`` and $LATEST differs from the newest version, resolve the aliases (an alias naming a
+version that does not exist blocks the Function with the field), collect what the retention lets go
+(never a version something names), and keep one Deployment per kept version at its provisioned
+concurrency. Returns the status fields.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lamina.api import Function
+from lamina.api.versions import (
+    MissingVersion,
+    Route,
+    declared_routes,
+    needs_publish,
+    plan,
+    retained,
+    version_digest,
+)
+from lamina.reconcilers.apply import apply_scaled_deployment
+from lamina.reconcilers.client import ApiError, Ref
+from lamina.reconcilers.context import Blocked, Context
+from lamina.reconcilers.status import FIELD_MANAGER, BlockReason
+from lamina.resources import LayerArtifact, labels, names
+from lamina.resources.function import FunctionResources, S3Code
+from lamina.resources.versions import read_snapshot, snapshot, summary, version_config_map, version_deployment
+
+log = logging.getLogger(__name__)
+ALIAS_RETRY = 10.0
+
+
+def _owned(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(ref.get("uid") == uid for ref in obj["metadata"].get("ownerReferences") or [])
+
+
+def published(ctx: Context, fn: Function) -> dict[str, dict[str, Any]]:
+    """Version number -> its ConfigMap, for the versions of this Function object (by owner uid)."""
+    selector = f"{labels.FUNCTION}={fn.name},{labels.VERSION}"
+    found = ctx.kube.list("v1", "ConfigMap", fn.metadata.namespace, label_selector=selector)
+    uid = fn.metadata.uid or ""
+    by_number = {cm["metadata"]["labels"][labels.VERSION]: cm for cm in found if _owned(cm, uid)}
+    return dict(sorted(by_number.items(), key=lambda kv: int(kv[0])))
+
+
+def reconcile_versions(
+    ctx: Context,
+    fn: Function,
+    body: Mapping[str, Any],
+    res: FunctionResources,
+    layers: Sequence[LayerArtifact],
+    code_config_map: Mapping[str, Any] | None,
+    s3_code: S3Code | None,
+    routes: Mapping[str, Route] | None = None,
+) -> dict[str, Any]:
+    """Publish, route, collect and deploy; the status fields. ``routes`` overrides the declared
+    routing of aliases under a rollout."""
+    kube, spec, ns = ctx.kube, fn.spec, fn.metadata.namespace
+    status = body.get("status") or {}
+    if not (spec.publish_versions or spec.aliases or spec.provisioned_concurrency_by_version) and not (
+        status.get("latestVersion")
+    ):
+        return {}  # a function that never published: no reads spent on versions
+    versions = published(ctx, fn)
+    latest = max([int(status.get("latestVersion") or 0), *map(int, versions)])
+    digest = version_digest(spec, res.code_digest, [a.digest for a in layers])
+    newest = read_snapshot(versions[max(versions, key=int)])["digest"] if versions else None
+    if needs_publish(spec, digest, newest):
+        number = str(latest + 1)
+        cm = version_config_map(
+            fn, number, snapshot(fn, digest, res.code_digest, layers, s3_code), code_config_map
+        )
+        try:
+            versions[number] = kube.create(cm, FIELD_MANAGER)
+            latest += 1
+            ctx.post(dict(body), "Normal", "VersionPublished", f"published version {number}")
+        except ApiError as e:
+            if e.status != 409:
+                raise
+            versions = published(ctx, fn)  # another reconcile published it first
+            latest = max([latest, *map(int, versions)])
+    numbers = list(versions)
+    try:
+        declared = declared_routes(spec, numbers)
+    except MissingVersion as exc:
+        raise Blocked(BlockReason.ALIAS_VERSION_NOT_FOUND, str(exc), retry=ALIAS_RETRY) from None
+    effective = {**declared, **(routes or {})}
+    named = spec.named_versions() | {v for r in effective.values() for v in r.versions()}
+    kept, collected = retained(numbers, spec.retain_versions, named)
+    wanted = plan(spec, effective)
+    for number in collected:
+        kube.delete(Ref("apps/v1", "Deployment", ns, names.version_deployment(fn.name, number)))
+        kube.delete(Ref("v1", "ConfigMap", ns, names.version_config_map(fn.name, number)))
+        ctx.post(dict(body), "Normal", "VersionCollected", f"deleted version {number} (retainVersions)")
+    _delete_orphan_deployments(ctx, fn, set(kept))
+    ctx.run_all(
+        *(
+            (
+                lambda n=n: apply_scaled_deployment(
+                    kube,
+                    version_deployment(fn, versions[n], ctx.settings, wanted.provisioned.get(n, 0)),
+                    wanted.provisioned.get(n, 0),
+                )
+            )
+            for n in kept
+        )
+    )
+    aliases: dict[str, Any] = {a: r.to_status() for a, r in effective.items()}
+    for gone in set(status.get("aliases") or {}) - set(aliases):
+        aliases[gone] = None  # a merge patch removes a key only when told to
+    return {
+        "latestVersion": latest or None,
+        "versions": [summary(versions[n]) for n in kept],
+        "aliases": aliases or None,
+    }
+
+
+def _delete_orphan_deployments(ctx: Context, fn: Function, kept: set[str]) -> None:
+    """Deployments of versions that are no longer kept (their ConfigMap went first, or by hand)."""
+    selector = f"{labels.FUNCTION}={fn.name},{labels.VERSION}"
+    uid = fn.metadata.uid or ""
+    for dep in ctx.kube.list("apps/v1", "Deployment", fn.metadata.namespace, label_selector=selector):
+        number = dep["metadata"]["labels"].get(labels.VERSION)
+        if number not in kept and _owned(dep, uid):
+            ctx.kube.delete(Ref.of(dep))
