@@ -8,6 +8,7 @@ workers do start together, so the setup is retried until ``timeout`` passes.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 
@@ -15,7 +16,7 @@ _RETRY_PAUSE_SECONDS = 0.01
 
 
 def open_wal(
-    path: str,
+    path: str | os.PathLike[str],
     schema: str,
     *,
     synchronous: str = "NORMAL",

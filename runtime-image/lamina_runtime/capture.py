@@ -39,7 +39,7 @@ class LogBuffer:
 class Tee(io.TextIOBase):
     """A text stream that records every write in a LogBuffer and passes it through to `real`."""
 
-    def __init__(self, real: io.TextIOBase, log: LogBuffer) -> None:
+    def __init__(self, real: io.TextIOWrapper, log: LogBuffer) -> None:
         super().__init__()
         self._real = real
         self._log = log

@@ -9,6 +9,10 @@ from __future__ import annotations
 import os
 import time
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at cold start
+if TYPE_CHECKING:
+    from typing import Any
+
 
 class CognitoIdentity:
     __slots__ = ("cognito_identity_id", "cognito_identity_pool_id")
@@ -26,7 +30,7 @@ class Client:
 
     __slots__ = ("app_package_name", "app_title", "app_version_code", "app_version_name", "installation_id")
 
-    def __init__(self, data: dict) -> None:
+    def __init__(self, data: dict[str, Any]) -> None:
         self.installation_id = data.get("installation_id")
         self.app_title = data.get("app_title")
         self.app_version_name = data.get("app_version_name")
@@ -37,7 +41,7 @@ class Client:
 class ClientContext:
     __slots__ = ("client", "custom", "env")
 
-    def __init__(self, data: dict) -> None:
+    def __init__(self, data: dict[str, Any]) -> None:
         client = data.get("client")
         self.client = Client(client) if isinstance(client, dict) else None
         self.custom = data.get("custom")
@@ -69,7 +73,7 @@ def decode_client_context(encoded: str | None) -> tuple[ClientContext | None, di
     return ClientContext(data), w3c
 
 
-def decode_identity(data: dict | None) -> CognitoIdentity:
+def decode_identity(data: dict[str, Any] | None) -> CognitoIdentity:
     data = data or {}
     return CognitoIdentity(data.get("cognitoIdentityId"), data.get("cognitoIdentityPoolId"))
 

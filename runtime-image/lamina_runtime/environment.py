@@ -44,7 +44,7 @@ def runtime_version_arn(region: str, version: str) -> str:
     try:  # the C module alone: hashlib's import would cost a cold start milliseconds
         from _sha2 import sha256  # type: ignore[import-not-found]  # 3.12+
     except ImportError:
-        from _sha256 import sha256  # type: ignore[import-not-found,no-redef]  # 3.11
+        from _sha256 import sha256  # type: ignore[import-not-found]  # 3.11
 
     digest = sha256(f"{version}|{sys.version}".encode()).hexdigest()
     return f"arn:aws:lambda:{region}::runtime:{digest}"

@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 from types import TracebackType
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at cold start
+if TYPE_CHECKING:
+    from typing import Any
+
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 TASK_ROOT = "/var/task"
 LAYER_ROOT = "/opt"
@@ -28,7 +32,7 @@ class InitError(Exception):
         self.message = message
         self.stack = stack or []
 
-    def as_object(self) -> dict:
+    def as_object(self) -> dict[str, Any]:
         return {"errorMessage": self.message, "errorType": self.error_type, "stackTrace": self.stack}
 
 
@@ -71,7 +75,7 @@ def format_stack(tb: TracebackType | None) -> list[str]:
     return traceback.format_list(frames)
 
 
-def from_exception(exc: BaseException) -> dict:
+def from_exception(exc: BaseException) -> dict[str, Any]:
     """Error object for an exception raised by user code."""
     return {
         "errorMessage": str(exc),

@@ -112,13 +112,19 @@ def _opener(allow_local: bool) -> urllib.request.OpenerDirector:
 
     class HTTP(urllib.request.HTTPHandler):
         def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-            conn = type("C", (_CheckedHTTPConnection,), {"allow_local": allow_local})
-            return self.do_open(conn, req)
+            class Connection(_CheckedHTTPConnection):
+                pass
+
+            Connection.allow_local = allow_local
+            return self.do_open(Connection, req)
 
     class HTTPS(urllib.request.HTTPSHandler):
         def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-            conn = type("C", (_CheckedHTTPSConnection,), {"allow_local": allow_local})
-            return self.do_open(conn, req)
+            class Connection(_CheckedHTTPSConnection):
+                pass
+
+            Connection.allow_local = allow_local
+            return self.do_open(Connection, req)
 
     opener = urllib.request.OpenerDirector()
     for handler in (

@@ -12,6 +12,10 @@ import json
 import os
 import struct
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at cold start
+if TYPE_CHECKING:
+    from typing import Any
+
 PREFIX = struct.Struct("!II")
 MAX_HEADER = 64 * 1024 * 1024  # a header carries the invocation log, which may be long
 MAX_BODY = 64 * 1024 * 1024  # well above the 6 MB payload limits; guards against a corrupt stream
@@ -25,12 +29,12 @@ class FrameError(Exception):
     """The peer sent something that is not a frame (or closed mid-frame)."""
 
 
-def encode(header: dict, body: bytes = b"") -> bytes:
+def encode(header: dict[str, Any], body: bytes = b"") -> bytes:
     raw = json.dumps(header, separators=(",", ":")).encode()
     return PREFIX.pack(len(raw), len(body)) + raw + body
 
 
-def decode_header(raw: bytes) -> dict:
+def decode_header(raw: bytes) -> dict[str, Any]:
     header = json.loads(raw)
     if not isinstance(header, dict):
         raise FrameError(f"frame header is not a JSON object: {raw[:80]!r}")
@@ -46,7 +50,7 @@ def check_sizes(header_len: int, body_len: int) -> None:
 
 
 def _read_exact(fd: int, n: int, *, eof_ok: bool = False) -> bytes | None:
-    chunks = []
+    chunks: list[bytes] = []
     while n:
         chunk = os.read(fd, min(n, 1 << 20))
         if not chunk:
@@ -58,7 +62,7 @@ def _read_exact(fd: int, n: int, *, eof_ok: bool = False) -> bytes | None:
     return b"".join(chunks)
 
 
-def read_frame_fd(fd: int) -> tuple[dict, bytes] | None:
+def read_frame_fd(fd: int) -> tuple[dict[str, Any], bytes] | None:
     """Read one frame; None when the host closed the channel cleanly."""
     prefix = _read_exact(fd, PREFIX.size, eof_ok=True)
     if prefix is None:
@@ -70,7 +74,7 @@ def read_frame_fd(fd: int) -> tuple[dict, bytes] | None:
     return decode_header(raw), body
 
 
-def write_frame_fd(fd: int, header: dict, body: bytes = b"") -> None:
+def write_frame_fd(fd: int, header: dict[str, Any], body: bytes = b"") -> None:
     view = memoryview(encode(header, body))
     while view:
         written = os.write(fd, view)
@@ -80,7 +84,7 @@ def write_frame_fd(fd: int, header: dict, body: bytes = b"") -> None:
 # Asyncio side (the host): `reader` is an asyncio.StreamReader; duck-typed so asyncio is not imported here.
 
 
-async def read_frame(reader) -> tuple[dict, bytes]:  # type: ignore[no-untyped-def]
+async def read_frame(reader) -> tuple[dict[str, Any], bytes]:  # type: ignore[no-untyped-def]
     """Read one frame; raises asyncio.IncompleteReadError when the worker is gone."""
     header_len, body_len = PREFIX.unpack(await reader.readexactly(PREFIX.size))
     check_sizes(header_len, body_len)

@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 from . import logfmt
 from .paths import layer_dirs
@@ -108,7 +108,7 @@ class HostedEnvironment:
         memory_mb: int = 128,
         timeout_s: float = 3.0,
         python: str = sys.executable,
-        stdout: int | IO | None = None,
+        stdout: int | IO[Any] | None = None,
         init_timeout_s: float | None = None,
         site_packages: bool = False,
         version: str = "$LATEST",
@@ -307,7 +307,7 @@ class HostedEnvironment:
     def _error_result(
         self,
         req: InvocationRequest,
-        error: dict,
+        error: dict[str, Any],
         body_log: str,
         duration_ms: float,
         init_ms: float | None,
@@ -461,7 +461,7 @@ class HostedEnvironment:
                 if target >= 0:
                     os.write(target, text.encode())
             else:
-                target.write(text.encode() if "b" in getattr(target, "mode", "") else text)  # type: ignore[arg-type]
+                target.write(text.encode() if "b" in getattr(target, "mode", "") else text)
                 target.flush()
         except (OSError, ValueError):
             pass

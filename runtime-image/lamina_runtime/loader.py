@@ -9,9 +9,10 @@ from .errors import InitError, format_stack, show_path
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at cold start
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from typing import Any
 
 
-def load_handler(spec: str) -> Callable:
+def load_handler(spec: str) -> Callable[..., Any]:
     """Import `module.function` (module may be `dir/mod` or `pkg.mod`) and return the function.
 
     The module's top-level code runs here, once: that is the function's cold start.
@@ -40,7 +41,7 @@ def load_handler(spec: str) -> Callable:
     except Exception as exc:
         # Any other error in module top-level code is reported under its own type, as Lambda does.
         raise InitError(type(exc).__name__, str(exc), format_stack(exc.__traceback__)) from None
-    handler = getattr(module, func_name, None)
+    handler: Callable[..., Any] | None = getattr(module, func_name, None)
     if handler is None:
         raise InitError("Runtime.HandlerNotFound", f"Handler '{func_name}' missing on module '{module_name}'")
     return handler

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import time
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at cold start
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+    from typing import Any
+
 #: Log levels by name, as Lambda's LoggingConfig spells them (TRACE is DEBUG to Python's logging).
 LEVELS = {"TRACE": 5, "DEBUG": 10, "INFO": 20, "WARN": 30, "WARNING": 30, "ERROR": 40, "FATAL": 50}
 INFO = 20
@@ -103,14 +108,14 @@ class PlatformLog:
         self.enabled = LEVELS.get(system_level.upper(), INFO) <= INFO
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | object) -> PlatformLog:
+    def from_env(cls, env: Mapping[str, str]) -> PlatformLog:
         """From AWS_LAMBDA_LOG_FORMAT (what the function sees too) and LAMINA_SYSTEM_LOG_LEVEL."""
-        get = env.get  # type: ignore[attr-defined]
+        get = env.get
         return cls(
             (get("AWS_LAMBDA_LOG_FORMAT") or "").upper() == "JSON", get("LAMINA_SYSTEM_LOG_LEVEL") or "INFO"
         )
 
-    def _record(self, kind: str, record: dict) -> str:
+    def _record(self, kind: str, record: dict[str, Any]) -> str:
         import json
 
         return json.dumps({"time": iso_now(), "type": kind, "record": record}) + "\n"
@@ -133,7 +138,7 @@ class PlatformLog:
         if not self.enabled:
             return ""
         if self.json_format:
-            record: dict = {
+            record: dict[str, Any] = {
                 "initializationType": "on-demand",
                 "phase": phase,
                 "status": status,
@@ -156,7 +161,7 @@ class PlatformLog:
         if not self.enabled:
             return ""
         if self.json_format:
-            record: dict = {"requestId": request_id, "status": status}
+            record: dict[str, Any] = {"requestId": request_id, "status": status}
             if duration_ms is not None:
                 record["metrics"] = {"durationMs": round(duration_ms, 3)}
             return self._record("platform.runtimeDone", record)
@@ -177,7 +182,7 @@ class PlatformLog:
         if not self.enabled:
             return ""
         if self.json_format:
-            metrics: dict = {
+            metrics: dict[str, Any] = {
                 "durationMs": round(duration_ms, 3),
                 "billedDurationMs": billed_ms(duration_ms),
                 "memorySizeMB": int(memory_mb),
@@ -186,7 +191,7 @@ class PlatformLog:
             if init_duration_ms is not None:
                 metrics["initDurationMs"] = round(init_duration_ms, 3)
             status = status or ("failure" if function_error else "success")
-            record: dict = {"requestId": request_id, "metrics": metrics, "status": status}
+            record: dict[str, Any] = {"requestId": request_id, "metrics": metrics, "status": status}
             if error_type:
                 record["errorType"] = error_type
             return self._record("platform.report", record)

@@ -21,7 +21,9 @@ from .errors import show_paths
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at cold start
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
+    from importlib.abc import Loader
+    from importlib.machinery import ModuleSpec
     from types import ModuleType
 
 TEXT_FORMAT = "[%(levelname)s]\t%(asctime)s.%(msecs)03dZ\t%(aws_request_id)s\t%(message)s\n"
@@ -69,36 +71,39 @@ class _AfterImport:
         self.name = name
         self.then = then
 
-    def find_spec(self, name: str, path: object = None, target: object = None) -> object:
+    def find_spec(
+        self, name: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
         if name != self.name:
             return None
         if self in sys.meta_path:
             sys.meta_path.remove(self)
         for finder in sys.meta_path:
             find = getattr(finder, "find_spec", None)
-            spec = find(name, path, target) if find is not None else None
-            if spec is not None:
+            found = find(name, path, target) if find is not None else None
+            if found is not None:
+                spec: ModuleSpec = found
                 break
         else:
             return None
         if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-            spec.loader = _ThenLoader(spec.loader, self.then)
+            spec.loader = _ThenLoader(spec.loader, self.then)  # type: ignore[assignment]
         return spec
 
 
 class _ThenLoader:
-    def __init__(self, loader: object, then: Callable[[ModuleType], None]) -> None:
+    def __init__(self, loader: Loader, then: Callable[[ModuleType], None]) -> None:
         self._loader = loader
         self._then = then
 
-    def create_module(self, spec: object) -> object:
-        return self._loader.create_module(spec)  # type: ignore[attr-defined]
+    def create_module(self, spec: ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
         module.__loader__ = self._loader  # the module keeps its real loader (get_source, resources)
         if module.__spec__ is not None:
-            module.__spec__.loader = self._loader  # type: ignore[assignment]
-        self._loader.exec_module(module)  # type: ignore[attr-defined]
+            module.__spec__.loader = self._loader
+        self._loader.exec_module(module)
         try:
             self._then(module)
         except Exception as exc:  # a `logging` of the function's own, say: never break its import

@@ -173,7 +173,7 @@ class RuntimeApiProcess(HostedEnvironment):
         self._work: asyncio.Queue[_Invocation] = asyncio.Queue()
         self._current: _Invocation | None = None
         self._ready: asyncio.Future[str] | None = None  # "next" | "error" once INIT is over
-        self._init_error: dict | None = None
+        self._init_error: dict[str, Any] | None = None
         self._exited: asyncio.Future[int] | None = None
         self._pipe: asyncio.ReadTransport | None = None
         self._pipe_fd = -1
@@ -235,9 +235,8 @@ class RuntimeApiProcess(HostedEnvironment):
         self._pipe, self._pipe_fd = transport, read_fd
         self._exited = asyncio.ensure_future(self._proc.wait())
         try:
-            done, _ = await asyncio.wait(
-                {self._ready, self._exited}, timeout=self.init_timeout_s, return_when="FIRST_COMPLETED"
-            )
+            either: set[asyncio.Future[Any]] = {self._ready, self._exited}
+            done, _ = await asyncio.wait(either, timeout=self.init_timeout_s, return_when="FIRST_COMPLETED")
         except BaseException:
             await self._kill()
             raise
@@ -268,7 +267,7 @@ class RuntimeApiProcess(HostedEnvironment):
         init_type = self.user_env.get("AWS_LAMBDA_INITIALIZATION_TYPE", "on-demand")
         return self.platform.init_start(version, runtime_version_arn(self.region, version), init_type)
 
-    def _invalid_entrypoint(self, path: str | None, exc: OSError | None = None) -> dict:
+    def _invalid_entrypoint(self, path: str | None, exc: OSError | None = None) -> dict[str, Any]:
         if path is None:
             shown = [os.path.join(self.code_dir, "bootstrap"), os.path.join(OPT, "bootstrap")]
             message = f"Couldn't find valid bootstrap(s): [{' '.join(shown)}]"
@@ -398,7 +397,8 @@ class RuntimeApiProcess(HostedEnvironment):
     async def _answer(self, invocation: _Invocation) -> tuple[str, bytes, dict[str, str]]:
         """The bootstrap's answer, or _Exited when it ends first."""
         assert self._exited is not None
-        await asyncio.wait({invocation.reply, self._exited}, return_when="FIRST_COMPLETED")
+        answered: set[asyncio.Future[Any]] = {invocation.reply, self._exited}
+        await asyncio.wait(answered, return_when="FIRST_COMPLETED")
         if invocation.reply.done():
             return invocation.reply.result()
         raise _Exited(self._exited.result())
@@ -476,7 +476,7 @@ class RuntimeApiProcess(HostedEnvironment):
             current.reply.set_result((kind, b"", {}))
 
 
-def runtime_error(body: bytes, headers: dict[str, str]) -> dict:
+def runtime_error(body: bytes, headers: dict[str, str]) -> dict[str, Any]:
     """The error object of an /error or /init/error call: the body when it is a JSON object, else
     one built from the Lambda-Runtime-Function-Error-Type header."""
     try:

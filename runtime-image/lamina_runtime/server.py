@@ -116,7 +116,8 @@ class RuntimeServer:
     async def listen(self, host: str, port: int) -> int:
         """Accept connections (probes get 503 until INIT is done); returns the bound port."""
         self._server = await asyncio.start_server(self._connection, host, port, limit=64 * 1024)
-        return self._server.sockets[0].getsockname()[1]
+        bound: int = self._server.sockets[0].getsockname()[1]
+        return bound
 
     @property
     def ready(self) -> bool:

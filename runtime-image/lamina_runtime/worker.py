@@ -21,6 +21,11 @@ from .framing import FLUSH_LOG_SIGNAL, read_frame_fd, write_frame_fd
 from .loader import load_handler
 from .paths import layer_import_paths, split_layers
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing at cold start
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
 MAX_RESPONSE_BYTES = 6291556  # what Lambda's Runtime API accepts (6 MB + 100 B)
 #: Lambda's runtime escapes non-ASCII characters of results up to python3.11, and no longer from 3.12.
 ENSURE_ASCII = sys.version_info < (3, 12)
@@ -61,7 +66,7 @@ class Worker:
         self.fd = fd
         self.platform = platform
         self.log = capture.LogBuffer()
-        self.handler = None
+        self.handler: Callable[..., Any] | None = None
         self.init_duration_ms = 0.0
         # A provisioned environment was initialised ahead of any request: as on Lambda, no invocation
         # pays for that INIT, so no REPORT carries Init Duration.
@@ -69,7 +74,7 @@ class Worker:
         self.payload = b""
         self.memory_mb = os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]
 
-    def init(self) -> dict:
+    def init(self) -> dict[str, Any]:
         """Run INIT and describe its outcome in the `ready` frame.
 
         Init Duration counts from the host's spawn (LAMINA_SPAWNED_AT) when given, so that it covers
@@ -104,7 +109,7 @@ class Worker:
             "init_log": self.log.take(),
         }
 
-    def error_block(self, error: dict, request_id: str = "") -> str:
+    def error_block(self, error: dict[str, Any], request_id: str = "") -> str:
         """How the runtime logs an unhandled error: the [ERROR] block, or one JSON line."""
         if not self.platform.json_format:
             return logfmt.error_lines(error["errorType"], error["errorMessage"], error.get("stackTrace"))
@@ -118,7 +123,7 @@ class Worker:
         }
         return json.dumps(line, ensure_ascii=False) + "\n"
 
-    def begin(self, header: dict) -> None:
+    def begin(self, header: dict[str, Any]) -> None:
         """Per-invocation state the function's code sees: the request id of its log records, and
         the trace context in _X_AMZN_TRACE_ID (botocore forwards it on calls the function makes,
         which carries the recursion guard's depth) and in TRACEPARENT / TRACESTATE."""
@@ -134,7 +139,7 @@ class Worker:
             else:
                 env.pop(name, None)
 
-    def invoke(self, header: dict, body: bytes) -> tuple[dict, bytes]:
+    def invoke(self, header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
         request_id = header["request_id"]
         self.begin(header)
         out = sys.stdout
@@ -175,7 +180,7 @@ class Worker:
         }
         return reply, payload
 
-    def _run(self, header: dict, body: bytes) -> dict | None:
+    def _run(self, header: dict[str, Any], body: bytes) -> dict[str, Any] | None:
         """Call the handler; on success leave the JSON result in self.payload, else return an error object."""
         self.payload = b""
         try:

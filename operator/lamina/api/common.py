@@ -11,10 +11,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 GROUP = "lamina.dev"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+#: ``f"{GROUP}/{VERSION}"``, spelled out so that it is the Literal the models declare.
+API_VERSION: Literal["lamina.dev/v1alpha1"] = "lamina.dev/v1alpha1"
 
 #: ``provided.*`` are custom runtimes: the code (or a layer) ships a ``bootstrap`` that speaks the Lambda
 #: Runtime API; they run in the Python runtime image, which carries the host of that API.
@@ -87,7 +89,7 @@ def cel_field(name: str) -> str:
     return f"__{name}__" if name in CEL_RESERVED else name
 
 
-def cel_exactly_one(*fields: str) -> dict[str, str]:
+def cel_exactly_one(*fields: str) -> JsonDict:
     """The CEL rule that mirrors :func:`exactly_one` for the CRD (aliases expected)."""
     has = ", ".join(f"has(self.{cel_field(f)})" for f in fields)
     return {
@@ -274,7 +276,8 @@ class BrokerChoice(LaminaModel):
     @property
     def target(self) -> LaminaModel:
         """The settings of the chosen kind."""
-        return getattr(self, self.kind)
+        chosen: LaminaModel = getattr(self, self.kind)
+        return chosen
 
 
 class Endpoint(BrokerChoice):

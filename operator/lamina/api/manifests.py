@@ -190,13 +190,14 @@ def _add(found: Manifests, seen: dict[tuple[str, Key], str], label: str, doc: An
     if (kind, key) in seen:
         return [f"{kind} {key[1]}: defined twice in namespace {key[0]} ({seen[kind, key]} and {label})"]
     seen[kind, key] = label
-    table = {
+    tables: dict[str, dict[Key, Any]] = {
         "Function": found.functions,
         "Layer": found.layers,
         "EventSourceMapping": found.mappings,
         "ConfigMap": found.config_maps,
         "Secret": found.secrets,
-    }[kind]
+    }
+    table = tables[kind]
     table[key] = obj
     return []
 

@@ -115,7 +115,7 @@ def _header_timestamp(headers: Headers) -> str:
     if date:
         parsed = parsedate_tz(date)
         if parsed is not None:
-            seconds = timegm(parsed[:9]) - (parsed[9] or 0)  # type: ignore[arg-type]
+            seconds = timegm(parsed[:9]) - (parsed[9] or 0)
             return strftime("%Y%m%dT%H%M%SZ", gmtime(seconds))
     raise IncompleteSignature(
         "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header."

@@ -122,7 +122,7 @@ def _failure(exc: BaseException) -> tuple[str, str]:
         kind = f"{exc.status} {exc.reason}"
         message = ""
         with contextlib.suppress(ValueError, TypeError, AttributeError):
-            message = json.loads(exc.body).get("message", "")
+            message = json.loads(exc.body or "{}").get("message", "")
         return kind, f"{kind}: {message}" if message else kind
     kind = type(exc).__name__
     text = str(exc).splitlines()[0] if str(exc) else ""

@@ -314,10 +314,10 @@ class HttpEnvironmentPool:
 
     async def _acquire(self, pool: _Pool, deadline: float) -> str:
         while pool.idle:
-            endpoint = pool.idle.pop()
-            if endpoint in pool.ready:
-                pool.busy.add(endpoint)
-                return endpoint
+            idle = pool.idle.pop()
+            if idle in pool.ready:
+                pool.busy.add(idle)
+                return idle
         failure = pool.failure()
         if failure is not None:
             raise failure

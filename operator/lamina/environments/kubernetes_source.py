@@ -85,10 +85,11 @@ class KubernetesEndpointSource:
 
     async def start(self) -> None:
         selector = labels.FUNCTION
-        if self.namespace:
+        namespace = self.namespace
+        if namespace:
 
             def list_pods(**kw: Any) -> Any:
-                return self.core.list_namespaced_pod(self.namespace, label_selector=selector, **kw)
+                return self.core.list_namespaced_pod(namespace, label_selector=selector, **kw)
         else:
 
             def list_pods(**kw: Any) -> Any:

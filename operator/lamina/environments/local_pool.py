@@ -249,7 +249,7 @@ class LocalProcessPool:
         """Stop on-demand environments idle longer than the function's keep-alive."""
         victims: list[_Environment] = []
         for envs in self._functions.values():
-            keep = []
+            keep: list[_Environment] = []
             for env in envs.idle:
                 expired = now - env.last_used >= envs.config.idle_timeout_seconds
                 (victims if expired and not env.provisioned else keep).append(env)

@@ -269,7 +269,8 @@ class MappingWorker:
                 continue
             if first_at is None:
                 first_at = time.monotonic()
-            kept, dropped = [], []
+            kept: list[tuple[SourceRecord, dict[str, Any]]] = []
+            dropped: list[tuple[SourceRecord, dict[str, Any]]] = []
             for rec in records:
                 entry = self._entry(rec)
                 (kept if self.filter.accepts(entry) else dropped).append((rec, entry))

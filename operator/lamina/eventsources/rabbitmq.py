@@ -76,7 +76,7 @@ class RabbitMQSource(Source):
             await self._channel.set_qos(prefetch_count=self.prefetch)
 
             async def on_message(message: AbstractIncomingMessage) -> None:
-                if generation == self._generation:
+                if generation == self._generation and message.delivery_tag is not None:
                     self._unacked.add(message.delivery_tag)
                 self._buffer.put_nowait((generation, message))
 
@@ -164,8 +164,9 @@ class RabbitMQSource(Source):
         if not messages:
             return
         tags = {m.delivery_tag for m in messages}
-        last = max(messages, key=lambda m: m.delivery_tag)
-        if all(t in tags for t in self._unacked if t <= last.delivery_tag):
+        # Consumed messages always carry a tag (no_ack is off); only a get with no_ack has none.
+        last = max(messages, key=lambda m: m.delivery_tag or 0)
+        if all(t in tags for t in self._unacked if t <= (last.delivery_tag or 0)):
             # Everything up to the last one goes: one frame acknowledges them all.
             await last.ack(multiple=True)
         else:

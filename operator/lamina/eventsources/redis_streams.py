@@ -114,7 +114,7 @@ class RedisStreamSource(Source):
     async def _receive_counts(self, ids: list[str]) -> dict[str, int]:
         if not ids:
             return {}
-        rows = await self.redis.xpending_range(
+        rows: Any = await self.redis.xpending_range(  # redis-py types its replies loosely
             self.name, self.group, min=ids[0], max=ids[-1], count=len(ids) * 2, consumername=self.consumer
         )
         return {_text(r["message_id"]): int(r["times_delivered"]) for r in rows}
@@ -162,7 +162,7 @@ class RedisStreamSource(Source):
         # 3. New entries.
         if not records:
             block = int(wait_seconds * 1000) if wait_seconds >= 0.001 else None
-            reply = await self.redis.xreadgroup(
+            reply: Any = await self.redis.xreadgroup(  # redis-py types its replies loosely
                 self.group, self.consumer, {self.name: ">"}, count=max_records, block=block
             )
             for _stream, entries in reply or []:

@@ -101,6 +101,7 @@ class BrokerMapping:
                 return None
             if on_failure.function is not None:
                 return FunctionSink(enqueue, f"{ns}/{on_failure.function.name}")
+            assert dlq_url is not None  # resolved above for every broker destination
             return make_sink(on_failure, dlq_url)
 
         self._statuses: list[MappingStatus] = [MappingStatus() for _ in range(spec.concurrency)]

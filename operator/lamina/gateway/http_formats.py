@@ -273,6 +273,7 @@ def map_response(fmt: str, payload: bytes, multi_value: bool = False) -> HttpRes
     try:
         if fmt == "2.0":
             return _response_v2(result)
+        assert isinstance(result, dict)  # checked above: 1.0 and ALB answered with an object
         if fmt == "alb":
             return _response_object(result, use_multi=multi_value, use_single=not multi_value)
         return _response_object(result, use_multi=True, use_single=True)

@@ -82,7 +82,7 @@ class Kube:
     """Blocking JSON calls against one cluster."""
 
     def __init__(self, api_client: client.ApiClient) -> None:
-        self.api = api_client
+        self.api: Any = api_client  # the official client, untyped
         #: Called with (verb, HTTP status; 0 when nothing answered) after every request (metrics).
         self.on_response: Callable[[str, int], None] | None = None
 
@@ -104,7 +104,8 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         body: Any = None,
         content_type: str = "application/json",
-    ) -> Any:
+    ) -> dict[str, Any] | None:
+        """One call; the JSON object the API server answered (None for an empty body)."""
         headers = {"Accept": "application/json", "Content-Type": content_type}
         params = self.api.param_serialize(
             method=method,
@@ -126,7 +127,13 @@ class Kube:
         self._observe(method, response.status)
         if not 200 <= response.status <= 299:
             raise _api_error(response.status, response.reason or "", response.data)
-        return json.loads(response.data) if response.data else None
+        doc: dict[str, Any] | None = json.loads(response.data) if response.data else None
+        return doc
+
+    def _object(self, doc: dict[str, Any] | None) -> dict[str, Any]:
+        if doc is None:
+            raise ApiError(0, "EmptyResponse", "the API server answered without an object")
+        return doc
 
     def _observe(self, verb: str, code: int) -> None:
         if self.on_response is not None:
@@ -147,8 +154,8 @@ class Kube:
         self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
     ) -> list[dict[str, Any]]:
         query = [("labelSelector", label_selector)] if label_selector else None
-        result = self.request("GET", collection_path(api_version, kind, namespace), query=query)
-        items = result.get("items") or []
+        result = self._object(self.request("GET", collection_path(api_version, kind, namespace), query=query))
+        items: list[dict[str, Any]] = result.get("items") or []
         for item in items:  # list items come without these
             item.setdefault("apiVersion", api_version)
             item.setdefault("kind", kind)
@@ -159,32 +166,38 @@ class Kube:
         query = [("fieldManager", field_manager)]
         if force:
             query.append(("force", "true"))
-        return self.request(
-            "PATCH",
-            object_path(Ref.of(obj)),
-            query=query,
-            body=obj,
-            content_type="application/apply-patch+yaml",
+        return self._object(
+            self.request(
+                "PATCH",
+                object_path(Ref.of(obj)),
+                query=query,
+                body=obj,
+                content_type="application/apply-patch+yaml",
+            )
         )
 
     def merge_patch(
         self, ref: Ref, patch: dict[str, Any], field_manager: str, subresource: str | None = None
     ) -> dict[str, Any]:
-        return self.request(
-            "PATCH",
-            object_path(ref, subresource),
-            query=[("fieldManager", field_manager)],
-            body=patch,
-            content_type="application/merge-patch+json",
+        return self._object(
+            self.request(
+                "PATCH",
+                object_path(ref, subresource),
+                query=[("fieldManager", field_manager)],
+                body=patch,
+                content_type="application/merge-patch+json",
+            )
         )
 
     def create(self, obj: dict[str, Any], field_manager: str) -> dict[str, Any]:
         ns = obj["metadata"].get("namespace")
-        return self.request(
-            "POST",
-            collection_path(obj["apiVersion"], obj["kind"], ns),
-            query=[("fieldManager", field_manager)],
-            body=obj,
+        return self._object(
+            self.request(
+                "POST",
+                collection_path(obj["apiVersion"], obj["kind"], ns),
+                query=[("fieldManager", field_manager)],
+                body=obj,
+            )
         )
 
     def delete(self, ref: Ref, uid: str | None = None) -> bool:

@@ -125,7 +125,7 @@ class Context:
         self.readiness[key] = readiness
 
     def readiness_unchanged(self, key: Hashable, readiness: Any) -> bool:
-        return self.readiness.get(key) == readiness
+        return bool(self.readiness.get(key) == readiness)
 
     def forget_readiness(self, key: Hashable) -> None:
         self.readiness.pop(key, None)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Hashable
-from typing import Any
+from typing import Any, cast
 
 from lamina.api import API_VERSION
 from lamina.reconcilers.client import ApiError, Ref
@@ -76,6 +76,6 @@ def reconcile_named(ctx: Context, kind: str, namespace: str, name: str) -> Any:
 
 
 def reconcile_key(ctx: Context, key: Hashable) -> None:
-    """The requeue's callback."""
-    kind, namespace, name = key  # type: ignore[misc]
+    """The requeue's callback (keys are :func:`key_of`'s)."""
+    kind, namespace, name = cast(tuple[str, str, str], key)
     reconcile_named(ctx, kind, namespace, name)

@@ -36,6 +36,7 @@ def _fields(
     meta, spec = obj["metadata"], obj.get("spec") or {}
     enabled = spec.get("enabled", True)
     conditions = (obj.get("status") or {}).get("conditions")
+    reason: str
     if blocked is not None:
         ready, reason, message, state = False, blocked.reason, blocked.message, "Creating"
     else:

@@ -175,6 +175,7 @@ def _readiness_fields(
         "readyEnvironments": readiness.ready_environments,
         "desiredEnvironments": readiness.desired_environments,
     }
+    reason: str
     if blocked is not None:
         ready, reason, message = False, blocked.reason, blocked.message
     else:

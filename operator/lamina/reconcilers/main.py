@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -47,7 +47,25 @@ registry = kopf.OperatorRegistry()
 
 def plain(body: Mapping[str, Any]) -> dict[str, Any]:
     """kopf's body views as plain JSON dicts."""
-    return json.loads(json.dumps(body, default=dict))
+    doc: dict[str, Any] = json.loads(json.dumps(body, default=dict))
+    return doc
+
+
+def namespace_of(body: kopf.Body) -> str:
+    """The object's namespace. kopf gives it as Optional (cluster-scoped kinds have none); every kind
+    these handlers watch is namespaced, so a missing one is refused here, naming the object, rather
+    than passed on as a namespace "None"."""
+    namespace = body.metadata.namespace
+    if namespace is None:
+        raise kopf.PermanentError(f"{body.get('kind')} {body.metadata.name} has no namespace")
+    return namespace
+
+
+def index(kwargs: Mapping[str, Any], name: str) -> kopf.Index[tuple[str, str], str]:
+    """The kopf index ``name`` from a handler's keyword arguments (kopf passes each index by its
+    name; its handler protocols cannot declare such arguments, so handlers take them from kwargs)."""
+    found: kopf.Index[tuple[str, str], str] = kwargs[name]
+    return found
 
 
 def ctx_of(memo: Any) -> Context:
@@ -56,7 +74,8 @@ def ctx_of(memo: Any) -> Context:
 
 
 def post_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
-    kopf.event(dict(obj), type=type_, reason=reason, message=message)
+    # kopf.event reads only apiVersion, kind and metadata, which a plain dict has as a Body does.
+    kopf.event(cast(kopf.Body, dict(obj)), type=type_, reason=reason, message=message)
 
 
 # ------------------------------------------------------------------------------------- lifecycle
@@ -132,12 +151,16 @@ def resync_all(ctx: Context) -> None:
 
 
 @kopf.index(*FUNCTIONS, registry=registry)
-def functions_by_layer(namespace: str, name: str, spec: Mapping[str, Any], **_: Any) -> dict[Any, str]:
+def functions_by_layer(
+    namespace: str | None, name: str, spec: Mapping[str, Any], **_: Any
+) -> dict[tuple[str | None, str], str]:
     return {(namespace, layer): name for layer in spec.get("layers") or []}
 
 
 @kopf.index(*MAPPINGS, registry=registry)
-def mappings_by_function(namespace: str, name: str, spec: Mapping[str, Any], **_: Any) -> dict[Any, str]:
+def mappings_by_function(
+    namespace: str | None, name: str, spec: Mapping[str, Any], **_: Any
+) -> dict[tuple[str | None, str], str]:
     return {(namespace, str(spec.get("functionName") or "").partition(":")[0]): name}
 
 
@@ -152,13 +175,13 @@ def _each(ctx: Context, kind: str, namespace: str, names: Iterable[str]) -> None
 @kopf.on.resume(*FUNCTIONS, registry=registry)
 @kopf.on.create(*FUNCTIONS, registry=registry)
 @kopf.on.update(*FUNCTIONS, field="spec", registry=registry)
-def function_changed(body: kopf.Body, memo: kopf.Memo, mappings_by_function: kopf.Index, **_: Any) -> None:
+def function_changed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     ctx = ctx_of(memo)
     if reconcile(ctx, plain(body)) is None:
         return
     # Mappings created before their function waited for it; let them go now.
-    ns, name = body.metadata.namespace, body.metadata.name
-    _each(ctx, "EventSourceMapping", ns, mappings_by_function.get((ns, name), []))
+    ns, name = namespace_of(body), body.metadata.name
+    _each(ctx, "EventSourceMapping", ns, index(kwargs, "mappings_by_function").get((ns, name), []))
 
 
 @kopf.on.event(*DEPLOYMENTS, labels={labels.NAME: labels.FUNCTION_APP}, registry=registry)
@@ -166,7 +189,7 @@ def function_deployment_event(event: Mapping[str, Any], body: kopf.Body, memo: k
     function = body.metadata.labels.get(labels.FUNCTION)
     if not function:
         return
-    ctx, ns = ctx_of(memo), body.metadata.namespace
+    ctx, ns = ctx_of(memo), namespace_of(body)
     ctx.note_child_event((ns, function))
     if event.get("type") == "DELETED":
         # Deleted behind the operator's back (or with its Function, which is then gone too).
@@ -183,7 +206,7 @@ def function_pod_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Mem
     function = body.metadata.labels.get(labels.FUNCTION)
     if not function:
         return
-    ctx, ns = ctx_of(memo), body.metadata.namespace
+    ctx, ns = ctx_of(memo), namespace_of(body)
     problem = None if event.get("type") == "DELETED" else pod_problem(plain(body))
     if ctx.note_pod((ns, function), body.metadata.name, problem):
         sync_function_status(ctx, ns, function)
@@ -195,22 +218,20 @@ def function_pod_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Mem
 @kopf.on.resume(*LAYERS, registry=registry)
 @kopf.on.create(*LAYERS, registry=registry)
 @kopf.on.update(*LAYERS, field="spec", registry=registry)
-def layer_changed(body: kopf.Body, memo: kopf.Memo, functions_by_layer: kopf.Index, **_: Any) -> None:
+def layer_changed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     ctx = ctx_of(memo)
     if artifact_changed(reconcile(ctx, plain(body))):
-        ns, name = body.metadata.namespace, body.metadata.name
-        _each(ctx, "Function", ns, functions_by_layer.get((ns, name), []))
+        ns, name = namespace_of(body), body.metadata.name
+        _each(ctx, "Function", ns, index(kwargs, "functions_by_layer").get((ns, name), []))
 
 
 @kopf.on.event(*LAYERS, registry=registry)
-def layer_deleted(
-    event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, functions_by_layer: kopf.Index, **_: Any
-) -> None:
+def layer_deleted(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
     if event.get("type") == "DELETED":
-        ns, name = body.metadata.namespace, body.metadata.name
+        ns, name = namespace_of(body), body.metadata.name
         ctx = ctx_of(memo)
         ctx.metrics.blocked.clear(("Layer", ns, name))
-        _each(ctx, "Function", ns, functions_by_layer.get((ns, name), []))
+        _each(ctx, "Function", ns, index(kwargs, "functions_by_layer").get((ns, name), []))
 
 
 @kopf.on.event(*FUNCTIONS, registry=registry)
@@ -218,7 +239,7 @@ def layer_deleted(
 async def object_deleted(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A deleted object is no longer blocked (nothing else would tell the metrics: no finalizers)."""
     if event.get("type") == "DELETED":
-        ctx_of(memo).metrics.blocked.clear((body["kind"], body.metadata.namespace, body.metadata.name))
+        ctx_of(memo).metrics.blocked.clear((body["kind"], namespace_of(body), body.metadata.name))
 
 
 # ------------------------------------------------------------------------------- event sources
@@ -236,7 +257,7 @@ def mapping_deployment_event(event: Mapping[str, Any], body: kopf.Body, memo: ko
     mapping = body.metadata.labels.get(labels.MAPPING)
     if not mapping:
         return
-    ctx, ns = ctx_of(memo), body.metadata.namespace
+    ctx, ns = ctx_of(memo), namespace_of(body)
     if event.get("type") == "DELETED":
         reconcile_named(ctx, "EventSourceMapping", ns, mapping)
     else:

@@ -53,7 +53,7 @@ class Requeue:
         with self._cv:
             attempt = self._attempts.get(key, 0)
             self._attempts[key] = attempt + 1
-            delay = min(self._max_delay, base_delay * 2 ** min(attempt, 16))
+            delay = min(self._max_delay, base_delay * 2.0 ** min(attempt, 16))
             due = time.monotonic() + delay
             if key not in self._due or due < self._due[key]:
                 self._due[key] = due

@@ -120,7 +120,7 @@ def set_condition(
         "reason": reason,
         "message": message,
         "lastTransitionTime": (timestamp or now())
-        if changed or not previous.get("lastTransitionTime")
+        if previous is None or changed or not previous.get("lastTransitionTime")
         else previous["lastTransitionTime"],
     }
     if generation is not None:

@@ -10,7 +10,7 @@ cluster has no such store yet, so they are reported as not supported (local mode
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,7 +111,7 @@ def next_revision(status: Mapping[str, Any] | None, digest: str) -> int:
 
 
 def stale_revisions(
-    config_maps: list[Mapping[str, Any]], current: str, keep: int = KEEP_REVISIONS
+    config_maps: Sequence[Mapping[str, Any]], current: str, keep: int = KEEP_REVISIONS
 ) -> list[str]:
     """Names of a layer's revision ConfigMaps to delete: all but the newest ``keep`` (never ``current``)."""
     ordered = sorted(
