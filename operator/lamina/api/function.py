@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from lamina.api.common import (
     DNS_LABEL,
@@ -163,7 +164,7 @@ LATEST_PUBLISHED = "$LATEST.PUBLISHED"
 ALIAS_NAME = r"^[a-zA-Z0-9_-]{1,128}$"
 MAX_ALIASES = 16
 #: Map keys that are version numbers (the apiserver refuses patternProperties, so CEL checks them).
-VERSION_KEYS_RULE = {
+VERSION_KEYS_RULE: JsonDict = {
     "rule": "self.all(v, v.matches('^[1-9][0-9]{0,9}$'))",
     "message": "keys must be published version numbers (1, 2, ...)",
 }

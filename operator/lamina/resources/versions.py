@@ -101,7 +101,8 @@ def version_config_map(
 
 
 def read_snapshot(config_map: Mapping[str, Any]) -> dict[str, Any]:
-    return json.loads((config_map.get("data") or {})[SNAPSHOT_KEY])
+    snapshot: dict[str, Any] = json.loads((config_map.get("data") or {})[SNAPSHOT_KEY])
+    return snapshot
 
 
 def code_files(config_map: Mapping[str, Any]) -> tuple[str, ...]:
