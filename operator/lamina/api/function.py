@@ -477,7 +477,8 @@ class FunctionStatus(StatusBase):
         description="Published versions that are kept, oldest first.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["version"]},
     )
-    aliases: dict[str, AliasStatus] = Field(
+    # None: how a merge patch removes an alias that is gone (the status writer validates the patch).
+    aliases: dict[str, AliasStatus | None] = Field(
         default_factory=dict,
         description="Each alias's routing in effect.",
         json_schema_extra={"maxProperties": MAX_ALIASES},
