@@ -40,6 +40,8 @@ def test_what_the_reconcilers_write_passes() -> None:
         "Layer", {"revision": 2, "digest": "d", "artifact": "configmap://x", "conditions": conditions}
     )
     check_status("EventSourceMapping", {"state": "Enabled", "source": "redis s", "nextFireTime": None})
+    # A merge patch deletes with null, at any depth (an alias that is gone).
+    check_status("Function", {"aliases": {"old": None}, "codeS3": None})
 
 
 @pytest.mark.parametrize(

@@ -13,18 +13,18 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from lamina.reconcilers.client import Kube, Ref
+from lamina.reconcilers.client import KubeApi, Ref
 from lamina.reconcilers.status import FIELD_MANAGER
 from lamina.resources import desired_replicas, labels
 
 REPLICAS_MANAGER = "lamina-operator-replicas"
 
 
-def apply(kube: Kube, obj: dict[str, Any]) -> dict[str, Any]:
+def apply(kube: KubeApi, obj: dict[str, Any]) -> dict[str, Any]:
     return kube.apply(obj, FIELD_MANAGER)
 
 
-def delete_if_owned(kube: Kube, ref: Ref, owner_uid: str) -> bool:
+def delete_if_owned(kube: KubeApi, ref: Ref, owner_uid: str) -> bool:
     """Delete ``ref`` if it exists and ``owner_uid`` is its controller (never a user's object)."""
     obj = kube.get(ref)
     if obj is None:
@@ -45,7 +45,7 @@ def replicas_owners(deployment: dict[str, Any]) -> set[str]:
     return owners
 
 
-def apply_scaled_deployment(kube: Kube, desired: dict[str, Any], provisioned: int) -> dict[str, Any]:
+def apply_scaled_deployment(kube: KubeApi, desired: dict[str, Any], provisioned: int) -> dict[str, Any]:
     """Apply a Function's Deployment without taking ``replicas`` from the gateway.
 
     Replicas are set (through :data:`REPLICAS_MANAGER`) when the Deployment is new, when it has

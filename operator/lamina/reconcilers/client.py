@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -76,6 +76,29 @@ def collection_path(api_version: str, kind: str, namespace: str | None) -> str:
 def object_path(ref: Ref, subresource: str | None = None) -> str:
     path = f"{collection_path(ref.api_version, ref.kind, ref.namespace)}/{ref.name}"
     return f"{path}/{subresource}" if subresource else path
+
+
+class KubeApi(Protocol):
+    """What the reconcilers call: :class:`Kube` against a cluster, or the in-memory stand-in of the
+    table tests (tests/support/memory_kube.py)."""
+
+    on_response: Callable[[str, int], None] | None
+
+    def get(self, ref: Ref) -> dict[str, Any] | None: ...
+
+    def list(
+        self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]: ...
+
+    def apply(self, obj: dict[str, Any], field_manager: str, force: bool = True) -> dict[str, Any]: ...
+
+    def merge_patch(
+        self, ref: Ref, patch: dict[str, Any], field_manager: str, subresource: str | None = None
+    ) -> dict[str, Any]: ...
+
+    def create(self, obj: dict[str, Any], field_manager: str) -> dict[str, Any]: ...
+
+    def delete(self, ref: Ref, uid: str | None = None) -> bool: ...
 
 
 class Kube:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from lamina.api import LaminaObject, ManifestError, parse_object
-from lamina.reconcilers.client import Kube
+from lamina.reconcilers.client import KubeApi
 from lamina.reconcilers.metrics import OperatorMetrics
 from lamina.reconcilers.requeue import Requeue
 from lamina.reconcilers.status import BLOCKING_REASONS, READY, BlockReason, find
@@ -64,7 +64,7 @@ def _log_event(obj: Mapping[str, Any], type_: str, reason: str, message: str) ->
 
 @dataclass
 class Context:
-    kube: Kube
+    kube: KubeApi
     settings: Settings
     post: EventSink = field(default=_log_event)
     requeue: Requeue | None = None

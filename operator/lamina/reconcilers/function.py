@@ -13,7 +13,7 @@ from typing import Any
 
 from lamina.api import API_VERSION, Function
 from lamina.reconcilers.apply import apply, apply_scaled_deployment, delete_if_owned
-from lamina.reconcilers.client import ApiError, Kube, Ref
+from lamina.reconcilers.client import ApiError, KubeApi, Ref
 from lamina.reconcilers.context import Blocked, Context, parse_as
 from lamina.reconcilers.s3code import resolve_code
 from lamina.reconcilers.status import (
@@ -47,7 +47,7 @@ def deployment_ref(namespace: str, function: str) -> Ref:
 # ------------------------------------------------------------------------------------ dependencies
 
 
-def resolve_layers(kube: Kube, fn: Function) -> list[LayerArtifact]:
+def resolve_layers(kube: KubeApi, fn: Function) -> list[LayerArtifact]:
     artifacts = []
     ns = fn.metadata.namespace
     for name in fn.spec.layers:
@@ -74,7 +74,7 @@ def resolve_layers(kube: Kube, fn: Function) -> list[LayerArtifact]:
     return artifacts
 
 
-def check_references(kube: Kube, fn: Function) -> dict[str, Any] | None:
+def check_references(kube: KubeApi, fn: Function) -> dict[str, Any] | None:
     """Check the Secrets / ConfigMaps the function reads; return its code ConfigMap, if any."""
     ns = fn.metadata.namespace
     for ref in fn.spec.environment_from:

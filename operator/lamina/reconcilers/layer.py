@@ -11,7 +11,7 @@ from typing import Any
 
 from lamina.api import API_VERSION, Layer
 from lamina.reconcilers.apply import apply
-from lamina.reconcilers.client import ApiError, Kube, Ref
+from lamina.reconcilers.client import ApiError, KubeApi, Ref
 from lamina.reconcilers.context import Blocked, Context, parse_as
 from lamina.reconcilers.status import READY, BlockReason, Compute, is_ready, set_condition, write_status
 from lamina.resources import NotSupported, build_layer, labels
@@ -26,7 +26,7 @@ def layer_ref(namespace: str, name: str) -> Ref:
     return Ref(API_VERSION, "Layer", namespace, name)
 
 
-def prune_revisions(kube: Kube, layer: Layer, current: str) -> None:
+def prune_revisions(kube: KubeApi, layer: Layer, current: str) -> None:
     """Delete this layer's revision ConfigMaps beyond the newest few (never the current one)."""
     ns, uid = layer.metadata.namespace, layer.metadata.uid
     selector = f"{labels.LAYER}={layer.name},{labels.NAME}={labels.LAYER_APP}"
@@ -40,7 +40,7 @@ def prune_revisions(kube: Kube, layer: Layer, current: str) -> None:
         kube.delete(Ref("v1", "ConfigMap", ns, name))
 
 
-def build(kube: Kube, layer: Layer) -> LayerBuild:
+def build(kube: KubeApi, layer: Layer) -> LayerBuild:
     source = None
     if layer.spec.config_map is not None:
         cm_name = layer.spec.config_map.name

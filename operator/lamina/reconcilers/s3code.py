@@ -17,7 +17,7 @@ from typing import Any
 
 from lamina.api import Function
 from lamina.api.common import S3Location
-from lamina.reconcilers.client import Kube, Ref
+from lamina.reconcilers.client import KubeApi, Ref
 from lamina.reconcilers.context import Blocked
 from lamina.reconcilers.status import BlockReason
 from lamina_runtime import s3
@@ -55,7 +55,7 @@ def s3_object(location: S3Location, version_id: str | None = None) -> s3.S3Objec
     )
 
 
-def credentials(kube: Kube, namespace: str, location: S3Location, where: str) -> Credentials | None:
+def credentials(kube: KubeApi, namespace: str, location: S3Location, where: str) -> Credentials | None:
     ref = location.credentials_secret
     if ref is None:
         return None
@@ -77,7 +77,7 @@ def credentials(kube: Kube, namespace: str, location: S3Location, where: str) ->
     return Credentials(data[ACCESS_KEY], data[SECRET_KEY], data.get(SESSION_TOKEN) or None)
 
 
-def resolve_code(kube: Kube, fn: Function, recorded: Mapping[str, Any] | None) -> ResolvedObject | None:
+def resolve_code(kube: KubeApi, fn: Function, recorded: Mapping[str, Any] | None) -> ResolvedObject | None:
     """The digest of the Function's S3 code (None when its code is not in S3)."""
     location = fn.spec.code.s3
     if location is None:

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from lamina.api import Condition, EventSourceMappingStatus, FunctionStatus, LayerStatus
 from lamina.api.common import StatusBase
-from lamina.reconcilers.client import Conflict, Kube, Ref
+from lamina.reconcilers.client import Conflict, KubeApi, Ref
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,15 @@ def _aliases(model: type[BaseModel]) -> set[str]:
     return {f.alias or name for name, f in model.model_fields.items()}
 
 
+def _without_nulls(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``fields`` without the nulls a merge patch uses to delete keys, at any depth of objects."""
+    return {k: _without_nulls(v) if isinstance(v, Mapping) else v for k, v in fields.items() if v is not None}
+
+
 def check_status(kind: str, fields: Mapping[str, Any]) -> None:
     """Refuse ``fields`` unless each key (and each key of each condition) is a field of ``kind``'s
     status model and each value passes the model's validation (types, ranges). ``None`` is allowed
-    (a merge patch deletes the key with it)."""
+    at any depth (a merge patch deletes the key with it)."""
     model = STATUS_MODELS[kind]
     unknown = sorted(set(fields) - _aliases(model))
     if unknown:
@@ -88,7 +93,7 @@ def check_status(kind: str, fields: Mapping[str, Any]) -> None:
         if extra:
             raise StatusFieldError(f"{kind} status condition has no field {', '.join(extra)}")
     try:
-        model.model_validate({k: v for k, v in fields.items() if v is not None})
+        model.model_validate(_without_nulls(fields))
     except ValidationError as e:
         raise StatusFieldError(f"{kind} status is not valid: {e}") from None
 
@@ -156,7 +161,7 @@ Compute = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
 
 def write_status(
-    kube: Kube, ref: Ref, compute: Compute, attempts: int = 10, first: dict[str, Any] | None = None
+    kube: KubeApi, ref: Ref, compute: Compute, attempts: int = 10, first: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """Read ``ref``, let ``compute(obj)`` return the status fields to set (None: nothing to do), and
     write them with a resourceVersion precondition; on conflict start over from a fresh read.

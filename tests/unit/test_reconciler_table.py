@@ -1,0 +1,454 @@
+"""The reconcilers, table-driven over an in-memory ``Kube`` (tests/support/memory_kube.py).
+
+Each row states the objects before, the object reconciled, and what must follow: the children applied,
+the Ready condition written, the Events posted and the blocked reason (Knative's table tests:
+``Objects``, ``Key``, ``WantCreates``/``WantUpdates``, ``WantStatusUpdates``, ``WantEvents``;
+``InduceFailure`` is ``MemoryKube.fail``). These are the fast middle layer; tests/cluster runs the same
+reconcilers against a real API server.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from lamina.reconcilers.client import ApiError, Conflict
+from lamina.reconcilers.context import Context
+from lamina.reconcilers.dispatch import reconcile
+from lamina.reconcilers.function import function_ref, sync_function_status
+from lamina.reconcilers.status import BLOCKING_REASONS, BlockReason
+from lamina.resources import Settings, labels
+from tests.support.memory_kube import MemoryKube
+
+NS = "team"
+SETTINGS = Settings(gateway_url="http://gw:8080")
+INLINE = {"inline": "def handler(event, context):\n    return event\n"}
+
+
+def function(name: str = "fn", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "lamina.dev/v1alpha1",
+        "kind": "Function",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"handler": "index.handler", "code": INLINE, **spec},
+    }
+
+
+def layer(
+    name: str, *, ready: bool | None = True, runtimes: list[str] | None = None, **spec: Any
+) -> dict[str, Any]:
+    """A Layer; ``ready`` True: reconciled and available, False: not available, None: never reconciled."""
+    status: dict[str, Any] = {}
+    if ready is not None:
+        reason = "Available" if ready else "ConfigMapNotFound"
+        status["conditions"] = [{"type": "Ready", "status": str(ready), "reason": reason, "message": ""}]
+    if ready:
+        status.update(revision=1, digest="d" * 64, artifact=f"configmap://{NS}/layer-{name}-1")
+    spec = spec or {"url": "https://example.com/layer.zip", "sha256": "a" * 64}
+    if runtimes:
+        spec["compatibleRuntimes"] = runtimes
+    return {
+        "apiVersion": "lamina.dev/v1alpha1",
+        "kind": "Layer",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": spec,
+        "status": status,
+    }
+
+
+def secret(name: str, **data: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": NS}, "data": data}
+
+
+def config_map(name: str, **data: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": NS},
+        "data": data,
+    }
+
+
+def mapping(name: str = "orders", function_name: str = "fn", **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "lamina.dev/v1alpha1",
+        "kind": "EventSourceMapping",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "functionName": function_name,
+            "source": {"redis": {"url": "redis://r:6379", "stream": "orders"}},
+            **spec,
+        },
+    }
+
+
+@dataclass
+class Row:
+    """One behaviour: ``objects`` before, ``subject`` reconciled, and what must follow."""
+
+    name: str
+    objects: list[dict[str, Any]]
+    subject: dict[str, Any]
+    applies: set[tuple[str, str]] = field(default_factory=set)  # (kind, name) applied
+    ready: tuple[str, str] = ("False", "Deploying")  # the Ready condition written (status, reason)
+    events: list[tuple[str, str]] = field(default_factory=list)  # (type, reason) posted
+    blocked: BlockReason | None = None
+    message: str = ""  # a part of Ready's message
+    induce: Callable[[MemoryKube], None] | None = None
+    status: dict[str, Any] = field(default_factory=dict)  # fields the status must have
+
+
+FUNCTION_CHILDREN = {("ConfigMap", "fn-code"), ("Service", "fn-fn"), ("Deployment", "fn-fn")}
+
+ROWS = [
+    Row(
+        "a new function gets its code, Service and Deployment; not ready until the rollout",
+        [],
+        function(),
+        applies=FUNCTION_CHILDREN,
+        status={"url": "http://gw:8080/url/team.fn", "layerRevisions": {}, "desiredEnvironments": 0},
+    ),
+    Row(
+        "a function with its layer ready mounts the layer's revision",
+        [layer("deps")],
+        function(layers=["deps"]),
+        applies=FUNCTION_CHILDREN,
+        status={"layerRevisions": {"deps": 1}},
+    ),
+    Row(
+        "an invalid spec is blocked until it is edited",
+        [],
+        function(timeoutSeconds=0),
+        ready=("False", "InvalidSpec"),
+        events=[("Warning", "InvalidSpec")],
+        blocked=BlockReason.INVALID_SPEC,
+        message="timeoutSeconds",
+    ),
+    Row(
+        "a missing layer blocks",
+        [],
+        function(layers=["deps"]),
+        ready=("False", "LayerNotFound"),
+        events=[("Warning", "LayerNotFound")],
+        blocked=BlockReason.LAYER_NOT_FOUND,
+        message="Layer deps does not exist",
+    ),
+    Row(
+        "a layer that is not ready blocks",
+        [layer("deps", ready=False)],
+        function(layers=["deps"]),
+        ready=("False", "LayerNotReady"),
+        events=[("Warning", "LayerNotReady")],
+        blocked=BlockReason.LAYER_NOT_READY,
+    ),
+    Row(
+        "a layer for another runtime blocks",
+        [layer("deps", runtimes=["python3.11"])],
+        function(layers=["deps"], runtime="python3.12"),
+        ready=("False", "LayerIncompatible"),
+        events=[("Warning", "LayerIncompatible")],
+        blocked=BlockReason.LAYER_INCOMPATIBLE,
+        message="supports python3.11, not python3.12",
+    ),
+    Row(
+        "a missing Secret blocks",
+        [],
+        function(environmentFrom=[{"name": "TOKEN", "secretKeyRef": {"name": "creds", "key": "token"}}]),
+        ready=("False", "SecretNotFound"),
+        events=[("Warning", "SecretNotFound")],
+        blocked=BlockReason.SECRET_NOT_FOUND,
+        message="Secret creds (for TOKEN) does not exist",
+    ),
+    Row(
+        "a Secret without the key blocks",
+        [secret("creds", other="eA==")],
+        function(environmentFrom=[{"name": "TOKEN", "secretKeyRef": {"name": "creds", "key": "token"}}]),
+        ready=("False", "SecretNotFound"),
+        events=[("Warning", "SecretNotFound")],
+        blocked=BlockReason.SECRET_NOT_FOUND,
+        message="has no key token",
+    ),
+    Row(
+        "a Secret with the key lets it through",
+        [secret("creds", token="eA==")],
+        function(environmentFrom=[{"name": "TOKEN", "secretKeyRef": {"name": "creds", "key": "token"}}]),
+        applies=FUNCTION_CHILDREN,
+    ),
+    Row(
+        "a missing code ConfigMap blocks",
+        [],
+        function(code={"configMap": {"name": "src"}}),
+        ready=("False", "ConfigMapNotFound"),
+        events=[("Warning", "ConfigMapNotFound")],
+        blocked=BlockReason.CONFIG_MAP_NOT_FOUND,
+        message="ConfigMap src (the code) does not exist",
+    ),
+    Row(
+        "code in S3 that cannot be read blocks, naming bucket and key",
+        [],
+        function(code={"s3": {"bucket": "code", "key": "fn.zip", "endpoint": "http://127.0.0.1:1"}}),
+        ready=("False", "S3ObjectUnreadable"),
+        events=[("Warning", "S3ObjectUnreadable")],
+        blocked=BlockReason.S3_OBJECT_UNREADABLE,
+        message="fn.zip",
+    ),
+    Row(
+        "an alias naming a version that does not exist blocks",
+        [],
+        function(aliases={"live": {"functionVersion": "3"}}),
+        applies=FUNCTION_CHILDREN,  # $LATEST's children come first
+        ready=("False", "AliasVersionNotFound"),
+        events=[("Warning", "AliasVersionNotFound")],
+        blocked=BlockReason.ALIAS_VERSION_NOT_FOUND,
+    ),
+    Row(
+        "a child the API server refuses blocks with its message",
+        [],
+        function(),
+        applies=FUNCTION_CHILDREN,  # applied side by side: the others went through
+        ready=("False", "ApplyFailed"),
+        events=[("Warning", "ApplyFailed")],
+        blocked=BlockReason.APPLY_FAILED,
+        message="spec.template: Invalid value",
+        induce=lambda kube: kube.fail(
+            "apply", "Deployment", lambda: ApiError(422, "Invalid", "spec.template: Invalid value")
+        ),
+    ),
+    Row(
+        "a status write that conflicts is computed again from a fresh read",
+        [],
+        function(),
+        applies=FUNCTION_CHILDREN,
+        # Another writer (the Deployment watcher) changed the status after the handler's copy was read.
+        induce=lambda kube: kube.merge_patch(
+            function_ref(NS, "fn"), {"status": {"readyEnvironments": 0}}, "watcher", subresource="status"
+        ),
+    ),
+    Row(
+        "a 409 from the API server is retried the same way",
+        [],
+        function(),
+        applies=FUNCTION_CHILDREN,
+        induce=lambda kube: kube.fail(
+            "merge-patch", "Function", lambda: Conflict(409, "Conflict", "modified"), subresource="status"
+        ),
+    ),
+    # -- Layers ------------------------------------------------------------------------------
+    Row(
+        "a layer from a URL is available at once",
+        [],
+        layer("deps", ready=None),
+        ready=("True", "Available"),
+        events=[("Normal", "Available")],
+        status={"revision": 1, "digest": "a" * 64},
+    ),
+    Row(
+        "a layer whose content ConfigMap is missing blocks",
+        [],
+        layer("deps", ready=None, configMap={"name": "deps-src"}),
+        ready=("False", "ConfigMapNotFound"),
+        events=[("Warning", "ConfigMapNotFound")],
+        blocked=BlockReason.CONFIG_MAP_NOT_FOUND,
+    ),
+    Row(
+        "a requirements layer is not supported yet",
+        [],
+        layer("deps", ready=None, requirements=["requests==2.32.3"]),
+        ready=("False", "NotSupportedYet"),
+        events=[("Warning", "NotSupportedYet")],
+        blocked=BlockReason.NOT_SUPPORTED_YET,
+    ),
+    # -- EventSourceMappings -----------------------------------------------------------------
+    Row(
+        "a mapping whose function is missing waits for it",
+        [],
+        mapping(),
+        ready=("False", "FunctionNotFound"),
+        events=[("Warning", "FunctionNotFound")],
+        blocked=BlockReason.FUNCTION_NOT_FOUND,
+        message="Function fn does not exist",
+        status={"state": "Creating", "source": "redis orders"},
+    ),
+    Row(
+        "a mapping gets its worker, identity first",
+        [function()],
+        mapping(),
+        applies={
+            ("ServiceAccount", "esm-orders"),
+            ("Role", "esm-orders"),
+            ("RoleBinding", "esm-orders"),
+            ("Deployment", "esm-orders"),
+        },
+        ready=("False", "Updating"),  # the worker Deployment has no status yet
+        status={"source": "redis orders"},
+    ),
+]
+
+
+def run(row: Row) -> tuple[MemoryKube, list[tuple[str, str, str]], Any]:
+    kube = MemoryKube(*row.objects)
+    subject = kube.put(row.subject)
+    events: list[tuple[str, str, str]] = []
+    ctx = Context(
+        kube, SETTINGS, post=lambda obj, type_, reason, message: events.append((type_, reason, message))
+    )
+    if row.induce is not None:
+        row.induce(kube)
+    result = reconcile(ctx, subject)
+    return kube, events, (ctx, subject, result)
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[r.name for r in ROWS])
+def test_reconcile(row: Row) -> None:
+    kube, events, (ctx, subject, result) = run(row)
+    kind, name = subject["kind"], subject["metadata"]["name"]
+    applied = {(w.kind, w.name) for w in kube.writes_of("apply")}
+    assert applied == row.applies, "children applied"
+    after = kube.object(kind, name, NS)
+    assert after is not None
+    status = after.get("status") or {}
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == row.ready, ready
+    assert row.message in ready["message"]
+    assert status["observedGeneration"] == after["metadata"]["generation"]
+    for key, value in row.status.items():
+        assert status.get(key) == value, key
+    assert [(t, r) for t, r, _ in events] == row.events
+    # What the operator's metric of blocked objects says (lamina_operator_blocked_objects).
+    blocked = {
+        (s.labels["kind"], s.labels["reason"]): s.value
+        for f in ctx.metrics.blocked.collect()
+        for s in f.samples
+    }
+    if row.blocked is None:
+        assert result is not None and blocked == {}
+    else:
+        assert result is None, "a blocked reconcile returns nothing"
+        assert blocked == {(kind, row.blocked): 1} and row.blocked in BLOCKING_REASONS
+
+
+def test_every_block_reason_has_a_row() -> None:
+    assert {r.blocked for r in ROWS if r.blocked is not None} == set(BlockReason)
+
+
+@pytest.mark.parametrize("which", ["conflicts", "409"])
+def test_a_conflicting_status_write_is_retried_not_lost(which: str) -> None:
+    [row] = [r for r in ROWS if which in r.name]
+    kube, _, _ = run(row)
+    writes = [w for w in kube.writes_of("merge-patch", "Function") if w.manager == "lamina-operator"]
+    assert len(writes) == 2  # the refused write, then one computed from a fresh read
+    assert ("get", "Function", "fn") in kube.reads
+    stored = kube.object("Function", "fn", NS) or {}
+    assert (
+        writes[1].body["metadata"]["resourceVersion"] != stored["metadata"]["resourceVersion"]
+    )  # it went in
+    if which == "conflicts":  # the first carried the handler's stale copy's version
+        assert writes[0].body["metadata"]["resourceVersion"] != writes[1].body["metadata"]["resourceVersion"]
+
+
+def test_the_gateway_keeps_replicas_the_operator_does_not_fight_it() -> None:
+    """The replicas hand-off of reconcilers/apply.py: a second reconcile leaves a scaled Deployment alone."""
+    kube, _, (ctx, subject, _) = run(ROWS[0])
+    deployment = kube.object("Deployment", "fn-fn", NS)
+    assert deployment is not None and deployment["spec"]["replicas"] == 0
+    scaled = copy.deepcopy(deployment)
+    scaled["spec"]["replicas"] = 3
+    kube.apply(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": scaled["metadata"],
+            "spec": {"replicas": 3},
+        },
+        "lamina-gateway",
+    )
+    reconcile(ctx, kube.object("Function", "fn", NS) or subject)
+    assert (kube.object("Deployment", "fn-fn", NS) or {})["spec"]["replicas"] == 3
+
+
+# -- sync_function_status: the Deployment watcher's path -------------------------------------------
+
+
+def ready_deployment(deployment: dict[str, Any], replicas: int) -> dict[str, Any]:
+    rolled = copy.deepcopy(deployment)
+    rolled["spec"]["replicas"] = replicas
+    rolled["status"] = {
+        "observedGeneration": rolled["metadata"]["generation"],
+        "replicas": replicas,
+        "updatedReplicas": replicas,
+        "readyReplicas": replicas,
+        "availableReplicas": replicas,
+    }
+    return rolled
+
+
+def reconciled(**spec: Any) -> tuple[MemoryKube, Context, list[tuple[str, str, str]]]:
+    kube = MemoryKube()
+    events: list[tuple[str, str, str]] = []
+    ctx = Context(kube, SETTINGS, post=lambda obj, t, r, m: events.append((t, r, m)))
+    reconcile(ctx, kube.put(function(**spec)))
+    return kube, ctx, events
+
+
+def test_a_rolled_out_deployment_makes_the_function_ready_with_one_event() -> None:
+    kube, ctx, events = reconciled(provisionedConcurrency=1)
+    deployment = kube.object("Deployment", "fn-fn", NS)
+    assert deployment is not None
+    kube.writes.clear()
+    sync_function_status(ctx, NS, "fn", ready_deployment(deployment, 1))
+    status = (kube.object("Function", "fn", NS) or {})["status"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"], status["readyEnvironments"]) == ("True", "EnvironmentsReady", 1)
+    assert [(t, r) for t, r, _ in events] == [("Normal", "EnvironmentsReady")]
+    assert len(kube.writes_of("merge-patch", "Function")) == 1
+
+
+def test_a_deployment_event_that_changes_nothing_reads_and_writes_nothing() -> None:
+    """The fast path: most Deployment events (a resync, a field the Function does not report) are
+    answered from the readiness last written, without reading the Function."""
+    kube, ctx, _ = reconciled(provisionedConcurrency=1)
+    deployment = kube.object("Deployment", "fn-fn", NS)
+    assert deployment is not None
+    sync_function_status(ctx, NS, "fn", ready_deployment(deployment, 1))
+    kube.writes.clear()
+    kube.reads.clear()
+    sync_function_status(ctx, NS, "fn", ready_deployment(deployment, 1))  # the same readiness again
+    assert kube.reads == [] and kube.writes == []
+
+
+def test_a_blocked_function_keeps_its_reason_while_the_counts_follow_the_deployment() -> None:
+    kube = MemoryKube(layer("deps", ready=False))
+    ctx = Context(kube, SETTINGS)
+    fn = kube.put(function(layers=["deps"]))
+    reconcile(ctx, fn)
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "fn-fn",
+            "namespace": NS,
+            "generation": 1,
+            "annotations": {labels.PROVISIONED: "0"},
+        },
+        "spec": {"replicas": 2},
+    }
+    sync_function_status(ctx, NS, "fn", ready_deployment(deployment, 2))
+    status = (kube.object("Function", "fn", NS) or {})["status"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "LayerNotReady")
+    assert status["readyEnvironments"] == 2
+
+
+def test_nothing_is_written_for_a_generation_not_yet_reconciled() -> None:
+    kube, ctx, _ = reconciled()
+    # An edit the reconcile has not seen yet: generation 2, observedGeneration still 1.
+    kube.merge_patch(function_ref(NS, "fn"), {"spec": {"memoryMB": 256}}, "test")
+    deployment = kube.object("Deployment", "fn-fn", NS)
+    assert deployment is not None
+    kube.writes.clear()
+    sync_function_status(ctx, NS, "fn", ready_deployment(deployment, 1))
+    assert kube.writes_of("merge-patch", "Function") == []
