@@ -93,7 +93,14 @@ def _defaults_valid(node: dict[str, Any]) -> None:
         assert default in node["enum"]
     if "minimum" in node:
         assert node["minimum"] <= default <= node.get("maximum", default)
-    expected = {"string": str, "integer": int, "boolean": bool, "array": list, "object": dict}[node["type"]]
+    expected = {
+        "string": str,
+        "integer": int,
+        "number": (int, float),
+        "boolean": bool,
+        "array": list,
+        "object": dict,
+    }[node["type"]]
     assert isinstance(default, expected)
 
 

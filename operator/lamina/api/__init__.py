@@ -32,6 +32,8 @@ from lamina.api.function import (
     FunctionStatus,
     HttpConfig,
     PublishedVersion,
+    RolloutPolicy,
+    RolloutStatus,
 )
 from lamina.api.layer import Layer, LayerSpec, LayerStatus
 from lamina.api.manifests import Manifests, load_documents, load_manifests, parse_object
@@ -68,6 +70,8 @@ __all__ = [
     "NameRef",
     "ObjectMeta",
     "PublishedVersion",
+    "RolloutPolicy",
+    "RolloutStatus",
     "ScheduleSource",
     "load_documents",
     "load_manifests",

@@ -177,6 +177,31 @@ def _version_keys(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+class RolloutPolicy(LaminaModel):
+    """How an alias moves to a new version (SAM's DeploymentPreference, Flagger's analysis):
+    ``Canary`` sends ``percent`` for ``intervalSeconds`` then everything; ``Linear`` adds ``percent``
+    every ``intervalSeconds``. Rolls back by itself when the new version's error rate over
+    ``windowSeconds`` passes ``errorRateThreshold`` (after ``minimumInvocations``)."""
+
+    type: Literal["Canary", "Linear"] = Field(description="Canary: one step; Linear: equal steps.")
+    percent: int = Field(ge=1, le=99, description="Canary: the new version's share; Linear: added per step.")
+    interval_seconds: int = Field(
+        ge=1, le=86400, description="Canary: how long the canary runs; Linear: time between steps."
+    )
+    error_rate_threshold: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="The new version rolls back when its errors / invocations pass this (0: any error).",
+    )
+    window_seconds: int = Field(
+        default=60, ge=1, le=3600, description="The window the error rate is taken over."
+    )
+    minimum_invocations: int = Field(
+        default=5, ge=1, le=100000, description="Invocations needed in the window before it can roll back."
+    )
+
+
 class AliasSpec(LaminaModel):
     """A named pointer to a version, optionally splitting traffic with one other version."""
 
@@ -195,6 +220,18 @@ class AliasSpec(LaminaModel):
                     "!(self.functionVersion in self.additionalVersionWeights)",
                     "message": "additionalVersionWeights: must name another version than functionVersion",
                     "fieldPath": ".additionalVersionWeights",
+                },
+                {
+                    "rule": "!has(self.rollout) || !has(self.additionalVersionWeights) || "
+                    "self.additionalVersionWeights.size() == 0",
+                    "message": "rollout: a rollout sets the weights itself; leave "
+                    "additionalVersionWeights empty",
+                    "fieldPath": ".rollout",
+                },
+                {
+                    "rule": "!has(self.rollout) || self.functionVersion != '$LATEST'",
+                    "message": "rollout: rolls out published versions, not $LATEST",
+                    "fieldPath": ".rollout",
                 },
                 {
                     "rule": "!has(self.provisionedConcurrency) || self.provisionedConcurrency == 0"
@@ -224,6 +261,9 @@ class AliasSpec(LaminaModel):
         default=0, ge=0, description="Environments kept initialised for the versions this alias routes to."
     )
     description: str = Field(default="", max_length=256)
+    rollout: RolloutPolicy | None = Field(
+        default=None, description="Move to a new functionVersion progressively, rolling back on errors."
+    )
 
     _weights_keys = field_validator("additional_version_weights")(
         classmethod(lambda cls, v: _version_keys(v))
@@ -243,6 +283,12 @@ class AliasSpec(LaminaModel):
                 "additionalVersionWeights",
                 f"must name another version than functionVersion {self.function_version}",
             )
+        if self.rollout is not None and weights:
+            raise FieldError(
+                "rollout", "a rollout sets the weights itself; leave additionalVersionWeights empty"
+            )
+        if self.rollout is not None and self.function_version == LATEST:
+            raise FieldError("rollout", "rolls out published versions, not $LATEST")
         if self.provisioned_concurrency and self.function_version == LATEST:
             raise FieldError(
                 "provisionedConcurrency",
@@ -454,10 +500,29 @@ class PublishedVersion(LaminaModel):
     created: str = Field(default="", description="When it was published (RFC 3339).")
 
 
+class RolloutStatus(LaminaModel):
+    """Where an alias's rollout is: every step and a rollback are also Kubernetes Events."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    phase: Literal["Progressing", "Succeeded", "RolledBack"]
+    from_version: str = Field(description="The version the alias routed to before.")
+    to_version: str = Field(description="The version being rolled out.")
+    weight: float = Field(default=0, ge=0, le=1, description="The new version's share now.")
+    step: int = Field(default=0, ge=0)
+    started_at: str = ""
+    step_started_at: str = ""
+    observed_invocations: int | None = Field(default=None, description="New version, in the window.")
+    observed_errors: int | None = Field(default=None, description="New version's errors, in the window.")
+    message: str = ""
+
+
 class AliasStatus(LaminaModel):
     """The routing of an alias in effect (during a rollout, the current step's weights)."""
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    rollout: RolloutStatus | None = Field(default=None, description="The last rollout of this alias.")
 
     function_version: str = Field(description="The version that gets the remaining traffic.")
     additional_version_weights: dict[str, float] = Field(

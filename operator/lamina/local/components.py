@@ -7,17 +7,23 @@ of ``GET /lamina/status``). :class:`~lamina.local.runner.LocalStack` runs them i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
 from lamina.api import EventSourceMapping
 from lamina.api.manifests import Manifests
+from lamina.api.rollouts import Counts, ErrorWindow
+from lamina.api.versions import declared_routes
 from lamina.asyncinvoke.dispatcher import AsyncDispatcher
 from lamina.asyncinvoke.sqlite_store import SqliteEventStore
 from lamina.eventsources.runners import literal_or_secret, mapping_runner
 from lamina.gateway.async_queue import AsyncInvocations
 from lamina.gateway.service import InvocationService
+from lamina.local.versions import LocalVersions, apply_routes
 from lamina.schedule.stores import SqliteTickStore
 
 
@@ -107,6 +113,73 @@ class EventSourceMappings:
         return {"mappings": self.snapshot()}
 
 
+class AliasRollouts:
+    """Local mode's rollout loop (the operator's, in a cluster): once a second, the gateway's per-version
+    counts go into an error window and every alias with a rollout advances; a changed routing goes to
+    the registry and the pool at once."""
+
+    def __init__(
+        self, service: InvocationService, manifests: Manifests, state_dir: Path, tick: float = 1.0
+    ) -> None:
+        self.service = service
+        self.functions = [
+            f for f in manifests.functions.values() if any(a.rollout for a in f.spec.aliases.values())
+        ]
+        self.versions = LocalVersions(state_dir, environment_from=None)
+        self.window = ErrorWindow()
+        self.tick = tick
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.functions:
+            self._task = asyncio.create_task(self._run(), name="lamina-rollouts")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def describe(self) -> list[str]:
+        return [f"  rollouts: {', '.join(f.name for f in self.functions)}"] if self.functions else []
+
+    async def status(self) -> dict[str, Any]:
+        return {}
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick)
+            try:
+                await self.advance(time.time())
+            except Exception as exc:  # one bad tick must not end the loop
+                print(f"lamina local: rollout tick failed: {exc}", flush=True)
+
+    async def advance(self, now: float) -> None:
+        registry, metrics = self.service.registry, self.service.metrics.registry
+        changed = False
+        for fn in self.functions:
+            ns, name = fn.metadata.namespace, fn.name
+            config = registry.get(f"{ns}/{name}")
+            if config is None:
+                continue
+            for version in config.versions:
+                labels = {"namespace": ns, "function": name, "version": version}
+                invocations = metrics.get_sample_value("lamina_version_invocations_total", labels) or 0.0
+                errors = metrics.get_sample_value("lamina_version_errors_total", labels) or 0.0
+                self.window.observe((ns, name, version), now, invocations, errors)
+            declared = declared_routes(fn.spec, list(config.versions))
+
+            def counts(version: str, seconds: float, since: float, ns: str = ns, name: str = name) -> Counts:
+                return self.window.counts((ns, name, version), now, seconds, since)
+
+            effective = self.versions.route_aliases(fn, declared, now, counts)
+            if effective != config.routes:
+                apply_routes(config, fn.spec, effective)
+                changed = True
+        if changed:
+            await self.service.pool.update(self.service.environment_configs())
+
+
 def build_components(
     service: InvocationService, manifests: Manifests, state_dir: Path, async_retry_base_seconds: float
 ) -> list[Component]:
@@ -115,4 +188,4 @@ def build_components(
     mappings = EventSourceMappings(
         manifests.mappings.values(), service, queue.dispatcher, manifests, state_dir
     )
-    return [queue, mappings]
+    return [queue, mappings, AliasRollouts(service, manifests, state_dir)]

@@ -12,10 +12,13 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lamina.api import EnvFrom, Function, ManifestError
+from lamina.api import EnvFrom, Function, FunctionSpec, ManifestError
+from lamina.api.rollouts import Counts, advance
 from lamina.api.versions import MissingVersion, Route, declared_routes, needs_publish, plan, retained
 from lamina.environments.base import FunctionConfig, version_of
 
@@ -59,6 +62,16 @@ class VersionStore:
 
     def delete(self, namespace: str, name: str, version: str) -> None:
         (self._dir(namespace, name) / f"{version}.json").unlink(missing_ok=True)
+
+    def alias_statuses(self, namespace: str, name: str) -> dict[str, Any]:
+        """Each alias's routing in effect (and its rollout) as last run, the status of local mode."""
+        path = self._dir(namespace, name) / "aliases.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def save_alias_statuses(self, namespace: str, name: str, statuses: dict[str, Any]) -> None:
+        folder = self._dir(namespace, name)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write(folder / "aliases.json", json.dumps(statuses, indent=1, sort_keys=True))
 
 
 def _now() -> str:
@@ -116,13 +129,12 @@ class LocalVersions:
             declared = declared_routes(spec, published)
         except MissingVersion as exc:
             raise ManifestError([f"{subject}: {exc}"]) from None
-        effective = {**declared, **(routes or {})}
+        effective = self.route_aliases(fn, declared, time.time(), lambda v, w, since: Counts())
         named = spec.named_versions() | {v for r in effective.values() for v in r.versions()}
         _, collected = retained(published, spec.retain_versions, named)
         for version in collected:
             self.store.delete(ns, name, version)
             del records[version]
-        wanted = plan(spec, effective)
         versions = {}
         for number, record in records.items():
             refs = [EnvFrom.model_validate(e) for e in record.get("environmentFrom") or []]
@@ -136,9 +148,42 @@ class LocalVersions:
                 code_dir=record["codeDir"],
                 layer_dirs=list(record["layerDirs"]),
                 environment=env,
-                provisioned_concurrency=wanted.provisioned.get(number, 0),
-                routed=number in wanted.routed,
             )
         latest.versions = versions
-        latest.routes = effective
+        apply_routes(latest, spec, effective)
         return latest
+
+    def route_aliases(
+        self,
+        fn: Function,
+        declared: dict[str, Route],
+        now: float,
+        counts: Callable[[str, float, float], Counts],
+    ) -> dict[str, Route]:
+        """Each alias's routing in effect; aliases with a rollout advance their state machine (the
+        state is kept in the state directory). Events are printed."""
+        ns, name = fn.metadata.namespace, fn.name
+        prior = self.store.alias_statuses(ns, name)
+        statuses, effective = {}, {}
+        for alias, route in declared.items():
+            policy = fn.spec.aliases[alias].rollout
+            if policy is None:
+                effective[alias], statuses[alias] = route, route.to_status()
+                continue
+            decision = advance(alias, policy, route.primary, prior.get(alias), now, counts)
+            effective[alias], statuses[alias] = decision.route, decision.status
+            for kind, reason, message in decision.events:
+                print(f"lamina local: {name}: {kind} {reason}: {message}", flush=True)
+        if statuses != prior:
+            self.store.save_alias_statuses(ns, name, statuses)
+        return effective
+
+
+def apply_routes(latest: FunctionConfig, spec: FunctionSpec, routes: dict[str, Route]) -> None:
+    """Set the aliases' routing on ``latest`` and, from it, each version's provisioned environments
+    and whether anything routes to it."""
+    wanted = plan(spec, routes)
+    latest.routes = routes
+    for number, config in latest.versions.items():
+        config.provisioned_concurrency = wanted.provisioned.get(number, 0)
+        config.routed = number in wanted.routed
