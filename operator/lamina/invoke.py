@@ -142,7 +142,8 @@ async def invoke_local(
     from lamina.gateway.registry import FunctionRegistry
     from lamina.gateway.service import InvocationService
     from lamina.invocation.errors import LambdaServiceError
-    from lamina.local.runner import StateDirInUse, build_functions, lock_state_dir
+    from lamina.local.interpreters import Interpreters
+    from lamina.local.runner import StateDirInUse, build_functions, lock_state_dir, runtime_packages
     from lamina_runtime.protocol import InvocationRequest
 
     try:
@@ -151,12 +152,18 @@ async def invoke_local(
         return Outcome(status=409, error=f"{exc} (or call it through its gateway: drop --local)")
     try:
         manifests = load_manifests(paths)
-        functions = build_functions(manifests, state_dir)
+        interpreters = Interpreters()
+        functions = build_functions(manifests, state_dir, interpreters=interpreters)
     except ManifestError as exc:
         lock.close()
         return Outcome(status=400, error=f"the manifests were refused:\n{exc}")
     registry = FunctionRegistry(functions)
-    pool = LocalProcessPool(registry.environments(), handler_output=sys.stderr.fileno())
+    pool = LocalProcessPool(
+        registry.environments(),
+        handler_output=sys.stderr.fileno(),
+        interpreters=interpreters,
+        runtime_packages=runtime_packages(),
+    )
     service = InvocationService(registry, pool)
     try:
         target = registry.route(function, qualifier)

@@ -9,6 +9,16 @@ import os
 import sys
 import time
 
+#: The one region of an installation's ARNs and of AWS_REGION, unless LAMINA_REGION names another.
+DEFAULT_REGION = "us-east-1"
+#: The account id every ARN carries.
+ACCOUNT_ID = "000000000000"
+
+
+def installation_region() -> str:
+    """The region lamina reports everywhere (ARNs, AWS_REGION, events): LAMINA_REGION or us-east-1."""
+    return os.environ.get("LAMINA_REGION") or DEFAULT_REGION
+
 
 def apply_defaults(env: os._Environ[str] | dict[str, str]) -> None:
     major, minor = sys.version_info[:2]
@@ -19,7 +29,7 @@ def apply_defaults(env: os._Environ[str] | dict[str, str]) -> None:
     if "AWS_LAMBDA_LOG_STREAM_NAME" not in env:
         day = time.strftime("%Y/%m/%d", time.gmtime())
         env["AWS_LAMBDA_LOG_STREAM_NAME"] = f"{day}/[{version}]{os.urandom(16).hex()}"
-    region = env.setdefault("AWS_REGION", env.get("AWS_DEFAULT_REGION", "us-east-1"))
+    region = env.setdefault("AWS_REGION", env.get("AWS_DEFAULT_REGION") or installation_region())
     env.setdefault("AWS_DEFAULT_REGION", region)
     # The interpreter that really runs the function, whatever was declared: never a silent substitute.
     env["AWS_EXECUTION_ENV"] = f"AWS_Lambda_python{major}.{minor}"

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import IO, Any, TypeVar
 
 from . import logfmt
+from .environment import ACCOUNT_ID, installation_region
 from .paths import layer_dirs
 from .protocol import InvocationRequest, InvocationResult
 
@@ -112,7 +113,7 @@ class HostedEnvironment:
         init_timeout_s: float | None = None,
         site_packages: bool = False,
         version: str = "$LATEST",
-        account_id: str = "000000000000",
+        account_id: str = ACCOUNT_ID,
         runtime_packages: Sequence[str] = (),
         system_log_level: str = "INFO",
         runtime: str | None = None,
@@ -170,7 +171,7 @@ class HostedEnvironment:
     @property
     def region(self) -> str:
         env = self.user_env
-        return env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+        return env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or installation_region()
 
     @property
     def function_arn(self) -> str:
@@ -192,7 +193,9 @@ class HostedEnvironment:
                 "AWS_LAMBDA_FUNCTION_NAME": self.function_name,
                 "AWS_LAMBDA_FUNCTION_VERSION": self.version,
                 "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
-                "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.function_name}",
+                # spec.logging.logGroup, else Lambda's default group
+                "AWS_LAMBDA_LOG_GROUP_NAME": env.get("AWS_LAMBDA_LOG_GROUP_NAME")
+                or f"/aws/lambda/{self.function_name}",
                 "AWS_LAMBDA_LOG_STREAM_NAME": f"{day}/[{self.version}]{os.urandom(16).hex()}",
                 "AWS_REGION": self.region,
                 "AWS_DEFAULT_REGION": env.get("AWS_DEFAULT_REGION", self.region),

@@ -184,7 +184,8 @@ async def test_on_failure_record_reaches_each_broker_kind(kit: Kit):
     assert rec["requestContext"]["requestId"] == ev.id
     assert rec["requestContext"]["condition"] == "RetriesExhausted"
     assert rec["requestContext"]["approximateInvokeCount"] == 2
-    assert rec["requestContext"]["functionArn"] == "arn:aws:lambda:local:000000000000:function:charge:$LATEST"
+    arn = rec["requestContext"]["functionArn"]
+    assert arn == "arn:aws:lambda:us-east-1:000000000000:function:charge:$LATEST"
     assert rec["requestPayload"] == {"amount": 5}
     assert rec["responsePayload"] == {"errorMessage": "nope", "errorType": "KeyError"}
 

@@ -4,8 +4,10 @@ The operator makes the Function's Deployment; the controller-manager, scheduler 
 Ready pods with loopback IPs (the test control plane's pod CIDR is 127.244.0.0/16). kwok runs no
 containers, so this test plays the kubelet: for each pod it starts the pod's own container command
 (`python -m lamina_runtime serve`) with the container's environment and the code from its ConfigMap,
-bound to the pod's IP. Everything between boto3 and the handler is the real thing: the gateway's pod
-discovery, its scale-ups through the Deployment's scale subresource, HTTP to the pod, the runtime.
+bound to the pod's IP, on the interpreter of the pod's runtime and with the runtime's boto3 (what the
+runtime image of that Python version holds). Everything between boto3 and the handler is the real
+thing: the gateway's pod discovery, its scale-ups through the Deployment's scale subresource, HTTP
+to the pod, the runtime.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ from kubernetes import client
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_operator_reconcile import Cluster, Operator, container, function
 
+from lamina.local.sdk import sdk_dir
 from lamina.resources import labels
+from tests.support import brokers
 from tests.support.local_mode import REPO, free_port
 
 HANDLER = """
@@ -87,6 +91,7 @@ class PodRunner:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.errors: list[str] = []
+        self.sdk = str(sdk_dir())  # the runtime image's boto3 (LAMINA_RUNTIME_PACKAGES)
 
     def __enter__(self) -> PodRunner:
         self._thread.start()
@@ -183,6 +188,7 @@ class PodRunner:
         assert command[:4] == ["python", "-m", "lamina_runtime", "serve"], command
         port = command[command.index("--port") + 1]
         python = self.interpreters[env.get("LAMINA_RUNTIME", "python3.12")]
+        env["LAMINA_RUNTIME_PACKAGES"] = self.sdk  # the image's ENV: the runtime's boto3
         command = [python, *command[1 : command.index("--host")], "--host", ip, "--port", port]
         base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "VIRTUAL_ENV")}
         # The runtime image holds lamina_runtime (stdlib only) for whichever interpreter runs it.
@@ -212,6 +218,10 @@ class Gateway:
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
     def lambda_client(self) -> Any:
         return boto3.client(
             "lambda",
@@ -240,8 +250,12 @@ def stack(
     python312: str,
 ) -> Iterator[tuple[Cluster, Gateway, PodRunner]]:
     apply_yaml(sorted((REPO / "crds").glob("*.yaml")))
-    op = Operator(kubeconfig, namespace).start()
-    gateway = Gateway(kubeconfig, namespace, tmp_path / "gateway.log")
+    if not brokers.available("redis"):
+        pytest.fail("redis-server is not installed: run scripts/test, which installs it")
+    redis = brokers.RedisServer(tmp_path / "redis").start()  # the gateway's queue of Event invocations
+    gateway = Gateway(kubeconfig, namespace, tmp_path / "gateway.log", "--redis-url", redis.url)
+    # Functions call lamina at the gateway the operator names (AWS_ENDPOINT_URL_LAMBDA).
+    op = Operator(kubeconfig, namespace, env={"LAMINA_GATEWAY_URL": gateway.url}).start()
     try:
         runner = PodRunner(
             k8s_api, namespace, tmp_path / "pods", frozenset({MISSING_IMAGE}), {"python3.12": python312}
@@ -251,6 +265,7 @@ def stack(
     finally:
         gateway.stop()
         op.stop()
+        redis.close()
         sys.stderr.write(f"\n--- gateway log ---\n{gateway.log.read_text(errors='replace')[-3000:]}\n")
         sys.stderr.write(f"\n--- operator log ---\n{op.tail()}\n")
 
@@ -407,3 +422,56 @@ def test_environments_that_cannot_start_are_named_in_status_and_in_the_invoke_er
         assert ready["status"] == "False" and cause in ready["message"], ready
     log = gateway.log.read_text(errors="replace")
     assert "cold start" in log and "sha256 mismatch" in log  # the wait and its end are in the log
+
+
+CALLER = """
+import json, os
+import boto3
+
+def handler(event, context):
+    lam = boto3.client("lambda")  # endpoint, region and credentials from the pod's environment
+    if event.get("async"):
+        r = lam.invoke(FunctionName="greeter2", InvocationType="Event", Payload=json.dumps(event["async"]))
+        return {"status": r["StatusCode"]}
+    r = lam.invoke(FunctionName="greeter2", Payload=json.dumps({"name": "from a function"}))
+    return {"status": r["StatusCode"], "body": json.load(r["Payload"]),
+            "endpoint": os.environ["AWS_ENDPOINT_URL_LAMBDA"], "region": os.environ["AWS_REGION"],
+            "arn": context.invoked_function_arn, "python": os.environ["AWS_EXECUTION_ENV"]}
+"""
+
+WRITES = """
+import os
+def handler(event, context):
+    if "path" in event:
+        with open(event["path"], "a") as f:
+            f.write(event["value"] + "\\n")
+        return None
+    return {"greeting": "hello " + event.get("name", "world"), "pid": os.getpid()}
+"""
+
+
+def test_a_function_calls_another_through_the_gateway_sync_and_async(stack, tmp_path) -> None:
+    """boto3 inside a pod's function reaches the gateway (AWS_ENDPOINT_URL_LAMBDA from the operator's
+    settings), for a RequestResponse and an Event invocation of another function's pods."""
+    cluster, gateway, _ = stack
+    cluster.create("functions", function("greeter2", code={"inline": WRITES}, provisionedConcurrency=1))
+    cluster.create(
+        "functions",
+        function("caller", code={"inline": CALLER}, provisionedConcurrency=1, timeoutSeconds=60),
+    )
+    lam = gateway.lambda_client()
+    wait_invocable(lam, "greeter2")
+    _on_cluster_with_loopback_pods(cluster)
+    response, body = invoke(lam, "caller", {})
+    assert "FunctionError" not in response, body
+    assert body["status"] == 200 and body["body"]["greeting"] == "hello from a function"
+    assert body["endpoint"] == gateway.url and body["python"] == "AWS_Lambda_python3.12"
+    assert body["arn"] == f"arn:aws:lambda:{body['region']}:000000000000:function:caller"
+
+    out = tmp_path / "async.txt"
+    response, body = invoke(lam, "caller", {"async": {"path": str(out), "value": "queued"}})
+    assert "FunctionError" not in response and body == {"status": 202}, body
+    deadline = time.monotonic() + 60
+    while not out.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert out.read_text().split() == ["queued"]

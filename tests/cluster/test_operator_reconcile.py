@@ -36,10 +36,13 @@ def crds(apply_yaml: Callable[..., list[dict]]) -> None:
 class Operator:
     """`python -m lamina.reconcilers --namespace NS` as a child process."""
 
-    def __init__(self, kubeconfig: str, namespace: str, *args: str) -> None:
+    def __init__(
+        self, kubeconfig: str, namespace: str, *args: str, env: dict[str, str] | None = None
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
         self.args = list(args)
+        self.env = dict(env or {})
         self.log = Path(tempfile.mkstemp(prefix="lamina-operator-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -50,6 +53,7 @@ class Operator:
             "LAMINA_RESYNC_SECONDS": "0",
             "LAMINA_GATEWAY_URL": "http://gateway.test:8080",
             "LAMINA_RUNTIME_IMAGE": "registry.test/runtime:{runtime}",
+            **self.env,
         }
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(

@@ -232,6 +232,22 @@ CASES = [
         "provided.al2023, provided.al2 (got 'python2.7')",
     ),
     (with_spec(LAYER, requirements=[]), "Layer deps: spec.requirements: must have at least 1 item"),
+    (
+        with_spec(FUNCTION, logging={"applicationLogLevel": "DEBUG"}),
+        "Function hello: spec.logging.applicationLogLevel: needs logFormat JSON (as on Lambda)",
+    ),
+    (
+        with_spec(FUNCTION, logging={"logFormat": "Text", "systemLogLevel": "WARN"}),
+        "Function hello: spec.logging.systemLogLevel: needs logFormat JSON (as on Lambda)",
+    ),
+    (
+        with_spec(FUNCTION, logging={"logFormat": "json"}),
+        "Function hello: spec.logging.logFormat: must be one of Text, JSON (got 'json')",
+    ),
+    (
+        with_spec(FUNCTION, logging={"logGroup": "has space"}),
+        "Function hello: spec.logging.logGroup: must match ^[\\.\\-_/#A-Za-z0-9]+$ (got 'has space')",
+    ),
 ]
 
 

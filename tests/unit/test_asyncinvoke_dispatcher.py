@@ -148,7 +148,7 @@ def check_record_shape(rec: dict, *, request_id: str, name: str, condition: str,
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", rec["timestamp"])
     assert rec["requestContext"] == {
         "requestId": request_id,
-        "functionArn": f"arn:aws:lambda:local:000000000000:function:{name}:$LATEST",
+        "functionArn": f"arn:aws:lambda:us-east-1:000000000000:function:{name}:$LATEST",
         "condition": condition,
         "approximateInvokeCount": count,
     }

@@ -244,6 +244,7 @@ def template_hash(res: Any) -> str:
         ({"provisionedConcurrency": 2}, False),
         ({"idleTimeoutSeconds": 60}, False),
         ({"async": {"maximumRetryAttempts": 0}}, False),
+        ({"logging": {"logFormat": "JSON"}}, True),
     ],
 )
 def test_config_hash_changes_with_what_environments_are_made_of(change: dict[str, Any], rolls: bool) -> None:
@@ -383,3 +384,35 @@ def test_s3_code_is_fetched_by_an_init_container_with_secret_references_only() -
     assert all("value" not in e for e in init["env"])
     other = build_function(fn, Settings(), s3_code=Resolved("cd" * 32, "v-4"))  # type: ignore[arg-type]
     assert other.config_hash != res.config_hash  # a new object version rolls the environments
+
+
+def test_functions_can_call_the_gateway_with_credentials_boto3_signs_with() -> None:
+    env = env_of(build_function(function(), SETTINGS).deployment)
+    assert env["AWS_ENDPOINT_URL_LAMBDA"] == SETTINGS.gateway_url
+    assert env["AWS_REGION"] == env["AWS_DEFAULT_REGION"] == "eu-west-1"
+    # placeholders until execution credentials are handed out, shaped as AWS's so that boto3 signs
+    assert len(env["AWS_ACCESS_KEY_ID"]) == 20 and len(env["AWS_SECRET_ACCESS_KEY"]) == 40
+    own = env_of(
+        build_function(
+            function({"environment": {"AWS_ENDPOINT_URL_LAMBDA": "https://x"}}), SETTINGS
+        ).deployment
+    )
+    assert own["AWS_ENDPOINT_URL_LAMBDA"] == "https://x"  # the function's own value wins
+
+
+def test_logging_config_becomes_lambdas_variables() -> None:
+    plain = env_of(build_function(function(), SETTINGS).deployment)
+    assert "AWS_LAMBDA_LOG_FORMAT" not in plain and "AWS_LAMBDA_LOG_LEVEL" not in plain
+    assert plain["AWS_LAMBDA_LOG_GROUP_NAME"] == "/aws/lambda/hello"
+    assert plain["LAMINA_SYSTEM_LOG_LEVEL"] == "INFO"
+    logging = {
+        "logFormat": "JSON",
+        "applicationLogLevel": "DEBUG",
+        "systemLogLevel": "WARN",
+        "logGroup": "/x/y",
+    }
+    env = env_of(build_function(function({"logging": logging}), SETTINGS).deployment)
+    assert env["AWS_LAMBDA_LOG_FORMAT"] == "JSON" and env["AWS_LAMBDA_LOG_LEVEL"] == "DEBUG"
+    assert env["LAMINA_SYSTEM_LOG_LEVEL"] == "WARN" and env["AWS_LAMBDA_LOG_GROUP_NAME"] == "/x/y"
+    json_default = env_of(build_function(function({"logging": {"logFormat": "JSON"}}), SETTINGS).deployment)
+    assert json_default["AWS_LAMBDA_LOG_LEVEL"] == "INFO"

@@ -29,10 +29,12 @@ def test_default_event_has_the_scheduled_event_shape() -> None:
     assert uuid.UUID(event["id"]).version == 5
 
 
-def test_defaults_are_local_region_and_zero_account() -> None:
+def test_defaults_are_the_installation_region_and_zero_account(monkeypatch) -> None:
     event = scheduled_event("r", FIRE, None)
-    assert (event["region"], event["account"]) == ("local", "000000000000")
-    assert event["resources"] == ["arn:aws:events:local:000000000000:rule/r"]
+    assert (event["region"], event["account"]) == ("us-east-1", "000000000000")
+    monkeypatch.setenv("LAMINA_REGION", "eu-west-1")  # one region everywhere: the installation's
+    assert scheduled_event("r", FIRE, None)["region"] == "eu-west-1"
+    assert event["resources"] == ["arn:aws:events:us-east-1:000000000000:rule/r"]
 
 
 def test_time_is_rendered_in_utc_whatever_the_input_zone() -> None:

@@ -151,6 +151,58 @@ class HttpConfig(LaminaModel):
         return self
 
 
+#: Lambda's LoggingConfig.LogGroup pattern.
+LOG_GROUP = r"^[\.\-_/#A-Za-z0-9]+$"
+
+
+class LoggingConfig(LaminaModel):
+    """Lambda's ``LoggingConfig``: the log format and, with JSON, the levels kept."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "(!has(self.applicationLogLevel) && !has(self.systemLogLevel)) || "
+                    "(has(self.logFormat) && self.logFormat == 'JSON')",
+                    "message": "spec.logging: applicationLogLevel and systemLogLevel need logFormat JSON",
+                }
+            ]
+        }
+    )
+
+    log_format: Literal["Text", "JSON"] = Field(
+        default="Text",
+        description="Text: Lambda's plain lines; JSON: application records and platform lines as JSON.",
+    )
+    application_log_level: Literal["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"] | None = Field(
+        default=None,
+        description="JSON only: the function's logging level (AWS_LAMBDA_LOG_LEVEL); INFO when unset.",
+    )
+    system_log_level: Literal["DEBUG", "INFO", "WARN"] | None = Field(
+        default=None,
+        description="JSON only: the platform lines kept (START, END, REPORT... are INFO); INFO when unset.",
+    )
+    log_group: str | None = Field(
+        default=None,
+        pattern=LOG_GROUP,
+        max_length=512,
+        description="The log group the function reports (AWS_LAMBDA_LOG_GROUP_NAME); /aws/lambda/<name> "
+        "when unset.",
+    )
+
+    @model_validator(mode="after")
+    def _levels_need_json(self) -> LoggingConfig:
+        levels = {"applicationLogLevel": self.application_log_level, "systemLogLevel": self.system_log_level}
+        for name, value in levels.items():
+            if value is not None and self.log_format != "JSON":
+                raise FieldError(name, "needs logFormat JSON (as on Lambda)")
+        return self
+
+    @property
+    def is_json(self) -> bool:
+        return self.log_format == "JSON"
+
+
 LayerName = Annotated[str, Field(pattern=DNS_LABEL, max_length=63)]
 
 #: A published version's number, as Lambda writes it (a string of digits).
@@ -358,6 +410,9 @@ class FunctionSpec(LaminaModel):
         default_factory=AsyncConfig, alias="async", description="Asynchronous invocation settings."
     )
     http: HttpConfig = Field(default_factory=HttpConfig, description="The HTTP trigger's payload format.")
+    logging: LoggingConfig = Field(
+        default_factory=LoggingConfig, description="Log format and levels, as Lambda's LoggingConfig."
+    )
     publish_versions: bool = Field(
         default=False,
         description="Publish an immutable, numbered version on every change of code or configuration (as "

@@ -80,7 +80,7 @@ class AsyncDispatcher:
         not_found_grace_seconds: float = 600.0,
         defer_after_seconds: float = 1.0,
         defer_seconds: float = 1.0,
-        region: str = records.REGION,
+        region: str | None = None,
         account: str = records.ACCOUNT,
     ) -> None:
         if max_in_flight < 1:

@@ -6,18 +6,18 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from lamina_runtime.environment import ACCOUNT_ID, installation_region
 from lamina_runtime.protocol import InvocationResult
 
 SUCCESS = "Success"
 RETRIES_EXHAUSTED = "RetriesExhausted"
 EVENT_AGE_EXCEEDED = "EventAgeExceeded"
 
-REGION = "local"
-ACCOUNT = "000000000000"
+ACCOUNT = ACCOUNT_ID
 
 
-def function_arn(name: str, *, region: str = REGION, account: str = ACCOUNT) -> str:
-    return f"arn:aws:lambda:{region}:{account}:function:{name}:$LATEST"
+def function_arn(name: str, *, region: str | None = None, account: str = ACCOUNT) -> str:
+    return f"arn:aws:lambda:{region or installation_region()}:{account}:function:{name}:$LATEST"
 
 
 def iso_timestamp(epoch: float) -> str:
@@ -76,7 +76,7 @@ def invocation_record(
     request_payload: bytes,
     response: dict[str, Any] | None,
     now: float,
-    region: str = REGION,
+    region: str | None = None,
     account: str = ACCOUNT,
 ) -> dict[str, Any]:
     """The record: ``version``, ``timestamp``, ``requestContext``, ``requestPayload``,

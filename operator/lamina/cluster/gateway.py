@@ -121,6 +121,7 @@ async def serve(settings: GatewaySettings) -> int:
         await queue.stop()
     functions.stop()
     await pool.close()
+    service.tracer.shutdown()  # flush the spans still batched
     return 0
 
 

@@ -13,10 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+from lamina_runtime.environment import ACCOUNT_ID, installation_region
 from lamina_runtime.protocol import InvocationRequest, InvocationResult
 
 if TYPE_CHECKING:
-    from lamina.api import AsyncConfig, Function
+    from lamina.api import AsyncConfig, Function, LoggingConfig
     from lamina.api.versions import Route
 
 LATEST = "$LATEST"
@@ -39,6 +40,7 @@ class FunctionConfig:
     code_dir: str | None = None  # local mode: directory holding the function's code
     layer_dirs: list[str] = field(default_factory=list)  # local mode: extracted layers, in order
     async_config: AsyncConfig | None = None  # retries, max age, destinations of Event invocations
+    logging: LoggingConfig | None = None  # log format and levels (spec.logging)
     revision: str = ""  # changes when code, layers or configuration change
     http_format: str = "2.0"  # spec.http.payloadFormat: "2.0", "1.0" or "alb"
     http_multi_value: bool = False  # alb: multi-value headers on
@@ -84,6 +86,7 @@ def function_config(fn: Function, **where: Any) -> FunctionConfig:
         provisioned_concurrency=spec.provisioned_concurrency,
         idle_timeout_seconds=float(spec.idle_timeout_seconds),
         async_config=spec.async_,
+        logging=spec.logging,
         http_format=spec.http.payload_format,
         http_multi_value=spec.http.multi_value_headers,
         **where,
@@ -148,7 +151,8 @@ def hand_over(environment: E, waiters: deque[asyncio.Future[E]], busy: set[E], i
 
 
 def function_arn(name: str, qualifier: str | None = None) -> str:
-    arn = f"arn:aws:lambda:local:000000000000:function:{name}"
+    """The function's ARN in the installation's one region (the region of AWS_REGION too)."""
+    arn = f"arn:aws:lambda:{installation_region()}:{ACCOUNT_ID}:function:{name}"
     return f"{arn}:{qualifier}" if qualifier else arn
 
 

@@ -12,11 +12,14 @@ import contextlib
 import sys
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from lamina.environments.base import FunctionConfig, hand_over
-from lamina_runtime.factory import environment_for
+from lamina.resources.runtime_env import function_environment, system_log_level
+from lamina_runtime.environment import installation_region
+from lamina_runtime.factory import environment_for, python_version
 from lamina_runtime.host import HostedEnvironment
 from lamina_runtime.protocol import InvocationRequest, InvocationResult
 
@@ -58,9 +61,18 @@ class LocalProcessPool:
         python: str = sys.executable,
         handler_output: IO[Any] | int | None = None,
         reap_interval: float = 1.0,
+        interpreters: Callable[[str], str] | None = None,
+        runtime_packages: Sequence[str] = (),
+        gateway_url: str | None = None,
     ) -> None:
         self.max_environments = max_environments
         self.python = python
+        #: The interpreter of each python3.X runtime (local mode's lamina.local.interpreters); without
+        #: it every Python function runs on ``python`` (tests that drive the pool directly).
+        self.interpreters = interpreters
+        self.runtime_packages = list(runtime_packages)
+        #: Where functions call lamina (AWS_ENDPOINT_URL_LAMBDA); None when nothing serves the API.
+        self.gateway_url = gateway_url
         self.handler_output = handler_output
         self.reap_interval = reap_interval
         self._functions: dict[str, _FunctionEnvironments] = {
@@ -217,8 +229,16 @@ class LocalProcessPool:
 
     async def _new_environment(self, envs: _FunctionEnvironments, provisioned: bool) -> _Environment:
         fn = envs.config
-        env_vars = dict(fn.environment)
+        env_vars = {
+            **function_environment(
+                region=installation_region(), gateway_url=self.gateway_url, logging=fn.logging
+            ),
+            **fn.environment,
+        }
         env_vars["AWS_LAMBDA_INITIALIZATION_TYPE"] = "provisioned-concurrency" if provisioned else "on-demand"
+        python = self.python
+        if self.interpreters is not None and python_version(fn.runtime) is not None:
+            python = self.interpreters(fn.runtime)  # LookupError when missing: never another version
         worker = environment_for(
             fn.runtime,
             handler=fn.handler,
@@ -228,9 +248,11 @@ class LocalProcessPool:
             function_name=fn.name,
             memory_mb=fn.memory_mb,
             timeout_s=float(fn.timeout_seconds),
-            python=self.python,
+            python=python,
             stdout=self.handler_output,
             version=fn.version,
+            runtime_packages=self.runtime_packages,
+            system_log_level=system_log_level(fn.logging),
         )
         envs.starting += 1
         try:

@@ -29,10 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lamina.gateway.strict_json import parse_json
+from lamina_runtime.environment import ACCOUNT_ID, installation_region
 from lamina_runtime.http11 import check_header
 
 FORMATS = ("2.0", "1.0", "alb")
-ACCOUNT = "000000000000"
+ACCOUNT = ACCOUNT_ID
 _TEXT_TYPES = (
     "text/",
     "application/json",
@@ -239,7 +240,7 @@ def _event_v1(req: HttpRequest, function: str, request_id: str) -> dict[str, Any
 def _event_alb(req: HttpRequest, function: str, multi_value: bool) -> dict[str, Any]:
     headers = _multi(req.headers, lower=True)
     query = _multi(req.query_pairs(decode=False))
-    arn = f"arn:aws:elasticloadbalancing:local:{ACCOUNT}:targetgroup/{function}/lamina"
+    arn = f"arn:aws:elasticloadbalancing:{installation_region()}:{ACCOUNT}:targetgroup/{function}/lamina"
     event: dict[str, Any] = {
         "requestContext": {"elb": {"targetGroupArn": arn}},
         "httpMethod": req.method,

@@ -9,6 +9,7 @@ import uuid
 
 from aiohttp import web
 
+from lamina.gateway import tracing
 from lamina.gateway.errors import (
     ASYNC_PAYLOAD_LIMIT,
     SYNC_PAYLOAD_LIMIT,
@@ -104,6 +105,7 @@ async def handle_invoke(request: web.Request) -> web.Response:
             )
         target = service.registry.route(request.match_info["name"], request.query.get("Qualifier"))
         fn = target.config
+        trace = tracing.incoming(request.headers, fn.key)  # RecursiveInvocationException past 16
         client_context = check_client_context(request.headers.get("X-Amz-Client-Context"))
         limit = ASYNC_PAYLOAD_LIMIT if invocation_type == "Event" else SYNC_PAYLOAD_LIMIT
         payload = check_json(await read_body(request, limit, invocation_type))
@@ -120,6 +122,9 @@ async def handle_invoke(request: web.Request) -> web.Response:
                 payload=payload,
                 client_context=client_context,
                 invoked_function_arn=target.invoked_arn,
+                trace_id=trace.trace_id,
+                traceparent=trace.traceparent,
+                tracestate=trace.tracestate,
             ),
         )
     except LambdaServiceError as exc:

@@ -12,7 +12,7 @@ from lamina.gateway.errors import InvalidParameterValue, ValidationError
 from lamina.invocation.errors import FunctionNotFound
 
 LATEST_PUBLISHED = "$LATEST.PUBLISHED"
-#: Lambda's FunctionName pattern, loosened only in the region (lamina's own ARNs say "local").
+#: Lambda's FunctionName pattern, loosened only in the region (ARNs of other tools may name any region).
 FUNCTION_NAME = re.compile(
     r"(arn:(aws[a-zA-Z-]*)?:lambda:([a-z0-9-]+:)?(\d{12}:)?function:|(\d{12}:)?function:)?"
     r"[a-zA-Z0-9._-]+(:(\$LATEST|[a-zA-Z0-9_-]+))?"

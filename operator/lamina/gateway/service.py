@@ -7,9 +7,11 @@ import uuid
 from typing import Protocol
 
 from lamina.environments.base import EnvironmentFailed, EnvironmentPool, FunctionConfig, NoEnvironment
+from lamina.gateway import tracing
 from lamina.gateway.concurrency import ConcurrencyLimiter
 from lamina.gateway.errors import ServiceError
 from lamina.gateway.metrics import GatewayMetrics
+from lamina.gateway.otel import Tracer, tracer_from_env
 from lamina.gateway.registry import FunctionRegistry
 from lamina.invocation.errors import FunctionNotFound, ResourceNotReady, ThrottledError
 from lamina_runtime.protocol import InvocationRequest, InvocationResult
@@ -33,6 +35,7 @@ class InvocationService:
         metrics: GatewayMetrics | None = None,
         async_queue: AsyncQueue | None = None,
         log_invocations: bool = False,
+        tracer: Tracer | None = None,
     ) -> None:
         self.registry = registry
         self.pool = pool
@@ -40,6 +43,8 @@ class InvocationService:
         self.metrics = metrics or GatewayMetrics()
         self.async_queue = async_queue
         self.log_invocations = log_invocations
+        #: Spans of invocations when OTEL_* asks for them (lamina.gateway.otel), else nothing.
+        self.tracer: Tracer = tracer if tracer is not None else tracer_from_env()
         self.limiter.set_functions(registry.all())
 
     def replace_functions(self, functions: list[FunctionConfig]) -> None:
@@ -53,7 +58,16 @@ class InvocationService:
     async def invoke(self, fn: FunctionConfig, request: InvocationRequest) -> InvocationResult:
         """Run synchronously; raises ThrottledError above the function's cap, ResourceNotReady when
         the function's environments cannot start, ServiceError when none came up in time. The
-        concurrency slot is given back on every way out, a cancelled caller's included."""
+        concurrency slot is given back on every way out, a cancelled caller's included. An
+        invocation without a trace context (event sources, async events, schedules) starts a chain
+        of its own."""
+        if request.trace_id is None:
+            request.trace_id = tracing.incoming({}, fn.key).trace_id
+        with self.tracer.invocation(fn, request) as span:
+            span.result = await self._invoke(fn, request)
+            return span.result
+
+    async def _invoke(self, fn: FunctionConfig, request: InvocationRequest) -> InvocationResult:
         m = self.metrics
         try:
             self.limiter.try_acquire(fn)

@@ -10,6 +10,7 @@ import uuid
 from aiohttp import web
 from multidict import CIMultiDict
 
+from lamina.gateway import tracing
 from lamina.gateway.errors import SYNC_PAYLOAD_LIMIT
 from lamina.gateway.http_formats import HttpRequest, HttpResponse, build_event, failed_response, map_response
 from lamina.gateway.invoke_api import SERVICE_KEY, read_body
@@ -54,6 +55,7 @@ async def handle_url(request: web.Request) -> web.Response:
         # `/url/name:alias/...` reaches an alias, as a function URL with a Qualifier does.
         target = service.registry.route(request.match_info["function"])
         fn = target.config
+        trace = tracing.incoming(request.headers, fn.key)
         fmt = fn.http_format
         body = await read_body(request, SYNC_PAYLOAD_LIMIT, "RequestResponse")
         event = build_event(fmt, http_request(request, body), fn.name, request_id, fn.http_multi_value)
@@ -63,6 +65,9 @@ async def handle_url(request: web.Request) -> web.Response:
                 request_id=request_id,
                 payload=json.dumps(event).encode(),
                 invoked_function_arn=target.invoked_arn,
+                trace_id=trace.trace_id,
+                traceparent=trace.traceparent,
+                tracestate=trace.tracestate,
             ),
         )
     except ThrottledError:

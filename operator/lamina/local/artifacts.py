@@ -11,6 +11,7 @@ import hashlib
 import json
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from lamina.api import EnvFrom, Function, Layer, ManifestError
@@ -18,7 +19,9 @@ from lamina.api.common import S3Location
 from lamina.api.manifests import Manifests
 from lamina.api.versions import version_digest
 from lamina.environments.base import FunctionConfig, function_config
+from lamina.local.interpreters import missing_message
 from lamina_runtime import s3
+from lamina_runtime.factory import python_version
 from lamina_runtime.fetch import FetchError, download, extract
 from lamina_runtime.s3 import S3Error, S3Object
 from lamina_runtime.sigv4 import Credentials
@@ -80,6 +83,27 @@ def fetch_zip(url: str, sha256: str, target: Path, where: str, allow_local: bool
     return target
 
 
+def pip_install(python: str, target: Path, requirements: Sequence[str], *flags: str) -> str | None:
+    """``python -m pip install --target target``; None on success, else pip's last error line."""
+    cmd = [
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--no-input",
+        *flags,
+        "--target",
+        str(target),
+        *requirements,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode == 0:
+        return None
+    return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit status {proc.returncode}"
+
+
 class ArtifactBuilder:
     """Turns Function and Layer manifests into directories under `state_dir`."""
 
@@ -89,11 +113,25 @@ class ArtifactBuilder:
         state_dir: Path,
         python: str = sys.executable,
         allow_local_urls: bool = False,
+        interpreters: Callable[[str], str | None] | None = None,
     ) -> None:
         self.manifests = manifests
         self.state_dir = state_dir
         self.python = python
         self.allow_local_urls = allow_local_urls
+        #: ``runtime -> interpreter or None`` (lamina.local.interpreters): a python3.X function needs
+        #: a python3.X, and a Layer's requirements are installed by the interpreter that will import them.
+        self.interpreters = interpreters
+
+    def python_for(self, runtime: str, subject: str) -> str:
+        """The interpreter of ``runtime`` (``python`` for a custom runtime, or without a resolver);
+        ManifestError saying what to install when there is none."""
+        if self.interpreters is None or python_version(runtime) is None:
+            return self.python
+        found = self.interpreters(runtime)
+        if found is None:
+            raise ManifestError([f"{subject}: spec.runtime: {missing_message(runtime)}"])
+        return found
 
     def function_config(self, fn: Function) -> FunctionConfig:
         return self.build(fn)[0]
@@ -102,6 +140,7 @@ class ArtifactBuilder:
         """The function's $LATEST config and its version digest (what a published version would be)."""
         spec = fn.spec
         subject = f"Function {fn.name}"
+        python = self.python_for(spec.runtime, subject)
         code_dir, code_digest = self._code(fn, subject)
         layer_dirs, layer_digests = [], []
         for i, layer_name in enumerate(spec.layers):
@@ -119,7 +158,7 @@ class ArtifactBuilder:
                         f"{', '.join(layer.spec.compatible_runtimes)})"
                     ]
                 )
-            path, digest = self.layer(layer)
+            path, digest = self.layer(layer, python)
             layer_dirs.append(str(path))
             layer_digests.append(digest)
         environment = dict(spec.environment)
@@ -156,7 +195,10 @@ class ArtifactBuilder:
         target = self.state_dir / "code" / fn.metadata.namespace / fn.name / digest[:16]
         return _write_tree(target, files), digest
 
-    def layer(self, layer: Layer) -> tuple[Path, str]:
+    def layer(self, layer: Layer, python: str | None = None) -> tuple[Path, str]:
+        """The layer's directory; ``requirements`` are installed with ``python`` (the interpreter of
+        the function that uses it), so compiled packages fit the Python that imports them."""
+        python = python or self.python
         spec = layer.spec
         subject = f"Layer {layer.name}"
         base = self.state_dir / "layers" / layer.metadata.namespace / layer.name
@@ -174,10 +216,10 @@ class ArtifactBuilder:
         if spec.s3 is not None:
             return self.s3_zip(spec.s3, layer.metadata.namespace, base, f"{subject}: spec.s3")
         requirements = spec.requirements or []
-        digest = _digest(self.python, *requirements)
+        digest = _digest(python, *requirements)
         target = base / digest[:16]
         if not target.exists():
-            self._pip_install(requirements, target, subject)
+            self._pip_install(python, requirements, target, subject)
         return target, digest
 
     def s3_zip(self, location: S3Location, namespace: str, base: Path, where: str) -> tuple[Path, str]:
@@ -216,29 +258,12 @@ class ArtifactBuilder:
             )
         return Credentials(key, secret, token or None)
 
-    def _pip_install(self, requirements: list[str], target: Path, subject: str) -> None:
+    def _pip_install(self, python: str, requirements: list[str], target: Path, subject: str) -> None:
         tmp = target.with_name(target.name + ".tmp")
         _remove(tmp)
-        cmd = [
-            self.python,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-input",
-            "--target",
-            str(tmp / "python"),
-            *requirements,
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise ManifestError(
-                [
-                    f"{subject}: spec.requirements: pip install failed: "
-                    f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"
-                ]
-            )
+        failed = pip_install(python, tmp / "python", requirements)
+        if failed is not None:
+            raise ManifestError([f"{subject}: spec.requirements: pip install failed: {failed}"])
         tmp.rename(target)
 
     def environment_from(self, namespace: str, items: list[EnvFrom], subject: str) -> dict[str, str]:

@@ -25,6 +25,8 @@ from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
 from lamina.local.artifacts import ArtifactBuilder
 from lamina.local.components import Component, build_components
+from lamina.local.interpreters import Interpreters
+from lamina.local.sdk import SdkUnavailable, sdk_dir
 from lamina.local.versions import LocalVersions
 
 
@@ -47,17 +49,24 @@ class LocalOptions:
 
 
 def build_functions(
-    manifests: Manifests, state_dir: Path, allow_local_urls: bool = False
+    manifests: Manifests,
+    state_dir: Path,
+    allow_local_urls: bool = False,
+    interpreters: Interpreters | None = None,
 ) -> list[FunctionConfig]:
     """Every Function's code and layers on disk, its versions published and collected (see
-    :mod:`lamina.local.versions`); all problems reported together."""
-    builder = ArtifactBuilder(manifests, state_dir, allow_local_urls=allow_local_urls)
+    :mod:`lamina.local.versions`); all problems reported together. With ``interpreters``, a function
+    (or a published version) whose Python version has no interpreter here is refused."""
+    find = interpreters.find if interpreters is not None else None
+    builder = ArtifactBuilder(manifests, state_dir, allow_local_urls=allow_local_urls, interpreters=find)
     versions = LocalVersions(state_dir, builder.environment_from)
     configs, problems = [], []
     for fn in manifests.functions.values():
         try:
             config, digest = builder.build(fn)
             configs.append(versions.attach(fn, config, digest))
+            for number, version in config.versions.items():
+                builder.python_for(version.runtime, f"Function {fn.name} version {number}")
         except ManifestError as exc:
             problems.extend(exc.problems)
     if problems:
@@ -82,6 +91,25 @@ def lock_state_dir(state_dir: Path) -> IO[str]:
     return lock
 
 
+def runtime_packages() -> list[str]:
+    """The runtime's boto3 (lamina_runtime.sdk, installed once into the cache) for every function;
+    none, said loudly, when it cannot be installed (no network to PyPI, say)."""
+    try:
+        return [str(sdk_dir())]
+    except SdkUnavailable as exc:
+        print(f"lamina local: functions get no boto3 ({exc}); `import boto3` will fail", flush=True)
+        return []
+
+
+def connect_host(host: str) -> str:
+    """An address functions on this machine can reach the gateway at (not 0.0.0.0 or ::)."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
 class LocalStack:
     """Owns every component of local mode; `start` returns once the port is open."""
 
@@ -101,13 +129,17 @@ class LocalStack:
         opts = self.options
         self._lock_state_dir()
         self.manifests = await asyncio.to_thread(load_manifests, opts.paths)
+        interpreters = Interpreters()
         self.functions = await asyncio.to_thread(
-            build_functions, self.manifests, opts.state_dir, opts.allow_local_urls
+            build_functions, self.manifests, opts.state_dir, opts.allow_local_urls, interpreters
         )
         self.pool = LocalProcessPool(
             [c for f in self.functions for c in f.with_versions()],
             max_environments=opts.max_environments,
             handler_output=opts.handler_output,
+            interpreters=interpreters,
+            runtime_packages=await asyncio.to_thread(runtime_packages),
+            gateway_url=f"http://{connect_host(opts.host)}:{opts.port}",
         )
         registry = FunctionRegistry(self.functions)
         self.service = InvocationService(
@@ -145,6 +177,8 @@ class LocalStack:
                 await component.stop()
         if self.pool is not None:
             await self.pool.close()
+        if self.service is not None:
+            self.service.tracer.shutdown()  # flush the spans still batched
 
     def describe(self) -> str:
         opts = self.options

@@ -20,6 +20,7 @@ from lamina.resources.layer import LayerArtifact
 from lamina.resources.meta import config_map_digest, digest, metadata
 from lamina.resources.pod_state import PodProblem
 from lamina.resources.pods import container_security_context, hardened_pod
+from lamina.resources.runtime_env import function_environment, system_log_level
 from lamina.resources.settings import Settings
 from lamina_runtime.factory import is_custom_runtime
 
@@ -97,6 +98,7 @@ def config_hash(fn: Function, image: str, code: str, layers: Sequence[LayerArtif
             "environment": spec.environment,
             "environmentFrom": [e.to_dict() for e in spec.environment_from],
             "layers": [[a.name, a.digest] for a in layers],
+            "logging": spec.logging.to_dict(),
         }
     )
 
@@ -341,22 +343,25 @@ def _fetch_s3_container(
 def function_env(
     fn: Function, settings: Settings, layer_paths: Sequence[str], version: str = "$LATEST"
 ) -> list[dict[str, Any]]:
-    """The container's variables: Lambda's reserved ones, then the user's (a user value replaces a
-    default of the same name, such as AWS_REGION), then the Secret/ConfigMap references."""
+    """The container's variables: Lambda's reserved ones and lamina's (region, the gateway's endpoint,
+    credentials, logging: resources.runtime_env), then the user's (a user value replaces a default of
+    the same name, such as AWS_REGION), then the Secret/ConfigMap references."""
     spec = fn.spec
     values: dict[str, str] = {
         "AWS_LAMBDA_FUNCTION_NAME": fn.name,
         "AWS_LAMBDA_FUNCTION_VERSION": version,
         "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
         "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{fn.name}",
-        "AWS_REGION": settings.region,
-        "AWS_DEFAULT_REGION": settings.region,
         "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}",
         "_HANDLER": spec.handler,
         "LAMINA_HANDLER": spec.handler,
         "LAMINA_RUNTIME": spec.runtime,  # the runtime server picks the Python worker or a bootstrap by it
         "LAMBDA_TASK_ROOT": TASK_ROOT,
         "LAMINA_TIMEOUT_SECONDS": str(spec.timeout_seconds),
+        "LAMINA_SYSTEM_LOG_LEVEL": system_log_level(spec.logging),
+        **function_environment(
+            region=settings.region, gateway_url=settings.gateway_url, logging=spec.logging
+        ),
     }
     if is_custom_runtime(spec.runtime):
         del values["AWS_EXECUTION_ENV"]  # custom runtimes do not get one on Lambda either

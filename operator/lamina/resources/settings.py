@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
+from lamina_runtime.environment import DEFAULT_REGION
 from lamina_runtime.factory import is_custom_runtime
 
 try:
@@ -38,7 +39,7 @@ class Settings:
     runtime_image: str = DEFAULT_RUNTIME_IMAGE
     worker_image: str = DEFAULT_WORKER_IMAGE
     image_pull_policy: str = "IfNotPresent"
-    region: str = "us-east-1"
+    region: str = DEFAULT_REGION
     gateway_url: str = DEFAULT_GATEWAY_URL
     redis_url: str | None = None
 

@@ -7,6 +7,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from lamina_runtime.environment import ACCOUNT_ID, installation_region
+
 # Fixed namespace so that the same (rule, fire time) always yields the same event id,
 # letting a consumer drop a tick that was fired twice.
 EVENT_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://lamina.dev/schedule/event-id")
@@ -27,8 +29,8 @@ def scheduled_event(
     rule_name: str,
     fire_time: datetime,
     input: Any | None,
-    region: str = "local",
-    account: str = "000000000000",
+    region: str | None = None,
+    account: str = ACCOUNT_ID,
 ) -> Any:
     """The event for one tick.
 
@@ -36,6 +38,7 @@ def scheduled_event(
     "constant input" target setting); without it, the standard Scheduled Event.
     """
     time = _iso_z(fire_time)
+    region = region or installation_region()
     if input is not None:
         return copy.deepcopy(input)
     return {
