@@ -13,6 +13,11 @@ def main(argv: list[str] | None = None) -> int:
     serve = commands.add_parser("serve", help="run one execution environment behind HTTP")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument(
+        "--pool",
+        action="store_true",
+        help="a generic pool environment: wait for POST /specialize (LAMINA_POOL=1)",
+    )
     fetch = commands.add_parser("fetch", help="download a zip, check its sha256, extract it (init container)")
     fetch.add_argument("url")
     fetch.add_argument("sha256")
@@ -38,8 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         from .fetch import main as fetch_main
 
         return fetch_main(args.url, args.sha256, args.dest)
+    import os
+
+    from .server import POOL_ENV
     from .server import serve as run
 
+    if args.pool:
+        os.environ[POOL_ENV] = "1"
     asyncio.run(run(args.host, args.port))
     return 0
 

@@ -9,6 +9,10 @@ is refused (403) unless the request carries that secret in ``Lamina-Invoke-Secre
 computes it, so another pod cannot run the function around the gateway's authentication and reserved
 concurrency, even where the network does not enforce NetworkPolicy. The secret is taken out of the
 environment the function's processes inherit, and never logged. ``/healthz`` stays open for probes.
+
+With ``LAMINA_POOL=1`` (``serve --pool``) the pod is a generic pool environment: no function, Ready at
+once, and ``POST /specialize`` (see :mod:`specialize`) turns it, once, into one function's environment:
+code, layers and variables written, INIT run, and from then on it is that function's pod as above.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ from .host import HostedEnvironment, WorkerBusy
 from .http11 import BadRequest, Request, Timeouts, serve_connection
 from .paths import split_layers
 from .protocol import INVOKE_SECRET_HEADER, InvocationResult, decode_request, encode_result
+from .specialize import MAX_BODY_BYTES as MAX_HANDOVER_BYTES
+from .specialize import HandoverError, install, parse
 
 MAX_REQUEST_BYTES = 6291456  # Lambda's synchronous request payload limit
 INVOKE_SECRET_ENV = "LAMINA_INVOKE_SECRET"
+POOL_ENV = "LAMINA_POOL"
 #: The gateway opens a connection to send a request at once and keeps idle ones for 60 s; anything
 #: slower is not the gateway. A request's head and body (6 MB at most) get 30 s.
 TIMEOUTS = Timeouts(first=10.0, idle=120.0, read=30.0)
@@ -101,9 +108,17 @@ def _refuse(exc: BadRequest) -> tuple[int, bytes, dict[str, str]]:
 
 class RuntimeServer:
     def __init__(
-        self, worker: HostedEnvironment, invoke_secret: str | None = None, timeouts: Timeouts = TIMEOUTS
+        self,
+        worker: HostedEnvironment | None,
+        invoke_secret: str | None = None,
+        timeouts: Timeouts = TIMEOUTS,
+        pod_environ: Mapping[str, str] | None = None,
     ) -> None:
+        """``worker`` None: a generic pool environment until ``POST /specialize`` gives it a function
+        (``pod_environ``: the pod's own variables, kept under the function's)."""
         self.worker = worker
+        self.pod_environ = dict(pod_environ or {})
+        self._specializing = False
         self.timeouts = timeouts
         self._secret = invoke_secret.encode() if invoke_secret else None
         self._invoking = False
@@ -120,7 +135,13 @@ class RuntimeServer:
         return bound
 
     @property
+    def generic(self) -> bool:
+        return self.worker is None
+
+    @property
     def ready(self) -> bool:
+        if self.generic:
+            return not self._specializing  # an idle pool environment is Ready to be claimed
         return self._initialised and self._starting is None
 
     async def init(self) -> float:
@@ -128,6 +149,7 @@ class RuntimeServer:
         return await asyncio.shield(self._starting)
 
     async def _start_worker(self) -> float:
+        assert self.worker is not None
         try:
             return await self.worker.start()
         finally:
@@ -139,14 +161,16 @@ class RuntimeServer:
             self._server.close()
         if self._starting is not None:
             await asyncio.gather(self._starting, return_exceptions=True)
-        await self.worker.stop()
+        if self.worker is not None:
+            await self.worker.stop()
 
     async def serve_forever(self) -> None:
         assert self._server is not None
         await self._server.serve_forever()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await serve_connection(reader, writer, self._route, MAX_REQUEST_BYTES, _refuse, self.timeouts)
+        limit = max(MAX_REQUEST_BYTES, MAX_HANDOVER_BYTES) if self.generic else MAX_REQUEST_BYTES
+        await serve_connection(reader, writer, self._route, limit, _refuse, self.timeouts)
 
     def _authorized(self, request: Request) -> bool:
         if self._secret is None:
@@ -162,16 +186,52 @@ class RuntimeServer:
             if self.ready:
                 return _json(200, "ready")
             return _json(503, "initializing")
+        if path == "/specialize":
+            if request.method != "POST":
+                return _json(405, "use POST /specialize")
+            return await self._specialize(request)
         if path == "/invoke":
             if request.method != "POST":
                 return _json(405, "use POST /invoke")
+            if self.worker is None:
+                return _json(503, "a generic pool environment: no function handed over yet")
             if not self._authorized(request):
                 why = f"/invoke needs this function's {INVOKE_SECRET_HEADER} (only the gateway has it)"
                 return _json(403, why)
             return await self._invoke(request)
         return _json(404, f"no route for {request.method} {path}")
 
+    async def _specialize(self, request: Request) -> tuple[int, bytes, dict[str, str]]:
+        """Become one function's environment, once: install its code and layers, run INIT, answer
+        with INIT's duration (a failed INIT is the first invocation's answer, as on Lambda)."""
+        if not self.generic or self._specializing:
+            return _json(409, "this environment already belongs to a function; it is never handed another")
+        try:
+            handover = parse(request.body)
+        except HandoverError as exc:  # nothing was written: still generic, still claimable
+            return _json(400, f"hand-over refused: {exc}")
+        # From here files are written: a hand-over that fails leaves the pod spoiled (never Ready
+        # again), and the gateway that claimed it deletes it.
+        self._specializing = True
+        try:
+            environ = await asyncio.to_thread(install, handover, self.pod_environ)
+            worker = worker_from_env(environ)
+        except HandoverError as exc:
+            return _json(400, f"hand-over failed, this environment is spoiled: {exc}")
+        except SystemExit as exc:  # the function's variables do not make an environment
+            return _json(400, f"hand-over failed, this environment is spoiled: {exc}")
+        except OSError as exc:
+            return _json(500, f"hand-over failed, this environment is spoiled: {exc}")
+        self.worker = worker
+        if handover.invoke_secret:
+            self._secret = handover.invoke_secret.encode()
+        init_ms = await self.init()
+        print(f"lamina_runtime: specialized as {worker.function_name} (INIT {init_ms:.2f} ms)", flush=True)
+        body = json.dumps({"function": worker.function_name, "initDurationMs": round(init_ms, 2)}).encode()
+        return 200, body, {"Content-Type": "application/json"}
+
     async def _invoke(self, request: Request) -> tuple[int, bytes, dict[str, str]]:
+        assert self.worker is not None
         if self._invoking:
             return _json(429, "the execution environment is busy (one invocation at a time)")
         self._invoking = True
@@ -200,8 +260,12 @@ async def serve(host: str, port: int, environ: Mapping[str, str] | None = None) 
     # Out of the environment before anything is spawned: the function must not inherit the secret.
     secret = environ.pop(INVOKE_SECRET_ENV, None)
     os.environ.pop(INVOKE_SECRET_ENV, None)
+    pool = environ.get(POOL_ENV, "") in ("1", "true")
     server = RuntimeServer(
-        worker_from_env(environ), invoke_secret=secret, timeouts=timeouts_from_env(environ)
+        None if pool else worker_from_env(environ),
+        invoke_secret=secret,
+        timeouts=timeouts_from_env(environ),
+        pod_environ=environ,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -210,8 +274,11 @@ async def serve(host: str, port: int, environ: Mapping[str, str] | None = None) 
     bound = await server.listen(host, port)
     print(f"lamina_runtime: listening on http://{host}:{bound}", flush=True)
     try:
-        init_ms = await server.init()
-        print(f"lamina_runtime: {server.worker.handler} ready (INIT {init_ms:.2f} ms)", flush=True)
+        if server.worker is None:
+            print("lamina_runtime: a generic pool environment, waiting for a function", flush=True)
+        else:
+            init_ms = await server.init()
+            print(f"lamina_runtime: {server.worker.handler} ready (INIT {init_ms:.2f} ms)", flush=True)
         await stop.wait()
     finally:
         await server.close()

@@ -230,3 +230,133 @@ def test_a_provided_runtime_is_served_through_its_bootstrap(serve, tmp_path):
     assert body["env"]["_HANDLER"] == "function.handler" and body["env"]["AWS_EXECUTION_ENV"] is None
     log = base64.b64decode(headers["Lamina-Log-Result"]).decode()
     assert "Init Duration" in log.splitlines()[-1]
+
+
+# ------------------------------------------------------------------------------ generic pool mode
+
+POOL_HANDLER = """
+import os, greeting
+print("pool init ran")
+def handler(event, context):
+    return {"greeting": greeting.hello(event["name"]), "secret": os.environ.get("DB_PASSWORD"),
+            "fn": context.function_name, "invoke_secret_seen": "LAMINA_INVOKE_SECRET" in os.environ}
+"""
+
+
+@pytest.fixture
+def pool_pod(serve, tmp_path) -> Callable[[], Served]:
+    def start() -> Served:
+        task, layers = tmp_path / "task", tmp_path / "layers"
+        task.mkdir(exist_ok=True)
+        layers.mkdir(exist_ok=True)
+        return serve(
+            str(task),
+            LAMINA_POOL="1",
+            LAMINA_POOL_TASK_ROOT=str(task),
+            LAMINA_POOL_LAYERS_ROOT=str(layers),
+            LAMINA_FETCH_ALLOW_LOCAL="1",
+        )
+
+    return start
+
+
+def handover(**over: object) -> bytes:
+    doc = {
+        "environment": {
+            "AWS_LAMBDA_FUNCTION_NAME": "greeter",
+            "LAMINA_HANDLER": "index.handler",
+            "LAMINA_TIMEOUT_SECONDS": "5",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
+            "LAMBDA_TASK_ROOT": "/var/task",
+            "LAMINA_LAYERS": "/opt/layers/0-greeting",
+            "DB_PASSWORD": "resolved-from-a-secret",
+        },
+        "code": {"files": {"index.py": POOL_HANDLER}},
+        "layers": [{"files": {"python/greeting.py": "def hello(n):\n    return 'hello ' + n\n"}}],
+        "invokeSecret": "s3cret",
+    }
+    doc.update(over)
+    return json.dumps(doc).encode()
+
+
+def test_a_pool_pod_is_ready_generic_and_becomes_one_function_once(pool_pod) -> None:
+    pod = pool_pod()
+    assert pod.request("GET", "/healthz")[0] == 200  # Ready to be claimed
+    status, _, body = pod.request("POST", "/invoke", b"{}")
+    assert status == 503 and b"generic pool environment" in body
+    status, _, body = pod.request("POST", "/specialize", handover())
+    assert status == 200, body
+    reply = json.loads(body)
+    assert reply["function"] == "greeter" and reply["initDurationMs"] > 0
+    assert pod.request("GET", "/healthz")[0] == 200
+    assert pod.invoke({"name": "x"})[0] == 403  # the invoke secret handed over is required now
+    status, headers, result = pod.invoke({"name": "pool"}, **{"Lamina-Invoke-Secret": "s3cret"})
+    assert status == 200
+    assert result == {
+        "greeting": "hello pool",
+        "secret": "resolved-from-a-secret",
+        "fn": "greeter",
+        "invoke_secret_seen": False,
+    }
+    assert "Lamina-Init-Duration-Ms" in headers  # the first invocation reports the cold start
+    status, _, body = pod.request("POST", "/specialize", handover())
+    assert status == 409 and b"never handed another" in body
+    assert "pool init ran" in pod.log.read_text()
+
+
+def test_a_pool_pod_fetches_url_code_itself(pool_pod, tmp_path) -> None:
+    import hashlib
+    import http.server
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        archive.writestr("index.py", "def handler(e, c):\n    return {'zipped': True}\n")
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "code.zip").write_bytes(buf.getvalue())
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "www"))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        pod = pool_pod()
+        url = f"http://127.0.0.1:{server.server_address[1]}/code.zip"
+        code = {"url": url, "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
+        env = {"AWS_LAMBDA_FUNCTION_NAME": "zipped", "LAMINA_HANDLER": "index.handler"}
+        status, _, body = pod.request(
+            "POST", "/specialize", handover(environment=env, code=code, layers=[], invokeSecret=None)
+        )
+        assert status == 200, body
+        assert pod.invoke({})[2] == {"zipped": True}
+    finally:
+        server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"code": {"files": {"../escape.py": "x = 1"}}}, "outside its directory"),
+        ({"environment": {"LAMINA_POOL": "0"}}, "belong to the pod"),
+        ({"layers": "python"}, "layers: expected a list"),
+    ],
+)
+def test_a_refused_hand_over_leaves_the_pod_generic(pool_pod, change, why) -> None:
+    pod = pool_pod()
+    status, _, body = pod.request("POST", "/specialize", handover(**change))
+    assert status == 400 and why in body.decode(), body
+    assert pod.request("POST", "/specialize", handover())[0] == 200  # still claimable as it was
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ({"layers": []}, "LAMINA_LAYERS names 1 layers"),
+        ({"code": {"url": "http://127.0.0.1:9/none.zip", "sha256": "0" * 64}}, "cannot download"),
+    ],
+)
+def test_a_hand_over_that_fails_half_way_spoils_the_pod(pool_pod, change, why) -> None:
+    pod = pool_pod()
+    status, _, body = pod.request("POST", "/specialize", handover(**change))
+    assert status == 400 and why in body.decode() and b"spoiled" in body, body
+    assert pod.request("GET", "/healthz")[0] == 503  # never Ready again: the gateway deletes it
+    assert pod.request("POST", "/specialize", handover())[0] == 409
