@@ -43,6 +43,11 @@ RESERVED_ENV_PREFIXES = ("AWS_LAMBDA_", "LAMINA_")
 RESERVED_ENV = frozenset({"_HANDLER", "LAMBDA_TASK_ROOT", "LAMBDA_RUNTIME_DIR", "AWS_EXECUTION_ENV"})
 
 
+def cpu_millicores(memory_mb: int) -> int:
+    """CPU share that follows memory as on Lambda: 1769 MB is one vCPU (floored at 100m)."""
+    return max(MIN_MILLICORES, math.ceil(memory_mb * 1000 / MB_PER_VCPU))
+
+
 class CodeSource(LaminaModel):
     """Where the function's code comes from; exactly one of the four."""
 
@@ -515,7 +520,7 @@ class FunctionSpec(LaminaModel):
     @property
     def cpu_millicores(self) -> int:
         """CPU share that follows memory as on Lambda: 1769 MB is one vCPU (floored at 100m)."""
-        return max(MIN_MILLICORES, math.ceil(self.memory_mb * 1000 / MB_PER_VCPU))
+        return cpu_millicores(self.memory_mb)
 
     @property
     def total_provisioned(self) -> int:
@@ -616,6 +621,12 @@ class FunctionStatus(StatusBase):
         description="The S3 object the code comes from as last read: bucket, key, versionId, etag, sha256.",
     )
     url: str | None = Field(default=None, description="In-cluster URL of the function's HTTP trigger.")
+    cold_start_path: Literal["Pool", "Deployment"] | None = Field(
+        default=None,
+        description="How environments above provisioned concurrency start: claimed from a warm "
+        "generic pool, or as new pods of the function's own Deployment.",
+    )
+    cold_start_path_reason: str | None = Field(default=None, description="Why that path.")
 
 
 #: The root of a Function's CRD: an alias may only name a version that is published (status.versions)

@@ -32,6 +32,8 @@ PLURALS = {
     "Function": "functions",
     "Layer": "layers",
     "EventSourceMapping": "eventsourcemappings",
+    "Namespace": "namespaces",
+    "Pod": "pods",
 }
 
 
@@ -51,11 +53,11 @@ class Conflict(ApiError):
 
 @dataclass(frozen=True)
 class Ref:
-    """Enough to address one namespaced object."""
+    """Enough to address one object (``namespace`` None: a cluster-scoped one, such as a Namespace)."""
 
     api_version: str
     kind: str
-    namespace: str
+    namespace: str | None
     name: str
 
     @classmethod

@@ -15,6 +15,7 @@ from lamina.api import API_VERSION, Function
 from lamina.reconcilers.apply import apply, apply_scaled_deployment, delete_if_owned
 from lamina.reconcilers.client import ApiError, KubeApi, Ref
 from lamina.reconcilers.context import Blocked, Context, parse_as
+from lamina.reconcilers.pool import namespace_pool_size, reconcile_pools
 from lamina.reconcilers.s3code import resolve_code
 from lamina.reconcilers.status import (
     READY,
@@ -28,6 +29,7 @@ from lamina.reconcilers.status import (
 from lamina.reconcilers.versions import reconcile_versions
 from lamina.resources import LayerArtifact, build_function, deployment_readiness, labels, names
 from lamina.resources.function import Readiness
+from lamina.resources.pool import cold_start_path
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +135,14 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
                     return apply(kube, code_cm_desired)
                 return delete_if_owned(kube, code_ref, meta["uid"])
 
-            # The children do not depend on each other: apply them side by side.
-            _, _, deployment = ctx.run_all(
+            pools = namespace_pool_size(ctx, ns)
+            # The children do not depend on each other: apply them side by side (the namespace's
+            # warm pools too: this function may be the first or the last of its size).
+            _, _, deployment, _ = ctx.run_all(
                 code,
                 lambda: apply(kube, res.service),
                 lambda: apply_scaled_deployment(kube, res.deployment, fn.spec.provisioned_concurrency),
+                lambda: reconcile_pools(ctx, ns, pools),
             )
             version_fields = reconcile_versions(ctx, fn, body, res, layers, code_cm, s3_code)
         except ApiError as e:
@@ -149,8 +154,11 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
         if written is not None:
             ctx.announce(body, *written)
         raise
+    path = cold_start_path(fn, ctx.settings, pools)
     fields = {
         **version_fields,
+        "coldStartPath": path.path,
+        "coldStartPathReason": path.reason,
         "codeS3": s3_code.to_status(fn.spec.code.s3) if s3_code and fn.spec.code.s3 else None,
         "layerRevisions": {a.name: a.revision for a in layers},
         "codeDigest": res.code_digest,

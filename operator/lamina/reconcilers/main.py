@@ -20,12 +20,13 @@ from typing import Any, cast
 import kopf
 
 from lamina.kubeapi import load_configuration
-from lamina.reconcilers.client import Kube
+from lamina.reconcilers.client import ApiError, Kube
 from lamina.reconcilers.context import Context
 from lamina.reconcilers.dispatch import RECONCILERS, reconcile, reconcile_key, reconcile_named
 from lamina.reconcilers.eventsourcemapping import sync_mapping_status
 from lamina.reconcilers.function import sync_function_status
 from lamina.reconcilers.layer import artifact_changed
+from lamina.reconcilers.pool import reconcile_pools
 from lamina.reconcilers.requeue import Requeue
 from lamina.reconcilers.settings import OperatorSettings, connection_info
 from lamina.resources import labels
@@ -237,9 +238,41 @@ def layer_deleted(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **
 @kopf.on.event(*FUNCTIONS, registry=registry)
 @kopf.on.event(*MAPPINGS, registry=registry)
 async def object_deleted(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A deleted object is no longer blocked (nothing else would tell the metrics: no finalizers)."""
+    """A deleted object is no longer blocked (nothing else would tell the metrics: no finalizers);
+    a deleted Function may leave a warm pool nobody uses."""
     if event.get("type") == "DELETED":
-        ctx_of(memo).metrics.blocked.clear((body["kind"], namespace_of(body), body.metadata.name))
+        ctx = ctx_of(memo)
+        ctx.metrics.blocked.clear((body["kind"], namespace_of(body), body.metadata.name))
+        if body["kind"] == "Function":
+            await asyncio.to_thread(reconcile_pools, ctx, namespace_of(body))
+
+
+_POOL_SIZES: dict[str, str | None] = {}
+
+
+@kopf.on.event("", "v1", "namespaces", registry=registry)
+def namespace_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A namespace's ``lamina.dev/pool-size`` annotation changed: resize (or remove) its pools, and
+    reconcile its Functions (their status says which path their cold starts take). An event handler,
+    not a kopf field handler: nothing is written to users' namespaces."""
+    name = body.metadata.name
+    if event.get("type") == "DELETED":
+        _POOL_SIZES.pop(name, None)
+        return
+    value = (body.metadata.annotations or {}).get(labels.POOL_SIZE)
+    seen = name in _POOL_SIZES
+    if _POOL_SIZES.get(name) == value and seen:
+        return
+    _POOL_SIZES[name] = value
+    if seen or value is not None:  # at start-up, only namespaces that set a size need a look now
+        ctx = ctx_of(memo)
+        try:
+            reconcile_pools(ctx, name)
+            functions = ctx.kube.list(f"{GROUP}/{VERSION}", "Function", name)
+        except ApiError as e:  # a namespace this operator may not manage: not its pools
+            log.debug("namespace %s: pools not reconciled: %s", name, e)
+            return
+        _each(ctx, "Function", name, (f["metadata"]["name"] for f in functions))
 
 
 # ------------------------------------------------------------------------------- event sources

@@ -22,10 +22,20 @@ CONFIG_HASH = "lamina.dev/config-hash"
 #: Annotation on a Function's Deployment: the provisionedConcurrency its replicas were last set from.
 PROVISIONED = "lamina.dev/provisioned-concurrency"
 
+#: A generic pool pod: which pool (``python3.12-128``), and where it is in its life.
+POOL = "lamina.dev/pool"
+POOL_STATE = "lamina.dev/pool-state"
+IDLE, CLAIMED, SERVING = "idle", "claimed", "serving"
+#: Annotation of a claimed pool pod: the gateway replica that claimed it.
+CLAIMED_BY = "lamina.dev/claimed-by"
+#: Annotation of a Namespace: its pools' size, overriding the installation's.
+POOL_SIZE = "lamina.dev/pool-size"
+
 FUNCTION_APP = "lamina-function"
 #: A published version's pods carry another app name, so $LATEST's selector (which cannot change on an
 #: existing Deployment) never matches them.
 FUNCTION_VERSION_APP = "lamina-function-version"
+POOL_APP = "lamina-pool"
 WORKER_APP = "lamina-eventsource-worker"
 LAYER_APP = "lamina-layer"
 MANAGER = "lamina-operator"
@@ -63,3 +73,12 @@ def mapping_labels(mapping: str, function: str) -> dict[str, str]:
 
 def layer_labels(layer: str) -> dict[str, str]:
     return {**common(LAYER_APP, "layer-artifact"), LAYER: layer}
+
+
+def pool_selector(pool: str) -> dict[str, str]:
+    """Selects a pool's idle pods: a claimed pod leaves it (its ReplicaSet then makes a new one)."""
+    return {NAME: POOL_APP, POOL: pool, POOL_STATE: IDLE}
+
+
+def pool_labels(pool: str) -> dict[str, str]:
+    return {**common(POOL_APP, "pool"), POOL: pool}

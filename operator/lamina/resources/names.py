@@ -65,3 +65,8 @@ def mapping_service_account(mapping: str) -> str:
 def layer_mount_path(index: int, layer: str) -> str:
     """Where the ``index``-th layer of a Function is mounted (LAMINA_LAYERS lists these in order)."""
     return f"/opt/layers/{index}-{layer}"
+
+
+def pool_deployment(pool: str) -> str:
+    """The Deployment keeping the warm generic pods of one pool (``python3.12-128``)."""
+    return _bounded("lamina-pool-" + pool.replace(".", "-"))

@@ -42,6 +42,11 @@ class Settings:
     region: str = DEFAULT_REGION
     gateway_url: str = DEFAULT_GATEWAY_URL
     redis_url: str | None = None
+    #: Warm generic pods kept per runtime and memory size in use in a namespace (0: no pools; a
+    #: namespace's ``lamina.dev/pool-size`` annotation overrides it).
+    pool_size: int = 0
+    #: Memory sizes that get pools (empty: every size in use); other sizes start on the Deployment path.
+    pool_memory_sizes: tuple[int, ...] = ()
 
     def image_for(self, runtime: str) -> str:
         tag = CUSTOM_RUNTIME_IMAGE_RUNTIME if is_custom_runtime(runtime) else runtime
@@ -50,9 +55,17 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read ``LAMINA_RUNTIME_IMAGE``, ``LAMINA_WORKER_IMAGE``, ``LAMINA_IMAGE_PULL_POLICY``,
-        ``LAMINA_REGION``, ``LAMINA_GATEWAY_URL`` and ``LAMINA_REDIS_URL`` (unset = default)."""
+        ``LAMINA_REGION``, ``LAMINA_GATEWAY_URL``, ``LAMINA_REDIS_URL``, ``LAMINA_POOL_SIZE`` and
+        ``LAMINA_POOL_MEMORY_SIZES`` (comma-separated MB) (unset = default)."""
         env = os.environ if env is None else env
         default = cls()
+        try:
+            pool_size = int(env.get("LAMINA_POOL_SIZE") or default.pool_size)
+            sizes = tuple(int(x) for x in (env.get("LAMINA_POOL_MEMORY_SIZES") or "").split(",") if x.strip())
+        except ValueError as exc:
+            raise ValueError(f"LAMINA_POOL_SIZE / LAMINA_POOL_MEMORY_SIZES: {exc}") from None
+        if pool_size < 0:
+            raise ValueError(f"LAMINA_POOL_SIZE must not be negative (got {pool_size})")
         return cls(
             runtime_image=env.get("LAMINA_RUNTIME_IMAGE") or default.runtime_image,
             worker_image=env.get("LAMINA_WORKER_IMAGE") or default.worker_image,
@@ -60,4 +73,6 @@ class Settings:
             region=env.get("LAMINA_REGION") or default.region,
             gateway_url=(env.get("LAMINA_GATEWAY_URL") or default.gateway_url).rstrip("/"),
             redis_url=env.get("LAMINA_REDIS_URL") or None,
+            pool_size=pool_size,
+            pool_memory_sizes=sizes,
         )
