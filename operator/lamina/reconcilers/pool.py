@@ -38,7 +38,7 @@ def _functions(ctx: Context, namespace: str) -> list[Function]:
     for body in ctx.kube.list(API_VERSION, "Function", namespace):
         if (body.get("metadata") or {}).get("deletionTimestamp"):
             continue
-        doc = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
+        doc: dict[str, Any] = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in body}
         try:
             fn = parse_object(doc)
         except ManifestError:
