@@ -141,7 +141,9 @@ def main() -> int:
         from conftest import apply_objects  # the tests' server-side apply helper (waits for CRDs)
 
         apply_objects(api, sorted((REPO / "crds").glob("*.yaml")))
-        core.create_namespace({"metadata": {"name": namespace}})
+        # Hundreds of pods that need not run: on kwok's node, also when the cluster has a real one.
+        annotations = control_plane_module().KWOK_NAMESPACE_ANNOTATIONS
+        core.create_namespace({"metadata": {"name": namespace, "annotations": annotations}})
         env = {**os.environ, "KUBECONFIG": kubeconfig, "LAMINA_RESYNC_SECONDS": "0"}
         with log.open("wb") as out:
             operator = subprocess.Popen(

@@ -12,6 +12,12 @@ While the session runs, ``os.environ["KUBECONFIG"]`` points at that file, so kop
 subprocesses find the cluster. Binaries missing and not buildable => the tests ERROR with the reason
 (set LAMINA_SKIP_CLUSTER=1 to skip them instead).
 
+Tests under ``tests/cluster/pods`` (marker ``realnode``) run real pods: when they are collected, the
+private control plane gets a real node (``realnode.py``) and the images are built first
+(``scripts/build-images``). LAMINA_SKIP_REAL_NODE=1 skips them. Every other test's namespace sends its
+pods to kwok's node (annotations, see ``controlplane.KWOK_NAMESPACE_ANNOTATIONS``), with or without
+a real node.
+
 Other fixtures: ``k8s_api`` (kubernetes.client.ApiClient), ``namespace`` (fresh per test, deleted
 afterwards), ``apply_yaml`` (server-side apply of files / YAML text / dicts), ``wait_until``,
 ``control_plane`` (the ControlPlane object, or None on an external cluster), ``pinned_versions``.
@@ -50,33 +56,58 @@ def _load_controlplane():
 cp_mod = _load_controlplane()
 
 FIELD_MANAGER = "lamina-tests"
+REAL_POD_TESTS = _HERE / "pods"
 _build_error = pytest.StashKey[str]()
+_wants_real_node = pytest.StashKey[bool]()
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0", "false", "no")
 
 
 def _skip_requested() -> bool:
-    return os.environ.get("LAMINA_SKIP_CLUSTER", "") not in ("", "0", "false", "no")
+    return _flag("LAMINA_SKIP_CLUSTER")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if _HERE in Path(str(item.path)).resolve().parents:
+        parents = Path(str(item.path)).resolve().parents
+        if _HERE in parents:
             item.add_marker(pytest.mark.cluster)
             if _skip_requested():
                 item.add_marker(pytest.mark.skip(reason="LAMINA_SKIP_CLUSTER is set"))
+        if REAL_POD_TESTS in parents:
+            item.add_marker(pytest.mark.realnode)
+            if _flag("LAMINA_SKIP_REAL_NODE"):
+                item.add_marker(pytest.mark.skip(reason="LAMINA_SKIP_REAL_NODE is set"))
+
+
+def wants_real_node(config: pytest.Config) -> bool:
+    """Whether this session runs real-pod tests (so its private cluster gets a real node)."""
+    return config.stash.get(_wants_real_node, False)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build the binaries before any test runs, outside the per-test timeout (the first build is long)."""
+    """Build the binaries (and, for real pods, the images) before any test runs, outside the per-test
+    timeout (the first build is long)."""
     config = session.config
     if config.option.collectonly or _skip_requested() or os.environ.get("KUBECONFIG"):
         return
     if not any("kubeconfig" in getattr(i, "fixturenames", ()) for i in session.items):
         return
-    if cp_mod.running() is not None:
-        return
+    real = not _flag("LAMINA_SKIP_REAL_NODE") and any(
+        i.get_closest_marker("realnode") is not None for i in session.items
+    )
+    config.stash[_wants_real_node] = real
+    running = cp_mod.running()
     try:
-        cp_mod.bin_dir(build=True)
-    except cp_mod.ControlPlaneError as e:
+        if running is None:
+            cp_mod.bin_dir(build=True, node=real)
+        if real:
+            from tests.cluster.pods import images
+
+            images.build()
+    except (cp_mod.ControlPlaneError, RuntimeError) as e:
         config.stash[_build_error] = str(e)
 
 
@@ -100,7 +131,7 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[Any]:
         pytest.fail(f"cannot build the test control plane: {err}", pytrace=False)
     state = Path(tempfile.mkdtemp(prefix="lamina-pytest-cluster-"))
     try:
-        cp = cp_mod.start(state)
+        cp = cp_mod.start(state, real_node=wants_real_node(request.config))
     except cp_mod.ControlPlaneError as e:
         pytest.fail(f"cannot start the test control plane: {e}", pytrace=False)
     try:
@@ -246,13 +277,23 @@ def apply_objects(
 
 @pytest.fixture
 def namespace(k8s_api: Any) -> Iterator[str]:
-    """A fresh namespace (with its `default` ServiceAccount ready); deleted after the test."""
+    """A fresh namespace (with its `default` ServiceAccount ready) whose pods go to kwok's node;
+    deleted after the test."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
     core = client.CoreV1Api(k8s_api)
     name = f"lamina-t-{secrets.token_hex(4)}"
-    core.create_namespace({"metadata": {"name": name, "labels": {"lamina.dev/test": "true"}}})
+    core.create_namespace(
+        {
+            "metadata": {
+                "name": name,
+                "labels": {"lamina.dev/test": "true"},
+                # Pods of these tests never run (kwok plays the kubelet), also when a real node exists.
+                "annotations": cp_mod.KWOK_NAMESPACE_ANNOTATIONS,
+            }
+        }
+    )
     try:
         wait_for(
             lambda: core.read_namespaced_service_account("default", name),

@@ -38,14 +38,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _load_sibling(name: str):
+    """Import tests/cluster/<name>.py whether this file runs as a script or is loaded by path."""
+    import importlib.util
+
+    modname = f"lamina_test_{name}"
+    if modname not in sys.modules:
+        spec = importlib.util.spec_from_file_location(modname, Path(__file__).resolve().parent / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[modname] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[modname]
+
+
+realnode = _load_sibling("realnode")
 BUILD_SCRIPT = REPO / "scripts" / "build-control-plane"
 VERSIONS_FILE = REPO / "scripts" / "control-plane-versions"
 DEFAULT_STATE_DIR = "/tmp/lamina-test-cluster"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+#: What ``build-control-plane --node`` adds for a real node (see realnode.py).
+NODE_BINARIES = ("kubelet", "kube-proxy", "coredns", "pause")
 KWOK_STAGES = "kwok-stages.yaml"  # written next to the binaries by build-control-plane
 # Stop order: the reverse of the start order.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
 NODE_NAME = "kwok-node-0"
+#: With a real node, kwok's node carries this taint: only pods that tolerate it (scale tests, placed
+#: there by their namespace's annotations, see KWOK_NAMESPACE_ANNOTATIONS) land on it.
+KWOK_TAINT = {"key": "kwok.x-k8s.io/node", "value": "fake", "effect": "NoSchedule"}
+#: Namespace annotations that send every pod of the namespace to kwok's node (admission plugins
+#: PodNodeSelector and PodTolerationRestriction), with or without a real node.
+KWOK_NAMESPACE_ANNOTATIONS = {
+    "scheduler.alpha.kubernetes.io/node-selector": "type=kwok",
+    "scheduler.alpha.kubernetes.io/defaultTolerations": json.dumps(
+        [{"key": KWOK_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}]
+    ),
+}
 SERVICE_CIDR = "10.0.0.0/24"
 POD_CIDR = "127.244.0.0/16"  # loopback: a test may run a "pod" itself at its IP (see test_end_to_end)
 START_TIMEOUT = float(os.environ.get("LAMINA_TEST_CLUSTER_START_TIMEOUT", "180"))
@@ -76,20 +106,21 @@ def _log(msg: str) -> None:
 # --------------------------------------------------------------------------------------------- build
 
 
-def _missing(d: Path) -> list[str]:
-    missing = [b for b in BINARIES if not os.access(d / b, os.X_OK)]
+def _missing(d: Path, node: bool = False) -> list[str]:
+    missing = [b for b in (*BINARIES, *(NODE_BINARIES if node else ())) if not os.access(d / b, os.X_OK)]
     return missing + ([] if (d / KWOK_STAGES).is_file() else [KWOK_STAGES])
 
 
-def bin_dir(build: bool = True) -> Path:
+def bin_dir(build: bool = True, node: bool = False) -> Path:
     """The directory holding the control-plane binaries, building them if needed (and allowed).
 
+    ``node`` also asks for what a real node runs (kubelet, kube-proxy, CoreDNS, pause).
     ``LAMINA_CONTROL_PLANE_BIN`` points at a ready directory and skips the build script.
     """
     override = os.environ.get("LAMINA_CONTROL_PLANE_BIN")
     if override:
         d = Path(override)
-        missing = _missing(d)
+        missing = _missing(d, node)
         if missing:
             raise ControlPlaneError(f"LAMINA_CONTROL_PLANE_BIN={d} lacks {', '.join(missing)}")
         return d
@@ -97,7 +128,10 @@ def bin_dir(build: bool = True) -> Path:
         raise ControlPlaneError("control-plane binaries are not built (run scripts/build-control-plane)")
     _log(f"resolving binaries via {BUILD_SCRIPT} (first build takes a long time; cached afterwards)")
     proc = subprocess.Popen(
-        ["bash", str(BUILD_SCRIPT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ["bash", str(BUILD_SCRIPT), *(["--node"] if node else [])],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     tail: list[str] = []
 
@@ -120,7 +154,7 @@ def bin_dir(build: bool = True) -> Path:
             "proxy. Its last output:\n" + "\n".join(tail)
         )
     d = Path(lines[-1].strip())
-    missing = _missing(d)
+    missing = _missing(d, node)
     if missing:
         raise ControlPlaneError(f"build-control-plane reported {d} but {', '.join(missing)} missing")
     return d
@@ -129,37 +163,96 @@ def bin_dir(build: bool = True) -> Path:
 # --------------------------------------------------------------------------------------------- certs
 
 
+def _write_key(path: Path, key) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+
+
+def _write_cert(path: Path, cert) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _validity() -> tuple[dt.datetime, dt.datetime]:
+    now = dt.datetime.now(dt.UTC)
+    return now - dt.timedelta(hours=1), now + dt.timedelta(days=365)
+
+
+def _name(cn: str, orgs: tuple[str, ...] = ()):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
+    return x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def issue_cert(
+    pki: Path,
+    out: str,
+    ca: str,
+    cn: str,
+    orgs: tuple[str, ...] = (),
+    dns: tuple[str, ...] = (),
+    ips: tuple[str, ...] = (),
+    server: bool = False,
+) -> None:
+    """Sign ``<pki>/<out>.crt`` (+ ``.key``) with the CA ``<pki>/<ca>.crt``: a client certificate (CN is
+    the user, O the groups) or, with ``server``, a serving one for ``dns`` and ``ips``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    ca_key = serialization.load_pem_private_key((pki / f"{ca}.key").read_bytes(), password=None)
+    ca_cert = x509.load_pem_x509_certificate((pki / f"{ca}.crt").read_bytes())
+    not_before, not_after = _validity()
+    key = ec.generate_private_key(ec.SECP256R1())
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn, tuple(orgs)))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, True, False, False, False, False, False, False, False), critical=True
+        )
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+    )
+    if dns or ips:
+        sans = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    _write_key(pki / f"{out}.key", key)
+    _write_cert(pki / f"{out}.crt", b.sign(ca_key, hashes.SHA256()))
+
+
 def _certs(pki: Path, server_ips: list[str]) -> None:
     """Serving CA + apiserver cert, service-account key pair, client CA + admin cert."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     pki.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC)
-    not_before, not_after = now - dt.timedelta(hours=1), now + dt.timedelta(days=365)
+    not_before, not_after = _validity()
 
-    def write_key(path: Path, key) -> None:
-        path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.TraditionalOpenSSL,
-                serialization.NoEncryption(),
-            )
-        )
-        path.chmod(0o600)
-
-    def write_cert(path: Path, cert) -> None:
-        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-    def name(cn: str, orgs: tuple[str, ...] = ()) -> x509.Name:
-        attrs = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in orgs]
-        return x509.Name([*attrs, x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def make_ca(cn: str):
+    def make_ca(name: str, cn: str) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
-        subj = name(cn, ("lamina-test",))
+        subj = _name(cn, ("lamina-test",))
         cert = (
             x509.CertificateBuilder()
             .subject_name(subj)
@@ -175,39 +268,14 @@ def _certs(pki: Path, server_ips: list[str]) -> None:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
-        return key, cert
+        _write_key(pki / f"{name}.key", key)
+        _write_cert(pki / f"{name}.crt", cert)
 
-    def make_leaf(ca_key, ca_cert, cn, orgs=(), dns=(), ips=(), server=False):
-        key = ec.generate_private_key(ec.SECP256R1())
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        b = (
-            x509.CertificateBuilder()
-            .subject_name(name(cn, tuple(orgs)))
-            .issuer_name(ca_cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(not_before)
-            .not_valid_after(not_after)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(True, True, False, False, False, False, False, False, False), critical=True
-            )
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-            )
-        )
-        if dns or ips:
-            sans = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
-            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        return key, b.sign(ca_key, hashes.SHA256())
-
-    ca_key, ca_cert = make_ca("lamina-test-serving-ca")
-    write_key(pki / "serving-ca.key", ca_key)
-    write_cert(pki / "serving-ca.crt", ca_cert)
-    srv_key, srv_cert = make_leaf(
-        ca_key,
-        ca_cert,
+    make_ca("serving-ca", "lamina-test-serving-ca")
+    issue_cert(
+        pki,
+        "apiserver",
+        "serving-ca",
         "kube-apiserver",
         dns=(
             "localhost",
@@ -219,26 +287,24 @@ def _certs(pki: Path, server_ips: list[str]) -> None:
         ips=tuple(server_ips),
         server=True,
     )
-    write_key(pki / "apiserver.key", srv_key)
-    write_cert(pki / "apiserver.crt", srv_cert)
 
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    write_key(pki / "sa.key", sa_key)
+    _write_key(pki / "sa.key", sa_key)
     (pki / "sa.pub").write_bytes(
         sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
 
-    cca_key, cca_cert = make_ca("lamina-test-client-ca")
-    write_key(pki / "client-ca.key", cca_key)
-    write_cert(pki / "client-ca.crt", cca_cert)
-    adm_key, adm_cert = make_leaf(cca_key, cca_cert, "lamina-admin", orgs=("system:masters",))
-    write_key(pki / "admin.key", adm_key)
-    write_cert(pki / "admin.crt", adm_cert)
+    make_ca("client-ca", "lamina-test-client-ca")
+    issue_cert(pki, "admin", "client-ca", "lamina-admin", orgs=("system:masters",))
+    # The API server's identity towards kubelets (kubectl logs / exec on a real node).
+    issue_cert(pki, "apiserver-kubelet-client", "client-ca", "kube-apiserver-kubelet-client")
 
 
-def _write_kubeconfig(path: Path, server: str, pki: Path) -> None:
+def _write_kubeconfig(path: Path, server: str, pki: Path, user: str = "admin") -> None:
+    """A kubeconfig for ``server`` that logs in with ``<pki>/<user>.crt``."""
+
     def b64(p: str) -> str:
         return base64.b64encode((pki / p).read_bytes()).decode()
 
@@ -254,7 +320,10 @@ def _write_kubeconfig(path: Path, server: str, pki: Path) -> None:
         "users": [
             {
                 "name": "lamina-admin",
-                "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")},
+                "user": {
+                    "client-certificate-data": b64(f"{user}.crt"),
+                    "client-key-data": b64(f"{user}.key"),
+                },
             }
         ],
         "contexts": [{"name": "lamina-test", "context": {"cluster": "lamina-test", "user": "lamina-admin"}}],
@@ -325,6 +394,11 @@ class ControlPlane:
     pids: dict[str, int] = field(default_factory=dict)
     etcd_data: str = ""
     version: str = ""
+    #: The address every component binds to: loopback, or with a real node the node's IP inside the
+    #: cluster's network namespace (see realnode.py).
+    host: str = "127.0.0.1"
+    real_node: bool = False
+    node_pid: int | None = None
 
     # -- paths
     @property
@@ -337,7 +411,7 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.ports['apiserver']}"
+        return f"https://{self.host}:{self.ports['apiserver']}"
 
     def log(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
@@ -353,6 +427,9 @@ class ControlPlane:
             "pids": self.pids,
             "etcd_data": self.etcd_data,
             "version": self.version,
+            "host": self.host,
+            "real_node": self.real_node,
+            "node_pid": self.node_pid,
             "kubeconfig": str(self.kubeconfig),
             "server": self.server if "apiserver" in self.ports else None,
         }
@@ -377,6 +454,9 @@ class ControlPlane:
             pids={k: int(v) for k, v in data.get("pids", {}).items()},
             etcd_data=data.get("etcd_data", ""),
             version=data.get("version", ""),
+            host=data.get("host", "127.0.0.1"),
+            real_node=bool(data.get("real_node", False)),
+            node_pid=data.get("node_pid"),
         )
 
     # -- health
@@ -386,7 +466,10 @@ class ControlPlane:
         return ctx
 
     def alive(self) -> dict[str, bool]:
-        return {n: _pid_alive(p, self.exe(n)) for n, p in self.pids.items()}
+        alive = {n: _pid_alive(p, self.exe(n)) for n, p in self.pids.items()}
+        if self.real_node:
+            alive["real-node"] = self.node_pid is not None and _pid_alive(self.node_pid, "unshare")
+        return alive
 
     def ready(self) -> bool:
         if not self.pids or not all(self.alive().values()) or set(self.pids) != set(COMPONENTS):
@@ -401,8 +484,9 @@ class ControlPlane:
     def _spawn(self, name: str, args: list[str]) -> None:
         logf = open(self.log(name), "ab")
         try:
+            prefix = realnode.RealNode(self.state_dir).nsenter() if self.real_node else []
             proc = subprocess.Popen(
-                [self.exe(name), *args],
+                [*prefix, self.exe(name), *args],
                 stdin=subprocess.DEVNULL,
                 stdout=logf,
                 stderr=subprocess.STDOUT,
@@ -426,6 +510,8 @@ class ControlPlane:
             try:
                 if check():
                     return
+            except ControlPlaneError:
+                raise
             except Exception as e:
                 last = f"{type(e).__name__}: {e}"
             time.sleep(0.25)
@@ -442,12 +528,16 @@ class ControlPlane:
         self.version = pinned_versions().get("KUBERNETES_VERSION", "")
         shm = Path("/dev/shm") if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else None
         self.etcd_data = tempfile.mkdtemp(prefix="lamina-etcd-", dir=shm)
-        _certs(self.pki, ["127.0.0.1", "10.0.0.1"])
         self.save()
+        if self.real_node:
+            _, self.host = realnode.RealNode(self.state_dir).create_network()
+        _certs(self.pki, sorted({"127.0.0.1", self.host, "10.0.0.1"}))
+        self.save()
+        h = self.host
 
         # etcd
-        etcd_url = f"http://127.0.0.1:{p['etcd_client']}"
-        peer_url = f"http://127.0.0.1:{p['etcd_peer']}"
+        etcd_url = f"http://{h}:{p['etcd_client']}"
+        peer_url = f"http://{h}:{p['etcd_peer']}"
         self._spawn(
             "etcd",
             [
@@ -484,13 +574,21 @@ class ControlPlane:
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
                 f"--client-ca-file={pki / 'client-ca.crt'}",
-                "--bind-address=127.0.0.1",
+                f"--bind-address={h}",
                 f"--secure-port={p['apiserver']}",
-                "--advertise-address=127.0.0.1",
-                "--endpoint-reconciler-type=none",
+                f"--advertise-address={h}",
+                # A loopback address cannot be an endpoint of the `kubernetes` Service; the node's IP can
+                # (pods reach the API server through it).
+                *(["--endpoint-reconciler-type=none"] if h.startswith("127.") else []),
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
-                "--authorization-mode=RBAC",
+                # Node: the real node's kubelet acts as system:node:<name> (the Node authorizer).
+                "--authorization-mode=Node,RBAC",
+                # A namespace's annotations may place its pods (kwok's node for scale tests).
+                "--enable-admission-plugins=PodNodeSelector,PodTolerationRestriction",
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                "--kubelet-preferred-address-types=InternalIP",
                 f"--service-account-issuer={self.server}",
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
@@ -521,7 +619,7 @@ class ControlPlane:
             f"--authentication-kubeconfig={kc}",
             f"--authorization-kubeconfig={kc}",
             "--leader-elect=false",
-            "--bind-address=127.0.0.1",
+            f"--bind-address={h}",
             "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics",
             "--v=1",
         ]
@@ -561,12 +659,12 @@ class ControlPlane:
         self._wait(
             "kube-controller-manager",
             "kube-controller-manager /healthz",
-            lambda: _https_get(f"https://127.0.0.1:{p['kcm']}/healthz", insecure)[0] == 200,
+            lambda: _https_get(f"https://{h}:{p['kcm']}/healthz", insecure)[0] == 200,
         )
         self._wait(
             "kube-scheduler",
             "kube-scheduler /healthz",
-            lambda: _https_get(f"https://127.0.0.1:{p['scheduler']}/healthz", insecure)[0] == 200,
+            lambda: _https_get(f"https://{h}:{p['scheduler']}/healthz", insecure)[0] == 200,
         )
 
         # the fake node, then kwok to drive it
@@ -582,7 +680,7 @@ class ControlPlane:
                 "--manage-single-node=",
                 f"--cidr={POD_CIDR}",
                 "--node-ip=127.0.0.1",
-                f"--server-address=127.0.0.1:{p['kwok']}",
+                f"--server-address={h}:{p['kwok']}",
                 "--node-lease-duration-seconds=40",
             ],
         )
@@ -597,8 +695,71 @@ class ControlPlane:
             return core.read_namespaced_service_account("default", "default") is not None
 
         self._wait("kube-controller-manager", "ServiceAccount default/default", default_sa)
+        if self.real_node:
+            self._start_node(api)
         api.close()
         self.save()
+
+    def _start_node(self, api) -> None:
+        """Taint kwok's node, then start the real one (realnode.py) and wait until it is Ready."""
+        from kubernetes import client
+
+        core = client.CoreV1Api(api)
+        core.patch_node(NODE_NAME, {"spec": {"taints": [KWOK_TAINT]}})
+        rbac = client.RbacAuthorizationV1Api(api)
+        rbac.create_cluster_role(
+            {
+                "metadata": {"name": "lamina-test:coredns"},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "resources": ["services", "pods", "namespaces"],
+                        "verbs": ["list", "watch"],
+                    },
+                    {
+                        "apiGroups": ["discovery.k8s.io"],
+                        "resources": ["endpointslices"],
+                        "verbs": ["list", "watch"],
+                    },
+                ],
+            }
+        )
+        rbac.create_cluster_role_binding(
+            {
+                "metadata": {"name": "lamina-test:coredns"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "lamina-test:coredns",
+                },
+                "subjects": [
+                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "lamina-coredns"}
+                ],
+            }
+        )
+        pki, node = self.pki, realnode.RealNode(self.state_dir)
+        issue_cert(pki, "kubelet", "client-ca", f"system:node:{realnode.NODE_NAME}", orgs=("system:nodes",))
+        issue_cert(pki, "kube-proxy", "client-ca", "system:kube-proxy")
+        issue_cert(pki, "coredns", "client-ca", "lamina-coredns")
+        name = realnode.NODE_NAME
+        issue_cert(pki, "kubelet-serving", "serving-ca", name, dns=(name,), ips=(self.host,), server=True)
+        kubeconfigs = {}
+        for user in ("kubelet", "kube-proxy", "coredns"):
+            kubeconfigs[user] = self.state_dir / f"{user}.kubeconfig"
+            _write_kubeconfig(kubeconfigs[user], self.server, pki, user)
+        self.node_pid = node.start(self.bin_dir, self.host, self.server, pki, kubeconfigs)
+        self.save()
+
+        def node_ready() -> bool:
+            if not _pid_alive(self.node_pid or 0, "unshare"):
+                raise ControlPlaneError(
+                    "the real node stopped; logs/node-init.log:\n" + _tail(self.log("node-init"))
+                    + "\nlogs/kubelet.log:\n" + _tail(self.log("kubelet"))
+                )  # fmt: skip
+            n = core.read_node(realnode.NODE_NAME)
+            return any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+
+        self._wait("kube-apiserver", f"node {realnode.NODE_NAME} Ready (logs/kubelet.log)", node_ready)
 
     def _create_node(self, core) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -643,7 +804,14 @@ class ControlPlane:
                 raise
 
     def stop(self) -> None:
-        """SIGTERM each process group (reverse start order), then SIGKILL; remove all state."""
+        """SIGTERM each process group (reverse start order), then SIGKILL; remove all state.
+
+        A real node goes first (its PID namespace takes its containers along), and last its network
+        namespace and cgroups, whatever is left of them (see :func:`clean_node`)."""
+        if self.real_node:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if self.node_pid and _pid_alive(self.node_pid, "unshare"):
+                    os.killpg(self.node_pid, signal.SIGKILL)
         groups = [("kwok", "kube-scheduler", "kube-controller-manager"), ("kube-apiserver",), ("etcd",)]
         for group in groups:
             live = {n: self.pids[n] for n in group if n in self.pids}
@@ -664,7 +832,18 @@ class ControlPlane:
                 time.sleep(0.05)
         if self.etcd_data and Path(self.etcd_data).name.startswith("lamina-etcd-"):
             shutil.rmtree(self.etcd_data, ignore_errors=True)
+        left = clean_node(self.state_dir)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+        if left:
+            _log("could not remove: " + ", ".join(left))
+
+
+def clean_node(state_dir: Path) -> list[str]:
+    """Remove what a real node of ``state_dir`` left on the host, even after a crash with no state file:
+    every process still in its network namespace (all of them ours), the namespace with its veths,
+    and its cgroups. Returns what could not be removed."""
+    node = realnode.RealNode(state_dir)
+    return node.stop(None)
 
 
 # --------------------------------------------------------------------------------------------- API
@@ -676,18 +855,24 @@ def running(state_dir: Path | None = None) -> ControlPlane | None:
     return cp if cp is not None and cp.ready() else None
 
 
-def start(state_dir: Path | None = None, *, build: bool = True, attempts: int = 2) -> ControlPlane:
-    """Start a fresh control plane in ``state_dir`` (must not hold a live one) and return it."""
+def start(
+    state_dir: Path | None = None, *, build: bool = True, attempts: int = 2, real_node: bool = False
+) -> ControlPlane:
+    """Start a fresh control plane in ``state_dir`` (must not hold a live one) and return it.
+
+    ``real_node`` adds a real node (kubelet, containerd...; see realnode.py) and runs the whole
+    cluster in a network namespace of its own (needs root)."""
     sd = state_dir or state_dir_default()
-    bins = bin_dir(build=build)
+    bins = bin_dir(build=build, node=real_node)
     old = ControlPlane.load(sd)
     if old is not None:
         old.stop()  # stale leftovers of a dead cluster
+    clean_node(sd)  # and of a real node that crashed before writing its state
     last: Exception | None = None
     for attempt in range(1, attempts + 1):
         shutil.rmtree(sd, ignore_errors=True)
         sd.mkdir(parents=True, exist_ok=True)
-        cp = ControlPlane(state_dir=sd, bin_dir=bins)
+        cp = ControlPlane(state_dir=sd, bin_dir=bins, real_node=real_node)
         t0 = time.monotonic()
         try:
             cp.start()
@@ -703,14 +888,19 @@ def start(state_dir: Path | None = None, *, build: bool = True, attempts: int = 
             last = e
             _log(f"start attempt {attempt} failed: {e}\n(logs kept in {logs})")
             continue
-        _log(f"control plane {cp.version} up in {time.monotonic() - t0:.1f}s at {cp.server}")
+        node = f" with real node {realnode.NODE_NAME}" if real_node else ""
+        _log(f"control plane {cp.version}{node} up in {time.monotonic() - t0:.1f}s at {cp.server}")
         return cp
     raise ControlPlaneError(f"could not start the test control plane: {last}")
 
 
-def up(state_dir: Path | None = None) -> ControlPlane:
+def up(state_dir: Path | None = None, real_node: bool = False) -> ControlPlane:
     cp = running(state_dir)
-    return cp if cp is not None else start(state_dir)
+    if cp is not None and real_node and not cp.real_node:
+        _log("the running cluster has no real node: restarting it with one")
+        cp.stop()
+        cp = None
+    return cp if cp is not None else start(state_dir, real_node=real_node)
 
 
 def down(state_dir: Path | None = None) -> bool:
@@ -718,7 +908,10 @@ def down(state_dir: Path | None = None) -> bool:
     cp = ControlPlane.load(sd)
     if cp is None:
         existed = sd.exists()
+        left = clean_node(sd)
         shutil.rmtree(sd, ignore_errors=True)
+        if left:
+            _log("could not remove: " + ", ".join(left))
         return existed
     cp.stop()
     return True
@@ -744,8 +937,15 @@ def main(argv: list[str] | None = None) -> int:
     sd = state_dir_default()
     try:
         if cmd == "up":
+            flags = set(argv[1:])
+            if flags - {"--real-node"}:
+                print(
+                    f"test-cluster: unknown option {' '.join(sorted(flags - {'--real-node'}))}",
+                    file=sys.stderr,
+                )
+                return 2
             with state_lock(sd):
-                cp = up(sd)
+                cp = up(sd, real_node="--real-node" in flags)
             print(cp.kubeconfig)
             return 0
         if cmd == "down":
@@ -759,9 +959,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"not running (state dir {sd})")
                 return 1
             for name, ok in cp.alive().items():
-                print(f"{name:24} pid {cp.pids[name]:<8} {'running' if ok else 'DEAD'}")
+                pid = cp.node_pid if name == "real-node" else cp.pids[name]
+                print(f"{name:24} pid {pid!s:<8} {'running' if ok else 'DEAD'}")
             ready = cp.ready()
             print(f"apiserver {cp.server} ({cp.version}) {'ready' if ready else 'NOT READY'}")
+            if cp.real_node:
+                sock = realnode.NodeConfig.load(sd).socket
+                print(f"real node {realnode.NODE_NAME} (pid {cp.node_pid}), containerd {sock}")
             print(f"kubeconfig {cp.kubeconfig}")
             return 0 if ready else 1
         if cmd == "env":
@@ -776,7 +980,7 @@ def main(argv: list[str] | None = None) -> int:
     except ControlPlaneError as e:
         print(f"test-cluster: {e}", file=sys.stderr)
         return 1
-    print("usage: scripts/test-cluster up|down|status|env", file=sys.stderr)
+    print("usage: scripts/test-cluster up [--real-node]|down|status|env", file=sys.stderr)
     return 2
 
 

@@ -18,13 +18,7 @@ from pathlib import Path
 
 import pytest
 
-
-def make_zip(files: dict[str, str]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as archive:
-        for name, text in files.items():
-            archive.writestr(name, text)
-    return buf.getvalue()
+from tests.support.archives import make_zip
 
 
 @pytest.fixture

@@ -10,11 +10,30 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import boto3
 from botocore.config import Config
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def lambda_client(endpoint_url: str, read_timeout: float = 60) -> Any:
+    """boto3's Lambda client for a lamina gateway at ``endpoint_url``: no retries (a test sees each
+    answer as it came), fixed dummy credentials."""
+    return boto3.client(
+        "lambda",
+        endpoint_url=endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        config=Config(
+            retries={"max_attempts": 0, "mode": "standard"},
+            read_timeout=read_timeout,
+            connect_timeout=5,
+            max_pool_connections=50,
+        ),
+    )
 
 
 def free_port() -> int:
@@ -90,16 +109,4 @@ class LocalServer:
             self.proc.wait()
 
     def lambda_client(self, read_timeout: int = 60):
-        return boto3.client(
-            "lambda",
-            endpoint_url=self.url,
-            region_name="us-east-1",
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-            config=Config(
-                retries={"max_attempts": 0, "mode": "standard"},
-                read_timeout=read_timeout,
-                connect_timeout=5,
-                max_pool_connections=50,
-            ),
-        )
+        return lambda_client(self.url, read_timeout)

@@ -34,7 +34,9 @@ class GatewaySettings:
     port: int = _option(DEFAULT_GATEWAY_PORT, "port to listen on (the chart's Service targets it)")
     namespace: str | None = _option(None, "watch one namespace (default: all)")
     default_namespace: str = _option(
-        "default", "namespace of plain function names (others are addressed as namespace.name)"
+        "default",
+        "namespace of plain function names (others are addressed as namespace.name); unset: the one "
+        "--namespace watches, else default",
     )
     redis_url: str | None = _option(
         None, "Redis of the durable queue of Event invocations (without it they are refused)"
@@ -58,7 +60,13 @@ class GatewaySettings:
 
     @classmethod
     def from_args(cls, argv: Sequence[str]) -> GatewaySettings:
-        return cls(**vars(cls.parser().parse_args(list(argv))))
+        parser = cls.parser()
+        parser.set_defaults(default_namespace=None)
+        values = vars(parser.parse_args(list(argv)))
+        # A gateway of one namespace (the chart's, with one watched namespace) serves its functions by
+        # their plain names, as Lambda does in an account.
+        values["default_namespace"] = values["default_namespace"] or values["namespace"] or "default"
+        return cls(**values)
 
 
 #: Seconds between the worker's writes of its mapping's status when LAMINA_STATUS_INTERVAL is unset.

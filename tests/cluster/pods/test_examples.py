@@ -1,0 +1,82 @@
+"""The examples, applied as they are, answer boto3 and plain HTTP from real pods."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.pods.conftest import Lamina
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+FUNCTIONS = {
+    "hello.yaml": ["hello"],
+    "orders.yaml": ["orders"],
+    "failing.yaml": ["failing"],
+    "slow.yaml": ["slow"],
+    "custom-runtime.yaml": ["custom"],
+}
+
+
+@pytest.fixture(scope="module")
+def examples(lamina_release: Lamina) -> Iterator[Lamina]:
+    lam = lamina_release.scoped()
+    try:
+        for file in FUNCTIONS:
+            lam.apply((EXAMPLES / file).read_text())
+        for names in FUNCTIONS.values():
+            for name in names:
+                lam.wait_ready(name)
+        yield lam
+    finally:
+        lam.delete_created()
+
+
+def test_hello_answers_boto3_from_its_provisioned_pod(examples: Lamina) -> None:
+    r, body = examples.invoke("hello", {"name": "you"}, LogType="Tail")
+    assert r["StatusCode"] == 200 and "FunctionError" not in r
+    assert body["message"] == "Hello, you!"
+    assert "greeting you" in base64.b64decode(r["LogResult"]).decode()
+    pods = examples.pods("hello")
+    assert [p.spec.node_name for p in pods] == ["lamina-node"]
+    assert pods[0].status.pod_ip.startswith("10.244.")
+
+
+def test_the_http_trigger_answers_plain_http(examples: Lamina) -> None:
+    with urllib.request.urlopen(f"{examples.gateway_url}/url/hello/any/path?x=1", timeout=30) as r:
+        assert r.status == 200
+        body = json.loads(r.read())
+    assert body["message"] == "Hello, world!"
+
+
+def test_config_map_code_imports_its_layer(examples: Lamina) -> None:
+    _, body = examples.invoke("orders", {"items": [{"price": 10, "quantity": 2}, {"price": 5}]})
+    assert body == {"items": 2, "total": 30.0}
+
+
+def test_an_exception_has_lambdas_error_shape(examples: Lamina) -> None:
+    r, body = examples.invoke("failing", {"card": "1234"})
+    assert r["FunctionError"] == "Unhandled"
+    assert body["errorType"] == "PaymentDeclined"
+    assert body["errorMessage"] == "card 1234 was declined"
+
+
+def test_a_timeout_is_sandbox_timedout_and_the_environment_is_replaced(examples: Lamina) -> None:
+    r, body = examples.invoke("slow", {"seconds": 5})
+    assert r["FunctionError"] == "Unhandled"
+    assert body["errorType"] == "Sandbox.Timedout"
+    assert "timed out after 1.00 seconds" in body["errorMessage"]
+    r, body = examples.invoke("slow", {"seconds": 0})
+    assert "FunctionError" not in r and body == {"slept": 0}
+
+
+def test_a_custom_runtime_bootstrap_serves_from_a_pod(examples: Lamina) -> None:
+    r, body = examples.invoke("custom", {"name": "pods"})
+    assert "FunctionError" not in r
+    assert body["message"] == "Hello from a custom runtime, pods!"
+    r, body = examples.invoke("custom", {"fail": "no"})
+    assert r["FunctionError"] == "Unhandled" and body["errorType"] == "ValueError"
