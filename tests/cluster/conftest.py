@@ -129,15 +129,22 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[Any]:
     err = request.config.stash.get(_build_error, None)
     if err:
         pytest.fail(f"cannot build the test control plane: {err}", pytrace=False)
-    state = Path(tempfile.mkdtemp(prefix="lamina-pytest-cluster-"))
+    prefix = "lamina-pytest-cluster-"
+    state = Path(tempfile.mkdtemp(prefix=prefix))
+    owner = cp_mod.hold(state)  # held for the session: a cluster whose lock is free was abandoned
     try:
-        cp = cp_mod.start(state, real_node=wants_real_node(request.config))
-    except cp_mod.ControlPlaneError as e:
-        pytest.fail(f"cannot start the test control plane: {e}", pytrace=False)
-    try:
-        yield cp
+        cp_mod.reap_abandoned(state.parent, prefix)
+        try:
+            cp = cp_mod.start(state, real_node=wants_real_node(request.config))
+        except cp_mod.ControlPlaneError as e:
+            pytest.fail(f"cannot start the test control plane: {e}", pytrace=False)
+        try:
+            yield cp
+        finally:
+            cp.stop()
     finally:
-        cp.stop()
+        owner.close()
+        state.with_name(state.name + ".lock").unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")

@@ -917,6 +917,40 @@ def down(state_dir: Path | None = None) -> bool:
     return True
 
 
+def hold(state_dir: Path):
+    """Take ``<state_dir>.lock`` for as long as the returned file stays open: the state dir's cluster
+    has a live owner (see :func:`reap_abandoned`)."""
+    import fcntl
+
+    f = open(state_dir.with_name(state_dir.name + ".lock"), "a")
+    fcntl.flock(f, fcntl.LOCK_EX)
+    return f
+
+
+def reap_abandoned(parent: Path, prefix: str) -> list[Path]:
+    """Stop the real-node clusters of ``parent/<prefix>*`` whose owner died without stopping them (a
+    killed pytest session): their lock is free. A real node leaves host state behind (a network
+    namespace, cgroups), so it must not wait for the next reboot. Returns the state dirs cleaned."""
+    import fcntl
+
+    cleaned = []
+    for d in sorted(parent.glob(prefix + "*")):
+        cp = ControlPlane.load(d)
+        lock_path = d.with_name(d.name + ".lock")
+        if cp is None or not cp.real_node or not d.is_dir():
+            continue
+        with open(lock_path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its session is alive
+            _log(f"stopping the abandoned cluster in {d}")
+            cp.stop()
+            lock_path.unlink(missing_ok=True)
+            cleaned.append(d)
+    return cleaned
+
+
 @contextlib.contextmanager
 def state_lock(state_dir: Path) -> Iterator[None]:
     """Serialise up/down on one state dir (the lock file sits beside it: down removes the dir)."""
