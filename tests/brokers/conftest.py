@@ -4,6 +4,7 @@ a scripted test function standing in for the Invoker, and a helper to run a mapp
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sys
 import uuid
@@ -25,8 +26,9 @@ from lamina.eventsources.mapping import MappingWorker  # noqa: E402
 from lamina.eventsources.timing import Backoff, Timing  # noqa: E402
 from lamina_runtime.protocol import InvocationResult  # noqa: E402
 from tests.support import brokers  # noqa: E402
+from tests.support.brokers import endpoint_of, normalized_records  # noqa: E402
 
-KINDS = ("redis", "nats", "rabbitmq")
+KINDS = ("redis", "nats", "rabbitmq", "kafka")
 
 FAST = Timing(
     poll_wait=0.2,
@@ -65,6 +67,20 @@ def rabbitmq_server(tmp_path_factory):
     server.close()
 
 
+@pytest.fixture(scope="session")
+def sqs_server(tmp_path_factory):
+    server = _server("sqs", tmp_path_factory)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_server(tmp_path_factory):
+    server = _server("kafka", tmp_path_factory)
+    yield server
+    server.close()
+
+
 @pytest.fixture
 def private_server(tmp_path_factory):
     """Start a broker of one's own (to restart it without disturbing other tests)."""
@@ -97,8 +113,11 @@ class Kit:
         return f"{what}{sep}{self.tag}"
 
     def endpoint(self, name: str) -> Endpoint:
-        key = {"redis": "stream", "nats": "subject", "rabbitmq": "queue"}[self.kind]
-        return Endpoint.model_validate({self.kind: {"url": self.url, key: name}})
+        return endpoint_of(self.kind, self.url, name)
+
+    @property
+    def ordered(self) -> bool:
+        return self.kind != "rabbitmq"
 
     async def publish(self, name: str, bodies: list[str | bytes]) -> None:
         await brokers.publish(
@@ -106,7 +125,12 @@ class Kit:
         )
 
     async def dead_letters(self, name: str) -> list[dict[str, Any]]:
-        return [json.loads(body) for body, _ in await brokers.read_all(self.kind, self.url, name)]
+        letters = [json.loads(body) for body, _ in await brokers.read_all(self.kind, self.url, name)]
+        for letter in letters:
+            record = letter.get("record") or {}
+            if "body" not in record and "value" in record:  # Kafka's shape: the value is the body
+                record["body"] = base64.b64decode(record["value"] or "").decode("utf-8", "replace")
+        return letters
 
     async def unacknowledged(self, name: str, esm: str) -> int:
         return await brokers.unacknowledged(self.kind, self.url, name, consumer_name(esm))
@@ -185,7 +209,7 @@ class TestFunction:
         if self.throttle > 0:
             self.throttle -= 1
             raise ThrottledError("ReservedFunctionConcurrentInvocationLimitExceeded")
-        records = json.loads(payload)["Records"]
+        records = normalized_records(payload)
         self.batches.append(records)
         self.entered.set()
         if self.hold is not None:

@@ -12,11 +12,13 @@ import json
 import sys
 from pathlib import Path
 
-from lamina.api import Endpoint
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 from lamina.eventsources.config import MappingConfig
 from lamina.eventsources.factory import make_source
 from lamina.eventsources.mapping import MappingWorker
 from lamina.eventsources.timing import Timing
+from tests.support.brokers import endpoint_of, normalized_records
 
 
 def _announce(marker: str, bodies: list[str]) -> None:
@@ -27,14 +29,12 @@ def _announce(marker: str, bodies: list[str]) -> None:
 
 async def main(kind: str, url: str, source: str, esm: str, marker: str) -> None:
     async def hang(function_name: str, payload: bytes, request_id: str | None = None):
-        bodies = [r["body"] for r in json.loads(payload)["Records"]]
+        bodies = [r["body"] for r in normalized_records(payload)]
         _announce(marker, bodies)
         await asyncio.Event().wait()
 
-    key = {"redis": "stream", "nats": "subject", "rabbitmq": "queue"}[kind]
     options = {"ack_wait_seconds": 3.0} if kind == "nats" else {}
-    endpoint = Endpoint.model_validate({kind: {"url": url, key: source}})
-    src = make_source(endpoint, url, esm_name=esm, batch_size=5, **options)
+    src = make_source(endpoint_of(kind, url, source), url, esm_name=esm, batch_size=5, **options)
     worker = MappingWorker(
         MappingConfig(name=esm, function_name="fn", batch_size=5), src, hang, timing=Timing(0.2)
     )

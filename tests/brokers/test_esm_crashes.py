@@ -41,15 +41,16 @@ async def test_worker_lost_mid_batch_loses_nothing(kit: Kit, function, running, 
         await eventually(lambda: hanging.batches, what="the first worker to receive a batch")
         await first.stop(grace_seconds=0.1)  # abandons the batch without acknowledging it
         in_flight = hanging.bodies(0)
-    assert in_flight == bodies[:5] or kit.kind == "rabbitmq"
+    assert in_flight == bodies[:5] or not kit.ordered
 
     running(kit.worker(function, src, esm=esm, batch_size=5))
     await eventually(lambda: set(function.succeeded) == set(bodies), what="every record processed")
     assert set(in_flight) <= set(function.succeeded)
-    if kit.kind != "rabbitmq":
+    if kit.ordered:
         assert function.succeeded == bodies  # the abandoned batch comes first, in order
     redelivered = [r for batch in function.batches for r in batch if r["body"] in in_flight]
-    if kit.kind != "redis" or how == "killed":
+    # Kafka counts no deliveries: a record read again from the last commit is new to it.
+    if kit.kind != "kafka" and (kit.kind != "redis" or how == "killed"):
         assert all(int(r["attributes"]["ApproximateReceiveCount"]) >= 2 for r in redelivered), redelivered
 
 

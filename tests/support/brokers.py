@@ -1,9 +1,11 @@
-"""Real Redis, NATS (JetStream) and RabbitMQ servers for tests and benchmarks.
+"""Real Redis, NATS (JetStream), RabbitMQ, Kafka (KRaft) and SQS (ElasticMQ) servers for tests and benchmarks.
 
 Each server runs as a child process of the test run, listens on loopback only, keeps its data in its
 own directory, and can be stopped, killed and started again on the same port with its data intact
 (Redis with an append-only file, NATS with JetStream file storage, RabbitMQ with its Mnesia
-directory), so tests can restart a broker in the middle of a stream.
+directory, Kafka with its log directory, ElasticMQ with its H2 message store), so tests can restart a
+broker in the middle of a stream. Kafka and ElasticMQ are Java servers whose jars
+``scripts/fetch-jars`` brings from Maven Central into ``~/.cache/lamina/jars`` (once).
 
     with RedisServer(tmp_path / "redis") as redis:
         client = redis_py.Redis.from_url(redis.url)
@@ -17,16 +19,20 @@ touches a system-wide service: RabbitMQ gets its own node name, ports, epmd, coo
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import time
 import urllib.request
+import uuid
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from lamina_runtime.host import kill_group
 
@@ -34,12 +40,27 @@ BINARIES = {
     "redis": "redis-server",
     "nats": "nats-server",
     "rabbitmq": "/usr/lib/rabbitmq/bin/rabbitmq-server",
+    "kafka": "java",
+    "sqs": "java",
 }
+#: The Java servers and what scripts/fetch-jars calls their jar sets.
+JARS = {"kafka": "kafka", "sqs": "elasticmq"}
+FETCH_JARS = Path(__file__).resolve().parents[2] / "scripts" / "fetch-jars"
+
+
+def jar_dir(name: str) -> Path:
+    """The directory of a Java server's jars (fetched from Maven Central on first use, then cached)."""
+    out = subprocess.run([str(FETCH_JARS), name], check=True, capture_output=True, text=True)
+    return Path(out.stdout.strip().splitlines()[-1])
 
 
 def available(kind: str) -> bool:
-    """True when the server binary for ``kind`` ("redis", "nats", "rabbitmq") is installed."""
+    """True when the server for ``kind`` can run here: its binary is installed (Java servers: a JVM,
+    and their jars are cached or Maven is there to fetch them)."""
     binary = BINARIES[kind]
+    if kind in JARS:
+        cached = any((Path.home() / ".cache/lamina/jars").glob(f"{JARS[kind]}-*/.complete"))
+        return shutil.which("java") is not None and (cached or shutil.which("mvn") is not None)
     if os.path.isabs(binary):
         return os.access(binary, os.X_OK) and shutil.which("epmd") is not None
     return shutil.which(binary) is not None
@@ -330,10 +351,179 @@ class RabbitMQServer(BrokerServer):
                 epmd.wait(10)
 
 
+class JavaServer(BrokerServer):
+    """A server run from a jar set of scripts/fetch-jars, with a bounded heap."""
+
+    jars = ""
+    main_class = ""
+    heap = "512m"
+    boot_timeout = 180.0  # a JVM on two busy cores takes its time
+
+    def __init__(self, workdir: str | os.PathLike[str], port: int | None = None) -> None:
+        super().__init__(workdir, port)
+        self.classpath = str(jar_dir(self.jars) / "*")
+
+    def java(self, main_class: str, *args: str, properties: dict[str, str] | None = None) -> list[str]:
+        props = [f"-D{k}={v}" for k, v in (properties or {}).items()]
+        return [
+            "java", f"-Xmx{self.heap}", "-XX:+UseSerialGC", "-Djava.awt.headless=true", *props,
+            "-cp", self.classpath, main_class, *args,
+        ]  # fmt: skip
+
+
+class KafkaServer(JavaServer):
+    """One Apache Kafka node in KRaft mode (broker and controller in one process).
+
+    Two client listeners: ``PLAINTEXT`` on :attr:`port` (``url``), and ``SASL_SSL`` on
+    :attr:`secure_port` with SCRAM-SHA-512 user :attr:`USER` / :attr:`PASSWORD` and a certificate
+    signed by a throwaway CA (:attr:`tls`.ca). Topics are created with ``partitions`` partitions unless
+    asked otherwise; records up to 10 MiB are accepted (the payload-limit tests send 7 MB ones).
+    """
+
+    kind = "kafka"
+    jars = "kafka"
+    heap = "768m"
+    USER = "lamina"
+    PASSWORD = "lamina-scram-secret"
+    MAX_MESSAGE_BYTES = 10 * 1024 * 1024
+
+    def __init__(self, workdir: str | os.PathLike[str], port: int | None = None, partitions: int = 1) -> None:
+        super().__init__(workdir, port)
+        from tests.support.tls import server_cert
+
+        self.controller_port = free_port()
+        self.secure_port = free_port()
+        self.partitions = partitions
+        self.data_dir = self.workdir / "data"
+        self.tls = server_cert(self.workdir / "tls")
+        self.properties = self.workdir / "server.properties"
+        self.properties.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{self.port},SASL_SSL://127.0.0.1:{self.secure_port},"
+                    f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port},"
+                    f"SASL_SSL://127.0.0.1:{self.secure_port}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+                    "sasl.enabled.mechanisms=SCRAM-SHA-512",
+                    "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config="
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+                    "ssl.keystore.type=PEM",
+                    f"ssl.keystore.location={self.tls.keystore}",
+                    f"log.dirs={self.data_dir}",
+                    f"num.partitions={partitions}",
+                    "offsets.topic.replication.factor=1",
+                    "offsets.topic.num.partitions=4",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    f"message.max.bytes={self.MAX_MESSAGE_BYTES}",
+                    f"replica.fetch.max.bytes={self.MAX_MESSAGE_BYTES}",
+                    "log.flush.interval.messages=1",  # a SIGKILL loses nothing the broker acknowledged
+                    "",
+                ]
+            )
+        )
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def secure_url(self) -> str:
+        return f"127.0.0.1:{self.secure_port}"
+
+    def _before_start(self) -> None:
+        if (self.data_dir / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode()[:22]
+        scram = f"SCRAM-SHA-512=[name={self.USER},password={self.PASSWORD}]"
+        args = ["format", "-t", cluster_id, "-c", str(self.properties), "--add-scram", scram]
+        with open(self.workdir / "format.log", "wb") as log:
+            subprocess.run(self.java("kafka.tools.StorageTool", *args), check=True, stdout=log, stderr=log)
+
+    def command(self) -> list[str]:
+        return self.java("kafka.Kafka", str(self.properties))
+
+    def ready(self) -> bool:
+        # An ApiVersions request (key 18, v0) is answered once the broker serves clients.
+        request = struct.pack(">hhih", 18, 0, 7, 6) + b"lamina"
+        reply = _tcp_exchange(self.port, struct.pack(">i", len(request)) + request, timeout=2)
+        return len(reply) >= 8 and struct.unpack(">i", reply[4:8])[0] == 7
+
+
+class ElasticMQServer(JavaServer):
+    """ElasticMQ, an SQS-compatible server (query and JSON protocols), with queues and messages kept
+    in its work directory (H2), so a restart loses nothing that was sent.
+
+    Its account is ``000000000000`` and its region ``us-east-1``; it accepts any credentials.
+    """
+
+    kind = "sqs"
+    jars = "elasticmq"
+    heap = "384m"
+    REGION = "us-east-1"
+    ACCOUNT = "000000000000"
+
+    def __init__(self, workdir: str | os.PathLike[str], port: int | None = None) -> None:
+        super().__init__(workdir, port)
+        data = self.workdir / "data"
+        data.mkdir(exist_ok=True)
+        self.config = self.workdir / "elasticmq.conf"
+        self.config.write_text(
+            f"""include classpath("application.conf")
+node-address {{ protocol = http, host = "127.0.0.1", port = {self.port}, context-path = "" }}
+rest-sqs {{ enabled = true, bind-port = {self.port}, bind-hostname = "127.0.0.1", sqs-limits = strict }}
+rest-stats {{ enabled = false }}
+generate-node-address = false
+messages-storage {{ enabled = true, uri = "jdbc:h2:{data / "messages"}" }}
+queues-storage {{ enabled = true, path = "{data / "queues.conf"}" }}
+aws {{ region = "{self.REGION}", accountId = "{self.ACCOUNT}" }}
+"""
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def queue_url(self, name: str) -> str:
+        return f"{self.url}/{self.ACCOUNT}/{name}"
+
+    def command(self) -> list[str]:
+        return self.java("org.elasticmq.server.Main", properties={"config.file": str(self.config)})
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/?Action=ListQueues", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def client(self) -> Any:
+        """A boto3 SQS client for this server (tests use it as the producer)."""
+        import boto3
+
+        return boto3.client(
+            "sqs",
+            endpoint_url=self.url,
+            region_name=self.REGION,
+            aws_access_key_id="lamina",
+            aws_secret_access_key="lamina",
+        )
+
+
 SERVERS: dict[str, type[BrokerServer]] = {
     "redis": RedisServer,
     "nats": NatsServer,
     "rabbitmq": RabbitMQServer,
+    "kafka": KafkaServer,
+    "sqs": ElasticMQServer,
 }
 
 
@@ -343,6 +533,42 @@ def server_for(kind: str, workdir: str | os.PathLike[str], port: int | None = No
 
 
 # -- plain clients: put records in and read them back, independently of lamina's adapters --------
+
+#: What a kind calls the name of its stream / subject / queue / topic in an endpoint.
+NAME_KEY = {"redis": "stream", "nats": "subject", "rabbitmq": "queue", "kafka": "topic"}
+
+
+def endpoint_of(kind: str, url: str, name: str) -> Any:
+    """The endpoint (the model a spec's is read into) of a stream, subject, queue or topic on a test
+    broker."""
+    from lamina.api import Endpoint
+
+    if kind == "kafka":
+        return Endpoint.model_validate({"kafka": {"bootstrapServers": [url], "topic": name}})
+    return Endpoint.model_validate({kind: {"url": url, NAME_KEY[kind]: name}})
+
+
+def normalized_records(payload: bytes) -> list[dict[str, Any]]:
+    """The records of an event; a Kafka event's are flattened to look like the others to tests:
+    ``body`` is the decoded value, ``messageId`` the record id, ``attributes`` a receive count of 1."""
+    event = json.loads(payload)
+    if "Records" in event:
+        return event["Records"]
+    out = []
+    for records in event["records"].values():
+        for r in records:
+            value = base64.b64decode(r["value"]) if r["value"] is not None else b""
+            out.append(
+                {
+                    **r,
+                    "body": value.decode("utf-8", "replace"),
+                    "messageId": f"{r['topic']}-{r['partition']}:{r['offset']}",
+                    "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": str(r["timestamp"])},
+                    "eventSource": event["eventSource"],
+                    "eventSourceARN": event["eventSourceArn"],
+                }
+            )
+    return out
 
 
 async def publish(kind: str, url: str, name: str, bodies: list[bytes], headers: dict[str, str] | None = None):
@@ -389,8 +615,74 @@ async def publish(kind: str, url: str, name: str, bodies: list[bytes], headers: 
                 )
         finally:
             await conn.close()
+    elif kind == "kafka":
+        from aiokafka import AIOKafkaProducer
+
+        producer = AIOKafkaProducer(bootstrap_servers=url, acks="all", linger_ms=5, max_request_size=16 << 20)
+        await producer.start()
+        try:
+            header_list = [(k, v.encode()) for k, v in (headers or {}).items()]
+            futures = [await producer.send(name, body, headers=header_list) for body in bodies]
+            for future in futures:
+                await future
+        finally:
+            await producer.stop()
     else:
         raise ValueError(kind)
+
+
+async def kafka_topic(url: str, name: str, partitions: int = 1) -> None:
+    """Create a topic (if it does not exist) with that many partitions."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=url)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        await admin.close()
+
+
+async def _kafka_partitions(consumer: Any, name: str) -> list[Any]:
+    """The partitions of a topic, asked of the cluster (a consumer that subscribed to nothing knows
+    no topics yet)."""
+    from aiokafka import TopicPartition
+
+    metadata = await consumer._client.fetch_all_metadata()
+    return [TopicPartition(name, p) for p in sorted(metadata.partitions_for_topic(name) or ())]
+
+
+async def _kafka_records(url: str, name: str) -> list[Any]:
+    """Every record of a topic, partition by partition, without joining a group."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=url,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=16 << 20,
+    )
+    await consumer.start()
+    try:
+        tps = await _kafka_partitions(consumer, name)
+        if not tps:
+            return []
+        consumer.assign(tps)
+        end = await consumer.end_offsets(tps)
+        out: list[Any] = []
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < end[tp] for tp in tps])
+
+        while await behind():
+            for batch in (await consumer.getmany(timeout_ms=1000)).values():
+                out.extend(batch)
+        return out
+    finally:
+        await consumer.stop()
 
 
 def _nats_stream_name(subject: str) -> str:
@@ -461,6 +753,9 @@ async def read_all(kind: str, url: str, name: str) -> list[tuple[bytes, dict[str
                 out.append((message.body, headers))
         finally:
             await conn.close()
+    elif kind == "kafka":
+        for m in await _kafka_records(url, name):
+            out.append((m.value or b"", {k: v.decode() for k, v in m.headers or ()}))
     else:
         raise ValueError(kind)
     return out
@@ -470,8 +765,9 @@ async def unacknowledged(kind: str, url: str, name: str, consumer: str) -> int:
     """How many records of ``name`` are not yet acknowledged by ``consumer`` (group / durable).
 
     Redis: pending entries plus entries the group has not read; NATS: the durable's pending plus
-    ack-pending; RabbitMQ: messages ready in the queue (``consumer`` unused; messages a live consumer
-    holds unacknowledged are not counted, so ask once the consumer is closed).
+    ack-pending; Kafka: records after the group's committed offsets; RabbitMQ: messages ready in the
+    queue (``consumer`` unused; messages a live consumer holds unacknowledged are not counted, so ask
+    once the consumer is closed).
     """
     if kind == "redis":
         import redis.asyncio as aioredis
@@ -507,4 +803,20 @@ async def unacknowledged(kind: str, url: str, name: str, consumer: str) -> int:
             return int(queue.declaration_result.message_count or 0)
         finally:
             await conn.close()
+    if kind == "kafka":
+        from aiokafka import AIOKafkaConsumer
+
+        client = AIOKafkaConsumer(bootstrap_servers=url, group_id=consumer, enable_auto_commit=False)
+        await client.start()
+        try:
+            tps = await _kafka_partitions(client, name)
+            end = await client.end_offsets(tps) if tps else {}
+            begin = await client.beginning_offsets(tps) if tps else {}
+            left = 0
+            for tp in tps:
+                committed = await client.committed(tp)
+                left += end[tp] - (begin[tp] if committed is None else committed)
+            return left
+        finally:
+            await client.stop()
     raise ValueError(kind)

@@ -17,10 +17,27 @@ from typing import Any
 #: Starting positions a stream consumer understands.
 TRIM_HORIZON = "TRIM_HORIZON"
 LATEST = "LATEST"
+AT_TIMESTAMP = "AT_TIMESTAMP"
 
 
 class SourceError(Exception):
     """The broker could not be reached or refused an operation; the mapping reconnects and retries."""
+
+
+def plain_item_id(identifier: Any) -> str | None:
+    """An ``itemIdentifier`` that is a number names the record whose id is that number's text."""
+    if isinstance(identifier, int) and not isinstance(identifier, bool):
+        return str(identifier)
+    return None
+
+
+class CredentialsError(SourceError):
+    """The broker refused the credentials (or they are missing). ``secret`` names the Secret they come
+    from, so that the status can say which one to fix; the message never carries a secret value."""
+
+    def __init__(self, message: str, secret: str | None = None) -> None:
+        super().__init__(message)
+        self.secret = secret
 
 
 @dataclass(slots=True)
@@ -53,15 +70,24 @@ class SourceRecord:
 class Source(abc.ABC):
     """A queue or stream the mapping consumes.
 
-    ``kind`` is ``redis`` / ``nats`` / ``rabbitmq``; ``name`` the stream, subject or queue; ``arn`` an
-    ARN-like label used as ``eventSourceARN``. ``ordered`` says whether records come in an order that
-    must be kept (streams) or not (queues). ``heartbeat_interval`` (seconds or None) asks the mapping to
-    call :meth:`touch` that often for records it still holds, so the broker does not hand them to
-    someone else while the function runs or while the mapping waits to retry them.
+    ``kind`` is ``redis`` / ``nats`` / ``rabbitmq`` / ``kafka`` / ``sqs`` / ``kubernetes``; ``name``
+    the stream, subject, topic or queue; ``arn`` an ARN-like label used as ``eventSourceARN``.
+    ``ordered`` says whether records come in an order that must be kept (streams, FIFO queues) or not
+    (queues); the order is kept per ``SourceRecord.ordering_key``. ``heartbeat_interval`` (seconds or
+    None; read again before each beat) asks the mapping to call :meth:`touch` that often for records
+    it still holds, so the broker does not hand them to someone else while the function runs or while
+    the mapping waits to retry them.
+
+    ``partitioned`` sources (Kafka) hand out batches of one ordering key (one partition): the mapping
+    passes the first record's key to later fetches of the same batch. ``redelivers`` sources (SQS)
+    retry failed records themselves: the mapping gives them back with :meth:`fail` and the broker
+    delivers them again later, counting receives (so a queue's own redrive policy applies).
     """
 
     kind: str = ""
     ordered: bool = False
+    partitioned: bool = False
+    redelivers: bool = False
     heartbeat_interval: float | None = None
 
     def __init__(self, name: str) -> None:
@@ -76,8 +102,29 @@ class Source(abc.ABC):
         """Open the connection and create what is missing (consumer group, stream, queue)."""
 
     @abc.abstractmethod
-    async def fetch(self, max_records: int, wait_seconds: float) -> list[SourceRecord]:
-        """Up to ``max_records`` records; waits at most ``wait_seconds`` when none are available."""
+    async def fetch(
+        self, max_records: int, wait_seconds: float, key: str | None = None
+    ) -> list[SourceRecord]:
+        """Up to ``max_records`` records; waits at most ``wait_seconds`` when none are available.
+
+        ``key`` (partitioned sources only): only records of that ordering key.
+        """
+
+    def entry(self, record: SourceRecord) -> dict[str, Any]:
+        """The record as the function sees it in the event (SQS-shaped unless the source says else)."""
+        from lamina.eventsources.events import build_record
+
+        return build_record(record, self.kind, self.arn, ordered=self.ordered)
+
+    def event(self, parts: Sequence[bytes], records: Sequence[SourceRecord]) -> bytes:
+        """The event of a batch whose entries are already JSON-encoded (``{"Records": [...]}``)."""
+        from lamina.eventsources.events import join_event
+
+        return join_event(parts)
+
+    def item_id(self, identifier: Any) -> str | None:
+        """The record id a ``batchItemFailures[].itemIdentifier`` that is not a string names."""
+        return plain_item_id(identifier)
 
     @abc.abstractmethod
     async def ack(self, records: Sequence[SourceRecord]) -> None:
@@ -88,6 +135,9 @@ class Source(abc.ABC):
 
     async def touch(self, records: Sequence[SourceRecord]) -> None:  # noqa: B027 - optional hook
         """Tell the broker these records are still being worked on."""
+
+    async def fail(self, records: Sequence[SourceRecord]) -> None:  # noqa: B027 - redelivers only
+        """Hand failed records back for the broker to deliver again after its own delay."""
 
     @abc.abstractmethod
     async def close(self) -> None:

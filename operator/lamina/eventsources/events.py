@@ -87,18 +87,20 @@ def entry_size(entry: dict[str, Any]) -> int:
     return len(encode_entry(entry)) + 1
 
 
-def split_by_size(sizes: Sequence[int], limit: int = PAYLOAD_LIMIT) -> list[tuple[int, int]]:
+def split_by_size(
+    sizes: Sequence[int], limit: int = PAYLOAD_LIMIT, envelope: int = _ENVELOPE
+) -> list[tuple[int, int]]:
     """Cut a batch (given each entry's encoded size) into [start, end) runs whose event fits ``limit``.
 
-    A single entry larger than the limit gets a run of its own (the invocation will refuse it and the
-    record ends up in the failure destination with that error).
+    ``envelope`` is what the event adds around the entries. A single entry larger than the limit gets
+    a run of its own (the mapping sends it to the failure destination without invoking).
     """
     runs: list[tuple[int, int]] = []
-    start, total = 0, _ENVELOPE
+    start, total = 0, envelope
     for i, size in enumerate(sizes):
         if i > start and total + size > limit:
             runs.append((start, i))
-            start, total = i, _ENVELOPE
+            start, total = i, envelope
         total += size
     if start < len(sizes):
         runs.append((start, len(sizes)))
@@ -129,6 +131,8 @@ def failure_record(
     response_payload: bytes | None,
     error_message: str | None = None,
     status_code: int | None = 200,
+    record_id: str | None = None,
+    arrival_time: float | None = None,
 ) -> dict[str, Any]:
     """What the failure destination receives for one record that could not be processed.
 
@@ -158,8 +162,12 @@ def failure_record(
         "record": entry,
         "recordInfo": {
             "eventSourceARN": entry.get("eventSourceARN"),
-            "messageId": entry.get("messageId"),
-            "approximateArrivalTimestamp": int(entry.get("attributes", {}).get("SentTimestamp", "0")) / 1000,
+            "messageId": record_id if record_id is not None else entry.get("messageId"),
+            "approximateArrivalTimestamp": (
+                arrival_time
+                if arrival_time is not None
+                else int(entry.get("attributes", {}).get("SentTimestamp", "0")) / 1000
+            ),
             "deadLetteredAt": time.time(),
         },
     }

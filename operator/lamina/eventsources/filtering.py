@@ -16,6 +16,7 @@ its elements does.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Sequence
@@ -193,8 +194,23 @@ def matches(pattern: dict[str, Any], event: Any) -> bool:
     return True
 
 
+def _kafka_value(value: str) -> Any:
+    """A Kafka record's base64 ``value`` as patterns see it: JSON when it is JSON, else its text."""
+    try:
+        text = base64.b64decode(value, validate=True).decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return value
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def filterable(entry: dict[str, Any]) -> dict[str, Any]:
-    """The view of an event record that patterns see: ``body`` parsed when it is JSON."""
+    """The view of an event record that patterns see: ``body`` (queues) or a Kafka record's
+    ``value`` (decoded from base64) parsed when it is JSON, as Lambda filters on them."""
+    if "partition" in entry and "offset" in entry and isinstance(entry.get("value"), str):
+        return {**entry, "value": _kafka_value(entry["value"])}
     body = entry.get("body")
     if isinstance(body, str) and entry.get("bodyEncoding") != "base64":
         try:

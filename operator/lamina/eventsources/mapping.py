@@ -14,11 +14,14 @@ batch and are retried at the slowest backoff, the mapping stops advancing past t
 ``PROBLEM: ...no onFailure destination``. (Lambda discards them; lamina promises that an accepted
 record either succeeds or lands in the failure destination.)
 
-Ordered sources (Redis Streams, NATS JetStream) are processed in order: after a partial failure the
-batch is retried from the first failed record on. Unordered sources (RabbitMQ) retry only the failed
-records. Throttles and invoker errors (function not found, gateway down) are retried with backoff and
-do not count as attempts; splitting a batch in halves (``bisectBatchOnFunctionError``) does not count
-either.
+Ordered sources (Redis Streams, NATS JetStream, Kafka partitions, SQS FIFO groups) are processed in
+order per ordering key: after a partial failure a key's records are retried from its first failed
+record on. Unordered sources (RabbitMQ, SQS standard) retry only the failed records. Sources that
+redeliver by themselves (SQS) get failed records back instead of a retry in memory, so the queue
+counts receives and applies its own redrive policy. A record too large for any invocation goes to
+the failure destination without invoking (``RecordTooLarge``). Throttles and invoker errors
+(function not found, gateway down) are retried with backoff and do not count as attempts;
+splitting a batch in halves (``bisectBatchOnFunctionError``) does not count either.
 """
 
 from __future__ import annotations
@@ -34,13 +37,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from lamina.eventsources.base import Sink, Source, SourceRecord
+from lamina.eventsources.base import CredentialsError, Sink, Source, SourceRecord, plain_item_id
 from lamina.eventsources.config import MappingConfig
 from lamina.eventsources.events import (
-    build_record,
     encode_entry,
     failure_record,
-    join_event,
     split_by_size,
 )
 from lamina.eventsources.filtering import RecordFilter
@@ -50,6 +51,7 @@ from lamina.eventsources.status import (
     NOT_FOUND,
     OK,
     THROTTLED,
+    TOO_LARGE_KEPT,
     MappingStatus,
 )
 from lamina.eventsources.timing import Timing
@@ -62,6 +64,7 @@ StatusCallback = Callable[[MappingStatus], Any]
 
 RETRY_EXHAUSTED = "RetryAttemptsExhausted"
 AGE_EXCEEDED = "MaximumRecordAgeExceeded"
+TOO_LARGE = "RecordTooLarge"
 
 
 @dataclass(slots=True, eq=False)
@@ -225,9 +228,13 @@ class MappingWorker:
             await self.source.close()
         self._source_open = False
         self._broker_failures += 1
+        if isinstance(exc, CredentialsError):  # names the Secret, never a value
+            result = f"PROBLEM: {self.source.kind} credentials: {exc}"
+        else:
+            result = f"PROBLEM: {self.source.kind} source unavailable"
         await self._report(
             broker_errors=self.status.broker_errors + 1,
-            last_processing_result=f"PROBLEM: {self.source.kind} source unavailable",
+            last_processing_result=result,
             last_error=f"{type(exc).__name__}: {exc}",
         )
         await self._sleep(self.timing.broker.delay(self._broker_failures - 1))
@@ -245,7 +252,7 @@ class MappingWorker:
     # ----------------------------------------------------------------------------- batching
 
     def _entry(self, record: SourceRecord) -> dict[str, Any]:
-        return build_record(record, self.source.kind, self.source.arn, ordered=self.source.ordered)
+        return self.source.entry(record)
 
     async def _collect(self) -> list[_Held]:
         """Fetch until the batch is full, the batching window closes, or (window 0) one fetch returns."""
@@ -253,6 +260,7 @@ class MappingWorker:
         window = float(cfg.maximum_batching_window_seconds)
         batch: list[_Held] = []
         first_at: float | None = None
+        key: str | None = None  # partitioned sources: the batch's one ordering key
         while len(batch) < cfg.batch_size:
             if self._interrupted():
                 break
@@ -262,13 +270,17 @@ class MappingWorker:
                 wait = window - (time.monotonic() - first_at)
                 if wait <= 0:
                     break
-            records = await self.source.fetch(cfg.batch_size - len(batch), wait)
+            if self.source.partitioned:
+                records = await self.source.fetch(cfg.batch_size - len(batch), wait, key=key)
+            else:
+                records = await self.source.fetch(cfg.batch_size - len(batch), wait)
             if not records:
                 if first_at is None:
                     break
                 continue
             if first_at is None:
                 first_at = time.monotonic()
+                key = records[0].ordering_key
             kept: list[tuple[SourceRecord, dict[str, Any]]] = []
             dropped: list[tuple[SourceRecord, dict[str, Any]]] = []
             for rec in records:
@@ -297,7 +309,8 @@ class MappingWorker:
 
     async def _process(self, batch: list[_Held]) -> None:
         self._held = list(batch)
-        runs = split_by_size([len(h.encoded) + 1 for h in batch], self.timing.payload_limit)
+        envelope = len(self.source.event([], [])) + 64  # + group keys of sources that group records
+        runs = split_by_size([len(h.encoded) + 1 for h in batch], self.timing.payload_limit, envelope)
         chunks: deque[list[_Held]] = deque(batch[a:b] for a, b in runs)
         try:
             while chunks:
@@ -312,6 +325,9 @@ class MappingWorker:
     async def _step(self, chunks: deque[list[_Held]]) -> None:
         """Work on the first chunk once: dead-letter what is too old, invoke, settle the outcome."""
         chunk = chunks[0]
+        if len(chunk) == 1 and self._too_large(chunk[0]):
+            await self._oversized(chunks, chunk[0])
+            return
         expired = self._expired(chunk)
         if expired:
             await self._dead_letter(expired, AGE_EXCEEDED)
@@ -348,9 +364,15 @@ class MappingWorker:
         Runs for the worker's whole life: records are held while a batching window fills, while the
         function runs and while a retry waits.
         """
-        interval = float(self.source.heartbeat_interval or 10.0)
+        last = time.monotonic()
         while True:
-            await asyncio.sleep(interval)
+            # The interval may change once the source knows its broker (SQS: the queue's
+            # visibility timeout), so it is read again on every tick.
+            interval = float(self.source.heartbeat_interval or 10.0)
+            await asyncio.sleep(min(interval, 1.0))
+            if time.monotonic() - last < interval:
+                continue
+            last = time.monotonic()
             held = [h.record for h in self._held]
             if held and self._source_open:
                 try:
@@ -367,7 +389,7 @@ class MappingWorker:
 
     async def _invoke(self, chunk: list[_Held]) -> tuple[list[_Held], bool, str | None] | None:
         """Invoke once. None: not attempted (throttle, invoker failure); else (failed, whole, error)."""
-        payload = join_event([h.encoded for h in chunk])
+        payload = self.source.event([h.encoded for h in chunk], [h.record for h in chunk])
         try:
             result = await self.invoker(self.config.function_name, payload)
         except ThrottledError as exc:
@@ -397,7 +419,7 @@ class MappingWorker:
             return list(chunk), True, result.function_error
         if not self.config.report_batch_item_failures:
             return [], False, None
-        failed_ids = self._batch_item_failures(result.payload, chunk)
+        failed_ids = self._batch_item_failures(result.payload, chunk, self.source.item_id)
         if failed_ids is None:  # an invalid response fails the whole batch, as on Lambda
             for h in chunk:
                 h.last_error, h.last_payload = None, result.payload
@@ -407,8 +429,13 @@ class MappingWorker:
             return [], False, None
         self.status.partial_failures += 1
         if self.source.ordered:
-            first = next(i for i, h in enumerate(chunk) if h.record.id in failed_ids)
-            failed = chunk[first:]
+            # Order is kept per key: a key's records from its first failed one on are retried.
+            stopped: set[str | None] = set()
+            failed = []
+            for h in chunk:
+                if h.record.ordering_key in stopped or h.record.id in failed_ids:
+                    stopped.add(h.record.ordering_key)
+                    failed.append(h)
         else:
             failed = [h for h in chunk if h.record.id in failed_ids]
         for h in failed:
@@ -423,7 +450,9 @@ class MappingWorker:
         await self._sleep(self.timing.throttle.delay(attempt))
 
     @staticmethod
-    def _batch_item_failures(payload: bytes, chunk: Sequence[_Held]) -> set[str] | None:
+    def _batch_item_failures(
+        payload: bytes, chunk: Sequence[_Held], item_id: Callable[[Any], str | None] | None = None
+    ) -> set[str] | None:
         """Ids named in ``batchItemFailures``; empty set for success, None for an invalid response."""
         text = payload.strip() if payload else b""
         if not text:
@@ -447,8 +476,8 @@ class MappingWorker:
             if not isinstance(item, dict):
                 return None
             ident = item.get("itemIdentifier")
-            if isinstance(ident, int) and not isinstance(ident, bool):
-                ident = str(ident)
+            if not isinstance(ident, str):  # a number, or a source's own form (Kafka's partition/offset)
+                ident = (item_id or plain_item_id)(ident)
             if not isinstance(ident, str) or not ident or ident not in known:
                 return None
             ids.add(ident)
@@ -461,6 +490,9 @@ class MappingWorker:
         self.status.records_succeeded += len(done)
 
     async def _retry_or_give_up(self, chunks: deque[list[_Held]], failed: list[_Held]) -> None:
+        if self.source.redelivers:
+            await self._redeliver(chunks, failed)
+            return
         limit = self.config.maximum_retry_attempts
         exhausted = [h for h in failed if limit is not None and limit >= 0 and h.retries >= limit]
         if exhausted and self.dlq is not None:
@@ -484,6 +516,52 @@ class MappingWorker:
         self.status.retries += 1
         await self._sleep(delay)
 
+    async def _redeliver(self, chunks: deque[list[_Held]], failed: list[_Held]) -> None:
+        """Give failed records back to a broker that retries them itself (SQS).
+
+        The broker counts receives, so a queue's own redrive policy (``maxReceiveCount``) applies;
+        records that already had ``maximumRetryAttempts`` retries go to the onFailure destination
+        instead, when there is one. Without it nothing is dropped: the broker keeps them.
+        """
+        limit = self.config.maximum_retry_attempts
+        exhausted: list[_Held] = []
+        if limit is not None and limit >= 0 and self.dlq is not None:
+            exhausted = [h for h in failed if h.record.receive_count - 1 >= limit]
+        if exhausted:
+            await self._dead_letter(exhausted, RETRY_EXHAUSTED)
+        gone = set(exhausted)
+        rest = [h for h in failed if h not in gone]
+        chunks.popleft()
+        if rest:
+            await self.source.fail([h.record for h in rest])
+            rest_set = set(rest)
+            self._held = [h for h in self._held if h not in rest_set]
+            self.status.retries += 1
+        await self._report(last_processing_result=FUNCTION_FAILED)
+
+    def _too_large(self, held: _Held) -> bool:
+        return len(self.source.event([held.encoded], [held.record])) > self.timing.payload_limit
+
+    async def _oversized(self, chunks: deque[list[_Held]], held: _Held) -> None:
+        """A record that no invocation can carry goes to the failure destination, never to the
+        function; without a destination it is kept (and the mapping says why it is stuck)."""
+        size = len(self.source.event([held.encoded], [held.record]))
+        held.last_error = None  # not a function error: the function never saw it
+        held.last_payload = json.dumps(
+            {
+                "errorType": "RequestTooLargeException",
+                "errorMessage": f"Record {held.record.id} makes an event of {size} bytes, larger than the "
+                f"function's payload limit of {self.timing.payload_limit} bytes; it was not invoked",
+            }
+        ).encode()
+        if self.dlq is not None:
+            await self._dead_letter([held], TOO_LARGE)
+            chunks.popleft()
+            return
+        self.status.records_kept_without_destination = 1
+        await self._report(last_processing_result=TOO_LARGE_KEPT, last_error=held.last_payload.decode())
+        await self._sleep(self.timing.function_error.maximum)
+
     # ----------------------------------------------------------------------------- failure destination
 
     async def _dead_letter(self, held: Sequence[_Held], condition: str) -> None:
@@ -503,6 +581,8 @@ class MappingWorker:
                 response_payload=h.last_payload,
                 error_message=None if h.invokes else "Record is older than maximumRecordAgeSeconds",
                 status_code=200 if h.invokes else None,
+                record_id=h.record.id,
+                arrival_time=h.record.arrival_time,
             )
             headers = {
                 "lamina-esm": self.config.name,

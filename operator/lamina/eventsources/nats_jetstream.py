@@ -139,7 +139,9 @@ class NatsJetStreamSource(Source):
             raise SourceError(f"not connected to NATS at {self.url}")
         return self._nc
 
-    async def fetch(self, max_records: int, wait_seconds: float) -> list[SourceRecord]:
+    async def fetch(
+        self, max_records: int, wait_seconds: float, key: str | None = None
+    ) -> list[SourceRecord]:
         self._live()
         try:
             msgs = await self._psub.fetch(batch=max_records, timeout=max(wait_seconds, 0.05))

@@ -94,7 +94,9 @@ class RabbitMQSource(Source):
         ):
             raise SourceError(f"not connected to RabbitMQ queue {self.name}")
 
-    async def fetch(self, max_records: int, wait_seconds: float) -> list[SourceRecord]:
+    async def fetch(
+        self, max_records: int, wait_seconds: float, key: str | None = None
+    ) -> list[SourceRecord]:
         self._live()
         records: list[SourceRecord] = []
         deadline = time.monotonic() + max(0.0, wait_seconds)

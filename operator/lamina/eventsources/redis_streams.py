@@ -145,7 +145,9 @@ class RedisStreamSource(Source):
             if name != self.consumer and int(info["pending"]) == 0:
                 await self.redis.xgroup_delconsumer(self.name, self.group, name)
 
-    async def fetch(self, max_records: int, wait_seconds: float) -> list[SourceRecord]:
+    async def fetch(
+        self, max_records: int, wait_seconds: float, key: str | None = None
+    ) -> list[SourceRecord]:
         records: list[SourceRecord] = []
         # 1. Whatever the group still has pending from before (a dead worker, a released batch).
         while self._recover_cursor is not None and not records:

@@ -13,6 +13,10 @@ FUNCTION_FAILED = "PROBLEM: Function call failed"
 THROTTLED = "PROBLEM: Function call throttled"
 NOT_FOUND = "PROBLEM: Function not found"
 NO_DESTINATION = "PROBLEM: Records exhausted their retries and there is no onFailure destination; kept"
+TOO_LARGE_KEPT = (
+    "PROBLEM: A record is larger than the function's payload limit and there is no onFailure "
+    "destination; kept"
+)
 
 
 @dataclass(slots=True)
