@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from lamina.api.common import secret_env_name
 from tests.support.local_mode import REPO, LocalServer
 from tests.support.waiting import wait_for
 
@@ -98,7 +99,7 @@ def test_stream_consumer_invokes_through_the_gateway(private_redis, gateway, tmp
         client.xadd("orders", {"body": "poison" if i == 4 else f"order-{i}"})
     worker = start_worker(
         esm,
-        {"LAMINA_GATEWAY_URL": server.url, "LAMINA_ON_FAILURE_URL": private_redis.url},
+        {"LAMINA_GATEWAY_URL": server.url, secret_env_name("dlq", "url"): private_redis.url},
         tmp_path / "worker.log",
     )
     try:

@@ -69,6 +69,7 @@ def kafka_worker(
     endpoint = endpoint or {
         "kafka": {"bootstrapServers": [url] if isinstance(url, str) else url, "topic": topic}
     }
+    source_endpoint = Endpoint.model_validate(endpoint)
     cfg = MappingConfig(name=esm, function_name="fn", **config)
     lookup = lambda name, key: (secrets or {}).get((name, key))  # noqa: E731
     source = make_source(

@@ -147,8 +147,8 @@ CASES = [
     ),
     (
         with_spec(FUNCTION, **{"async": {"onSuccess": {}}}),
-        "Function hello: spec.async.onSuccess: exactly one of redis, nats, rabbitmq, function must be set "
-        "(got none)",
+        "Function hello: spec.async.onSuccess: exactly one of redis, nats, rabbitmq, kafka, sqs, function "
+        "must be set (got none)",
     ),
     (
         {**FUNCTION, "metadata": {"name": "Hello"}},
@@ -170,9 +170,9 @@ CASES = [
         "30)",
     ),
     (
-        with_spec(MAPPING, startingPosition="AT_TIMESTAMP"),
-        "EventSourceMapping orders: spec.startingPosition: must be one of TRIM_HORIZON, LATEST (got "
-        "'AT_TIMESTAMP')",
+        with_spec(MAPPING, startingPosition="AT_SOME_POINT"),
+        "EventSourceMapping orders: spec.startingPosition: must be one of TRIM_HORIZON, LATEST, "
+        "AT_TIMESTAMP (got 'AT_SOME_POINT')",
     ),
     (
         with_spec(MAPPING, functionResponseTypes=["ReportItemFailures"]),
@@ -205,8 +205,103 @@ CASES = [
     ),
     (
         with_spec(MAPPING, scalingConfig={"maximumConcurrency": 5}),
-        "EventSourceMapping orders: spec.scalingConfig: applies to rabbitmq sources only (Redis and NATS "
-        "streams keep their order by processing one batch at a time)",
+        "EventSourceMapping orders: spec.scalingConfig: applies to rabbitmq, sqs and kafka sources only "
+        "(Redis and NATS streams and Kubernetes watches keep their order by processing one batch at a time)",
+    ),
+    (
+        with_spec(MAPPING, source={"kafka": {"bootstrapServers": ["kafka:9092", "no port"], "topic": "t"}}),
+        "EventSourceMapping orders: spec.source.kafka.bootstrapServers[1]: must be host:port, e.g. "
+        "kafka-0.kafka:9092 (got 'no port')",
+    ),
+    (
+        with_spec(MAPPING, source={"kafka": {"bootstrapServers": ["k:9092"], "topic": "bad topic"}}),
+        "EventSourceMapping orders: spec.source.kafka.topic: may contain only letters, digits, '.', '_' "
+        "and '-' (got 'bad topic')",
+    ),
+    (
+        with_spec(
+            MAPPING,
+            source={
+                "kafka": {
+                    "bootstrapServers": ["k:9092"],
+                    "topic": "t",
+                    "sasl": {"mechanism": "GSSAPI", "secretRef": {"name": "u"}},
+                }
+            },
+        ),
+        "EventSourceMapping orders: spec.source.kafka.sasl.mechanism: must be one of SCRAM-SHA-512, "
+        "SCRAM-SHA-256, PLAIN (got 'GSSAPI')",
+    ),
+    (
+        with_spec(MAPPING, startingPosition="AT_TIMESTAMP"),
+        "EventSourceMapping orders: spec.startingPosition: AT_TIMESTAMP applies to kafka sources only",
+    ),
+    (
+        with_spec(
+            MAPPING,
+            source={"kafka": {"bootstrapServers": ["k:9092"], "topic": "t"}},
+            startingPosition="AT_TIMESTAMP",
+        ),
+        "EventSourceMapping orders: spec.startingPositionTimestamp: required with startingPosition "
+        "AT_TIMESTAMP",
+    ),
+    (
+        with_spec(MAPPING, source={"sqs": {"queueUrl": "http://sqs:9324/000000000000/q.fifo"}}, batchSize=20),
+        "EventSourceMapping orders: spec.batchSize: at most 10 for an SQS FIFO queue (got 20)",
+    ),
+    (
+        with_spec(MAPPING, source={"sqs": {"queueUrl": "http://sqs:9324/000000000000/q"}}, batchSize=100),
+        "EventSourceMapping orders: spec.maximumBatchingWindowSeconds: at least 1 for an SQS batchSize "
+        "over 10",
+    ),
+    (
+        with_spec(MAPPING, source={"sqs": {"queueUrl": "http://sqs:9324/0/q", "region": "mars"}}),
+        "EventSourceMapping orders: spec.source.sqs.region: must be an AWS region name such as us-east-1 "
+        "(got 'mars')",
+    ),
+    (
+        with_spec(MAPPING, source={"kubernetes": {"apiVersion": "apps/v1", "kind": "Deployment"}}),
+        "EventSourceMapping orders: spec.source.kubernetes.serviceAccountName: is required",
+    ),
+    (
+        with_spec(
+            MAPPING,
+            source={
+                "kubernetes": {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "serviceAccountName": "watcher",
+                    "eventTypes": ["CREATED"],
+                }
+            },
+        ),
+        "EventSourceMapping orders: spec.source.kubernetes.eventTypes[0]: must be one of ADDED, MODIFIED, "
+        "DELETED (got 'CREATED')",
+    ),
+    (
+        with_spec(
+            MAPPING,
+            source={
+                "kubernetes": {
+                    "apiVersion": "v1",
+                    "kind": "ConfigMap",
+                    "serviceAccountName": "watcher",
+                    "namespace": "a",
+                    "allNamespaces": True,
+                }
+            },
+        ),
+        "EventSourceMapping orders: spec.source.kubernetes.allNamespaces: namespace and allNamespaces "
+        "exclude each other",
+    ),
+    (
+        with_spec(
+            MAPPING,
+            source={"kubernetes": {"apiVersion": "v1", "kind": "ConfigMap", "serviceAccountName": "w"}},
+            scalingConfig={"maximumConcurrency": 2},
+        ),
+        "EventSourceMapping orders: spec.scalingConfig: applies to rabbitmq, sqs and kafka sources only "
+        "(Redis and NATS streams and Kubernetes watches keep their order by processing one batch at a time)",
     ),
     (
         with_spec(

@@ -137,7 +137,7 @@ def test_defaults_and_bounds_are_kept(crds: dict[str, dict[str, Any]]) -> None:
         "x-kubernetes-preserve-unknown-fields": True,
     }
     assert at(esm, "filterCriteria", "filters")["maxItems"] == 5
-    assert at(esm, "startingPosition")["enum"] == ["TRIM_HORIZON", "LATEST"]
+    assert at(esm, "startingPosition")["enum"] == ["TRIM_HORIZON", "LATEST", "AT_TIMESTAMP"]
     for crd in crds.values():
         for node in schema_nodes(schema(crd)):
             if "default" in node:
@@ -158,8 +158,8 @@ def test_cel_rules_where_openapi_cannot(crds: dict[str, dict[str, Any]]) -> None
     ]
     on_failure = at(fn, "async", "onFailure")
     assert rules(on_failure) == [
-        "[has(self.redis), has(self.nats), has(self.rabbitmq), has(self.__function__)].filter(x, x).size() "
-        "== 1"
+        "[has(self.redis), has(self.nats), has(self.rabbitmq), has(self.kafka), has(self.sqs), "
+        "has(self.__function__)].filter(x, x).size() == 1"
     ]
     assert rules(at(on_failure, "redis")) == ["[has(self.url), has(self.urlFrom)].filter(x, x).size() == 1"]
     assert rules(at(fn, "environmentFrom", "[]")) == [
@@ -172,7 +172,8 @@ def test_cel_rules_where_openapi_cannot(crds: dict[str, dict[str, Any]]) -> None
     )
     esm = at(schema(crds["lamina.dev_eventsourcemappings.yaml"]), "spec")
     assert rules(at(esm, "source"))[0].startswith(
-        "[has(self.redis), has(self.nats), has(self.rabbitmq), has(self.schedule)]"
+        "[has(self.redis), has(self.nats), has(self.rabbitmq), has(self.kafka), has(self.sqs), "
+        "has(self.kubernetes), has(self.schedule)]"
     )
     for crd in crds.values():
         for node in walk(schema(crd)):

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from lamina.api import EventSourceMapping, Layer, parse_object
+from lamina.api.common import secret_env_name
 from lamina.resources import (
     LayerArtifact,
     NotSupported,
@@ -146,8 +147,11 @@ def test_broker_mapping_runs_one_worker_with_secret_urls_from_env() -> None:
     assert c["image"] == "registry.example/lamina:1"
     assert c["command"] == ["lamina", "worker", "esm", "--namespace", "team-a", "--name", "orders"]
     env = env_of(dep)
-    assert env["LAMINA_SOURCE_URL"] == {"secretKeyRef": {"name": "redis", "key": "url"}}
-    assert "LAMINA_ON_FAILURE_URL" not in env  # a literal url stays in the spec
+    # Optional: a missing Secret does not keep the worker from starting; it names it in the status.
+    assert env[secret_env_name("redis", "url")] == {
+        "secretKeyRef": {"name": "redis", "key": "url", "optional": True}
+    }
+    assert not [k for k in env if k.startswith("LAMINA_SECRET_") and k != secret_env_name("redis", "url")]
     assert env["LAMINA_GATEWAY_URL"] == "http://gw:8080"
     doc = json.loads(env["LAMINA_ESM"])
     assert doc["metadata"] == {"name": "orders", "namespace": "team-a"}
@@ -171,7 +175,7 @@ def test_schedule_mapping_gets_redis_for_tick_claims() -> None:
     esm = mapping({"source": {"schedule": {"expression": "rate(5 minutes)"}}})
     env = env_of(build_mapping(esm, SETTINGS))
     assert env["LAMINA_REDIS_URL"] == "redis://r:6379"
-    assert "LAMINA_SOURCE_URL" not in env
+    assert not [k for k in env if k.startswith("LAMINA_SECRET_")]
 
 
 def test_spec_change_rolls_the_worker() -> None:
@@ -236,3 +240,69 @@ def test_long_mapping_names_give_a_valid_service_account_name() -> None:
     name = names.mapping_service_account("m" * 80)
     assert len(name) <= 63 and name.startswith("esm-")
     assert name != names.mapping_service_account("m" * 81)
+
+
+def test_kafka_and_sqs_credentials_come_from_optional_secret_refs() -> None:
+    esm = mapping(
+        {
+            "source": {
+                "kafka": {
+                    "bootstrapServers": ["k:9093"],
+                    "topic": "orders",
+                    "tls": {"caCertificate": {"secretKeyRef": {"name": "kafka-ca", "key": "ca.crt"}}},
+                    "sasl": {"secretRef": {"name": "kafka-user"}},
+                }
+            },
+            "destinationConfig": {
+                "onFailure": {
+                    "sqs": {
+                        "queueUrl": "http://sqs:9324/0/dlq",
+                        "credentials": {"secretRef": {"name": "aws"}},
+                    }
+                }
+            },
+        }
+    )
+    env = env_of(build_mapping(esm, SETTINGS))
+    expected = [
+        ("kafka-ca", "ca.crt"),
+        ("kafka-user", "username"),
+        ("kafka-user", "password"),
+        ("aws", "accessKeyId"),
+        ("aws", "secretAccessKey"),
+        ("aws", "sessionToken"),
+    ]
+    for name, key in expected:
+        assert env[secret_env_name(name, key)] == {
+            "secretKeyRef": {"name": name, "key": key, "optional": True}
+        }
+    assert "password" not in json.dumps(env["LAMINA_ESM"]).replace('"password"', "")  # names only
+
+
+def test_kubernetes_source_runs_as_the_named_service_account_and_writes_status_with_its_own() -> None:
+    esm = mapping(
+        {
+            "source": {
+                "kubernetes": {"apiVersion": "apps/v1", "kind": "Deployment", "serviceAccountName": "watcher"}
+            }
+        }
+    )
+    dep = build_mapping(esm, SETTINGS)
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "watcher"
+    assert {
+        "name": "status-token",
+        "secret": {"secretName": "esm-orders-status-token", "defaultMode": 0o440},
+    } in (pod["volumes"])
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert {"name": "status-token", "mountPath": "/var/run/lamina/status-token", "readOnly": True} in mounts
+    assert env_of(dep)["LAMINA_STATUS_TOKEN_DIR"] == "/var/run/lamina/status-token"
+    objects = build_mapping_identity(esm)
+    kinds = [o["kind"] for o in objects]
+    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "Secret"]
+    secret = objects[-1]
+    assert secret["type"] == "kubernetes.io/service-account-token"
+    assert secret["metadata"]["annotations"]["kubernetes.io/service-account.name"] == "esm-orders"
+    # Nothing is granted to the account the mapping names.
+    binding = objects[2]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "esm-orders", "namespace": "team-a"}]

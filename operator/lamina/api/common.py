@@ -7,7 +7,7 @@ so that a typo in a manifest is an error instead of a silently ignored setting.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
@@ -31,6 +31,9 @@ URL = r"^[a-zA-Z][a-zA-Z0-9+.-]*://[^\s]+$"
 HANDLER = r"^[A-Za-z_][A-Za-z0-9_]*([./][A-Za-z_][A-Za-z0-9_]*)*\.[A-Za-z_][A-Za-z0-9_]*$"
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 SCHEDULE = r"^(rate|cron|at)\(.+\)$"
+HOST_PORT = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?):[0-9]{1,5}$"
+KAFKA_NAME = r"^[A-Za-z0-9._-]+$"
+AWS_REGION = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"
 #: A function name with an optional qualifier (``orders``, ``orders:prod``, ``orders:7``): what an event
 #: source mapping, a schedule or an async destination invokes.
 QUALIFIED_FUNCTION = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(:(\$LATEST|[a-zA-Z0-9_-]{1,128}))?$"
@@ -45,6 +48,9 @@ PATTERN_RULES: dict[str, str] = {
     HANDLER: "must be module.function, e.g. index.handler or src/app.main",
     ENV_NAME: "must be an environment variable name (letters, digits and '_', not starting with a digit)",
     SCHEDULE: "must be rate(...), cron(...) or at(...)",
+    HOST_PORT: "must be host:port, e.g. kafka-0.kafka:9092",
+    KAFKA_NAME: "may contain only letters, digits, '.', '_' and '-'",
+    AWS_REGION: "must be an AWS region name such as us-east-1",
     QUALIFIED_FUNCTION: "must be a Function's name, optionally with :version or :alias (orders:prod)",
 }
 
@@ -57,6 +63,16 @@ class LaminaModel(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """The wire form (camelCase, JSON types, unset optionals left out)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def secret_env_name(name: str, key: str) -> str:
+    """The environment variable a mapping worker finds one Secret key in (``LAMINA_SECRET_<hash>``).
+
+    The operator sets it from a ``secretKeyRef`` and the worker reads it by the same name, so that
+    neither needs to spell Secret names as variable names (they may hold '.' and '-')."""
+    import hashlib
+
+    return "LAMINA_SECRET_" + hashlib.sha256(f"{name}/{key}".encode()).hexdigest()[:16].upper()
 
 
 class FieldError(ValueError):
@@ -241,6 +257,73 @@ class RabbitMQEndpoint(BrokerEndpoint):
     queue: str = Field(min_length=1, max_length=256)
 
 
+class KafkaTls(LaminaModel):
+    """TLS to the brokers. Their certificates are checked against ``caCertificate`` (a PEM bundle in a
+    Secret) or, without it, the system's CAs."""
+
+    ca_certificate: SecretValueFrom | None = Field(default=None, description="PEM CA bundle from a Secret.")
+
+
+class KafkaSasl(LaminaModel):
+    """SASL login (Lambda's SASL_SCRAM_512_AUTH / SASL_SCRAM_256_AUTH / BASIC_AUTH)."""
+
+    mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
+    secret_ref: NameRef = Field(description="A Secret with the keys username and password.")
+
+
+class KafkaEndpoint(LaminaModel):
+    """A Kafka topic on a self-managed (or MSK-like) cluster."""
+
+    bootstrap_servers: list[Annotated[str, Field(pattern=HOST_PORT, max_length=261)]] = Field(
+        min_length=1,
+        max_length=16,
+        description="host:port of one or more brokers.",
+        json_schema_extra={"x-kubernetes-list-type": "atomic"},
+    )
+    topic: str = Field(min_length=1, max_length=249, pattern=KAFKA_NAME)
+    consumer_group_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=KAFKA_NAME,
+        description="Consumer group of the mapping (default lamina-<mapping name>).",
+    )
+    tls: KafkaTls | None = Field(default=None, description="Connect over TLS.")
+    sasl: KafkaSasl | None = Field(default=None, description="Log in with SASL.")
+
+    def describe(self) -> str:
+        return f"kafka {self.topic}"
+
+
+class SqsCredentials(LaminaModel):
+    """Static AWS credentials from a Secret."""
+
+    secret_ref: NameRef = Field(
+        description="A Secret with the keys accessKeyId and secretAccessKey (and optionally sessionToken)."
+    )
+
+
+class SqsEndpoint(LaminaModel):
+    """An SQS queue (standard or FIFO, by its ``.fifo`` name), on AWS or an SQS-compatible server."""
+
+    queue_url: str = Field(
+        pattern=URL,
+        max_length=1024,
+        description="The queue's URL, e.g. http://elasticmq:9324/000000000000/orders.",
+    )
+    region: str = Field(default="us-east-1", pattern=AWS_REGION, max_length=32)
+    credentials: SqsCredentials | None = Field(
+        default=None, description="Signing keys; without them requests are signed with placeholder keys."
+    )
+
+    @property
+    def fifo(self) -> bool:
+        return self.queue_url.rstrip("/").endswith(".fifo")
+
+    def describe(self) -> str:
+        return f"sqs {self.queue_url.rstrip('/').rsplit('/', 1)[-1]}"
+
+
 def split_qualifier(name: str) -> tuple[str, str | None]:
     """``orders:prod`` -> (``orders``, ``prod``); ``orders`` -> (``orders``, None)."""
     base, _, qualifier = name.partition(":")
@@ -260,8 +343,10 @@ class BrokerChoice(LaminaModel):
     redis: RedisEndpoint | None = None
     nats: NatsEndpoint | None = None
     rabbitmq: RabbitMQEndpoint | None = None
+    kafka: KafkaEndpoint | None = None
+    sqs: SqsEndpoint | None = None
 
-    CHOICES: ClassVar[tuple[str, ...]] = ("redis", "nats", "rabbitmq")
+    CHOICES: ClassVar[tuple[str, ...]] = ("redis", "nats", "rabbitmq", "kafka", "sqs")
 
     @model_validator(mode="after")
     def _one_kind(self) -> BrokerChoice:
@@ -279,19 +364,45 @@ class BrokerChoice(LaminaModel):
         chosen: LaminaModel = getattr(self, self.kind)
         return chosen
 
+    def secret_keys(self) -> list[tuple[str, str, bool]]:
+        """Every (Secret name, key, required) this endpoint reads: a ``urlFrom`` URL, Kafka's TLS CA and
+        SASL login, SQS keys."""
+        target = self.target
+        keys: list[tuple[str, str, bool]] = []
+        url_from = getattr(target, "url_from", None)
+        if url_from is not None:
+            keys.append((url_from.secret_key_ref.name, url_from.secret_key_ref.key, True))
+        if isinstance(target, KafkaEndpoint):
+            if target.tls is not None and target.tls.ca_certificate is not None:
+                ref = target.tls.ca_certificate.secret_key_ref
+                keys.append((ref.name, ref.key, True))
+            if target.sasl is not None:
+                name = target.sasl.secret_ref.name
+                keys += [(name, "username", True), (name, "password", True)]
+        if isinstance(target, SqsEndpoint) and target.credentials is not None:
+            name = target.credentials.secret_ref.name
+            keys += [
+                (name, "accessKeyId", True),
+                (name, "secretAccessKey", True),
+                (name, "sessionToken", False),
+            ]
+        return keys
+
 
 class Endpoint(BrokerChoice):
     """Where results or failed records go: a broker or another Function."""
 
     model_config = ConfigDict(
         json_schema_extra={
-            "x-kubernetes-validations": [cel_exactly_one("redis", "nats", "rabbitmq", "function")]
+            "x-kubernetes-validations": [
+                cel_exactly_one("redis", "nats", "rabbitmq", "kafka", "sqs", "function")
+            ]
         }
     )
 
     function: FunctionTarget | None = None
 
-    CHOICES: ClassVar[tuple[str, ...]] = ("redis", "nats", "rabbitmq", "function")
+    CHOICES: ClassVar[tuple[str, ...]] = ("redis", "nats", "rabbitmq", "kafka", "sqs", "function")
 
 
 class LaminaObject(LaminaModel):

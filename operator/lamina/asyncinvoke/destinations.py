@@ -1,9 +1,10 @@
 """Delivery of invocation records to ``onSuccess`` / ``onFailure`` destinations.
 
-An :class:`~lamina.api.Endpoint` is one of ``redis``, ``nats``, ``rabbitmq`` (delivered through the
-event-source package's :class:`~lamina.eventsources.base.Sink` implementations, one connection per
-distinct endpoint, kept open) or ``function: {name}`` (an asynchronous invocation of that function
-in the same namespace: the record is enqueued into the same store, as Lambda does).
+An :class:`~lamina.api.Endpoint` is one of ``redis``, ``nats``, ``rabbitmq``, ``kafka``, ``sqs``
+(delivered through the event-source package's :class:`~lamina.eventsources.base.Sink`
+implementations, one connection per distinct endpoint, kept open) or ``function: {name}`` (an
+asynchronous invocation of that function in the same namespace: the record is enqueued into the same
+store, as Lambda does).
 
 Any failure raises :class:`~lamina.asyncinvoke.errors.DestinationError`; the dispatcher keeps the
 record and retries it.
@@ -18,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from lamina.api import Endpoint
-from lamina.api.common import BrokerEndpoint, SecretValueFrom
+from lamina.api.common import BrokerEndpoint, KeyRef, SecretValueFrom
 from lamina.eventsources.factory import make_sink
 
 from .errors import DestinationError
@@ -87,6 +88,38 @@ class Destinations:
         except Exception as e:
             raise DestinationError(f"cannot resolve urlFrom of the {kind} destination: {e}") from e
 
+    async def _credentials(self, namespace: str, endpoint: Endpoint) -> dict[tuple[str, str], str]:
+        """The Secret keys a kafka or sqs destination logs in with, read through the resolver."""
+        found: dict[tuple[str, str], str] = {}
+        for name, key, required in endpoint.secret_keys():
+            if self._resolver is None:
+                raise DestinationError(
+                    f"{endpoint.kind} destination reads Secret {name}: no resolver configured"
+                )
+            try:
+                ref = SecretValueFrom(secret_key_ref=KeyRef(name=name, key=key))
+                found[(name, key)] = await self._resolver(namespace, ref)
+            except Exception as e:
+                if required:
+                    raise DestinationError(
+                        f"{endpoint.kind} destination: Secret {name} has no key {key!r}"
+                    ) from e
+        return found
+
+    async def _login_sink(self, namespace: str, endpoint: Endpoint) -> Sink:
+        """A connected kafka / sqs sink (no URL: the endpoint and its credentials say where)."""
+        credentials = await self._credentials(namespace, endpoint)
+        key = self._key(endpoint, namespace)
+        sink = self._sinks.get(key)
+        if sink is None:
+            try:
+                made = make_sink(endpoint, None, lambda name, k: credentials.get((name, k)))
+            except ValueError as e:
+                raise DestinationError(f"bad {endpoint.kind} destination: {e}") from e
+            await made.connect()
+            sink = self._sinks[key] = made
+        return sink
+
     @staticmethod
     def _key(endpoint: Endpoint, url: str) -> str:
         return json.dumps([endpoint.to_dict(), url], sort_keys=True)
@@ -134,8 +167,11 @@ class Destinations:
                 self._on_enqueued(ev)
             return
         kind, broker = endpoint.kind, endpoint.target
-        assert isinstance(broker, BrokerEndpoint)  # every kind but function is a broker
-        url = await self._url(event.namespace, kind, broker)
+        url = (
+            await self._url(event.namespace, kind, broker)
+            if isinstance(broker, BrokerEndpoint)
+            else event.namespace  # kafka / sqs: no URL; their sinks are kept per namespace
+        )
         headers = {
             "content-type": "application/json",
             "lamina-request-id": event.id,
@@ -143,7 +179,10 @@ class Destinations:
             "lamina-condition": record.get("requestContext", {}).get("condition", ""),
         }
         try:
-            sink = await self._sink(endpoint, url)
+            if isinstance(broker, BrokerEndpoint):
+                sink = await self._sink(endpoint, url)
+            else:
+                sink = await self._login_sink(event.namespace, endpoint)
             await sink.publish(body, headers)
         except DestinationError:
             raise

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config
@@ -77,17 +78,39 @@ def worker_fields(snapshot: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def status_api_client(kubeconfig: str | None) -> client.ApiClient | None:
-    """A client with the credentials every lamina process finds (:func:`lamina.kubeapi.api_client`:
-    in a pod its own token, outside one ``$KUBECONFIG``, here ``kubeconfig``); None when there are
-    none (the worker then runs without reporting)."""
-    environ = {"KUBECONFIG": kubeconfig} if kubeconfig else {}
+def status_api_client(settings: WorkerSettings) -> client.ApiClient | None:
+    """A client for the worker's status writes: ``LAMINA_STATUS_KUBECONFIG``, or the token in
+    ``LAMINA_STATUS_TOKEN_DIR`` (a Kubernetes source's pod runs as another account) against the
+    in-cluster API server, else the credentials every lamina process finds
+    (:func:`lamina.kubeapi.api_client`: in a pod its own token, outside one ``$KUBECONFIG``); None when
+    there are none (the worker then runs without reporting)."""
     try:
         # Bounded retries: a final write at shutdown must not hold the pod long.
+        if settings.status_kubeconfig:
+            return api_client(kubeconfig=settings.status_kubeconfig, retries=1)
+        if settings.status_token_dir:
+            return _token_client(Path(settings.status_token_dir))
+        environ = {"KUBECONFIG": settings.kubeconfig} if settings.kubeconfig else {}
         return api_client(environ=environ, retries=1)
     except (NoCredentials, config.ConfigException, OSError) as exc:
         log.info("no Kubernetes credentials (%s): the mapping's status is not written", exc)
         return None
+
+
+def _token_client(token_dir: Path) -> client.ApiClient:
+    configuration = client.Configuration()
+    config.load_incluster_config(client_configuration=configuration)  # the API server's address
+    token_file = token_dir / "token"
+
+    def refresh(conf: client.Configuration) -> None:
+        conf.api_key["authorization"] = "Bearer " + token_file.read_text().strip()
+
+    configuration.refresh_api_key_hook = refresh
+    refresh(configuration)
+    if (token_dir / "ca.crt").exists():
+        configuration.ssl_ca_cert = str(token_dir / "ca.crt")
+    configuration.retries = 1
+    return client.ApiClient(configuration)
 
 
 class MappingStatusWriter:
@@ -111,8 +134,29 @@ class MappingStatusWriter:
             _request_timeout=(3, 10),
         )
 
+    def read(self) -> dict[str, Any]:
+        """The mapping as its ``/status`` subresource returns it (what the Role allows to get)."""
+        return self.objects.get_namespaced_custom_object_status(
+            self.group, self.version, self.namespace, PLURAL, self.name, _request_timeout=(3, 10)
+        )
+
     def close(self) -> None:
         self.api.close()
+
+
+class StatusCheckpoint:
+    """A Kubernetes source's resourceVersion, kept in its mapping's ``status.watchResourceVersion``
+    (the worker writes its own status anyway, so a restarted pod finds it there)."""
+
+    def __init__(self, writer: MappingStatusWriter) -> None:
+        self.writer = writer
+
+    async def load(self) -> str | None:
+        obj = await asyncio.to_thread(self.writer.read)
+        return (obj.get("status") or {}).get("watchResourceVersion")
+
+    async def save(self, resource_version: str) -> None:
+        await asyncio.to_thread(self.writer, {"watchResourceVersion": resource_version})
 
 
 def _failure(exc: BaseException) -> tuple[str, str]:
@@ -222,7 +266,7 @@ def mapping_reporter(
     if interval <= 0:
         log.info("LAMINA_STATUS_INTERVAL=%s: the mapping's status is not written", interval)
         return None
-    api = status_api_client(settings.kubeconfig)
+    api = status_api_client(settings)
     if api is None:
         return None
     group, version = api_version.split("/", 1)

@@ -13,7 +13,7 @@ import argparse
 import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lamina.resources.settings import DEFAULT_GATEWAY_PORT, DEFAULT_GATEWAY_URL
@@ -83,16 +83,22 @@ class WorkerSettings:
     gateway_url: str = DEFAULT_GATEWAY_URL
     #: ``LAMINA_REDIS_URL``: where schedule ticks are claimed, so two replicas never both fire one.
     redis_url: str | None = None
-    #: ``LAMINA_SOURCE_URL`` / ``LAMINA_ON_FAILURE_URL``: broker URLs the spec reads from a Secret
-    #: (``urlFrom``), resolved by the kubelet.
-    source_url: str | None = None
-    on_failure_url: str | None = None
+    #: ``LAMINA_SECRET_<hash>``: the Secret keys the spec reads (``urlFrom`` URLs, Kafka and SQS
+    #: credentials), put there by the kubelet from optional secretKeyRefs
+    #: (:func:`lamina.api.common.secret_env_name`); a missing one is absent.
+    secrets: Mapping[str, str] = field(default_factory=dict)
     #: ``LAMINA_STATUS_INTERVAL``: seconds between writes of the mapping's status (0 or less: off).
     status_interval: float = DEFAULT_STATUS_INTERVAL
     #: ``TMPDIR``: where schedule ticks are claimed without Redis.
     tmpdir: str = "/tmp"
-    #: ``KUBECONFIG``: credentials for the status writes outside a pod (a pod uses its own token).
+    #: ``KUBECONFIG``: credentials outside a pod (a pod uses its own token): the status writes, and
+    #: a Kubernetes source's watch.
     kubeconfig: str | None = None
+    #: ``LAMINA_STATUS_TOKEN_DIR``: a Kubernetes source's pod runs as the ServiceAccount its mapping
+    #: names; it writes its status with its own account's token, mounted here (``token``, ``ca.crt``).
+    status_token_dir: str | None = None
+    #: ``LAMINA_STATUS_KUBECONFIG``: outside a pod (tests), a kubeconfig for the status writes alone.
+    status_kubeconfig: str | None = None
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> WorkerSettings:
@@ -100,11 +106,12 @@ class WorkerSettings:
             mapping=environ.get("LAMINA_ESM") or None,
             gateway_url=environ.get("LAMINA_GATEWAY_URL") or DEFAULT_GATEWAY_URL,
             redis_url=environ.get("LAMINA_REDIS_URL") or None,
-            source_url=environ.get("LAMINA_SOURCE_URL") or None,
-            on_failure_url=environ.get("LAMINA_ON_FAILURE_URL") or None,
+            secrets={k: v for k, v in environ.items() if k.startswith("LAMINA_SECRET_")},
             status_interval=status_interval(environ),
             tmpdir=environ.get("TMPDIR") or "/tmp",
             kubeconfig=environ.get("KUBECONFIG") or None,
+            status_token_dir=environ.get("LAMINA_STATUS_TOKEN_DIR") or None,
+            status_kubeconfig=environ.get("LAMINA_STATUS_KUBECONFIG") or None,
         )
 
 

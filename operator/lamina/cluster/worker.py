@@ -1,11 +1,12 @@
 """`lamina worker esm`: one EventSourceMapping's consumer or schedule, as its Deployment runs it.
 
 Its configuration comes from the environment the operator sets (see
-lamina.resources.eventsourcemapping): the mapping as JSON, broker URLs resolved from Secrets by the
-kubelet, the gateway to invoke through and the Redis that claims schedule ticks. It never reads the
-Kubernetes API; its one use of it is writing what it does into its own mapping's status, with a
-token that may do nothing else (lamina.cluster.mapping_status). Without credentials, or when the API
-server refuses, it consumes all the same.
+lamina.resources.eventsourcemapping): the mapping as JSON, the Secret keys it reads (broker URLs,
+credentials) resolved by the kubelet, the gateway to invoke through and the Redis that claims schedule
+ticks. Its own use of the Kubernetes API is writing what it does into its own mapping's status, with a
+token that may do nothing else (lamina.cluster.mapping_status); without credentials, or when the API
+server refuses, it consumes all the same. A Kubernetes source also lists and watches objects, with
+the ServiceAccount its mapping names (the pod's), and keeps its resourceVersion in the status.
 """
 
 from __future__ import annotations
@@ -22,10 +23,13 @@ from typing import Any
 import aiohttp
 
 from lamina.api import EventSourceMapping, parse_object
-from lamina.cluster.mapping_status import mapping_reporter
+from lamina.api.common import secret_env_name
+from lamina.cluster.mapping_status import MappingStatusWriter, StatusCheckpoint, mapping_reporter
 from lamina.cluster.settings import WorkerSettings
-from lamina.eventsources.runners import ResolveUrl, mapping_runner
+from lamina.eventsources.kubernetes import MemoryCheckpoint
+from lamina.eventsources.runners import KubernetesAccess, SecretValue, mapping_runner
 from lamina.invocation.errors import FunctionNotFound, ThrottledError
+from lamina.kubeapi import api_client
 from lamina.schedule.stores import TickStore
 from lamina_runtime.protocol import InvocationResult
 
@@ -84,22 +88,28 @@ class GatewayClient:
             await self._session.close()
 
 
-def url_resolver(esm: EventSourceMapping, settings: WorkerSettings) -> ResolveUrl:
-    """Literal URLs from the spec; those from Secrets arrive as LAMINA_SOURCE_URL / LAMINA_ON_FAILURE_URL."""
-    source_target = esm.spec.source.target
+def secret_reader(settings: WorkerSettings) -> SecretValue:
+    """Secret keys as the kubelet put them in the environment (``LAMINA_SECRET_<hash>``, from the
+    optional ``secretKeyRef``s of the worker's Deployment): None when the Secret or key is missing."""
 
-    def resolve(target: Any, namespace: str) -> str:
-        if target.url:
-            return str(target.url)
-        if target is source_target:
-            variable, value = "LAMINA_SOURCE_URL", settings.source_url
-        else:
-            variable, value = "LAMINA_ON_FAILURE_URL", settings.on_failure_url
-        if not value:
-            raise LookupError(f"{variable} is not set: the Secret named by urlFrom was not mounted")
-        return value
+    def read(namespace: str, name: str, key: str) -> str | None:
+        return settings.secrets.get(secret_env_name(name, key))
 
-    return resolve
+    return read
+
+
+def kubernetes_access(settings: WorkerSettings, writer: MappingStatusWriter | None) -> KubernetesAccess:
+    """A Kubernetes source watches with the pod's own credentials (the mapping's ServiceAccount) and
+    keeps its resourceVersion in the mapping's status (in memory when the status cannot be written)."""
+
+    def checkpoint(esm: EventSourceMapping) -> Any:
+        if writer is None:
+            log.warning("no status writer: a restarted worker watches again from the start")
+            return MemoryCheckpoint()
+        return StatusCheckpoint(writer)
+
+    environ = {"KUBECONFIG": settings.kubeconfig} if settings.kubeconfig else {}
+    return KubernetesAccess(api_client=lambda: api_client(environ=environ), checkpoint=checkpoint)
 
 
 def tick_store(settings: WorkerSettings) -> TickStore:
@@ -123,14 +133,22 @@ async def run(settings: WorkerSettings) -> int:
     esm = parse_object(json.loads(settings.mapping))
     assert isinstance(esm, EventSourceMapping)
     gateway = GatewayClient(settings.gateway_url)
+    runner: Any = None
+    reporting = mapping_reporter(
+        lambda: runner.snapshot(), esm.api_version, esm.metadata.namespace, esm.name, settings
+    )
     runner = mapping_runner(
-        esm, gateway.invoke, gateway.enqueue, url_resolver(esm, settings), tick_store(settings)
+        esm,
+        gateway.invoke,
+        gateway.enqueue,
+        secret_reader(settings),
+        tick_store(settings),
+        kubernetes_access(settings, reporting[1] if reporting is not None else None),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    reporting = mapping_reporter(runner.snapshot, esm.api_version, esm.metadata.namespace, esm.name, settings)
     await runner.start()
     if reporting is not None:
         reporting[0].start()

@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -29,23 +30,24 @@ from lamina_runtime.protocol import InvocationResult
 
 log = logging.getLogger(__name__)
 
-#: The URL of a broker endpoint (literal, or from its Secret): (endpoint target, namespace) -> url.
-ResolveUrl = Callable[[Any, str], str]
+#: One key of a Secret: (namespace, name, key) -> value, None when the Secret or the key is missing.
+#: Local mode reads the loaded manifests; the cluster worker reads what the kubelet put in its env.
+SecretValue = Callable[[str, str, str], str | None]
 
 
-def literal_or_secret(secret_value: Callable[[str, str, str], str | None]) -> ResolveUrl:
-    """A ResolveUrl over a Secret reader (namespace, name, key) -> value."""
-
-    def resolve(target: Any, namespace: str) -> str:
-        if target.url:
-            return str(target.url)
-        ref = target.url_from.secret_key_ref
-        value = secret_value(namespace, ref.name, ref.key)
-        if value is None:
-            raise LookupError(f"Secret {ref.name!r} has no key {ref.key!r} in namespace {namespace}")
-        return value
-
-    return resolve
+def broker_url(target: Any, namespace: str, secret_value: SecretValue) -> str | None:
+    """The URL of an endpoint: literal ``url``, or ``urlFrom`` read from its Secret. None for kinds
+    without a URL (kafka, sqs: their settings are the endpoint itself)."""
+    if getattr(target, "url", None):
+        return str(target.url)
+    url_from = getattr(target, "url_from", None)
+    if url_from is None:
+        return None
+    ref = url_from.secret_key_ref
+    value = secret_value(namespace, ref.name, ref.key)
+    if value is None:
+        raise LookupError(f"Secret {ref.name!r} has no key {ref.key!r} in namespace {namespace}")
+    return value
 
 
 class FunctionSink:
@@ -68,9 +70,11 @@ class FunctionSink:
 class BrokerMapping:
     """One mapping over a queue or stream; prints each change of state.
 
-    ``spec.scalingConfig.maximumConcurrency`` workers consume side by side (rabbitmq only: each is a
-    consumer of its own on the queue, so the broker spreads the messages); otherwise one worker keeps
-    the source's order. Each worker has its own connections, and its own dead-letter sink.
+    ``spec.scalingConfig.maximumConcurrency`` workers consume side by side (rabbitmq and sqs: each is a
+    consumer of its own on the queue, so the broker spreads the messages, SQS FIFO one group to one
+    worker at a time; kafka: each is a member of the consumer group and gets its own partitions);
+    otherwise one worker keeps the source's order. Each worker has its own connections, and its own
+    dead-letter sink.
     """
 
     def __init__(
@@ -78,19 +82,25 @@ class BrokerMapping:
         esm: EventSourceMapping,
         invoke: Invoker,
         enqueue: Enqueue,
-        resolve_url: ResolveUrl,
+        secret_value: SecretValue,
         on_change: Callable[[MappingStatus], Any] | None = None,
+        source_options: dict[str, Any] | None = None,
     ) -> None:
         ns, spec = esm.metadata.namespace, esm.spec
         self.esm = esm
         self.label = f"{esm.name} ({spec.source.describe()} -> {spec.function_name})"
-        source_url = resolve_url(spec.source.target, ns)
+
+        def secret(name: str, key: str) -> str | None:
+            return secret_value(ns, name, key)
+
+        source_url = broker_url(spec.source.target, ns, secret_value)
         on_failure = spec.destination_config.on_failure if spec.destination_config else None
         dlq_url = (
-            resolve_url(on_failure.target, ns)
+            broker_url(on_failure.target, ns, secret_value)
             if on_failure is not None and on_failure.function is None
             else None
         )
+        stamp = spec.starting_position_timestamp
         function_key = f"{ns}/{spec.function_name}"
 
         async def invoke_function(_: str, payload: bytes, request_id: str | None = None) -> InvocationResult:
@@ -101,8 +111,7 @@ class BrokerMapping:
                 return None
             if on_failure.function is not None:
                 return FunctionSink(enqueue, f"{ns}/{on_failure.function.name}")
-            assert dlq_url is not None  # resolved above for every broker destination
-            return make_sink(on_failure, dlq_url)
+            return make_sink(on_failure, dlq_url, secret)
 
         self._statuses: list[MappingStatus] = [MappingStatus() for _ in range(spec.concurrency)]
         self._shown = ""
@@ -116,6 +125,9 @@ class BrokerMapping:
                     esm_name=esm.name,
                     batch_size=spec.batch_size,
                     starting_position=spec.starting_position,
+                    starting_timestamp=stamp.timestamp() if stamp is not None else None,
+                    secret=secret,
+                    **(source_options or {}),
                 ),
                 invoke_function,
                 dlq=dead_letters(),
@@ -221,9 +233,32 @@ class ScheduleMapping:
         return upcoming.isoformat() if upcoming is not None else None
 
 
+@dataclass(frozen=True)
+class KubernetesAccess:
+    """What a Kubernetes source needs from where it runs: the credentials it watches with (a
+    blocking factory of API clients) and where each mapping keeps its resourceVersion."""
+
+    api_client: Callable[[], Any]
+    checkpoint: Callable[[EventSourceMapping], Any]
+
+
 def mapping_runner(
-    esm: EventSourceMapping, invoke: Invoker, enqueue: Enqueue, resolve_url: ResolveUrl, ticks: TickStore
+    esm: EventSourceMapping,
+    invoke: Invoker,
+    enqueue: Enqueue,
+    secret_value: SecretValue,
+    ticks: TickStore,
+    kubernetes: KubernetesAccess | None = None,
 ) -> BrokerMapping | ScheduleMapping:
     if esm.spec.source.schedule is not None:
         return ScheduleMapping(esm, enqueue, ticks)
-    return BrokerMapping(esm, invoke, enqueue, resolve_url)
+    options: dict[str, Any] = {}
+    if esm.spec.source.kubernetes is not None:
+        if kubernetes is None:
+            raise ValueError(f"mapping {esm.name}: a Kubernetes source needs Kubernetes credentials here")
+        options = {
+            "namespace": esm.metadata.namespace,
+            "api_client": kubernetes.api_client,
+            "checkpoint": kubernetes.checkpoint(esm),
+        }
+    return BrokerMapping(esm, invoke, enqueue, secret_value, source_options=options)

@@ -20,9 +20,11 @@ from lamina.api.rollouts import Counts, ErrorWindow
 from lamina.api.versions import declared_routes
 from lamina.asyncinvoke.dispatcher import AsyncDispatcher
 from lamina.asyncinvoke.sqlite_store import SqliteEventStore
-from lamina.eventsources.runners import literal_or_secret, mapping_runner
+from lamina.eventsources.kubernetes import FileCheckpoint
+from lamina.eventsources.runners import KubernetesAccess, mapping_runner
 from lamina.gateway.async_queue import AsyncInvocations
 from lamina.gateway.service import InvocationService
+from lamina.kubeapi import api_client
 from lamina.local.versions import LocalVersions, apply_routes
 from lamina.schedule.stores import SqliteTickStore
 
@@ -84,13 +86,20 @@ class EventSourceMappings:
         state_dir: Path,
     ) -> None:
         self.ticks = SqliteTickStore(state_dir / "schedule-ticks.sqlite3")
-        resolve = literal_or_secret(manifests.secret_value)
+
+        def checkpoint(esm: EventSourceMapping) -> FileCheckpoint:
+            ns = esm.metadata.namespace
+            return FileCheckpoint(state_dir / "mappings" / ns / f"{esm.name}.resource-version")
+
+        # Kubernetes sources watch the cluster the current KUBECONFIG names, as kubectl would.
+        kube = KubernetesAccess(api_client=api_client, checkpoint=checkpoint)
 
         async def enqueue(function_key: str, payload: bytes, request_id: str | None = None) -> None:
             await dispatcher.enqueue(function_key, payload, request_id=request_id)
 
         self.mappings = [
-            mapping_runner(esm, service.invoke_key, enqueue, resolve, self.ticks) for esm in mappings
+            mapping_runner(esm, service.invoke_key, enqueue, manifests.secret_value, self.ticks, kube)
+            for esm in mappings
         ]
 
     async def start(self) -> None:

@@ -15,6 +15,7 @@ from lamina.reconcilers.apply import apply
 from lamina.reconcilers.client import ApiError, Ref
 from lamina.reconcilers.context import Blocked, Context, parse_as
 from lamina.reconcilers.status import READY, BlockReason, is_blocked, set_condition, write_status
+from lamina.reconcilers.watch_access import check_watch_access
 from lamina.resources import build_mapping, build_mapping_identity, names, worker_state
 
 POLL_DELAY = 10.0
@@ -70,6 +71,7 @@ def reconcile_mapping(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | No
             raise Blocked(
                 BlockReason.FUNCTION_NOT_FOUND, f"Function {fn} does not exist in namespace {ns}", POLL_DELAY
             )
+        check_watch_access(ctx.kube, esm, POLL_DELAY)  # Kubernetes sources only
         for identity in build_mapping_identity(esm):  # before the pod that uses it
             apply(ctx.kube, identity)
         apply(ctx.kube, build_mapping(esm, ctx.settings))

@@ -42,6 +42,11 @@ class BlockReason(StrEnum):
     CONFIG_MAP_NOT_FOUND = "ConfigMapNotFound"
     #: The Function an EventSourceMapping invokes does not exist.
     FUNCTION_NOT_FOUND = "FunctionNotFound"
+    #: A Kubernetes source's ServiceAccount does not exist, or may not list and watch what it names,
+    #: or the API server serves no such kind (lamina grants the account nothing).
+    SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
+    SERVICE_ACCOUNT_CANNOT_WATCH = "ServiceAccountCannotWatch"
+    KIND_NOT_FOUND = "KindNotFound"
     #: The object asks for something lamina does not do yet (e.g. a requirements Layer).
     NOT_SUPPORTED_YET = "NotSupportedYet"
     #: The API server refused a child object; its message says why.

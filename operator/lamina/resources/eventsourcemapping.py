@@ -6,11 +6,18 @@ tick twice.
 The worker gets its configuration through its environment:
 
 - ``LAMINA_ESM``: the mapping as JSON (apiVersion, kind, metadata.name/namespace, spec);
-- ``LAMINA_SOURCE_URL`` / ``LAMINA_ON_FAILURE_URL``: the broker URLs that the spec reads from a Secret
-  (``urlFrom``), resolved by the kubelet from ``secretKeyRef``;
+- ``LAMINA_SECRET_<hash of name/key>`` (:func:`lamina.api.common.secret_env_name`): each Secret key the spec
+  reads (``urlFrom`` broker URLs, Kafka TLS/SASL and SQS credentials), resolved by the kubelet from an
+  *optional* ``secretKeyRef``: a missing Secret does not keep the worker from starting, it shows in the
+  mapping's status with the Secret's name;
 - ``LAMINA_GATEWAY_URL``: where to invoke the function; ``LAMINA_REDIS_URL``: schedule tick claims.
 
-Its only Kubernetes API access is writing what it does (``state``, ``lastProcessingResult``,
+A Kubernetes source's pod runs as the ServiceAccount the mapping names (``source.kubernetes.
+serviceAccountName``) and watches with it; the operator grants that account nothing. The worker
+still writes its status with the mapping's own account, through that account's token Secret
+(``esm-<name>-status-token``) mounted at ``/var/run/lamina/status-token``.
+
+Otherwise its only Kubernetes API access is writing what it does (``state``, ``lastProcessingResult``,
 ``iteratorAgeMs``, fire times) into its own mapping's ``status``: a ServiceAccount per mapping, bound
 to a Role that allows ``get``/``patch`` on ``eventsourcemappings/status`` of that one mapping by name.
 A compromised worker can therefore misreport its own mapping and nothing else.
@@ -24,12 +31,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from lamina.api import EventSourceMapping
+from lamina.api.common import secret_env_name
 from lamina.resources import labels, names
 from lamina.resources.meta import digest, metadata
 from lamina.resources.pods import container_security_context, hardened_pod
 from lamina.resources.settings import Settings
 
 WORKER_COMMAND = ["lamina", "worker", "esm"]
+STATUS_TOKEN_DIR = "/var/run/lamina/status-token"
 RBAC_GROUP = "rbac.authorization.k8s.io"
 RBAC_API_VERSION = f"{RBAC_GROUP}/v1"
 
@@ -44,16 +53,6 @@ def mapping_document(esm: EventSourceMapping) -> dict[str, Any]:
     }
 
 
-def _secret_env(name: str, endpoint: Any) -> list[dict[str, Any]]:
-    """``name`` from the Secret an endpoint's ``urlFrom`` names (nothing for a literal url)."""
-    target = endpoint.target if endpoint is not None else None
-    url_from = getattr(target, "url_from", None)
-    if url_from is None:
-        return []
-    ref = url_from.secret_key_ref
-    return [{"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}]
-
-
 def worker_env(esm: EventSourceMapping, settings: Settings) -> list[dict[str, Any]]:
     spec = esm.spec
     env: list[dict[str, Any]] = [
@@ -66,12 +65,28 @@ def worker_env(esm: EventSourceMapping, settings: Settings) -> list[dict[str, An
     ]
     if settings.redis_url:
         env.append({"name": "LAMINA_REDIS_URL", "value": settings.redis_url})
-    if spec.source.schedule is None:
-        env += _secret_env("LAMINA_SOURCE_URL", spec.source)
-    on_failure = spec.destination_config.on_failure if spec.destination_config else None
-    if on_failure is not None and on_failure.function is None:
-        env += _secret_env("LAMINA_ON_FAILURE_URL", on_failure)
+    for name, key, _required in spec.secret_keys():
+        ref = {"name": name, "key": key, "optional": True}
+        env.append({"name": secret_env_name(name, key), "valueFrom": {"secretKeyRef": ref}})
+    if spec.source.kubernetes is not None:
+        env.append({"name": "LAMINA_STATUS_TOKEN_DIR", "value": STATUS_TOKEN_DIR})
     return env
+
+
+def _identity(esm: EventSourceMapping) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pod ServiceAccount, extra volumes, extra mounts). A Kubernetes source's pod runs as the
+    ServiceAccount its mapping names, so that it watches with exactly that account's permissions; it
+    writes its status with the mapping's own account, whose token Secret is mounted read-only."""
+    watched = esm.spec.source.kubernetes
+    if watched is None:
+        # The one pod lamina gives a token: it may patch its own mapping's status, nothing else.
+        return names.mapping_service_account(esm.name), [], []
+    volume = {
+        "name": "status-token",
+        "secret": {"secretName": names.mapping_status_token(esm.name), "defaultMode": 0o440},
+    }
+    mount = {"name": "status-token", "mountPath": STATUS_TOKEN_DIR, "readOnly": True}
+    return watched.service_account_name, [volume], [mount]
 
 
 def build_mapping(esm: EventSourceMapping, settings: Settings) -> dict[str, Any]:
@@ -80,10 +95,10 @@ def build_mapping(esm: EventSourceMapping, settings: Settings) -> dict[str, Any]
     fn = esm.function
     env = worker_env(esm, settings)
     chash = digest({"image": settings.worker_image, "env": env})
+    account, volumes, mounts = _identity(esm)
     pod = hardened_pod(
         {
-            # The one pod lamina gives a token: it may patch its own mapping's status, nothing else.
-            "serviceAccountName": names.mapping_service_account(esm.name),
+            "serviceAccountName": account,
             "automountServiceAccountToken": True,
             "terminationGracePeriodSeconds": 30,
             "containers": [
@@ -99,10 +114,10 @@ def build_mapping(esm: EventSourceMapping, settings: Settings) -> dict[str, Any]
                     },
                     "securityContext": container_security_context(),
                     "terminationMessagePolicy": "FallbackToLogsOnError",
-                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
                 }
             ],
-            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
+            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, *volumes],
         }
     )
     return {
@@ -165,7 +180,20 @@ def build_mapping_identity(esm: EventSourceMapping) -> list[dict[str, Any]]:
         "roleRef": {"apiGroup": RBAC_GROUP, "kind": "Role", "name": account},
         "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": esm.metadata.namespace}],
     }
-    return [service_account, role, binding]
+    objects = [service_account, role, binding]
+    if esm.spec.source.kubernetes is not None:
+        # The token controller fills it with a token of ``account``; the worker reads it from its mount.
+        token_meta = metadata(names.mapping_status_token(esm.name), esm, child_labels)
+        token_meta.setdefault("annotations", {})["kubernetes.io/service-account.name"] = account
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "kubernetes.io/service-account-token",
+                "metadata": token_meta,
+            }
+        )
+    return objects
 
 
 @dataclass(frozen=True)

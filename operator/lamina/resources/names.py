@@ -62,6 +62,12 @@ def mapping_service_account(mapping: str) -> str:
     return _bounded(f"esm-{mapping}")
 
 
+def mapping_status_token(mapping: str) -> str:
+    """The token Secret of that ServiceAccount, mounted into a worker whose pod runs as another one
+    (a Kubernetes source watches with the ServiceAccount its mapping names)."""
+    return _bounded(f"esm-{mapping}-status-token")
+
+
 def layer_mount_path(index: int, layer: str) -> str:
     """Where the ``index``-th layer of a Function is mounted (LAMINA_LAYERS lists these in order)."""
     return f"/opt/layers/{index}-{layer}"

@@ -1,0 +1,83 @@
+"""Whether the ServiceAccount a Kubernetes source names may list and watch what the source watches.
+
+The operator grants that account nothing: a mapping shows its function only what the account could
+read anyway. So before running the worker it asks the API server, with SubjectAccessReviews, whether
+the account holds ``list`` and ``watch`` on the resource in the scope the source watches, and blocks
+the mapping (Ready=False) naming the missing permission when it does not.
+"""
+
+from __future__ import annotations
+
+from lamina.api import EventSourceMapping
+from lamina.reconcilers.client import ApiError, Kube, Ref
+from lamina.reconcilers.context import Blocked
+from lamina.reconcilers.status import BlockReason
+
+SAR_PATH = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+VERBS = ("list", "watch")
+
+
+def _resource(kube: Kube, api_version: str, kind: str) -> tuple[str, bool]:
+    """(plural, namespaced) of ``kind`` as the API server's discovery documents it."""
+    group, _, version = api_version.rpartition("/")
+    path = f"/apis/{group}/{version}" if group else f"/api/{version}"
+    try:
+        doc = kube.request("GET", path)
+    except ApiError as e:
+        if e.status == 404:
+            raise Blocked(
+                BlockReason.KIND_NOT_FOUND, f"the API server does not serve {api_version}", 30.0
+            ) from None
+        raise
+    for resource in (doc or {}).get("resources", []):
+        if resource.get("kind") == kind and "/" not in resource.get("name", ""):
+            return resource["name"], bool(resource.get("namespaced"))
+    raise Blocked(BlockReason.KIND_NOT_FOUND, f"the API server serves no kind {kind} in {api_version}", 30.0)
+
+
+def check_watch_access(kube: Kube, esm: EventSourceMapping, retry: float) -> None:
+    """Raise :class:`Blocked` unless the source's ServiceAccount may list and watch its objects."""
+    watched = esm.spec.source.kubernetes
+    if watched is None:
+        return
+    ns = esm.metadata.namespace
+    account = watched.service_account_name
+    if kube.get(Ref("v1", "ServiceAccount", ns, account)) is None:
+        raise Blocked(
+            BlockReason.SERVICE_ACCOUNT_NOT_FOUND,
+            f"ServiceAccount {account} (spec.source.kubernetes.serviceAccountName) does not exist in "
+            f"namespace {ns}",
+            retry,
+        )
+    plural, namespaced = _resource(kube, watched.api_version, watched.kind)
+    scope = None if watched.all_namespaces or not namespaced else (watched.namespace or ns)
+    missing = []
+    for verb in VERBS:
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": f"system:serviceaccount:{ns}:{account}",
+                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
+                "resourceAttributes": {
+                    "namespace": scope or "",
+                    "verb": verb,
+                    "group": watched.group,
+                    "version": watched.version,
+                    "resource": plural,
+                },
+            },
+        }
+        answer = kube.request("POST", SAR_PATH, body=review) or {}
+        if not (answer.get("status") or {}).get("allowed"):
+            missing.append(verb)
+    if missing:
+        resource = f"{plural}.{watched.group}" if watched.group else plural
+        where = f"in namespace {scope}" if scope else "cluster-wide"
+        raise Blocked(
+            BlockReason.SERVICE_ACCOUNT_CANNOT_WATCH,
+            f"ServiceAccount {account} may not {' and '.join(missing)} {resource} {where} "
+            f"(missing permission: {', '.join(missing)}); lamina grants it nothing: bind it a Role or "
+            "ClusterRole that allows list and watch",
+            retry,
+        )
