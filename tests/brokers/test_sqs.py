@@ -234,7 +234,9 @@ async def test_fifo_groups_in_order_one_batch_per_group_and_a_failure_blocks_its
     for worker in workers:
         worker.start()
     try:
-        await eventually(lambda: sum(len(v) for v in function.order.values()) == 50, what="all 50 processed")
+        await eventually(
+            lambda: sum(len(v) for v in function.order.values()) == 50, limit=180, what="all 50 processed"
+        )
     finally:
         for worker in workers:
             await worker.stop()

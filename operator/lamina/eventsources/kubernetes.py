@@ -122,6 +122,10 @@ class _Forbidden(Exception):
     pass
 
 
+class _NotFound(Exception):
+    pass
+
+
 def _iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -182,6 +186,13 @@ class KubernetesSource(Source):
         self._queue = asyncio.Queue()
         self._positions.clear()
         self._watcher = _Watcher(self, asyncio.get_running_loop(), position)
+        if position is None:
+            # The first list before the mapping says Enabled: LATEST means "changes from now on",
+            # and an object created right after Enabled must not pass for one that was there.
+            try:
+                await asyncio.to_thread(self._watcher.first_list)
+            except _Forbidden as exc:
+                raise CredentialsError(str(exc), None) from None
         self._watcher.start()
         self._saver = asyncio.create_task(self._save_loop())
 
@@ -200,43 +211,45 @@ class KubernetesSource(Source):
         self._queue.put_nowait(item)
 
     def _get(self, path: str, **query: Any) -> Any:
-        """GET a path of the API server (blocking; worker thread). Raises _Gone / _Forbidden."""
-        from kubernetes.client.exceptions import ApiException
-
+        """GET a path of the API server (blocking; the watch thread or a worker thread); the urllib3
+        response, unread. Raises _Gone (410), _Forbidden (401/403), _NotFound (404)."""
+        params = self._api.param_serialize(
+            method="GET",
+            resource_path=path,
+            query_params=[(k, v) for k, v in query.items() if v is not None],
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        timeout = (10, WATCH_SECONDS + 30) if query.get("watch") else (10, 60)
+        response = self._api.call_api(*params, _request_timeout=timeout).response
+        if 200 <= response.status <= 299:
+            return response
+        text = response.data.decode("utf-8", "replace")
+        response.release_conn()
         try:
-            response = self._api.call_api(
-                path,
-                "GET",
-                query_params=[(k, v) for k, v in query.items() if v is not None],
-                header_params={"Accept": "application/json"},
-                auth_settings=["BearerToken"],
-                _preload_content=False,
-                _request_timeout=(10, WATCH_SECONDS + 30) if query.get("watch") else (10, 60),
+            message = json.loads(text).get("message", text)
+        except ValueError:
+            message = text
+        if response.status == 410:
+            raise _Gone(message)
+        if response.status in (401, 403):
+            verb = "watch" if query.get("watch") else "list"
+            raise _Forbidden(
+                f"{self._who()} may not {verb} {self._scope()} (missing permission: {verb}); "
+                f"the API server said {response.status}: {message}"
             )
-        except ApiException as exc:
-            if exc.status == 410:
-                raise _Gone(str(exc.reason)) from None
-            if exc.status in (401, 403):
-                verb = "watch" if query.get("watch") else "list"
-                raise _Forbidden(
-                    f"{self._who()} may not {verb} {self._scope()} (missing permission: {verb}); "
-                    f"the API server said {exc.status} {exc.reason}"
-                ) from None
-            raise
-        return response[0] if isinstance(response, tuple) else response
+        if response.status == 404:
+            raise _NotFound(message)
+        raise SourceError(f"GET {path}: {response.status} {message}")
 
     def _discover(self) -> None:
         """Find the resource (plural name, namespaced or not) serving ``kind`` in ``apiVersion``."""
         w = self.watched
         base = f"/apis/{w.group}/{w.version}" if w.group else f"/api/{w.version}"
-        from kubernetes.client.exceptions import ApiException
-
         try:
             doc = json.loads(self._get(base).data)
-        except ApiException as exc:
-            if exc.status == 404:
-                raise SourceError(f"the API server does not serve {w.api_version}") from None
-            raise
+        except _NotFound:
+            raise SourceError(f"the API server does not serve {w.api_version}") from None
         for resource in doc.get("resources", []):
             if resource.get("kind") == w.kind and "/" not in resource.get("name", ""):
                 self._plural = resource["name"]
@@ -400,7 +413,9 @@ class _Watcher:
         while not self._stop.is_set():
             try:
                 if position is None:
-                    position = self._first_list(loop)
+                    self.first_list()
+                    position = self.position
+                assert position is not None
                 position = self._watch(loop, position)
                 backoff = 0.5
             except _Gone:
@@ -430,16 +445,18 @@ class _Watcher:
             if not token:
                 return items, doc["metadata"]["resourceVersion"]
 
-    def _first_list(self, loop: asyncio.AbstractEventLoop) -> str:
+    def first_list(self) -> None:
+        """Start from what exists (no position kept yet): TRIM_HORIZON hands it out as ADDED."""
         items, version = self._list()
         for obj in items:
             self._index[obj["metadata"]["uid"]] = obj
             if self.starting_position != LATEST:
-                self._emit(loop, "ADDED", obj, version)
-        self._hand(loop, ("done", version))
-        return version
+                self._emit(self.loop, "ADDED", obj, version)
+        self._hand(self.loop, ("done", version))
+        self.position = version
 
     def _watch(self, loop: asyncio.AbstractEventLoop, position: str) -> str:
+        log.info("kubernetes source: watching %s from resourceVersion %s", self._scope(), position)
         response = self._response = self._get(
             self._path,
             watch="true",
