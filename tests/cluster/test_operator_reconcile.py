@@ -237,7 +237,36 @@ def test_invalid_manifest_is_rejected_by_the_api_server_naming_the_field(
     with pytest.raises(ApiException) as scaled:
         cluster.create("eventsourcemappings", ordered_but_scaled)
     assert scaled.value.status == 422
-    assert "spec.scalingConfig: applies to rabbitmq sources only" in scaled.value.body
+    assert "spec.scalingConfig: applies to rabbitmq, sqs and kafka sources only" in scaled.value.body
+    for spec, message in [
+        (
+            {"source": {"sqs": {"queueUrl": "http://sqs:9324/0/q.fifo"}}, "batchSize": 20},
+            "spec.batchSize: at most 10 for an SQS FIFO queue",
+        ),
+        (
+            {"source": {"sqs": {"queueUrl": "http://sqs:9324/0/q"}}, "batchSize": 100},
+            "spec.maximumBatchingWindowSeconds: at least 1 for an SQS batchSize over 10",
+        ),
+        (
+            {
+                "source": {"redis": {"url": "redis://r:6379", "stream": "s"}},
+                "startingPosition": "AT_TIMESTAMP",
+            },
+            "spec.startingPosition: AT_TIMESTAMP applies to kafka sources only",
+        ),
+        (
+            {
+                "source": {"kafka": {"bootstrapServers": ["k:9092"], "topic": "t"}},
+                "startingPosition": "AT_TIMESTAMP",
+            },
+            "spec.startingPositionTimestamp: required with startingPosition AT_TIMESTAMP",
+        ),
+    ]:
+        body = {**ordered_but_scaled, "spec": {"functionName": "f", **spec}}
+        with pytest.raises(ApiException) as refused:
+            cluster.create("eventsourcemappings", body)
+        assert refused.value.status == 422
+        assert message in refused.value.body, refused.value.body
 
 
 def test_function_gets_children_with_owner_refs_and_becomes_ready(
