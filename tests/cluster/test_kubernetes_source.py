@@ -352,7 +352,7 @@ def test_operator_checks_the_accounts_permissions_and_the_worker_watches_as_it(
         assert lines().count(["Kubernetes Object Change", "ADDED", "web"]) == 1, lines()
         assert not [x for x in lines() if x[2] == "ignored"]
         wait_until(lambda: status().get("watchResourceVersion") != kept, timeout=30, message="position moved")
-        assert status()["lastProcessingResult"] == "OK"
+        wait_until(lambda: status().get("lastProcessingResult") == "OK", timeout=30, message="OK reported")
         second.terminate()
         second.wait(30)
     finally:
