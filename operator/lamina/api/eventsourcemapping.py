@@ -55,7 +55,8 @@ class ScheduleSource(LaminaModel):
         return timezone
 
 
-EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED")
+EventType = Literal["ADDED", "MODIFIED", "DELETED"]
+EVENT_TYPES: tuple[EventType, ...] = ("ADDED", "MODIFIED", "DELETED")
 
 
 class KubernetesSource(LaminaModel):
@@ -93,7 +94,7 @@ class KubernetesSource(LaminaModel):
         default=False, description="Watch every namespace (needs cluster-wide RBAC)."
     )
     label_selector: str | None = Field(default=None, max_length=1024, description="Only objects matching it.")
-    event_types: list[Literal["ADDED", "MODIFIED", "DELETED"]] = Field(
+    event_types: list[EventType] = Field(
         default_factory=lambda: list(EVENT_TYPES),
         min_length=1,
         description="Which changes become events.",

@@ -105,7 +105,7 @@ def _token_client(token_dir: Path) -> client.ApiClient:
     def refresh(conf: client.Configuration) -> None:
         conf.api_key["authorization"] = "Bearer " + token_file.read_text().strip()
 
-    configuration.refresh_api_key_hook = refresh
+    configuration.refresh_api_key_hook = refresh  # type: ignore[assignment]
     refresh(configuration)
     if (token_dir / "ca.crt").exists():
         configuration.ssl_ca_cert = str(token_dir / "ca.crt")
@@ -136,9 +136,10 @@ class MappingStatusWriter:
 
     def read(self) -> dict[str, Any]:
         """The mapping as its ``/status`` subresource returns it (what the Role allows to get)."""
-        return self.objects.get_namespaced_custom_object_status(
+        obj = self.objects.get_namespaced_custom_object_status(
             self.group, self.version, self.namespace, PLURAL, self.name, _request_timeout=(3, 10)
         )
+        return dict(obj) if isinstance(obj, dict) else {}
 
     def close(self) -> None:
         self.api.close()

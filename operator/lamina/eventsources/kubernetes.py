@@ -573,9 +573,10 @@ class _Watcher:
         resource = (
             f"{w.api_version}/{path}/{detail['name']}" if detail.get("name") else f"{w.api_version}/{path}"
         )
-        event = {
+        event_id = str(uuid.uuid5(_IDS, ident))
+        event: dict[str, Any] = {
             "version": "0",
-            "id": str(uuid.uuid5(_IDS, ident)),
+            "id": event_id,
             "detail-type": detail_type,
             "source": EVENT_SOURCE,
             "account": "",
@@ -585,7 +586,7 @@ class _Watcher:
             "detail": detail,
         }
         return SourceRecord(
-            id=event["id"],
+            id=event_id,
             body=b"",
             ordering_key=self.arn,
             source_fields=event,

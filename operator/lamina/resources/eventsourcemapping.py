@@ -180,11 +180,15 @@ def build_mapping_identity(esm: EventSourceMapping) -> list[dict[str, Any]]:
         "roleRef": {"apiGroup": RBAC_GROUP, "kind": "Role", "name": account},
         "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": esm.metadata.namespace}],
     }
-    objects = [service_account, role, binding]
+    objects: list[dict[str, Any]] = [service_account, role, binding]
     if esm.spec.source.kubernetes is not None:
         # The token controller fills it with a token of ``account``; the worker reads it from its mount.
-        token_meta = metadata(names.mapping_status_token(esm.name), esm, child_labels)
-        token_meta.setdefault("annotations", {})["kubernetes.io/service-account.name"] = account
+        token_meta = metadata(
+            names.mapping_status_token(esm.name),
+            esm,
+            child_labels,
+            {"kubernetes.io/service-account.name": account},
+        )
         objects.append(
             {
                 "apiVersion": "v1",
