@@ -12,6 +12,7 @@ tests against the real control plane (tests/cluster) are for.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import itertools
 import threading
@@ -91,6 +92,17 @@ class MemoryKube:
         self._versions = itertools.count(1)
         self._failures: list[_Failure] = []
         self._lock = threading.RLock()
+        #: What discovery answers: api version -> resources (name, kind, namespaced).
+        self.served: dict[str, list[dict[str, Any]]] = {
+            "v1": [
+                {"name": "configmaps", "kind": "ConfigMap", "namespaced": True},
+                {"name": "secrets", "kind": "Secret", "namespaced": True},
+                {"name": "namespaces", "kind": "Namespace", "namespaced": False},
+            ],
+            "apps/v1": [{"name": "deployments", "kind": "Deployment", "namespaced": True}],
+        }
+        #: What SubjectAccessReviews allow: (user, verb, group, resource, namespace).
+        self.allowed: set[tuple[str, str, str, str, str]] = set()
         for obj in objects:
             self.put(obj)
 
@@ -220,6 +232,26 @@ class MemoryKube:
                     409, "AlreadyExists", f"{obj['kind']} {obj['metadata']['name']} already exists"
                 )
             return self._store(key, self._new(obj))
+
+    def allow(self, user: str, verbs: tuple[str, ...], group: str, resource: str, namespace: str) -> None:
+        """RBAC for the SubjectAccessReviews: ``user`` may ``verbs`` on ``resource`` in ``namespace``."""
+        self.allowed |= {(user, verb, group, resource, namespace) for verb in verbs}
+
+    def resources(self, api_version: str) -> builtins.list[dict[str, Any]]:
+        with self._lock:
+            if api_version not in self.served:
+                raise ApiError(
+                    404, "NotFound", f"the server could not find the requested resource ({api_version})"
+                )
+            return copy.deepcopy(self.served[api_version])
+
+    def review(self, review: dict[str, Any]) -> dict[str, Any]:
+        spec = review["spec"]
+        attrs = spec["resourceAttributes"]
+        key = (spec["user"], attrs["verb"], attrs["group"], attrs["resource"], attrs["namespace"])
+        with self._lock:
+            self.writes.append(Write("create", review["kind"], attrs["verb"], body=copy.deepcopy(review)))
+            return {"allowed": key in self.allowed}
 
     def delete(self, ref: Ref, uid: str | None = None) -> bool:
         with self._lock:

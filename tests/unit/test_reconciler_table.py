@@ -86,6 +86,13 @@ def mapping(name: str = "orders", function_name: str = "fn", **spec: Any) -> dic
     }
 
 
+WATCH = {"kubernetes": {"apiVersion": "apps/v1", "kind": "Deployment", "serviceAccountName": "watcher"}}
+
+
+def account(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": NS}}
+
+
 @dataclass
 class Row:
     """One behaviour: ``objects`` before, ``subject`` reconciled, and what must follow."""
@@ -285,6 +292,52 @@ ROWS = [
         },
         ready=("False", "Updating"),  # the worker Deployment has no status yet
         status={"source": "redis orders"},
+    ),
+    # -- Kubernetes sources: the named ServiceAccount, checked with SubjectAccessReviews ----------------
+    Row(
+        "a kubernetes source whose ServiceAccount is missing waits for it",
+        [function()],
+        mapping(source=WATCH),
+        ready=("False", "ServiceAccountNotFound"),
+        events=[("Warning", "ServiceAccountNotFound")],
+        blocked=BlockReason.SERVICE_ACCOUNT_NOT_FOUND,
+        message="ServiceAccount watcher (spec.source.kubernetes.serviceAccountName) does not exist",
+    ),
+    Row(
+        "a kubernetes source whose ServiceAccount may not list and watch is blocked, naming the permission",
+        [function(), account("watcher")],
+        mapping(source=WATCH),
+        ready=("False", "ServiceAccountCannotWatch"),
+        events=[("Warning", "ServiceAccountCannotWatch")],
+        blocked=BlockReason.SERVICE_ACCOUNT_CANNOT_WATCH,
+        message="ServiceAccount watcher may not list and watch deployments.apps in namespace team "
+        "(missing permission: list, watch)",
+    ),
+    Row(
+        "a kubernetes source of a kind the API server does not serve is blocked",
+        [function(), account("watcher")],
+        mapping(source={"kubernetes": {**WATCH["kubernetes"], "kind": "Gadget"}}),
+        ready=("False", "KindNotFound"),
+        events=[("Warning", "KindNotFound")],
+        blocked=BlockReason.KIND_NOT_FOUND,
+        message="the API server serves no kind Gadget in apps/v1",
+    ),
+    Row(
+        "a kubernetes source allowed to watch runs as its ServiceAccount, granted nothing",
+        [function(), account("watcher")],
+        mapping(source=WATCH),
+        applies={
+            ("ServiceAccount", "esm-orders"),
+            ("Role", "esm-orders"),
+            ("RoleBinding", "esm-orders"),
+            ("Secret", "esm-orders-status-token"),
+            ("Deployment", "esm-orders"),
+        },
+        ready=("False", "Updating"),
+        induce=lambda kube: kube.allow(
+            "system:serviceaccount:team:watcher", ("list", "watch"), "apps", "deployments", "team"
+        ),
+        status={"source": "kubernetes Deployment.apps in its namespace"},
     ),
 ]
 

@@ -7,6 +7,7 @@ thread-safe and is called from kopf's sync handlers, which kopf runs in its thre
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 from collections.abc import Callable
@@ -101,6 +102,10 @@ class KubeApi(Protocol):
     def create(self, obj: dict[str, Any], field_manager: str) -> dict[str, Any]: ...
 
     def delete(self, ref: Ref, uid: str | None = None) -> bool: ...
+
+    def resources(self, api_version: str) -> builtins.list[dict[str, Any]]: ...
+
+    def review(self, review: dict[str, Any]) -> dict[str, Any]: ...
 
 
 class Kube:
@@ -224,6 +229,20 @@ class Kube:
                 body=obj,
             )
         )
+
+    def resources(self, api_version: str) -> builtins.list[dict[str, Any]]:
+        """The resources the API server serves in ``api_version`` (discovery: name, kind, namespaced);
+        an :class:`ApiError` 404 when it serves no such version."""
+        group, _, version = api_version.rpartition("/")
+        doc = self.request("GET", f"/apis/{group}/{version}" if group else f"/api/{version}")
+        return list((doc or {}).get("resources") or [])
+
+    def review(self, review: dict[str, Any]) -> dict[str, Any]:
+        """Create an (access) review, e.g. a SubjectAccessReview; its ``status``."""
+        group_version = review["apiVersion"]
+        plural = review["kind"].lower() + "s"
+        answer = self.request("POST", f"/apis/{group_version}/{plural}", body=review) or {}
+        return dict(answer.get("status") or {})
 
     def delete(self, ref: Ref, uid: str | None = None) -> bool:
         """Delete (only the object with ``uid`` when given); False when it was already gone."""

@@ -9,33 +9,30 @@ the mapping (Ready=False) naming the missing permission when it does not.
 from __future__ import annotations
 
 from lamina.api import EventSourceMapping
-from lamina.reconcilers.client import ApiError, Kube, Ref
+from lamina.reconcilers.client import ApiError, KubeApi, Ref
 from lamina.reconcilers.context import Blocked
 from lamina.reconcilers.status import BlockReason
 
-SAR_PATH = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 VERBS = ("list", "watch")
 
 
-def _resource(kube: Kube, api_version: str, kind: str) -> tuple[str, bool]:
+def _resource(kube: KubeApi, api_version: str, kind: str) -> tuple[str, bool]:
     """(plural, namespaced) of ``kind`` as the API server's discovery documents it."""
-    group, _, version = api_version.rpartition("/")
-    path = f"/apis/{group}/{version}" if group else f"/api/{version}"
     try:
-        doc = kube.request("GET", path)
+        served = kube.resources(api_version)
     except ApiError as e:
         if e.status == 404:
             raise Blocked(
                 BlockReason.KIND_NOT_FOUND, f"the API server does not serve {api_version}", 30.0
             ) from None
         raise
-    for resource in (doc or {}).get("resources", []):
+    for resource in served:
         if resource.get("kind") == kind and "/" not in resource.get("name", ""):
             return resource["name"], bool(resource.get("namespaced"))
     raise Blocked(BlockReason.KIND_NOT_FOUND, f"the API server serves no kind {kind} in {api_version}", 30.0)
 
 
-def check_watch_access(kube: Kube, esm: EventSourceMapping, retry: float) -> None:
+def check_watch_access(kube: KubeApi, esm: EventSourceMapping, retry: float) -> None:
     """Raise :class:`Blocked` unless the source's ServiceAccount may list and watch its objects."""
     watched = esm.spec.source.kubernetes
     if watched is None:
@@ -68,8 +65,7 @@ def check_watch_access(kube: Kube, esm: EventSourceMapping, retry: float) -> Non
                 },
             },
         }
-        answer = kube.request("POST", SAR_PATH, body=review) or {}
-        if not (answer.get("status") or {}).get("allowed"):
+        if not kube.review(review).get("allowed"):
             missing.append(verb)
     if missing:
         resource = f"{plural}.{watched.group}" if watched.group else plural
