@@ -6,6 +6,8 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from tests.cluster.conftest import cp_mod
+
 pytestmark = pytest.mark.cluster
 
 DEPLOYMENT = """
@@ -71,7 +73,9 @@ def test_fake_node_is_ready_and_schedulable(k8s_api, control_plane):
     assert node.status.allocatable["pods"] == "110"
     ready = {c.type: c.status for c in node.status.conditions}
     assert ready.get("Ready") == "True"
-    assert not node.spec.taints
+    # With a real node, kwok's node only takes pods that tolerate it (see KWOK_NAMESPACE_ANNOTATIONS).
+    taints = [{"key": t.key, "value": t.value, "effect": t.effect} for t in node.spec.taints or []]
+    assert taints == ([cp_mod.KWOK_TAINT] if control_plane.real_node else [])
     assert not node.spec.unschedulable
 
 
