@@ -533,18 +533,28 @@ def test_operator_killed_mid_reconcile_converges_after_restart_without_duplicate
 def test_switching_code_source_replaces_the_mount_and_removes_the_inline_config_map(
     operator: Operator, cluster: Cluster, wait_until: Callable[..., Any]
 ) -> None:
+    # What this test is about is what the operator applies: the code volume of the Deployment and the
+    # inline code's ConfigMap. It waits on exactly that, never on Ready, which also needs the
+    # Deployment controller to observe the Deployment (kube-controller-manager's pace under load).
+    def code_volume() -> str | None:
+        dep = cluster.deployment("fn-switch")
+        volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]} if dep else {}
+        return (volumes.get("code") or {}).get("configMap", {}).get("name")
+
     cluster.create("functions", function("switch"))
-    cluster.wait_ready(wait_until, "functions", "switch")
-    assert cluster.config_map("switch-code") is not None
+    wait_until(
+        lambda: code_volume() == "switch-code" and cluster.config_map("switch-code") is not None,
+        message="the Deployment fn-switch mounting the inline code's ConfigMap switch-code",
+    )
     cluster.core.create_namespaced_config_map(
         cluster.ns, {"metadata": {"name": "src"}, "data": {"index.py": "def handler(e, c):\n    return 2\n"}}
     )
     cluster.patch("functions", "switch", {"code": {"inline": None, "configMap": {"name": "src"}}})
+    wait_until(
+        lambda: code_volume() == "src",
+        message="the Deployment fn-switch mounting ConfigMap src in place of the inline code",
+    )
     wait_until(lambda: cluster.config_map("switch-code") is None, message="inline code ConfigMap deleted")
-    dep = cluster.deployment("fn-switch")
-    assert dep is not None
-    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
-    assert volumes["code"]["configMap"]["name"] == "src"
     assert cluster.config_map("src") is not None  # the user's ConfigMap is never touched
 
 

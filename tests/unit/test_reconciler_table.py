@@ -505,3 +505,44 @@ def test_nothing_is_written_for_a_generation_not_yet_reconciled() -> None:
     kube.writes.clear()
     sync_function_status(ctx, NS, "fn", ready_deployment(deployment, 1))
     assert kube.writes_of("merge-patch", "Function") == []
+
+
+def ready_of(kube: MemoryKube) -> tuple[str, str]:
+    status = (kube.object("Function", "fn", NS) or {})["status"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    return ready["status"], ready["reason"]
+
+
+def test_a_readiness_that_was_not_written_does_not_hide_the_event_that_writes_it() -> None:
+    """What made a cluster test wait a minute for Ready under load: a Deployment event's readiness was
+    remembered as reported before its status write went through. The write failed (the API server
+    did not answer in time); the kopf event handler is not retried; the Deployment controller's
+    next event carried the same readiness and was skipped as 'unchanged'. The Function kept saying
+    the Deployment controller had not seen the change. Now only a written readiness is remembered."""
+    kube, ctx, _ = reconciled()  # Deploying: the controller has not observed generation 1 yet
+    assert ready_of(kube) == ("False", "Deploying")
+    deployment = kube.object("Deployment", "fn-fn", NS)
+    assert deployment is not None
+    observed = ready_deployment(deployment, 0)
+    kube.fail("merge-patch", "Function", subresource="status")
+    with pytest.raises(ApiError):
+        sync_function_status(ctx, NS, "fn", observed)
+    assert ready_of(kube) == ("False", "Deploying")
+    sync_function_status(ctx, NS, "fn", observed)  # the next event with the same readiness
+    assert ready_of(kube) == ("True", "OnDemand")
+
+
+def test_a_readiness_of_a_generation_not_yet_reported_is_not_remembered() -> None:
+    """The watcher computes readiness for an edit its reconcile has not written yet and writes
+    nothing; the same readiness must be written when it comes again after that reconcile."""
+    kube, ctx, _ = reconciled()
+    kube.merge_patch(function_ref(NS, "fn"), {"spec": {"memoryMB": 256}}, "test")
+    deployment = kube.object("Deployment", "fn-fn", NS)
+    assert deployment is not None
+    sync_function_status(ctx, NS, "fn", ready_deployment(deployment, 0))  # generation 2 unreported
+    reconcile(ctx, kube.object("Function", "fn", NS) or {})  # writes generation 2: Deploying again
+    assert ready_of(kube) == ("False", "Deploying")
+    deployment = kube.object("Deployment", "fn-fn", NS)
+    assert deployment is not None
+    sync_function_status(ctx, NS, "fn", ready_deployment(deployment, 0))
+    assert ready_of(kube) == ("True", "OnDemand")

@@ -222,17 +222,30 @@ def write_function_status(
     ``first`` (the Function as the handler got it) and ``deployment`` (as the apply returned it)
     save two reads when they are still current; after a conflict both are read afresh."""
     current_deployment = _deployments(ctx, namespace, name, deployment)
+    seen: dict[str, Any] = {}
 
     def compute(obj: dict[str, Any]) -> dict[str, Any] | None:
+        seen.clear()
         if obj["metadata"].get("generation") != generation:
             return None  # the spec moved on; the reconcile of the new generation writes
         readiness = deployment_readiness(
             current_deployment(), _provisioned(obj), ctx.pod_problem((namespace, name))
         )
-        ctx.remember_readiness((namespace, name), readiness)
+        seen["readiness"] = readiness
         return {**(fields or {}), **_readiness_fields(obj, readiness, blocked, generation)}
 
-    return write_status(ctx.kube, function_ref(namespace, name), compute, first=first)
+    written = write_status(ctx.kube, function_ref(namespace, name), compute, first=first)
+    _remember_written(ctx, (namespace, name), written, seen)
+    return written
+
+
+def _remember_written(ctx: Context, key: tuple[str, str], written: Any, seen: dict[str, Any]) -> None:
+    """Remember the readiness the Function's status now carries, and only that one: the Deployment
+    watcher skips events whose readiness equals it, so a readiness that was computed but never
+    written (the write failed, or it was not this generation's to write) must not count as written,
+    or the event that would have written it is skipped and the Function stays as it was."""
+    if written is not None and "readiness" in seen:
+        ctx.remember_readiness(key, seen["readiness"])
 
 
 def _provisioned(obj: dict[str, Any]) -> int:
@@ -258,14 +271,15 @@ def sync_function_status(
     seen: dict[str, Any] = {}
 
     def compute(obj: dict[str, Any]) -> dict[str, Any] | None:
+        seen.clear()
         seen["obj"] = obj
         readiness = deployment_readiness(
             current_deployment(), _provisioned(obj), ctx.pod_problem((namespace, name))
         )
-        ctx.remember_readiness((namespace, name), readiness)
         generation = obj["metadata"].get("generation")
         if (obj.get("status") or {}).get("observedGeneration") != generation:
             return None
+        seen["readiness"] = readiness
         if not is_blocked(obj):
             return _readiness_fields(obj, readiness, None, generation)
         return {
@@ -274,5 +288,6 @@ def sync_function_status(
         }
 
     written = write_status(ctx.kube, function_ref(namespace, name), compute)
+    _remember_written(ctx, (namespace, name), written, seen)
     if written is not None:
         ctx.announce(seen["obj"], *written)

@@ -197,7 +197,15 @@ def function_deployment_event(event: Mapping[str, Any], body: kopf.Body, memo: k
         ctx.forget_readiness((ns, function))
         reconcile_named(ctx, "Function", ns, function)
     else:
-        sync_function_status(ctx, ns, function, plain(body))
+        try:
+            sync_function_status(ctx, ns, function, plain(body))
+        except Exception:
+            # kopf does not retry an event handler: without this the readiness this event carries
+            # (say, the Deployment controller's first observation) would be lost until the next
+            # Deployment event, which may never come. A full reconcile will write it.
+            log.warning("Function %s/%s: status not refreshed; reconciling", ns, function, exc_info=True)
+            if ctx.requeue is not None:
+                ctx.requeue.add(("Function", ns, function), 1.0)
 
 
 @kopf.on.event(*PODS, labels={labels.NAME: labels.FUNCTION_APP}, registry=registry)
