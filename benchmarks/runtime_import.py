@@ -1,6 +1,11 @@
 """Runtime start-up numbers: import time of the worker module, cold start (spawn -> ready), warm invoke.
 
-Run: .venv/bin/python benchmarks/runtime_import.py [--starts 20] [--invokes 200]
+Run: .venv/bin/python benchmarks/runtime_import.py [--starts 20] [--invokes 200] [--python PATH]
+
+A/B mode, for a change of the runtime on a busy machine: ``--compare DIR`` (another checkout's
+``runtime-image``) alternates spawns of this runtime and that one, one after the other, so that load
+falls on both alike; ``--sdk`` adds the runtime's boto3 directory to this runtime's import path (as
+the image and local mode do) to show that a function that does not import boto3 does not pay for it.
 """
 
 from __future__ import annotations
@@ -80,12 +85,46 @@ async def cold_and_warm(code: str, starts: int, invokes: int) -> None:
     )
 
 
+async def compare(code: str, starts: int, python: str, other: str, sdk: list[str]) -> None:
+    """spawn -> ready of this runtime and of ``other``'s, alternated, ``starts`` each."""
+    from lamina_runtime import process
+
+    ours = process.RUNTIME_ROOT
+    runs = {"this runtime": (ours, sdk), f"runtime at {other}": (other, [])}
+    walls: dict[str, list[float]] = {label: [] for label in runs}
+    for _ in range(starts):
+        for label, (root, packages) in runs.items():
+            process.RUNTIME_ROOT = root  # the worker's PYTHONPATH: which lamina_runtime it imports
+            worker = WorkerProcess(
+                "index.handler", code, stdout=subprocess.DEVNULL, python=python, runtime_packages=packages
+            )
+            started = time.perf_counter()
+            await worker.start()
+            walls[label].append((time.perf_counter() - started) * 1000)
+            await worker.stop()
+    process.RUNTIME_ROOT = ours
+    for label, samples in walls.items():
+        print(f"spawn -> ready, {label}, {starts} starts: ", end="")
+        print(f"p50 {p(samples, 0.5):.1f} ms  p90 {p(samples, 0.9):.1f} ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--starts", type=int, default=20)
     parser.add_argument("--invokes", type=int, default=200)
     parser.add_argument("--import-runs", type=int, default=10)
+    parser.add_argument("--python", default=sys.executable, help="the interpreter of the workers")
+    parser.add_argument("--compare", help="another runtime-image directory: alternate spawns (A/B)")
+    parser.add_argument("--sdk", action="store_true", help="this runtime with boto3's directory on its path")
     args = parser.parse_args()
+    if args.compare:
+        sdk = []
+        if args.sdk:
+            from lamina.local.sdk import sdk_dir
+
+            sdk = [str(sdk_dir())]
+        asyncio.run(compare(write_handler(), args.starts, args.python, args.compare, sdk))
+        return
     worker_us, total_us = import_time_us(args.import_runs)
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus")
     print(f"import lamina_runtime.worker (python -S -X importtime, median of {args.import_runs}): ", end="")
