@@ -162,8 +162,11 @@ class PodRunner:
         code = next(v for v in spec["volumes"] if v["name"] == "code")
         if "configMap" in code:
             cm = self.core.read_namespaced_config_map(code["configMap"]["name"], self.namespace)
+            # As the kubelet mounts it: the listed items at their paths, else every key.
+            paths = {i["key"]: i["path"] for i in code["configMap"].get("items") or []}
             for key, text in (cm.data or {}).items():
-                (task_root / key).write_text(text)
+                if not paths or key in paths:
+                    (task_root / paths.get(key, key)).write_text(text)
         for init in spec.get("initContainers") or []:
             command = list(init["command"])
             assert command[:4] == ["python", "-m", "lamina_runtime", "fetch"], command

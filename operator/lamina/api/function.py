@@ -585,7 +585,8 @@ class AliasStatus(LaminaModel):
     rollout: RolloutStatus | None = Field(default=None, description="The last rollout of this alias.")
 
     function_version: str = Field(description="The version that gets the remaining traffic.")
-    additional_version_weights: dict[str, float] = Field(
+    # None: how a merge patch removes the weight of a version no longer split to.
+    additional_version_weights: dict[str, float | None] = Field(
         default_factory=dict, description="The other version and its share of invocations."
     )
 

@@ -85,7 +85,7 @@ class Route:
 
     @classmethod
     def from_status(cls, doc: Mapping[str, Any]) -> Route:
-        weights = doc.get("additionalVersionWeights") or {}
+        weights = {k: v for k, v in (doc.get("additionalVersionWeights") or {}).items() if v is not None}
         extra = next(iter(weights.items()), None)
         if extra is None:
             return cls(str(doc["functionVersion"]))

@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from lamina.api import LaminaObject, ManifestError, parse_object
+from lamina.api.rollouts import ErrorWindow
 from lamina.reconcilers.client import KubeApi
+from lamina.reconcilers.gateway_metrics import GatewayCounts
 from lamina.reconcilers.metrics import OperatorMetrics
 from lamina.reconcilers.requeue import Requeue
 from lamina.reconcilers.status import BLOCKING_REASONS, READY, BlockReason, find
@@ -120,6 +122,29 @@ class Context:
     def pod_problem(self, key: Hashable) -> PodProblem | None:
         with self._pod_lock:
             return function_problem((self._pod_problems.get(key) or {}).values())
+
+    #: Progressing rollouts: the sampled per-version counts (an error window) and the gateways they
+    #: are read from; created on first use, so operators without rollouts never scrape.
+    _rollout_window: ErrorWindow = field(default_factory=ErrorWindow)
+    _gateway_counts: GatewayCounts | None = None
+    #: Objects that asked to be reconciled again after a success (a rollout's next step), by key.
+    _revisits: dict[Hashable, float] = field(default_factory=dict)
+
+    def sample_versions(self, now: float) -> ErrorWindow:
+        """Read the gateways' per-version counts into the rollout error window, and return it."""
+        if self._gateway_counts is None:
+            self._gateway_counts = GatewayCounts(self.settings.metrics_urls)
+        for key, (invocations, errors) in self._gateway_counts.scrape().items():
+            self._rollout_window.observe(key, now, invocations, errors)
+        return self._rollout_window
+
+    def revisit(self, key: Hashable, seconds: float) -> None:
+        """Reconcile ``key`` again in ``seconds`` even though this reconcile succeeds."""
+        current = self._revisits.get(key)
+        self._revisits[key] = seconds if current is None else min(current, seconds)
+
+    def take_revisit(self, key: Hashable) -> float | None:
+        return self._revisits.pop(key, None)
 
     def remember_readiness(self, key: Hashable, readiness: Any) -> None:
         self.readiness[key] = readiness

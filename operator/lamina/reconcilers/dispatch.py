@@ -55,6 +55,9 @@ def reconcile(ctx: Context, body: dict[str, Any]) -> Any:
     metrics.blocked.clear(key)
     if ctx.requeue is not None:
         ctx.requeue.forget(key)
+        later = ctx.take_revisit(key)
+        if later is not None:  # e.g. a rollout's next step
+            ctx.requeue.add(key, later)
     return result
 
 

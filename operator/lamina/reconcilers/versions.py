@@ -10,11 +10,14 @@ concurrency. Returns the status fields.
 
 from __future__ import annotations
 
+import datetime
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lamina.api import Function
+from lamina.api import Function, RolloutPolicy
+from lamina.api.rollouts import Counts, Decision, advance
 from lamina.api.versions import (
     MissingVersion,
     Route,
@@ -57,10 +60,8 @@ def reconcile_versions(
     layers: Sequence[LayerArtifact],
     code_config_map: Mapping[str, Any] | None,
     s3_code: S3Code | None,
-    routes: Mapping[str, Route] | None = None,
 ) -> dict[str, Any]:
-    """Publish, route, collect and deploy; the status fields. ``routes`` overrides the declared
-    routing of aliases under a rollout."""
+    """Publish, route (advancing rollouts), collect and deploy; returns the status fields."""
     kube, spec, ns = ctx.kube, fn.spec, fn.metadata.namespace
     status = body.get("status") or {}
     if not (spec.publish_versions or spec.aliases or spec.provisioned_concurrency_by_version) and not (
@@ -79,7 +80,7 @@ def reconcile_versions(
         try:
             versions[number] = kube.create(cm, FIELD_MANAGER)
             latest += 1
-            ctx.post(dict(body), "Normal", "VersionPublished", f"published version {number}")
+            post_event(ctx, body, "Normal", "VersionPublished", f"published version {number}")
         except ApiError as e:
             if e.status != 409:
                 raise
@@ -90,14 +91,26 @@ def reconcile_versions(
         declared = declared_routes(spec, numbers)
     except MissingVersion as exc:
         raise Blocked(BlockReason.ALIAS_VERSION_NOT_FOUND, str(exc), retry=ALIAS_RETRY) from None
-    effective = {**declared, **(routes or {})}
+    effective = dict(declared)
+    alias_status: dict[str, Any] = {}
+    for alias, route in declared.items():
+        policy = spec.aliases[alias].rollout
+        if policy is None:
+            continue
+        decision = _advance(ctx, fn, alias, policy, route, (status.get("aliases") or {}).get(alias))
+        effective[alias] = decision.route
+        alias_status[alias] = decision.status
+        for kind, reason, message in decision.events:
+            post_event(ctx, body, kind, reason, message)
+        if decision.revisit is not None:
+            ctx.revisit(("Function", ns, fn.name), decision.revisit)
     named = spec.named_versions() | {v for r in effective.values() for v in r.versions()}
     kept, collected = retained(numbers, spec.retain_versions, named)
     wanted = plan(spec, effective)
     for number in collected:
         kube.delete(Ref("apps/v1", "Deployment", ns, names.version_deployment(fn.name, number)))
         kube.delete(Ref("v1", "ConfigMap", ns, names.version_config_map(fn.name, number)))
-        ctx.post(dict(body), "Normal", "VersionCollected", f"deleted version {number} (retainVersions)")
+        post_event(ctx, body, "Normal", "VersionCollected", f"deleted version {number} (retainVersions)")
     _delete_orphan_deployments(ctx, fn, set(kept))
     ctx.run_all(
         *(
@@ -111,14 +124,75 @@ def reconcile_versions(
             for n in kept
         )
     )
-    aliases: dict[str, Any] = {a: r.to_status() for a, r in effective.items()}
-    for gone in set(status.get("aliases") or {}) - set(aliases):
-        aliases[gone] = None  # a merge patch removes a key only when told to
+    before = status.get("aliases") or {}
+    aliases: dict[str, Any] = {}
+    for name, route in effective.items():
+        doc = dict(alias_status.get(name) or route.to_status())
+        # A merge patch removes a key only when told to: a weight of a version no longer split to.
+        old_weights = (before.get(name) or {}).get("additionalVersionWeights") or {}
+        weights = dict(doc.get("additionalVersionWeights") or {})
+        weights.update({v: None for v in old_weights if v not in weights})
+        doc["additionalVersionWeights"] = weights
+        aliases[name] = doc
+    for gone in set(before) - set(aliases):
+        aliases[gone] = None
     return {
         "latestVersion": latest or None,
         "versions": [summary(versions[n]) for n in kept],
         "aliases": aliases or None,
     }
+
+
+def post_event(ctx: Context, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+    """A Kubernetes Event about the Function, written through the API directly: rollout steps happen
+    in requeued reconciles, on a thread where kopf's event poster is not available."""
+    meta = body["metadata"]
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": body.get("apiVersion", "lamina.dev/v1alpha1"),
+            "kind": "Function",
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "source": {"component": "lamina-operator"},
+        "reportingComponent": "lamina-operator",
+    }
+    try:
+        ctx.kube.create(event, FIELD_MANAGER)
+    except ApiError as exc:  # an Event is a courtesy: the status carries the same
+        log.warning(
+            "cannot post Event %s for %s/%s: %s", reason, meta["namespace"], meta["name"], exc.message
+        )
+
+
+def _advance(
+    ctx: Context, fn: Function, alias: str, policy: RolloutPolicy, declared: Route, prior: Any
+) -> Decision:
+    """One step of an alias's rollout state machine, judged on the gateways' counts (read only
+    while a rollout may move: one that starts, or one that is progressing)."""
+    now = time.time()
+    rollout = (prior or {}).get("rollout") or {}
+    moving = (prior or {}).get("functionVersion") not in (None, declared.primary) or rollout.get(
+        "phase"
+    ) == "Progressing"
+    window = ctx.sample_versions(now) if moving else None
+    ns, name = fn.metadata.namespace, fn.name
+
+    def counts(version: str, seconds: float, since: float) -> Counts:
+        return window.counts((ns, name, version), now, seconds, since) if window is not None else Counts()
+
+    return advance(alias, policy, declared.primary, prior, now, counts)
 
 
 def _delete_orphan_deployments(ctx: Context, fn: Function, kept: set[str]) -> None:

@@ -47,6 +47,13 @@ class Settings:
     pool_size: int = 0
     #: Memory sizes that get pools (empty: every size in use); other sizes start on the Deployment path.
     pool_memory_sizes: tuple[int, ...] = ()
+    #: Where the operator reads the gateway's per-version counts to judge rollouts: every gateway
+    #: replica's ``/metrics`` (the counts of all of them are added). Default: ``{gateway_url}/metrics``.
+    gateway_metrics_urls: tuple[str, ...] = ()
+
+    @property
+    def metrics_urls(self) -> tuple[str, ...]:
+        return self.gateway_metrics_urls or (f"{self.gateway_url}/metrics",)
 
     def image_for(self, runtime: str) -> str:
         tag = CUSTOM_RUNTIME_IMAGE_RUNTIME if is_custom_runtime(runtime) else runtime
@@ -55,8 +62,9 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read ``LAMINA_RUNTIME_IMAGE``, ``LAMINA_WORKER_IMAGE``, ``LAMINA_IMAGE_PULL_POLICY``,
-        ``LAMINA_REGION``, ``LAMINA_GATEWAY_URL``, ``LAMINA_REDIS_URL``, ``LAMINA_POOL_SIZE`` and
-        ``LAMINA_POOL_MEMORY_SIZES`` (comma-separated MB) (unset = default)."""
+        ``LAMINA_REGION``, ``LAMINA_GATEWAY_URL``, ``LAMINA_REDIS_URL``, ``LAMINA_POOL_SIZE``,
+        ``LAMINA_POOL_MEMORY_SIZES`` (comma-separated MB) and ``LAMINA_GATEWAY_METRICS_URLS``
+        (comma-separated) (unset = default)."""
         env = os.environ if env is None else env
         default = cls()
         try:
@@ -75,4 +83,7 @@ class Settings:
             redis_url=env.get("LAMINA_REDIS_URL") or None,
             pool_size=pool_size,
             pool_memory_sizes=sizes,
+            gateway_metrics_urls=tuple(
+                u.strip() for u in (env.get("LAMINA_GATEWAY_METRICS_URLS") or "").split(",") if u.strip()
+            ),
         )
