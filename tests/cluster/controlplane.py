@@ -362,8 +362,9 @@ def _pid_alive(pid: int, exe: str | None = None) -> bool:
         except OSError:
             return False
         # Just after spawning, a live process can show an empty cmdline for a moment (exec is still
-        # setting it up); taking that for "exited" failed control-plane starts and leaked the process.
-        return cmd in (exe, "")
+        # setting it up), or the launcher's own (`nsenter --net=... -- exe` of a real-node cluster,
+        # before it execs); taking either for "exited" failed control-plane starts under load.
+        return cmd in (exe, "", "nsenter") or cmd.endswith("/nsenter")
     return True
 
 

@@ -286,6 +286,35 @@ async def test_a_problem_fails_the_waiting_request_at_once_and_the_next_ones_too
         held.cancel()
 
 
+async def test_one_pod_that_cannot_start_fails_no_request_while_others_are_coming(servers) -> None:
+    """A burst at zero on a full node: one of the pods asked for cannot be scheduled while the others
+    are still coming (no address yet). Every waiting request keeps waiting and is served by the pods
+    that start; only when nothing is left coming does a waiting request fail, naming the cause."""
+    fn = FunctionConfig(name="fn")
+    unschedulable = PodProblem(
+        "Unschedulable", "pod fn-fn-x cannot be scheduled: 0/1 nodes are available: Insufficient cpu", "x"
+    )
+    async with empty_pool(fn, 60) as (pool, source):
+        calls = [asyncio.create_task(pool.invoke(fn, request({"seconds": 0.2}))) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        assert source.requested[fn.key] == 3
+        source.set_pods(fn.key, PodSet.of([], [], unschedulable, pending=2))
+        await asyncio.sleep(0.3)
+        assert not any(c.done() for c in calls)  # two pods are coming: nobody fails
+        first = await servers()
+        source.set_pods(fn.key, PodSet.of([], [first], unschedulable, pending=1))
+        second = await servers()
+        source.set_pods(fn.key, PodSet.of([first], [second], unschedulable))
+        results = await asyncio.wait_for(asyncio.gather(*calls), 30)  # three calls, two environments
+        assert all(r.function_error is None for r in results)
+        assert len({json.loads(r.payload)["pid"] for r in results}) == 2
+        # Nothing ready, starting or coming, and a problem: a waiting request fails at once.
+        source.set_pods(fn.key, PodSet.of([], [], unschedulable))
+        await asyncio.sleep(0.05)
+        with pytest.raises(EnvironmentFailed, match="Insufficient cpu"):
+            await asyncio.wait_for(pool.invoke(fn, request({})), 5)
+
+
 async def test_a_caller_that_goes_away_while_waiting_leaves_nothing_behind(servers) -> None:
     fn = FunctionConfig(name="fn", reserved_concurrency=2)
     async with empty_pool(fn, 60) as (pool, source):

@@ -21,14 +21,21 @@ class PodSet:
     #: probe them itself, so a held request does not wait for the kubelet's next probe.
     starting: tuple[str, ...] = ()
     #: Why environments are not coming up (an image that cannot be pulled, a failed init container,
-    #: a crash at start), or None.
+    #: a crash at start), or None. It may be one pod's alone (the node had room for all but one).
     problem: PodProblem | None = None
+    #: Pods with no address yet and no problem (being scheduled, creating their sandbox): coming,
+    #: so a request that waits for an environment still has one to wait for whatever ``problem`` says.
+    pending: int = 0
 
     @classmethod
     def of(
-        cls, ready: Iterable[str], starting: Iterable[str] = (), problem: PodProblem | None = None
+        cls,
+        ready: Iterable[str],
+        starting: Iterable[str] = (),
+        problem: PodProblem | None = None,
+        pending: int = 0,
     ) -> PodSet:
-        return cls(tuple(sorted(ready)), tuple(sorted(starting)), problem)
+        return cls(tuple(sorted(ready)), tuple(sorted(starting)), problem, pending)
 
 
 Listener = Callable[[str, PodSet], None]  # (function key, its environments)

@@ -88,6 +88,7 @@ class _Pool:
     probed: set[str] = field(default_factory=set)  # starting, but answered our own probe
     probes: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     problem: PodProblem | None = None  # why pods cannot start, as the source last said
+    pending: int = 0  # pods coming that have no address yet and no problem
     idle: list[str] = field(default_factory=list)
     busy: set[str] = field(default_factory=set)
     last_used: dict[str, float] = field(default_factory=dict)
@@ -105,8 +106,9 @@ class _Pool:
 
     def failure(self) -> EnvironmentFailed | None:
         """Why a request that needs a new environment cannot get one now: pods cannot start, and
-        nothing is Ready or starting without a problem."""
-        if self.problem is None or self.ready or self.starting:
+        nothing is Ready, starting or pending without a problem. One pod's problem (no room on the
+        node for it) while others come up is no reason to fail the requests: they wait for those."""
+        if self.problem is None or self.ready or self.starting or self.pending:
             return None
         return EnvironmentFailed(self.config.name, self.problem.reason, self.problem.message)
 
@@ -212,6 +214,7 @@ class HttpEnvironmentPool:
         for endpoint in sorted(added):
             pool.free(endpoint)
         pool.problem = pods.problem
+        pool.pending = pods.pending
         failure = pool.failure()
         if failure is not None and pool.waiting():
             log.warning(

@@ -60,11 +60,13 @@ class _Pod:
 
 
 def pod_set(pods: list[_Pod]) -> PodSet:
-    """A function's pods as the pool sees them: a pod with a problem is never offered as starting."""
+    """A function's pods as the pool sees them: a pod with a problem is never offered as starting,
+    and one without an address yet counts as pending unless it has a problem."""
     return PodSet.of(
         (p.address for p in pods if p.address and p.ready),
         (p.address for p in pods if p.address and not p.ready and p.problem is None),
         function_problem(p.problem for p in pods),
+        sum(1 for p in pods if not p.address and p.problem is None),
     )
 
 

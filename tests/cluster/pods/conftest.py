@@ -36,6 +36,7 @@ RELEASE = "lamina"
 SYSTEM_NS = "lamina-system"
 FUNCTIONS_NS = "lamina-e2e"
 GROUP, VERSION = "lamina.dev", "v1alpha1"
+REAL_NODE = "lamina-node"
 
 
 def run(*cmd: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -167,6 +168,20 @@ class Lamina:
             label_selector=f"lamina.dev/function={function},app.kubernetes.io/component=execution-environment",
         ).items
 
+    def free_millicores(self, node: str = REAL_NODE) -> int:
+        """CPU the scheduler can still give out on ``node``: allocatable minus the requests of the
+        pods bound to it that are not finished (a function pod requests memoryMB / 1769 of a CPU)."""
+        allocatable = millicores(self.core.read_node(node).status.allocatable["cpu"])
+        pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={node}").items
+        used = sum(
+            millicores((c.resources.requests or {}).get("cpu", "0"))
+            for pod in pods
+            if pod.status.phase not in ("Succeeded", "Failed")
+            for c in pod.spec.containers
+            if c.resources is not None
+        )
+        return allocatable - used
+
     def deployment(self, function: str) -> client.V1Deployment:
         return self.apps.read_namespaced_deployment(f"fn-{function}", self.namespace)
 
@@ -187,6 +202,13 @@ class Lamina:
                 elif kind == "Secret":
                     self.core.delete_namespaced_secret(name, self.namespace)
         self.created.clear()
+
+
+def millicores(quantity: str) -> int:
+    """A CPU quantity ("2", "350m", "0.5") in millicores."""
+    if quantity.endswith("m"):
+        return int(quantity[:-1])
+    return round(float(quantity) * 1000)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, message: str, interval: float = 0.2) -> Any:

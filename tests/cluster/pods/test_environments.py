@@ -4,7 +4,9 @@ and code that pods fetch from a URL."""
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
+from lamina.api.function import cpu_millicores
 from tests.cluster.pods.conftest import FileServer, Lamina, function_yaml, unique, wait_for
 from tests.support.archives import make_zip
 
@@ -166,6 +168,48 @@ def test_a_burst_at_zero_is_answered_by_several_pods(lamina: Lamina) -> None:
     assert all("FunctionError" not in r for r, _ in results), [b for _, b in results]
     pods = {b for _, b in results}  # each environment is a pod with its own host name
     assert len(pods) > 1, pods
+
+
+def test_a_burst_that_the_node_has_room_for_only_in_part_is_answered_by_the_pods_that_start(
+    lamina: Lamina,
+) -> None:
+    """Calls at zero to a function sized so that the node has room for all but one of the pods they
+    need: that pod cannot be scheduled ("Insufficient cpu"), and the calls wait for the pods that
+    start instead of all failing with its problem."""
+    name = unique("room")
+
+    def settled() -> bool:  # no pod on its way in or out: the node's free CPU holds still
+        pods = lamina.core.list_namespaced_pod(lamina.namespace).items
+        return not any(p.metadata.deletion_timestamp or not p.spec.node_name for p in pods)
+
+    wait_for(settled, 120, "earlier tests' pods gone (they hold CPU requests)")
+    # Two ninths of the free CPU per pod: the operator's warm pool of this size (2 pods by default)
+    # takes its share first, and room is counted once it has.
+    per_pod = lamina.free_millicores() * 2 // 9
+    memory = per_pod * 1769 // 1000
+    assert 128 <= memory <= 10240, f"the node's free CPU ({per_pod * 9 // 2}m) does not fit this test"
+    per_pod = cpu_millicores(memory)
+    code = "import socket, time\ndef handler(e, c):\n    time.sleep(1)\n    return socket.gethostname()\n"
+    lamina.apply(function_yaml(name, code, provisionedConcurrency=0, memoryMB=memory))
+    lamina.wait_ready(name)
+    wait_for(settled, 120, "the warm pool's pods placed")
+    room = lamina.free_millicores() // per_pod
+    assert room >= 1, f"no room left for one pod of {per_pod}m"
+    from concurrent.futures import ThreadPoolExecutor
+
+    calls = room + 1
+    with ThreadPoolExecutor(calls) as pool:
+        results = list(pool.map(lambda i: lamina.invoke(name, {"i": i}, read_timeout=150), range(calls)))
+    assert all("FunctionError" not in r for r, _ in results), [b for _, b in results]
+
+    def unschedulable(pod: Any) -> bool:
+        return any(
+            c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
+            for c in pod.status.conditions or []
+        )
+
+    pods = lamina.core.list_namespaced_pod(lamina.namespace).items
+    assert any(unschedulable(p) for p in pods), "the burst found room for every pod: it tested nothing"
 
 
 def test_calls_past_reserved_concurrency_are_throttled_not_queued(lamina: Lamina) -> None:
