@@ -17,7 +17,12 @@ def load_handler(spec: str) -> Callable[..., Any]:
 
     The module's top-level code runs here, once: that is the function's cold start.
     """
-    module_name, _, func_name = spec.rpartition(".")
+    module_name, dot, func_name = spec.rpartition(".")
+    if not dot:  # worded as Lambda's runtime words it (the error of its `rsplit(".", 1)` unpacking)
+        raise InitError(
+            "Runtime.MalformedHandlerName",
+            f"Bad handler '{spec}': not enough values to unpack (expected 2, got 1)",
+        )
     if not module_name or not func_name:
         raise InitError("Runtime.MalformedHandlerName", f"Bad handler '{spec}': expected 'module.function'")
     if module_name.split("/")[0].split(".")[0] in sys.builtin_module_names:
