@@ -74,9 +74,18 @@ def from_header_value(value: str) -> str:
     return unquote(value, errors="replace")
 
 
-def _lower(headers: Mapping[str, str]) -> dict[str, str]:
-    """Header names are case-insensitive: look them up in lower case, whoever parsed them."""
-    return {name.lower(): value for name, value in headers.items()}
+# The names as HTTP parsers give them (the pod server's and the pool's lower-case them): decoding
+# looks each up once, with no copy of the headers per call.
+_REQUEST_ID, _CLIENT_CONTEXT, _INVOKED_FUNCTION_ARN, _VERSION = (
+    name.lower() for name in (REQUEST_ID, CLIENT_CONTEXT, INVOKED_FUNCTION_ARN, VERSION)
+)
+_TRACE_ID, _TRACEPARENT, _TRACESTATE = (name.lower() for name in (TRACE_ID, TRACEPARENT, TRACESTATE))
+_FUNCTION_ERROR, _ERROR_TYPE, _LOG_RESULT = (
+    name.lower() for name in (FUNCTION_ERROR, ERROR_TYPE, LOG_RESULT)
+)
+_DURATION_MS, _INIT_DURATION_MS, _MAX_MEMORY_MB = (
+    name.lower() for name in (DURATION_MS, INIT_DURATION_MS, MAX_MEMORY_MB)
+)
 
 
 def encode_request(request: InvocationRequest) -> dict[str, str]:
@@ -99,17 +108,19 @@ def encode_request(request: InvocationRequest) -> dict[str, str]:
 def decode_request(
     headers: Mapping[str, str], payload: bytes, new_request_id: Callable[[], str]
 ) -> InvocationRequest:
-    """The request a pod's server received; ``new_request_id()`` names it when the caller did not."""
-    h = _lower(headers)
+    """The request a pod's server received; ``new_request_id()`` names it when the caller did not.
+
+    ``headers``: names in lower case (as HTTP parsers give them) or a case-insensitive mapping."""
+    get = headers.get
     return InvocationRequest(
-        request_id=h.get(REQUEST_ID.lower()) or new_request_id(),
+        request_id=get(_REQUEST_ID) or new_request_id(),
         payload=payload,
-        client_context=h.get(CLIENT_CONTEXT.lower()) or None,
-        invoked_function_arn=h.get(INVOKED_FUNCTION_ARN.lower()) or None,
-        version=h.get(VERSION.lower()) or "$LATEST",
-        trace_id=h.get(TRACE_ID.lower()) or None,
-        traceparent=h.get(TRACEPARENT.lower()) or None,
-        tracestate=h.get(TRACESTATE.lower()) or None,
+        client_context=get(_CLIENT_CONTEXT) or None,
+        invoked_function_arn=get(_INVOKED_FUNCTION_ARN) or None,
+        version=get(_VERSION) or "$LATEST",
+        trace_id=get(_TRACE_ID) or None,
+        traceparent=get(_TRACEPARENT) or None,
+        tracestate=get(_TRACESTATE) or None,
     )
 
 
@@ -133,16 +144,17 @@ def encode_result(result: InvocationResult) -> dict[str, str]:
 
 
 def decode_result(request_id: str, headers: Mapping[str, str], payload: bytes) -> InvocationResult:
-    """The result of the invocation ``request_id`` as the pod's server answered it."""
-    h = _lower(headers)
-    init = h.get(INIT_DURATION_MS.lower())
+    """The result of the invocation ``request_id`` as the pod's server answered it (``headers`` as
+    for :func:`decode_request`)."""
+    get = headers.get
+    init, error_type = get(_INIT_DURATION_MS), get(_ERROR_TYPE)
     return InvocationResult(
         request_id=request_id,
         payload=payload,
-        function_error=h.get(FUNCTION_ERROR.lower()),
-        error_type=from_header_value(h[ERROR_TYPE.lower()]) if ERROR_TYPE.lower() in h else None,
-        log=base64.b64decode(h.get(LOG_RESULT.lower(), "")).decode(errors="replace"),
-        duration_ms=float(h.get(DURATION_MS.lower(), 0)),
+        function_error=get(_FUNCTION_ERROR),
+        error_type=from_header_value(error_type) if error_type is not None else None,
+        log=base64.b64decode(get(_LOG_RESULT) or "").decode(errors="replace"),
+        duration_ms=float(get(_DURATION_MS) or 0),
         init_duration_ms=float(init) if init else None,
-        max_memory_mb=int(h.get(MAX_MEMORY_MB.lower(), 0)),
+        max_memory_mb=int(get(_MAX_MEMORY_MB) or 0),
     )

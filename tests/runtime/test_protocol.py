@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from multidict import CIMultiDict
+
 from lamina_runtime.protocol import (
     LOG_TAIL_BYTES,
     InvocationRequest,
@@ -13,6 +15,11 @@ from lamina_runtime.protocol import (
     encode_request,
     encode_result,
 )
+
+
+def wire(headers: dict[str, str]) -> dict[str, str]:
+    """Headers as an HTTP parser hands them on (the pod server's and the pool's lower-case the names)."""
+    return {name.lower(): value for name, value in headers.items()}
 
 
 def test_a_request_round_trips_with_every_field() -> None:
@@ -26,7 +33,7 @@ def test_a_request_round_trips_with_every_field() -> None:
         traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         tracestate="vendor=value",
     )
-    assert decode_request(encode_request(request), request.payload, lambda: "unused") == request
+    assert decode_request(wire(encode_request(request)), request.payload, lambda: "unused") == request
     # Only a field the type has may travel: a new field fails here until it has a header.
     assert {f.name for f in dataclasses.fields(InvocationRequest)} == {
         "request_id", "payload", "client_context", "invoked_function_arn", "version",
@@ -38,16 +45,15 @@ def test_a_bare_request_gets_defaults_and_a_new_id() -> None:
     decoded = decode_request({}, b"{}", lambda: "fresh")
     assert decoded == InvocationRequest(request_id="fresh", payload=b"{}")
     minimal = InvocationRequest(request_id="r", payload=b"")
-    assert decode_request(encode_request(minimal), b"", lambda: "unused") == minimal
+    assert decode_request(wire(encode_request(minimal)), b"", lambda: "unused") == minimal
 
 
-def test_header_names_are_case_insensitive() -> None:
-    """The pod's HTTP parser lower-cases names; aiohttp keeps them as sent."""
+def test_a_case_insensitive_mapping_is_read_as_well() -> None:
+    """aiohttp keeps names as sent, in a case-insensitive mapping."""
     request = InvocationRequest(request_id="r", payload=b"", invoked_function_arn="arn:x")
-    lowered = {k.lower(): v for k, v in encode_request(request).items()}
-    upper = {k.upper(): v for k, v in encode_request(request).items()}
-    assert decode_request(lowered, b"", lambda: "unused") == request
-    assert decode_request(upper, b"", lambda: "unused") == request
+    assert decode_request(CIMultiDict(encode_request(request)), b"", lambda: "unused") == request
+    result = InvocationResult(request_id="r", payload=b"{}", function_error="Unhandled", error_type="E")
+    assert decode_result("r", CIMultiDict(encode_result(result)), b"{}") == result
 
 
 def test_a_result_round_trips_with_every_field() -> None:
@@ -61,7 +67,7 @@ def test_a_result_round_trips_with_every_field() -> None:
         init_duration_ms=45.5,
         max_memory_mb=64,
     )
-    assert decode_result("7f0c", encode_result(result), result.payload) == result
+    assert decode_result("7f0c", wire(encode_result(result)), result.payload) == result
     assert {f.name for f in dataclasses.fields(InvocationResult)} - {"extra"} == {
         "request_id", "payload", "function_error", "error_type", "log", "duration_ms",
         "init_duration_ms", "max_memory_mb",
@@ -72,12 +78,12 @@ def test_a_warm_success_leaves_the_optional_headers_out() -> None:
     result = InvocationResult(request_id="r", payload=b"{}", duration_ms=1.0, max_memory_mb=30)
     headers = encode_result(result)
     assert not {"Lamina-Function-Error", "Lamina-Error-Type", "Lamina-Init-Duration-Ms"} & set(headers)
-    assert decode_result("r", headers, b"{}") == result
+    assert decode_result("r", wire(headers), b"{}") == result
 
 
 def test_the_log_travels_as_its_last_4_kb() -> None:
     log = "x" * 10_000 + "the end\n"
     result = InvocationResult(request_id="r", payload=b"{}", log=log)
-    decoded = decode_result("r", encode_result(result), b"{}")
+    decoded = decode_result("r", wire(encode_result(result)), b"{}")
     assert decoded.log == log.encode()[-LOG_TAIL_BYTES:].decode()
     assert decoded.log.endswith("the end\n") and len(decoded.log) == LOG_TAIL_BYTES
