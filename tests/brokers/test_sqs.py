@@ -122,7 +122,7 @@ async def test_the_event_has_lambdas_sqs_shape(sqs_server, function, running):
         "stringValue": "acme", "stringListValues": [], "binaryListValues": [], "dataType": "String",
     }  # fmt: skip
     await eventually(lambda: worker.status.records_succeeded == 2, what="both acknowledged")
-    assert counts(sqs_server, url) == (0, 0), "deleted from the queue"
+    await eventually(lambda: counts(sqs_server, url) == (0, 0), what="both deleted from the queue")
 
 
 async def test_batches_over_ten_gather_receives_within_the_window(sqs_server, running):

@@ -425,7 +425,6 @@ class KafkaServer(JavaServer):
                     "group.initial.rebalance.delay.ms=0",
                     f"message.max.bytes={self.MAX_MESSAGE_BYTES}",
                     f"replica.fetch.max.bytes={self.MAX_MESSAGE_BYTES}",
-                    "log.flush.interval.messages=1",  # a SIGKILL loses nothing the broker acknowledged
                     "",
                 ]
             )

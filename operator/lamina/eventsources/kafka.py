@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import ssl
 import time
@@ -175,6 +176,7 @@ class _Rebalance(ConsumerRebalanceListener):
         self.source = source
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.source.flush_commits()  # what is done of them is committed before they move
         for tp in revoked:
             self.source._forget(tp)
 
@@ -207,6 +209,8 @@ class KafkaSource(Source):
         self._partitions: dict[TopicPartition, _Partition] = {}
         self._joined = asyncio.Event()
         self._prefix = b""
+        self._to_commit: dict[TopicPartition, int] = {}  # the next offset to commit, per partition
+        self._committer: asyncio.Task[None] | None = None
 
     @property
     def arn(self) -> str:
@@ -297,8 +301,12 @@ class KafkaSource(Source):
         self._partitions.pop(tp, None)
 
     async def close(self) -> None:
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.flush_commits(), STOP_TIMEOUT)
         consumer, self._consumer = self._consumer, None
         self._partitions = {}
+        self._to_commit = {}
         if consumer is not None:
             await _stop_quietly(consumer)
 
@@ -397,7 +405,6 @@ class KafkaSource(Source):
             if part is not None:  # else: revoked or reconnected since; the next owner redoes it
                 part.done.add(rec.handle[2])
                 touched[rec.handle[1]] = part
-        commits: dict[TopicPartition, OffsetAndMetadata] = {}
         for tp, part in touched.items():
             last = None
             while part.outstanding and part.outstanding[0] in part.done:
@@ -405,15 +412,30 @@ class KafkaSource(Source):
                 part.done.discard(last)
             if last is not None and last + 1 > part.committed:
                 part.committed = last + 1
-                commits[tp] = OffsetAndMetadata(last + 1, "")
-        if commits:
+                self._to_commit[tp] = last + 1
+        if self._to_commit and (self._committer is None or self._committer.done()):
+            # Committed in the background, coalescing the acks that come meanwhile: the next batch is
+            # fetched without waiting for the broker. A crash before the commit lands only means the
+            # records are delivered again (at least once), never that one is skipped.
+            self._committer = asyncio.create_task(self._commit(consumer), name=f"kafka-commit-{self.name}")
+
+    async def _commit(self, consumer: AIOKafkaConsumer) -> None:
+        while self._to_commit:
+            offsets, self._to_commit = self._to_commit, {}
             try:
-                await consumer.commit(commits)
+                await consumer.commit({tp: OffsetAndMetadata(o, "") for tp, o in offsets.items()})
             except KafkaError as exc:
                 # A rebalance took the partition: its next owner starts from the previous commit.
-                log.warning(
-                    "kafka %s: commit refused (%s); the records will be delivered again", self.name, exc
-                )
+                log.warning("kafka %s: commit refused (%s); records are delivered again", self.name, exc)
+            except Exception as exc:  # the broker went away: the next commit (or owner) catches up
+                log.warning("kafka %s: commit failed: %s", self.name, exc)
+                return
+
+    async def flush_commits(self) -> None:
+        """Wait until every offset acknowledged so far is committed (or refused)."""
+        committer = self._committer
+        if committer is not None and not committer.done():
+            await asyncio.shield(committer)
 
     async def release(self, records: Sequence[SourceRecord]) -> None:
         """Read them again: seek each partition back to its first released record."""

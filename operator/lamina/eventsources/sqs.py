@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 MAX_RECEIVE = 10  # messages per ReceiveMessage / entries per *Batch call
 MAX_LONG_POLL = 20
 MAX_MESSAGE_BYTES = 262_144
+MAX_PENDING_DELETES = 16
 #: Error codes that mean the credentials are wrong (or not allowed), not that the queue is down.
 AUTH_ERRORS = frozenset(
     {
@@ -180,6 +181,7 @@ class SqsSource(Source):
         self.queue_arn = f"arn:aws:sqs:{access.region}:000000000000:{access.queue_name}"
         self.visibility_timeout = 30
         self._client: SqsClient | None = None
+        self._deleting: set[asyncio.Task[None]] = set()
 
     @property
     def arn(self) -> str:
@@ -298,13 +300,36 @@ class SqsSource(Source):
         return [f for reply in replies for f in reply.get("Failed") or []]
 
     async def ack(self, records: Sequence[SourceRecord]) -> None:
+        """Delete them, in the background: the next batch is received meanwhile. A delete that does
+        not land (the worker dies first, the server is away) only means the message comes back after
+        its visibility timeout (at least once); a FIFO group's next messages wait for it anyway."""
         entries = [{"Id": str(i), "ReceiptHandle": r.handle} for i, r in enumerate(records)]
         if not entries:
             return
-        for failure in await self._batched("DeleteMessageBatch", entries):
+        self._live()
+        while len(self._deleting) >= MAX_PENDING_DELETES:
+            await asyncio.wait(self._deleting, return_when=asyncio.FIRST_COMPLETED)
+        task = asyncio.create_task(self._delete(entries), name=f"sqs-delete-{self.name}")
+        self._deleting.add(task)
+        task.add_done_callback(self._deleting.discard)
+
+    async def _delete(self, entries: list[dict[str, Any]]) -> None:
+        try:
+            failures = await self._batched("DeleteMessageBatch", entries)
+        except Exception as exc:
+            log.warning(
+                "sqs %s: delete failed (the messages come back after their visibility): %s", self.name, exc
+            )
+            return
+        for failure in failures:
             # A receipt handle goes stale when the message was received again elsewhere (its
             # visibility ran out): that receiver now owns it and deletes it when it is done.
             log.warning("sqs %s: delete failed: %s", self.name, failure)
+
+    async def flush(self) -> None:
+        """Wait for the deletes under way."""
+        if self._deleting:
+            await asyncio.wait(set(self._deleting), timeout=30)
 
     async def _visibility(self, handles: list[str], seconds: int) -> None:
         entries = [
@@ -325,6 +350,8 @@ class SqsSource(Source):
         """Left to the queue: visible again once their visibility timeout ends, as on Lambda."""
 
     async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.flush()
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
