@@ -348,3 +348,29 @@ async def test_a_record_over_the_payload_limit_goes_to_on_failure(sqs_server, ru
     assert letter["requestContext"]["condition"] == "RecordTooLarge"
     assert "payload limit of 100000 bytes" in letter["responsePayload"]["errorMessage"]
     await eventually(lambda: counts(sqs_server, url) == (0, 0), what="source queue empty")
+
+
+async def test_receiving_ahead_delivers_each_message_once_and_gives_back_what_it_held(sqs_server):
+    # With a visibility timeout of 10 s or more the source receives the next batch while the function
+    # runs; on stop, what it received ahead goes back to the queue at once, not after 10 s.
+    url = queue(sqs_server, "ahead", VisibilityTimeout=10)
+    send(sqs_server, url, [f"m{i:02d}" for i in range(40)])
+    function = TestFunction()
+    worker = sqs_worker(url, function, batch_size=5)
+    worker.start()
+    try:
+        await eventually(lambda: len(function.succeeded) >= 10, what="a few batches")
+    finally:
+        await worker.stop()
+    done = len(function.succeeded)
+    await eventually(
+        lambda: counts(sqs_server, url) == (40 - done, 0), limit=5, what="the rest visible again"
+    )
+    second = TestFunction()
+    worker = sqs_worker(url, second, batch_size=5)
+    worker.start()
+    try:
+        await eventually(lambda: len(function.succeeded) + len(second.succeeded) >= 40, what="all 40")
+    finally:
+        await worker.stop()
+    assert sorted(function.succeeded + second.succeeded) == [f"m{i:02d}" for i in range(40)], "each once"

@@ -48,6 +48,8 @@ MAX_RECEIVE = 10  # messages per ReceiveMessage / entries per *Batch call
 MAX_LONG_POLL = 20
 MAX_MESSAGE_BYTES = 262_144
 MAX_PENDING_DELETES = 16
+#: Receiving the next batch ahead only pays when messages may wait that long invisible (seconds).
+PREFETCH_MIN_VISIBILITY = 10
 #: Error codes that mean the credentials are wrong (or not allowed), not that the queue is down.
 AUTH_ERRORS = frozenset(
     {
@@ -182,6 +184,7 @@ class SqsSource(Source):
         self.visibility_timeout = 30
         self._client: SqsClient | None = None
         self._deleting: set[asyncio.Task[None]] = set()
+        self._ahead: tuple[float, asyncio.Task[list[dict[str, Any]]]] | None = None
 
     @property
     def arn(self) -> str:
@@ -233,19 +236,47 @@ class SqsSource(Source):
         self, max_records: int, wait_seconds: float, key: str | None = None
     ) -> list[SourceRecord]:
         started = time.monotonic()
-        messages = await self._receive(max_records, int(wait_seconds))
+        messages = await self._ahead_messages()
+        if not messages:
+            messages = await self._receive(max_records, int(wait_seconds))
         if not messages and wait_seconds < 1:
             # A short poll found nothing: wait out the rest rather than asking again at once.
             await asyncio.sleep(max(0.0, wait_seconds - (time.monotonic() - started)))
             return []
-        if messages and len(messages) < max_records and len(messages) == MAX_RECEIVE:
+        if messages and len(messages) < max_records and len(messages) % MAX_RECEIVE == 0:
             # More may be there: fill the batch with short polls side by side.
-            calls = math.ceil((max_records - len(messages)) / MAX_RECEIVE)
-            more = await asyncio.gather(
-                *(self._receive(max_records - len(messages) - i * MAX_RECEIVE, 0) for i in range(calls))
-            )
-            messages += [m for batch in more for m in batch]
+            messages += await self._receive_many(max_records - len(messages))
+        if messages and self.visibility_timeout >= PREFETCH_MIN_VISIBILITY:
+            self._receive_ahead(max_records)
         return [self._record(m) for m in messages[:max_records]] + await self._spill(messages[max_records:])
+
+    async def _receive_many(self, count: int) -> list[dict[str, Any]]:
+        calls = math.ceil(count / MAX_RECEIVE)
+        more = await asyncio.gather(*(self._receive(count - i * MAX_RECEIVE, 0) for i in range(calls)))
+        return [m for batch in more for m in batch]
+
+    def _receive_ahead(self, count: int) -> None:
+        """Receive the next batch while this one is processed (what Lambda's pollers do beside its
+        invokers). Only where the visibility timeout leaves room: messages waiting here are invisible
+        to others but not yet kept alive by the mapping's heartbeat."""
+        if self._ahead is None:
+            self._ahead = (time.monotonic(), asyncio.create_task(self._receive_many(count)))
+
+    async def _ahead_messages(self) -> list[dict[str, Any]]:
+        if self._ahead is None:
+            return []
+        since, task = self._ahead
+        self._ahead = None
+        try:
+            messages = await task
+        except Exception as exc:  # the next receive tells the mapping what is wrong
+            log.debug("sqs %s: receiving ahead failed: %s", self.name, exc)
+            return []
+        if time.monotonic() - since > self.visibility_timeout / 2:
+            # Waited too long to be handed out safely: give them back to the queue at once.
+            await self._visibility([m["ReceiptHandle"] for m in messages], 0)
+            return []
+        return messages
 
     async def _spill(self, extra: list[dict[str, Any]]) -> list[SourceRecord]:
         if extra:  # never happens with the counts above; give any extra back rather than hold it
@@ -352,6 +383,9 @@ class SqsSource(Source):
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.flush()
+        with contextlib.suppress(Exception):
+            ahead = await self._ahead_messages()  # received for a batch that will not come
+            await self._visibility([m["ReceiptHandle"] for m in ahead], 0)
         client, self._client = self._client, None
         if client is not None:
             with contextlib.suppress(Exception):
