@@ -176,7 +176,12 @@ async def main(args: argparse.Namespace) -> int:
             if not brokers.available(server_kind):
                 print(f"skipping {kind}: {brokers.BINARIES[server_kind]} not installed", file=sys.stderr)
                 continue
-            server = brokers.server_for(server_kind, Path(tmp) / kind)
+            if server_kind == "sqs":
+                server: brokers.BrokerServer = brokers.ElasticMQServer(
+                    Path(tmp) / kind, persistent=args.sqs_persistent
+                )
+            else:
+                server = brokers.server_for(server_kind, Path(tmp) / kind)
             await server.astart()
             try:
                 for batch in batch_sizes:
@@ -223,4 +228,9 @@ if __name__ == "__main__":
     parser.add_argument("--records", type=int, default=None, help="records per run (default by batch size)")
     parser.add_argument("--fifo-groups", type=int, default=10, help="message groups of the sqs-fifo runs")
     parser.add_argument("--fifo-concurrency", type=int, default=10, help="workers of the sqs-fifo runs")
+    parser.add_argument(
+        "--sqs-persistent",
+        action="store_true",
+        help="ElasticMQ keeps messages on disk (H2), as the tests run it (default: in memory, its default)",
+    )
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -459,7 +459,8 @@ class KafkaServer(JavaServer):
 
 class ElasticMQServer(JavaServer):
     """ElasticMQ, an SQS-compatible server (query and JSON protocols), with queues and messages kept
-    in its work directory (H2), so a restart loses nothing that was sent.
+    in its work directory (H2), so a restart loses nothing that was sent (``persistent=False``: in
+    memory only, ElasticMQ's default).
 
     Its account is ``000000000000`` and its region ``us-east-1``; it accepts any credentials.
     """
@@ -470,19 +471,23 @@ class ElasticMQServer(JavaServer):
     REGION = "us-east-1"
     ACCOUNT = "000000000000"
 
-    def __init__(self, workdir: str | os.PathLike[str], port: int | None = None) -> None:
+    def __init__(
+        self, workdir: str | os.PathLike[str], port: int | None = None, *, persistent: bool = True
+    ) -> None:
         super().__init__(workdir, port)
         data = self.workdir / "data"
         data.mkdir(exist_ok=True)
+        self.persistent = persistent
         self.config = self.workdir / "elasticmq.conf"
+        storage = "true" if persistent else "false"
         self.config.write_text(
             f"""include classpath("application.conf")
 node-address {{ protocol = http, host = "127.0.0.1", port = {self.port}, context-path = "" }}
 rest-sqs {{ enabled = true, bind-port = {self.port}, bind-hostname = "127.0.0.1", sqs-limits = strict }}
 rest-stats {{ enabled = false }}
 generate-node-address = false
-messages-storage {{ enabled = true, uri = "jdbc:h2:{data / "messages"}" }}
-queues-storage {{ enabled = true, path = "{data / "queues.conf"}" }}
+messages-storage {{ enabled = {storage}, uri = "jdbc:h2:{data / "messages"}" }}
+queues-storage {{ enabled = {storage}, path = "{data / "queues.conf"}" }}
 aws {{ region = "{self.REGION}", accountId = "{self.ACCOUNT}" }}
 """
         )
