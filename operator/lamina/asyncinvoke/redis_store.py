@@ -13,7 +13,9 @@ Layout (all keys share one hash tag so the Lua scripts stay in one slot on Redis
 * ``<prefix>:delayed``  ZSET  events waiting for a retry, scored by their next attempt time (epoch s);
   ``claim_due`` moves the due ones into the stream.
 
-Every state change is one Lua script, so it is atomic.
+Every state change is one Lua script, so it is atomic. Writes that arrive together (concurrent
+enqueues, completions of events that ran side by side) travel in one pipeline: one round trip and,
+with ``appendfsync always``, one fsync for all of them.
 
 Durability: ``enqueue`` returns once Redis has accepted the write. Run Redis with
 ``appendonly yes`` and ``appendfsync always`` for the 202 to mean "on disk" (``everysec`` can lose up
@@ -24,6 +26,7 @@ to a second of accepted events on a crash of the Redis host). With replicas, pas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -36,6 +39,8 @@ from .store import QueuedEvent
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "{lamina:async}"
+#: Most writes sent in one pipeline (a round trip; with appendfsync always, one fsync).
+MAX_PIPELINE = 256
 GROUP = "lamina-async"
 
 _ENQUEUE = """
@@ -113,6 +118,50 @@ end
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[4], ARGV[2])
 return redis.call('DEL', KEYS[3])
+"""
+
+# The same two changes for many events in one call: concurrent enqueues and completions are merged
+# into one script run per pipeline (fewer commands for the client to build and Redis to parse).
+_ENQUEUE_MANY = """
+local now = tonumber(ARGV[1])
+local out = {}
+for i = 3, #ARGV, 9 do
+  local id = ARGV[i]
+  local k = ARGV[2] .. id
+  if redis.call('EXISTS', k) == 1 then
+    table.insert(out, 0)
+  else
+    redis.call('HSET', k, 'function', ARGV[i + 1], 'payload', ARGV[i + 2], 'enqueued_at', ARGV[i + 3],
+               'attempts', ARGV[i + 4], 'throttles', ARGV[i + 5], 'next_attempt_at', ARGV[i + 6])
+    if ARGV[i + 7] ~= '' then redis.call('HSET', k, 'last_error', string.sub(ARGV[i + 7], 2)) end
+    if ARGV[i + 8] ~= '' then redis.call('HSET', k, 'pending_record', string.sub(ARGV[i + 8], 2)) end
+    if tonumber(ARGV[i + 6]) <= now then
+      local eid = redis.call('XADD', KEYS[1], '*', 'id', id)
+      redis.call('HSET', k, 'entry', eid)
+    else
+      redis.call('ZADD', KEYS[2], ARGV[i + 6], id)
+    end
+    table.insert(out, 1)
+  end
+end
+return out
+"""
+
+_COMPLETE_MANY = """
+local out = {}
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  local k = ARGV[2] .. id
+  local eid = redis.call('HGET', k, 'entry')
+  if eid then
+    redis.call('XACK', KEYS[1], ARGV[1], eid)
+    redis.call('XDEL', KEYS[1], eid)
+  end
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', KEYS[3], id)
+  table.insert(out, redis.call('DEL', k))
+end
+return out
 """
 
 _RESCHEDULE = """
@@ -203,11 +252,15 @@ class RedisEventStore:
         self._wait_timeout_ms = wait_timeout_ms
         self._ready = False
         self._open_lock = asyncio.Lock()
+        self._queued: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._enqueue = client.register_script(_ENQUEUE)
         self._claim = client.register_script(_CLAIM)
         self._complete = client.register_script(_COMPLETE)
         self._reschedule = client.register_script(_RESCHEDULE)
         self._touch = client.register_script(_TOUCH)
+        self._enqueue_many = client.register_script(_ENQUEUE_MANY)
+        self._complete_many = client.register_script(_COMPLETE_MANY)
 
     def _ev(self, id: str) -> str:
         return self.event_prefix + id
@@ -236,6 +289,94 @@ class RedisEventStore:
             pass
         self._ready = True
 
+    async def _batched(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a script together with the others queued meanwhile: one pipeline, one round trip.
+
+        Writes arriving while a pipeline is in flight wait for the next one, so concurrent enqueues
+        and completions share round trips, and (with ``appendfsync always``) Redis's fsync of one
+        event-loop cycle: group commit. Each caller still gets its own result or error.
+        """
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append((script, keys, args, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush(), name="redis-store-writes")
+        return await future
+
+    async def _flush(self) -> None:
+        while self._queued:
+            batch, self._queued = self._queued[:MAX_PIPELINE], self._queued[MAX_PIPELINE:]
+            if not self._ready:
+                try:
+                    await self.open()
+                except Exception as e:
+                    self._settle(batch, None, StoreError(str(e)))
+                    continue
+            enqueues = [item for item in batch if item[0] is self._enqueue]
+            completes = [item for item in batch if item[0] is self._complete]
+            others = [
+                item for item in batch if item[0] is not self._enqueue and item[0] is not self._complete
+            ]
+            try:
+                async with self._r.pipeline(transaction=False) as pipe:
+                    if enqueues:
+                        args = [enqueues[0][2][0], self.event_prefix]
+                        for _, _, one, _ in enqueues:
+                            args += one[1:]
+                        await self._enqueue_many(
+                            keys=[self.ready_key, self.delayed_key], args=args, client=pipe
+                        )
+                    if completes:
+                        ids = [one[1] for _, _, one, _ in completes]
+                        await self._complete_many(
+                            keys=[self.ready_key, self.delayed_key, self.leases_key],
+                            args=[GROUP, self.event_prefix, *ids],
+                            client=pipe,
+                        )
+                    for script, keys, args, _ in others:
+                        await script(keys=keys, args=args, client=pipe)
+                    replies = await pipe.execute(raise_on_error=False)
+            except Exception as e:
+                self._settle(batch, None, StoreError(str(e)))
+                continue
+            # One result per queued call, in the order of ``batch``.
+            position = 0
+            per_call: dict[int, Any] = {}
+            for group in (enqueues, completes):
+                if group:
+                    reply = replies[position]
+                    position += 1
+                    for index, item in enumerate(group):
+                        per_call[id(item)] = reply if isinstance(reply, Exception) else reply[index]
+            for item in others:
+                per_call[id(item)] = replies[position]
+                position += 1
+            results = [per_call[id(item)] for item in batch]
+            if any("NOGROUP" in str(r) for r in results):
+                # The stream was deleted under us (FLUSHALL, failover): recreate it, run those alone.
+                self._ready = False
+            for item, result in zip(batch, results, strict=True):
+                script, keys, args, future = item
+                if future.done():
+                    continue
+                if isinstance(result, Exception) and "NOGROUP" in str(result):
+                    try:
+                        future.set_result(await self._script(script, keys, args))
+                    except Exception as e:
+                        future.set_exception(e)
+                elif isinstance(result, Exception):
+                    future.set_exception(StoreError(str(result)))
+                else:
+                    future.set_result(result)
+
+    @staticmethod
+    def _settle(batch: list[Any], result: Any, error: BaseException | None) -> None:
+        for *_, future in batch:
+            if not future.done():
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)
+
     async def _script(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         if not self._ready:
             await self.open()
@@ -249,7 +390,7 @@ class RedisEventStore:
             raise StoreError(str(e)) from e
 
     async def enqueue(self, event: QueuedEvent) -> bool:
-        added = await self._script(
+        added = await self._batched(
             self._enqueue,
             [self.ready_key, self.delayed_key, self._ev(event.id)],
             [
@@ -296,10 +437,10 @@ class RedisEventStore:
     async def touch(self, ids: Iterable[str], lease_seconds: float) -> None:
         ids = list(ids)
         if ids:
-            await self._script(self._touch, [self.leases_key], [_num(self._clock() + lease_seconds), *ids])
+            await self._batched(self._touch, [self.leases_key], [_num(self._clock() + lease_seconds), *ids])
 
     async def complete(self, id: str) -> None:
-        await self._script(
+        await self._batched(
             self._complete, [self.ready_key, self.delayed_key, self._ev(id), self.leases_key], [GROUP, id]
         )
 
@@ -313,7 +454,7 @@ class RedisEventStore:
         throttles: int | None = None,
         pending_record: str | None = None,
     ) -> None:
-        await self._script(
+        await self._batched(
             self._reschedule,
             [self.ready_key, self.delayed_key, self._ev(id), self.leases_key],
             [
@@ -341,5 +482,9 @@ class RedisEventStore:
         return _event_from_hash(id, h) if h else None
 
     async def close(self) -> None:
+        flusher = self._flusher
+        if flusher is not None and not flusher.done():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(flusher), 10)
         if self._owns_client:
             await self._r.aclose()
