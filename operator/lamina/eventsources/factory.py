@@ -116,7 +116,8 @@ def make_source(
         from lamina.eventsources.rabbitmq import RabbitMQSource
 
         assert url is not None
-        return RabbitMQSource(url, target.queue, prefetch=batch_size, **options)
+        # Two batches: the next one arrives while this one is processed (see the module's doc).
+        return RabbitMQSource(url, target.queue, prefetch=batch_size * 2, **options)
     if isinstance(target, KafkaEndpoint):
         from lamina.eventsources.kafka import KafkaSource
 
