@@ -126,6 +126,8 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
             layers = resolve_layers(kube, fn)
             code_cm = check_references(kube, fn)
             s3_code = resolve_code(kube, fn, (body.get("status") or {}).get("codeS3"))
+            if s3_code is not None:  # uploads are not watched: look at the object again
+                ctx.revisit(("Function", ns, name), ctx.settings.s3_poll_seconds)
             res = build_function(fn, ctx.settings, layers, code_cm, s3_code=s3_code)
             code_ref = Ref("v1", "ConfigMap", ns, names.function_code_config_map(name))
             code_cm_desired = res.code_config_map

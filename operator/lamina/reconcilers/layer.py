@@ -6,16 +6,19 @@ Functions read ``status.artifact`` / ``status.digest`` / ``status.revision``; th
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from lamina.api import API_VERSION, Layer
 from lamina.reconcilers.apply import apply
 from lamina.reconcilers.client import ApiError, KubeApi, Ref
 from lamina.reconcilers.context import Blocked, Context, parse_as
+from lamina.reconcilers.s3code import resolve_object
 from lamina.reconcilers.status import READY, BlockReason, Compute, is_ready, set_condition, write_status
 from lamina.resources import NotSupported, build_layer, labels
-from lamina.resources.layer import LayerBuild, next_revision, stale_revisions
+from lamina.resources.layer import S3_SCHEME, LayerBuild, next_revision, stale_revisions
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +43,12 @@ def prune_revisions(kube: KubeApi, layer: Layer, current: str) -> None:
         kube.delete(Ref("v1", "ConfigMap", ns, name))
 
 
-def build(kube: KubeApi, layer: Layer) -> LayerBuild:
+def build(kube: KubeApi, layer: Layer, status: Mapping[str, Any] | None = None) -> LayerBuild:
     source = None
+    s3_object = None
+    if layer.spec.s3 is not None:
+        recorded = recorded_s3(status)
+        s3_object = resolve_object(kube, layer.metadata.namespace, layer.spec.s3, "spec.s3", recorded)
     if layer.spec.config_map is not None:
         cm_name = layer.spec.config_map.name
         source = kube.get(Ref("v1", "ConfigMap", layer.metadata.namespace, cm_name))
@@ -52,9 +59,19 @@ def build(kube: KubeApi, layer: Layer) -> LayerBuild:
                 POLL_DELAY,
             )
     try:
-        return build_layer(layer, source)
+        return build_layer(layer, source, s3_object)
     except NotSupported as e:
         raise Blocked(BlockReason.NOT_SUPPORTED_YET, str(e), retry=None) from None
+
+
+def recorded_s3(status: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """What the last reconcile read of an s3 layer (its artifact and digest), to skip a re-read."""
+    artifact = (status or {}).get("artifact") or ""
+    if not artifact.startswith(S3_SCHEME):
+        return None
+    doc: dict[str, Any] = json.loads(artifact[len(S3_SCHEME) :])
+    doc["sha256"] = (status or {}).get("digest")
+    return doc
 
 
 def reconcile_layer(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -67,7 +84,9 @@ def reconcile_layer(ctx: Context, body: dict[str, Any]) -> tuple[dict[str, Any],
     try:
         try:
             layer = parse_as(body, Layer)
-            result = build(ctx.kube, layer)
+            result = build(ctx.kube, layer, body.get("status"))
+            if layer.spec.s3 is not None:  # uploads are not watched: look at the object again
+                ctx.revisit(("Layer", ns, name), ctx.settings.s3_poll_seconds)
             if result.config_map is not None:
                 apply(ctx.kube, result.config_map)
                 prune_revisions(ctx.kube, layer, result.config_map["metadata"]["name"])

@@ -82,8 +82,15 @@ def resolve_code(kube: KubeApi, fn: Function, recorded: Mapping[str, Any] | None
     location = fn.spec.code.s3
     if location is None:
         return None
-    where = "spec.code.s3"
-    creds = credentials(kube, fn.metadata.namespace, location, where)
+    return resolve_object(kube, fn.metadata.namespace, location, "spec.code.s3", recorded)
+
+
+def resolve_object(
+    kube: KubeApi, namespace: str, location: S3Location, where: str, recorded: Mapping[str, Any] | None
+) -> ResolvedObject:
+    """An object's digest and pinned version: HEAD it, reuse ``recorded`` (bucket, key, versionId, etag,
+    sha256) while the object is unchanged, else read it and compute the digest."""
+    creds = credentials(kube, namespace, location, where)
     obj = s3_object(location)
     try:
         version_id, etag = s3.head(obj, creds)

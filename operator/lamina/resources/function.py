@@ -228,6 +228,13 @@ def _deployment(
         mounts.append({"name": volume, "mountPath": path, "readOnly": True})
         if artifact.config_map is not None:
             volumes.append({"name": volume, "configMap": {"name": artifact.config_map}})
+        elif artifact.s3 is not None:
+            location, version_id = artifact.s3_object()
+            volumes.append({"name": volume, "emptyDir": {"sizeLimit": UNZIPPED_SIZE}})
+            pinned = _Pinned(artifact.digest, version_id)
+            init.append(
+                _fetch_s3_container(f"fetch-layer-{i}", image, settings, location, pinned, volume, path)
+            )
         else:
             assert artifact.url is not None
             volumes.append({"name": volume, "emptyDir": {"sizeLimit": UNZIPPED_SIZE}})
@@ -305,6 +312,12 @@ def _fetch_container(
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [{"name": volume, "mountPath": dest}, {"name": "tmp", "mountPath": "/tmp"}],
     }
+
+
+@dataclass(frozen=True)
+class _Pinned:
+    sha256: str
+    version_id: str | None
 
 
 def _fetch_s3_container(

@@ -50,6 +50,9 @@ class Settings:
     #: Where the operator reads the gateway's per-version counts to judge rollouts: every gateway
     #: replica's ``/metrics`` (the counts of all of them are added). Default: ``{gateway_url}/metrics``.
     gateway_metrics_urls: tuple[str, ...] = ()
+    #: How often a Function whose code (or a Layer whose content) is in S3 is looked at again (seconds):
+    #: uploads are not watched, so a new object version is found by this poll.
+    s3_poll_seconds: float = 30.0
 
     @property
     def metrics_urls(self) -> tuple[str, ...]:
@@ -63,8 +66,8 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read ``LAMINA_RUNTIME_IMAGE``, ``LAMINA_WORKER_IMAGE``, ``LAMINA_IMAGE_PULL_POLICY``,
         ``LAMINA_REGION``, ``LAMINA_GATEWAY_URL``, ``LAMINA_REDIS_URL``, ``LAMINA_POOL_SIZE``,
-        ``LAMINA_POOL_MEMORY_SIZES`` (comma-separated MB) and ``LAMINA_GATEWAY_METRICS_URLS``
-        (comma-separated) (unset = default)."""
+        ``LAMINA_POOL_MEMORY_SIZES`` (comma-separated MB), ``LAMINA_GATEWAY_METRICS_URLS``
+        (comma-separated) and ``LAMINA_S3_POLL_SECONDS`` (unset = default)."""
         env = os.environ if env is None else env
         default = cls()
         try:
@@ -83,6 +86,7 @@ class Settings:
             redis_url=env.get("LAMINA_REDIS_URL") or None,
             pool_size=pool_size,
             pool_memory_sizes=sizes,
+            s3_poll_seconds=float(env.get("LAMINA_S3_POLL_SECONDS") or default.s3_poll_seconds),
             gateway_metrics_urls=tuple(
                 u.strip() for u in (env.get("LAMINA_GATEWAY_METRICS_URLS") or "").split(",") if u.strip()
             ),

@@ -57,6 +57,7 @@ def snapshot(
                 "digest": a.digest,
                 "configMap": a.config_map,
                 "url": a.url,
+                "s3": a.s3,
             }
             for a in layers
         ],
@@ -136,6 +137,7 @@ def version_deployment(
             layer["digest"],
             config_map=layer.get("configMap"),
             url=layer.get("url"),
+            s3=layer.get("s3"),
         )
         for layer in snap.get("layers") or []
     ]
