@@ -41,7 +41,7 @@ def handler(event, context):
 """
 
 CALLER = """
-import json
+import json, os
 import boto3
 
 lam = boto3.client("lambda")  # endpoint, region and credentials from the environment, as on Lambda
@@ -49,7 +49,7 @@ lam = boto3.client("lambda")  # endpoint, region and credentials from the enviro
 def handler(event, context):
     if event.get("async"):
         r = lam.invoke(FunctionName="writer", InvocationType="Event", Payload=json.dumps(event["async"]))
-        return {"status": r["StatusCode"]}
+        return {"status": r["StatusCode"], "trace": os.environ["_X_AMZN_TRACE_ID"]}
     r = lam.invoke(FunctionName=event["target"], Payload=json.dumps(event.get("payload", {})))
     return {"status": r["StatusCode"], "error": r.get("FunctionError"), "body": json.load(r["Payload"])}
 """
@@ -59,6 +59,22 @@ import json, os
 def handler(event, context):
     with open(event["path"], "a") as f:
         f.write(json.dumps({"value": event["value"], "trace": os.environ.get("_X_AMZN_TRACE_ID")}) + "\\n")
+"""
+
+ASYNC_LOOP = """
+import json, os
+import boto3
+
+lam = boto3.client("lambda")
+
+def handler(event, context):
+    with open(event["path"], "a") as f:
+        f.write(os.environ["_X_AMZN_TRACE_ID"] + "\\n")
+    try:
+        lam.invoke(FunctionName=context.function_name, InvocationType="Event", Payload=json.dumps(event))
+    except lam.exceptions.RecursiveInvocationException:
+        with open(event["path"], "a") as f:
+            f.write("stopped\\n")
 """
 
 LOOP = """
@@ -123,6 +139,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
         "caller.yaml": function("caller", CALLER),
         "writer.yaml": function("writer", WRITER),
         "loop.yaml": function("loop", LOOP),
+        "asyncloop.yaml": function("asyncloop", ASYNC_LOOP),
         "fails.yaml": function("fails", FAILS),
         "json.yaml": function(
             "jsonlogs",
@@ -195,11 +212,33 @@ def test_functions_call_functions_through_the_gateway(lam, server: LocalServer, 
     assert failed["error"] == "Unhandled" and failed["body"]["errorType"] == "ValueError"
     out = tmp_path / "async.jsonl"
     _, queued = call(lam, "caller", {"async": {"path": str(out), "value": 42}})
-    assert queued == {"status": 202}
+    assert queued["status"] == 202
     deadline = time.monotonic() + 60
     while not out.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert json.loads(out.read_text().splitlines()[0])["value"] == 42
+    written = json.loads(out.read_text().splitlines()[0])
+    assert written["value"] == 42
+    # The queued invocation continues the caller's trace: same Root, one more in the Lineage.
+    caller, writer = (
+        dict(p.split("=", 1) for p in t.split(";")) for t in (queued["trace"], written["trace"])
+    )
+    assert writer["Root"] == caller["Root"]
+    assert writer["Lineage"].rpartition(":")[2] == str(int(caller["Lineage"].rpartition(":")[2]) + 1)
+
+
+def test_a_function_queueing_itself_in_a_loop_is_stopped(lam, tmp_path: Path) -> None:
+    out = tmp_path / "loop.txt"
+    r, _ = call(lam, "asyncloop", {"path": str(out)}, InvocationType="Event")
+    assert r["StatusCode"] == 202
+    deadline = time.monotonic() + 120
+    while "stopped" not in (out.read_text() if out.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    lines = out.read_text().split()
+    assert lines[-1] == "stopped" and len(lines) == 17  # 16 invocations ran, the 17th was refused
+    roots = {dict(p.split("=", 1) for p in line.split(";"))["Root"] for line in lines[:-1]}
+    assert len(roots) == 1  # one chain from the first event to the last
+    time.sleep(1)
+    assert out.read_text().split() == lines  # and nothing runs after it
 
 
 def test_a_function_calling_itself_in_a_loop_is_stopped(lam) -> None:

@@ -68,6 +68,41 @@ async def test_enqueue_then_claim_returns_the_event_intact(store):
     assert got.enqueued_at == pytest.approx(e.enqueued_at)
     assert (got.attempts, got.throttles, got.pending_record) == (0, 0, None)
     assert got.last_error == '{"statusCode": 200}'
+    assert got.trace is None
+
+
+async def test_the_callers_trace_context_is_kept_with_the_event(store):
+    trace = '{"traceId": "Root=1-6749f000-0123456789abcdef01234567;Lineage=1a2b3c4d:3"}'
+    e = ev(trace=trace)
+    assert await store.enqueue(e) is True
+    [got] = await store.claim_due(10, 30)
+    assert got.trace == trace
+
+
+async def test_a_queue_written_before_events_carried_a_trace_opens_and_keeps_working(tmp_path):
+    """An existing local-mode state directory: the table gets its trace column on open."""
+    import sqlite3
+
+    state = tmp_path / "state"
+    state.mkdir()
+    old = sqlite3.connect(state / "async-events.sqlite3")
+    old.executescript(
+        "CREATE TABLE async_events (id TEXT PRIMARY KEY, function TEXT NOT NULL, payload BLOB NOT NULL,"
+        " enqueued_at REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, throttles INTEGER NOT NULL"
+        " DEFAULT 0, next_attempt_at REAL NOT NULL, last_error TEXT, pending_record TEXT,"
+        " visible_at REAL NOT NULL, claims INTEGER NOT NULL DEFAULT 0);"
+        "INSERT INTO async_events VALUES ('old', 'default/f', x'7b7d', 1, 0, 0, 1, NULL, NULL, 1, 0);"
+    )
+    old.commit()
+    old.close()
+    store = SqliteEventStore(state)
+    try:
+        await store.enqueue(ev(trace='{"traceId": "Root=1-a-b"}'))
+        got = {e.id: e for e in await claim_until(store, 2, 30)}
+        assert got["old"].trace is None and got["old"].payload == b"{}"
+        assert [e.trace for k, e in got.items() if k != "old"] == ['{"traceId": "Root=1-a-b"}']
+    finally:
+        await store.close()
 
 
 async def test_enqueue_of_a_known_id_changes_nothing(store):

@@ -126,15 +126,22 @@ class AsyncDispatcher:
 
     # -- public API ---------------------------------------------------------------------------
     async def enqueue(
-        self, function: Any, payload: bytes, *, request_id: str | None = None, count: bool = True
+        self,
+        function: Any,
+        payload: bytes,
+        *,
+        request_id: str | None = None,
+        count: bool = True,
+        trace: str | None = None,
     ) -> QueuedEvent:
         """Store one Event invocation durably (the gateway answers 202 after this returns).
 
         ``function`` is "namespace/name" or anything with such a ``key`` (the gateway's
         FunctionConfig). ``count=False`` skips the ``async_event_received`` hook (the caller counts).
+        ``trace``: the caller's trace context, which the invocation continues (see QueuedEvent).
         """
         key = function if isinstance(function, str) else function.key
-        ev = QueuedEvent.new(key, payload, request_id=request_id, now=self._clock())
+        ev = QueuedEvent.new(key, payload, request_id=request_id, now=self._clock(), trace=trace)
         await self.store.enqueue(ev)
         self.stats["received"] += 1
         if count:
@@ -367,6 +374,8 @@ class AsyncDispatcher:
     # -- one event ----------------------------------------------------------------------------
     async def _invoke(self, ev: QueuedEvent) -> InvocationResult:
         # The event's id names the invocation: its retries and its record share it, as on Lambda.
+        if ev.trace:  # only the gateway's invoker takes a trace; events of other queuers have none
+            return await self._invoker(ev.function, ev.payload, request_id=ev.id, trace=ev.trace)  # type: ignore[call-arg]
         return await self._invoker(ev.function, ev.payload, request_id=ev.id)
 
     async def _process(self, ev: QueuedEvent) -> None:
@@ -545,5 +554,5 @@ class GatewayQueue:
     def __init__(self, dispatcher: AsyncDispatcher) -> None:
         self.dispatcher = dispatcher
 
-    async def enqueue(self, fn: Any, request_id: str, payload: bytes) -> None:
-        await self.dispatcher.enqueue(fn, payload, request_id=request_id, count=False)
+    async def enqueue(self, fn: Any, request_id: str, payload: bytes, trace: str | None = None) -> None:
+        await self.dispatcher.enqueue(fn, payload, request_id=request_id, count=False, trace=trace)

@@ -2,7 +2,7 @@
 
 Layout (all keys share one hash tag so the Lua scripts stay in one slot on Redis Cluster):
 
-* ``<prefix>:ev:<id>``  HASH  the event (function, payload, counters, last_error, pending_record,
+* ``<prefix>:ev:<id>``  HASH  the event (function, payload, counters, last_error, pending_record, trace,
   and ``entry``: the id of its stream entry while it is ready or leased).
 * ``<prefix>:ready``    STREAM  one entry ``{id: <event id>}`` per event that is due now, read
   through the consumer group ``lamina-async``; an entry read and not yet acknowledged is leased.
@@ -49,6 +49,7 @@ redis.call('HSET', KEYS[3], 'function', ARGV[3], 'payload', ARGV[4], 'enqueued_a
            'attempts', ARGV[6], 'throttles', ARGV[7], 'next_attempt_at', ARGV[8])
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[3], 'last_error', string.sub(ARGV[9], 2)) end
 if ARGV[10] ~= '' then redis.call('HSET', KEYS[3], 'pending_record', string.sub(ARGV[10], 2)) end
+if ARGV[11] ~= '' then redis.call('HSET', KEYS[3], 'trace', string.sub(ARGV[11], 2)) end
 if tonumber(ARGV[8]) <= tonumber(ARGV[1]) then
   local eid = redis.call('XADD', KEYS[1], '*', 'id', ARGV[2])
   redis.call('HSET', KEYS[3], 'entry', eid)
@@ -125,7 +126,7 @@ return redis.call('DEL', KEYS[3])
 _ENQUEUE_MANY = """
 local now = tonumber(ARGV[1])
 local out = {}
-for i = 3, #ARGV, 9 do
+for i = 3, #ARGV, 10 do
   local id = ARGV[i]
   local k = ARGV[2] .. id
   if redis.call('EXISTS', k) == 1 then
@@ -135,6 +136,7 @@ for i = 3, #ARGV, 9 do
                'attempts', ARGV[i + 4], 'throttles', ARGV[i + 5], 'next_attempt_at', ARGV[i + 6])
     if ARGV[i + 7] ~= '' then redis.call('HSET', k, 'last_error', string.sub(ARGV[i + 7], 2)) end
     if ARGV[i + 8] ~= '' then redis.call('HSET', k, 'pending_record', string.sub(ARGV[i + 8], 2)) end
+    if ARGV[i + 9] ~= '' then redis.call('HSET', k, 'trace', string.sub(ARGV[i + 9], 2)) end
     if tonumber(ARGV[i + 6]) <= now then
       local eid = redis.call('XADD', KEYS[1], '*', 'id', id)
       redis.call('HSET', k, 'entry', eid)
@@ -212,6 +214,7 @@ def _event_from_hash(id: str, h: dict[bytes, bytes]) -> QueuedEvent:
         next_attempt_at=float(s("next_attempt_at") or 0),
         last_error=s("last_error"),
         pending_record=s("pending_record"),
+        trace=s("trace"),
     )
 
 
@@ -404,6 +407,7 @@ class RedisEventStore:
                 _num(event.next_attempt_at or event.enqueued_at),
                 _opt(event.last_error),
                 _opt(event.pending_record),
+                _opt(event.trace),
             ],
         )
         if self._wait_replicas > 0:

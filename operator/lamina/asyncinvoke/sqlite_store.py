@@ -39,13 +39,15 @@ CREATE TABLE IF NOT EXISTS async_events (
     next_attempt_at REAL NOT NULL,
     last_error      TEXT,
     pending_record  TEXT,
+    trace           TEXT,
     visible_at      REAL NOT NULL,
     claims          INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS async_events_visible ON async_events (visible_at);
 """
 _COLUMNS = (
-    "id, function, payload, enqueued_at, attempts, throttles, next_attempt_at, last_error, pending_record"
+    "id, function, payload, enqueued_at, attempts, throttles, next_attempt_at, last_error, pending_record,"
+    " trace"
 )
 _MAX_GROUP = 512
 DEFAULT_FILENAME = "async-events.sqlite3"
@@ -62,6 +64,7 @@ def _row_to_event(row: tuple[Any, ...]) -> QueuedEvent:
         next_attempt_at=row[6],
         last_error=row[7],
         pending_record=row[8],
+        trace=row[9],
     )
 
 
@@ -108,7 +111,10 @@ class SqliteEventStore:
 
     def _connect(self) -> sqlite3.Connection:
         conn = open_wal(self.path, _SCHEMA, synchronous="FULL")
-        conn.execute("PRAGMA user_version=1")
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(async_events)")}
+        if "trace" not in columns:  # a queue written before events carried their trace context
+            conn.execute("ALTER TABLE async_events ADD COLUMN trace TEXT")
+        conn.execute("PRAGMA user_version=2")
         return conn
 
     def _run(self, ready: queue.SimpleQueue[BaseException | None]) -> None:
@@ -198,7 +204,7 @@ class SqliteEventStore:
     @staticmethod
     def _insert(conn: sqlite3.Connection, ev: QueuedEvent) -> bool:
         cur = conn.execute(
-            f"INSERT OR IGNORE INTO async_events ({_COLUMNS}, visible_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT OR IGNORE INTO async_events ({_COLUMNS}, visible_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 ev.id,
                 ev.function,
@@ -209,6 +215,7 @@ class SqliteEventStore:
                 ev.next_attempt_at,
                 ev.last_error,
                 ev.pending_record,
+                ev.trace,
                 ev.next_attempt_at,
             ),
         )

@@ -35,6 +35,10 @@ class QueuedEvent:
     # JSON {"destination": "onSuccess"|"onFailure", "endpoint": {...}, "record": {...}} once the
     # function's outcome is final but its record is not yet delivered: only delivery is retried.
     pending_record: str | None = None
+    # The caller's trace context (the X-Ray header with its Lineage, traceparent, tracestate) as
+    # lamina_runtime.protocol encodes it: the invocation continues the caller's chain, so the
+    # recursion guard also stops a function that queues itself in a loop.
+    trace: str | None = None
 
     def __post_init__(self) -> None:
         if self.next_attempt_at is None:
@@ -44,13 +48,20 @@ class QueuedEvent:
 
     @classmethod
     def new(
-        cls, function: str, payload: bytes, *, request_id: str | None = None, now: float | None = None
+        cls,
+        function: str,
+        payload: bytes,
+        *,
+        request_id: str | None = None,
+        now: float | None = None,
+        trace: str | None = None,
     ) -> QueuedEvent:
         return cls(
             id=request_id or str(uuid.uuid4()),
             function=function,
             payload=bytes(payload),
             enqueued_at=time.time() if now is None else now,
+            trace=trace,
         )
 
     @property

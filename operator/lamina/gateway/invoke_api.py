@@ -113,7 +113,7 @@ async def handle_invoke(request: web.Request) -> web.Response:
             return web.Response(status=204, headers={"x-amzn-RequestId": request_id})
         if invocation_type == "Event":
             qualifier = target.alias or (None if fn.version == "$LATEST" else fn.version)
-            request_id = await service.enqueue(fn, payload, qualifier)
+            request_id = await service.enqueue(fn, payload, qualifier, trace)
             return web.Response(status=202, headers={"x-amzn-RequestId": request_id})
         result = await service.invoke(
             fn,

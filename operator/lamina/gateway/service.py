@@ -20,8 +20,11 @@ from lamina_runtime.protocol import InvocationRequest, InvocationResult
 class AsyncQueue(Protocol):
     """Where Event invocations go; durable before `enqueue` returns."""
 
-    async def enqueue(self, fn: FunctionConfig | str, request_id: str, payload: bytes) -> None:
-        """``fn``: a config, or a "namespace/name[:qualifier]" key (resolved when the event runs)."""
+    async def enqueue(
+        self, fn: FunctionConfig | str, request_id: str, payload: bytes, trace: str | None = None
+    ) -> None:
+        """``fn``: a config, or a "namespace/name[:qualifier]" key (resolved when the event runs);
+        ``trace``: the caller's trace context (:meth:`TraceContext.encode`), kept with the event."""
 
 
 class InvocationService:
@@ -114,29 +117,45 @@ class InvocationService:
         destinations and reserved concurrency are the function's, whatever the qualifier)."""
         return self.registry.get(key.partition(":")[0])
 
-    async def invoke_key(self, key: str, payload: bytes, request_id: str | None = None) -> InvocationResult:
+    async def invoke_key(
+        self, key: str, payload: bytes, request_id: str | None = None, trace: str | None = None
+    ) -> InvocationResult:
         """The :class:`~lamina.invocation.invoker.Invoker` of event sources and the async dispatcher:
         by "namespace/name[:qualifier]" key, so a mapping, a schedule or a destination may target an
-        alias or a version."""
+        alias or a version. ``trace``: an async event's trace context, continued by the invocation."""
         function_key, _, qualifier = key.partition(":")
         try:
             target = self.registry.route_key(function_key, qualifier or None)
         except FunctionNotFound:
             raise FunctionNotFound(f"Function not found: {key}") from None
+        context = tracing.TraceContext.decode(trace) if trace else None
         request = InvocationRequest(
             request_id=request_id or str(uuid.uuid4()),
             payload=payload,
             invoked_function_arn=target.invoked_arn,
+            trace_id=context.trace_id if context else None,
+            traceparent=context.traceparent if context else None,
+            tracestate=context.tracestate if context else None,
         )
         return await self.invoke(target.config, request)
 
-    async def enqueue(self, fn: FunctionConfig, payload: bytes, qualifier: str | None = None) -> str:
-        """Queue an Event invocation; an alias is resolved when the event runs, as on Lambda."""
+    async def enqueue(
+        self,
+        fn: FunctionConfig,
+        payload: bytes,
+        qualifier: str | None = None,
+        trace: tracing.TraceContext | None = None,
+    ) -> str:
+        """Queue an Event invocation; an alias is resolved when the event runs, as on Lambda. The
+        caller's ``trace`` goes with the event: the invocation continues the caller's chain."""
         if self.async_queue is None:
             raise RuntimeError("this gateway has no async queue configured")
         request_id = str(uuid.uuid4())
         key = fn.key if not qualifier or qualifier == "$LATEST" else f"{fn.key}:{qualifier}"
-        await self.async_queue.enqueue(key, request_id, payload)
+        if trace is None:
+            await self.async_queue.enqueue(key, request_id, payload)
+        else:
+            await self.async_queue.enqueue(key, request_id, payload, trace.encode())
         self.metrics.async_received.labels(fn.name).inc()
         return request_id
 

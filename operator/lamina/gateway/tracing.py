@@ -53,6 +53,22 @@ class TraceContext:
     traceparent: str | None = None
     tracestate: str | None = None
 
+    def encode(self) -> str:
+        """As an async event keeps it (JSON)."""
+        import json
+
+        fields = {"traceId": self.trace_id, "traceparent": self.traceparent, "tracestate": self.tracestate}
+        return json.dumps({k: v for k, v in fields.items() if v})
+
+    @classmethod
+    def decode(cls, text: str) -> TraceContext:
+        import json
+
+        data = json.loads(text)
+        trace_id = str(data["traceId"])
+        depth = lineage_depth(parse_xray(trace_id).get("Lineage"))
+        return cls(trace_id, depth, data.get("traceparent"), data.get("tracestate"))
+
 
 def parse_xray(header: str | None) -> dict[str, str]:
     """``Root=...;Parent=...;Sampled=1;Lineage=...`` as a dict (unknown keys kept, in order)."""
