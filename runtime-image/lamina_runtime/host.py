@@ -164,6 +164,20 @@ class HostedEnvironment:
         return self._busy
 
     @property
+    def init_failure(self) -> str | None:
+        """Why the last INIT failed, in one line (``errorType: errorMessage``, an exit, a timeout), or
+        None when it did not (or its failure was already the answer to an invocation)."""
+        if self._init_failure is None:
+            return None
+        kind, detail = self._init_failure
+        if kind == "exit":
+            return f"Runtime.ExitError: {exit_message(int(detail))}"  # type: ignore[call-overload]
+        if kind == "timeout":
+            return f"Sandbox.Timedout: INIT timed out after {detail:.2f} seconds"
+        error = dict(detail)  # type: ignore[call-overload]
+        return f"{error.get('errorType', 'Runtime.Unknown')}: {error.get('errorMessage', '')}"
+
+    @property
     def needs_restart(self) -> bool:
         """True when the next invocation must pay a new INIT (never started, reset, crashed)."""
         return self._init_failure is not None or not self.alive

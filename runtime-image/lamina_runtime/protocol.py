@@ -59,6 +59,19 @@ LOG_RESULT = "Lamina-Log-Result"
 #: The log travels base64-encoded and cut to its last 4 KB, as X-Amz-Log-Result carries it.
 LOG_TAIL_BYTES = 4096
 
+# -- the pod's readiness: GET /healthz ------------------------------------------------------------------
+#: ``GET /healthz?wait=S``: the pod holds its answer while INIT runs (at most S seconds), so the gateway
+#: learns the moment a starting environment can serve, without polling it while INIT takes the CPU.
+HEALTH_WAIT_PARAM = "wait"
+#: Header of a /healthz 503 after a failed INIT: the environment is not Ready (the kubelet's probe and
+#: a provisioned environment's count see that), but an on-demand invocation may take it and gets the
+#: INIT error as its answer, as Lambda answers a failed cold start (the next one runs INIT again).
+INIT_FAILED_HEADER = "Lamina-Init-Failed"
+#: Exit status of the server of a provisioned environment whose INIT failed: Lambda fails such an
+#: environment instead of serving with it. Its reason is the container's termination message, which
+#: the operator puts into the Function's status. (A crash of the server itself exits with 1.)
+INIT_FAILED_EXIT_CODE = 70
+
 #: Header the gateway sends with every /invoke to a pod; the pod refuses /invoke without it when it was
 #: given a secret (LAMINA_INVOKE_SECRET). See lamina.auth.credentials.invoke_secret.
 INVOKE_SECRET_HEADER = "Lamina-Invoke-Secret"

@@ -18,24 +18,37 @@ code, layers and variables written, INIT run, and from then on it is that functi
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import os
 import sys
 import uuid
+
+# hmac's compare_digest without importing hmac, which loads hashlib's OpenSSL and BLAKE2 modules: a
+# cold start waits for everything this module imports (hmac falls back to this same function).
+from _operator import _compare_digest as compare_digest
 from collections.abc import Mapping
 
 from .factory import environment_for, python_version
-from .host import HostedEnvironment, WorkerBusy
+from .host import PROVISIONED, HostedEnvironment, WorkerBusy
 from .http11 import BadRequest, Request, Timeouts, serve_connection
 from .paths import split_layers
-from .protocol import INVOKE_SECRET_HEADER, InvocationResult, decode_request, encode_result
-from .specialize import MAX_BODY_BYTES as MAX_HANDOVER_BYTES
-from .specialize import HandoverError, install, parse
+from .protocol import (
+    HEALTH_WAIT_PARAM,
+    INIT_FAILED_EXIT_CODE,
+    INIT_FAILED_HEADER,
+    INVOKE_SECRET_HEADER,
+    InvocationResult,
+    decode_request,
+    encode_result,
+)
 
 MAX_REQUEST_BYTES = 6291456  # Lambda's synchronous request payload limit
 INVOKE_SECRET_ENV = "LAMINA_INVOKE_SECRET"
 POOL_ENV = "LAMINA_POOL"
+#: Longest hold of ``GET /healthz?wait=S``.
+MAX_HEALTH_WAIT_S = 30.0
+#: Where Kubernetes reads a container's last words (``terminationMessagePath``'s default).
+TERMINATION_LOG = "/dev/termination-log"
 #: The gateway opens a connection to send a request at once and keeps idle ones for 60 s; anything
 #: slower is not the gateway. A request's head and body (6 MB at most) get 30 s.
 TIMEOUTS = Timeouts(first=10.0, idle=120.0, read=30.0)
@@ -98,6 +111,18 @@ def _new_request_id() -> str:
     return str(uuid.uuid4())
 
 
+def _query_seconds(query: str, name: str) -> float:
+    """``name=<seconds>`` from a query string; 0 when absent or not a number."""
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key == name:
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return 0.0
+    return 0.0
+
+
 def _json(status: int, message: str) -> tuple[int, bytes, dict[str, str]]:
     return status, json.dumps({"message": message}).encode(), {"Content-Type": "application/json"}
 
@@ -113,10 +138,13 @@ class RuntimeServer:
         invoke_secret: str | None = None,
         timeouts: Timeouts = TIMEOUTS,
         pod_environ: Mapping[str, str] | None = None,
+        provisioned: bool = False,
     ) -> None:
         """``worker`` None: a generic pool environment until ``POST /specialize`` gives it a function
-        (``pod_environ``: the pod's own variables, kept under the function's)."""
+        (``pod_environ``: the pod's own variables, kept under the function's). ``provisioned``: a
+        provisioned-concurrency environment, which never serves after a failed INIT (it exits)."""
         self.worker = worker
+        self.provisioned = provisioned
         self.pod_environ = dict(pod_environ or {})
         self._specializing = False
         self.timeouts = timeouts
@@ -126,6 +154,8 @@ class RuntimeServer:
         # it; probes answer 503 meanwhile. A failed INIT still counts as done: it is the next answer.
         self._starting: asyncio.Task[float] | None = None
         self._initialised = False
+        #: Why the first INIT of a provisioned environment failed (it then exits), else None.
+        self.provisioned_failure: str | None = None
         self._server: asyncio.Server | None = None
 
     async def listen(self, host: str, port: int) -> int:
@@ -142,7 +172,17 @@ class RuntimeServer:
     def ready(self) -> bool:
         if self.generic:
             return not self._specializing  # an idle pool environment is Ready to be claimed
-        return self._initialised and self._starting is None
+        return self._initialised and self._starting is None and self.init_failure is None
+
+    @property
+    def init_failure(self) -> str | None:
+        """Why the INIT done last failed, until an invocation has been answered with it."""
+        return self.worker.init_failure if self.worker is not None and self._starting is None else None
+
+    @property
+    def failed_for_good(self) -> bool:
+        """A provisioned environment whose first INIT failed: it exits instead of serving."""
+        return self.provisioned_failure is not None
 
     async def init(self) -> float:
         self._starting = asyncio.create_task(self._start_worker())
@@ -154,6 +194,8 @@ class RuntimeServer:
             return await self.worker.start()
         finally:
             self._starting = None
+            if not self._initialised and self.provisioned:
+                self.provisioned_failure = self.worker.init_failure
             self._initialised = True
 
     async def close(self) -> None:
@@ -169,23 +211,47 @@ class RuntimeServer:
         await self._server.serve_forever()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        limit = max(MAX_REQUEST_BYTES, MAX_HANDOVER_BYTES) if self.generic else MAX_REQUEST_BYTES
+        limit = MAX_REQUEST_BYTES
+        if self.generic:
+            from .specialize import MAX_BODY_BYTES  # only a pool environment takes hand-overs
+
+            limit = max(limit, MAX_BODY_BYTES)
         await serve_connection(reader, writer, self._route, limit, _refuse, self.timeouts)
 
     def _authorized(self, request: Request) -> bool:
         if self._secret is None:
             return True
         given = request.headers.get(INVOKE_SECRET_HEADER.lower(), "").encode("latin-1")
-        return hmac.compare_digest(given, self._secret)
+        return compare_digest(given, self._secret)
+
+    async def _health(self, query: str) -> tuple[int, bytes, dict[str, str]]:
+        """200 once INIT is done; ``?wait=S`` holds the answer while INIT runs (up to S seconds). After
+        a failed INIT: 503, with INIT_FAILED_HEADER unless the environment is about to exit."""
+        wait = _query_seconds(query, HEALTH_WAIT_PARAM)
+        starting = self._starting
+        if wait > 0 and starting is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(starting), min(wait, MAX_HEALTH_WAIT_S))
+            except TimeoutError:
+                pass
+            except Exception:  # the INIT task's own failure is reported below
+                pass
+        if self.ready:
+            return _json(200, "ready")
+        failure = self.init_failure
+        if failure is None or self.generic:
+            return _json(503, "initializing")
+        status, body, headers = _json(503, f"INIT failed: {failure}")
+        if not self.failed_for_good:
+            headers[INIT_FAILED_HEADER] = "1"
+        return status, body, headers
 
     async def _route(self, request: Request) -> tuple[int, bytes, dict[str, str]]:
-        path = request.path.split("?", 1)[0]
+        path, _, query = request.path.partition("?")
         if path == "/healthz":
             if request.method != "GET":
                 return _json(405, "use GET /healthz")
-            if self.ready:
-                return _json(200, "ready")
-            return _json(503, "initializing")
+            return await self._health(query)
         if path == "/specialize":
             if request.method != "POST":
                 return _json(405, "use POST /specialize")
@@ -206,6 +272,8 @@ class RuntimeServer:
         with INIT's duration (a failed INIT is the first invocation's answer, as on Lambda)."""
         if not self.generic or self._specializing:
             return _json(409, "this environment already belongs to a function; it is never handed another")
+        from .specialize import HandoverError, install, parse
+
         try:
             handover = parse(request.body)
         except HandoverError as exc:  # nothing was written: still generic, still claimable
@@ -266,6 +334,7 @@ async def serve(host: str, port: int, environ: Mapping[str, str] | None = None) 
         invoke_secret=secret,
         timeouts=timeouts_from_env(environ),
         pod_environ=environ,
+        provisioned=environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == PROVISIONED,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -278,7 +347,25 @@ async def serve(host: str, port: int, environ: Mapping[str, str] | None = None) 
             print("lamina_runtime: a generic pool environment, waiting for a function", flush=True)
         else:
             init_ms = await server.init()
+            if server.failed_for_good:
+                # Lambda fails a provisioned environment whose INIT fails instead of serving with it.
+                # The exit makes the pod not Ready and says why where Kubernetes looks for it.
+                why = f"INIT of a provisioned environment failed: {server.provisioned_failure}"
+                print(f"lamina_runtime: {why}", flush=True)
+                write_termination_message(why)
+                raise SystemExit(INIT_FAILED_EXIT_CODE)
             print(f"lamina_runtime: {server.worker.handler} ready (INIT {init_ms:.2f} ms)", flush=True)
         await stop.wait()
     finally:
         await server.close()
+
+
+def write_termination_message(message: str, path: str = TERMINATION_LOG) -> None:
+    """The container's last words for Kubernetes (its status shows them); nothing where the file
+    does not exist (outside a pod)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)  # never created: only the kubelet's file
+    except OSError:
+        return
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(message[:4000])

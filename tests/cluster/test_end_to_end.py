@@ -188,7 +188,7 @@ class PodRunner:
                 return
         env["LAMBDA_TASK_ROOT"] = str(task_root)
         command = list(main["command"])
-        assert command[:4] == ["python", "-m", "lamina_runtime", "serve"], command
+        assert command[:5] == ["python", "-S", "-m", "lamina_runtime", "serve"], command
         port = command[command.index("--port") + 1]
         python = self.interpreters[env.get("LAMINA_RUNTIME", "python3.12")]
         env["LAMINA_RUNTIME_PACKAGES"] = self.sdk  # the image's ENV: the runtime's boto3

@@ -105,9 +105,9 @@ def handler(event, context):
 """
 
 
-def test_healthz_turns_ready_after_init(serve, write_code, tmp_path):
-    gate = tmp_path / "gate"
-    code = write_code(
+def gated_init(write_code: Callable[[str], str], gate: Path) -> str:
+    """Code whose INIT runs until ``gate`` exists; its handler answers "warm"."""
+    return write_code(
         f"""
         import os, time
         while not os.path.exists({str(gate)!r}):
@@ -116,13 +116,81 @@ def test_healthz_turns_ready_after_init(serve, write_code, tmp_path):
             return "warm"
         """
     )
-    served = serve(code)
+
+
+def test_healthz_turns_ready_after_init(serve, write_code, tmp_path):
+    gate = tmp_path / "gate"
+    served = serve(gated_init(write_code, gate))
     status, _, _ = served.request("GET", "/healthz")
     assert status == 503  # INIT is still running: the pod is not Ready yet
     gate.write_text("")
     _poll(lambda: served.request("GET", "/healthz")[0] == 200, "healthz 200")
     status, _, out = served.invoke({})
     assert status == 200 and out == "warm"
+
+
+def test_healthz_wait_holds_the_answer_until_init_is_done(serve, write_code, tmp_path):
+    """The gateway's probe of a starting pod: one request, answered the moment INIT ends."""
+    gate = tmp_path / "gate"
+    served = serve(gated_init(write_code, gate))
+    started = time.monotonic()
+    status, _, _ = served.request("GET", "/healthz?wait=0.3")
+    assert status == 503 and time.monotonic() - started >= 0.3  # held, then not ready yet
+    answer: list[int] = []
+    probe = threading.Thread(target=lambda: answer.append(served.request("GET", "/healthz?wait=30")[0]))
+    probe.start()
+    time.sleep(0.2)
+    assert not answer  # still held while INIT runs
+    gate.write_text("")
+    probe.join(20)
+    assert answer == [200]
+
+
+def test_a_failed_init_is_not_ready_but_an_on_demand_call_gets_its_error(serve, write_code):
+    """/healthz stays 503 after a failed INIT (the kubelet's probe: not Ready), marked so that the
+    gateway may hand a waiting call over; the call gets the INIT error, and the next runs INIT again."""
+    served = serve(write_code("raise RuntimeError('no config')\ndef handler(e, c):\n    return 1\n"))
+    status, headers, body = served.request("GET", "/healthz?wait=20")
+    assert status == 503 and headers.get("Lamina-Init-Failed") == "1", (status, headers, body)
+    assert "RuntimeError: no config" in json.loads(body)["message"]
+    for _ in range(2):
+        status, headers, error = served.invoke({})
+        assert status == 200 and headers["Lamina-Function-Error"] == "Unhandled"
+        assert error["errorType"] == "RuntimeError" and error["errorMessage"] == "no config"
+    assert served.proc.poll() is None  # an on-demand environment keeps serving
+
+
+def test_a_provisioned_environment_whose_init_fails_exits_with_the_reason(serve, write_code, tmp_path):
+    """Lambda fails a provisioned environment whose INIT fails: the server exits with
+    INIT_FAILED_EXIT_CODE and leaves the reason where Kubernetes reads a container's last words."""
+    from lamina_runtime import server as runtime_server
+    from lamina_runtime.protocol import INIT_FAILED_EXIT_CODE
+
+    served = serve(
+        write_code("raise RuntimeError('no config')\ndef handler(e, c):\n    return 1\n"),
+        AWS_LAMBDA_INITIALIZATION_TYPE="provisioned-concurrency",
+    )
+    assert served.proc.wait(30) == INIT_FAILED_EXIT_CODE
+    assert "INIT of a provisioned environment failed: RuntimeError: no config" in served.log.read_text()
+    message = tmp_path / "termination-log"
+    message.write_text("")
+    runtime_server.write_termination_message("INIT failed: x", str(message))
+    assert message.read_text() == "INIT failed: x"
+    runtime_server.write_termination_message("never created", str(tmp_path / "absent"))
+    assert not (tmp_path / "absent").exists()
+
+
+def test_a_provisioned_environment_reports_no_init_duration(serve, write_code):
+    """Its INIT ran ahead of any request: as on Lambda, no REPORT carries Init Duration."""
+    for init_type, reported in (("provisioned-concurrency", False), ("on-demand", True)):
+        served = serve(write_code(HANDLER), AWS_LAMBDA_INITIALIZATION_TYPE=init_type)
+        assert served.request("GET", "/healthz?wait=20")[0] == 200
+        status, headers, _ = served.invoke({})
+        assert status == 200
+        report = base64.b64decode(headers["Lamina-Log-Result"]).decode().splitlines()[-1]
+        assert report.startswith("REPORT RequestId:"), report
+        assert ("Init Duration" in report) is reported, (init_type, report)
+        assert ("Lamina-Init-Duration-Ms" in headers) is reported, (init_type, headers)
 
 
 def test_invoke_end_to_end(serve, write_code):

@@ -256,6 +256,26 @@ async def test_a_held_request_probes_a_starting_pod_instead_of_waiting_for_its_r
         assert json.loads(again.payload)["pid"] == json.loads(result.payload)["pid"]
 
 
+async def test_a_held_request_takes_a_starting_pod_whose_init_failed_and_gets_the_error(tmp_path) -> None:
+    """An on-demand cold start whose INIT fails is answered with the INIT error (as on Lambda), not
+    held until the cold-start limit: the pod's probe says INIT failed, and the request goes to it."""
+    (tmp_path / "index.py").write_text("raise RuntimeError('no config')\ndef handler(e, c):\n    return 1\n")
+    started = Servers(tmp_path)
+    fn = FunctionConfig(name="fn")
+    try:
+        async with empty_pool(fn, 60) as (pool, source):
+            call = asyncio.create_task(pool.invoke(fn, request({})))
+            await asyncio.sleep(0.1)
+            source.set_pods(fn.key, PodSet.of([], [await started()]))  # never Ready by the kubelet
+            result = await asyncio.wait_for(call, 30)
+            assert result.function_error == "Unhandled"
+            assert json.loads(result.payload)["errorMessage"] == "no config"
+    finally:
+        for proc in started.procs:
+            proc.terminate()
+            await proc.wait()
+
+
 def image_problem(pod: str = "fn-fn-abc") -> PodProblem:
     return PodProblem(
         "ImagePullBackOff",

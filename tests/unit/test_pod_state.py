@@ -8,6 +8,7 @@ import pytest
 
 from lamina.resources import deployment_readiness
 from lamina.resources.pod_state import Failure, PodProblem, function_problem, pod_problem
+from lamina_runtime.protocol import INIT_FAILED_EXIT_CODE
 
 IMAGE = "ghcr.io/lamina-dev/runtime:python3.12"
 
@@ -98,6 +99,23 @@ def test_a_runtime_server_that_crashes_at_start() -> None:
     first = {"name": "function", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}
     problem = pod_problem(pod(containers=[first]))
     assert problem is not None and problem.reason == "ContainerFailed" and "(OOMKilled)" in problem.message
+
+
+def test_a_provisioned_environment_whose_init_failed_names_the_functions_error() -> None:
+    """The runtime server exits with INIT_FAILED_EXIT_CODE and the error as its termination message:
+    FunctionInitFailed, just exited, backing off, and while the kubelet runs it again; once an attempt
+    succeeds (the container is ready) there is no problem."""
+    said = "INIT of a provisioned environment failed: RuntimeError: no config"
+    last = {"terminated": {"exitCode": INIT_FAILED_EXIT_CODE, "reason": "Error", "message": said}}
+    for container in (
+        {"name": "function", "state": last, "ready": False},
+        waiting("function", "CrashLoopBackOff", lastState=last, restartCount=2),
+        {**running(), "lastState": last, "restartCount": 3},
+    ):
+        problem = pod_problem(pod(containers=[container]))
+        assert problem is not None and problem.reason == Failure.FUNCTION_INIT_FAILED, container
+        assert "RuntimeError: no config" in problem.message and "container function" in problem.message
+    assert pod_problem(pod(containers=[{**running(), "lastState": last, "ready": True}])) is None
 
 
 def test_config_errors_unschedulable_and_failed_pods() -> None:

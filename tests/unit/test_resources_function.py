@@ -132,6 +132,15 @@ def test_environment_lambda_variables_then_user_then_references() -> None:
     assert container(res.deployment)["image"] == "registry.example/runtime:python3.11"
 
 
+@pytest.mark.parametrize(("provisioned", "init_type"), [(0, "on-demand"), (2, "provisioned-concurrency")])
+def test_initialization_type_follows_provisioned_concurrency(provisioned: int, init_type: str) -> None:
+    """A Deployment with provisioned concurrency holds the provisioned environments: their runtime
+    omits Init Duration and fails instead of serving after a failed INIT (AWS_LAMBDA_INITIALIZATION_TYPE,
+    a name reserved by the runtime: the API refuses it in spec.environment)."""
+    fn = function({"provisionedConcurrency": provisioned})
+    assert env_of(build_function(fn, SETTINGS).deployment)["AWS_LAMBDA_INITIALIZATION_TYPE"] == init_type
+
+
 @pytest.mark.parametrize("runtime", ["provided.al2023", "provided.al2"])
 def test_custom_runtime_carries_its_runtime_and_runs_in_the_python_image(runtime: str) -> None:
     """The runtime server reads LAMINA_RUNTIME to run the bootstrap; like Lambda, no AWS_EXECUTION_ENV."""

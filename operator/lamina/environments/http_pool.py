@@ -5,8 +5,11 @@ endpoint is busy (the source is asked for one more replica and the request is he
 and idle endpoints above provisioned concurrency handed back after the keep-alive.
 
 A held request does not wait for the kubelet's readiness probe: pods that have an address but are not
-Ready yet are probed here (`GET /healthz`, which the runtime answers 200 only after INIT) every few
-milliseconds while a request waits, and the first to answer takes it. A held request also does not
+Ready yet are probed here while a request waits, and the first to answer takes it. The probe is
+`GET /healthz?wait=S`, which the runtime holds until its INIT is over, so the answer comes the moment
+the environment can serve; until the runtime listens, the connection is retried every few ms. A pod
+whose INIT failed answers 503 with `Lamina-Init-Failed`: an on-demand cold start takes it anyway, and
+the caller gets the INIT error, as on Lambda. A held request also does not
 wait for what cannot come: when the source reports why pods cannot start (an image that cannot be
 pulled, a failed init container, a crash) and nothing else can serve, it fails at once with that cause.
 """
@@ -27,6 +30,8 @@ from lamina.environments.endpoints import EndpointSource, PodSet
 from lamina.environments.pod_client import Broken, PodClient, Refused
 from lamina.resources.pod_state import PodProblem
 from lamina_runtime.protocol import (
+    HEALTH_WAIT_PARAM,
+    INIT_FAILED_HEADER,
     INVOKE_SECRET_HEADER,
     InvocationRequest,
     InvocationResult,
@@ -46,12 +51,15 @@ REFUSED_PAUSE_S = 0.2
 #: How long an endpoint that dropped an invocation sits out (it is usually gone for good: its pod's
 #: deletion reaches the watch meanwhile).
 LOST_PAUSE_S = 5.0
-#: Probing a starting pod while a request waits: first gap, growth per miss, longest gap (seconds).
-#: A refused connection costs microseconds, and the runtime answers its probe before INIT is done.
+#: Probing a starting pod while a request waits: first gap, growth per miss, longest gap (seconds)
+#: between connection attempts until the runtime listens (a refused connection costs microseconds);
+#: then one probe is held by the runtime for up to PROBE_WAIT_S while INIT runs.
 PROBE_FIRST_S = 0.005
 PROBE_GROWTH = 1.3
-PROBE_MAX_S = 0.05
+PROBE_MAX_S = 0.02
+PROBE_WAIT_S = 5.0
 PROBE_TIMEOUT_S = 1.0
+HEALTH_PATH = f"/healthz?{HEALTH_WAIT_PARAM}={PROBE_WAIT_S:g}"
 
 
 def environment_lost(request: InvocationRequest, why: str) -> InvocationResult:
@@ -302,11 +310,14 @@ class HttpEnvironmentPool:
             pool.probes.pop(endpoint, None)
 
     async def _healthy(self, endpoint: str) -> bool:
+        """Whether the pod can take a request: INIT done, or failed (the request then gets its error)."""
         try:
-            reply = await self._client.request(endpoint, "GET", "/healthz", {}, b"", PROBE_TIMEOUT_S)
+            reply = await self._client.request(
+                endpoint, "GET", HEALTH_PATH, {}, b"", PROBE_WAIT_S + PROBE_TIMEOUT_S
+            )
         except (Refused, Broken):
             return False
-        return reply.status == 200
+        return reply.status == 200 or INIT_FAILED_HEADER.lower() in reply.headers
 
     async def _scale(self, pool: _Pool, retire: str | None = None) -> None:
         """Ask the source for ``pool.requested`` replicas. One request at a time per function, each

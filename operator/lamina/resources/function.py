@@ -35,7 +35,13 @@ UNZIPPED_SIZE = "250Mi"
 #: leaves room for the server: the kernel's OOM killer must not get there first.
 SERVER_MEMORY_HEADROOM_MB = 64
 INLINE_FILE = "index.py"
-SERVE_COMMAND = ["python", "-m", "lamina_runtime", "serve", "--host", "0.0.0.0", "--port", str(PORT)]
+#: ``-S``: the server imports the standard library and lamina_runtime (on PYTHONPATH) only, and a
+#: cold start waits for its start-up: site's processing of site-packages is skipped.
+SERVE_COMMAND = ["python", "-S", "-m", "lamina_runtime", "serve", "--host", "0.0.0.0", "--port", str(PORT)]
+#: AWS_LAMBDA_INITIALIZATION_TYPE of a Deployment's pods: with provisioned concurrency they are the
+#: provisioned environments (INIT ahead of any request: no Init Duration on their first REPORT, and an
+#: INIT failure fails the environment instead of answering a call); else they start on demand.
+PROVISIONED_CONCURRENCY, ON_DEMAND = "provisioned-concurrency", "on-demand"
 #: ``python -m lamina_runtime fetch URL SHA256 DEST``: download a zip, check its digest, extract it.
 FETCH_COMMAND = ["python", "-m", "lamina_runtime", "fetch"]
 #: ``python -m lamina_runtime fetch-s3 [--endpoint E] [--version-id V] BUCKET KEY SHA256 DEST``.
@@ -251,7 +257,13 @@ def _deployment(
         "imagePullPolicy": settings.image_pull_policy,
         "command": SERVE_COMMAND,
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
-        "env": function_env(fn, settings, layer_paths, version.number if version else LATEST),
+        "env": function_env(
+            fn,
+            settings,
+            layer_paths,
+            version.number if version else LATEST,
+            initialization_type=PROVISIONED_CONCURRENCY if provisioned else ON_DEMAND,
+        ),
         "resources": {
             "requests": {"cpu": f"{spec.cpu_millicores}m", "memory": memory},
             "limits": {"memory": memory},
@@ -354,11 +366,16 @@ def _fetch_s3_container(
 
 
 def function_env(
-    fn: Function, settings: Settings, layer_paths: Sequence[str], version: str = "$LATEST"
+    fn: Function,
+    settings: Settings,
+    layer_paths: Sequence[str],
+    version: str = "$LATEST",
+    initialization_type: str | None = None,
 ) -> list[dict[str, Any]]:
     """The container's variables: Lambda's reserved ones and lamina's (region, the gateway's endpoint,
     credentials, logging: resources.runtime_env), then the user's (a user value replaces a default of
-    the same name, such as AWS_REGION), then the Secret/ConfigMap references."""
+    the same name, such as AWS_REGION), then the Secret/ConfigMap references.
+    ``initialization_type`` (AWS_LAMBDA_INITIALIZATION_TYPE) is the platform's to say, never the user's."""
     spec = fn.spec
     values: dict[str, str] = {
         "AWS_LAMBDA_FUNCTION_NAME": fn.name,
@@ -381,6 +398,8 @@ def function_env(
     if layer_paths:
         values["LAMINA_LAYERS"] = os.pathsep.join(layer_paths)
     values.update(spec.environment)
+    if initialization_type is not None:
+        values["AWS_LAMBDA_INITIALIZATION_TYPE"] = initialization_type
     refs = {e.name: e for e in spec.environment_from}
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in values.items() if k not in refs]
     for ref in spec.environment_from:

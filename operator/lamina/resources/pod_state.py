@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from lamina_runtime.protocol import INIT_FAILED_EXIT_CODE
+
 
 class Failure(StrEnum):
     """Reasons (the kubelet's own where it has one) that a Function's Ready condition may carry."""
@@ -32,6 +34,9 @@ class Failure(StrEnum):
     RUN_CONTAINER_ERROR = "RunContainerError"
     INIT_CONTAINER_FAILED = "InitContainerFailed"
     CONTAINER_FAILED = "ContainerFailed"
+    #: A provisioned environment's INIT failed (the runtime server exits with INIT_FAILED_EXIT_CODE and
+    #: the function's error as its termination message); Lambda fails the allocation in that case.
+    FUNCTION_INIT_FAILED = "FunctionInitFailed"
     CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
     UNSCHEDULABLE = "Unschedulable"
     POD_FAILED = "PodFailed"
@@ -95,6 +100,13 @@ def _container_problem(
         return reason, f'image "{image}" of {kind} {name} cannot be pulled ({reason}): {detail}'
     if reason in WAITING_FAILURES:
         return reason, _clip(f"{kind} {name} cannot start ({reason}): {waiting.get('message') or reason}")
+    if not init and (terminated or last).get("exitCode") == INIT_FAILED_EXIT_CODE and not status.get("ready"):
+        # The function's INIT failed in a provisioned environment; also while the kubelet restarts it
+        # (the next attempt may succeed: then the container is ready and this no longer applies).
+        said = ((terminated or last).get("message") or "").strip() or "its INIT failed"
+        restarts = status.get("restartCount", 0)
+        again = f" (restarted {restarts} times)" if restarts else ""
+        return Failure.FUNCTION_INIT_FAILED, _clip(f"{kind} {name}: {said}{again}")
     if reason == Failure.CRASH_LOOP_BACK_OFF:
         restarts = status.get("restartCount", 0)
         said = _terminated_text(name, last, kind) if last else f"{kind} {name} keeps exiting"

@@ -91,20 +91,21 @@ def test_a_crash_during_init_answers_at_once_with_lambdas_error(lamina: Lamina) 
         assert body["errorType"] == "Runtime.ExitError", body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="missing fix (h7-cold / runtime): a provisioned environment whose INIT fails reports "
-    "itself ready (/healthz answers after the failed INIT), so the Function says Ready=True; Lambda "
-    "fails the provisioned concurrency allocation instead",
-)
 def test_a_provisioned_environment_whose_init_fails_is_not_ready(lamina: Lamina) -> None:
+    """Lambda fails a provisioned environment whose INIT fails instead of serving with it: the pod
+    is not Ready, the Function's status names the function's error, and an invoke fails at once with
+    it (ResourceNotReadyException) instead of waiting for an environment that cannot come."""
     name = unique("provfail")
     code = "raise RuntimeError('no config')\ndef handler(e, c):\n    return 1\n"
     lamina.apply(function_yaml(name, code, provisionedConcurrency=1))
-    settled = ("EnvironmentsReady", "ContainerFailed", "CrashLoopBackOff", "InitFailed", "RuntimeInitError")
     cond = wait_for(
-        lambda: (c := lamina.condition("functions", name)) and c.get("reason") in settled and c,
+        lambda: not_ready_because(lamina, name, "FunctionInitFailed"),
         180,
-        f"{name} settled (ready, or failed with a reason)",
+        f"{name} Ready=False for its failed INIT",
     )
-    assert cond["status"] == "False", cond
+    assert "RuntimeError: no config" in cond["message"], cond
+    pods = lamina.pods(name)
+    assert pods and not any(c.ready for p in pods for c in p.status.container_statuses or [])
+    error = invoke_error(lamina, name)
+    assert error["Error"]["Code"] == "ResourceNotReadyException", error
+    assert "no config" in error["Error"]["Message"], error
