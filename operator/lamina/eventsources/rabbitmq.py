@@ -28,7 +28,10 @@ from typing import Any
 
 import aio_pika
 import aio_pika.exceptions
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
+import aiormq
+import aiormq.exceptions
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
+from aiormq.abc import DeliveredMessage
 
 from lamina.eventsources.base import Sink, Source, SourceError, SourceRecord
 
@@ -53,6 +56,10 @@ async def _declare(
 
 
 class RabbitMQSource(Source):
+    """Consumes with aiormq, the AMQP layer aio-pika is built on: a delivery is handed over as it is
+    parsed, without aio-pika's per-message object (its attribute guards were a sixth of the worker's
+    CPU in the throughput profile)."""
+
     kind = "rabbitmq"
     ordered = False
 
@@ -61,11 +68,9 @@ class RabbitMQSource(Source):
         self.url = url
         self.prefetch = max(1, prefetch)
         self.linger_seconds = linger_seconds
-        self._connection: AbstractConnection | None = None
-        self._channel: AbstractChannel | None = None
-        self._queue: AbstractQueue | None = None
-        self._consumer_tag: str | None = None
-        self._buffer: asyncio.Queue[tuple[int, AbstractIncomingMessage]] = asyncio.Queue()
+        self._connection: Any = None
+        self._channel: Any = None
+        self._buffer: asyncio.Queue[tuple[int, DeliveredMessage]] = asyncio.Queue()
         self._generation = 0
         self._unacked: set[int] = set()  # delivery tags of this channel not yet acknowledged
 
@@ -74,17 +79,25 @@ class RabbitMQSource(Source):
         self._buffer = asyncio.Queue()
         self._unacked = set()
         generation = self._generation
-        self._connection = await aio_pika.connect(self.url, timeout=10)
+        self._connection = await asyncio.wait_for(aiormq.connect(self.url), 10)
         try:
-            self._channel, self._queue = await _declare(self._connection, self.name)
-            await self._channel.set_qos(prefetch_count=self.prefetch)
+            channel = await self._connection.channel()
+            try:
+                await channel.queue_declare(self.name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                # A passive declare of a missing queue closes the channel; open another and create it.
+                channel = await self._connection.channel()
+                await channel.queue_declare(self.name, durable=True)
+            await channel.basic_qos(prefetch_count=self.prefetch)
+            self._channel = channel
 
-            async def on_message(message: AbstractIncomingMessage) -> None:
-                if generation == self._generation and message.delivery_tag is not None:
-                    self._unacked.add(message.delivery_tag)
+            async def on_message(message: DeliveredMessage) -> None:
+                tag = message.delivery_tag
+                if generation == self._generation and tag is not None:
+                    self._unacked.add(tag)
                 self._buffer.put_nowait((generation, message))
 
-            self._consumer_tag = await self._queue.consume(on_message, no_ack=False)
+            await channel.basic_consume(self.name, on_message, no_ack=False)
         except BaseException:
             await self.close()
             raise
@@ -127,21 +140,23 @@ class RabbitMQSource(Source):
                 records.append(self._record(message))
         return records
 
-    def _record(self, message: AbstractIncomingMessage) -> SourceRecord:
-        headers = {str(k): _header_text(v) for k, v in (message.headers or {}).items()}
+    def _record(self, message: DeliveredMessage) -> SourceRecord:
+        properties = message.header.properties
+        headers = {str(k): _header_text(v) for k, v in (properties.headers or {}).items()}
         attributes = dict(headers)
-        if message.content_type:
-            attributes.setdefault("ContentType", message.content_type)
+        if properties.content_type:
+            attributes.setdefault("ContentType", properties.content_type)
+        delivery: Any = message.delivery  # a Basic.Deliver: this is a consumer's delivery
         delivery_count = headers.get("x-delivery-count")  # quorum queues count redeliveries
         if delivery_count is not None and delivery_count.isdigit():
             receive_count = int(delivery_count) + 1
         else:
-            receive_count = 2 if message.redelivered else 1
-        stamp = message.timestamp
+            receive_count = 2 if delivery.redelivered else 1
+        stamp = properties.timestamp
         if stamp is not None and stamp.tzinfo is None:
             stamp = stamp.replace(tzinfo=UTC)
         arrival = stamp.timestamp() if stamp is not None else time.time()
-        record_id = message.message_id or f"lamina-{uuid.uuid4()}"
+        record_id = properties.message_id or f"lamina-{uuid.uuid4()}"
         return SourceRecord(
             id=record_id,
             body=message.body,
@@ -152,44 +167,41 @@ class RabbitMQSource(Source):
             source_fields={
                 "queue": self.name,
                 "messageId": record_id,
-                "deliveryTag": message.delivery_tag,
-                "redelivered": bool(message.redelivered),
-                "exchange": message.exchange or "",
-                "routingKey": message.routing_key or "",
+                "deliveryTag": delivery.delivery_tag,
+                "redelivered": bool(delivery.redelivered),
+                "exchange": delivery.exchange or "",
+                "routingKey": delivery.routing_key or "",
             },
-            handle=(self._generation, message),
+            handle=(self._generation, delivery.delivery_tag),
         )
 
-    def _current(self, records: Sequence[SourceRecord]) -> list[AbstractIncomingMessage]:
+    def _current(self, records: Sequence[SourceRecord]) -> list[int]:
         # Messages of an older channel were requeued by the broker when that channel closed.
         return [r.handle[1] for r in records if r.handle[0] == self._generation]
 
     async def ack(self, records: Sequence[SourceRecord]) -> None:
         self._live()
-        messages = self._current(records)
-        if not messages:
+        tags = set(self._current(records))
+        if not tags:
             return
-        tags = {m.delivery_tag for m in messages}
-        # Consumed messages always carry a tag (no_ack is off); only a get with no_ack has none.
-        last = max(messages, key=lambda m: m.delivery_tag or 0)
-        if all(t in tags for t in self._unacked if t <= (last.delivery_tag or 0)):
+        last = max(tags)
+        if all(t in tags for t in self._unacked if t <= last):
             # Everything up to the last one goes: one frame acknowledges them all.
-            await last.ack(multiple=True)
+            await self._channel.basic_ack(last, multiple=True)
         else:
-            for message in messages:
-                await message.ack()
+            for tag in sorted(tags):
+                await self._channel.basic_ack(tag)
         self._unacked.difference_update(tags)
 
     async def release(self, records: Sequence[SourceRecord]) -> None:
         self._live()
-        for message in self._current(records):
-            await message.nack(requeue=True)
-            self._unacked.discard(message.delivery_tag)
+        for tag in self._current(records):
+            await self._channel.basic_nack(tag, requeue=True)
+            self._unacked.discard(tag)
 
     async def close(self) -> None:
         connection = self._connection
-        self._connection = self._channel = self._queue = None
-        self._consumer_tag = None
+        self._connection = self._channel = None
         self._generation += 1
         if connection is not None and not connection.is_closed:
             with contextlib.suppress(Exception):
