@@ -370,3 +370,67 @@ def test_operator_checks_the_accounts_permissions_and_the_worker_watches_as_it(
         op.log.unlink(missing_ok=True)
         for path in configs:
             Path(path).unlink(missing_ok=True)
+
+
+LOCAL_WATCH = """
+apiVersion: lamina.dev/v1alpha1
+kind: Function
+metadata: {name: consumer}
+spec:
+  handler: index.handler
+  code:
+    inline: |
+      import json
+      def handler(event, context):
+          with open("OUT", "a") as out:
+              for e in event["Records"]:
+                  d = e["detail"]
+                  out.write(json.dumps([d.get("type"), d.get("name"), d.get("namespace")]) + "\\n")
+---
+apiVersion: lamina.dev/v1alpha1
+kind: EventSourceMapping
+metadata: {name: watch}
+spec:
+  functionName: consumer
+  startingPosition: LATEST
+  source:
+    kubernetes:
+      apiVersion: v1
+      kind: ConfigMap
+      namespace: NAMESPACE
+      labelSelector: app=shop
+      serviceAccountName: default
+"""
+
+
+def test_local_mode_watches_the_cluster_kubeconfig_names_and_resumes_after_a_restart(
+    kubeconfig: str, namespace: str, k8s_api: client.ApiClient, wait_until: Callable[..., Any], tmp_path: Path
+) -> None:
+    core = client.CoreV1Api(k8s_api)
+    out = tmp_path / "events.jsonl"
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "watch.yaml").write_text(
+        LOCAL_WATCH.replace("NAMESPACE", namespace).replace("OUT", str(out))
+    )
+    state = tmp_path / "state"
+    position = state / "mappings" / "default" / "watch.resource-version"
+
+    def lines() -> list[list[Any]]:
+        return [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
+
+    server = LocalServer([tmp_path / "m"], state, env={"KUBECONFIG": kubeconfig}).start()
+    try:
+        wait_until(position.exists, timeout=60, message="the first position kept in the state directory")
+        core.create_namespaced_config_map(namespace, config_map("web", app="shop"))
+        wait_until(lambda: ["ADDED", "web", namespace] in lines(), timeout=60, message="ADDED web")
+    finally:
+        server.stop()
+    core.delete_namespaced_config_map("web", namespace)  # while lamina local is down
+    server = LocalServer([tmp_path / "m"], state, env={"KUBECONFIG": kubeconfig}).start()
+    try:
+        wait_until(
+            lambda: ["DELETED", "web", namespace] in lines(), timeout=60, message="the missed deletion"
+        )
+        assert lines().count(["ADDED", "web", namespace]) == 1, "resumed, not replayed"
+    finally:
+        server.stop()
