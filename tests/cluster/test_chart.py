@@ -100,6 +100,9 @@ def test_external_redis_and_namespaced_mode_render(helm: str) -> None:
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["LAMINA_REDIS_URL"] == "redis://redis.example:6379/0"
     assert env["LAMINA_GATEWAY_URL"] == "http://r-lamina-gateway.lamina-system.svc:8080"
+    # One runtime image per Lambda runtime by default, as scripts/build-images tags them.
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert env["LAMINA_RUNTIME_IMAGE"] == f"ghcr.io/lamina-dev/runtime:{app_version}-{{runtime}}"
     assert operator["spec"]["strategy"] == {"type": "Recreate"}
 
 

@@ -66,3 +66,10 @@ def test_the_operator_reads_flags_and_the_charts_environment() -> None:
         ("a", "b"), "/k", 8082, 4, 0.0,
     )  # fmt: skip
     assert s.builders.image_for("python3.12") == "img:python3.12"
+
+
+def test_the_default_runtime_image_is_one_per_runtime() -> None:
+    builders = OperatorSettings.read([], {}).builders
+    assert builders.image_for("python3.11").endswith("-python3.11")
+    assert builders.image_for("python3.12").endswith("-python3.12")
+    assert builders.image_for("provided.al2023").endswith("-python3.12")

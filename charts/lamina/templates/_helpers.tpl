@@ -41,7 +41,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 
 {{- define "lamina.runtimeImage" -}}
-{{- printf "%s:%s" .Values.runtimeImage.repository (default .Chart.AppVersion .Values.runtimeImage.tag) }}
+{{- printf "%s:%s" .Values.runtimeImage.repository (default (printf "%s-{runtime}" .Chart.AppVersion) .Values.runtimeImage.tag) }}
 {{- end }}
 
 {{- define "lamina.operatorName" -}}

@@ -16,7 +16,8 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     VERSION = "0.1.0"
 
-DEFAULT_RUNTIME_IMAGE = f"ghcr.io/lamina-dev/runtime:{VERSION}"
+#: One runtime image per Lambda runtime, as `scripts/build-images` tags and `docs/images.md` publishes them.
+DEFAULT_RUNTIME_IMAGE = f"ghcr.io/lamina-dev/runtime:{VERSION}-{{runtime}}"
 DEFAULT_WORKER_IMAGE = f"ghcr.io/lamina-dev/lamina:{VERSION}"
 #: The port ``lamina gateway`` listens on and the chart's gateway Service serves (``gateway.port``).
 DEFAULT_GATEWAY_PORT = 8080
