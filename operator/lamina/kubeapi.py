@@ -141,6 +141,22 @@ def list_functions_fn(api: client.ApiClient, namespace: str | None) -> Callable[
     return list_all
 
 
+def list_pods_fn(api: client.ApiClient, namespace: str | None, selector: str) -> Callable[..., Any]:
+    """``list_pods(**kw)`` of the pods matching ``selector`` in ``namespace`` (None: all), for a watch."""
+    core = client.CoreV1Api(api)
+    if namespace:
+
+        def list_namespaced(**kw: Any) -> Any:
+            return core.list_namespaced_pod(namespace, label_selector=selector, **kw)
+
+        return list_namespaced
+
+    def list_all(**kw: Any) -> Any:
+        return core.list_pod_for_all_namespaces(label_selector=selector, **kw)
+
+    return list_all
+
+
 class SecretValues:
     """Values of Secrets by key, read through the API and kept ``ttl`` seconds.
 

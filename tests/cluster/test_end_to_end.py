@@ -114,7 +114,7 @@ class PodRunner:
     def _run(self) -> None:
         while not self._stop.wait(0.2):
             try:
-                pods = self.core.list_namespaced_pod(self.namespace, label_selector=labels.FUNCTION).items
+                pods = self.core.list_namespaced_pod(self.namespace).items
             except Exception as e:  # the API server is busy: the next round sees the pods
                 self.errors.append(str(e))
                 continue
@@ -159,6 +159,14 @@ class PodRunner:
         env = {e["name"]: e["value"] for e in main.get("env") or [] if "value" in e}
         task_root = self.workdir / pod.metadata.name
         task_root.mkdir(parents=True, exist_ok=True)
+        pooled = (pod.metadata.labels or {}).get(labels.NAME) == labels.POOL_APP
+        if pooled:  # a warm pool pod: its writable code and layer volumes are directories here
+            for var, sub in (("LAMINA_POOL_TASK_ROOT", "task"), ("LAMINA_POOL_LAYERS_ROOT", "layers")):
+                (task_root / sub).mkdir(exist_ok=True)
+                env[var] = str(task_root / sub)
+            env["LAMINA_FETCH_ALLOW_LOCAL"] = "1"  # url code is served on loopback in these tests
+            self._serve(pod, main, env)
+            return
         code = next(v for v in spec["volumes"] if v["name"] == "code")
         if "configMap" in code:
             cm = self.core.read_namespaced_config_map(code["configMap"]["name"], self.namespace)
@@ -187,12 +195,18 @@ class PodRunner:
                 self._fail(pod, "initContainerStatuses", status)
                 return
         env["LAMBDA_TASK_ROOT"] = str(task_root)
+        self._serve(pod, main, env)
+
+    def _serve(self, pod: Any, main: dict[str, Any], env: dict[str, str]) -> None:
+        """Run the pod's container command at the pod's IP, with the interpreter of its runtime."""
+        ip = pod.status.pod_ip
         command = list(main["command"])
         assert command[:5] == ["python", "-S", "-m", "lamina_runtime", "serve"], command
         port = command[command.index("--port") + 1]
         python = self.interpreters[env.get("LAMINA_RUNTIME", "python3.12")]
         env["LAMINA_RUNTIME_PACKAGES"] = self.sdk  # the image's ENV: the runtime's boto3
-        command = [python, *command[1 : command.index("--host")], "--host", ip, "--port", port]
+        flags = [f for f in command[command.index("--port") + 2 :] if f.startswith("--")]  # --pool
+        command = [python, *command[1 : command.index("--host")], "--host", ip, "--port", port, *flags]
         base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "VIRTUAL_ENV")}
         # The runtime image holds lamina_runtime (stdlib only) for whichever interpreter runs it.
         base["PYTHONPATH"] = os.pathsep.join(

@@ -370,3 +370,80 @@ async def test_a_caller_that_goes_away_mid_call_keeps_the_environment_busy_until
             await slow
     finally:
         await pool.close()
+
+
+class ServerClaims:
+    """Claims over runtime servers already running (the claim's API and hand-over are tested against
+    a real API server in tests/cluster/test_pool_cold_starts.py; here: what the pool does with them)."""
+
+    def __init__(self, endpoints: list[str], source: StaticEndpointSource | None = None) -> None:
+        self.available = list(endpoints)
+        self.released: list[str] = []
+        self.source = source  # when set, reports each claimed pod as the API would, before claim returns
+
+    def can_claim(self, fn: FunctionConfig) -> bool:
+        return bool(self.available)
+
+    async def claim(self, fn: FunctionConfig) -> str | None:
+        if not self.available:
+            return None
+        endpoint = self.available.pop(0)
+        if self.source is not None:  # labelled serving: the watch may beat the claim's return
+            self.source.set_pods(fn.key, PodSet.of([endpoint], pooled=[endpoint]))
+            await asyncio.sleep(0.05)
+        return endpoint
+
+    async def release(self, fn: FunctionConfig, endpoint: str) -> None:
+        self.released.append(endpoint)
+
+
+async def test_a_cold_start_claims_a_pool_pod_and_a_reaped_one_is_deleted_not_scaled(servers) -> None:
+    endpoint = await servers()
+    fn = FunctionConfig(name="fn", pool="python3.12-128", idle_timeout_seconds=0)
+    source = StaticEndpointSource({})
+    claims = ServerClaims([endpoint])
+    pool = HttpEnvironmentPool(source, [fn], cold_start_timeout=30, claims=claims, reap_interval=3600)
+    await pool.start()
+    try:
+        result = await asyncio.wait_for(pool.invoke(fn, request({})), 20)
+        assert result.function_error is None
+        assert fn.key not in source.requested  # the Deployment was never scaled
+        assert await pool.reap(asyncio.get_running_loop().time() + 10_000) == 1
+        await asyncio.sleep(0)
+        assert claims.released == [endpoint] and pool.environments(fn) == 0
+        assert fn.key not in source.requested
+    finally:
+        await pool.close()
+
+
+async def test_a_claimed_pod_reported_by_the_source_first_is_handed_over_once(servers) -> None:
+    first, second = await servers(), await servers()
+    fn = FunctionConfig(name="fn", pool="python3.12-128", reserved_concurrency=2)
+    source = StaticEndpointSource({})
+    claims = ServerClaims([first], source)
+    pool = HttpEnvironmentPool(source, [fn], cold_start_timeout=30, claims=claims)
+    await pool.start()
+    try:
+        calls = [asyncio.create_task(pool.invoke(fn, request({"seconds": 0.5}))) for _ in range(2)]
+        await asyncio.sleep(0.3)
+        assert source.requested.get(fn.key) == 1  # the pool had one pod: the other went to the Deployment
+        source.set_pods(fn.key, PodSet.of([first, second], pooled=[first]))
+        results = await asyncio.wait_for(asyncio.gather(*calls), 20)  # no environment got two (no 429)
+        assert len({json.loads(r.payload)["pid"] for r in results}) == 2
+    finally:
+        await pool.close()
+
+
+async def test_claimed_pods_of_an_older_revision_are_deleted(servers) -> None:
+    endpoint = await servers()
+    fn = FunctionConfig(name="fn", pool="python3.12-128", revision="a")
+    claims = ServerClaims([endpoint])
+    pool = HttpEnvironmentPool(StaticEndpointSource({}), [fn], cold_start_timeout=30, claims=claims)
+    await pool.start()
+    try:
+        await asyncio.wait_for(pool.invoke(fn, request({})), 20)
+        await pool.update([FunctionConfig(name="fn", pool="python3.12-128", revision="b")])
+        await asyncio.sleep(0)
+        assert claims.released == [endpoint] and pool.environments(fn) == 0
+    finally:
+        await pool.close()

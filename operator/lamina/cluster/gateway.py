@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,10 +19,12 @@ from aiohttp import web
 from lamina.api import Function, ManifestError, parse_object
 from lamina.api.versions import Route, plan
 from lamina.asyncinvoke.redis_store import RedisEventStore
+from lamina.cluster.handover import HandoverBuilder
 from lamina.cluster.settings import GatewaySettings
 from lamina.environments.base import FunctionConfig, function_config, version_of
 from lamina.environments.http_pool import HttpEnvironmentPool
 from lamina.environments.kubernetes_source import KubernetesEndpointSource
+from lamina.environments.pool_claims import PoolClaims
 from lamina.gateway.app import build_app
 from lamina.gateway.async_queue import AsyncInvocations
 from lamina.gateway.concurrency import ConcurrencyLimiter
@@ -29,6 +32,8 @@ from lamina.gateway.loop import run_async
 from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
 from lamina.kubeapi import SecretValues, ThreadedWatch, api_client, list_functions_fn
+from lamina.resources.pool import POOL_PATH, pool_key
+from lamina.resources.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +59,21 @@ def with_versions(config: FunctionConfig, fn: Function, status: Mapping[str, Any
 class FunctionCatalog:
     """Functions as the API server has them, applied to the registry, limiter and pool on change."""
 
-    def __init__(self, service: InvocationService, pool: HttpEnvironmentPool) -> None:
+    def __init__(
+        self, service: InvocationService, pool: HttpEnvironmentPool, models: dict[str, Function] | None = None
+    ) -> None:
         self.service = service
         self.pool = pool
         self.functions: dict[str, FunctionConfig] = {}
+        #: Functions on the pool path, by key: what a claimed pool pod is handed.
+        self.models: dict[str, Function] = {} if models is None else models
 
     def on_event(self, kind: str, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         key = f"{meta.get('namespace')}/{meta.get('name')}"
         if kind == "DELETED":
             self.functions.pop(key, None)
+            self.models.pop(key, None)
         else:
             try:
                 # The spec alone: the status is the operator's, and only read below.
@@ -71,7 +81,11 @@ class FunctionCatalog:
                 # The operator's digest of code, layers and configuration (GetFunction's CodeSha256).
                 revision = (obj.get("status") or {}).get("codeDigest") or str(fn.metadata.generation or "")
                 config = function_config(fn, revision=revision)  # type: ignore[arg-type]
-                self.functions[key] = with_versions(config, fn, obj.get("status") or {})  # type: ignore[arg-type]
+                status = obj.get("status") or {}
+                if status.get("coldStartPath") == POOL_PATH and isinstance(fn, Function):
+                    config.pool = pool_key(fn).label  # the operator keeps that pool for it
+                    self.models[key] = fn
+                self.functions[key] = with_versions(config, fn, status)  # type: ignore[arg-type]
             except ManifestError as exc:  # the CRD schema should have refused it; never serve it
                 log.warning("ignoring Function %s: %s", key, exc)
                 self.functions.pop(key, None)
@@ -93,17 +107,21 @@ async def start_http(service: InvocationService, host: str, port: int) -> web.Ap
 async def serve(settings: GatewaySettings) -> int:
     api = await asyncio.to_thread(api_client, settings.kubeconfig)
     source = KubernetesEndpointSource(api, settings.namespace)
-    pool = HttpEnvironmentPool(source, [], cold_start_timeout=settings.cold_start_timeout)
+    models: dict[str, Function] = {}
+    handover = HandoverBuilder(api, Settings(region=settings.region), models.get)
+    claims = PoolClaims(api, settings.namespace, handover, gateway_id=socket.gethostname())
+    pool = HttpEnvironmentPool(source, [], cold_start_timeout=settings.cold_start_timeout, claims=claims)
     service = InvocationService(
         FunctionRegistry([], default_namespace=settings.default_namespace),
         pool,
         limiter=ConcurrencyLimiter(settings.concurrency_limit),
     )
-    catalog = FunctionCatalog(service, pool)
+    catalog = FunctionCatalog(service, pool, models)
     loop = asyncio.get_running_loop()
     functions = ThreadedWatch(list_functions_fn(api, settings.namespace), catalog.on_event, loop)
     functions.start()
     await asyncio.to_thread(functions.synced.wait, 30)
+    await claims.start()
     await pool.start()
     queue = None
     if settings.redis_url:

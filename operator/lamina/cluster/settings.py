@@ -43,6 +43,7 @@ class GatewaySettings:
     )
     concurrency_limit: int = _option(1000, "concurrent invocations of all functions together")
     cold_start_timeout: float = _option(120.0, "seconds a request waits for a new environment")
+    region: str = _option("us-east-1", "AWS_REGION of functions started from warm pool pods")
     kubeconfig: str | None = _option(None, "kubeconfig file (default: in-cluster, then $KUBECONFIG)")
 
     @classmethod

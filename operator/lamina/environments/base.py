@@ -52,6 +52,9 @@ class FunctionConfig:
     #: On the $LATEST config only: the published versions that exist and each alias's routing.
     versions: dict[str, FunctionConfig] = field(default_factory=dict)
     routes: dict[str, Route] = field(default_factory=dict)
+    #: The warm pool its cold starts claim pods from (``python3.12-128``), or None: its Deployment.
+    pool: str | None = None
+    uid: str = ""  # the Function object's (claimed pool pods are owned by it)
 
     @property
     def key(self) -> str:
@@ -89,6 +92,7 @@ def function_config(fn: Function, **where: Any) -> FunctionConfig:
         logging=spec.logging,
         http_format=spec.http.payload_format,
         http_multi_value=spec.http.multi_value_headers,
+        uid=fn.metadata.uid or "",
         **where,
     )
 
@@ -112,6 +116,7 @@ def version_of(latest: FunctionConfig, doc: Mapping[str, Any], **where: Any) -> 
         routed=False,
         versions={},
         routes={},
+        pool=None,  # a published version starts on its own Deployment
     )
     fields.update(where)
     return replace(latest, **fields)

@@ -26,6 +26,8 @@ class PodSet:
     #: Pods with no address yet and no problem (being scheduled, creating their sandbox): coming,
     #: so a request that waits for an environment still has one to wait for whatever ``problem`` says.
     pending: int = 0
+    #: Those of ``ready`` that are claimed pool pods: given back by deleting them, not by scaling.
+    pooled: tuple[str, ...] = ()
 
     @classmethod
     def of(
@@ -34,11 +36,26 @@ class PodSet:
         starting: Iterable[str] = (),
         problem: PodProblem | None = None,
         pending: int = 0,
+        pooled: Iterable[str] = (),
     ) -> PodSet:
-        return cls(tuple(sorted(ready)), tuple(sorted(starting)), problem, pending)
+        return cls(tuple(sorted(ready)), tuple(sorted(starting)), problem, pending, tuple(sorted(pooled)))
 
 
 Listener = Callable[[str, PodSet], None]  # (function key, its environments)
+
+
+class Claims(Protocol):
+    """Warm pool pods a cold start may claim instead of starting a pod of the function's own."""
+
+    def can_claim(self, fn: FunctionConfig) -> bool:
+        """Whether ``fn`` takes pool pods and one is idle now."""
+
+    async def claim(self, fn: FunctionConfig) -> str | None:
+        """An idle pool pod made ``fn``'s environment (its endpoint, INIT done), or None when none
+        could be claimed; raises EnvironmentFailed when ``fn`` cannot be handed over at all."""
+
+    async def release(self, fn: FunctionConfig, endpoint: str) -> None:
+        """Delete the claimed pool pod at ``endpoint``: a pool pod is never handed another function."""
 
 
 class EndpointSource(Protocol):

@@ -22,11 +22,12 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from lamina.environments.base import EnvironmentFailed, FunctionConfig, NoEnvironment, hand_over
-from lamina.environments.endpoints import EndpointSource, PodSet
+from lamina.environments.endpoints import Claims, EndpointSource, PodSet
 from lamina.environments.pod_client import Broken, PodClient, Refused
 from lamina.resources.pod_state import PodProblem
 from lamina_runtime.protocol import (
@@ -108,6 +109,12 @@ class _Pool:
     #: The version stopped being routed to (an alias moved away): the next reap retires its idle
     #: endpoints without waiting for the keep-alive.
     flush_idle: bool = False
+    #: Claimed pool pods serving this function (given back by deleting them, never by scaling), and
+    #: those of them the source has reported at least once (a claimed pod it stops reporting is gone).
+    claimed: set[str] = field(default_factory=set)
+    claim_seen: set[str] = field(default_factory=set)
+    claiming: int = 0  # claims under way
+    stale: set[str] = field(default_factory=set)  # claimed pods of an older revision: deleted when free
 
     def waiting(self) -> int:
         return sum(1 for w in self.waiters if not w.done())
@@ -157,15 +164,18 @@ class HttpEnvironmentPool:
         max_environments: int = 1000,
         reap_interval: float = 5.0,
         secret_for: SecretFor | None = None,
+        claims: Claims | None = None,
     ) -> None:
         self.source = source
         self.secret_for = secret_for
+        self.claims = claims
         self.cold_start_timeout = cold_start_timeout
         self.max_environments = max_environments
         self.reap_interval = reap_interval
         self._pools = {f.pool_key: _Pool(f) for f in functions}
         self._client = PodClient()
         self._reaper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         source.subscribe(self._on_endpoints)
 
     async def start(self) -> None:
@@ -180,6 +190,12 @@ class HttpEnvironmentPool:
         for fn in functions:
             pool = self._pools.setdefault(fn.pool_key, _Pool(fn))
             pool.flush_idle = pool.flush_idle or (pool.config.routed and not fn.routed)
+            if pool.config.revision != fn.revision and pool.claimed:
+                # Claimed pool pods run the old code and configuration: deleted once free (the
+                # function's own pods roll through their Deployment).
+                pool.stale |= pool.claimed
+                for endpoint in [e for e in pool.idle if e in pool.stale]:
+                    self._drop_claimed(pool, endpoint)
             pool.config = fn
         for key in set(self._pools) - {f.pool_key for f in functions}:
             del self._pools[key]
@@ -189,7 +205,7 @@ class HttpEnvironmentPool:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        probes = [t for pool in self._pools.values() for t in pool.probes.values()]
+        probes = [t for pool in self._pools.values() for t in pool.probes.values()] + list(self._tasks)
         for task in probes:
             task.cancel()
         await asyncio.gather(*probes, return_exceptions=True)
@@ -213,7 +229,16 @@ class HttpEnvironmentPool:
         pool.kube_ready = set(pods.ready)
         pool.starting = set(pods.starting)
         pool.probed &= pool.starting  # Ready by now (in kube_ready), or gone
-        new = pool.kube_ready | pool.probed
+        # Claimed pool pods: ours are ready from their hand-over on, before the source reports them;
+        # one the source reported and no longer does is gone. Pods another gateway (or this one
+        # before a restart) claimed are adopted: released by deleting them, never by scaling.
+        pool.claimed |= set(pods.pooled)
+        pool.claim_seen |= pool.claimed & pool.kube_ready
+        for gone in pool.claim_seen - pool.kube_ready - pool.starting:
+            pool.claimed.discard(gone)
+            pool.claim_seen.discard(gone)
+            pool.stale.discard(gone)
+        new = pool.kube_ready | pool.probed | pool.claimed
         pool.retired &= new | pool.starting  # retired and gone: forget
         new -= pool.retired  # retired, still on its way out: never offered again
         pool.idle = [e for e in pool.idle if e in new]
@@ -271,12 +296,67 @@ class HttpEnvironmentPool:
             lost = True
             return environment_lost(request, f"{exc} from {endpoint}")
         finally:
-            if lost:
+            if (lost or refused) and endpoint in pool.claimed:
+                self._drop_claimed(pool, endpoint)  # a claimed pool pod never comes back
+            elif lost:
                 pool.rest(endpoint, LOST_PAUSE_S)
             elif refused:
                 pool.rest(endpoint, REFUSED_PAUSE_S)
+            elif endpoint in pool.stale:
+                self._drop_claimed(pool, endpoint)
             else:
                 pool.free(endpoint)
+
+    def _drop_claimed(self, pool: _Pool, endpoint: str) -> None:
+        """Take a claimed pool pod out of rotation for good and delete it."""
+        pool.busy.discard(endpoint)
+        if endpoint in pool.idle:
+            pool.idle.remove(endpoint)
+        pool.ready.discard(endpoint)
+        pool.claimed.discard(endpoint)
+        pool.claim_seen.discard(endpoint)
+        pool.stale.discard(endpoint)
+        pool.retired.add(endpoint)
+        if self.claims is not None:
+            self._spawn(self.claims.release(pool.config, endpoint))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beside the requests, keeping a reference until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _claim(self, pool: _Pool) -> None:
+        """One cold start from the warm pool; with nothing left to claim, one on the Deployment."""
+        fn = pool.config
+        assert self.claims is not None
+        endpoint = None
+        try:
+            endpoint = await self.claims.claim(fn)
+        except EnvironmentFailed as exc:
+            log.warning("function %s: failing %d waiting requests: %s", fn.name, pool.waiting(), exc)
+            pool.fail_waiters(exc)
+            return
+        except Exception:
+            log.exception("function %s: claiming a pool pod failed; starting one on the Deployment", fn.name)
+        finally:
+            pool.claiming -= 1
+        if endpoint is None:
+            if pool.waiting():
+                pool.requested += 1
+                log.info(
+                    "function %s: no pool pod to claim: asking for %d on the Deployment",
+                    fn.name,
+                    pool.requested,
+                )
+                await self._scale(pool)
+                self._probe_starting(pool)
+            return
+        pool.claimed.add(endpoint)
+        pool.retired.discard(endpoint)
+        if endpoint not in pool.ready:  # else the source reported it (labelled serving) first: handed on
+            pool.ready.add(endpoint)
+            pool.free(endpoint)
 
     def _probe_starting(self, pool: _Pool) -> None:
         """While requests wait, probe each starting pod that is not probed yet."""
@@ -343,14 +423,21 @@ class HttpEnvironmentPool:
         waited = time.monotonic()
         endpoint: str | None = None
         try:
-            wanted = len(pool.busy) + pool.waiting()
-            if wanted > pool.requested and pool.requested < cap:
-                before, pool.requested = pool.requested, min(wanted, cap)
+            wanted = min(len(pool.busy) + pool.waiting(), cap)
+            have = pool.requested + len(pool.claimed) + pool.claiming
+            scale = False
+            for _ in range(max(0, wanted - have)):
+                if self.claims is not None and self.claims.can_claim(pool.config):
+                    pool.claiming += 1  # a cold start from the warm pool
+                    self._spawn(self._claim(pool))
+                else:
+                    pool.requested += 1
+                    scale = True
+            if scale:
                 log.info(
-                    "function %s: cold start: asking for %d environments (had %d), %d requests waiting",
+                    "function %s: cold start: asking its Deployment for %d environments, %d requests waiting",
                     pool.config.name,
                     pool.requested,
-                    before,
                     pool.waiting(),
                 )
                 await self._scale(pool)  # a cold start: hold the request
@@ -400,16 +487,21 @@ class HttpEnvironmentPool:
             await self.reap(time.monotonic())
 
     async def reap(self, now: float) -> int:
-        """Give back endpoints idle past the keep-alive, never below provisioned concurrency."""
+        """Give back endpoints idle past the keep-alive, never below provisioned concurrency (claimed
+        pool pods are deleted; the Deployment is scaled down for its own)."""
         retired = 0
         for pool in self._pools.values():
             keep = pool.config.provisioned_concurrency
             keep_alive = 0.0 if pool.flush_idle else pool.config.idle_timeout_seconds
             pool.flush_idle = False
             for endpoint in sorted(pool.idle, key=lambda e: pool.last_used.get(e, 0)):
-                if pool.requested <= keep:
-                    break
                 if now - pool.last_used.get(endpoint, now) < keep_alive:
+                    continue
+                if endpoint in pool.claimed:
+                    self._drop_claimed(pool, endpoint)
+                    retired += 1
+                    continue
+                if pool.requested <= keep:
                     continue
                 pool.idle.remove(endpoint)
                 pool.ready.discard(endpoint)

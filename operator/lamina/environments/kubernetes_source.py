@@ -20,7 +20,7 @@ from kubernetes import client
 
 from lamina.environments.base import LATEST, FunctionConfig
 from lamina.environments.endpoints import Listener, PodSet
-from lamina.kubeapi import ThreadedWatch
+from lamina.kubeapi import ThreadedWatch, list_pods_fn
 from lamina.resources import labels, names
 from lamina.resources.pod_state import PodProblem, function_problem, pod_problem
 
@@ -57,6 +57,7 @@ class _Pod:
     address: str | None
     ready: bool
     problem: PodProblem | None
+    pooled: bool = False  # a claimed pool pod (serving this function)
 
 
 def pod_set(pods: list[_Pod]) -> PodSet:
@@ -67,6 +68,7 @@ def pod_set(pods: list[_Pod]) -> PodSet:
         (p.address for p in pods if p.address and not p.ready and p.problem is None),
         function_problem(p.problem for p in pods),
         sum(1 for p in pods if not p.address and p.problem is None),
+        (p.address for p in pods if p.address and p.ready and p.pooled),
     )
 
 
@@ -86,17 +88,7 @@ class KubernetesEndpointSource:
         self._listeners.append(listener)
 
     async def start(self) -> None:
-        selector = labels.FUNCTION
-        namespace = self.namespace
-        if namespace:
-
-            def list_pods(**kw: Any) -> Any:
-                return self.core.list_namespaced_pod(namespace, label_selector=selector, **kw)
-        else:
-
-            def list_pods(**kw: Any) -> Any:
-                return self.core.list_pod_for_all_namespaces(label_selector=selector, **kw)
-
+        list_pods = list_pods_fn(self.api, self.namespace, labels.FUNCTION)
         self._watch = ThreadedWatch(list_pods, self._on_pod, asyncio.get_running_loop())
         self._watch.start()
         await asyncio.to_thread(self._watch.synced.wait, 30)
@@ -111,10 +103,15 @@ class KubernetesEndpointSource:
         pods = self._pods[key]
         before = pod_set(list(pods.values()))
         uid = meta.get("uid", "")
-        if kind == "DELETED" or meta.get("deletionTimestamp"):
+        pod_labels = meta.get("labels") or {}
+        pooled = pod_labels.get(labels.NAME) == labels.POOL_APP
+        # A claimed pool pod is the function's only once its hand-over is done (state "serving"):
+        # until then the gateway that claimed it is handing it over, and nobody else may use it.
+        handing_over = pooled and pod_labels.get(labels.POOL_STATE) != labels.SERVING
+        if kind == "DELETED" or meta.get("deletionTimestamp") or handing_over:
             pods.pop(uid, None)
         else:
-            pods[uid] = _Pod(meta.get("name", ""), pod_address(pod), pod_ready(pod), pod_problem(pod))
+            pods[uid] = _Pod(meta.get("name", ""), pod_address(pod), pod_ready(pod), pod_problem(pod), pooled)
         after = pod_set(list(pods.values()))
         if after == before:
             return

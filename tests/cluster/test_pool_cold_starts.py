@@ -1,0 +1,223 @@
+"""Cold starts from warm generic pools, end to end on the kwok control plane: the operator keeps the
+pools, `lamina gateway` claims a pod (a conditional label update), hands it the function over HTTP
+and serves it; the pool refills; a reaped pod is deleted. The test plays the kubelet as
+tests/cluster/test_end_to_end.py does (PodRunner runs each pod's own container command at its IP,
+pool pods with ``--pool``). Faults: two gateways racing for the last pool pod, a pod killed in the
+middle of its hand-over, an empty pool under a burst.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_end_to_end import Gateway, PodRunner, invoke, parent_pid, wait_invocable
+from test_operator_reconcile import REPO, Cluster, Operator, function
+
+from lamina.resources import labels
+
+HANDLER = """
+import os, time
+INIT_SLEEP = float(os.environ.get("INIT_SLEEP", "0"))
+time.sleep(INIT_SLEEP)
+def handler(event, context):
+    time.sleep(event.get("sleep", 0))
+    return {"pid": os.getpid(), "fn": context.function_name, "greeting": os.environ.get("GREETING")}
+"""
+
+Stack = tuple[Cluster, Callable[..., Gateway], PodRunner, Operator]
+
+
+@pytest.fixture
+def pooled(
+    k8s_api: client.ApiClient,
+    kubeconfig: str,
+    namespace: str,
+    apply_yaml: Any,
+    tmp_path: Path,
+    python312: str,
+) -> Iterator[Stack]:
+    """Operator with pools of 2 (a test may annotate its namespace for another size), the kubelet's
+    stand-in, and ``gateway()`` to start one or more `lamina gateway` processes."""
+    apply_yaml(sorted((REPO / "crds").glob("*.yaml")))
+    op = Operator(kubeconfig, namespace, env={"LAMINA_POOL_SIZE": "2"}).start()
+    gateways: list[Gateway] = []
+
+    def gateway() -> Gateway:
+        gw = Gateway(kubeconfig, namespace, tmp_path / f"gateway-{len(gateways)}.log")
+        gateways.append(gw)
+        return gw
+
+    runner = PodRunner(k8s_api, namespace, tmp_path / "pods", interpreters={"python3.12": python312})
+    try:
+        with runner as pods:
+            yield Cluster(k8s_api, namespace), gateway, pods, op
+    finally:
+        for gw in gateways:
+            gw.stop()
+        op.stop()
+        for gw in gateways:
+            sys.stderr.write(f"\n--- {gw.log.name} ---\n{gw.log.read_text(errors='replace')[-3000:]}\n")
+        sys.stderr.write(f"\n--- operator log ---\n{op.tail()}\n")
+
+
+def pool_pods(k8s: Cluster, state: str | None = None) -> list[Any]:
+    selector = f"{labels.NAME}={labels.POOL_APP}" + (f",{labels.POOL_STATE}={state}" if state else "")
+    pods = k8s.core.list_namespaced_pod(k8s.ns, label_selector=selector).items
+    return [p for p in pods if not p.metadata.deletion_timestamp]
+
+
+def running_idle(k8s: Cluster, pods: PodRunner) -> list[Any]:
+    """Idle pool pods whose server the kubelet's stand-in runs (Ready and claimable)."""
+    return [p for p in pool_pods(k8s, labels.IDLE) if p.metadata.uid in pods.servers and p.status.pod_ip]
+
+
+def pooled_function(k8s: Cluster, name: str, wait_until: Any, **spec: Any) -> None:
+    spec["environment"] = {"GREETING": name, **spec.get("environment", {})}
+    k8s.create("functions", function(name, code={"inline": HANDLER}, **spec))
+    wait_until(
+        lambda: k8s.get("functions", name).get("status", {}).get("coldStartPath") == "Pool",
+        message=f"{name} on the pool path",
+    )
+
+
+def test_a_cold_start_claims_a_warm_pod_which_then_serves_only_that_function(pooled, wait_until) -> None:
+    k8s, gateway, pods, _ = pooled
+    pooled_function(k8s, "warm", wait_until)
+    wait_until(lambda: len(running_idle(k8s, pods)) == 2, message="two idle pool pods running")
+    idle_before = {p.metadata.name for p in running_idle(k8s, pods)}
+    lam = gateway().lambda_client()
+
+    first = wait_invocable(lam, "warm")
+    assert first["fn"] == "warm" and first["greeting"] == "warm"
+    [claimed] = [p for p in pool_pods(k8s) if (p.metadata.labels or {}).get(labels.FUNCTION) == "warm"]
+    assert claimed.metadata.name in idle_before  # a pod of the pool, not one of the Deployment
+    assert parent_pid(first["pid"]) == pods.servers[claimed.metadata.uid].pid
+    wait_until(
+        lambda: (
+            (k8s.core.read_namespaced_pod(claimed.metadata.name, k8s.ns).metadata.labels or {}).get(
+                labels.POOL_STATE
+            )
+            == labels.SERVING
+        ),
+        message="marked serving",
+    )
+    owners = k8s.core.read_namespaced_pod(claimed.metadata.name, k8s.ns).metadata.owner_references or []
+    assert [(o.kind, o.name) for o in owners] == [("Function", "warm")]  # deleted with its Function
+    deployment = k8s.deployment("fn-warm")
+    assert deployment is not None and deployment["spec"]["replicas"] == 0  # no pod of its own started
+
+    _, again = invoke(lam, "warm", {})
+    assert again["pid"] == first["pid"]  # warm now: the same environment
+    wait_until(lambda: len(running_idle(k8s, pods)) == 2, message="the pool refilled")
+    assert claimed.metadata.name not in {p.metadata.name for p in running_idle(k8s, pods)}
+
+
+def test_a_reaped_pool_pod_is_deleted_never_reused(pooled, wait_until) -> None:
+    k8s, gateway, pods, _ = pooled
+    pooled_function(k8s, "brief", wait_until, idleTimeoutSeconds=1)
+    wait_until(lambda: len(running_idle(k8s, pods)) == 2, message="pool pods running")
+    lam = gateway().lambda_client()
+    wait_invocable(lam, "brief")
+    [claimed] = [p for p in pool_pods(k8s) if (p.metadata.labels or {}).get(labels.FUNCTION) == "brief"]
+
+    def gone() -> bool:
+        try:
+            k8s.core.read_namespaced_pod(claimed.metadata.name, k8s.ns)
+        except client.exceptions.ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_until(gone, timeout=60, message="the idle claimed pod deleted by the gateway's reaper")
+    # The next cold start takes another pool pod.
+    _, body = invoke(lam, "brief", {})
+    assert body["fn"] == "brief"
+
+
+def test_two_gateways_race_for_the_last_pool_pod(pooled, wait_until) -> None:
+    """One pool pod, two gateways, two functions at zero called at once: one claims the pod, the
+    other falls back to its Deployment; no pod ever serves two functions."""
+    k8s, gateway, pods, _ = pooled
+    k8s.core.patch_namespace(k8s.ns, {"metadata": {"annotations": {labels.POOL_SIZE: "1"}}})
+    pooled_function(k8s, "left", wait_until)
+    pooled_function(k8s, "right", wait_until)
+    wait_until(lambda: len(running_idle(k8s, pods)) == 1, message="one idle pool pod")
+    a, b = gateway(), gateway()
+    for gw in (a, b):  # both know both functions (ResourceNotFound until they do)
+        for name in ("left", "right"):
+            wait_until(lambda gw=gw, name=name: _known(gw, name), timeout=60, message=f"{name} known")
+    with ThreadPoolExecutor(2) as ex:
+        results = list(
+            ex.map(lambda args: invoke(args[0].lambda_client(), args[1], {}), ((a, "left"), (b, "right")))
+        )
+    assert {body["fn"] for _, body in results} == {"left", "right"}
+    served_by: dict[int, set[str]] = {}
+    for _, body in results:
+        served_by.setdefault(parent_pid(body["pid"]), set()).add(body["fn"])
+    assert all(len(fns) == 1 for fns in served_by.values())  # no environment served two functions
+    claimed = [p for p in pool_pods(k8s) if (p.metadata.labels or {}).get(labels.FUNCTION)]
+    assert all(len({(p.metadata.labels or {})[labels.FUNCTION]}) == 1 for p in claimed)
+    # Each pod that was claimed carries exactly one function and one claimer.
+    for pod in claimed:
+        assert (pod.metadata.annotations or {}).get(labels.CLAIMED_BY)
+
+
+def _known(gw: Gateway, name: str) -> bool:
+    lam = gw.lambda_client()
+    try:
+        lam.get_function(FunctionName=name)
+    except Exception:
+        return False
+    return True
+
+
+def test_a_pod_killed_mid_hand_over_does_not_stop_the_cold_start(pooled, wait_until) -> None:
+    k8s, gateway, pods, _ = pooled
+    pooled_function(k8s, "slowinit", wait_until, environment={"INIT_SLEEP": "3", "GREETING": "slow"})
+    wait_until(lambda: len(running_idle(k8s, pods)) == 2, message="pool pods running")
+    gw = gateway()
+    lam = gw.lambda_client()
+    wait_until(lambda: _known(gw, "slowinit"), timeout=60, message="gateway knows the function")
+    result: dict[str, Any] = {}
+    call = threading.Thread(target=lambda: result.update(body=invoke(lam, "slowinit", {})[1]))
+    call.start()
+
+    def claimed_now() -> list[Any]:
+        return [p for p in pool_pods(k8s, labels.CLAIMED) if (p.metadata.labels or {}).get(labels.FUNCTION)]
+
+    wait_until(claimed_now, timeout=30, message="a pod claimed")
+    victim = claimed_now()[0]
+    time.sleep(1)  # inside its 3 s INIT
+    k8s.core.delete_namespaced_pod(victim.metadata.name, k8s.ns, grace_period_seconds=0)
+    call.join(120)
+    assert not call.is_alive(), "the cold start hung"
+    body = result["body"]
+    assert body["fn"] == "slowinit" and body["greeting"] == "slow"
+    assert parent_pid(body["pid"]) != pods.servers.get(victim.metadata.uid, None)
+
+
+def test_an_empty_pool_under_a_burst_falls_back_to_the_deployment(pooled, wait_until) -> None:
+    k8s, gateway, pods, _ = pooled
+    k8s.core.patch_namespace(k8s.ns, {"metadata": {"annotations": {labels.POOL_SIZE: "1"}}})
+    pooled_function(k8s, "burst", wait_until, reservedConcurrency=3, timeoutSeconds=30)
+    wait_until(lambda: len(running_idle(k8s, pods)) == 1, message="one idle pool pod")
+    gw = gateway()
+    wait_until(lambda: _known(gw, "burst"), timeout=60, message="gateway knows the function")
+    with ThreadPoolExecutor(3) as ex:
+        results = list(ex.map(lambda _: invoke(gw.lambda_client(), "burst", {"sleep": 2}), range(3)))
+    # Every call answered (no 5xx, no 429): one by the pool pod, the others by the Deployment's.
+    assert all(r["StatusCode"] == 200 and "FunctionError" not in r for r, _ in results)
+    deployment = k8s.deployment("fn-burst")
+    assert deployment is not None and deployment["spec"]["replicas"] >= 1
+    served = {parent_pid(body["pid"]) for _, body in results}
+    claimed = [p for p in pool_pods(k8s) if (p.metadata.labels or {}).get(labels.FUNCTION) == "burst"]
+    assert len(claimed) == 1 and pods.servers[claimed[0].metadata.uid].pid in served
