@@ -163,9 +163,10 @@ class Lamina:
         return "\n".join(lines)
 
     def pods(self, function: str) -> list[client.V1Pod]:
+        """The function's environments: pods of its Deployment and warm pool pods claimed for it."""
+        components = "app.kubernetes.io/component in (execution-environment,pool)"
         return self.core.list_namespaced_pod(
-            self.namespace,
-            label_selector=f"lamina.dev/function={function},app.kubernetes.io/component=execution-environment",
+            self.namespace, label_selector=f"lamina.dev/function={function},{components}"
         ).items
 
     def free_millicores(self, node: str = REAL_NODE) -> int:
