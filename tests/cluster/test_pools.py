@@ -91,16 +91,23 @@ def test_a_claimed_pod_leaves_its_pool_and_the_pool_refills(
     now stale, resourceVersion is refused."""
     ns.create("functions", function("claimer"))
     wait_until(lambda: len(idle_pool_pods(ns, "python3.12-128")) == 2, message="pool pods running")
-    pod = idle_pool_pods(ns, "python3.12-128")[0]
-    claim = {
-        "metadata": {
-            "resourceVersion": pod.metadata.resource_version,
-            "labels": {labels.POOL_STATE: labels.CLAIMED, labels.FUNCTION: "claimer"},
-        }
-    }
-    ns.core.patch_namespaced_pod(pod.metadata.name, ns.ns, claim)
+    name = idle_pool_pods(ns, "python3.12-128")[0].metadata.name
+    labelled = {labels.POOL_STATE: labels.CLAIMED, labels.FUNCTION: "claimer"}
+    # As the gateway claims: read the pod, patch on its resourceVersion; a 409 means something else
+    # (the kubelet's status, the ReplicaSet controller) wrote it in between, so read it again.
+    for _ in range(20):
+        pod = ns.core.read_namespaced_pod(name, ns.ns)
+        claim = {"metadata": {"resourceVersion": pod.metadata.resource_version, "labels": labelled}}
+        try:
+            ns.core.patch_namespaced_pod(name, ns.ns, claim)
+            break
+        except client.exceptions.ApiException as exc:
+            if exc.status != 409:
+                raise
+    else:
+        pytest.fail("20 conflicts in a row claiming one pod")
     with pytest.raises(client.exceptions.ApiException) as lost:
-        ns.core.patch_namespaced_pod(pod.metadata.name, ns.ns, claim)
+        ns.core.patch_namespaced_pod(name, ns.ns, claim)  # the same claim again: its version is stale
     assert lost.value.status == 409  # two gateways can never win the same pod
     wait_until(
         lambda: (
