@@ -106,6 +106,47 @@ def test_external_redis_and_namespaced_mode_render(helm: str) -> None:
     assert operator["spec"]["strategy"] == {"type": "Recreate"}
 
 
+def test_gateway_autoscaling_renders_an_hpa_the_api_server_accepts(
+    helm: str, namespace: str, apply_yaml: Callable[..., list[dict]], k8s_api: client.ApiClient
+) -> None:
+    """With autoscaling on, an HPA on CPU owns the gateway's replica count (the Deployment names none,
+    so a `helm upgrade` does not reset what the autoscaler chose); off, no HPA and `replicas` as set."""
+    on = "gateway.autoscaling.enabled=true"
+    sizes = ("gateway.autoscaling.minReplicas=2", "gateway.autoscaling.maxReplicas=4")
+    docs = render(helm, "r", namespace, on, *sizes, "gateway.autoscaling.targetCPUUtilizationPercentage=60")
+    [hpa] = [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    gateway = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "r-lamina-gateway"
+    )
+    assert "replicas" not in gateway["spec"]
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "r-lamina-gateway",
+    }
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 4)
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["resource"] == {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 60}}
+    apply_yaml([hpa], namespace=namespace)
+    stored = client.AutoscalingV2Api(k8s_api).read_namespaced_horizontal_pod_autoscaler(
+        "r-lamina-gateway", namespace
+    )
+    assert stored.spec.max_replicas == 4
+
+    plain = render(helm, "r", namespace, "gateway.replicas=3")
+    assert not [d for d in plain if d["kind"] == "HorizontalPodAutoscaler"]
+    gateway = next(
+        d for d in plain if d["kind"] == "Deployment" and d["metadata"]["name"] == "r-lamina-gateway"
+    )
+    assert gateway["spec"]["replicas"] == 3
+
+    bad = run_helm(
+        helm, "template", "r", str(CHART), "--kube-version", KUBE_VERSION,
+        "--set", on, "--set", "gateway.autoscaling.minReplicas=6",
+    )  # fmt: skip
+    assert bad.returncode != 0 and "minReplicas must not exceed" in bad.stderr
+
+
 @pytest.fixture
 def release(namespace: str, k8s_api: client.ApiClient) -> Iterator[str]:
     """A release name unique to the test; its cluster-scoped RBAC objects are deleted afterwards."""
