@@ -9,14 +9,18 @@ For each store (embedded sqlite; Redis Streams with ``appendfsync everysec`` and
   enqueue to its handler call.
 
 The invoker returns at once, so this measures the queue and the dispatcher, not the functions.
+The end-to-end line also gives the CPU time per event of this process (enqueuers and dispatcher)
+and of redis-server: on a shared machine rates follow the load, CPU per event hardly does.
 
 Usage: python benchmarks/async_throughput.py [--events 3000] [--concurrency 32] [--stores sqlite,redis]
+    [--fsync everysec,always] [--repeat 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
@@ -86,7 +90,18 @@ async def bench_enqueue(store, n: int, concurrency: int) -> tuple[float, list[fl
     return n / (time.perf_counter() - t0), lat
 
 
-async def bench_end_to_end(store, n: int, concurrency: int) -> tuple[float, list[float]]:
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process (this one when pid is None)."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def bench_end_to_end(
+    store, n: int, concurrency: int, server_pid: int | None = None
+) -> tuple[float, list[float]]:
     started = [0.0] * n
     handled = [0.0] * n
     count = 0
@@ -104,27 +119,34 @@ async def bench_end_to_end(store, n: int, concurrency: int) -> tuple[float, list
     cfg = EventInvokeConfig()
     d = AsyncDispatcher(store, noop, lambda key: cfg, max_in_flight=64, poll_interval=0.05)
     await d.start()
+    cpu0 = cpu_seconds(None), cpu_seconds(server_pid) if server_pid else 0.0
     try:
         t0 = time.perf_counter()
         await enqueue_all(lambda i: d.enqueue("bench/noop", b'{"i": %d}' % i), n, concurrency, started)
         await asyncio.wait_for(done.wait(), 600)
         elapsed = max(handled) - t0
+        cpu = cpu_seconds(None) - cpu0[0], (cpu_seconds(server_pid) - cpu0[1]) if server_pid else 0.0
     finally:
         await d.stop()
     print(f"    dispatcher stats: {dict(d.stats)}")
+    load = os.getloadavg()[0]
+    server = f", redis-server {cpu[1] / n * 1e6:.0f} us" if server_pid else ""
+    print(f"    CPU per event: this process {cpu[0] / n * 1e6:.0f} us{server} (load average {load:.1f})")
     if await store.pending_count() != 0:
         raise RuntimeError("events left in the store after the run")
     return n / elapsed, [(h - s) * 1000 for h, s in zip(handled, started, strict=True)]
 
 
-async def run_store(label: str, make: Callable[[], object], n: int, concurrency: int) -> None:
+async def run_store(
+    label: str, make: Callable[[], object], n: int, concurrency: int, server_pid: int | None = None
+) -> None:
     store = make()
     rate, lat = await bench_enqueue(store, n, concurrency)
     print(f"{label:28} enqueue     {rate:9.0f} events/s")
     print("  " + summary(f"{label} enqueue latency", lat))
     await store.close()
     store = make()
-    rate, lat = await bench_end_to_end(store, n, concurrency)
+    rate, lat = await bench_end_to_end(store, n, concurrency, server_pid)
     print(f"{label:28} end to end  {rate:9.0f} events/s")
     print("  " + summary(f"{label} enqueue->handler", lat))
     await store.close()
@@ -135,6 +157,8 @@ async def main() -> None:
     ap.add_argument("--events", type=int, default=3000)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--stores", default="sqlite,redis")
+    ap.add_argument("--fsync", default="everysec,always", help="Redis appendfsync settings to run")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each store")
     args = ap.parse_args()
     stores = args.stores.split(",")
     print(f"{args.events} events, {args.concurrency} concurrent enqueuers, no-op invoker")
@@ -150,9 +174,8 @@ async def main() -> None:
             if shutil.which("redis-server") is None:
                 print("redis-server not installed: skipping the Redis store")
                 return
-            for fsync in ("everysec", "always"):
-                workdir = Path(tmp) / f"redis-{fsync}"
-                workdir.mkdir()
+            for fsync in [f for f in args.fsync.split(",") for _ in range(args.repeat)]:
+                workdir = Path(tempfile.mkdtemp(prefix=f"redis-{fsync}-", dir=tmp))
                 proc, url = start_redis(workdir, fsync)
                 try:
                     await run_store(
@@ -160,6 +183,7 @@ async def main() -> None:
                         lambda url=url: RedisEventStore(url, prefix=f"{{bench-{uuid.uuid4().hex[:6]}}}"),
                         args.events,
                         args.concurrency,
+                        proc.pid,
                     )
                 finally:
                     proc.terminate()

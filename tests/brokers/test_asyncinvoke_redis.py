@@ -221,3 +221,27 @@ async def test_a_redis_restart_mid_stream_loses_nothing(private_server):
         await eventually(drained, limit=60, what="the queue to drain")
     assert set(fns.calls) == {f"{i}".encode() for i in range(n)}  # at least once each
     await store.close()
+
+
+async def test_scripts_the_server_forgot_are_loaded_again(redis_server):
+    """The store sends its scripts by digest (no SCRIPT EXISTS round trip per pipeline): a Redis that
+    lost them (a restart without the cache, SCRIPT FLUSH) answers NOSCRIPT, and the store loads and
+    runs them rather than failing the writes."""
+    store = RedisEventStore(redis_server.url, prefix=prefix())
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        first = QueuedEvent.new("default/f", b"before")
+        assert await store.enqueue(first)
+        await admin.script_flush()
+        events = [QueuedEvent.new("default/f", f"{i}".encode()) for i in range(20)]
+        assert all(await asyncio.gather(*(store.enqueue(e) for e in events)))  # one pipeline
+        await admin.script_flush()
+        claimed = await store.claim_due(100, 30)
+        assert {e.id for e in claimed} == {first.id} | {e.id for e in events}
+        await admin.script_flush()
+        await asyncio.gather(*(store.complete(e.id) for e in claimed))
+        assert await store.pending_count() == 0
+        assert await store.get(first.id) is None
+    finally:
+        await admin.aclose()
+        await store.close()

@@ -70,12 +70,25 @@ def test_chart_lints_strictly(helm: str) -> None:
         ("gateway.service.type=Wrong", "gateway/service/type"),
         ("operator.logFormat=xml", "logFormat"),
         ("redis.url=http://not-redis", "redis/url"),
+        ("redis.appendfsync=no", "redis/appendfsync"),
     ],
 )
 def test_values_schema_refuses_mistakes(helm: str, setting: str, complaint: str) -> None:
     done = run_helm(helm, "template", "r", str(CHART), "--kube-version", KUBE_VERSION, "--set", setting)
     assert done.returncode != 0
     assert complaint in done.stderr
+
+
+@pytest.mark.parametrize(("setting", "fsync"), [(None, "always"), ("redis.appendfsync=everysec", "everysec")])
+def test_the_charts_redis_syncs_the_append_only_file_as_set(
+    helm: str, setting: str | None, fsync: str
+) -> None:
+    """By default before it answers: an async event accepted with a 202 survives a crash of the host."""
+    docs = render(helm, "r", "lamina-system", *([setting] if setting else []))
+    redis = next(d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "r-lamina-redis")
+    args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--appendonly") + 1] == "yes"
+    assert args[args.index("--appendfsync") + 1] == fsync
 
 
 def test_external_redis_and_namespaced_mode_render(helm: str) -> None:

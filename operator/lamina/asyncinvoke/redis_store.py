@@ -33,6 +33,8 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from .errors import StoreError
 from .store import QueuedEvent
 
@@ -319,25 +321,38 @@ class RedisEventStore:
             others = [
                 item for item in batch if item[0] is not self._enqueue and item[0] is not self._complete
             ]
+            # Each script is sent as EVALSHA on its own: a script registered on the pipeline would
+            # make redis-py ask SCRIPT EXISTS first, a second round trip per pipeline. A server that
+            # does not know a script (restarted, SCRIPT FLUSH) answers NOSCRIPT without running it;
+            # those calls are run again below, loading the script first.
+            calls: list[tuple[Any, list[str], list[Any]]] = []
+            if enqueues:
+                args = [enqueues[0][2][0], self.event_prefix]
+                for _, _, one, _ in enqueues:
+                    args += one[1:]
+                calls.append((self._enqueue_many, [self.ready_key, self.delayed_key], args))
+            if completes:
+                ids = [one[1] for _, _, one, _ in completes]
+                calls.append(
+                    (
+                        self._complete_many,
+                        [self.ready_key, self.delayed_key, self.leases_key],
+                        [GROUP, self.event_prefix, *ids],
+                    )
+                )
+            calls += [(script, keys, args) for script, keys, args, _ in others]
             try:
                 async with self._r.pipeline(transaction=False) as pipe:
-                    if enqueues:
-                        args = [enqueues[0][2][0], self.event_prefix]
-                        for _, _, one, _ in enqueues:
-                            args += one[1:]
-                        await self._enqueue_many(
-                            keys=[self.ready_key, self.delayed_key], args=args, client=pipe
-                        )
-                    if completes:
-                        ids = [one[1] for _, _, one, _ in completes]
-                        await self._complete_many(
-                            keys=[self.ready_key, self.delayed_key, self.leases_key],
-                            args=[GROUP, self.event_prefix, *ids],
-                            client=pipe,
-                        )
-                    for script, keys, args, _ in others:
-                        await script(keys=keys, args=args, client=pipe)
+                    for script, keys, args in calls:
+                        pipe.evalsha(script.sha, len(keys), *keys, *args)
                     replies = await pipe.execute(raise_on_error=False)
+                for index, reply in enumerate(replies):
+                    if isinstance(reply, NoScriptError):
+                        script, keys, args = calls[index]
+                        try:
+                            replies[index] = await script(keys=keys, args=args)  # loads it, runs it
+                        except Exception as e:
+                            replies[index] = e
             except Exception as e:
                 self._settle(batch, None, StoreError(str(e)))
                 continue
@@ -420,7 +435,9 @@ class RedisEventStore:
         if limit <= 0:
             return []
         now = self._clock()
-        rows = await self._script(
+        # Through the write pipelines: the claim shares a round trip (and, with appendfsync always,
+        # an fsync) with the completions and enqueues of the moment.
+        rows = await self._batched(
             self._claim,
             [self.ready_key, self.delayed_key, self.leases_key],
             [
