@@ -150,6 +150,10 @@ class RuntimeServer:
         self.timeouts = timeouts
         self._secret = invoke_secret.encode() if invoke_secret else None
         self._invoking = False
+        #: Invocations answered, and those refused with 429 because one was already running: the
+        #: second must stay 0 (the gateway, however many replicas it has, sends one at a time). GET /stats.
+        self.invocations = 0
+        self.busy_refusals = 0
         # The INIT in progress (the first one, or a restart after a timeout/crash). Invocations wait for
         # it; probes answer 503 meanwhile. A failed INIT still counts as done: it is the next answer.
         self._starting: asyncio.Task[float] | None = None
@@ -252,6 +256,9 @@ class RuntimeServer:
             if request.method != "GET":
                 return _json(405, "use GET /healthz")
             return await self._health(query)
+        if path == "/stats":
+            stats = {"invocations": self.invocations, "busyRefusals": self.busy_refusals}
+            return 200, json.dumps(stats).encode(), {"Content-Type": "application/json"}
         if path == "/specialize":
             if request.method != "POST":
                 return _json(405, "use POST /specialize")
@@ -301,6 +308,7 @@ class RuntimeServer:
     async def _invoke(self, request: Request) -> tuple[int, bytes, dict[str, str]]:
         assert self.worker is not None
         if self._invoking:
+            self.busy_refusals += 1
             return _json(429, "the execution environment is busy (one invocation at a time)")
         self._invoking = True
         try:
@@ -309,11 +317,13 @@ class RuntimeServer:
             req = decode_request(request.headers, request.body, _new_request_id)
             result = await self.worker.invoke(req)
         except WorkerBusy as exc:
+            self.busy_refusals += 1
             return _json(429, str(exc))
         except Exception as exc:  # the environment itself failed (e.g. cannot spawn): say so, keep serving
             return _json(500, f"execution environment failed: {type(exc).__name__}: {exc}")
         finally:
             self._invoking = False
+        self.invocations += 1
         if self.worker.needs_restart and self._starting is None:
             # After a timeout or crash, pay the next INIT now rather than on the next request.
             self._starting = asyncio.create_task(self._start_worker())

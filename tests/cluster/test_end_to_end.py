@@ -219,10 +219,19 @@ class PodRunner:
 
 
 class Gateway:
-    """`lamina gateway` for one namespace, on a loopback port (``extra``: more of its arguments)."""
+    """`lamina gateway` for one namespace, on a loopback port (``extra``: more of its arguments;
+    ``port``: one picked before, ``env``: more of its environment)."""
 
-    def __init__(self, kubeconfig: str, namespace: str, log: Path, *extra: str) -> None:
-        self.port = free_port()
+    def __init__(
+        self,
+        kubeconfig: str,
+        namespace: str,
+        log: Path,
+        *extra: str,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = port or free_port()
         self.log = log
         with log.open("ab") as out:
             self.proc = subprocess.Popen(
@@ -232,7 +241,7 @@ class Gateway:
                     "--namespace", namespace, "--default-namespace", namespace,
                     "--kubeconfig", kubeconfig, "--cold-start-timeout", "60", *extra,
                 ],
-                cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
             )  # fmt: skip
 
     @property

@@ -253,6 +253,9 @@ def test_busy_gets_429(serve, write_code, tmp_path):
     (tmp_path / "release").write_text("")
     first.join()
     assert results[0][0] == 200
+    # The server counts what it refused (what a gateway must never cause) beside what it answered.
+    status, _, body = served.request("GET", "/stats")
+    assert status == 200 and json.loads(body) == {"invocations": 1, "busyRefusals": 1}
 
 
 def test_timeout_restarts_worker(serve, write_code):

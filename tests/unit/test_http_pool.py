@@ -17,6 +17,7 @@ import pytest
 from lamina.environments.base import FunctionConfig
 from lamina.environments.endpoints import PodSet, StaticEndpointSource
 from lamina.environments.http_pool import EnvironmentFailed, HttpEnvironmentPool, NoEnvironment
+from lamina.environments.pod_client import PodClient
 from lamina.resources.pod_state import PodProblem
 from lamina_runtime.protocol import InvocationRequest
 from tests.support.local_mode import free_port
@@ -446,4 +447,55 @@ async def test_claimed_pods_of_an_older_revision_are_deleted(servers) -> None:
         await asyncio.sleep(0)
         assert claims.released == [endpoint] and pool.environments(fn) == 0
     finally:
+        await pool.close()
+
+
+async def test_a_function_another_replica_serves_is_neither_reaped_nor_scaled_here_until_taken_over(
+    servers,
+) -> None:
+    """With several gateway replicas, only the one serving a function (its Lease's holder) scales its
+    Deployment and retires its pods; the one that takes it over counts what the Deployment runs."""
+    first, second = await servers(), await servers()
+    fn = FunctionConfig(name="fn", idle_timeout_seconds=0)
+    source = StaticEndpointSource({fn.key: [first, second]})
+    served: set[str] = set()
+    pool = HttpEnvironmentPool(
+        source, [fn], cold_start_timeout=30, reap_interval=3600, owns=lambda f: f.key in served
+    )
+    await pool.start()
+    try:
+        await asyncio.sleep(0.05)
+        assert await pool.reap(asyncio.get_running_loop().time() + 10_000) == 0
+        assert fn.key not in source.requested  # another replica serves it: its Deployment left alone
+        served.add(fn.key)  # taken over: both pods are its environments, counted as the Deployment's
+        result = await asyncio.wait_for(pool.invoke(fn, request({})), 10)
+        assert result.function_error is None and fn.key not in source.requested  # no scaling to 1
+        assert await pool.reap(asyncio.get_running_loop().time() + 10_000) == 2
+        assert source.requested[fn.key] == 0
+    finally:
+        await pool.close()
+
+
+async def test_an_environment_busy_with_a_call_not_sent_here_is_skipped_not_an_error(servers) -> None:
+    """A pod still running a call a lost replica sent answers 429: the function did not run there, so
+    the request goes to another environment (never the 429 to the caller, never two at once)."""
+    busy, free = await servers(), await servers()
+    fn = FunctionConfig(name="fn", provisioned_concurrency=2)
+    source = StaticEndpointSource({fn.key: [busy, free]})
+    pool = HttpEnvironmentPool(source, [fn], cold_start_timeout=30)
+    await pool.start()
+    client = PodClient()
+    try:
+        await asyncio.sleep(0.05)
+        elsewhere = asyncio.create_task(
+            client.request(busy, "POST", "/invoke", {}, json.dumps({"seconds": 2}).encode(), 10)
+        )
+        await asyncio.sleep(0.5)
+        results = await asyncio.wait_for(
+            asyncio.gather(*(pool.invoke(fn, request({})) for _ in range(3))), 20
+        )
+        assert all(r.function_error is None for r in results)
+        assert (await elsewhere).status == 200
+    finally:
+        client.close()
         await pool.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from collections.abc import Mapping
@@ -20,6 +21,8 @@ from lamina.api import Function, ManifestError, parse_object
 from lamina.api.versions import Route, plan
 from lamina.asyncinvoke.redis_store import RedisEventStore
 from lamina.cluster.handover import HandoverBuilder
+from lamina.cluster.leases import FunctionLeases
+from lamina.cluster.peers import PeerRouter, add_peer_routes
 from lamina.cluster.settings import GatewaySettings
 from lamina.environments.base import FunctionConfig, function_config, version_of
 from lamina.environments.http_pool import HttpEnvironmentPool
@@ -94,11 +97,17 @@ class FunctionCatalog:
         asyncio.get_running_loop().create_task(self.pool.update(self.service.environment_configs()))
 
 
-async def start_http(service: InvocationService, host: str, port: int) -> web.AppRunner:
-    """The Invoke API on ``host:port``, as `lamina gateway` serves it (benchmarks start it the same way)."""
+async def start_http(
+    service: InvocationService, host: str, port: int, peers: tuple[FunctionLeases, str] | None = None
+) -> web.AppRunner:
+    """The Invoke API on ``host:port``, as `lamina gateway` serves it (benchmarks start it the same way);
+    ``peers`` (leases, token): also the endpoint other replicas forward calls to."""
     # A caller that hangs up while its request waits for an environment stops waiting (and frees its
     # concurrency slot); once the request reached a pod, the pool lets it finish (see HttpEnvironmentPool).
-    runner = web.AppRunner(build_app(service), access_log=None, handler_cancellation=True)
+    app = build_app(service)
+    if peers is not None:
+        add_peer_routes(app, service, *peers)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
@@ -109,12 +118,25 @@ async def serve(settings: GatewaySettings) -> int:
     source = KubernetesEndpointSource(api, settings.namespace)
     models: dict[str, Function] = {}
     handover = HandoverBuilder(api, Settings(region=settings.region), models.get)
+    leases = router = None
+    if settings.replicated:
+        assert settings.advertise and settings.peer_token
+        identity = f"{socket.gethostname()}-{os.getpid()}"
+        leases = FunctionLeases(api, identity, settings.advertise, settings.lease_seconds)
+        router = PeerRouter(leases, settings.peer_token, settings.cold_start_timeout)
     claims = PoolClaims(api, settings.namespace, handover, gateway_id=socket.gethostname())
-    pool = HttpEnvironmentPool(source, [], cold_start_timeout=settings.cold_start_timeout, claims=claims)
+    pool = HttpEnvironmentPool(
+        source,
+        [],
+        cold_start_timeout=settings.cold_start_timeout,
+        claims=claims,
+        owns=leases.holds if leases is not None else None,
+    )
     service = InvocationService(
         FunctionRegistry([], default_namespace=settings.default_namespace),
         pool,
         limiter=ConcurrencyLimiter(settings.concurrency_limit),
+        router=router,
     )
     catalog = FunctionCatalog(service, pool, models)
     loop = asyncio.get_running_loop()
@@ -122,19 +144,25 @@ async def serve(settings: GatewaySettings) -> int:
     functions.start()
     await asyncio.to_thread(functions.synced.wait, 30)
     await claims.start()
+    if leases is not None:
+        await leases.start()
     await pool.start()
     queue = None
     if settings.redis_url:
         # The same wiring as local mode's (store aside): Secrets come from the API server.
         queue = AsyncInvocations(service, RedisEventStore(settings.redis_url), SecretValues(api))
         await queue.start()
-    runner = await start_http(service, settings.host, settings.port)
-    print(f"lamina gateway: serving on {settings.host}:{settings.port}", flush=True)
+    peers = (leases, settings.peer_token) if leases is not None and settings.peer_token else None
+    runner = await start_http(service, settings.host, settings.port, peers)
+    replica = f" (a replica among several, reached at {settings.advertise})" if leases is not None else ""
+    print(f"lamina gateway: serving on {settings.host}:{settings.port}{replica}", flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await runner.cleanup()
+    if leases is not None:
+        await leases.close()  # the functions this replica served move at once to the next caller's
     if queue is not None:
         await queue.stop()
     functions.stop()
@@ -144,6 +172,6 @@ async def serve(settings: GatewaySettings) -> int:
 
 
 def run_gateway(argv: list[str]) -> int:
-    settings = GatewaySettings.from_args(argv)
+    settings = GatewaySettings.from_args(argv, os.environ)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run_async(serve(settings))

@@ -45,11 +45,28 @@ class GatewaySettings:
     cold_start_timeout: float = _option(120.0, "seconds a request waits for a new environment")
     region: str = _option("us-east-1", "AWS_REGION of functions started from warm pool pods")
     kubeconfig: str | None = _option(None, "kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    advertise: str | None = _option(
+        None,
+        "host:port at which the other gateway replicas reach this one; with $LAMINA_GATEWAY_PEER_TOKEN "
+        "it makes this a replica among several (each function served by one, named by a Lease)",
+    )
+    lease_seconds: float = _option(
+        15.0, "duration of a function's Lease (a lost replica's functions move after it)"
+    )
+    #: ``LAMINA_GATEWAY_PEER_TOKEN``: what replicas show each other when they forward calls (from the
+    #: environment, never the command line, which other users of the node can read).
+    peer_token: str | None = None
+
+    @property
+    def replicated(self) -> bool:
+        return bool(self.advertise and self.peer_token)
 
     @classmethod
     def parser(cls) -> argparse.ArgumentParser:
         parser = argparse.ArgumentParser(prog="lamina gateway", description="the Invoke API in a cluster")
         for f in dataclasses.fields(cls):
+            if "help" not in f.metadata:
+                continue
             kind = f.type if f.type in ("int", "float") else "str"
             parser.add_argument(
                 f"--{f.name.replace('_', '-')}",
@@ -60,13 +77,14 @@ class GatewaySettings:
         return parser
 
     @classmethod
-    def from_args(cls, argv: Sequence[str]) -> GatewaySettings:
+    def from_args(cls, argv: Sequence[str], environ: Mapping[str, str] | None = None) -> GatewaySettings:
         parser = cls.parser()
         parser.set_defaults(default_namespace=None)
         values = vars(parser.parse_args(list(argv)))
         # A gateway of one namespace (the chart's, with one watched namespace) serves its functions by
         # their plain names, as Lambda does in an account.
         values["default_namespace"] = values["default_namespace"] or values["namespace"] or "default"
+        values["peer_token"] = (environ or {}).get("LAMINA_GATEWAY_PEER_TOKEN") or None
         return cls(**values)
 
 

@@ -46,12 +46,18 @@ log = logging.getLogger(__name__)
 
 #: ``secret_for(fn)``: the invoke secret the function's pods require, or None when they require none.
 SecretFor = Callable[[FunctionConfig], str | None]
+#: ``owns(fn)``: whether this gateway replica serves ``fn`` now (with several replicas, one at a time
+#: does: lamina.cluster.leases). Only that replica scales its Deployment, reaps and deletes its pods.
+Owns = Callable[[FunctionConfig], bool]
 
 #: How long an endpoint that refused a connection sits out before it is offered again.
 REFUSED_PAUSE_S = 0.2
 #: How long an endpoint that dropped an invocation sits out (it is usually gone for good: its pod's
 #: deletion reaches the watch meanwhile).
 LOST_PAUSE_S = 5.0
+#: How long an endpoint that answered 429 (busy: another replica's call still runs there, as after
+#: this one took over the function from a lost replica) sits out; the call goes to another endpoint.
+BUSY_PAUSE_S = 0.5
 #: Probing a starting pod while a request waits: first gap, growth per miss, longest gap (seconds)
 #: between connection attempts until the runtime listens (a refused connection costs microseconds);
 #: then one probe is held by the runtime for up to PROBE_WAIT_S while INIT runs.
@@ -115,6 +121,9 @@ class _Pool:
     claim_seen: set[str] = field(default_factory=set)
     claiming: int = 0  # claims under way
     stale: set[str] = field(default_factory=set)  # claimed pods of an older revision: deleted when free
+    #: Whether ``requested`` counts what the Deployment runs: False while another replica serves the
+    #: function (it scales the Deployment), set from the pods seen when this one takes it over.
+    adopted: bool = False
 
     def waiting(self) -> int:
         return sum(1 for w in self.waiters if not w.done())
@@ -165,8 +174,10 @@ class HttpEnvironmentPool:
         reap_interval: float = 5.0,
         secret_for: SecretFor | None = None,
         claims: Claims | None = None,
+        owns: Owns | None = None,
     ) -> None:
         self.source = source
+        self.owns = owns
         self.secret_for = secret_for
         self.claims = claims
         self.cold_start_timeout = cold_start_timeout
@@ -181,6 +192,8 @@ class HttpEnvironmentPool:
     async def start(self) -> None:
         await self.source.start()
         for pool in self._pools.values():
+            if not self._serves(pool):
+                continue
             pool.requested = max(len(pool.ready), pool.config.provisioned_concurrency)
             if pool.requested != len(pool.ready):
                 await self._scale(pool)
@@ -190,7 +203,7 @@ class HttpEnvironmentPool:
         for fn in functions:
             pool = self._pools.setdefault(fn.pool_key, _Pool(fn))
             pool.flush_idle = pool.flush_idle or (pool.config.routed and not fn.routed)
-            if pool.config.revision != fn.revision and pool.claimed:
+            if pool.config.revision != fn.revision and pool.claimed and self._serves(pool):
                 # Claimed pool pods run the old code and configuration: deleted once free (the
                 # function's own pods roll through their Deployment).
                 pool.stale |= pool.claimed
@@ -211,6 +224,21 @@ class HttpEnvironmentPool:
         await asyncio.gather(*probes, return_exceptions=True)
         await self.source.close()
         self._client.close()
+
+    def _serves(self, pool: _Pool) -> bool:
+        """Whether this replica serves the function (always, with one replica). One that another
+        replica serves is left alone: its idle pods are not reaped nor its Deployment scaled here,
+        and when this replica takes it over, what its Deployment runs is counted afresh."""
+        if self.owns is None:
+            return True
+        if not self.owns(pool.config):
+            pool.adopted = False
+            return False
+        if not pool.adopted:
+            own = (pool.kube_ready | pool.starting) - pool.claimed
+            pool.requested = max(len(own) + pool.pending, pool.config.provisioned_concurrency)
+            pool.adopted = True
+        return True
 
     def in_flight(self, fn: FunctionConfig) -> int:
         pool = self._pools.get(fn.pool_key)
@@ -274,16 +302,23 @@ class HttpEnvironmentPool:
             if loop.time() >= deadline:
                 raise NoEnvironment(
                     f"no environment of {pool.config.name} accepted the request within "
-                    f"{self.cold_start_timeout:.0f} s (last: {endpoint} refused the connection)"
+                    f"{self.cold_start_timeout:.0f} s (last: {endpoint} refused it)"
                 )
 
     async def _call(
         self, pool: _Pool, endpoint: str, request: InvocationRequest, fn: FunctionConfig
     ) -> InvocationResult | None:
-        """POST to ``endpoint``; None when the connection was refused."""
-        refused = lost = False
+        """POST to ``endpoint``; None when the connection was refused or the environment was busy."""
+        refused = lost = busy = False
         try:
             return await self._post(endpoint, request, fn)
+        except EnvironmentRefused as exc:
+            if exc.status != 429:
+                raise
+            # Busy with a call this gateway did not send (one a lost replica sent before this one took
+            # the function over): the function did not run; another environment takes the request.
+            busy = True
+            return None
         except Refused:
             # The request never reached the environment (a pod marked Ready before it listens, or
             # one going away): sending it again cannot run the function twice. The endpoint sits
@@ -302,6 +337,8 @@ class HttpEnvironmentPool:
                 pool.rest(endpoint, LOST_PAUSE_S)
             elif refused:
                 pool.rest(endpoint, REFUSED_PAUSE_S)
+            elif busy:
+                pool.rest(endpoint, BUSY_PAUSE_S)
             elif endpoint in pool.stale:
                 self._drop_claimed(pool, endpoint)
             else:
@@ -407,6 +444,7 @@ class HttpEnvironmentPool:
             await self.source.scale(pool.config, pool.requested, retire=retire)
 
     async def _acquire(self, pool: _Pool, deadline: float) -> str:
+        self._serves(pool)  # called here: it serves the function (counts the Deployment once taken over)
         while pool.idle:
             idle = pool.idle.pop()
             if idle in pool.ready:
@@ -491,6 +529,8 @@ class HttpEnvironmentPool:
         pool pods are deleted; the Deployment is scaled down for its own)."""
         retired = 0
         for pool in self._pools.values():
+            if not self._serves(pool):
+                continue
             keep = pool.config.provisioned_concurrency
             keep_alive = 0.0 if pool.flush_idle else pool.config.idle_timeout_seconds
             pool.flush_idle = False

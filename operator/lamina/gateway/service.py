@@ -27,6 +27,13 @@ class AsyncQueue(Protocol):
         ``trace``: the caller's trace context (:meth:`TraceContext.encode`), kept with the event."""
 
 
+class Router(Protocol):
+    """Where a function is served when the gateway has several replicas (lamina.cluster.peers)."""
+
+    async def forward(self, fn: FunctionConfig, request: InvocationRequest) -> InvocationResult | None:
+        """The result from the replica that serves ``fn``; None when that is this one."""
+
+
 class InvocationService:
     """Throttle, route to an environment, account. One instance per gateway process."""
 
@@ -39,8 +46,11 @@ class InvocationService:
         async_queue: AsyncQueue | None = None,
         log_invocations: bool = False,
         tracer: Tracer | None = None,
+        router: Router | None = None,
     ) -> None:
         self.registry = registry
+        #: With several gateway replicas: sends a function's calls to the one replica that serves it.
+        self.router = router
         self.pool = pool
         self.limiter = limiter or ConcurrencyLimiter()
         self.metrics = metrics or GatewayMetrics()
@@ -63,7 +73,15 @@ class InvocationService:
         the function's environments cannot start, ServiceError when none came up in time. The
         concurrency slot is given back on every way out, a cancelled caller's included. An
         invocation without a trace context (event sources, async events, schedules) starts a chain
-        of its own."""
+        of its own. With several replicas, a function another replica serves is invoked there."""
+        if self.router is not None:
+            forwarded = await self.router.forward(fn, request)
+            if forwarded is not None:
+                return forwarded
+        return await self.invoke_here(fn, request)
+
+    async def invoke_here(self, fn: FunctionConfig, request: InvocationRequest) -> InvocationResult:
+        """:meth:`invoke` on this replica's environments (the replica that serves ``fn``)."""
         if request.trace_id is None:
             request.trace_id = tracing.incoming({}, fn.key).trace_id
         with self.tracer.invocation(fn, request) as span:

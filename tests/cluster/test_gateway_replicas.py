@@ -1,0 +1,218 @@
+"""Two `lamina gateway` replicas against one cluster keep a single gateway's promises.
+
+Each function is served by one replica at a time (the holder of its Lease); the other forwards its
+calls there. Checked end to end on the kwok control plane with the kubelet played by the test
+(tests/cluster/test_end_to_end.py's PodRunner runs each pod's own runtime server at its IP):
+
+* reserved concurrency holds across both: the function itself counts its concurrent runs (a counter
+  in a file every environment shares, under a lock) and the count never passes the reservation;
+* no environment is ever sent two invocations: every runtime server's own 429 counter stays 0;
+* a replica killed mid-call: the call it held fails with ServiceException (no hang), and the other
+  replica takes the function over once the Lease expires and serves it on the same pods.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_end_to_end import Gateway, PodRunner, invoke, wait_invocable
+from test_operator_reconcile import REPO, Cluster, Operator, function
+
+from lamina.resources import labels
+from tests.support.local_mode import free_port
+
+HANDLER = """
+import fcntl, json, os, time
+STATE = os.path.join(os.environ["COUNT_DIR"], "state.json")
+def _add(step):
+    with open(STATE + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            state = json.load(open(STATE))
+        except (OSError, ValueError):
+            state = {"now": 0, "most": 0, "runs": 0}
+        state["now"] += step
+        state["most"] = max(state["most"], state["now"])
+        state["runs"] += step > 0
+        with open(STATE, "w") as f:
+            json.dump(state, f)
+def handler(event, context):
+    _add(1)
+    try:
+        time.sleep(event.get("sleep", 0))
+    finally:
+        _add(-1)
+    return {"pid": os.getpid()}
+"""
+
+LEASE_SECONDS = 4
+TOKEN = "peer-token-of-the-test"
+Stack = tuple[Cluster, list[Gateway], PodRunner, Path]
+
+
+def replica(kubeconfig: str, namespace: str, log: Path) -> Gateway:
+    port = free_port()
+    return Gateway(
+        kubeconfig, namespace, log,
+        "--advertise", f"127.0.0.1:{port}", "--lease-seconds", str(LEASE_SECONDS),
+        port=port, env={"LAMINA_GATEWAY_PEER_TOKEN": TOKEN},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def replicas(
+    k8s_api: client.ApiClient,
+    kubeconfig: str,
+    namespace: str,
+    apply_yaml: Any,
+    tmp_path: Path,
+    python312: str,
+) -> Iterator[Stack]:
+    """The operator (no warm pools: every environment is a Deployment pod), two gateway replicas,
+    the kubelet's stand-in, and the directory where the function counts its runs."""
+    apply_yaml(sorted((REPO / "crds").glob("*.yaml")))
+    op = Operator(kubeconfig, namespace, env={"LAMINA_POOL_SIZE": "0"}).start()
+    gateways = [replica(kubeconfig, namespace, tmp_path / f"gateway-{i}.log") for i in range(2)]
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    runner = PodRunner(k8s_api, namespace, tmp_path / "pods", interpreters={"python3.12": python312})
+    try:
+        with runner as pods:
+            yield Cluster(k8s_api, namespace), gateways, pods, counts
+    finally:
+        for gw in gateways:
+            gw.stop()
+        op.stop()
+        for gw in gateways:
+            sys.stderr.write(f"\n--- {gw.log.name} ---\n{gw.log.read_text(errors='replace')[-4000:]}\n")
+        sys.stderr.write(f"\n--- operator log ---\n{op.tail()}\n")
+
+
+def counting_function(k8s: Cluster, name: str, counts: Path, **spec: Any) -> None:
+    spec.setdefault("timeoutSeconds", 30)
+    k8s.create(
+        "functions", function(name, code={"inline": HANDLER}, environment={"COUNT_DIR": str(counts)}, **spec)
+    )
+
+
+def state(counts: Path) -> dict[str, int]:
+    return json.loads((counts / "state.json").read_text())
+
+
+def runtime_stats(k8s: Cluster, pods: PodRunner, fn: str) -> list[dict[str, int]]:
+    """Each environment's own counters (GET /stats of its runtime server)."""
+    selector = f"{labels.FUNCTION}={fn}"
+    found = []
+    for pod in k8s.core.list_namespaced_pod(k8s.ns, label_selector=selector).items:
+        if pod.metadata.uid in pods.servers and pod.status.pod_ip:
+            with urllib.request.urlopen(f"http://{pod.status.pod_ip}:8080/stats", timeout=10) as reply:
+                found.append(json.loads(reply.read()))
+    return found
+
+
+def holder(k8s: Cluster, fn: str) -> str:
+    lease = client.CoordinationV1Api(k8s.api).read_namespaced_lease(f"lamina-fn-{fn}", k8s.ns)
+    return lease.spec.holder_identity
+
+
+def call(gw: Gateway, fn: str, event: dict[str, Any]) -> tuple[str, Any]:
+    """("ok", body) or (error code, response) of one invocation through ``gw``."""
+    lam = gw.lambda_client()
+    try:
+        response, body = invoke(lam, fn, event)
+    except lam.exceptions.ClientError as exc:
+        return exc.response["Error"]["Code"], exc.response
+    return ("ok", body) if "FunctionError" not in response else ("function-error", body)
+
+
+def test_reserved_concurrency_is_a_cap_across_replicas_and_no_environment_takes_two(
+    replicas: Stack, wait_until: Callable[..., Any]
+) -> None:
+    k8s, (a, b), pods, counts = replicas
+    counting_function(k8s, "capped", counts, reservedConcurrency=2)
+    for gw in (a, b):
+        wait_invocable(gw.lambda_client(), "capped")
+
+    # A burst through both replicas at once: 12 calls of 1.5 s for 2 reserved environments.
+    with ThreadPoolExecutor(12) as ex:
+        burst = list(ex.map(lambda i: call((a, b)[i % 2], "capped", {"sleep": 1.5}), range(12)))
+    outcomes = [code for code, _ in burst]
+    assert set(outcomes) <= {"ok", "TooManyRequestsException"}, outcomes
+    assert outcomes.count("ok") >= 2
+    for code, response in burst:
+        if code == "TooManyRequestsException":
+            assert response.get("Reason") == "ReservedFunctionConcurrentInvocationLimitExceeded", response
+
+    # Then steady load: four callers, two per replica, each calling again as soon as it is answered.
+    stop = time.monotonic() + 8
+    answered: list[str] = []
+
+    def caller(gw: Gateway) -> None:
+        while time.monotonic() < stop:
+            answered.append(call(gw, "capped", {"sleep": 0.2})[0])
+
+    threads = [threading.Thread(target=caller, args=(gw,)) for gw in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert set(answered) <= {"ok", "TooManyRequestsException"}, set(answered)
+    assert answered.count("ok") >= 10
+    assert state(counts)["most"] <= 2, state(counts)  # counted by the function itself
+    assert state(counts)["now"] == 0
+    stats = runtime_stats(k8s, pods, "capped")
+    assert stats and sum(s["invocations"] for s in stats) == state(counts)["runs"]
+    assert [s["busyRefusals"] for s in stats] == [0] * len(stats)  # never two at once in one environment
+    assert holder(k8s, "capped")  # one replica served it; the other forwarded
+
+
+def test_a_lost_replica_fails_its_calls_fast_and_the_other_takes_the_function_over(
+    replicas: Stack, wait_until: Callable[..., Any]
+) -> None:
+    k8s, (a, b), _, counts = replicas
+    counting_function(k8s, "steady", counts)
+    wait_invocable(a.lambda_client(), "steady")  # through a: a holds the Lease
+    wait_invocable(b.lambda_client(), "steady")  # b knows the function (and forwards to a)
+    assert holder(k8s, "steady").endswith(f"-{a.proc.pid}")
+
+    # A call forwarded by b to a, and a killed while the function runs it.
+    result: dict[str, Any] = {}
+    started = time.monotonic()
+    forwarded = threading.Thread(target=lambda: result.update(out=call(b, "steady", {"sleep": 3})))
+    forwarded.start()
+    wait_until(lambda: state(counts)["now"] == 1, timeout=30, message="the forwarded call running")
+    os.kill(a.proc.pid, signal.SIGKILL)
+    forwarded.join(30)
+    assert not forwarded.is_alive(), "the call held by the lost replica hung"
+    code, response = result["out"]
+    assert code == "ServiceException", (code, response)
+    assert time.monotonic() - started < 15
+
+    # b takes the function over when the Lease has expired, and serves it on the same pods.
+    before = {
+        p.metadata.uid
+        for p in k8s.core.list_namespaced_pod(k8s.ns, label_selector=f"{labels.FUNCTION}=steady").items
+    }
+    code, body = call(b, "steady", {})
+    assert code == "ok", body
+    assert holder(k8s, "steady").endswith(f"-{b.proc.pid}")
+    after = {
+        p.metadata.uid
+        for p in k8s.core.list_namespaced_pod(k8s.ns, label_selector=f"{labels.FUNCTION}=steady").items
+    }
+    assert after == before  # taken over: the Deployment's pods, not new ones
+    wait_until(lambda: state(counts)["now"] == 0, timeout=30, message="the orphaned call ended")
