@@ -9,11 +9,17 @@ Uses the cluster in $LAMINA_TEST_CLUSTER_DIR (it must have a real node), loads t
 as the real-pod tests do: release `lamina` in `lamina-system`, functions in `lamina-e2e`). The client
 is this process, on the host, through the gateway's NodePort on the node's IP. Measures:
 
-- pause pod:       create -> Ready of a pod running only the pause image (the node's own floor);
+- pause pod:       create -> Ready of a pod running only the pause image (the node's own floor), bare
+                   and with a function pod's volumes (an emptyDir and a ConfigMap: the kubelet's
+                   volume manager polls for mounts every 300 ms, a cost of any pod with volumes);
 - apply -> invoke: `kubectl apply` of a Function with one provisioned environment -> its first answer;
 - cold start:      an invoke of a Function at zero replicas (scale 0 -> 1 through the gateway), one
-                   Function each, so every sample is a real cold start;
-- warm:            sequential invokes served by a warm provisioned pod;
+                   Function each, so every sample is a real cold start; each one also hop by hop
+                   (benchmarks/_pod_timeline.py): gateway asks -> pod created -> scheduled -> running
+                   -> runtime listening -> INIT over -> the gateway's probe answered -> client answered;
+- warm:            sequential invokes served by a warm provisioned pod, and the same call hop by hop
+                   with one client (benchmarks/_hop_client.py): the function pod's server alone, the
+                   gateway pod alone, and through the NodePort from inside the node and from the host;
 - throughput:      sync invokes/s with concurrent clients, 4 provisioned environments;
 - burst:           20 concurrent invokes of a Function at zero: time until all are answered, pods started.
 """
@@ -24,13 +30,17 @@ import argparse
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, percentile
+from _pod_timeline import Timeline, first, log_times
 
 sys.path.insert(0, str(REPO))
 
@@ -66,6 +76,9 @@ def pod_ready_ms(core: Any, namespace: str, name: str, body: dict[str, Any]) -> 
     raise TimeoutError(f"pod {name} never became Ready")
 
 
+PHASES = ("pause", "apply", "cold", "warm", "throughput", "burst")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -75,8 +88,22 @@ def main() -> int:
     parser.add_argument("--warm-calls", type=int, default=500)
     parser.add_argument("--throughput-seconds", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument(
+        "--cold-memory-mb",
+        type=int,
+        default=128,
+        help="memoryMB of the cold-start functions (their CPU request follows it: memoryMB / 1769 of a CPU)",
+    )
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument(
+        "--phases",
+        default=",".join(PHASES),
+        help=f"comma-separated subset of {','.join(PHASES)} (default: all)",
+    )
     args = parser.parse_args()
+    phases = set(args.phases.split(","))
+    if phases - set(PHASES):
+        parser.error(f"unknown phases: {', '.join(sorted(phases - set(PHASES)))}")
 
     import importlib.util
 
@@ -103,104 +130,271 @@ def main() -> int:
     core = client.CoreV1Api(api)
     values = images.load(cp.state_dir)
     helm = str(cp.bin_dir / "helm")
-    tier.run(helm, "--kubeconfig", str(cp.kubeconfig), *tier.install_args(values))
-    try:
+    try:  # before the install: the chart's operator watches it (operator.watchNamespaces)
         core.create_namespace({"metadata": {"name": tier.FUNCTIONS_NS}})
     except client.exceptions.ApiException:
         pass
+    tier.run(helm, "--kubeconfig", str(cp.kubeconfig), *tier.install_args(values))
     port = next(
         p.node_port
         for p in core.read_namespaced_service(f"{tier.RELEASE}-gateway", tier.SYSTEM_NS).spec.ports
     )
     lam = tier.Lamina(api=api, node_ip=cp.host, gateway_port=port, values=values)
     results: list[dict[str, Any]] = []
+    bench = Bench(lam, core, cpm.realnode.RealNode(cp.state_dir).nsenter(), args, results)
     try:
-        # -- the node's floor: a pause-only pod
         pause = cpm.realnode.NodeConfig.load(cp.state_dir).pause_image
-        samples = []
-        for i in range(args.pause_pods):
-            name = f"pause-{i}-{os.getpid()}"
-            body = {
-                "metadata": {"name": name},
-                "spec": {
-                    "automountServiceAccountToken": False,
-                    "nodeName": "lamina-node",
-                    "containers": [{"name": "pause", "image": pause, "imagePullPolicy": "Never"}],
-                },
-            }
-            samples.append(pod_ready_ms(core, tier.FUNCTIONS_NS, name, body))
-        results.append(stats("pause pod create -> Ready", samples))
+        if "pause" in phases and "cold" not in phases:
+            bench.add_floors(list(bench.floors(pause, args.pause_pods)))
+        if "apply" in phases:
+            bench.apply_to_invoke()
+        if "cold" in phases:  # the floors interleaved with the cold starts
+            bench.cold_starts(pause if "pause" in phases else None)
+        if phases & {"warm", "throughput"}:
+            bench.warm(phases)
+        if "burst" in phases:
+            bench.burst()
+    finally:
+        lam.delete_created()
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
 
-        # -- apply -> first answered invoke
-        code = "def handler(event, context):\n    return event\n"
+
+CODE = "def handler(event, context):\n    return event\n"
+POD_SELECTOR = "app.kubernetes.io/component=execution-environment"
+
+
+@dataclass
+class Bench:
+    lam: Any
+    core: Any
+    nsenter: list[str]
+    args: argparse.Namespace
+    results: list[dict[str, Any]]
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.results.append(row)
+
+    def floors(self, image: str, n: int) -> Iterator[tuple[float, float]]:
+        """The node's own start times, sample by sample (so that they can be interleaved with cold
+        starts): a bare pause pod bound to the node (create -> Ready), and a pause Deployment with a
+        function pod's volumes scaled 0 -> 1 (scale -> pod Ready: the Deployment and ReplicaSet
+        controllers and the scheduler, as a cold start goes through them)."""
+        from tests.cluster.pods import conftest as tier
+
+        ns, pid = tier.FUNCTIONS_NS, os.getpid()
+        cm = f"pause-code-{pid}"
+        self.core.create_namespaced_config_map(ns, {"metadata": {"name": cm}, "data": {"index.py": CODE}})
+        apps = self.lam.apps
+        try:
+            for i in range(n):
+                name = f"pause-{i}-{pid}"
+                bare = pod_ready_ms(self.core, ns, name, pause_pod(name, image, None))
+                dep = f"pause-dep-{i}-{pid}"
+                apps.create_namespaced_deployment(ns, pause_deployment(dep, image, cm))
+                try:
+                    scaled = scale_ready_ms(apps, self.core, ns, dep)
+                finally:
+                    apps.delete_namespaced_deployment(dep, ns, grace_period_seconds=0)
+                yield bare, scaled
+        finally:
+            self.core.delete_namespaced_config_map(cm, ns)
+
+    def add_floors(self, floors: list[tuple[float, float]]) -> None:
+        self.add(stats("pause pod create -> Ready", [b for b, _ in floors]))
+        self.add(stats("pause Deployment scale 0 -> 1 -> Ready", [d for _, d in floors]))
+
+    def apply_to_invoke(self) -> None:
+        from tests.cluster.pods import conftest as tier
+
         samples = []
         for i in range(5):
             name = tier.unique(f"apply{i}")
             t0 = time.perf_counter()
-            lam.apply(tier.function_yaml(name, code, provisionedConcurrency=1))
+            self.lam.apply(tier.function_yaml(name, CODE, provisionedConcurrency=1))
             while True:
                 try:
-                    r, body = lam.invoke(name, {"i": i}, read_timeout=150)
+                    r, _ = self.lam.invoke(name, {"i": i}, read_timeout=150)
                     if "FunctionError" not in r:
                         break
                 except Exception:
                     time.sleep(0.05)
             samples.append((time.perf_counter() - t0) * 1000)
-        results.append(stats("apply -> first answered invoke", samples))
-        clear(lam)  # a 2-core node holds about 20 function pods (CPU requests follow memoryMB)
+        self.add(stats("apply -> first answered invoke", samples))
+        clear(self.lam)  # a 2-core node holds about 20 function pods (CPU requests follow memoryMB)
 
-        # -- cold starts from zero, one Function each
-        names = [tier.unique(f"cold{i}") for i in range(args.cold_starts)]
+    def cold_starts(self, pause_image: str | None) -> None:
+        """Cold starts from zero, one Function each, each one timed hop by hop; with ``pause_image``,
+        each one follows a sample of the node's floors, so that both see the same load."""
+        from tests.cluster.pods import conftest as tier
+
+        names = [tier.unique(f"cold{i}") for i in range(self.args.cold_starts)]
         # A short keep-alive, so the node never holds more than a few of them at once.
-        lam.apply(
+        self.lam.apply(
             "---\n".join(
-                tier.function_yaml(n, code, provisionedConcurrency=0, idleTimeoutSeconds=3) for n in names
+                tier.function_yaml(
+                    n, CODE, provisionedConcurrency=0, idleTimeoutSeconds=3, memoryMB=self.args.cold_memory_mb
+                )
+                for n in names
             )
         )
         for n in names:
-            lam.wait_ready(n)
-        samples = []
+            self.lam.wait_ready(n)
+        floors = self.floors(pause_image, len(names)) if pause_image else None
+        timeline = Timeline(self.core, tier.FUNCTIONS_NS, POD_SELECTOR)
+        timeline.start()
+        samples, hops, floor_samples = [], [], []
         for n in names:
+            if floors is not None:
+                floor_samples.append(next(floors))
+            sent = time.time()
             t0 = time.perf_counter()
-            r, _ = lam.invoke(n, {}, read_timeout=150)
+            r, _ = self.lam.invoke(n, {}, read_timeout=150)
             assert "FunctionError" not in r, r
             samples.append((time.perf_counter() - t0) * 1000)
-        results.append(stats("cold start from zero (invoke)", samples))
-        clear(lam)
+            hops.append(self.cold_hops(timeline, n, sent, time.time()))
+        timeline.stop()
+        if floors is not None:
+            floors.close()
+            self.add_floors(floor_samples)
+        self.add(stats("cold start from zero (invoke)", samples))
+        self.add_hops(hops)
+        clear(self.lam)
 
-        # -- warm invokes of a provisioned pod
-        warm = tier.unique("warm")
-        lam.apply(tier.function_yaml(warm, code, provisionedConcurrency=4))
-        lam.wait_ready(warm)
-        results.append(
-            stats(
-                "warm invoke, provisioned pod",
-                asyncio.run(sequential(lam.gateway_url, warm, args.warm_calls)),
+    def cold_hops(self, timeline: Any, function: str, sent: float, answered: float) -> dict[str, float]:
+        """One cold start's marks, in ms after the invoke was sent."""
+        from tests.cluster.pods import conftest as tier
+
+        pods = timeline.of_function(function)
+        if len(pods) != 1:
+            print(f"{function}: {len(pods)} pods seen, no breakdown", flush=True)
+            return {}
+        pod, m = pods[0]
+        own = log_times(self.core.read_namespaced_pod_log(pod, tier.FUNCTIONS_NS, timestamps=True))
+        gw = self.gateway_log(sent)
+        marks = {
+            "gateway asks for a pod": first(gw, f"function {function}: cold start"),
+            "pod created": m.created,
+            "pod scheduled": m.scheduled,
+            "pod address + running (kubelet status)": m.running or m.address,
+            "runtime listening (container log)": first(own, "lamina_runtime: listening"),
+            "INIT over (container log)": first(own, "ready (INIT"),
+            "gateway's probe answered": first(gw, f"function {function}: ", "answered its probe"),
+            "Ready by the kubelet (seen)": m.ready,
+            "answer at the client": answered,
+        }
+        return {k: round((v - sent) * 1000, 1) for k, v in marks.items() if v is not None}
+
+    def gateway_log(self, since: float) -> list[tuple[float, str]]:
+        from tests.cluster.pods import conftest as tier
+
+        pods = self.core.list_namespaced_pod(
+            tier.SYSTEM_NS, label_selector="app.kubernetes.io/component=gateway"
+        ).items
+        out: list[tuple[float, str]] = []
+        for pod in pods:
+            text = self.core.read_namespaced_pod_log(
+                pod.metadata.name, tier.SYSTEM_NS, timestamps=True, since_seconds=int(time.time() - since) + 5
             )
-        )
-        rate, lat = asyncio.run(throughput(lam.gateway_url, warm, args.concurrency, args.throughput_seconds))
-        row = stats(f"sync throughput, {args.concurrency} clients", lat)
-        row["invocations_per_s"] = round(rate)
-        print(f"{'':40} {rate:.0f} invocations/s", flush=True)
-        results.append(row)
-        clear(lam)
+            out += [(t, line) for t, line in log_times(text) if t >= since - 1]
+        return sorted(out)
 
-        # -- a burst of 20 at zero
+    def add_hops(self, hops: list[dict[str, float]]) -> None:
+        keys = list(dict.fromkeys(k for h in hops for k in h))
+        rows = {}
+        print("cold start, hop by hop (ms after the invoke was sent; p50 / p99 over the starts):", flush=True)
+        for k in keys:
+            values = [h[k] for h in hops if k in h]
+            rows[k] = {"n": len(values), "p50_ms": percentile(values, 50), "p99_ms": percentile(values, 99)}
+            print(f"  {k:44} n={len(values):3}  p50={rows[k]['p50_ms']:8.1f}  p99={rows[k]['p99_ms']:8.1f}")
+        self.add({"what": "cold start hop by hop (ms after the invoke was sent)", "hops": rows, "raw": hops})
+
+    def warm(self, phases: set[str]) -> None:
+        from tests.cluster.pods import conftest as tier
+
+        warm = tier.unique("warm")
+        self.lam.apply(tier.function_yaml(warm, CODE, provisionedConcurrency=4))
+        self.lam.wait_ready(warm)
+        base = self.lam.gateway_url
+        if "warm" in phases:
+            self.add(
+                stats(
+                    "warm invoke, provisioned pod", asyncio.run(sequential(base, warm, self.args.warm_calls))
+                )
+            )
+            self.warm_hops(warm)
+        if "throughput" in phases:
+            rate, lat = asyncio.run(
+                throughput(base, warm, self.args.concurrency, self.args.throughput_seconds)
+            )
+            row = stats(f"sync throughput, {self.args.concurrency} clients", lat)
+            row["invocations_per_s"] = round(rate)
+            print(f"{'':40} {rate:.0f} invocations/s", flush=True)
+            self.add(row)
+        clear(self.lam)
+
+    def warm_hops(self, function: str) -> None:
+        """The warm call hop by hop, one client for all: inside the node's network namespace (where
+        pod IPs route) to the function pod's server, to the gateway pod, to the NodePort; and from the
+        host to the NodePort (the path of the row above)."""
+        from tests.cluster.pods import conftest as tier
+
+        pod = self.lam.pods(function)[0]
+        secret = pod_secret(self.core, pod)
+        gateway = self.core.list_namespaced_pod(
+            tier.SYSTEM_NS, label_selector="app.kubernetes.io/component=gateway"
+        ).items[0]
+        gw_port = next(
+            p.container_port for c in gateway.spec.containers for p in c.ports or [] if p.name == "http"
+        )
+        path = f"/2015-03-31/functions/{function}/invocations"
+        inside = [
+            {"label": "function pod's server (/invoke)", "url": f"http://{pod.status.pod_ip}:8080/invoke",
+             "headers": {"Lamina-Invoke-Secret": secret} if secret else {}},
+            {"label": "gateway pod (its pod IP)", "url": f"http://{gateway.status.pod_ip}:{gw_port}{path}",
+             "headers": {}},
+            {"label": "NodePort from inside the node", "url": f"{self.lam.gateway_url}{path}", "headers": {}},
+        ]  # fmt: skip
+        outside = [{"label": "NodePort from the host", "url": f"{self.lam.gateway_url}{path}", "headers": {}}]
+        client = str(Path(__file__).resolve().parent / "_hop_client.py")
+        calls = str(self.args.warm_calls)
+        measured = json.loads(
+            subprocess.run(
+                [*self.nsenter, sys.executable, client, calls, json.dumps(inside)],
+                capture_output=True, text=True, check=True,
+            ).stdout
+        )  # fmt: skip
+        measured |= json.loads(
+            subprocess.run(
+                [sys.executable, client, calls, json.dumps(outside)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )
+        print("warm invoke, hop by hop (http.client, keep-alive, sequential):", flush=True)
+        for label, samples in measured.items():
+            self.add(stats(f"warm hop: {label}", samples))
+
+    def burst(self) -> None:
+        from tests.cluster.pods import conftest as tier
+
         burst = tier.unique("burst")
-        lam.apply(
+        self.lam.apply(
             tier.function_yaml(
                 burst,
                 "import time\ndef handler(e, c):\n    time.sleep(0.2)\n    return 1\n",
                 provisionedConcurrency=0,
             )
         )
-        lam.wait_ready(burst)
+        self.lam.wait_ready(burst)
         t0 = time.perf_counter()
-        answers = asyncio.run(burst_calls(lam.gateway_url, burst, 20))
+        answers = asyncio.run(burst_calls(self.lam.gateway_url, burst, 20))
         total = (time.perf_counter() - t0) * 1000
         row = stats("burst of 20 at zero (each call)", [ms for _, ms, _ in answers])
         row["all_answered_ms"] = round(total, 1)
-        row["pods_started"] = len(lam.pods(burst))
+        row["pods_started"] = len(self.lam.pods(burst))
         row["not_ok"] = [(status, body[:200]) for status, _, body in answers if status != 200]
         ok = sum(1 for status, _, _ in answers if status == 200)
         pods = row["pods_started"]
@@ -209,12 +403,78 @@ def main() -> int:
         )
         for status, body in row["not_ok"]:
             print(f"{'':40} {status}: {body}", flush=True)
-        results.append(row)
+        self.add(row)
+
+
+def pause_pod(name: str, image: str, config_map: str | None) -> dict[str, Any]:
+    """A pod running only the pause image; with ``config_map``, with a function pod's volumes (/tmp
+    and the code), not bound to a node (the scheduler places it), else bound to the real node."""
+    container: dict[str, Any] = {"name": "pause", "image": image, "imagePullPolicy": "Never"}
+    spec: dict[str, Any] = {"automountServiceAccountToken": False, "containers": [container]}
+    if config_map is None:
+        spec["nodeName"] = "lamina-node"
+    else:
+        spec["volumes"] = [
+            {"name": "tmp", "emptyDir": {"sizeLimit": "512Mi"}},
+            {"name": "code", "configMap": {"name": config_map}},
+        ]
+        container["volumeMounts"] = [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "code", "mountPath": "/var/task", "readOnly": True},
+        ]
+    return {"metadata": {"name": name}, "spec": spec}
+
+
+def pause_deployment(name: str, image: str, config_map: str) -> dict[str, Any]:
+    pod = pause_pod(name, image, config_map)
+    selector = {"lamina-bench/pause": name}
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": selector},
+            "template": {"metadata": {"labels": selector}, "spec": pod["spec"]},
+        },
+    }
+
+
+def scale_ready_ms(apps: Any, core: Any, namespace: str, name: str) -> float:
+    """Scale a Deployment at zero to one; ms until its pod is Ready (as a watch sees it)."""
+    from kubernetes import watch
+
+    w = watch.Watch()
+    t0 = time.perf_counter()
+    apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": 1}})
+    try:
+        for event in w.stream(
+            core.list_namespaced_pod,
+            namespace,
+            label_selector=f"lamina-bench/pause={name}",
+            timeout_seconds=120,
+        ):
+            conds = event["object"].status.conditions or []
+            if any(c.type == "Ready" and c.status == "True" for c in conds):
+                return (time.perf_counter() - t0) * 1000
     finally:
-        lam.delete_created()
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    return 0
+        w.stop()
+    raise TimeoutError(f"the pod of Deployment {name} never became Ready")
+
+
+def pod_secret(core: Any, pod: Any) -> str | None:
+    """The invoke secret a function pod requires (from the Secret its container's variable names),
+    or None when it requires none."""
+    import base64
+
+    env = next(
+        (e for c in pod.spec.containers for e in c.env or [] if e.name == "LAMINA_INVOKE_SECRET"), None
+    )
+    if env is None:
+        return None
+    if env.value:
+        return str(env.value)
+    ref = env.value_from.secret_key_ref
+    data = core.read_namespaced_secret(ref.name, pod.metadata.namespace).data
+    return base64.b64decode(data[ref.key]).decode()
 
 
 def clear(lam: Any) -> None:

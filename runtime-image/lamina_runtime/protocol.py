@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import quote, unquote
 
 
 @dataclass(slots=True)
@@ -80,10 +79,14 @@ INVOKE_SECRET_HEADER = "Lamina-Invoke-Secret"
 def header_value(text: str) -> str:
     """Arbitrary text (an error type a function chose) as a header value that cannot split a
     response: percent-encoded UTF-8, printable ASCII only. :func:`from_header_value` reverses it."""
+    from urllib.parse import quote  # only for error results: a pod's start-up does not wait for it
+
     return quote(text, safe=" !#$&'()*+,-./:;<=>?@[]^_`{|}~")
 
 
 def from_header_value(value: str) -> str:
+    from urllib.parse import unquote
+
     return unquote(value, errors="replace")
 
 

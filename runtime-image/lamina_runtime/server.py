@@ -21,7 +21,6 @@ import asyncio
 import json
 import os
 import sys
-import uuid
 
 # hmac's compare_digest without importing hmac, which loads hashlib's OpenSSL and BLAKE2 modules: a
 # cold start waits for everything this module imports (hmac falls back to this same function).
@@ -108,6 +107,8 @@ def result_headers(result: InvocationResult) -> dict[str, str]:
 
 
 def _new_request_id() -> str:
+    import uuid  # only for a call without Lamina-Request-Id (the gateway always sends one)
+
     return str(uuid.uuid4())
 
 
