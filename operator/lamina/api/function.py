@@ -628,6 +628,12 @@ class FunctionStatus(StatusBase):
         "generic pool, or as new pods of the function's own Deployment.",
     )
     cold_start_path_reason: str | None = Field(default=None, description="Why that path.")
+    reservation: Literal["Granted", "Refused"] | None = Field(
+        default=None,
+        description="Whether spec.reservedConcurrency is granted, or refused because it would leave the "
+        "unreserved pool below its minimum (the function is then served as unreserved).",
+    )
+    reservation_reason: str | None = Field(default=None, description="Why it is granted or refused.")
 
 
 #: The root of a Function's CRD: an alias may only name a version that is published (status.versions)

@@ -8,6 +8,7 @@ durable queue whose dispatcher runs here too.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ from lamina.gateway.concurrency import ConcurrencyLimiter
 from lamina.gateway.loop import run_async
 from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
+from lamina.invocation.reservations import DEFAULT_MIN_UNRESERVED, Reservation, refused_reservations
 from lamina.kubeapi import SecretValues, ThreadedWatch, api_client, list_functions_fn
 from lamina.resources.pool import POOL_PATH, pool_key
 from lamina.resources.settings import Settings
@@ -63,11 +65,18 @@ class FunctionCatalog:
     """Functions as the API server has them, applied to the registry, limiter and pool on change."""
 
     def __init__(
-        self, service: InvocationService, pool: HttpEnvironmentPool, models: dict[str, Function] | None = None
+        self,
+        service: InvocationService,
+        pool: HttpEnvironmentPool,
+        models: dict[str, Function] | None = None,
+        min_unreserved: int = DEFAULT_MIN_UNRESERVED,
     ) -> None:
         self.service = service
         self.pool = pool
+        self.min_unreserved = min_unreserved
         self.functions: dict[str, FunctionConfig] = {}
+        #: creationTimestamp by key: older reservations are granted first (lamina.invocation.reservations).
+        self.created: dict[str, str] = {}
         #: Functions on the pool path, by key: what a claimed pool pod is handed.
         self.models: dict[str, Function] = {} if models is None else models
 
@@ -77,6 +86,7 @@ class FunctionCatalog:
         if kind == "DELETED":
             self.functions.pop(key, None)
             self.models.pop(key, None)
+            self.created.pop(key, None)
         else:
             try:
                 # The spec alone: the status is the operator's, and only read below.
@@ -89,12 +99,37 @@ class FunctionCatalog:
                     config.pool = pool_key(fn).label  # the operator keeps that pool for it
                     self.models[key] = fn
                 self.functions[key] = with_versions(config, fn, status)  # type: ignore[arg-type]
+                self.created[key] = str(meta.get("creationTimestamp") or "")
             except ManifestError as exc:  # the CRD schema should have refused it; never serve it
                 log.warning("ignoring Function %s: %s", key, exc)
                 self.functions.pop(key, None)
-        configs = list(self.functions.values())
+        configs = self._granted(list(self.functions.values()))
         self.service.replace_functions(configs)
         asyncio.get_running_loop().create_task(self.pool.update(self.service.environment_configs()))
+
+    def _granted(self, configs: list[FunctionConfig]) -> list[FunctionConfig]:
+        """``configs`` with the reservations that would overdraw the unreserved pool taken away: such
+        a function is served as unreserved (its status says why: the operator decides the same)."""
+        asked = [
+            Reservation(c.key, self.created.get(c.key, ""), c.reserved_concurrency)
+            for c in configs
+            if c.reserved_concurrency is not None
+        ]
+        refused = refused_reservations(asked, self.service.limiter.total_limit, self.min_unreserved)
+        out = []
+        for config in configs:
+            if config.key in refused:
+                log.warning("function %s: %s", config.key, refused[config.key])
+                config = dataclasses.replace(
+                    config,
+                    reserved_concurrency=None,
+                    versions={
+                        v: dataclasses.replace(c, reserved_concurrency=None)
+                        for v, c in config.versions.items()
+                    },
+                )
+            out.append(config)
+        return out
 
 
 async def start_http(
@@ -138,7 +173,7 @@ async def serve(settings: GatewaySettings) -> int:
         limiter=ConcurrencyLimiter(settings.concurrency_limit),
         router=router,
     )
-    catalog = FunctionCatalog(service, pool, models)
+    catalog = FunctionCatalog(service, pool, models, settings.min_unreserved)
     loop = asyncio.get_running_loop()
     functions = ThreadedWatch(list_functions_fn(api, settings.namespace), catalog.on_event, loop)
     functions.start()

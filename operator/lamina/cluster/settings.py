@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lamina.invocation.reservations import DEFAULT_MIN_UNRESERVED
 from lamina.resources.settings import DEFAULT_GATEWAY_PORT, DEFAULT_GATEWAY_URL
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,10 @@ class GatewaySettings:
         None, "Redis of the durable queue of Event invocations (without it they are refused)"
     )
     concurrency_limit: int = _option(1000, "concurrent invocations of all functions together")
+    min_unreserved: int = _option(
+        DEFAULT_MIN_UNRESERVED,
+        "smallest unreserved pool: a reservedConcurrency leaving less is refused (served unreserved)",
+    )
     cold_start_timeout: float = _option(120.0, "seconds a request waits for a new environment")
     region: str = _option("us-east-1", "AWS_REGION of functions started from warm pool pods")
     kubeconfig: str | None = _option(None, "kubeconfig file (default: in-cluster, then $KUBECONFIG)")

@@ -12,6 +12,8 @@ import logging
 from typing import Any
 
 from lamina.api import API_VERSION, Function
+from lamina.api.common import GROUP, VERSION
+from lamina.invocation.reservations import Reservation, refused_reservations
 from lamina.reconcilers.apply import apply, apply_scaled_deployment, delete_if_owned
 from lamina.reconcilers.client import ApiError, KubeApi, Ref
 from lamina.reconcilers.context import Blocked, Context, parse_as
@@ -106,6 +108,33 @@ def check_references(kube: KubeApi, fn: Function) -> dict[str, Any] | None:
     return cm
 
 
+def reservation_fields(ctx: Context, fn: Function, key: str) -> dict[str, Any]:
+    """``reservation`` (Granted / Refused) and why, for a Function with reserved concurrency: the
+    gateway serves a refused one as unreserved (lamina.invocation.reservations decides for both)."""
+    if fn.spec.reserved_concurrency is None:
+        return {"reservation": None, "reservationReason": None}
+    try:
+        functions = ctx.kube.list(f"{GROUP}/{VERSION}", "Function")
+    except ApiError as e:
+        if e.status != 403:
+            raise
+        # Watching some namespaces only: the gateway of one namespace sees that one alone.
+        functions = ctx.kube.list(f"{GROUP}/{VERSION}", "Function", namespace=key.partition("/")[0])
+    asked = []
+    for obj in functions:
+        meta, amount = obj["metadata"], (obj.get("spec") or {}).get("reservedConcurrency")
+        if amount is not None:
+            asked.append(
+                Reservation(f"{meta['namespace']}/{meta['name']}", meta.get("creationTimestamp", ""), amount)
+            )
+    settings = ctx.settings
+    refused = refused_reservations(asked, settings.concurrency_limit, settings.min_unreserved)
+    if key in refused:
+        return {"reservation": "Refused", "reservationReason": refused[key]}
+    reason = f"{fn.spec.reserved_concurrency} of the account's {settings.concurrency_limit} reserved"
+    return {"reservation": "Granted", "reservationReason": reason}
+
+
 # ----------------------------------------------------------------------------------------- reconcile
 
 
@@ -159,6 +188,7 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
     path = cold_start_path(fn, ctx.settings, pools)
     fields = {
         **version_fields,
+        **reservation_fields(ctx, fn, f"{ns}/{name}"),
         "coldStartPath": path.path,
         "coldStartPathReason": path.reason,
         "codeS3": s3_code.to_status(fn.spec.code.s3) if s3_code and fn.spec.code.s3 else None,

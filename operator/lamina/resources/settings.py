@@ -54,6 +54,10 @@ class Settings:
     #: How often a Function whose code (or a Layer whose content) is in S3 is looked at again (seconds):
     #: uploads are not watched, so a new object version is found by this poll.
     s3_poll_seconds: float = 30.0
+    #: The account's concurrency and the smallest unreserved pool (the gateway's ``--concurrency-limit``
+    #: and ``--min-unreserved``): which reservations a Function's status says are refused.
+    concurrency_limit: int = 1000
+    min_unreserved: int = 100
 
     @property
     def metrics_urls(self) -> tuple[str, ...]:
@@ -68,7 +72,8 @@ class Settings:
         """Read ``LAMINA_RUNTIME_IMAGE``, ``LAMINA_WORKER_IMAGE``, ``LAMINA_IMAGE_PULL_POLICY``,
         ``LAMINA_REGION``, ``LAMINA_GATEWAY_URL``, ``LAMINA_REDIS_URL``, ``LAMINA_POOL_SIZE``,
         ``LAMINA_POOL_MEMORY_SIZES`` (comma-separated MB), ``LAMINA_GATEWAY_METRICS_URLS``
-        (comma-separated) and ``LAMINA_S3_POLL_SECONDS`` (unset = default)."""
+        (comma-separated), ``LAMINA_S3_POLL_SECONDS``, ``LAMINA_CONCURRENCY_LIMIT`` and
+        ``LAMINA_MIN_UNRESERVED`` (unset = default)."""
         env = os.environ if env is None else env
         default = cls()
         try:
@@ -88,6 +93,8 @@ class Settings:
             pool_size=pool_size,
             pool_memory_sizes=sizes,
             s3_poll_seconds=float(env.get("LAMINA_S3_POLL_SECONDS") or default.s3_poll_seconds),
+            concurrency_limit=int(env.get("LAMINA_CONCURRENCY_LIMIT") or default.concurrency_limit),
+            min_unreserved=int(env.get("LAMINA_MIN_UNRESERVED") or default.min_unreserved),
             gateway_metrics_urls=tuple(
                 u.strip() for u in (env.get("LAMINA_GATEWAY_METRICS_URLS") or "").split(",") if u.strip()
             ),

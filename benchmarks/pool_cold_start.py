@@ -1,0 +1,184 @@
+"""Cold starts from the warm pool against the Deployment path and the pause pod, on the real node.
+
+    export LAMINA_TEST_CLUSTER_DIR=/tmp/lamina-bench
+    scripts/test-cluster up --real-node
+    .venv/bin/python benchmarks/pool_cold_start.py [--starts 20] [--burst-functions 10 --burst-calls 50]
+
+Installs the chart with the images `scripts/build-images` built (as benchmarks/real_pods.py does) and
+drives the gateway from the host through its NodePort. Measures, for `hello`:
+
+- pause pod:   create -> Ready of a pod running only the pause image (the node's floor for any pod);
+- pool:        request -> response of the first call of a Function at zero on the pool path (the
+               gateway claims an idle pool pod and hands it the function); before each sample the
+               benchmark waits until the pool has an idle Ready pod again, so every sample is a claim;
+- deployment:  the same with pools off in the namespace (`lamina.dev/pool-size: 0`): the gateway
+               scales the Function's Deployment from zero;
+- burst:       N concurrent first calls spread over M Functions at zero (pool path): the time until
+               all are answered, and how many were answered 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO
+from real_pods import burst_calls, clear, pod_ready_ms, stats
+
+sys.path.insert(0, str(REPO))
+
+HELLO = "def handler(event, context):\n    return {'hello': 'world'}\n"
+POOL_SIZE = "lamina.dev/pool-size"
+
+
+def main() -> int:
+    import argparse
+    import importlib.util
+
+    from kubernetes import client, config
+
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--starts", type=int, default=20, help="cold starts per path")
+    parser.add_argument("--pause-pods", type=int, default=10)
+    parser.add_argument("--pool-size", type=int, default=3, help="pool pods in the functions' namespace")
+    parser.add_argument("--burst-functions", type=int, default=10)
+    parser.add_argument("--burst-calls", type=int, default=50)
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    spec = importlib.util.spec_from_file_location(
+        "lamina_test_controlplane", REPO / "tests/cluster/controlplane.py"
+    )
+    assert spec is not None and spec.loader is not None
+    cpm = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = cpm
+    spec.loader.exec_module(cpm)
+    cp = cpm.running()
+    if cp is None or not cp.real_node:
+        print(
+            "needs a running cluster with a real node: scripts/test-cluster up --real-node", file=sys.stderr
+        )
+        return 2
+    os.environ["KUBECONFIG"] = str(cp.kubeconfig)
+    from tests.cluster.pods import conftest as tier
+    from tests.cluster.pods import images
+
+    api = config.new_client_from_config(config_file=str(cp.kubeconfig))
+    core = client.CoreV1Api(api)
+    values = images.load(cp.state_dir)
+    try:  # before the install: the chart binds the gateway's and operator's roles in it
+        core.create_namespace({"metadata": {"name": tier.FUNCTIONS_NS}})
+    except client.exceptions.ApiException:
+        pass
+    tier.run(str(cp.bin_dir / "helm"), "--kubeconfig", str(cp.kubeconfig), *tier.install_args(values))
+    svc = core.read_namespaced_service(f"{tier.RELEASE}-gateway", tier.SYSTEM_NS)
+    port = next(p.node_port for p in svc.spec.ports if p.name == "http")
+    lam = tier.Lamina(api=api, node_ip=cp.host, gateway_port=port, values=values)
+    results: list[dict[str, Any]] = []
+
+    def pool_size(size: int) -> None:
+        core.patch_namespace(tier.FUNCTIONS_NS, {"metadata": {"annotations": {POOL_SIZE: str(size)}}})
+
+    def idle_ready() -> int:
+        pods = core.list_namespaced_pod(tier.FUNCTIONS_NS, label_selector="lamina.dev/pool-state=idle").items
+        return sum(
+            1
+            for p in pods
+            if not p.metadata.deletion_timestamp
+            and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        )
+
+    def functions_at_zero(prefix: str, n: int, path: str) -> list[str]:
+        names = [tier.unique(f"{prefix}{i}") for i in range(n)]
+        lam.apply("---\n".join(tier.function_yaml(x, HELLO, idleTimeoutSeconds=3) for x in names))
+        for x in names:
+            lam.wait_ready(x)
+            deadline = time.monotonic() + 120
+            while (lam.get("functions", x).get("status") or {}).get("coldStartPath") != path:
+                assert time.monotonic() < deadline, f"{x} never on the {path} path"
+                time.sleep(0.2)
+        return names
+
+    def first_calls(names: list[str], before_each: Any) -> list[float]:
+        samples = []
+        for x in names:
+            before_each()
+            t0 = time.perf_counter()
+            r, body = lam.invoke(x, {}, read_timeout=150)
+            assert "FunctionError" not in r and body == {"hello": "world"}, (r, body)
+            samples.append((time.perf_counter() - t0) * 1000)
+        return samples
+
+    def wait_pool() -> None:
+        deadline = time.monotonic() + 120
+        while idle_ready() < 1:
+            assert time.monotonic() < deadline, "the pool never had an idle Ready pod"
+            time.sleep(0.1)
+
+    try:
+        pause = cpm.realnode.NodeConfig.load(cp.state_dir).pause_image
+        samples = []
+        for i in range(args.pause_pods):
+            name = f"pause-{i}-{os.getpid()}"
+            body = {
+                "metadata": {"name": name},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "nodeName": "lamina-node",
+                    "containers": [{"name": "pause", "image": pause, "imagePullPolicy": "Never"}],
+                },
+            }
+            samples.append(pod_ready_ms(core, tier.FUNCTIONS_NS, name, body))
+        results.append(stats("pause pod create -> Ready", samples))
+
+        pool_size(args.pool_size)
+        names = functions_at_zero("pool", args.starts, "Pool")
+        results.append(stats("cold start from the warm pool", first_calls(names, wait_pool)))
+        clear(lam)
+
+        pool_size(0)
+        names = functions_at_zero("dep", args.starts, "Deployment")
+        results.append(stats("cold start on the Deployment path", first_calls(names, lambda: None)))
+        clear(lam)
+
+        pool_size(args.pool_size)
+        names = functions_at_zero("burst", args.burst_functions, "Pool")
+        wait_pool()
+        calls = [names[i % len(names)] for i in range(args.burst_calls)]
+        t0 = time.perf_counter()
+        answers = asyncio.run(_burst(lam.gateway_url, calls))
+        total = (time.perf_counter() - t0) * 1000
+        row = stats(
+            f"burst: {args.burst_calls} first calls to {len(names)} functions", [ms for _, ms, _ in answers]
+        )
+        row["all_answered_ms"] = round(total, 1)
+        row["answered_200"] = sum(1 for status, _, _ in answers if status == 200)
+        row["not_ok"] = sorted({(status, body[:160]) for status, _, body in answers if status != 200})
+        print(f"{'':40} all answered after {total:.0f} ms, {row['answered_200']} with 200", flush=True)
+        for status, text in row["not_ok"]:
+            print(f"{'':40} {status}: {text}", flush=True)
+        results.append(row)
+    finally:
+        lam.delete_created()
+        core.patch_namespace(tier.FUNCTIONS_NS, {"metadata": {"annotations": {POOL_SIZE: None}}})
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+async def _burst(base: str, names: list[str]) -> list[tuple[int, float, str]]:
+    """Every call at once, each to its own function name (burst_calls calls one name)."""
+    parts = await asyncio.gather(*(burst_calls(base, n, 1) for n in names))
+    return [a for part in parts for a in part]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
