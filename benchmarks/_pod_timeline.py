@@ -42,11 +42,15 @@ class Timeline:
     selector: str
     marks: dict[str, PodMarks] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _synced: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
     def start(self) -> None:
+        """Start watching; returns once the watch is established (nothing after this is missed)."""
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+        if not self._synced.wait(60):
+            raise TimeoutError("the pod watch did not start")
 
     def stop(self) -> None:
         self._stop.set()
@@ -54,14 +58,21 @@ class Timeline:
     def _run(self) -> None:
         from kubernetes import watch
 
+        listed = self.core.list_namespaced_pod(self.namespace, label_selector=self.selector)
+        for pod in listed.items:
+            self._note(pod, time.time())
+        version = listed.metadata.resource_version
+        self._synced.set()
         while not self._stop.is_set():
             w = watch.Watch()
             for event in w.stream(
                 self.core.list_namespaced_pod,
                 self.namespace,
                 label_selector=self.selector,
+                resource_version=version,
                 timeout_seconds=30,
             ):
+                version = event["object"].metadata.resource_version
                 self._note(event["object"], time.time())
                 if self._stop.is_set():
                     w.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 
@@ -45,13 +44,29 @@ def main(argv: list[str] | None = None) -> int:
         return fetch_main(args.url, args.sha256, args.dest)
     import os
 
-    from .server import POOL_ENV
-    from .server import serve as run
-
     if args.pool:
-        os.environ[POOL_ENV] = "1"
-    asyncio.run(run(args.host, args.port))
+        os.environ["LAMINA_POOL"] = "1"
+    run_server(args.host, args.port, pool=os.environ.get("LAMINA_POOL", "") in ("1", "true"))
     return 0
+
+
+def run_server(host: str, port: int, pool: bool) -> None:
+    """Run the pod server. A function's pod server never speaks TLS (plain HTTP with the gateway, a
+    socketpair with the worker), but asyncio imports ``ssl`` to offer it, and with it OpenSSL's
+    libraries: ~7 % of the server's start-up CPU, which every cold start waits for. So ``ssl`` is kept
+    out while asyncio loads (and importable again afterwards); the function's worker is another
+    process, untouched. A pool pod keeps it: its hand-over may fetch code over HTTPS in this process."""
+    blocked = not pool and "ssl" not in sys.modules
+    if blocked:
+        sys.modules["ssl"] = None  # type: ignore[assignment]  # `import ssl` raises ImportError
+    try:
+        import asyncio
+
+        from .server import serve as run
+    finally:
+        if blocked:
+            del sys.modules["ssl"]
+    asyncio.run(run(host, port))
 
 
 if __name__ == "__main__":

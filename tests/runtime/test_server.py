@@ -215,6 +215,20 @@ def test_invoke_end_to_end(serve, write_code):
     assert "handling req-1" in served.log.read_text()  # the container log has the handler's output
 
 
+def test_the_function_imports_ssl_although_the_pod_server_loads_without_it(serve, write_code):
+    """The pod server keeps ``ssl`` out while asyncio loads (start-up CPU); the function's process,
+    where boto3 and urllib need it, must not notice."""
+    code = (
+        "import ssl, urllib.request\n"
+        "def handler(e, c):\n"
+        "    return {'tls': ssl.create_default_context().protocol.name}\n"
+    )
+    served = serve(write_code(code))
+    status, headers, out = served.invoke({})
+    assert status == 200 and "Lamina-Function-Error" not in headers, out
+    assert out == {"tls": "PROTOCOL_TLS_CLIENT"}
+
+
 def test_function_error_headers(serve, write_code):
     served = serve(write_code(HANDLER))
     status, headers, out = served.invoke({"fail": True}, **{"Lamina-Request-Id": "req-err"})
