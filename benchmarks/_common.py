@@ -19,6 +19,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def cpu_seconds(pid: int | None = None, *, tree: bool = False) -> float:
+    """User + system CPU time of a process (this one when pid is None), with its descendants' when
+    ``tree`` (a broker started through a wrapper script). On a shared machine rates follow the load;
+    CPU time per unit of work hardly does."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    stats: dict[int, tuple[int, float]] = {}  # pid -> (parent, cpu seconds)
+    for entry in Path("/proc").iterdir() if tree else [Path(f"/proc/{pid}")]:
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        stats[int(entry.name)] = (
+            int(fields[1]),
+            (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"),
+        )
+    wanted, total = {pid}, 0.0
+    changed = True
+    while changed:
+        changed = False
+        for child, (parent, _) in stats.items():
+            if parent in wanted and child not in wanted:
+                wanted.add(child)
+                changed = True
+    for one in wanted:
+        total += stats.get(one, (0, 0.0))[1]
+    return total
+
+
 def percentile(values: list[float], pct: float) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))

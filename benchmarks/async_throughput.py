@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from _common import free_port, summary
+from _common import cpu_seconds, free_port, summary
 
 from lamina.asyncinvoke import AsyncDispatcher, EventInvokeConfig, QueuedEvent
 from lamina.asyncinvoke.redis_store import RedisEventStore
@@ -88,15 +88,6 @@ async def bench_enqueue(store, n: int, concurrency: int) -> tuple[float, list[fl
     t0 = time.perf_counter()
     lat = await enqueue_all(enqueue, n, concurrency, started)
     return n / (time.perf_counter() - t0), lat
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of a process (this one when pid is None)."""
-    if pid is None:
-        t = os.times()
-        return t.user + t.system
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def bench_end_to_end(

@@ -12,6 +12,10 @@ nothing unacknowledged afterwards. Default N: 2,000 at batch 1, 10,000 at batch 
 100. SQS batches over 10 gather receives within a 1 s window (Lambda requires a window there);
 ``sqs-fifo`` spreads the records over ``--fifo-groups`` message groups and runs
 ``--fifo-concurrency`` workers (scalingConfig.maximumConcurrency), at most batch 10 (FIFO's limit).
+
+Each row also gives the CPU time per record of this process (the worker and the function; the
+preloading is before the clock starts) and of the broker's processes, with the load average: on a
+shared machine the rate follows the load, CPU time per record hardly does.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -36,6 +41,9 @@ from lamina.eventsources.timing import Timing  # noqa: E402
 from lamina_runtime.protocol import InvocationResult  # noqa: E402
 from tests.support import brokers  # noqa: E402
 from tests.support.brokers import normalized_records  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import cpu_seconds  # noqa: E402
 
 DEFAULT_RECORDS = {1: 2_000, 10: 10_000, 100: 20_000}
 KEY = {"redis": "stream", "nats": "subject", "rabbitmq": "queue", "kafka": "topic"}
@@ -136,6 +144,8 @@ async def run_one(
         )
         for _ in range(workers_n)
     ]
+    broker_pid = server.proc.pid if server.proc is not None else None
+    cpu0 = cpu_seconds(), cpu_seconds(broker_pid, tree=True) if broker_pid else 0.0
     started = time.perf_counter()
     for worker in workers:
         worker.start()
@@ -144,6 +154,7 @@ async def run_one(
         if sum(w.status.broker_errors for w in workers) > 10:
             break
     elapsed = time.perf_counter() - started
+    cpu = cpu_seconds() - cpu0[0], (cpu_seconds(broker_pid, tree=True) - cpu0[1]) if broker_pid else 0.0
     for worker in workers:
         await worker.stop()
     if kind in ("sqs", "sqs-fifo"):
@@ -161,6 +172,9 @@ async def run_one(
         "duplicates": function.deliveries - len(function.seen),
         "unacked": left,
         "invocations": sum(w.status.invocations for w in workers),
+        "worker_us": cpu[0] / count * 1e6,
+        "broker_us": cpu[1] / count * 1e6,
+        "load": os.getloadavg()[0],
     }
 
 
@@ -199,13 +213,20 @@ async def main(args: argparse.Namespace) -> int:
                 await asyncio.to_thread(server.close)
     print()
     head = ("source", "batch", "records", "seconds", "records/s")
-    print("| {:<9} | {:>5} | {:>7} | {:>7} | {:>9} | mean batch | lost | dup | unacked |".format(*head))
-    print(f"|{'-' * 11}|{'-' * 7}|{'-' * 9}|{'-' * 9}|{'-' * 11}|------------|------|-----|---------|")
+    print(
+        "| {:<9} | {:>5} | {:>7} | {:>7} | {:>9} | mean batch | lost | dup | unacked "
+        "| CPU/record worker | CPU/record broker | load |".format(*head)
+    )
+    print(
+        f"|{'-' * 11}|{'-' * 7}|{'-' * 9}|{'-' * 9}|{'-' * 11}|------------|------|-----|---------"
+        "|-------------------|-------------------|------|"
+    )
     for r in rows:
         print(
             f"| {r['kind']:<9} | {r['batch']:>5} | {r['records']:>7} | {r['seconds']:>7.2f} |"
             f" {r['rate']:>9,.0f} | {r['records'] / max(1, r['invocations']):>10.1f} |"
             f" {r['lost']:>4} | {r['duplicates']:>3} | {r['unacked']:>7} |"
+            f" {r['worker_us']:>14.0f} us | {r['broker_us']:>14.0f} us | {r['load']:>4.1f} |"
         )
     bad = [r for r in rows if r["lost"] or r["unacked"]]
     for kind, target in (("redis", 5_000), ("kafka", 10_000), ("sqs", 2_000), ("rabbitmq", 8_000)):
@@ -233,4 +254,15 @@ if __name__ == "__main__":
         action="store_true",
         help="ElasticMQ keeps messages on disk (H2), as the tests run it (default: in memory, its default)",
     )
-    sys.exit(asyncio.run(main(parser.parse_args())))
+    parser.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="event loop of the worker (uvloop, as the mapping worker process and lamina local run)",
+    )
+    options = parser.parse_args()
+    if options.loop == "uvloop":
+        import uvloop
+
+        sys.exit(uvloop.run(main(options)))
+    sys.exit(asyncio.run(main(options)))
