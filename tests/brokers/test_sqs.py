@@ -287,6 +287,44 @@ async def test_server_restart_mid_stream_loses_nothing(private_server, running):
     await eventually(lambda: counts(server, url) == (0, 0), what="queue empty")
 
 
+@pytest.mark.parametrize("fifo", [False, True], ids=["standard", "fifo"])
+async def test_a_worker_killed_mid_batch_loses_nothing_and_its_batch_returns_after_the_visibility(
+    sqs_server, running, tmp_path, fifo
+):
+    """SIGKILL of the worker process while its function holds a batch: the messages stay in flight
+    until their visibility timeout, then come back (receive count 2) to the next worker; a FIFO group
+    stays blocked meanwhile and keeps its order."""
+    import sys
+    from pathlib import Path
+
+    url = queue(sqs_server, "killed", fifo=fifo, VisibilityTimeout=3)
+    bodies = [f"k{i:02d}" for i in range(12)]
+    send(sqs_server, url, bodies, group="g" if fifo else None)
+    marker = tmp_path / "in-flight.json"
+    script = Path(__file__).with_name("esm_worker_proc.py")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(script), "sqs", "", url, "esm-k", str(marker)
+    )
+    try:
+        await eventually(marker.exists, what="the worker process to receive a batch")
+    finally:
+        proc.kill()
+        await proc.wait()
+    in_flight = json.loads(marker.read_text())
+    assert len(in_flight) == 5
+    if fifo:
+        assert in_flight == bodies[:5]
+
+    function = TestFunction()
+    running(sqs_worker(url, function, batch_size=5))
+    await eventually(lambda: set(function.succeeded) == set(bodies), limit=60, what="every message processed")
+    if fifo:
+        assert function.succeeded == bodies  # the group waited for the killed batch, then kept its order
+    again = [r for batch in function.batches for r in batch if r["body"] in in_flight]
+    assert again and all(int(r["attributes"]["ApproximateReceiveCount"]) >= 2 for r in again)
+    await eventually(lambda: counts(sqs_server, url) == (0, 0), what="the queue empty")
+
+
 async def test_server_down_at_start_is_reported_then_everything_is_processed(tmp_path, running):
     if not brokers.available("sqs"):
         pytest.skip("java or the ElasticMQ jars are not available")

@@ -549,6 +549,8 @@ def endpoint_of(kind: str, url: str, name: str) -> Any:
 
     if kind == "kafka":
         return Endpoint.model_validate({"kafka": {"bootstrapServers": [url], "topic": name}})
+    if kind == "sqs":  # name is the queue's URL
+        return Endpoint.model_validate({"sqs": {"queueUrl": name, "region": "us-east-1"}})
     return Endpoint.model_validate({kind: {"url": url, NAME_KEY[kind]: name}})
 
 
