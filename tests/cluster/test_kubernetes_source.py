@@ -159,6 +159,123 @@ async def test_a_restarted_worker_resumes_from_the_kept_resource_version(kubecon
     assert checkpoint.value != kept
 
 
+def gadget_crd(group: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"gadgets.{group}"},
+        "spec": {
+            "group": group,
+            "scope": "Namespaced",
+            "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                    },
+                }
+            ],
+        },
+    }
+
+
+async def test_a_position_the_api_server_no_longer_keeps_is_relisted_with_a_gap_event(
+    kubeconfig, namespace, k8s_api
+):
+    """A real 410 Gone: changing a CRD makes the API server rebuild that type's watch cache, which
+    then refuses every older resourceVersion ("too old resource version"). A running worker's watch
+    ends and cannot resume; a restarted worker's kept position is too old. Either way the worker
+    lists again, sends a Kubernetes Watch Gap event naming the lost position and what exists now,
+    then the differences it can tell (resync=true), and watches on."""
+    group = f"{namespace}.lamina.test"
+    ext = client.ApiextensionsV1Api(k8s_api)
+    objects = client.CustomObjectsApi(k8s_api)
+    ext.create_custom_resource_definition(gadget_crd(group))
+
+    def established() -> bool:
+        crd = ext.read_custom_resource_definition(f"gadgets.{group}")
+        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+
+    def create(name: str) -> None:
+        body = {"apiVersion": f"{group}/v1", "kind": "Gadget", "metadata": {"name": name}}
+        objects.create_namespaced_custom_object(group, "v1", namespace, "gadgets", body)
+
+    def rebuild_the_watch_cache(column: str) -> None:
+        patch = [
+            {
+                "op": "add",
+                "path": "/spec/versions/0/additionalPrinterColumns",
+                "value": [{"name": column, "type": "date", "jsonPath": ".metadata.creationTimestamp"}],
+            }
+        ]
+        ext.patch_custom_resource_definition(f"gadgets.{group}", patch)
+
+    def gaps(function: Recorder) -> list[dict[str, Any]]:
+        return [e["detail"] for e in function.events if e["detail-type"] == GAP_DETAIL_TYPE]
+
+    def resynced(function: Recorder) -> list[tuple[str, str]]:
+        return [
+            (e["detail"]["type"], e["detail"]["name"])
+            for e in function.events
+            if e["detail-type"] != GAP_DETAIL_TYPE and e["detail"].get("resync")
+        ]
+
+    try:
+        await until(established, what="the CRD established")
+        checkpoint = MemoryCheckpoint()
+        first = Recorder()
+        kind = {"kind": "Gadget", "api_version": f"{group}/v1"}
+        w = worker(kubeconfig, namespace, first, checkpoint, starting_position="TRIM_HORIZON", **kind)
+        w.start()
+        try:
+            create("a")
+            await until(lambda: ("ADDED", "a") in first.changes(), what="the first change")
+            await until(lambda: checkpoint.value is not None, what="a checkpoint")
+            seen = checkpoint.value
+            rebuild_the_watch_cache("Made")  # the running worker's watch ends and cannot resume
+            await until(lambda: gaps(first), what="the running worker's gap event")
+            create("b")
+            await until(lambda: ("ADDED", "b") in first.changes(), what="a change after the gap")
+        finally:
+            await w.stop()
+        gap = gaps(first)[0]
+        assert gap["reason"] == "ResourceVersionTooOld" and gap["workerKnewObjects"] is True
+        assert int(gap["lastResourceVersion"]) >= int(seen) and int(gap["resourceVersion"]) > int(seen)
+        assert [o["name"] for o in gap["objects"]] == ["a"]
+        assert resynced(first) == [], "nothing changed during the gap: nothing is reported twice"
+        assert first.changes() == [("ADDED", "a"), ("ADDED", "b")]
+
+        kept = checkpoint.value
+        assert kept is not None
+        # While no worker runs: changes, then the position is lost.
+        objects.delete_namespaced_custom_object(group, "v1", namespace, "gadgets", "a")
+        create("c")
+        rebuild_the_watch_cache("Born")
+        await until(established, what="the CRD established again")
+        second = Recorder()
+        w = worker(kubeconfig, namespace, second, checkpoint, starting_position="TRIM_HORIZON", **kind)
+        w.start()
+        try:
+            await until(lambda: gaps(second), what="the restarted worker's gap event")
+            create("d")
+            await until(lambda: ("ADDED", "d") in second.changes(), what="a change after the gap")
+        finally:
+            await w.stop()
+        gap = gaps(second)[0]
+        assert gap["lastResourceVersion"] == kept and gap["workerKnewObjects"] is False
+        assert sorted(o["name"] for o in gap["objects"]) == ["b", "c"]
+        # A restarted worker does not know what it had seen: what exists comes as resynced ADDED
+        # (TRIM_HORIZON), the deletion of "a" during the gap is only visible in the gap's list.
+        assert sorted(resynced(second)) == [("ADDED", "b"), ("ADDED", "c")]
+        assert second.changes()[-1] == ("ADDED", "d")
+        assert second.events[0]["detail-type"] == GAP_DETAIL_TYPE
+    finally:
+        ext.delete_custom_resource_definition(f"gadgets.{group}")
+
+
 WATCHER_ROLE = {
     "apiVersion": "rbac.authorization.k8s.io/v1",
     "kind": "Role",

@@ -1,10 +1,10 @@
 """A Kubernetes source whose position is too old for the API server ("410 Gone").
 
-The test control plane's watch cache serves even very old resourceVersions (it answers with the
-current objects instead of 410), so the 410 path is driven here at the source's own seam: its ``_get``
-(one GET of the API server) answers from a script; everything above it (the watch thread, the diff,
-the gap event, the position) is the real code. tests/cluster/test_kubernetes_source.py runs the rest
-against the real API server.
+The cases a real API server cannot be made to show on demand (objects changed and deleted during the
+gap, seen by a worker that knew them) are driven here at the source's own seam: its ``_get`` (one GET
+of the API server) answers from a script; everything above it (the watch thread, the diff, the gap
+event, the position) is the real code. tests/cluster/test_kubernetes_source.py gets real 410s from
+the API server (a CRD change rebuilds its watch cache) for a running and a restarted worker.
 """
 
 from __future__ import annotations
