@@ -8,7 +8,9 @@ calls there. Checked end to end on the kwok control plane with the kubelet playe
   in a file every environment shares, under a lock) and the count never passes the reservation;
 * no environment is ever sent two invocations: every runtime server's own 429 counter stays 0;
 * a replica killed mid-call: the call it held fails with ServiceException (no hang), and the other
-  replica takes the function over once the Lease expires and serves it on the same pods.
+  replica takes the function over once the Lease expires and serves it on the same pods;
+* a replica killed while Event invocations it accepted are queued and running: every one of them
+  still runs (the queue is Redis; a lost replica's leased events come back when their lease ends).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from test_end_to_end import Gateway, PodRunner, invoke, wait_invocable
 from test_operator_reconcile import REPO, Cluster, Operator, function
 
 from lamina.resources import labels
+from tests.support import brokers
 from tests.support.local_mode import free_port
 
 HANDLER = """
@@ -51,6 +54,8 @@ def _add(step):
         with open(STATE, "w") as f:
             json.dump(state, f)
 def handler(event, context):
+    if "mark" in event:  # an Event invocation: leave a mark per event that ran
+        open(os.path.join(os.environ["COUNT_DIR"], "ran-" + str(event["mark"])), "a").close()
     _add(1)
     try:
         time.sleep(event.get("sleep", 0))
@@ -64,11 +69,12 @@ TOKEN = "peer-token-of-the-test"
 Stack = tuple[Cluster, list[Gateway], PodRunner, Path]
 
 
-def replica(kubeconfig: str, namespace: str, log: Path) -> Gateway:
+def replica(kubeconfig: str, namespace: str, log: Path, redis_url: str) -> Gateway:
     port = free_port()
     return Gateway(
         kubeconfig, namespace, log,
         "--advertise", f"127.0.0.1:{port}", "--lease-seconds", str(LEASE_SECONDS),
+        "--redis-url", redis_url, "--async-lease-seconds", "5",
         port=port, env={"LAMINA_GATEWAY_PEER_TOKEN": TOKEN},
     )  # fmt: skip
 
@@ -85,8 +91,11 @@ def replicas(
     """The operator (no warm pools: every environment is a Deployment pod), two gateway replicas,
     the kubelet's stand-in, and the directory where the function counts its runs."""
     apply_yaml(sorted((REPO / "crds").glob("*.yaml")))
+    if not brokers.available("redis"):
+        pytest.fail("redis-server is not installed: run scripts/test, which installs it")
+    redis = brokers.RedisServer(tmp_path / "redis").start()  # the replicas' one queue of Event invocations
     op = Operator(kubeconfig, namespace, env={"LAMINA_POOL_SIZE": "0"}).start()
-    gateways = [replica(kubeconfig, namespace, tmp_path / f"gateway-{i}.log") for i in range(2)]
+    gateways = [replica(kubeconfig, namespace, tmp_path / f"gateway-{i}.log", redis.url) for i in range(2)]
     counts = tmp_path / "counts"
     counts.mkdir()
     runner = PodRunner(k8s_api, namespace, tmp_path / "pods", interpreters={"python3.12": python312})
@@ -97,6 +106,7 @@ def replicas(
         for gw in gateways:
             gw.stop()
         op.stop()
+        redis.stop()
         for gw in gateways:
             sys.stderr.write(f"\n--- {gw.log.name} ---\n{gw.log.read_text(errors='replace')[-4000:]}\n")
         sys.stderr.write(f"\n--- operator log ---\n{op.tail()}\n")
@@ -216,3 +226,27 @@ def test_a_lost_replica_fails_its_calls_fast_and_the_other_takes_the_function_ov
     }
     assert after == before  # taken over: the Deployment's pods, not new ones
     wait_until(lambda: state(counts)["now"] == 0, timeout=30, message="the orphaned call ended")
+
+
+def test_event_invocations_a_lost_replica_accepted_all_run(
+    replicas: Stack, wait_until: Callable[..., Any]
+) -> None:
+    k8s, (a, b), _, counts = replicas
+    counting_function(k8s, "queued", counts)
+    wait_invocable(a.lambda_client(), "queued")  # a holds the Lease
+    wait_invocable(b.lambda_client(), "queued")
+    lam = a.lambda_client()
+    for i in range(12):  # accepted (202) by a, each event runs 1 s
+        assert (
+            lam.invoke(
+                FunctionName="queued", InvocationType="Event", Payload=json.dumps({"mark": i, "sleep": 1})
+            )["StatusCode"]
+            == 202
+        )
+    wait_until(lambda: state(counts)["now"] >= 1, timeout=60, message="events running")
+    os.kill(a.proc.pid, signal.SIGKILL)  # with events leased, running and queued
+
+    def ran() -> set[int]:
+        return {int(p.name.removeprefix("ran-")) for p in counts.glob("ran-*")}
+
+    wait_until(lambda: ran() == set(range(12)), timeout=120, message="every accepted event ran")

@@ -118,3 +118,26 @@ def test_a_claimed_pod_leaves_its_pool_and_the_pool_refills(
     )
     claimed = ns.core.read_namespaced_pod(pod.metadata.name, ns.ns)
     assert not [o for o in claimed.metadata.owner_references or [] if o.kind == "ReplicaSet"]
+
+
+def test_an_operator_of_one_namespace_leaves_other_namespaces_pools_alone(
+    pooled_operator: Operator, ns: Cluster, k8s_api: client.ApiClient, wait_until: Any
+) -> None:
+    """An operator started for one namespace (with credentials that could write anywhere, as a test's
+    or a cluster-admin's) ignores another namespace's pool-size annotation: that namespace's Functions
+    and pools are another operator's."""
+    other = Cluster(k8s_api, f"{ns.ns}-other")
+    ns.core.create_namespace({"metadata": {"name": other.ns}})
+    try:
+        other.create("functions", function("theirs"))
+        ns.create("functions", function("ours"))
+        wait_until(lambda: pools(ns) == {"lamina-pool-python3-12-128": 2}, message="our pool")
+        ns.core.patch_namespace(other.ns, {"metadata": {"annotations": {labels.POOL_SIZE: "3"}}})
+        # Then a change of our own namespace, handled after the other's event (one watch, in order).
+        ns.core.patch_namespace(ns.ns, {"metadata": {"annotations": {labels.POOL_SIZE: "1"}}})
+        wait_until(lambda: pools(ns) == {"lamina-pool-python3-12-128": 1}, message="our pool resized")
+        assert pools(other) == {}
+        assert other.apps.list_namespaced_deployment(other.ns).items == []
+        assert not (other.get("functions", "theirs").get("status") or {})
+    finally:
+        ns.core.delete_namespace(other.ns)

@@ -185,7 +185,12 @@ async def serve(settings: GatewaySettings) -> int:
     queue = None
     if settings.redis_url:
         # The same wiring as local mode's (store aside): Secrets come from the API server.
-        queue = AsyncInvocations(service, RedisEventStore(settings.redis_url), SecretValues(api))
+        queue = AsyncInvocations(
+            service,
+            RedisEventStore(settings.redis_url),
+            SecretValues(api),
+            lease_seconds=settings.async_lease_seconds,
+        )
         await queue.start()
     peers = (leases, settings.peer_token) if leases is not None and settings.peer_token else None
     runner = await start_http(service, settings.host, settings.port, peers)

@@ -55,6 +55,9 @@ class GatewaySettings:
         "host:port at which the other gateway replicas reach this one; with $LAMINA_GATEWAY_PEER_TOKEN "
         "it makes this a replica among several (each function served by one, named by a Lease)",
     )
+    async_lease_seconds: float = _option(
+        60.0, "an Event invocation's lease while it runs (after a replica is lost, its events come back then)"
+    )
     lease_seconds: float = _option(
         15.0, "duration of a function's Lease (a lost replica's functions move after it)"
     )

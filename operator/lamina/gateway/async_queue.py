@@ -66,6 +66,7 @@ class AsyncInvocations:
         secret_value: SecretValue,
         *,
         retry_base_seconds: float = 60.0,
+        lease_seconds: float = 60.0,
     ) -> None:
         self.service = service
         self.store = store
@@ -76,6 +77,7 @@ class AsyncInvocations:
             url_resolver=SecretUrls(secret_value),
             metrics=AsyncMetrics(service.metrics),
             retry_base_seconds=retry_base_seconds,
+            lease_seconds=lease_seconds,
         )
 
     def event_config(self, key: str) -> EventInvokeConfig | None:

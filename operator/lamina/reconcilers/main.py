@@ -267,6 +267,9 @@ def namespace_event(event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, 
     if event.get("type") == "DELETED":
         _POOL_SIZES.pop(name, None)
         return
+    watched = operator_settings(memo).namespaces
+    if watched and name not in watched:
+        return  # another operator's namespace (RBAC may not stop this one where it is cluster-admin)
     value = (body.metadata.annotations or {}).get(labels.POOL_SIZE)
     seen = name in _POOL_SIZES
     if _POOL_SIZES.get(name) == value and seen:
