@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from kubernetes import client
@@ -157,6 +158,94 @@ async def test_a_restarted_worker_resumes_from_the_kept_resource_version(kubecon
         await w.stop()
     assert second.changes() == [("ADDED", "two"), ("DELETED", "one")], "resumed without replaying"
     assert checkpoint.value != kept
+
+
+class Relay:
+    """A TCP relay in front of the API server: stopping it refuses new connections and cuts the open
+    ones, as an API server that goes away does; starting it again serves on the same port."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+
+async def test_an_api_server_down_at_start_and_gone_mid_stream_is_reported_and_nothing_is_lost(
+    kubeconfig, namespace, k8s_api, tmp_path
+):
+    """The API server is the Kubernetes source's broker: unreachable at start, the mapping says so in
+    its status; cut off while watching, it says so again and, once back, resumes the watch from its
+    resourceVersion: the changes made meanwhile arrive once each, with no gap and no replay."""
+    doc = yaml.safe_load(await asyncio.to_thread(Path(kubeconfig).read_text))
+    server = urlsplit(doc["clusters"][0]["cluster"]["server"])
+    relay = Relay((server.hostname, server.port))
+    await relay.start()
+    await relay.stop()  # down at start; the port stays the relay's
+    doc["clusters"][0]["cluster"]["server"] = f"https://127.0.0.1:{relay.port}"
+    relayed = tmp_path / "relayed.kubeconfig"
+    await asyncio.to_thread(relayed.write_text, yaml.safe_dump(doc))
+    core = client.CoreV1Api(k8s_api)
+    function, checkpoint = Recorder(), MemoryCheckpoint()
+    w = worker(
+        str(relayed), namespace, function, checkpoint, selector="app=relay", starting_position="TRIM_HORIZON"
+    )
+    unavailable = "PROBLEM: kubernetes source unavailable"
+    w.start()
+    try:
+        await until(lambda: w.status.last_processing_result == unavailable, what="down at start reported")
+        core.create_namespaced_config_map(namespace, config_map("one", app="relay"))
+        await relay.start()
+        await until(lambda: ("ADDED", "one") in function.changes(), what="the change once it is up")
+        errors = w.status.broker_errors
+        await relay.stop()  # mid-stream: the watch is cut
+        core.create_namespaced_config_map(namespace, config_map("two", app="relay"))
+        core.delete_namespaced_config_map("one", namespace)
+        await until(lambda: w.status.broker_errors > errors, what="the lost API server reported")
+        assert w.status.last_processing_result == unavailable
+        await relay.start()
+        await until(
+            lambda: ("DELETED", "one") in function.changes(), what="the changes made while it was away"
+        )
+        await until(lambda: w.status.last_processing_result == "OK", what="OK again")
+    finally:
+        await w.stop()
+        await relay.stop()
+    assert function.changes() == [("ADDED", "one"), ("ADDED", "two"), ("DELETED", "one")]
+    assert not [e for e in function.events if e["detail-type"] == GAP_DETAIL_TYPE], "resumed, not relisted"
 
 
 def gadget_crd(group: str) -> dict[str, Any]:
