@@ -95,3 +95,24 @@ async def test_a_caller_that_hangs_up_while_waiting_gives_its_slot_back() -> Non
                 break
             await asyncio.sleep(0.02)
         assert service.limiter.in_flight(fn) == 0  # not held until the 60 s cold-start limit
+
+
+async def test_no_room_for_an_environment_is_a_throttle_never_a_5xx() -> None:
+    """The pool empty and the node full under a burst: the call that cannot get an environment is
+    429 TooManyRequestsException with a Reason, as Lambda throttles when it has no capacity."""
+    fn = FunctionConfig(name="crowded")
+    source = StaticEndpointSource({})
+    async with gateway(fn, source, 60) as (client, service):
+        call = asyncio.create_task(asyncio.to_thread(client.invoke, FunctionName="crowded", Payload=b"{}"))
+        await asyncio.sleep(0.3)
+        problem = PodProblem(
+            "Unschedulable",
+            "pod fn-crowded-x cannot be scheduled: 0/1 nodes are available: Insufficient cpu",
+            "x",
+        )
+        source.set_pods(fn.key, PodSet.of([], [], problem))
+        with pytest.raises(client.exceptions.TooManyRequestsException) as info:
+            await asyncio.wait_for(call, 5)
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+        assert info.value.response["Reason"] == "ConcurrentInvocationLimitExceeded"
+        assert service.limiter.in_flight(fn) == 0

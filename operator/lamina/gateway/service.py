@@ -13,7 +13,8 @@ from lamina.gateway.errors import ServiceError
 from lamina.gateway.metrics import GatewayMetrics
 from lamina.gateway.otel import Tracer, tracer_from_env
 from lamina.gateway.registry import FunctionRegistry
-from lamina.invocation.errors import FunctionNotFound, ResourceNotReady, ThrottledError
+from lamina.invocation.errors import ACCOUNT_LIMIT, FunctionNotFound, ResourceNotReady, ThrottledError
+from lamina.resources.pod_state import Failure
 from lamina_runtime.protocol import InvocationRequest, InvocationResult
 
 
@@ -108,6 +109,11 @@ class InvocationService:
             # for a rollout that is as bad as a function error.
             vm.invocations.inc()
             vm.errors.inc()
+            if isinstance(exc, EnvironmentFailed) and exc.reason == Failure.UNSCHEDULABLE:
+                # No room for another environment (the nodes are full), and none free: a throttle,
+                # as Lambda's when it has no capacity to give; the caller may retry. Never a 5xx.
+                m.throttles.labels(fn.name, ACCOUNT_LIMIT).inc()
+                raise ThrottledError(ACCOUNT_LIMIT) from None
             if isinstance(exc, EnvironmentFailed):
                 raise ResourceNotReady(str(exc), Reason=exc.reason) from None
             if isinstance(exc, NoEnvironment):
