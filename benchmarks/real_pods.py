@@ -3,20 +3,25 @@
     export LAMINA_TEST_CLUSTER_DIR=/tmp/lamina-bench
     scripts/test-cluster up --real-node
     .venv/bin/python benchmarks/real_pods.py [--cold-starts 20] [--warm-calls 500] [--throughput-seconds 10]
+        [--pools N] [--phases pause,apply,cold,warm,throughput,burst] [--json FILE]
 
 Uses the cluster in $LAMINA_TEST_CLUSTER_DIR (it must have a real node), loads the images
 `scripts/build-images` built (python3.12) and installs the chart with them (`helm upgrade --install`,
 as the real-pod tests do: release `lamina` in `lamina-system`, functions in `lamina-e2e`). The client
 is this process, on the host, through the gateway's NodePort on the node's IP. Measures:
 
-- pause pod:       create -> Ready of a pod running only the pause image (the node's own floor), bare
-                   and with a function pod's volumes (an emptyDir and a ConfigMap: the kubelet's
-                   volume manager polls for mounts every 300 ms, a cost of any pod with volumes);
+- floors (pause):  the node's own start times, with nothing of lamina in them: a pod running only the
+                   pause image bound to the node (create -> Ready), and a pause Deployment with a
+                   function pod's volumes scaled 0 -> 1 (scale -> Ready: the Deployment and ReplicaSet
+                   controllers and the scheduler too, as a cold start through a Deployment). With the
+                   cold phase, one sample of each precedes every cold start, so both see the same load;
 - apply -> invoke: `kubectl apply` of a Function with one provisioned environment -> its first answer;
-- cold start:      an invoke of a Function at zero replicas (scale 0 -> 1 through the gateway), one
-                   Function each, so every sample is a real cold start; each one also hop by hop
-                   (benchmarks/_pod_timeline.py): gateway asks -> pod created -> scheduled -> running
-                   -> runtime listening -> INIT over -> the gateway's probe answered -> client answered;
+- cold start:      an invoke of a Function at zero replicas through the gateway, one Function each, so
+                   every sample is a real cold start: a warm pool pod claimed when the chart has pools
+                   (its default), else (--pools 0) the function's Deployment scaled 0 -> 1. Each one
+                   also hop by hop (benchmarks/_pod_timeline.py): gateway asks -> pod created ->
+                   scheduled -> running -> runtime listening -> INIT over -> the gateway's probe
+                   answered -> the client's answer (for a pool claim: claimed -> specialized -> answer);
 - warm:            sequential invokes served by a warm provisioned pod, and the same call hop by hop
                    with one client (benchmarks/_hop_client.py): the function pod's server alone, the
                    gateway pod alone, and through the NodePort from inside the node and from the host;
@@ -89,6 +94,12 @@ def main() -> int:
     parser.add_argument("--throughput-seconds", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument(
+        "--pools",
+        type=int,
+        help="the chart's pools.size (default: the chart's; 0: every cold start scales the function's "
+        "Deployment, no warm pool pod is claimed)",
+    )
+    parser.add_argument(
         "--cold-memory-mb",
         type=int,
         default=128,
@@ -134,7 +145,8 @@ def main() -> int:
         core.create_namespace({"metadata": {"name": tier.FUNCTIONS_NS}})
     except client.exceptions.ApiException:
         pass
-    tier.run(helm, "--kubeconfig", str(cp.kubeconfig), *tier.install_args(values))
+    pools = () if args.pools is None else ("--set", f"pools.size={args.pools}")
+    tier.run(helm, "--kubeconfig", str(cp.kubeconfig), *tier.install_args(values, *pools))
     port = next(
         p.node_port
         for p in core.read_namespaced_service(f"{tier.RELEASE}-gateway", tier.SYSTEM_NS).spec.ports
@@ -162,7 +174,8 @@ def main() -> int:
 
 
 CODE = "def handler(event, context):\n    return event\n"
-POD_SELECTOR = "app.kubernetes.io/component=execution-environment"
+#: A function's pods: its Deployment's, and warm pool pods claimed for it.
+POD_SELECTOR = "lamina.dev/function"
 
 
 @dataclass
@@ -273,17 +286,25 @@ class Bench:
         pod, m = pods[0]
         own = log_times(self.core.read_namespaced_pod_log(pod, tier.FUNCTIONS_NS, timestamps=True))
         gw = self.gateway_log(sent)
-        marks = {
-            "gateway asks for a pod": first(gw, f"function {function}: cold start"),
-            "pod created": m.created,
-            "pod scheduled": m.scheduled,
-            "pod address + running (kubelet status)": m.running or m.address,
-            "runtime listening (container log)": first(own, "lamina_runtime: listening"),
-            "INIT over (container log)": first(own, "ready (INIT"),
-            "gateway's probe answered": first(gw, f"function {function}: ", "answered its probe"),
-            "Ready by the kubelet (seen)": m.ready,
-            "answer at the client": answered,
-        }
+        if first(own, "a generic pool environment") is not None:  # a warm pool pod, claimed (issue 11)
+            marks = {
+                "pool pod claimed (seen with the function's label)": m.created,
+                "specialized, INIT over (container log)": first(own, "specialized as"),
+                "gateway: claimed and handed over": first(gw, f"{function}: claimed pool pod"),
+                "answer at the client": answered,
+            }
+        else:  # the function's Deployment scaled up: a new pod
+            marks = {
+                "gateway asks for a pod": first(gw, f"{function}: cold start"),
+                "pod created": m.created,
+                "pod scheduled": m.scheduled,
+                "pod address + running (kubelet status)": m.running or m.address,
+                "runtime listening (container log)": first(own, "lamina_runtime: listening"),
+                "INIT over (container log)": first(own, "ready (INIT"),
+                "gateway's probe answered": first(gw, f"{function}: ", "answered its probe"),
+                "Ready by the kubelet (seen)": m.ready,
+                "answer at the client": answered,
+            }
         return {k: round((v - sent) * 1000, 1) for k, v in marks.items() if v is not None}
 
     def gateway_log(self, since: float) -> list[tuple[float, str]]:
@@ -389,17 +410,28 @@ class Bench:
             )
         )
         self.lam.wait_ready(burst)
+        timeline = Timeline(self.core, tier.FUNCTIONS_NS, POD_SELECTOR)
+        timeline.start()
+        sent = time.time()
         t0 = time.perf_counter()
         answers = asyncio.run(burst_calls(self.lam.gateway_url, burst, 20))
         total = (time.perf_counter() - t0) * 1000
+        timeline.stop()
         row = stats("burst of 20 at zero (each call)", [ms for _, ms, _ in answers])
         row["all_answered_ms"] = round(total, 1)
-        row["pods_started"] = len(self.lam.pods(burst))
+        pods = [m for _, m in timeline.of_function(burst)]
+        row["pods_started"] = len(pods)
+        # When the node brought the pods up (ms after the calls were sent): first and last of each stage.
+        for stage in ("created", "running", "ready"):
+            times = sorted((t - sent) * 1000 for m in pods if (t := getattr(m, stage)) is not None)
+            if times:
+                row[f"pods_{stage}_first_last_ms"] = [round(times[0]), round(times[-1])]
+                print(f"{'':40} pods {stage}: first {times[0]:.0f} ms, last {times[-1]:.0f} ms", flush=True)
         row["not_ok"] = [(status, body[:200]) for status, _, body in answers if status != 200]
         ok = sum(1 for status, _, _ in answers if status == 200)
-        pods = row["pods_started"]
         print(
-            f"{'':40} all 20 answered after {total:.0f} ms ({ok} with 200), {pods} pods started", flush=True
+            f"{'':40} all 20 answered after {total:.0f} ms ({ok} with 200), {len(pods)} pods started",
+            flush=True,
         )
         for status, body in row["not_ok"]:
             print(f"{'':40} {status}: {body}", flush=True)
