@@ -1,5 +1,5 @@
-"""scalingConfig.maximumConcurrency: several batches of a RabbitMQ queue in flight at once, on a real
-rabbitmq-server; without it, one at a time."""
+"""scalingConfig.maximumConcurrency: several batches of a RabbitMQ queue (a real rabbitmq-server) or an
+SQS queue (ElasticMQ) in flight at once; without it, one at a time."""
 
 from __future__ import annotations
 
@@ -91,3 +91,43 @@ async def test_without_scaling_config_one_batch_at_a_time(rabbitmq_server) -> No
     runner = await run(mapping(url, queue, batchSize=1), invoker, url, queue, 5)
     assert invoker.most == 1
     assert runner.snapshot()["concurrency"] == 1
+
+
+async def test_an_sqs_mapping_with_maximum_concurrency_runs_that_many_batches_and_no_more(sqs_server) -> None:
+    """SQS: scalingConfig.maximumConcurrency receives and invokes that many batches side by side (as
+    Lambda's pollers scale up to it), never more; every message deleted once processed."""
+    client = sqs_server.client()
+    url = client.create_queue(
+        QueueName=f"wide-{uuid.uuid4().hex[:8]}", Attributes={"VisibilityTimeout": "30"}
+    )["QueueUrl"]
+    for i in range(12):
+        client.send_message(QueueUrl=url, MessageBody=f"m{i}")
+    esm = parse_object(
+        {
+            "apiVersion": "lamina.dev/v1alpha1",
+            "kind": "EventSourceMapping",
+            "metadata": {"name": "esm-sqs-wide", "namespace": "default"},
+            "spec": {
+                "functionName": "fn",
+                "batchSize": 1,
+                "scalingConfig": {"maximumConcurrency": 3},
+                "source": {"sqs": {"queueUrl": url}},
+            },
+        }
+    )
+    assert isinstance(esm, EventSourceMapping)
+    invoker = Overlap(wait_for=3, hold=0.05)  # a batch can only finish once three run together
+    runner = BrokerMapping(esm, invoker, never, lambda target, ns: None)
+    await runner.start()
+    try:
+        await eventually(lambda: len(invoker.bodies) == 12, limit=60, what="12 messages processed")
+    finally:
+        await runner.stop()
+    assert sorted(invoker.bodies) == sorted(f"m{i}" for i in range(12))
+    assert invoker.most == 3
+    assert runner.snapshot()["concurrency"] == 3
+    attrs = client.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert (attrs["ApproximateNumberOfMessages"], attrs["ApproximateNumberOfMessagesNotVisible"]) == (
+        "0",
+        "0",
+    )
