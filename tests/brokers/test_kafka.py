@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -394,3 +395,30 @@ async def test_broker_down_at_start_is_reported_then_everything_is_processed(tmp
         await worker.stop()
     finally:
         await asyncio.to_thread(server.close)
+
+
+async def test_a_broker_gone_mid_stream_shows_in_the_status_and_nothing_is_lost(private_server, running):
+    """aiokafka retries a lost broker by itself, its fetches coming back empty: the worker asks the
+    cluster for metadata after a few quiet seconds, so a broker that stays away is reported (and
+    the worker reconnects from the last commit once it is back)."""
+    server = private_server("kafka")
+    topic = f"gone-{uuid.uuid4().hex[:8]}"
+    first = [f"a{i:02d}" for i in range(10)]
+    await produce(server.url, topic, [(None, b.encode()) for b in first])
+    function = TestFunction()
+    worker = running(kafka_worker(server.url, topic, function, esm=f"esm-{topic}", batch_size=5))
+    await eventually(lambda: function.succeeded == first, limit=120, what="the first records")
+    await server.astop()
+    await eventually(
+        lambda: worker.status.last_processing_result == "PROBLEM: kafka source unavailable",
+        limit=120,
+        what="the lost broker reported",
+    )
+    assert "does not answer" in (worker.status.last_error or "") or worker.status.broker_errors >= 1
+    await server.astart()
+    second = [f"b{i:02d}" for i in range(10)]
+    await produce(server.url, topic, [(None, b.encode()) for b in second])
+    await eventually(lambda: set(function.succeeded) >= set(second), limit=180, what="the records after it")
+    assert function.succeeded[: len(first)] == first and set(function.succeeded) == set(first + second)
+    await eventually(lambda: worker.status.last_processing_result == "OK", what="OK again")
+    assert worker.status.state == "Enabled"

@@ -57,6 +57,10 @@ EVENT_SOURCE = "SelfManagedKafka"
 JOIN_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 MAX_FETCH_BYTES = 16 * 1024 * 1024  # larger than any record the payload limit lets through
+#: aiokafka retries a lost broker by itself and its fetches then only come back empty: after this
+#: many seconds without a record, an empty poll asks the cluster for its metadata, so a broker that
+#: is gone becomes an error the mapping reports (and reconnects from the last commit).
+PROBE_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,7 @@ class KafkaSource(Source):
         self._prefix = b""
         self._to_commit: dict[TopicPartition, int] = {}  # the next offset to commit, per partition
         self._committer: asyncio.Task[None] | None = None
+        self._heard = 0.0  # monotonic time the cluster last answered (records or metadata)
 
     @property
     def arn(self) -> str:
@@ -239,6 +244,7 @@ class KafkaSource(Source):
         )
         consumer.subscribe([self.name], listener=_Rebalance(self))
         self._consumer = consumer  # the group may be joined (and the listener called) inside start()
+        self._heard = time.monotonic()
         self._prefix = self._event_prefix()
         try:
             await consumer.start()
@@ -389,7 +395,21 @@ class KafkaSource(Source):
             except KafkaError as exc:
                 raise SourceError(f"Kafka fetch from {self.name}: {exc}") from exc
             polled = True
+            if fetched:
+                self._heard = time.monotonic()
+            elif time.monotonic() - self._heard > PROBE_SECONDS:
+                await self._probe(consumer)
             self._buffer(fetched)
+
+    async def _probe(self, consumer: AIOKafkaConsumer) -> None:
+        """Nothing arrived for a while: is the cluster there at all? Raises SourceError if not."""
+        try:
+            await asyncio.wait_for(consumer.topics(), 10)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise SourceError(
+                f"Kafka at {self.access.servers} does not answer: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._heard = time.monotonic()
 
     def _part(self, record: SourceRecord) -> _Partition | None:
         """The partition state a record belongs to, unless it was revoked or reconnected since (the
