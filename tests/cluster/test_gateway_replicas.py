@@ -188,6 +188,8 @@ def test_reserved_concurrency_is_a_cap_across_replicas_and_no_environment_takes_
     assert stats and sum(s["invocations"] for s in stats) == state(counts)["runs"]
     assert [s["busyRefusals"] for s in stats] == [0] * len(stats)  # never two at once in one environment
     assert holder(k8s, "capped")  # one replica served it; the other forwarded
+    lease = client.CoordinationV1Api(k8s.api).read_namespaced_lease("lamina-fn-capped", k8s.ns)
+    assert [(o.kind, o.name) for o in lease.metadata.owner_references] == [("Function", "capped")]
 
 
 def test_a_lost_replica_fails_its_calls_fast_and_the_other_takes_the_function_over(

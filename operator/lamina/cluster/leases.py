@@ -30,6 +30,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from lamina.api.common import GROUP, VERSION
 from lamina.environments.base import FunctionConfig
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,10 @@ class FunctionLeases:
         }
         if resource_version is not None:
             metadata["resourceVersion"] = resource_version
+        if fn.uid:  # deleted with its Function
+            metadata["ownerReferences"] = [
+                {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Function", "name": fn.name, "uid": fn.uid}
+            ]
         spec = {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": max(int(self.duration), 1),
