@@ -79,14 +79,15 @@ class PeerRouter:
                 ) from None
             if holder is None and self.leases.take_call(fn):
                 return None
-            if holder is None:
-                continue  # taken and lost at once (a renewal raced it): ask again
-            try:
-                return await self._post(holder, fn, request)
-            except Refused:
-                why = "refused the connection"
-            except _NotHolder:
-                why = "no longer serves it"
+            if holder is None:  # taken and lost at once (a renewal raced it): ask again
+                holder, why = "this replica", "lost its Lease as it took it"
+            else:
+                try:
+                    return await self._post(holder, fn, request)
+                except Refused:
+                    why = "refused the connection"
+                except _NotHolder:
+                    why = "no longer serves it"
             self.leases.forget(fn)
             if loop.time() >= deadline:
                 raise ServiceError(
