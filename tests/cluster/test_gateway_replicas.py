@@ -65,6 +65,7 @@ def handler(event, context):
 """
 
 LEASE_SECONDS = 4
+ACCOUNT_LIMIT = 4  # the replicas' --concurrency-limit: the unreserved pool they share
 TOKEN = "peer-token-of-the-test"
 Stack = tuple[Cluster, list[Gateway], PodRunner, Path]
 
@@ -75,6 +76,7 @@ def replica(kubeconfig: str, namespace: str, log: Path, redis_url: str) -> Gatew
         kubeconfig, namespace, log,
         "--advertise", f"127.0.0.1:{port}", "--lease-seconds", str(LEASE_SECONDS),
         "--redis-url", redis_url, "--async-lease-seconds", "5",
+        "--concurrency-limit", str(ACCOUNT_LIMIT), "--min-unreserved", "0",
         port=port, env={"LAMINA_GATEWAY_PEER_TOKEN": TOKEN},
     )  # fmt: skip
 
@@ -252,3 +254,31 @@ def test_event_invocations_a_lost_replica_accepted_all_run(
         return {int(p.name.removeprefix("ran-")) for p in counts.glob("ran-*")}
 
     wait_until(lambda: ran() == set(range(12)), timeout=120, message="every accepted event ran")
+
+
+def test_the_unreserved_pool_is_shared_across_replicas_not_multiplied(
+    replicas: Stack, wait_until: Callable[..., Any]
+) -> None:
+    """Two unreserved functions, each served by another replica: together they never run more than the
+    account's concurrency (each replica takes its share of the unreserved pool)."""
+    k8s, (a, b), _, counts = replicas
+    counting_function(k8s, "left", counts)
+    counting_function(k8s, "right", counts)
+    wait_invocable(a.lambda_client(), "left")  # a holds left
+    wait_invocable(b.lambda_client(), "right")  # b holds right
+    wait_invocable(b.lambda_client(), "left")
+    wait_invocable(a.lambda_client(), "right")
+    assert holder(k8s, "left").endswith(f"-{a.proc.pid}") and holder(k8s, "right").endswith(f"-{b.proc.pid}")
+    time.sleep(LEASE_SECONDS)  # three renewal rounds: each replica has counted the other's Leases
+
+    with ThreadPoolExecutor(12) as ex:
+        burst = list(
+            ex.map(lambda i: call((a, b)[i % 2], ("left", "right")[i // 2 % 2], {"sleep": 1.5}), range(12))
+        )
+    outcomes = [code for code, _ in burst]
+    assert set(outcomes) <= {"ok", "TooManyRequestsException"}, outcomes
+    assert "ok" in outcomes and "TooManyRequestsException" in outcomes, outcomes
+    for code, response in burst:
+        if code == "TooManyRequestsException":
+            assert response.get("Reason") == "ConcurrentInvocationLimitExceeded", response
+    assert state(counts)["most"] <= ACCOUNT_LIMIT, state(counts)  # counted by the functions themselves

@@ -153,11 +153,19 @@ async def serve(settings: GatewaySettings) -> int:
     source = KubernetesEndpointSource(api, settings.namespace)
     models: dict[str, Function] = {}
     handover = HandoverBuilder(api, Settings(region=settings.region), models.get)
+    limiter = ConcurrencyLimiter(settings.concurrency_limit)
     leases = router = None
     if settings.replicated:
         assert settings.advertise and settings.peer_token
         identity = f"{socket.gethostname()}-{os.getpid()}"
-        leases = FunctionLeases(api, identity, settings.advertise, settings.lease_seconds)
+        leases = FunctionLeases(
+            api,
+            identity,
+            settings.advertise,
+            settings.lease_seconds,
+            namespace=settings.namespace,
+            on_replicas=lambda n: setattr(limiter, "replicas", n),
+        )
         router = PeerRouter(leases, settings.peer_token, settings.cold_start_timeout)
     claims = PoolClaims(api, settings.namespace, handover, gateway_id=socket.gethostname())
     pool = HttpEnvironmentPool(
@@ -170,7 +178,7 @@ async def serve(settings: GatewaySettings) -> int:
     service = InvocationService(
         FunctionRegistry([], default_namespace=settings.default_namespace),
         pool,
-        limiter=ConcurrencyLimiter(settings.concurrency_limit),
+        limiter=limiter,
         router=router,
     )
     catalog = FunctionCatalog(service, pool, models, settings.min_unreserved)

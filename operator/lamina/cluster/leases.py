@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 #: The annotation on a Lease that says where its holder takes forwarded calls (``host:port``).
 ADDRESS = "lamina.dev/gateway-address"
+COMPONENT, LEASE_COMPONENT = "app.kubernetes.io/component", "gateway-lease"
 #: A holder stops serving this long before its Lease could expire (a renewal in flight, clock drift).
 MARGIN_S = 2.0
 #: How long another replica's holding is believed without reading the Lease again.
@@ -80,12 +82,18 @@ class FunctionLeases:
         address: str,
         duration: float = 15.0,
         idle_release: float = IDLE_RELEASE_S,
+        namespace: str | None = None,
+        on_replicas: Callable[[int], None] | None = None,
     ) -> None:
         self.coord: Any = client.CoordinationV1Api(api)  # plain dicts in, models out
         self.identity = identity
         self.address = address
         self.duration = duration
         self.idle_release = idle_release
+        #: Where the Leases are counted (the gateway's one namespace, or all), and who is told how many
+        #: replicas hold some (each takes that share of the unreserved pool).
+        self.namespace = namespace
+        self.on_replicas = on_replicas
         self._held: dict[str, _Held] = {}
         self._seen: dict[str, _Seen] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -196,7 +204,7 @@ class FunctionLeases:
             "annotations": {ADDRESS: self.address},
             "labels": {
                 "app.kubernetes.io/managed-by": "lamina",
-                "app.kubernetes.io/component": "gateway-lease",
+                COMPONENT: LEASE_COMPONENT,
             },
         }
         if resource_version is not None:
@@ -214,9 +222,30 @@ class FunctionLeases:
         }
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
 
+    def replicas(self) -> int:
+        """How many replicas hold an unexpired Lease now, this one counted (one API list)."""
+        selector = f"{COMPONENT}={LEASE_COMPONENT}"
+        if self.namespace:
+            found = self.coord.list_namespaced_lease(self.namespace, label_selector=selector).items
+        else:
+            found = self.coord.list_lease_for_all_namespaces(label_selector=selector).items
+        now = time.time()
+        holders = {self.identity}
+        for lease in found:
+            spec = lease.spec
+            if spec.holder_identity and spec.renew_time:
+                if spec.renew_time.timestamp() + (spec.lease_duration_seconds or 0) > now:
+                    holders.add(spec.holder_identity)
+        return len(holders)
+
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(self.duration / 3)
+            if self.on_replicas is not None:
+                try:
+                    self.on_replicas(await asyncio.to_thread(self.replicas))
+                except Exception as exc:  # keep the last count; the renewals below matter more
+                    log.warning("counting the gateway replicas failed: %s", exc)
             for key, held in list(self._held.items()):
                 if time.monotonic() - held.called > self.idle_release:
                     del self._held[key]  # first: no call starts here while it is given back

@@ -21,13 +21,16 @@ class ConcurrencyLimiter:
         self._in_flight: dict[str, int] = defaultdict(int)
         self._unreserved_in_flight = 0
         self._reserved_sum = 0
+        #: Gateway replicas that serve functions: each takes an equal share of the unreserved pool, so
+        #: together they never pass it (one replica: all of it).
+        self.replicas = 1
 
     def set_functions(self, functions: list[FunctionConfig]) -> None:
         self._reserved_sum = sum(f.reserved_concurrency or 0 for f in functions)
 
     @property
     def unreserved_limit(self) -> int:
-        return max(self.total_limit - self._reserved_sum, 0)
+        return max(self.total_limit - self._reserved_sum, 0) // max(self.replicas, 1)
 
     def in_flight(self, fn: FunctionConfig) -> int:
         return self._in_flight[fn.key]
