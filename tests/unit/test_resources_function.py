@@ -176,6 +176,7 @@ def test_hardened_pod() -> None:
     res = build_function(function({"code": {"url": "https://example.com/f.zip", "sha256": SHA}}), SETTINGS)
     pod = res.deployment["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
+    assert pod["shareProcessNamespace"] is True  # pause is PID 1: an early SIGTERM is not dropped
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 1000
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}

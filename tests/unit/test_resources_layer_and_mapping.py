@@ -160,6 +160,7 @@ def test_broker_mapping_runs_one_worker_with_secret_urls_from_env() -> None:
     # The one pod with a token: its own ServiceAccount, which may only write this mapping's status.
     assert dep["spec"]["template"]["spec"]["serviceAccountName"] == "esm-orders"
     assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    assert dep["spec"]["template"]["spec"]["shareProcessNamespace"] is True
     assert dep["metadata"]["ownerReferences"][0]["kind"] == "EventSourceMapping"
     assert dep["metadata"]["labels"]["lamina.dev/function"] == "hello"
 

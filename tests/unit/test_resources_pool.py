@@ -82,6 +82,7 @@ def test_pool_pods_are_generic_hardened_and_hold_no_credentials() -> None:
     }
     pod = dep["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False and pod["enableServiceLinks"] is False
+    assert pod["shareProcessNamespace"] is True  # a pool pod deleted while starting stops at once
     assert pod["securityContext"]["runAsNonRoot"] is True
     [c] = pod["containers"]
     assert c["image"] == "registry.example/runtime:python3.12"

@@ -31,10 +31,16 @@ def container_security_context() -> dict[str, Any]:
 
 
 def hardened_pod(spec: dict[str, Any]) -> dict[str, Any]:
-    """``spec`` with no API token, no service-link variables and the restricted pod security context."""
+    """``spec`` with no API token, no service-link variables and the restricted pod security context.
+
+    One process namespace for the pod, so the pause container is PID 1 and lamina's Python is not: the
+    kernel drops a signal whose action is the default for PID 1, so a SIGTERM that came before the
+    server's own handler (a pod deleted while it starts, or while Python loads) was lost, and the pod
+    lingered for its whole grace period (905 s for a warm pool pod) holding its CPU request."""
     return {
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        "shareProcessNamespace": True,
         "securityContext": pod_security_context(),
         **spec,
     }
