@@ -20,6 +20,8 @@ def _local(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         async_retry_base_seconds=args.async_retry_base_seconds,
         allow_local_urls=args.allow_local_urls,
+        auth=args.auth,
+        keys_file=Path(args.keys_file) if args.keys_file else None,
     )
     return run_async(serve(options))
 
@@ -80,6 +82,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="first retry delay of a failed async event (Lambda: about 60 s)",
     )
     local.add_argument("--quiet", action="store_true", help="no line per invocation")
+    local.add_argument(
+        "--auth",
+        action="store_true",
+        help="require SigV4-signed calls (keys: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY of this "
+        "environment, with full access, and --keys-file); off by default",
+    )
+    local.add_argument(
+        "--keys-file",
+        default=None,
+        help="YAML with more access keys, each limited to the functions it lists (needs --auth)",
+    )
     local.add_argument(
         "--allow-local-urls",
         action="store_true",

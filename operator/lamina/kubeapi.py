@@ -180,6 +180,11 @@ class SecretValues:
         except ApiException as exc:
             if exc.status == 404:
                 return None
+            if exc.status == 403:  # the chart grants the gateway Secrets only where it is told to
+                raise LookupError(
+                    f"the gateway may not read Secret {name} in {namespace}: list {namespace} in the chart's "
+                    "gateway.secretNamespaces, or give the destination a url"
+                ) from None
             raise
         return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
 

@@ -103,8 +103,18 @@ def test_external_redis_and_namespaced_mode_render(helm: str) -> None:
     kinds = [(d["kind"], d["metadata"]["name"]) for d in docs]
     assert ("Deployment", "r-lamina-redis") not in kinds
     bindings = [d for d in docs if d["kind"] == "RoleBinding"]
-    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    # The operator and the gateway in each watched namespace; the gateway's access keys at home.
+    assert sorted((b["metadata"]["namespace"], b["metadata"]["name"]) for b in bindings) == [
+        ("lamina-system", "r-lamina-gateway-access-keys"),
+        ("team-a", "r-lamina-gateway"),
+        ("team-a", "r-lamina-operator"),
+        ("team-a", "r-lamina-operator-secret-metadata"),
+        ("team-b", "r-lamina-gateway"),
+        ("team-b", "r-lamina-operator"),
+        ("team-b", "r-lamina-operator-secret-metadata"),
+    ]
     assert ("ClusterRoleBinding", "r-lamina-operator") not in kinds
+    assert ("ClusterRoleBinding", "r-lamina-operator-cluster") not in kinds
     operator = next(
         d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "r-lamina-operator"
     )
@@ -171,6 +181,11 @@ def release(namespace: str, k8s_api: client.ApiClient) -> Iterator[str]:
         rbac.delete_cluster_role_binding(item.metadata.name)
     for item in rbac.list_cluster_role(label_selector=selector).items:
         rbac.delete_cluster_role(item.metadata.name)
+    admission = client.AdmissionregistrationV1Api(k8s_api)
+    for item in admission.list_validating_admission_policy_binding(label_selector=selector).items:
+        admission.delete_validating_admission_policy_binding(item.metadata.name)
+    for item in admission.list_validating_admission_policy(label_selector=selector).items:
+        admission.delete_validating_admission_policy(item.metadata.name)
 
 
 def test_rendered_chart_is_accepted_by_the_api_server(

@@ -12,6 +12,7 @@ to the pod, the runtime.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.server
 import io
@@ -157,6 +158,11 @@ class PodRunner:
             self._fail(pod, "containerStatuses", status)
             return
         env = {e["name"]: e["value"] for e in main.get("env") or [] if "value" in e}
+        for e in main.get("env") or []:  # what the kubelet resolves from Secrets
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                secret = self.core.read_namespaced_secret(ref["name"], self.namespace)
+                env[e["name"]] = base64.b64decode((secret.data or {})[ref["key"]]).decode()
         task_root = self.workdir / pod.metadata.name
         task_root.mkdir(parents=True, exist_ok=True)
         pooled = (pod.metadata.labels or {}).get(labels.NAME) == labels.POOL_APP
@@ -227,7 +233,7 @@ class Gateway:
         kubeconfig: str,
         namespace: str,
         log: Path,
-        *extra: str,
+        *args: str,
         port: int | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
@@ -239,7 +245,7 @@ class Gateway:
                     sys.executable, "-m", "lamina.cli", "gateway",
                     "--host", "127.0.0.1", "--port", str(self.port),
                     "--namespace", namespace, "--default-namespace", namespace,
-                    "--kubeconfig", kubeconfig, "--cold-start-timeout", "60", *extra,
+                    "--kubeconfig", kubeconfig, "--cold-start-timeout", "60", *args,
                 ],
                 cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
             )  # fmt: skip

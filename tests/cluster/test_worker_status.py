@@ -118,7 +118,11 @@ def test_worker_reports_its_state_with_a_token_for_its_own_mapping_only(
                 orders["metadata"]["uid"],
                 True,
             )
-        assert [r.resource_names for r in role.rules] == [["orders"]]
+        # Its own status, and invoking its own function (the gateway checks that with RBAC).
+        assert [(r.resources, r.resource_names, r.verbs) for r in role.rules] == [
+            (["eventsourcemappings/status"], ["orders"], ["get", "patch"]),
+            (["functions"], ["consumer"], ["invoke"]),
+        ]
         assert binding.subjects[0].name == "esm-orders"
         deployment = cluster.deployment("esm-orders")
         assert deployment is not None

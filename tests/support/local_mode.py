@@ -18,15 +18,24 @@ from botocore.config import Config
 REPO = Path(__file__).resolve().parents[2]
 
 
-def lambda_client(endpoint_url: str, read_timeout: float = 60) -> Any:
+def lambda_client(
+    endpoint_url: str,
+    read_timeout: float = 60,
+    *,
+    key: str = "test",
+    secret: str = "test",
+    region: str = "us-east-1",
+    token: str | None = None,
+) -> Any:
     """boto3's Lambda client for a lamina gateway at ``endpoint_url``: no retries (a test sees each
-    answer as it came), fixed dummy credentials."""
+    answer as it came), dummy credentials unless a key pair is given."""
     return boto3.client(
         "lambda",
         endpoint_url=endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
+        region_name=region,
+        aws_access_key_id=key,
+        aws_secret_access_key=secret,
+        aws_session_token=token,
         config=Config(
             retries={"max_attempts": 0, "mode": "standard"},
             read_timeout=read_timeout,
@@ -108,5 +117,12 @@ class LocalServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
-    def lambda_client(self, read_timeout: int = 60):
-        return lambda_client(self.url, read_timeout)
+    def lambda_client(
+        self,
+        read_timeout: float = 60,
+        key: str = "test",
+        secret: str = "test",
+        region: str = "us-east-1",
+        token: str | None = None,
+    ) -> Any:
+        return lambda_client(self.url, read_timeout, key=key, secret=secret, region=region, token=token)

@@ -161,6 +161,20 @@ class MemoryKube:
             found = self.objects.get(_ref_key(ref))
             return copy.deepcopy(found) if found is not None else None
 
+    def get_metadata(self, ref: Ref) -> dict[str, Any] | None:
+        """As the API server's PartialObjectMetadata: the metadata only, never data or spec."""
+        with self._lock:
+            self.reads.append(("get_metadata", ref.kind, ref.name))
+            self._induced("get_metadata", ref.kind)
+            found = self.objects.get(_ref_key(ref))
+            if found is None:
+                return None
+            return {
+                "apiVersion": "meta.k8s.io/v1",
+                "kind": "PartialObjectMetadata",
+                "metadata": copy.deepcopy(found["metadata"]),
+            }
+
     def list(
         self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
     ) -> list[dict[str, Any]]:

@@ -280,3 +280,21 @@ async def test_redis_store_lease_moves_to_another_consumer(redis_url):
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_function_over_its_quota_is_refused_and_others_are_not(store):
+    """issue 9: the queue of one function cannot grow without bound (nor starve the others)."""
+    from lamina.asyncinvoke.errors import QueueFull
+
+    store.max_per_function = 2
+    first, second = ev(fn="team-a/busy"), ev(fn="team-a/busy:live")  # a qualifier counts for its function
+    assert await store.enqueue(first) and await store.enqueue(second)
+    with pytest.raises(QueueFull, match="team-a/busy is full"):
+        await store.enqueue(ev(fn="team-a/busy"))
+    assert await store.enqueue(first) is False  # a known id is still just known, not "full"
+    assert await store.enqueue(ev(fn="team-a/quiet"))
+    assert await store.pending_count() == 3
+    await store.complete(first.id)
+    assert await store.enqueue(ev(fn="team-a/busy"))
+    with pytest.raises(QueueFull):
+        await store.enqueue(ev(fn="team-a/busy:2"))

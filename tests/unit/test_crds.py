@@ -66,7 +66,11 @@ def schema_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def _is_structural_node(node: dict[str, Any]) -> bool:
-    return "type" in node or node.get("x-kubernetes-preserve-unknown-fields") is True
+    return (
+        "type" in node
+        or node.get("x-kubernetes-preserve-unknown-fields") is True
+        or node.get("x-kubernetes-int-or-string") is True  # Kubernetes' own int | str (a port)
+    )
 
 
 def test_schemas_are_structural(crds: dict[str, dict[str, Any]]) -> None:

@@ -20,6 +20,7 @@ from lamina.resources import (
     names,
     worker_state,
 )
+from lamina.resources.eventsourcemapping import mapping_secret
 from lamina.resources.layer import next_revision, stale_revisions
 from lamina.resources.meta import config_map_digest
 
@@ -202,7 +203,7 @@ def test_worker_state(status: dict[str, int], ready: bool, state: str) -> None:
     assert (ws.ready, ws.state) == (ready, state)
 
 
-def test_worker_identity_may_only_write_its_own_mappings_status() -> None:
+def test_worker_identity_may_only_write_its_own_status_and_invoke_its_function() -> None:
     esm = mapping({"source": {"schedule": {"expression": "rate(5 minutes)"}}})
     account, role, binding = build_mapping_identity(esm)
     assert [o["kind"] for o in (account, role, binding)] == ["ServiceAccount", "Role", "RoleBinding"]
@@ -225,7 +226,13 @@ def test_worker_identity_may_only_write_its_own_mappings_status() -> None:
             "resources": ["eventsourcemappings/status"],
             "resourceNames": ["orders"],
             "verbs": ["get", "patch"],
-        }
+        },
+        {
+            "apiGroups": ["lamina.dev"],
+            "resources": ["functions"],
+            "resourceNames": ["hello"],
+            "verbs": ["invoke"],
+        },
     ]
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -235,6 +242,46 @@ def test_worker_identity_may_only_write_its_own_mappings_status() -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "esm-orders", "namespace": "team-a"}]
     pod = build_mapping(esm, SETTINGS)["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == account["metadata"]["name"]
+    # The identity it invokes with: a token for the gateway's audience, refreshed by the kubelet.
+    [token] = [v for v in pod["volumes"] if v["name"] == "gateway-token"]
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "lamina"
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["LAMINA_GATEWAY_TOKEN_FILE"] == "/var/run/secrets/lamina/token"
+
+
+def test_a_same_namespace_on_failure_function_may_be_invoked_too() -> None:
+    esm = mapping(
+        {
+            "functionName": "hello:live",
+            "source": {"redis": {"url": "redis://r:6379", "stream": "s"}},
+            "destinationConfig": {"onFailure": {"function": {"name": "dead-letters"}}},
+        }
+    )
+    _, role, _ = build_mapping_identity(esm)
+    assert role["rules"][1]["resourceNames"] == ["dead-letters", "hello"]
+    elsewhere = mapping(
+        {
+            "source": {"redis": {"url": "redis://r:6379", "stream": "s"}},
+            "destinationConfig": {"onFailure": {"function": {"name": "dl", "namespace": "ops"}}},
+        }
+    )
+    assert build_mapping_identity(elsewhere)[1]["rules"][1]["resourceNames"] == ["hello"]
+
+
+def test_the_workers_redis_credentials_are_in_the_mappings_own_secret() -> None:
+    esm = mapping({"source": {"schedule": {"expression": "rate(5 minutes)"}}})
+    settings = Settings(worker_image="w", redis_url="redis://r:6379/0", redis_ticks_password="tickspw")
+    secret = mapping_secret(esm, settings)
+    assert secret is not None and secret["stringData"] == {
+        "LAMINA_REDIS_USERNAME": "ticks",
+        "LAMINA_REDIS_PASSWORD": "tickspw",
+    }
+    env = env_of(build_mapping(esm, settings))
+    assert env["LAMINA_REDIS_PASSWORD"] == {
+        "secretKeyRef": {"name": secret["metadata"]["name"], "key": "LAMINA_REDIS_PASSWORD"}
+    }
+    assert "tickspw" not in str(build_mapping(esm, settings))
+    assert mapping_secret(esm, SETTINGS) is None  # no ticks password configured: nothing to keep
 
 
 def test_long_mapping_names_give_a_valid_service_account_name() -> None:

@@ -67,3 +67,23 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.redis.url }}
 {{- end }}
 {{- end }}
+
+{{/* The Secret holding the installation key (invoke secrets, execution credentials). */}}
+{{- define "lamina.authSecretName" -}}
+{{- default (printf "%s-auth" (include "lamina.fullname" .)) .Values.auth.existingKeySecret }}
+{{- end }}
+
+{{/* The Secret holding the bundled Redis's passwords. */}}
+{{- define "lamina.redisSecretName" -}}
+{{- default (printf "%s-redis" (include "lamina.fullname" .)) .Values.redis.existingSecret }}
+{{- end }}
+
+{{/* The gateway's ServiceAccount as Kubernetes names it in requests. */}}
+{{- define "lamina.gatewayUser" -}}
+{{- printf "system:serviceaccount:%s:%s" .Release.Namespace (include "lamina.gatewayName" .) }}
+{{- end }}
+
+{{/* Redis host:port (bundled) for URLs that carry a password. */}}
+{{- define "lamina.redisHost" -}}
+{{- printf "%s.%s.svc:6379" (include "lamina.redisName" .) .Release.Namespace }}
+{{- end }}

@@ -331,10 +331,17 @@ def split_qualifier(name: str) -> tuple[str, str | None]:
 
 
 class FunctionTarget(LaminaModel):
-    """Another Function in the same namespace, invoked asynchronously (``name:alias`` or
-    ``name:version`` targets an alias or a version)."""
+    """Another Function, invoked asynchronously (``name:alias`` or ``name:version`` targets an alias
+    or a version). In another namespace when ``namespace`` is set: the sending function's identity
+    (its ServiceAccount) must then be allowed ``invoke`` on it there."""
 
     name: str = Field(pattern=QUALIFIED_FUNCTION, max_length=192)
+    namespace: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description="Namespace of the function (default: this one).",
+    )
 
 
 class BrokerChoice(LaminaModel):

@@ -12,6 +12,7 @@ from pydantic.config import JsonDict
 
 from lamina.api.common import (
     DNS_LABEL,
+    DNS_SUBDOMAIN,
     ENV_NAME,
     HANDLER,
     PATTERN_RULES,
@@ -29,6 +30,7 @@ from lamina.api.common import (
     cel_exactly_one,
     exactly_one,
 )
+from lamina.api.network import NetworkSpec
 
 #: Memory at which a function gets one full vCPU, as on AWS Lambda.
 MB_PER_VCPU = 1769
@@ -417,6 +419,17 @@ class FunctionSpec(LaminaModel):
     http: HttpConfig = Field(default_factory=HttpConfig, description="The HTTP trigger's payload format.")
     logging: LoggingConfig = Field(
         default_factory=LoggingConfig, description="Log format and levels, as Lambda's LoggingConfig."
+    )
+    service_account_name: str | None = Field(
+        default=None,
+        pattern=DNS_SUBDOMAIN,
+        max_length=253,
+        description="ServiceAccount the environments run as (Lambda's execution role): its token is "
+        "mounted, and calls signed with the function's credentials act as it. Unset: no token, and the "
+        "function acts as the namespace's default ServiceAccount.",
+    )
+    network: NetworkSpec | None = Field(
+        default=None, description="Egress of the environments (unset: the installation's default)."
     )
     publish_versions: bool = Field(
         default=False,

@@ -18,7 +18,8 @@ def _endpoint(m: Manifests, ns: str, where: str, ep: BrokerChoice | None) -> Ite
         return
     target_fn = getattr(ep, "function", None)
     base = target_fn.name.partition(":")[0] if target_fn is not None else ""
-    if target_fn is not None and (ns, base) not in m.functions:
+    target_ns = (target_fn.namespace or ns) if target_fn is not None else ns
+    if target_fn is not None and (target_ns, base) not in m.functions:
         yield f"{where}.function.name: Function {base!r} not found in namespace {ns}"
     target = ep.target
     url_from = getattr(target, "url_from", None)

@@ -36,6 +36,10 @@ class Sink(Protocol):
     async def close(self) -> None: ...
 
 
+#: ``may_invoke(source, target)``: whether the function ``source`` ("namespace/name", the owner of the
+#: destination) may invoke ``target`` ("namespace/name[:qualifier]").
+InvokeCheck = Callable[[str, str], Awaitable[bool]]
+
 #: ``sink_factory(endpoint, url)``: a connected sink of a broker endpoint, its URL resolved.
 SinkFactory = Callable[[Endpoint, str], Awaitable[Sink]]
 
@@ -67,14 +71,28 @@ class Destinations:
         url_resolver: UrlResolver | None = None,
         on_enqueued: Callable[[QueuedEvent], None] | None = None,
         clock: Callable[[], float] | None = None,
+        may_invoke: InvokeCheck | None = None,
     ) -> None:
         self.store = store
+        self._may_invoke = may_invoke
         self._factory = sink_factory or default_sink_factory
         self._resolver = url_resolver
         self._on_enqueued = on_enqueued
         self._clock = clock
         self._sinks: dict[str, Sink] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+
+    async def _check_invoke(self, source: str, target: str) -> None:
+        """A function destination runs as the destination's owner: the sending function's identity
+        must be allowed to invoke the target (RBAC in a cluster). Refused, the record stays queued and
+        its delivery is retried, so granting the permission later delivers it."""
+        if self._may_invoke is None:
+            return
+        if not await self._may_invoke(source, target):
+            raise DestinationError(
+                f"function {source} may not invoke {target} (verb invoke on functions.lamina.dev for the "
+                "function's ServiceAccount): grant it with a RoleBinding in the target's namespace"
+            )
 
     async def _url(self, namespace: str, kind: str, target: BrokerEndpoint) -> str:
         if target.url:
@@ -152,9 +170,11 @@ class Destinations:
         body = json.dumps(record, separators=(",", ":")).encode()
         if endpoint.function is not None:
             target = endpoint.function.name
+            target_key = f"{endpoint.function.namespace or event.namespace}/{target}"
+            await self._check_invoke(event.function, target_key)
             now = self._clock() if self._clock else None
             ev = QueuedEvent.new(
-                f"{event.namespace}/{target}",
+                target_key,
                 body,
                 request_id=record_event_id(event.id, destination),
                 now=now,

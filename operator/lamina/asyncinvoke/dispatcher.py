@@ -43,7 +43,7 @@ from lamina_runtime.protocol import InvocationResult
 
 from . import records
 from .config import EventInvokeConfig
-from .destinations import Destinations, SinkFactory, UrlResolver
+from .destinations import Destinations, InvokeCheck, SinkFactory, UrlResolver
 from .store import AsyncEventStore, QueuedEvent
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class AsyncDispatcher:
         destinations: Destinations | None = None,
         sink_factory: SinkFactory | None = None,
         url_resolver: UrlResolver | None = None,
+        may_invoke: InvokeCheck | None = None,
         metrics: Any = None,
         max_in_flight: int = 64,
         max_in_flight_per_function: int | None = None,
@@ -96,6 +97,7 @@ class AsyncDispatcher:
             url_resolver=url_resolver,
             on_enqueued=self._enqueued,
             clock=clock,
+            may_invoke=may_invoke,
         )
         self.metrics = metrics
         self.max_in_flight = max_in_flight

@@ -12,6 +12,8 @@ Layout (all keys share one hash tag so the Lua scripts stay in one slot on Redis
   threshold is chosen by whoever reclaims, not by the holder that set the lease.
 * ``<prefix>:delayed``  ZSET  events waiting for a retry, scored by their next attempt time (epoch s);
   ``claim_due`` moves the due ones into the stream.
+* ``<prefix>:counts``   HASH  events queued per function (``namespace/name``), kept by the enqueue and
+  complete scripts, for the per-function quota (``max_per_function``).
 
 Every state change is one Lua script, so it is atomic. Writes that arrive together (concurrent
 enqueues, completions of events that ran side by side) travel in one pipeline: one round trip and,
@@ -35,7 +37,7 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from .errors import StoreError
+from .errors import QueueFull, StoreError, base_function
 from .store import QueuedEvent
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ GROUP = "lamina-async"
 
 _ENQUEUE = """
 if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local limit = tonumber(ARGV[13])
+if limit > 0 and tonumber(redis.call('HGET', KEYS[4], ARGV[12]) or '0') >= limit then return -1 end
+redis.call('HINCRBY', KEYS[4], ARGV[12], 1)
 redis.call('HSET', KEYS[3], 'function', ARGV[3], 'payload', ARGV[4], 'enqueued_at', ARGV[5],
            'attempts', ARGV[6], 'throttles', ARGV[7], 'next_attempt_at', ARGV[8])
 if ARGV[9] ~= '' then redis.call('HSET', KEYS[3], 'last_error', string.sub(ARGV[9], 2)) end
@@ -113,6 +118,11 @@ return out
 """
 
 _COMPLETE = """
+local fn = redis.call('HGET', KEYS[3], 'function')
+if fn then
+  local base = string.match(fn, '^[^:]*')
+  if redis.call('HINCRBY', KEYS[5], base, -1) <= 0 then redis.call('HDEL', KEYS[5], base) end
+end
 local eid = redis.call('HGET', KEYS[3], 'entry')
 if eid then
   redis.call('XACK', KEYS[1], ARGV[1], eid)
@@ -127,13 +137,17 @@ return redis.call('DEL', KEYS[3])
 # into one script run per pipeline (fewer commands for the client to build and Redis to parse).
 _ENQUEUE_MANY = """
 local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[3])
 local out = {}
-for i = 3, #ARGV, 10 do
+for i = 4, #ARGV, 11 do
   local id = ARGV[i]
   local k = ARGV[2] .. id
   if redis.call('EXISTS', k) == 1 then
     table.insert(out, 0)
+  elseif limit > 0 and tonumber(redis.call('HGET', KEYS[3], ARGV[i + 10]) or '0') >= limit then
+    table.insert(out, -1)
   else
+    redis.call('HINCRBY', KEYS[3], ARGV[i + 10], 1)
     redis.call('HSET', k, 'function', ARGV[i + 1], 'payload', ARGV[i + 2], 'enqueued_at', ARGV[i + 3],
                'attempts', ARGV[i + 4], 'throttles', ARGV[i + 5], 'next_attempt_at', ARGV[i + 6])
     if ARGV[i + 7] ~= '' then redis.call('HSET', k, 'last_error', string.sub(ARGV[i + 7], 2)) end
@@ -156,6 +170,11 @@ local out = {}
 for i = 3, #ARGV do
   local id = ARGV[i]
   local k = ARGV[2] .. id
+  local fn = redis.call('HGET', k, 'function')
+  if fn then
+    local base = string.match(fn, '^[^:]*')
+    if redis.call('HINCRBY', KEYS[4], base, -1) <= 0 then redis.call('HDEL', KEYS[4], base) end
+  end
   local eid = redis.call('HGET', k, 'entry')
   if eid then
     redis.call('XACK', KEYS[1], ARGV[1], eid)
@@ -234,6 +253,7 @@ class RedisEventStore:
         wait_replicas: int = 0,
         wait_timeout_ms: int = 1000,
         max_connections: int = 32,
+        max_per_function: int | None = None,
     ) -> None:
         if client is None:
             if url is None:
@@ -250,6 +270,9 @@ class RedisEventStore:
         self.ready_key = f"{prefix}:ready"
         self.delayed_key = f"{prefix}:delayed"
         self.leases_key = f"{prefix}:leases"
+        self.counts_key = f"{prefix}:counts"
+        #: Events one function may have queued at once (None or 0: no quota).
+        self.max_per_function = max_per_function
         self.event_prefix = f"{prefix}:ev:"
         self.consumer = consumer or f"c-{uuid.uuid4().hex[:12]}"
         self._clock = clock
@@ -327,16 +350,16 @@ class RedisEventStore:
             # those calls are run again below, loading the script first.
             calls: list[tuple[Any, list[str], list[Any]]] = []
             if enqueues:
-                args = [enqueues[0][2][0], self.event_prefix]
+                args = [enqueues[0][2][0], self.event_prefix, int(self.max_per_function or 0)]
                 for _, _, one, _ in enqueues:
-                    args += one[1:]
-                calls.append((self._enqueue_many, [self.ready_key, self.delayed_key], args))
+                    args += one[1:12]  # the single script's arguments past the clock, up to the function
+                calls.append((self._enqueue_many, [self.ready_key, self.delayed_key, self.counts_key], args))
             if completes:
                 ids = [one[1] for _, _, one, _ in completes]
                 calls.append(
                     (
                         self._complete_many,
-                        [self.ready_key, self.delayed_key, self.leases_key],
+                        [self.ready_key, self.delayed_key, self.leases_key, self.counts_key],
                         [GROUP, self.event_prefix, *ids],
                     )
                 )
@@ -410,7 +433,7 @@ class RedisEventStore:
     async def enqueue(self, event: QueuedEvent) -> bool:
         added = await self._batched(
             self._enqueue,
-            [self.ready_key, self.delayed_key, self._ev(event.id)],
+            [self.ready_key, self.delayed_key, self._ev(event.id), self.counts_key],
             [
                 _num(self._clock()),
                 event.id,
@@ -423,8 +446,12 @@ class RedisEventStore:
                 _opt(event.last_error),
                 _opt(event.pending_record),
                 _opt(event.trace),
+                base_function(event.function),
+                int(self.max_per_function or 0),
             ],
         )
+        if int(added) < 0:
+            raise QueueFull(base_function(event.function), int(self.max_per_function or 0))
         if self._wait_replicas > 0:
             acked = await self._r.execute_command("WAIT", self._wait_replicas, self._wait_timeout_ms)
             if int(acked) < self._wait_replicas:
@@ -462,7 +489,9 @@ class RedisEventStore:
 
     async def complete(self, id: str) -> None:
         await self._batched(
-            self._complete, [self.ready_key, self.delayed_key, self._ev(id), self.leases_key], [GROUP, id]
+            self._complete,
+            [self.ready_key, self.delayed_key, self._ev(id), self.leases_key, self.counts_key],
+            [GROUP, id],
         )
 
     async def reschedule(

@@ -25,7 +25,7 @@ from typing import Any
 
 from lamina.sqlite_wal import open_wal
 
-from .errors import StoreError
+from .errors import QueueFull, StoreError, base_function
 from .store import QueuedEvent
 
 _SCHEMA = """
@@ -44,6 +44,7 @@ CREATE TABLE IF NOT EXISTS async_events (
     claims          INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS async_events_visible ON async_events (visible_at);
+CREATE INDEX IF NOT EXISTS async_events_function ON async_events (function);
 """
 _COLUMNS = (
     "id, function, payload, enqueued_at, attempts, throttles, next_attempt_at, last_error, pending_record,"
@@ -78,7 +79,13 @@ class _Op:
 class SqliteEventStore:
     """:class:`~lamina.asyncinvoke.store.AsyncEventStore` on an embedded SQLite database."""
 
-    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        max_per_function: int | None = None,
+    ) -> None:
         p = Path(path)
         if p.is_dir() or not p.suffix:
             p.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -87,6 +94,7 @@ class SqliteEventStore:
             p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = p
         self._clock = clock
+        self.max_per_function = max_per_function
         self._ops: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -187,13 +195,13 @@ class SqliteEventStore:
         try:
             self._synchronous(conn, "FULL")
             conn.execute("BEGIN IMMEDIATE")
-            results = [self._insert(conn, *op.args) for op in group]
+            results = [self._insert(conn, *op.args, limit=self.max_per_function) for op in group]
             conn.execute("COMMIT")
         except BaseException as e:
             if conn.in_transaction:
                 conn.rollback()
             if len(group) == 1:
-                self._resolve(group[0], exc=StoreError(str(e)))
+                self._resolve(group[0], exc=e if isinstance(e, StoreError) else StoreError(str(e)))
                 return
             for op in group:  # isolate the bad one
                 self._run_enqueues(conn, [op])
@@ -202,7 +210,16 @@ class SqliteEventStore:
             self._resolve(op, res)
 
     @staticmethod
-    def _insert(conn: sqlite3.Connection, ev: QueuedEvent) -> bool:
+    def _insert(conn: sqlite3.Connection, ev: QueuedEvent, limit: int | None = None) -> bool:
+        if limit:
+            base = base_function(ev.function)
+            queued = conn.execute(
+                "SELECT COUNT(*) FROM async_events WHERE function = ? OR (function >= ? AND function < ?)",
+                (base, base + ":", base + ";"),
+            ).fetchone()[0]
+            exists = conn.execute("SELECT 1 FROM async_events WHERE id = ?", (ev.id,)).fetchone()
+            if queued >= limit and exists is None:
+                raise QueueFull(base, limit)
         cur = conn.execute(
             f"INSERT OR IGNORE INTO async_events ({_COLUMNS}, visible_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (

@@ -86,6 +86,11 @@ class QueuedEvent:
         return json.loads(self.pending_record) if self.pending_record else None
 
 
+#: Event invocations one function may have queued at once (the stores' ``max_per_function``; the
+#: chart's asyncQueue.maxEventsPerFunction): more are refused with 429 instead of growing the queue.
+MAX_QUEUED_PER_FUNCTION = 100_000
+
+
 @runtime_checkable
 class AsyncEventStore(Protocol):
     async def enqueue(self, event: QueuedEvent) -> bool:

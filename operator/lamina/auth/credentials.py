@@ -108,3 +108,10 @@ def verify_session_token(key: bytes, token: str) -> tuple[ExecutionClaims, Execu
     except (ValueError, KeyError, TypeError):
         return None
     return claims, execution_credentials(key, claims)
+
+
+def function_secret_values(key: bytes, namespace: str, name: str, service_account: str) -> dict[str, str]:
+    """What goes into a function's own Secret (lamina.resources.function.function_secret): the invoke
+    secret its pods require and its execution credentials, acting as ``service_account``."""
+    creds = execution_credentials(key, ExecutionClaims(namespace, name, service_account))
+    return {"invoke-secret": invoke_secret(key, namespace, name), **creds.environment()}

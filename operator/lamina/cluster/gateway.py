@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -21,6 +21,13 @@ from aiohttp import web
 from lamina.api import Function, ManifestError, parse_object
 from lamina.api.versions import Route, plan
 from lamina.asyncinvoke.redis_store import RedisEventStore
+from lamina.cluster.access import (
+    cluster_access,
+    credentials_for,
+    destination_check,
+    secret_for,
+    with_credentials,
+)
 from lamina.cluster.handover import HandoverBuilder
 from lamina.cluster.leases import FunctionLeases
 from lamina.cluster.peers import PeerRouter, add_peer_routes
@@ -31,6 +38,7 @@ from lamina.environments.kubernetes_source import KubernetesEndpointSource
 from lamina.environments.pool_claims import PoolClaims
 from lamina.gateway.app import build_app
 from lamina.gateway.async_queue import AsyncInvocations
+from lamina.gateway.auth import GatewayAuth
 from lamina.gateway.concurrency import ConcurrencyLimiter
 from lamina.gateway.loop import run_async
 from lamina.gateway.registry import FunctionRegistry
@@ -79,6 +87,12 @@ class FunctionCatalog:
         self.created: dict[str, str] = {}
         #: Functions on the pool path, by key: what a claimed pool pod is handed.
         self.models: dict[str, Function] = {} if models is None else models
+        self.accounts: dict[str, str] = {}
+
+    def account_of(self, namespace: str, name: str) -> str | None:
+        """The ServiceAccount a function runs as now (None: no such function): what execution
+        credentials are checked against."""
+        return self.accounts.get(f"{namespace}/{name}")
 
     def on_event(self, kind: str, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
@@ -104,6 +118,7 @@ class FunctionCatalog:
                 log.warning("ignoring Function %s: %s", key, exc)
                 self.functions.pop(key, None)
         configs = self._granted(list(self.functions.values()))
+        self.accounts = {k: f.execution_account for k, f in self.functions.items()}
         self.service.replace_functions(configs)
         asyncio.get_running_loop().create_task(self.pool.update(self.service.environment_configs()))
 
@@ -133,13 +148,18 @@ class FunctionCatalog:
 
 
 async def start_http(
-    service: InvocationService, host: str, port: int, peers: tuple[FunctionLeases, str] | None = None
+    service: InvocationService,
+    host: str,
+    port: int,
+    peers: tuple[FunctionLeases, str] | None = None,
+    auth: GatewayAuth | None = None,
 ) -> web.AppRunner:
     """The Invoke API on ``host:port``, as `lamina gateway` serves it (benchmarks start it the same way);
-    ``peers`` (leases, token): also the endpoint other replicas forward calls to."""
+    ``peers`` (leases, token): also the endpoint other replicas forward calls to (authenticated by the
+    peer token: the caller was authenticated and authorized by the replica that forwards)."""
     # A caller that hangs up while its request waits for an environment stops waiting (and frees its
     # concurrency slot); once the request reached a pod, the pool lets it finish (see HttpEnvironmentPool).
-    app = build_app(service)
+    app = build_app(service, auth)
     if peers is not None:
         add_peer_routes(app, service, *peers)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
@@ -148,11 +168,24 @@ async def start_http(
     return runner
 
 
+def watch_functions(api: Any, namespaces: Sequence[str] | None, handler: Any) -> list[ThreadedWatch]:
+    """One watch of Functions per namespace (or one of the whole cluster)."""
+    loop = asyncio.get_running_loop()
+    return [ThreadedWatch(list_functions_fn(api, ns), handler, loop) for ns in (namespaces or [None])]
+
+
 async def serve(settings: GatewaySettings) -> int:
     api = await asyncio.to_thread(api_client, settings.kubeconfig)
-    source = KubernetesEndpointSource(api, settings.namespace)
+    namespaces = list(settings.namespace) if settings.namespace else None
+    source = KubernetesEndpointSource(api, namespaces)
     models: dict[str, Function] = {}
-    handover = HandoverBuilder(api, Settings(region=settings.region), models.get)
+    handover = HandoverBuilder(
+        api,
+        Settings(region=settings.region),
+        models.get,
+        secret_for=secret_for(settings.auth_key),
+        credentials_for=credentials_for(settings.auth_key),
+    )
     limiter = ConcurrencyLimiter(settings.concurrency_limit)
     leases = router = None
     if settings.replicated:
@@ -167,13 +200,14 @@ async def serve(settings: GatewaySettings) -> int:
             on_replicas=lambda n: setattr(limiter, "replicas", n),
         )
         router = PeerRouter(leases, settings.peer_token, settings.cold_start_timeout)
-    claims = PoolClaims(api, settings.namespace, handover, gateway_id=socket.gethostname())
+    claims = PoolClaims(api, namespaces, handover, gateway_id=socket.gethostname())
     pool = HttpEnvironmentPool(
         source,
         [],
         cold_start_timeout=settings.cold_start_timeout,
         claims=claims,
         owns=leases.holds if leases is not None else None,
+        secret_for=secret_for(settings.auth_key),
     )
     service = InvocationService(
         FunctionRegistry([], default_namespace=settings.default_namespace),
@@ -183,27 +217,53 @@ async def serve(settings: GatewaySettings) -> int:
     )
     catalog = FunctionCatalog(service, pool, models, settings.min_unreserved)
     loop = asyncio.get_running_loop()
-    functions = ThreadedWatch(list_functions_fn(api, settings.namespace), catalog.on_event, loop)
-    functions.start()
-    await asyncio.to_thread(functions.synced.wait, 30)
+    functions = watch_functions(api, namespaces, catalog.on_event)
+    for watch in functions:
+        watch.start()
+    for watch in functions:
+        await asyncio.to_thread(watch.synced.wait, 30)
     await claims.start()
     if leases is not None:
         await leases.start()
     await pool.start()
+    access = None
+    if settings.auth:
+        access = cluster_access(
+            api,
+            region=settings.region,
+            audience=settings.token_audience,
+            key_namespace=settings.access_key_namespace,
+            key=settings.auth_key,
+            current_account=catalog.account_of,
+            allowed_ttl=settings.cache_allowed_seconds,
+            denied_ttl=settings.cache_denied_seconds,
+        )
+        await access.start()
     queue = None
     if settings.redis_url:
         # The same wiring as local mode's (store aside): Secrets come from the API server.
+        store = RedisEventStore(
+            with_credentials(settings.redis_url, None, settings.redis_password),
+            max_per_function=settings.async_queue_limit or None,
+        )
+        may_invoke = destination_check(access.authorizer, service.lookup) if access is not None else None
         queue = AsyncInvocations(
             service,
-            RedisEventStore(settings.redis_url),
+            store,
             SecretValues(api),
             lease_seconds=settings.async_lease_seconds,
+            may_invoke=may_invoke,
         )
         await queue.start()
     peers = (leases, settings.peer_token) if leases is not None and settings.peer_token else None
-    runner = await start_http(service, settings.host, settings.port, peers)
-    replica = f" (a replica among several, reached at {settings.advertise})" if leases is not None else ""
-    print(f"lamina gateway: serving on {settings.host}:{settings.port}{replica}", flush=True)
+    runner = await start_http(service, settings.host, settings.port, peers, access.auth if access else None)
+    where = ", ".join(namespaces) if namespaces else "every namespace"
+    replica = f"; a replica among several, reached at {settings.advertise}" if leases is not None else ""
+    print(
+        f"lamina gateway: serving on {settings.host}:{settings.port} ({where}{replica}; "
+        f"auth {'on' if access else 'OFF: anyone who reaches the port may call every function'})",
+        flush=True,
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -213,7 +273,10 @@ async def serve(settings: GatewaySettings) -> int:
         await leases.close()  # the functions this replica served move at once to the next caller's
     if queue is not None:
         await queue.stop()
-    functions.stop()
+    for watch in functions:
+        watch.stop()
+    if access is not None:
+        access.stop()
     await pool.close()
     service.tracer.shutdown()  # flush the spans still batched
     return 0

@@ -36,6 +36,8 @@ from lamina.resources.settings import Settings
 #: ``objects(key)``: the Function model as the gateway last saw it (``namespace/name``), or None.
 Objects = Callable[[str], Function | None]
 SecretFor = Callable[[FunctionConfig], str | None]
+#: ``credentials_for(fn)``: the function's execution credentials (AWS_* variables), None without auth.
+CredentialsFor = Callable[[FunctionConfig], Mapping[str, str] | None]
 
 
 def _files(config_map: Any) -> dict[str, str]:
@@ -54,12 +56,14 @@ class HandoverBuilder:
         settings: Settings,
         objects: Objects,
         secret_for: SecretFor | None = None,
+        credentials_for: CredentialsFor | None = None,
     ) -> None:
         self.core = client.CoreV1Api(api)
         self.custom = client.CustomObjectsApi(api)
         self.settings = settings
         self.objects = objects
         self.secret_for = secret_for
+        self.credentials_for = credentials_for
         self.secrets = SecretValues(api, ttl=5.0)
 
     async def __call__(self, fn: FunctionConfig) -> dict[str, Any]:
@@ -130,7 +134,11 @@ class HandoverBuilder:
         layers = [self._layer(fn, name) for name in model.spec.layers]
         try:
             env = handover_environment(
-                model, self.settings, layer_paths(list(model.spec.layers)), self._resolved(fn, model, secrets)
+                model,
+                self.settings,
+                layer_paths(list(model.spec.layers)),
+                self._resolved(fn, model, secrets),
+                credentials=self.credentials_for(fn) if self.credentials_for is not None else None,
             )
         except UnresolvedReference as exc:
             raise self._fail(fn, str(exc)) from None

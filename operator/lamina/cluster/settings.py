@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from lamina.asyncinvoke.store import MAX_QUEUED_PER_FUNCTION
 from lamina.invocation.reservations import DEFAULT_MIN_UNRESERVED
 from lamina.resources.settings import DEFAULT_GATEWAY_PORT, DEFAULT_GATEWAY_URL
 
@@ -33,7 +35,9 @@ class GatewaySettings:
 
     host: str = _option("0.0.0.0", "address to listen on")
     port: int = _option(DEFAULT_GATEWAY_PORT, "port to listen on (the chart's Service targets it)")
-    namespace: str | None = _option(None, "watch one namespace (default: all)")
+    namespace: tuple[str, ...] | None = _option(
+        None, "watch this namespace (repeatable; default: the whole cluster)", action="append"
+    )
     default_namespace: str = _option(
         "default",
         "namespace of plain function names (others are addressed as namespace.name); unset: the one "
@@ -48,7 +52,6 @@ class GatewaySettings:
         "smallest unreserved pool: a reservedConcurrency leaving less is refused (served unreserved)",
     )
     cold_start_timeout: float = _option(120.0, "seconds a request waits for a new environment")
-    region: str = _option("us-east-1", "AWS_REGION of functions started from warm pool pods")
     kubeconfig: str | None = _option(None, "kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     advertise: str | None = _option(
         None,
@@ -61,9 +64,33 @@ class GatewaySettings:
     lease_seconds: float = _option(
         15.0, "duration of a function's Lease (a lost replica's functions move after it)"
     )
-    #: ``LAMINA_GATEWAY_PEER_TOKEN``: what replicas show each other when they forward calls (from the
-    #: environment, never the command line, which other users of the node can read).
-    peer_token: str | None = None
+    async_queue_limit: int = _option(
+        MAX_QUEUED_PER_FUNCTION, "Event invocations one function may have queued (0: no limit)"
+    )
+    auth: bool = _option(
+        False, "authenticate (SigV4, bearer tokens) and authorize (RBAC) every call", action="store_true"
+    )
+    region: str = _option(
+        "us-east-1",
+        "the installation's region: SigV4 scope of the Invoke API, AWS_REGION of functions started from "
+        "warm pool pods (default: $LAMINA_REGION)",
+    )
+    token_audience: str = _option("lamina", "audience bearer tokens must have been minted for")
+    access_key_namespace: str = _option(
+        "lamina-system", "namespace of the Secrets of type lamina.dev/access-key"
+    )
+    cache_allowed_seconds: float = _option(10.0, "seconds an allowed RBAC decision is reused")
+    cache_denied_seconds: float = _option(2.0, "seconds a denied RBAC decision is reused")
+    #: From the environment only (the chart's Secrets, never the command line, which other users of the
+    #: node can read): the installation key, Redis's password, and ``LAMINA_GATEWAY_PEER_TOKEN``, what
+    #: replicas show each other when they forward calls.
+    auth_key: bytes | None = dataclasses.field(default=None, repr=False, metadata={"env": "LAMINA_AUTH_KEY"})
+    redis_password: str | None = dataclasses.field(
+        default=None, repr=False, metadata={"env": "LAMINA_REDIS_PASSWORD"}
+    )
+    peer_token: str | None = dataclasses.field(
+        default=None, repr=False, metadata={"env": "LAMINA_GATEWAY_PEER_TOKEN"}
+    )
 
     @property
     def replicated(self) -> bool:
@@ -75,24 +102,35 @@ class GatewaySettings:
         for f in dataclasses.fields(cls):
             if "help" not in f.metadata:
                 continue
-            kind = f.type if f.type in ("int", "float") else "str"
+            options = {k: v for k, v in f.metadata.items() if k != "help"}
+            if "action" not in options:
+                kind = f.type if f.type in ("int", "float") else "str"
+                options["type"] = {"int": int, "float": float, "str": str}[kind]
             parser.add_argument(
-                f"--{f.name.replace('_', '-')}",
-                type={"int": int, "float": float, "str": str}[kind],
-                default=f.default,
-                help=f.metadata["help"],
+                f"--{f.name.replace('_', '-')}", default=f.default, help=f.metadata["help"], **options
             )
         return parser
 
     @classmethod
     def from_args(cls, argv: Sequence[str], environ: Mapping[str, str] | None = None) -> GatewaySettings:
+        environ = os.environ if environ is None else environ
         parser = cls.parser()
         parser.set_defaults(default_namespace=None)
         values = vars(parser.parse_args(list(argv)))
+        namespaces = tuple(values["namespace"] or ())
+        values["namespace"] = namespaces or None
         # A gateway of one namespace (the chart's, with one watched namespace) serves its functions by
         # their plain names, as Lambda does in an account.
-        values["default_namespace"] = values["default_namespace"] or values["namespace"] or "default"
-        values["peer_token"] = (environ or {}).get("LAMINA_GATEWAY_PEER_TOKEN") or None
+        one = namespaces[0] if len(namespaces) == 1 else None
+        values["default_namespace"] = values["default_namespace"] or one or "default"
+        if "--region" not in argv and environ.get("LAMINA_REGION"):
+            values["region"] = environ["LAMINA_REGION"]
+        key = environ.get("LAMINA_AUTH_KEY")
+        values["auth_key"] = key.encode() if key else None
+        values["redis_password"] = environ.get("LAMINA_REDIS_PASSWORD") or None
+        values["peer_token"] = environ.get("LAMINA_GATEWAY_PEER_TOKEN") or None
+        if not values["redis_url"] and environ.get("LAMINA_REDIS_URL"):
+            values["redis_url"] = environ["LAMINA_REDIS_URL"]
         return cls(**values)
 
 
@@ -126,6 +164,12 @@ class WorkerSettings:
     status_token_dir: str | None = None
     #: ``LAMINA_STATUS_KUBECONFIG``: outside a pod (tests), a kubeconfig for the status writes alone.
     status_kubeconfig: str | None = None
+    #: ``LAMINA_GATEWAY_TOKEN_FILE``: the mapping's token for the gateway's audience (its identity there).
+    gateway_token_file: str | None = None
+    #: ``LAMINA_REDIS_USERNAME`` / ``LAMINA_REDIS_PASSWORD``: the chart's Redis "ticks" user, from the
+    #: mapping's own Secret.
+    redis_username: str | None = None
+    redis_password: str | None = dataclasses.field(default=None, repr=False)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> WorkerSettings:
@@ -139,6 +183,9 @@ class WorkerSettings:
             kubeconfig=environ.get("KUBECONFIG") or None,
             status_token_dir=environ.get("LAMINA_STATUS_TOKEN_DIR") or None,
             status_kubeconfig=environ.get("LAMINA_STATUS_KUBECONFIG") or None,
+            gateway_token_file=environ.get("LAMINA_GATEWAY_TOKEN_FILE") or None,
+            redis_username=environ.get("LAMINA_REDIS_USERNAME") or None,
+            redis_password=environ.get("LAMINA_REDIS_PASSWORD") or None,
         )
 
 

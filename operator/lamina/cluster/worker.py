@@ -18,6 +18,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from typing import Any
 
 import aiohttp
@@ -25,6 +26,7 @@ import aiohttp
 from lamina.api import EventSourceMapping, parse_object
 from lamina.api.common import secret_env_name
 from lamina.cluster.mapping_status import MappingStatusWriter, StatusCheckpoint, mapping_reporter
+from lamina.cluster.access import with_credentials
 from lamina.cluster.settings import WorkerSettings
 from lamina.eventsources.kubernetes import MemoryCheckpoint
 from lamina.eventsources.runners import KubernetesAccess, SecretValue, mapping_runner
@@ -43,11 +45,30 @@ def invoke_path(function_key: str) -> str:
 
 
 class GatewayClient:
-    """Invokes through the gateway's Invoke API, so throttling and accounting are the gateway's."""
+    """Invokes through the gateway's Invoke API, so throttling, accounting and authorization are the
+    gateway's. With ``token_file`` (the mapping's projected ServiceAccount token, refreshed by the
+    kubelet), every call carries it as a bearer token: the mapping's identity."""
 
-    def __init__(self, base_url: str) -> None:
+    TOKEN_REREAD_SECONDS = 60.0
+
+    def __init__(self, base_url: str, token_file: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.token_file = token_file
+        self._token: tuple[float, str] | None = None
         self._session: aiohttp.ClientSession | None = None
+
+    def _auth(self) -> dict[str, str]:
+        if not self.token_file:
+            return {}
+        now = time.monotonic()
+        if self._token is None or now - self._token[0] > self.TOKEN_REREAD_SECONDS:
+            try:
+                with open(self.token_file) as f:
+                    self._token = (now, f.read().strip())
+            except OSError as exc:
+                log.warning("cannot read the gateway token %s: %s", self.token_file, exc)
+                return {}
+        return {"Authorization": f"Bearer {self._token[1]}"}
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -60,7 +81,7 @@ class GatewayClient:
         """An :class:`~lamina.invocation.invoker.Invoker`. The gateway names the invocation itself
         (the Invoke API takes no request id), so ``request_id`` is not sent."""
         url = self.base_url + invoke_path(function_key)
-        async with self._http().post(url, data=payload) as response:
+        async with self._http().post(url, data=payload, headers=self._auth()) as response:
             body = await response.read()
             if response.status == 429:
                 raise ThrottledError(response.headers.get("x-amzn-ErrorType", "TooManyRequestsException"))
@@ -76,7 +97,7 @@ class GatewayClient:
 
     async def enqueue(self, function_key: str, payload: bytes, request_id: str | None = None) -> None:
         url = self.base_url + invoke_path(function_key)
-        headers = {"X-Amz-Invocation-Type": "Event"}
+        headers = {"X-Amz-Invocation-Type": "Event", **self._auth()}
         async with self._http().post(url, data=payload, headers=headers) as response:
             if response.status != 202:
                 raise RuntimeError(
@@ -117,7 +138,9 @@ def tick_store(settings: WorkerSettings) -> TickStore:
     if settings.redis_url:
         from lamina.schedule.redis_store import RedisTickStore
 
-        return RedisTickStore.from_url(settings.redis_url, owner=socket.gethostname())
+        # The chart's Redis: the "ticks" user (tick keys only), its password from the mapping's Secret.
+        url = with_credentials(settings.redis_url, settings.redis_username, settings.redis_password)
+        return RedisTickStore.from_url(url, owner=socket.gethostname())
     from lamina.schedule.stores import SqliteTickStore
 
     log.warning(
@@ -133,7 +156,7 @@ async def run(settings: WorkerSettings) -> int:
         return 2
     esm = parse_object(json.loads(settings.mapping))
     assert isinstance(esm, EventSourceMapping)
-    gateway = GatewayClient(settings.gateway_url)
+    gateway = GatewayClient(settings.gateway_url, settings.gateway_token_file)
     runner: Any = None
     reporting = mapping_reporter(
         lambda: runner.snapshot(), esm.api_version, esm.metadata.namespace, esm.name, settings

@@ -51,6 +51,9 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
         node = {**_resolve(target, defs), **node}
     if "anyOf" in node:
         branches = [b for b in node.pop("anyOf") if b.get("type") != "null"]
+        if sorted(b.get("type", "") for b in branches) == ["integer", "string"]:
+            # int | str (a port number or name): Kubernetes' own int-or-string.
+            return {**node, "x-kubernetes-int-or-string": True}
         if len(branches) != 1:
             raise SchemaError(f"unions are not structural: {branches}")
         node = {**_resolve(branches[0], defs), **node}
@@ -74,6 +77,12 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             out[key] = {name: structural(child, defs) for name, child in value.items()}
         elif key == "items":
             out[key] = structural(value, defs)
+        elif key == "patternProperties":
+            # Not structural: the value schema becomes additionalProperties, the key pattern a CEL rule.
+            [(pattern, child)] = value.items()
+            out["additionalProperties"] = structural(child, defs)
+            rule = {"rule": f"self.all(k, k.matches({pattern!r}))", "message": f"keys must match {pattern}"}
+            out.setdefault("x-kubernetes-validations", []).append(rule)
         elif key == "format":
             if value in KNOWN_FORMATS:
                 out[key] = value
@@ -81,7 +90,11 @@ def structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
             raise SchemaError(f"{key} has no structural equivalent here")
         else:
             out[key] = value
-    if "type" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+    if (
+        "type" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+        and not out.get("x-kubernetes-int-or-string")
+    ):
         if "properties" in out:
             out["type"] = "object"
         else:

@@ -45,6 +45,8 @@ class FunctionConfig:
     http_format: str = "2.0"  # spec.http.payloadFormat: "2.0", "1.0" or "alb"
     http_multi_value: bool = False  # alb: multi-value headers on
     code_sha256: str = ""  # digest of the code alone (GetFunction's CodeSha256)
+    #: spec.serviceAccountName: the function's execution identity (None: the namespace's "default").
+    service_account: str | None = None
     version: str = LATEST  # "$LATEST", or the number of a published version
     #: False for a published version that no alias (nor provisioned concurrency) sends traffic to: its
     #: idle environments are retired at once instead of after the keep-alive.
@@ -63,6 +65,12 @@ class FunctionConfig:
     @property
     def arn(self) -> str:
         return function_arn(self.name)
+
+    @property
+    def execution_account(self) -> str:
+        """The ServiceAccount the function acts as (its calls, its async destinations): its own, or
+        the namespace's ``default``, as a pod without serviceAccountName runs as ``default``."""
+        return self.service_account or "default"
 
     @property
     def pool_key(self) -> str:
@@ -93,6 +101,7 @@ def function_config(fn: Function, **where: Any) -> FunctionConfig:
         http_format=spec.http.payload_format,
         http_multi_value=spec.http.multi_value_headers,
         uid=fn.metadata.uid or "",
+        service_account=spec.service_account_name,
         **where,
     )
 

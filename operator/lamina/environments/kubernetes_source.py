@@ -4,7 +4,9 @@ Pods labelled `lamina.dev/function=<name>` are the endpoints (`podIP:8080`): Rea
 ones that have an address but are not Ready yet are offered as starting (the pool probes those itself
 while a request waits), and what stops a pod from starting (`pod_state.pod_problem`) is passed on so a
 waiting request fails with that cause instead of waiting out the cold-start limit. Scaling patches the
-scale subresource of the function's Deployment; a pod chosen for retirement is first given the lowest
+replicas of the function's Deployment (a patch of the Deployment, not of its scale subresource: the
+chart's ValidatingAdmissionPolicy can then check that it is one lamina made and that nothing but
+replicas changes); a pod chosen for retirement is first given the lowest
 `controller.kubernetes.io/pod-deletion-cost`, so the ReplicaSet removes that idle pod and not a busy one.
 """
 
@@ -73,25 +75,30 @@ def pod_set(pods: list[_Pod]) -> PodSet:
 
 
 class KubernetesEndpointSource:
-    """An `EndpointSource` over the Kubernetes API (one namespace, or all of them)."""
+    """An `EndpointSource` over the Kubernetes API (some namespaces, or all of them)."""
 
-    def __init__(self, api: client.ApiClient, namespace: str | None = None) -> None:
+    def __init__(self, api: client.ApiClient, namespaces: str | list[str] | None = None) -> None:
         self.api = api
-        self.namespace = namespace
+        self.namespaces = [namespaces] if isinstance(namespaces, str) else (namespaces or None)
         self.core = client.CoreV1Api(api)
         self.apps = client.AppsV1Api(api)
         self._listeners: list[Listener] = []
         self._pods: dict[str, dict[str, _Pod]] = defaultdict(dict)  # function key -> pod uid -> pod
-        self._watch: ThreadedWatch | None = None
+        self._watches: list[ThreadedWatch] = []
 
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
     async def start(self) -> None:
-        list_pods = list_pods_fn(self.api, self.namespace, labels.FUNCTION)
-        self._watch = ThreadedWatch(list_pods, self._on_pod, asyncio.get_running_loop())
-        self._watch.start()
-        await asyncio.to_thread(self._watch.synced.wait, 30)
+        loop = asyncio.get_running_loop()
+        self._watches = [
+            ThreadedWatch(list_pods_fn(self.api, ns, labels.FUNCTION), self._on_pod, loop)
+            for ns in (self.namespaces or [None])
+        ]
+        for watch in self._watches:
+            watch.start()
+        for watch in self._watches:
+            await asyncio.to_thread(watch.synced.wait, 30)
 
     def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
         meta = pod.get("metadata") or {}
@@ -137,7 +144,7 @@ class KubernetesEndpointSource:
                     {"metadata": {"annotations": {DELETION_COST: "-1000"}}},
                     field_manager=FIELD_MANAGER,
                 )
-        self.apps.patch_namespaced_deployment_scale(
+        self.apps.patch_namespaced_deployment(
             names.function_deployment(fn.name)
             if fn.version == LATEST
             else names.version_deployment(fn.name, fn.version),
@@ -147,5 +154,5 @@ class KubernetesEndpointSource:
         )
 
     async def close(self) -> None:
-        if self._watch is not None:
-            self._watch.stop()
+        for watch in self._watches:
+            watch.stop()

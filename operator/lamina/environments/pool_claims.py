@@ -94,32 +94,39 @@ class PoolClaims:
     def __init__(
         self,
         api: client.ApiClient,
-        namespace: str | None,
+        namespaces: str | list[str] | None,
         handover: Handover,
         gateway_id: str,
         pods: PodClient | None = None,
     ) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
-        self.namespace = namespace
+        #: The watched namespaces (None: the whole cluster), one pod watch each.
+        self.namespaces = [namespaces] if isinstance(namespaces, str) else (namespaces or None)
         self.handover = handover
         self.gateway_id = gateway_id
         self.pods = pods or PodClient()
         self._pods: dict[str, PoolPod] = {}  # uid -> pod
         self._taken: set[str] = set()  # pod names this gateway is claiming right now
-        self._watch: ThreadedWatch | None = None
+        self._watches: list[ThreadedWatch] = []
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        list_pods = list_pods_fn(self.api, self.namespace, f"{labels.NAME}={labels.POOL_APP}")
-        self._watch = ThreadedWatch(list_pods, self._on_pod, asyncio.get_running_loop())
-        self._watch.start()
-        await asyncio.to_thread(self._watch.synced.wait, 30)
+        loop = asyncio.get_running_loop()
+        selector = f"{labels.NAME}={labels.POOL_APP}"
+        self._watches = [
+            ThreadedWatch(list_pods_fn(self.api, ns, selector), self._on_pod, loop)
+            for ns in (self.namespaces or [None])
+        ]
+        for watch in self._watches:
+            watch.start()
+        for watch in self._watches:
+            await asyncio.to_thread(watch.synced.wait, 30)
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def close(self) -> None:
-        if self._watch is not None:
-            self._watch.stop()
+        for watch in self._watches:
+            watch.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)

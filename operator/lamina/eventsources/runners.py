@@ -110,7 +110,8 @@ class BrokerMapping:
             if on_failure is None:
                 return None
             if on_failure.function is not None:
-                return FunctionSink(enqueue, f"{ns}/{on_failure.function.name}")
+                target = on_failure.function
+                return FunctionSink(enqueue, f"{target.namespace or ns}/{target.name}")
             return make_sink(on_failure, dlq_url, secret)
 
         self._statuses: list[MappingStatus] = [MappingStatus() for _ in range(spec.concurrency)]

@@ -6,6 +6,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from lamina.gateway import functions_api
+from lamina.gateway.auth import AUTH_KEY, GatewayAuth, auth_middleware
 from lamina.gateway.errors import SYNC_PAYLOAD_LIMIT
 from lamina.gateway.invoke_api import SERVICE_KEY, handle_invoke
 from lamina.gateway.service import InvocationService
@@ -21,10 +22,15 @@ async def handle_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def build_app(service: InvocationService) -> web.Application:
+def build_app(service: InvocationService, auth: GatewayAuth | None = None) -> web.Application:
+    """The gateway's routes; with ``auth``, every route that reaches a function is authenticated and
+    authorized (lamina.gateway.auth), without it anyone who reaches the port may call anything."""
     # Room above the 6 MB limit so an oversize body is answered with Lambda's error, not aiohttp's.
-    app = web.Application(client_max_size=SYNC_PAYLOAD_LIMIT + 1024 * 1024)
+    middlewares = [auth_middleware] if auth is not None else []
+    app = web.Application(client_max_size=SYNC_PAYLOAD_LIMIT + 1024 * 1024, middlewares=middlewares)
     app[SERVICE_KEY] = service
+    if auth is not None:
+        app[AUTH_KEY] = auth
     app.router.add_post("/2015-03-31/functions/{name}/invocations", handle_invoke)
     functions_api.add_routes(app)
     app.router.add_route("*", "/url/{function}", handle_url)

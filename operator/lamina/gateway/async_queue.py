@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 
 from lamina.api.common import SecretValueFrom
 from lamina.asyncinvoke.config import EventInvokeConfig
+from lamina.asyncinvoke.destinations import InvokeCheck
 from lamina.asyncinvoke.dispatcher import AsyncDispatcher
 from lamina.asyncinvoke.store import AsyncEventStore
 from lamina.gateway.metrics import GatewayMetrics
@@ -67,6 +68,7 @@ class AsyncInvocations:
         *,
         retry_base_seconds: float = 60.0,
         lease_seconds: float = 60.0,
+        may_invoke: InvokeCheck | None = None,
     ) -> None:
         self.service = service
         self.store = store
@@ -75,6 +77,7 @@ class AsyncInvocations:
             service.invoke_key,
             self.event_config,
             url_resolver=SecretUrls(secret_value),
+            may_invoke=may_invoke,
             metrics=AsyncMetrics(service.metrics),
             retry_base_seconds=retry_base_seconds,
             lease_seconds=lease_seconds,

@@ -6,7 +6,7 @@ The errors an invocation raises wherever it runs (throttled, not found) and thei
 
 from __future__ import annotations
 
-from lamina.invocation.errors import LambdaServiceError
+from lamina.invocation.errors import LambdaServiceError, ThrottledError
 
 SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024  # 6291456 bytes, RequestResponse
 ASYNC_PAYLOAD_LIMIT = 1024 * 1024  # 1 MB, Event
@@ -51,3 +51,14 @@ class ServiceError(LambdaServiceError):
 
     status = 500
     code = "ServiceException"
+
+
+class AsyncQueueFull(ThrottledError):
+    """An Event invocation over the function's quota of queued events: 429, and nothing was queued."""
+
+    REASON = "AsyncEventQueueFull"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.REASON, retry_after=5)
+        self.message = message
+        self.args = (message,)

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from lamina.environments.base import LATEST, FunctionConfig, function_arn
+from lamina.gateway.auth import listable
 from lamina.gateway.errors import InvalidParameterValue
 from lamina.gateway.invoke_api import SERVICE_KEY, error_response
 from lamina.gateway.registry import FunctionRegistry, Target
@@ -78,7 +79,7 @@ async def handle_list(request: web.Request) -> web.Response:
     except LambdaServiceError as exc:
         return error_response(exc, request_id)
     registry = service.registry
-    functions = sorted(registry.all(), key=lambda f: (f.namespace, f.name))
+    functions = sorted(await listable(request, registry.all()), key=lambda f: (f.namespace, f.name))
     return _json(
         _page([configuration(f, registry.name_of(f)) for f in functions], "Functions", start, size),
         request_id,

@@ -6,10 +6,11 @@ import time
 import uuid
 from typing import Protocol
 
+from lamina.asyncinvoke.errors import QueueFull
 from lamina.environments.base import EnvironmentFailed, EnvironmentPool, FunctionConfig, NoEnvironment
 from lamina.gateway import tracing
 from lamina.gateway.concurrency import ConcurrencyLimiter
-from lamina.gateway.errors import ServiceError
+from lamina.gateway.errors import AsyncQueueFull, ServiceError
 from lamina.gateway.metrics import GatewayMetrics
 from lamina.gateway.otel import Tracer, tracer_from_env
 from lamina.gateway.registry import FunctionRegistry
@@ -176,10 +177,13 @@ class InvocationService:
             raise RuntimeError("this gateway has no async queue configured")
         request_id = str(uuid.uuid4())
         key = fn.key if not qualifier or qualifier == "$LATEST" else f"{fn.key}:{qualifier}"
-        if trace is None:
-            await self.async_queue.enqueue(key, request_id, payload)
-        else:
-            await self.async_queue.enqueue(key, request_id, payload, trace.encode())
+        try:
+            if trace is None:
+                await self.async_queue.enqueue(key, request_id, payload)
+            else:
+                await self.async_queue.enqueue(key, request_id, payload, trace.encode())
+        except QueueFull as exc:
+            raise AsyncQueueFull(str(exc)) from None
         self.metrics.async_received.labels(fn.name).inc()
         return request_id
 

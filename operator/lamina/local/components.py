@@ -20,6 +20,7 @@ from lamina.api.rollouts import Counts, ErrorWindow
 from lamina.api.versions import declared_routes
 from lamina.asyncinvoke.dispatcher import AsyncDispatcher
 from lamina.asyncinvoke.sqlite_store import SqliteEventStore
+from lamina.asyncinvoke.store import MAX_QUEUED_PER_FUNCTION
 from lamina.eventsources.kubernetes import FileCheckpoint
 from lamina.eventsources.runners import KubernetesAccess, mapping_runner
 from lamina.gateway.async_queue import AsyncInvocations
@@ -43,7 +44,7 @@ class LocalAsyncQueue:
         self, service: InvocationService, manifests: Manifests, state_dir: Path, retry_base_seconds: float
     ) -> None:
         self.path = state_dir / "async-events.sqlite3"
-        self.store = SqliteEventStore(self.path)
+        self.store = SqliteEventStore(self.path, max_per_function=MAX_QUEUED_PER_FUNCTION)
 
         async def secret_value(namespace: str, name: str, key: str) -> str | None:
             return manifests.secret_value(namespace, name, key)

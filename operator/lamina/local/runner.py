@@ -23,6 +23,7 @@ from lamina.gateway.app import build_app
 from lamina.gateway.concurrency import ConcurrencyLimiter
 from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
+from lamina.local.access import AuthSetupError, local_auth
 from lamina.local.artifacts import ArtifactBuilder
 from lamina.local.components import Component, build_components
 from lamina.local.interpreters import Interpreters
@@ -45,6 +46,8 @@ class LocalOptions:
     quiet: bool = False
     async_retry_base_seconds: float = 60.0
     allow_local_urls: bool = False
+    auth: bool = False
+    keys_file: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -121,6 +124,7 @@ class LocalStack:
         self.service: InvocationService | None = None
         self._runner: web.AppRunner | None = None
         self._components: list[Component] = []  # the async queue, then the mappings
+        self.auth, self.auth_line = local_auth(options.auth, options.keys_file)
 
     def _lock_state_dir(self) -> None:
         self._lock = lock_state_dir(self.options.state_dir)
@@ -155,7 +159,7 @@ class LocalStack:
         for component in components:
             await component.start()
             self._components.append(component)
-        app = build_app(self.service)
+        app = build_app(self.service, self.auth)
         app.router.add_get("/lamina/status", self._status)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -202,12 +206,17 @@ class LocalStack:
                 lines.append(f"    alias {alias} -> {route.primary}{split}")
         for component in self._components:
             lines.extend(component.describe())
+        lines.append(self.auth_line)
         lines.append(f"  invoke: aws lambda invoke --endpoint-url {base} --function-name NAME out.json")
         return "\n".join(lines)
 
 
 async def serve(options: LocalOptions) -> int:
-    stack = LocalStack(options)
+    try:
+        stack = LocalStack(options)
+    except AuthSetupError as exc:
+        print(f"lamina local: {exc}", file=sys.stderr)
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

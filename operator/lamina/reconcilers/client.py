@@ -38,6 +38,9 @@ PLURALS = {
 }
 
 
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+
+
 class ApiError(Exception):
     """The API server refused a request; ``message`` is its own explanation (names the field)."""
 
@@ -89,6 +92,8 @@ class KubeApi(Protocol):
 
     def get(self, ref: Ref) -> dict[str, Any] | None: ...
 
+    def get_metadata(self, ref: Ref) -> dict[str, Any] | None: ...
+
     def list(
         self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
     ) -> list[dict[str, Any]]: ...
@@ -134,9 +139,10 @@ class Kube:
         query: list[tuple[str, str]] | None = None,
         body: Any = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> dict[str, Any] | None:
         """One call; the JSON object the API server answered (None for an empty body)."""
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+        headers = {"Accept": accept, "Content-Type": content_type}
         params = self.api.param_serialize(
             method=method,
             resource_path=path,
@@ -175,6 +181,16 @@ class Kube:
         """The object, or None when it does not exist."""
         try:
             return self.request("GET", object_path(ref))
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def get_metadata(self, ref: Ref) -> dict[str, Any] | None:
+        """The object's metadata only (a PartialObjectMetadata: no data, no spec), or None when it does
+        not exist. How the operator checks that a Secret exists without reading it."""
+        try:
+            return self.request("GET", object_path(ref), accept=METADATA_ONLY)
         except ApiError as e:
             if e.status == 404:
                 return None

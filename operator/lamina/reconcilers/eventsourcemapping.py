@@ -14,9 +14,11 @@ from lamina.api import API_VERSION, EventSourceMapping
 from lamina.reconcilers.apply import apply
 from lamina.reconcilers.client import ApiError, Ref
 from lamina.reconcilers.context import Blocked, Context, parse_as
+from lamina.reconcilers.function import create_once
 from lamina.reconcilers.status import READY, BlockReason, is_blocked, set_condition, write_status
 from lamina.reconcilers.watch_access import check_watch_access
 from lamina.resources import build_mapping, build_mapping_identity, names, worker_state
+from lamina.resources.eventsourcemapping import mapping_secret
 
 POLL_DELAY = 10.0
 #: States only the running worker can tell apart; the operator, seeing a ready pod, would say Enabled.
@@ -73,7 +75,12 @@ def reconcile_mapping(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | No
             )
         check_watch_access(ctx.kube, esm, POLL_DELAY)  # Kubernetes sources only
         for identity in build_mapping_identity(esm):  # before the pod that uses it
-            apply(ctx.kube, identity)
+            # The operator may create Secrets but neither read nor patch them: the account's
+            # token Secret is created once (the API server fills it in).
+            (create_once if identity["kind"] == "Secret" else apply)(ctx.kube, identity)
+        secret = mapping_secret(esm, ctx.settings)
+        if secret is not None:
+            create_once(ctx.kube, secret)
         apply(ctx.kube, build_mapping(esm, ctx.settings))
     except Blocked as b:
         blocked = b

@@ -13,13 +13,15 @@ from typing import Any
 
 from lamina.api import API_VERSION, Function
 from lamina.api.common import GROUP, VERSION
+from lamina.auth.credentials import function_secret_values
 from lamina.invocation.reservations import Reservation, refused_reservations
 from lamina.reconcilers.apply import apply, apply_scaled_deployment, delete_if_owned
-from lamina.reconcilers.client import ApiError, KubeApi, Ref
+from lamina.reconcilers.client import ApiError, Conflict, KubeApi, Ref
 from lamina.reconcilers.context import Blocked, Context, parse_as
 from lamina.reconcilers.pool import namespace_pool_size, reconcile_pools
 from lamina.reconcilers.s3code import resolve_code
 from lamina.reconcilers.status import (
+    FIELD_MANAGER,
     READY,
     BlockReason,
     find,
@@ -79,21 +81,43 @@ def resolve_layers(kube: KubeApi, fn: Function) -> list[LayerArtifact]:
 
 
 def check_references(kube: KubeApi, fn: Function) -> dict[str, Any] | None:
-    """Check the Secrets / ConfigMaps the function reads; return its code ConfigMap, if any."""
+    """Check the Secrets / ConfigMaps the function reads; return its code ConfigMap, if any.
+
+    A Secret is only checked to exist, by its metadata (the operator never reads a Secret's data; the
+    kubelet resolves the value, and a missing key shows on the pods as CreateContainerConfigError).
+    Where the operator may not even do that (it watches the whole cluster: no Secret access at all),
+    the check is left to the kubelet too."""
     ns = fn.metadata.namespace
     for ref in fn.spec.environment_from:
         if ref.secret_key_ref is not None:
-            kind, key_ref = "Secret", ref.secret_key_ref
-        else:
-            assert ref.config_map_key_ref is not None
-            kind, key_ref = "ConfigMap", ref.config_map_key_ref
-        obj = kube.get(Ref("v1", kind, ns, key_ref.name))
-        reason = BlockReason.SECRET_NOT_FOUND if kind == "Secret" else BlockReason.CONFIG_MAP_NOT_FOUND
+            name = ref.secret_key_ref.name
+            try:
+                found = kube.get_metadata(Ref("v1", "Secret", ns, name))
+            except ApiError as e:
+                if e.status == 403:
+                    continue
+                raise
+            if found is None:
+                raise Blocked(
+                    BlockReason.SECRET_NOT_FOUND,
+                    f"Secret {name} (for {ref.name}) does not exist",
+                    retry=POLL_DELAY,
+                )
+            continue
+        assert ref.config_map_key_ref is not None
+        key_ref = ref.config_map_key_ref
+        obj = kube.get(Ref("v1", "ConfigMap", ns, key_ref.name))
         if obj is None:
-            raise Blocked(reason, f"{kind} {key_ref.name} (for {ref.name}) does not exist", retry=POLL_DELAY)
+            raise Blocked(
+                BlockReason.CONFIG_MAP_NOT_FOUND,
+                f"ConfigMap {key_ref.name} (for {ref.name}) does not exist",
+                retry=POLL_DELAY,
+            )
         if key_ref.key not in (obj.get("data") or {}) and key_ref.key not in (obj.get("binaryData") or {}):
             raise Blocked(
-                reason, f"{kind} {key_ref.name} has no key {key_ref.key} (for {ref.name})", retry=POLL_DELAY
+                BlockReason.CONFIG_MAP_NOT_FOUND,
+                f"ConfigMap {key_ref.name} has no key {key_ref.key} (for {ref.name})",
+                retry=POLL_DELAY,
             )
     code = fn.spec.code.config_map
     if code is None:
@@ -133,6 +157,21 @@ def reservation_fields(ctx: Context, fn: Function, key: str) -> dict[str, Any]:
         return {"reservation": "Refused", "reservationReason": refused[key]}
     reason = f"{fn.spec.reserved_concurrency} of the account's {settings.concurrency_limit} reserved"
     return {"reservation": "Granted", "reservationReason": reason}
+def secret_values(settings: Any, fn: Function) -> dict[str, str] | None:
+    """The function's derived secrets (None without an installation key)."""
+    if settings.auth_key is None:
+        return None
+    account = fn.spec.service_account_name or "default"
+    return function_secret_values(settings.auth_key, fn.metadata.namespace, fn.name, account)
+
+
+def create_once(kube: KubeApi, obj: dict[str, Any]) -> None:
+    """Create an object whose name says its content (a function's Secret): one that exists already is
+    the same, and the operator may not read Secrets to compare anyway."""
+    try:
+        kube.create(obj, field_manager=FIELD_MANAGER)
+    except Conflict:
+        pass
 
 
 # ----------------------------------------------------------------------------------------- reconcile
@@ -157,7 +196,16 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
             s3_code = resolve_code(kube, fn, (body.get("status") or {}).get("codeS3"))
             if s3_code is not None:  # uploads are not watched: look at the object again
                 ctx.revisit(("Function", ns, name), ctx.settings.s3_poll_seconds)
-            res = build_function(fn, ctx.settings, layers, code_cm, s3_code=s3_code)
+            res = build_function(
+                fn,
+                ctx.settings,
+                layers,
+                code_cm,
+                s3_code=s3_code,
+                secret_values=secret_values(ctx.settings, fn),
+            )
+            if res.secret is not None:
+                create_once(kube, res.secret)
             code_ref = Ref("v1", "ConfigMap", ns, names.function_code_config_map(name))
             code_cm_desired = res.code_config_map
 
@@ -167,10 +215,16 @@ def reconcile_function(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | N
                 return delete_if_owned(kube, code_ref, meta["uid"])
 
             pools = namespace_pool_size(ctx, ns)
+            policy = res.network_policy
+
+            def isolate() -> Any:
+                return apply(kube, policy) if policy is not None else None
+
             # The children do not depend on each other: apply them side by side (the namespace's
             # warm pools too: this function may be the first or the last of its size).
-            _, _, deployment, _ = ctx.run_all(
+            _, _, _, deployment, _ = ctx.run_all(
                 code,
+                isolate,
                 lambda: apply(kube, res.service),
                 lambda: apply_scaled_deployment(kube, res.deployment, fn.spec.provisioned_concurrency),
                 lambda: reconcile_pools(ctx, ns, pools),

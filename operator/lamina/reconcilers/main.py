@@ -108,6 +108,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     ours = operator_settings(memo)
     settings.execution.max_workers = ours.workers
     settings.posting.loggers = False  # Events come from the reconcilers, on Ready transitions only
+    if ours.namespaces:
+        # Watching named namespaces, kopf needs no cluster-wide watch of CRDs or namespaces (the CRDs
+        # exist before the operator starts): the chart then binds the operator in those namespaces only.
+        settings.scanning.disabled = True
     if getattr(memo, "ctx", None) is None:
         memo.ctx = Context(Kube.from_environment(ours.kubeconfig), ours.builders, post=post_event)
     ctx: Context = memo.ctx

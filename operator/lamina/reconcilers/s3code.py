@@ -17,7 +17,7 @@ from typing import Any
 
 from lamina.api import Function
 from lamina.api.common import S3Location
-from lamina.reconcilers.client import KubeApi, Ref
+from lamina.reconcilers.client import ApiError, KubeApi, Ref
 from lamina.reconcilers.context import Blocked
 from lamina.reconcilers.status import BlockReason
 from lamina_runtime import s3
@@ -59,7 +59,17 @@ def credentials(kube: KubeApi, namespace: str, location: S3Location, where: str)
     ref = location.credentials_secret
     if ref is None:
         return None
-    secret = kube.get(Ref("v1", "Secret", namespace, ref.name))
+    try:
+        secret = kube.get(Ref("v1", "Secret", namespace, ref.name))
+    except ApiError as exc:
+        if exc.status != 403:
+            raise
+        raise Blocked(
+            BlockReason.SECRET_NOT_FOUND,
+            f"{where}.credentialsSecret: the operator may not read Secret {ref.name} in {namespace}: it "
+            "reads Secrets only in the chart's operator.watchNamespaces and operator.secretNamespaces",
+            S3_RETRY,
+        ) from None
     if secret is None:
         raise Blocked(
             BlockReason.SECRET_NOT_FOUND,

@@ -21,6 +21,15 @@ Otherwise its only Kubernetes API access is writing what it does (``state``, ``l
 ``iteratorAgeMs``, fire times) into its own mapping's ``status``: a ServiceAccount per mapping, bound
 to a Role that allows ``get``/``patch`` on ``eventsourcemappings/status`` of that one mapping by name.
 A compromised worker can therefore misreport its own mapping and nothing else.
+
+The same ServiceAccount is the mapping's identity at the gateway: the worker presents a token minted
+for the gateway's audience (a projected serviceAccountToken, ``LAMINA_GATEWAY_TOKEN_FILE``), and the
+Role grants ``invoke`` on the mapping's function (and on its onFailure function, when that is one of
+the same namespace), nothing else. Creating the mapping is checked against its author's own right to
+invoke (the chart's ValidatingAdmissionPolicy), so a mapping grants nobody more than they had.
+
+Redis credentials for schedule tick claims (the ``ticks`` user, limited to tick keys) come from the
+mapping's own Secret, so they are not in the pod spec.
 """
 
 from __future__ import annotations
@@ -39,6 +48,9 @@ from lamina.resources.settings import Settings
 
 WORKER_COMMAND = ["lamina", "worker", "esm"]
 STATUS_TOKEN_DIR = "/var/run/lamina/status-token"
+TOKEN_DIR = "/var/run/secrets/lamina"
+TOKEN_FILE = f"{TOKEN_DIR}/token"
+TOKEN_SECONDS = 3600
 RBAC_GROUP = "rbac.authorization.k8s.io"
 RBAC_API_VERSION = f"{RBAC_GROUP}/v1"
 
@@ -65,11 +77,19 @@ def worker_env(esm: EventSourceMapping, settings: Settings) -> list[dict[str, An
     ]
     if settings.redis_url:
         env.append({"name": "LAMINA_REDIS_URL", "value": settings.redis_url})
+        secret = mapping_secret(esm, settings)
+        if secret is not None:
+            name = secret["metadata"]["name"]
+            env += [
+                {"name": var, "valueFrom": {"secretKeyRef": {"name": name, "key": var}}}
+                for var in sorted(secret["stringData"])
+            ]
     for name, key, _required in spec.secret_keys():
         ref = {"name": name, "key": key, "optional": True}
         env.append({"name": secret_env_name(name, key), "valueFrom": {"secretKeyRef": ref}})
     if spec.source.kubernetes is not None:
         env.append({"name": "LAMINA_STATUS_TOKEN_DIR", "value": STATUS_TOKEN_DIR})
+    env.append({"name": "LAMINA_GATEWAY_TOKEN_FILE", "value": TOKEN_FILE})
     return env
 
 
@@ -87,6 +107,25 @@ def _identity(esm: EventSourceMapping) -> tuple[str, list[dict[str, Any]], list[
     }
     mount = {"name": "status-token", "mountPath": STATUS_TOKEN_DIR, "readOnly": True}
     return watched.service_account_name, [volume], [mount]
+
+
+def mapping_secret(esm: EventSourceMapping, settings: Settings) -> dict[str, Any] | None:
+    """The mapping's own Secret (the Redis ``ticks`` user's credentials), or None when there are
+    none to keep; created once under a name derived from its content, like a function's."""
+    if not settings.redis_url or not settings.redis_ticks_password:
+        return None
+    values = {"LAMINA_REDIS_USERNAME": "ticks", "LAMINA_REDIS_PASSWORD": settings.redis_ticks_password}
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": metadata(
+            names.mapping_secret(esm.name, digest(values)),
+            esm,
+            labels.mapping_labels(esm.name, esm.spec.function_name.partition(":")[0]),
+        ),
+        "stringData": values,
+    }
 
 
 def build_mapping(esm: EventSourceMapping, settings: Settings) -> dict[str, Any]:
@@ -114,10 +153,32 @@ def build_mapping(esm: EventSourceMapping, settings: Settings) -> dict[str, Any]
                     },
                     "securityContext": container_security_context(),
                     "terminationMessagePolicy": "FallbackToLogsOnError",
-                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, *mounts],
+                    "volumeMounts": [
+                        {"name": "tmp", "mountPath": "/tmp"},
+                        {"name": "gateway-token", "mountPath": TOKEN_DIR, "readOnly": True},
+                        *mounts,
+                    ],
                 }
             ],
-            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}, *volumes],
+            "volumes": [
+                {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                {
+                    # The identity the worker invokes with: a token only the gateway accepts.
+                    "name": "gateway-token",
+                    "projected": {
+                        "sources": [
+                            {
+                                "serviceAccountToken": {
+                                    "audience": settings.token_audience,
+                                    "expirationSeconds": TOKEN_SECONDS,
+                                    "path": "token",
+                                }
+                            }
+                        ]
+                    },
+                },
+                *volumes,
+            ],
         }
     )
     return {
@@ -146,6 +207,17 @@ def build_mapping(esm: EventSourceMapping, settings: Settings) -> dict[str, Any]
     }
 
 
+def invoked_functions(esm: EventSourceMapping) -> list[str]:
+    """The functions of its own namespace a mapping's worker invokes: its function, and its onFailure
+    function destination (one in another namespace needs a RoleBinding there)."""
+    names_ = [esm.spec.function_name.partition(":")[0]]
+    on_failure = esm.spec.destination_config.on_failure if esm.spec.destination_config else None
+    target = on_failure.function if on_failure is not None else None
+    if target is not None and target.namespace in (None, esm.metadata.namespace):
+        names_.append(target.name.partition(":")[0])
+    return sorted(set(names_))
+
+
 def build_mapping_identity(esm: EventSourceMapping) -> list[dict[str, Any]]:
     """ServiceAccount, Role and RoleBinding of ``esm``'s worker, in the order to apply them.
 
@@ -170,7 +242,13 @@ def build_mapping_identity(esm: EventSourceMapping) -> list[dict[str, Any]]:
                 "resources": ["eventsourcemappings/status"],
                 "resourceNames": [esm.name],
                 "verbs": ["get", "patch"],
-            }
+            },
+            {
+                "apiGroups": [group],
+                "resources": ["functions"],
+                "resourceNames": invoked_functions(esm),
+                "verbs": ["invoke"],
+            },
         ],
     }
     binding = {

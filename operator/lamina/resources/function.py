@@ -18,6 +18,7 @@ from lamina.api.common import S3Location
 from lamina.resources import labels, names
 from lamina.resources.layer import LayerArtifact
 from lamina.resources.meta import config_map_digest, digest, metadata
+from lamina.resources.network import build_network_policy
 from lamina.resources.pod_state import PodProblem
 from lamina.resources.pods import container_security_context, hardened_pod
 from lamina.resources.runtime_env import function_environment, system_log_level
@@ -53,20 +54,43 @@ VERSION_CODE_PREFIX = "code."
 GRACE_SECONDS = 5
 
 
+#: Keys of a function's own Secret (see :func:`function_secret`).
+INVOKE_SECRET_KEY = "invoke-secret"
+CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
 @dataclass(frozen=True)
 class FunctionResources:
-    """Everything one Function needs, as plain dicts ready for server-side apply."""
+    """Everything one Function needs, as plain dicts ready for server-side apply (the Secret, which the
+    operator may only create, is created, never applied)."""
 
     deployment: dict[str, Any]
     service: dict[str, Any]
     code_config_map: dict[str, Any] | None
     config_hash: str
     code_digest: str
+    secret: dict[str, Any] | None = None
+    network_policy: dict[str, Any] | None = None
 
     def objects(self) -> list[dict[str, Any]]:
         """In the order they should be applied (what the pods mount first)."""
         head = [self.code_config_map] if self.code_config_map is not None else []
-        return [*head, self.service, self.deployment]
+        policy = [self.network_policy] if self.network_policy is not None else []
+        return [*head, *policy, self.service, self.deployment]
+
+
+def function_secret(fn: Function, values: Mapping[str, str]) -> dict[str, Any]:
+    """The function's own Secret: its invoke secret (``invoke-secret``, which only the gateway also
+    knows) and its execution credentials (``AWS_*``). Derived values, recomputed on every reconcile;
+    named after their digest, so changed values make a new Secret rather than an update."""
+    name = names.function_secret(fn.name, digest(dict(values)))
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": metadata(name, fn, labels.function_labels(fn.name)),
+        "stringData": dict(values),
+    }
 
 
 def code_digest(
@@ -105,6 +129,7 @@ def config_hash(fn: Function, image: str, code: str, layers: Sequence[LayerArtif
             "environmentFrom": [e.to_dict() for e in spec.environment_from],
             "layers": [[a.name, a.digest] for a in layers],
             "logging": spec.logging.to_dict(),
+            "serviceAccountName": spec.service_account_name,
         }
     )
 
@@ -125,12 +150,15 @@ def build_function(
     layers: Sequence[LayerArtifact] = (),
     code_config_map: Mapping[str, Any] | None = None,
     s3_code: S3Code | None = None,
+    secret_values: Mapping[str, str] | None = None,
 ) -> FunctionResources:
     """The desired children of ``fn``.
 
     ``layers`` are the ready artifacts of ``fn.spec.layers``, in that order. ``code_config_map`` is the
     user's ConfigMap when the code comes from one (its content goes into the config hash, so editing it
-    rolls the environments on the next reconcile).
+    rolls the environments on the next reconcile). ``secret_values`` are the function's derived
+    secrets (lamina.auth.credentials: ``invoke-secret`` and the ``AWS_*`` credentials), which go into
+    its own Secret and reach the container through secretKeyRef.
     """
     if [a.name for a in layers] != list(fn.spec.layers):
         raise ValueError(
@@ -151,12 +179,16 @@ def build_function(
             ),
             "data": {INLINE_FILE: inline},
         }
+    secret = function_secret(fn, secret_values) if secret_values else None
+    secret_name = secret["metadata"]["name"] if secret is not None else None
     return FunctionResources(
-        deployment=_deployment(fn, settings, image, layers, chash, s3_code),
+        deployment=_deployment(fn, settings, image, layers, chash, s3_code, secret_name, secret_values or {}),
         service=_service(fn),
         code_config_map=code_cm,
         config_hash=chash,
         code_digest=code,
+        secret=secret,
+        network_policy=build_network_policy(fn, settings) if settings.network_policies else None,
     )
 
 
@@ -194,6 +226,8 @@ def _deployment(
     chash: str,
     s3_code: S3Code | None = None,
     version: VersionPods | None = None,
+    secret_name: str | None = None,
+    secret_values: Mapping[str, str] = {},
 ) -> dict[str, Any]:
     spec = fn.spec
     if version is None:
@@ -263,7 +297,9 @@ def _deployment(
             layer_paths,
             version.number if version else LATEST,
             initialization_type=PROVISIONED_CONCURRENCY if provisioned else ON_DEMAND,
-        ),
+            own_credentials=bool(secret_name),
+        )
+        + secret_env(fn, secret_name, secret_values),
         "resources": {
             "requests": {"cpu": f"{spec.cpu_millicores}m", "memory": memory},
             "limits": {"memory": memory},
@@ -291,6 +327,10 @@ def _deployment(
     )
     if not init:
         del pod["initContainers"]
+    if spec.service_account_name:
+        # Lambda's execution role: the function's own ServiceAccount, and its token (nothing else).
+        pod["serviceAccountName"] = spec.service_account_name
+        pod["automountServiceAccountToken"] = True
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -365,17 +405,35 @@ def _fetch_s3_container(
     return container
 
 
+def secret_env(fn: Function, secret_name: str | None, values: Mapping[str, str]) -> list[dict[str, Any]]:
+    """Variables from the function's own Secret: the invoke secret the runtime server requires (the
+    server takes it out of the function's environment), and the execution credentials, unless the
+    function sets a variable of that name itself."""
+    if secret_name is None:
+        return []
+    own = set(fn.spec.environment) | {e.name for e in fn.spec.environment_from}
+    variables = {"LAMINA_INVOKE_SECRET": INVOKE_SECRET_KEY} if INVOKE_SECRET_KEY in values else {}
+    variables.update({v: v for v in CREDENTIAL_VARIABLES if v in values and v not in own})
+    return [
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
+        for name, key in variables.items()
+    ]
+
+
 def function_env(
     fn: Function,
     settings: Settings,
     layer_paths: Sequence[str],
     version: str = "$LATEST",
     initialization_type: str | None = None,
+    own_credentials: bool = False,
 ) -> list[dict[str, Any]]:
     """The container's variables: Lambda's reserved ones and lamina's (region, the gateway's endpoint,
     credentials, logging: resources.runtime_env), then the user's (a user value replaces a default of
     the same name, such as AWS_REGION), then the Secret/ConfigMap references.
-    ``initialization_type`` (AWS_LAMBDA_INITIALIZATION_TYPE) is the platform's to say, never the user's."""
+    ``initialization_type`` (AWS_LAMBDA_INITIALIZATION_TYPE) is the platform's to say, never the user's.
+    With ``own_credentials`` the function's execution credentials come from its own Secret
+    (:func:`secret_env`), so no placeholders are set here."""
     spec = fn.spec
     values: dict[str, str] = {
         "AWS_LAMBDA_FUNCTION_NAME": fn.name,
@@ -390,7 +448,10 @@ def function_env(
         "LAMINA_TIMEOUT_SECONDS": str(spec.timeout_seconds),
         "LAMINA_SYSTEM_LOG_LEVEL": system_log_level(spec.logging),
         **function_environment(
-            region=settings.region, gateway_url=settings.gateway_url, logging=spec.logging
+            region=settings.region,
+            gateway_url=settings.gateway_url,
+            logging=spec.logging,
+            credentials={} if own_credentials else None,
         ),
     }
     if is_custom_runtime(spec.runtime):

@@ -32,6 +32,23 @@ def function_service(function: str) -> str:
     return _bounded(f"fn-{function}")
 
 
+def function_network_policy(function: str) -> str:
+    """The NetworkPolicy isolating a Function's environments."""
+    return _bounded(f"fn-{function}")
+
+
+def function_secret(function: str, content: str) -> str:
+    """The Secret holding a Function's invoke secret and execution credentials. Named after a digest
+    of its content: the operator only creates it (it may not read Secrets back), so new content makes
+    a new Secret, and the pod template follows the name."""
+    return _bounded(f"fn-{function}-{content[:10]}", 253)
+
+
+def mapping_secret(mapping: str, content: str) -> str:
+    """The Secret holding what a mapping's worker must not see in its pod spec (Redis credentials)."""
+    return _bounded(f"esm-{mapping}-{content[:10]}", 253)
+
+
 def function_code_config_map(function: str) -> str:
     """The ConfigMap holding ``index.py`` of a Function with inline code."""
     return _bounded(f"{function}-code", 253)

@@ -30,6 +30,7 @@ from lamina.resources.function import (
     function_env,
 )
 from lamina.resources.pods import container_security_context, hardened_pod
+from lamina.resources.runtime_env import CREDENTIAL_VARIABLES
 from lamina.resources.settings import CUSTOM_RUNTIME_IMAGE_RUNTIME, Settings
 from lamina_runtime.factory import is_custom_runtime
 
@@ -182,12 +183,21 @@ class UnresolvedReference(ValueError):
 
 
 def handover_environment(
-    fn: Function, settings: Settings, layer_paths: Sequence[str], resolved: Mapping[str, str]
+    fn: Function,
+    settings: Settings,
+    layer_paths: Sequence[str],
+    resolved: Mapping[str, str],
+    credentials: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The function's variables as its Deployment's container would have them, with each
-    ``valueFrom`` replaced by its value from ``resolved`` (by variable name)."""
+    ``valueFrom`` replaced by its value from ``resolved`` (by variable name). ``credentials``: the
+    function's execution credentials (authentication on), in place of the placeholders, unless the
+    function sets credential variables of its own."""
     env: dict[str, str] = {}
-    for var in function_env(fn, settings, layer_paths):
+    own = set(fn.spec.environment) | {e.name for e in fn.spec.environment_from}
+    if credentials is not None and not own & CREDENTIAL_VARIABLES:
+        env.update(credentials)
+    for var in function_env(fn, settings, layer_paths, own_credentials=credentials is not None):
         if "value" in var:
             env[var["name"]] = var["value"]
         elif var["name"] in resolved:

@@ -3,9 +3,10 @@ environment the Helm chart gives the operator."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 
 from lamina_runtime.environment import DEFAULT_REGION
@@ -48,6 +49,19 @@ class Settings:
     pool_size: int = 0
     #: Memory sizes that get pools (empty: every size in use); other sizes start on the Deployment path.
     pool_memory_sizes: tuple[int, ...] = ()
+    #: Installation key: each function's invoke secret and execution credentials derive from it (the
+    #: operator writes them into the function's own Secret). None: pods take /invoke from anyone.
+    auth_key: bytes | None = field(default=None, repr=False)
+    #: Audience of the token a mapping's worker presents to the gateway.
+    token_audience: str = "lamina"
+    #: Write a NetworkPolicy per Function; egress of a function without spec.network: allow or deny.
+    network_policies: bool = False
+    default_egress: str = "allow"
+    #: Where the gateway's pods are (the only ingress a function's pods take).
+    gateway_namespace: str = "lamina-system"
+    gateway_pod_labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/component", "gateway"),)
+    #: The password of Redis's "ticks" user (schedule tick claims only), for mapping workers.
+    redis_ticks_password: str | None = field(default=None, repr=False)
     #: Where the operator reads the gateway's per-version counts to judge rollouts: every gateway
     #: replica's ``/metrics`` (the counts of all of them are added). Default: ``{gateway_url}/metrics``.
     gateway_metrics_urls: tuple[str, ...] = ()
@@ -72,8 +86,10 @@ class Settings:
         """Read ``LAMINA_RUNTIME_IMAGE``, ``LAMINA_WORKER_IMAGE``, ``LAMINA_IMAGE_PULL_POLICY``,
         ``LAMINA_REGION``, ``LAMINA_GATEWAY_URL``, ``LAMINA_REDIS_URL``, ``LAMINA_POOL_SIZE``,
         ``LAMINA_POOL_MEMORY_SIZES`` (comma-separated MB), ``LAMINA_GATEWAY_METRICS_URLS``
-        (comma-separated), ``LAMINA_S3_POLL_SECONDS``, ``LAMINA_CONCURRENCY_LIMIT`` and
-        ``LAMINA_MIN_UNRESERVED`` (unset = default)."""
+        (comma-separated), ``LAMINA_S3_POLL_SECONDS``, ``LAMINA_CONCURRENCY_LIMIT``,
+        ``LAMINA_MIN_UNRESERVED``, ``LAMINA_AUTH_KEY``, ``LAMINA_TOKEN_AUDIENCE``,
+        ``LAMINA_NETWORK_POLICIES``, ``LAMINA_DEFAULT_EGRESS``, ``LAMINA_GATEWAY_NAMESPACE``,
+        ``LAMINA_GATEWAY_POD_LABELS`` (JSON) and ``LAMINA_REDIS_TICKS_PASSWORD`` (unset = default)."""
         env = os.environ if env is None else env
         default = cls()
         try:
@@ -83,6 +99,7 @@ class Settings:
             raise ValueError(f"LAMINA_POOL_SIZE / LAMINA_POOL_MEMORY_SIZES: {exc}") from None
         if pool_size < 0:
             raise ValueError(f"LAMINA_POOL_SIZE must not be negative (got {pool_size})")
+        labels = env.get("LAMINA_GATEWAY_POD_LABELS")
         return cls(
             runtime_image=env.get("LAMINA_RUNTIME_IMAGE") or default.runtime_image,
             worker_image=env.get("LAMINA_WORKER_IMAGE") or default.worker_image,
@@ -98,4 +115,13 @@ class Settings:
             gateway_metrics_urls=tuple(
                 u.strip() for u in (env.get("LAMINA_GATEWAY_METRICS_URLS") or "").split(",") if u.strip()
             ),
+            auth_key=env["LAMINA_AUTH_KEY"].encode() if env.get("LAMINA_AUTH_KEY") else None,
+            token_audience=env.get("LAMINA_TOKEN_AUDIENCE") or default.token_audience,
+            network_policies=env.get("LAMINA_NETWORK_POLICIES", "") in ("1", "true"),
+            default_egress=env.get("LAMINA_DEFAULT_EGRESS") or default.default_egress,
+            gateway_namespace=env.get("LAMINA_GATEWAY_NAMESPACE") or default.gateway_namespace,
+            gateway_pod_labels=tuple(sorted(json.loads(labels).items()))
+            if labels
+            else default.gateway_pod_labels,
+            redis_ticks_password=env.get("LAMINA_REDIS_TICKS_PASSWORD") or None,
         )

@@ -1,0 +1,132 @@
+"""Authentication and authorization of the gateway's routes (an aiohttp middleware).
+
+Every route that reaches a function is authenticated (:class:`lamina.auth.authenticator.Authenticator`)
+before anything about the function is looked up, so an unauthenticated caller learns nothing, not even
+whether a function exists; then the caller's permission on the function named in the path is checked:
+``invoke`` for the Invoke API and the HTTP trigger, ``get`` for the function APIs, ``list`` (per
+namespace) for ListFunctions, which shows only what the caller may list. ``/healthz`` and
+``/metrics`` stay open (probes, Prometheus).
+
+Errors are Lambda's: ``MissingAuthenticationTokenException``, ``IncompleteSignatureException``,
+``InvalidSignatureException``, ``UnrecognizedClientException``, ``AccessDeniedException``. The HTTP
+trigger answers as a function URL with ``AuthType: AWS_IAM`` does: 403 ``{"Message": "Forbidden"}``.
+The trigger also takes presigned URLs and ``UNSIGNED-PAYLOAD`` (SigV4 allows them where the payload
+is streamed); the Invoke API needs the payload signed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from lamina.auth.authenticator import Authenticator
+from lamina.auth.authorizer import Authorizer
+from lamina.auth.identity import Identity
+from lamina.environments.base import FunctionConfig, function_arn
+from lamina.gateway.invoke_api import SERVICE_KEY, error_response
+from lamina.gateway.registry import split_function_name
+from lamina.invocation.errors import AccessDenied, LambdaServiceError
+
+IDENTITY = "lamina.identity"
+ACTIONS = {"invoke": "lambda:InvokeFunction", "get": "lambda:GetFunction", "list": "lambda:ListFunctions"}
+
+
+@dataclass
+class GatewayAuth:
+    authenticator: Authenticator
+    authorizer: Authorizer
+
+    async def check(self, identity: Identity, verb: str, namespace: str, name: str) -> None:
+        if not await self.authorizer.allowed(identity, verb, namespace, name):
+            arn = function_arn(name)
+            raise AccessDenied(
+                f"User: {identity.describe()} is not authorized to perform: {ACTIONS[verb]} on resource: "
+                f"{arn} because no RBAC rule allows verb {verb} on functions.lamina.dev {name!r} in "
+                f"namespace {namespace!r}"
+            )
+
+
+AUTH_KEY = web.AppKey("auth", GatewayAuth)
+
+
+def _route_kind(request: web.Request) -> tuple[str, str | None] | None:
+    """(verb, raw FunctionName or None) of a protected route; None for open ones."""
+    path = request.path
+    info = request.match_info
+    if path.startswith("/url/"):
+        return "invoke", info.get("function")
+    if path.startswith(("/2015-03-31/functions", "/2019-09-30/functions")):
+        if path.endswith("/invocations") and request.method == "POST":
+            return "invoke", info.get("name")
+        return ("get", info["name"]) if "name" in info else ("list", None)
+    return None
+
+
+def _forbidden(request_id: str) -> web.Response:
+    return web.json_response(
+        {"Message": "Forbidden"},
+        status=403,
+        headers={"x-amzn-RequestId": request_id, "x-amzn-ErrorType": "AccessDeniedException"},
+    )
+
+
+@web.middleware
+async def auth_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    auth = request.app.get(AUTH_KEY)
+    route = _route_kind(request) if auth is not None else None
+    if auth is None or route is None:
+        return await handler(request)
+    verb, raw_name = route
+    trigger = request.path.startswith("/url/")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return await handler(request)  # answered with Lambda's size error, before anything is read
+    request_id = str(uuid.uuid4())
+    try:
+        identity = await auth.authenticator.authenticate(
+            request.method, request.raw_path, request.headers, body, allow_unsigned_payload=trigger
+        )
+        request[IDENTITY] = identity
+        if raw_name is not None:
+            target = _namespace_and_name(request, raw_name)
+            if target is not None:
+                await auth.check(identity, verb, *target)
+    except LambdaServiceError as exc:
+        return _forbidden(request_id) if trigger else error_response(exc, request_id)
+    return await handler(request)
+
+
+def _namespace_and_name(request: web.Request, raw_name: str) -> tuple[str, str] | None:
+    """The namespace and function a FunctionName designates (qualifier dropped), whether or not it
+    exists; None when the name is malformed (the handler answers that)."""
+    registry = request.app[SERVICE_KEY].registry
+    try:
+        name, _ = split_function_name(raw_name)
+    except LambdaServiceError:
+        return None
+    namespace, _, short = registry.key_of(name.partition(":")[0]).partition("/")
+    return namespace, short
+
+
+async def listable(request: web.Request, functions: Iterable[FunctionConfig]) -> list[FunctionConfig]:
+    """The functions ListFunctions shows this caller: all of those in namespaces they may ``list``."""
+    items = list(functions)
+    auth = request.app.get(AUTH_KEY)
+    identity = request.get(IDENTITY)
+    if auth is None or identity is None:
+        return items
+    if await auth.authorizer.allowed(identity, "list", None, None):
+        return items
+    namespaces = {f.namespace for f in items}
+    allowed = {ns for ns in namespaces if await auth.authorizer.allowed(identity, "list", ns, None)}
+    out = []
+    for fn in items:
+        if fn.namespace in allowed or await auth.authorizer.allowed(identity, "get", fn.namespace, fn.name):
+            out.append(fn)
+    return out
