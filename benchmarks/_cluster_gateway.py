@@ -3,11 +3,16 @@ same aiohttp app and event loop) in front of fixed runtime servers instead of po
 Kubernetes API, for the benchmarks. Everything on the invocation path is the code `lamina gateway`
 runs; only where the endpoints come from differs (`StaticEndpointSource`).
 
-Usage: python benchmarks/_cluster_gateway.py --port 9000 NAME=HOST:PORT[,HOST:PORT...] ...
+Usage: python benchmarks/_cluster_gateway.py --port 9000 [--auth-kubeconfig K --access-key I:S:U]
+       NAME=HOST:PORT[,HOST:PORT...] ...
 
 With ``--kubeconfig`` (and ``LAMINA_GATEWAY_PEER_TOKEN`` set) it is one replica among several, as
 `lamina gateway --advertise` is: each function is served by the holder of its Lease on that API server
 (namespace ``default``), the other replicas forward to it.
+
+With ``--auth-kubeconfig``, the gateway authenticates and authorizes as `lamina gateway --auth` does:
+SigV4 with the access key of ``--access-key ID:SECRET:USER``, bearer tokens through TokenReview, RBAC
+through SubjectAccessReview, both cached, against the cluster that kubeconfig names.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from lamina.cluster.peers import PeerRouter
 from lamina.environments.base import FunctionConfig
 from lamina.environments.endpoints import StaticEndpointSource
 from lamina.environments.http_pool import HttpEnvironmentPool
+from lamina.gateway.auth import GatewayAuth
 from lamina.gateway.concurrency import ConcurrencyLimiter
 from lamina.gateway.loop import run_async
 from lamina.gateway.registry import FunctionRegistry
@@ -29,7 +35,23 @@ from lamina.gateway.service import InvocationService
 from lamina.kubeapi import api_client
 
 
-async def serve(port: int, functions: dict[str, list[str]], kubeconfig: str | None = None) -> None:
+def gateway_auth(kubeconfig: str, access_key: str) -> GatewayAuth:
+    from lamina.auth.authenticator import Authenticator
+    from lamina.auth.authorizer import CachedAuthorizer
+    from lamina.auth.identity import Identity
+    from lamina.auth.keys import AccessKey, KeyTable
+    from lamina.auth.kube import SubjectAccessReviews, TokenReviews
+
+    api = api_client(kubeconfig)
+    key_id, secret, user = access_key.split(":", 2)
+    keys = KeyTable([AccessKey(key_id, secret, Identity(user=user, groups=("system:authenticated",)))])
+    authenticator = Authenticator(keys.lookup, "us-east-1", TokenReviews(api, "lamina"))
+    return GatewayAuth(authenticator, CachedAuthorizer(SubjectAccessReviews(api)))
+
+
+async def serve(
+    port: int, functions: dict[str, list[str]], kubeconfig: str | None = None, auth: GatewayAuth | None = None
+) -> None:
     configs = [FunctionConfig(name=name, provisioned_concurrency=len(eps)) for name, eps in functions.items()]
     source = StaticEndpointSource({fn.key: functions[fn.name] for fn in configs})
     leases = router = None
@@ -44,7 +66,7 @@ async def serve(port: int, functions: dict[str, list[str]], kubeconfig: str | No
     )
     await pool.start()
     peers = (leases, os.environ["LAMINA_GATEWAY_PEER_TOKEN"]) if leases else None
-    runner = await start_http(service, "127.0.0.1", port, peers)
+    runner = await start_http(service, "127.0.0.1", port, peers, auth)
     print(f"cluster gateway stack: serving on 127.0.0.1:{port}", flush=True)
     try:
         await asyncio.Event().wait()
@@ -59,13 +81,16 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--kubeconfig", help="a replica among several: Leases on this API server")
+    parser.add_argument("--auth-kubeconfig", default=None)
+    parser.add_argument("--access-key", default=None, help="ID:SECRET:USER")
     parser.add_argument("functions", nargs="+", help="NAME=HOST:PORT[,HOST:PORT...]")
     args = parser.parse_args()
     functions = {}
     for item in args.functions:
         name, _, endpoints = item.partition("=")
         functions[name] = endpoints.split(",")
-    return run_async(serve(args.port, functions, args.kubeconfig))
+    auth = gateway_auth(args.auth_kubeconfig, args.access_key) if args.auth_kubeconfig else None
+    return run_async(serve(args.port, functions, args.kubeconfig, auth))
 
 
 if __name__ == "__main__":

@@ -116,6 +116,7 @@ def secured(
     apply_yaml: Any,
     tmp_path: Path,
     wait_until: Any,
+    python312: str,
 ) -> Iterator[Secured]:
     release = f"a{namespace.rsplit('-', 1)[-1]}"
     docs = render(helm, release, namespace, f"operator.watchNamespaces={{{namespace}}}", crds=True)
@@ -160,7 +161,7 @@ def secured(
         env=env,
     )
     try:
-        with PodRunner(k8s_api, namespace, tmp_path / "pods") as pods:
+        with PodRunner(k8s_api, namespace, tmp_path / "pods", interpreters={"python3.12": python312}) as pods:
             cluster = Cluster(k8s_api, namespace)
             cluster.create(
                 "functions", function("greeter", code={"inline": HANDLER}, provisionedConcurrency=1)

@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from calendar import timegm
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_tz
-from time import gmtime, strftime, strptime
+from time import gmtime, strftime
 from typing import Protocol, TypeVar
 from urllib.parse import quote, unquote
 
@@ -192,9 +193,31 @@ def parse(headers: Headers, query: str) -> Signature:
     raise MissingAuthenticationToken()
 
 
+_STAMP = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z")
+
+
+_last_epoch: tuple[str, int] = ("", 0)
+
+
 def _epoch(timestamp: str) -> int:
+    """Seconds of a ``YYYYMMDDTHHMMSSZ`` time (by hand: strptime costs most of a verification; the
+    last one is remembered, as calls of the same second share it)."""
+    global _last_epoch
+    if _last_epoch[0] == timestamp:
+        return _last_epoch[1]
+    _last_epoch = (timestamp, _parse_epoch(timestamp))
+    return _last_epoch[1]
+
+
+def _parse_epoch(timestamp: str) -> int:
+    found = _STAMP.fullmatch(timestamp)
     try:
-        return timegm(strptime(timestamp, "%Y%m%dT%H%M%SZ"))
+        if found is None:
+            raise ValueError(timestamp)
+        year, month, day, hour, minute, second = map(int, found.groups())
+        if not (1 <= month <= 12 and 1 <= day <= 31 and hour < 24 and minute < 60 and second < 61):
+            raise ValueError(timestamp)
+        return timegm((year, month, day, hour, minute, second, 0, 0, 0))
     except ValueError:
         raise IncompleteSignature(
             f"Date must be in ISO-8601 'basic format'. Got '{timestamp}'. See "
@@ -246,8 +269,13 @@ def check_scope(sig: Signature, region: str, service: str, now: float) -> None:
         )
 
 
+_PLAIN_PATH = re.compile(r"(/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)+/?")
+
+
 def canonical_uri(path: str) -> str:
     """botocore's: dot segments and empty segments removed, a trailing slash kept, encoded again."""
+    if _PLAIN_PATH.fullmatch(path) and "/." not in path:
+        return path  # nothing to remove, nothing to encode (the usual Invoke path)
     if not path:
         return "/"
     segments: list[str] = []
@@ -304,7 +332,7 @@ class SigningKeys:
 
 
 def _hmac(key: bytes, message: str) -> bytes:
-    return hmac.new(key, message.encode(), hashlib.sha256).digest()
+    return hmac.digest(key, message.encode(), "sha256")  # one C call, no HMAC object
 
 
 _KEYS = SigningKeys()
@@ -364,7 +392,8 @@ def verify(
         raise InvalidSignature("'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization.")
     if not sig.presigned and headers.get("X-Amz-Date") and "x-amz-date" not in names:
         raise InvalidSignature("'X-Amz-Date' must be a 'SignedHeader' in the AWS Authorization.")
-    if list(names) != sorted(names) or any(n != n.lower() for n in names):
+    joined = ";".join(names)
+    if joined != joined.lower() or list(names) != sorted(names):
         raise InvalidSignature(BAD_SIGNATURE)
     check_scope(sig, region, service, now)
     found = lookup(sig)
@@ -377,6 +406,6 @@ def verify(
     key = _KEYS.get(secret, sig.day, sig.region, sig.service)
     for payload in payload_hashes(sig, headers, body, allow_unsigned_payload):
         text = string_to_sign(sig, method, raw_path, headers, payload)
-        if hmac.compare_digest(hmac.new(key, text.encode(), hashlib.sha256).hexdigest(), given):
+        if hmac.compare_digest(_hmac(key, text).hex(), given):
             return principal
     raise InvalidSignature(BAD_SIGNATURE)
