@@ -64,7 +64,7 @@ async def test_an_async_event_that_keeps_killing_its_pod_ends_after_its_retries(
     store = SqliteEventStore(tmp_path / "q")
     config = EventInvokeConfig(maximum_retry_attempts=1, maximum_event_age_seconds=21600)
 
-    async def invoke(key: str, payload: bytes):
+    async def invoke(key: str, payload: bytes, request_id: str | None = None):
         return await pool.invoke(fn, InvocationRequest(request_id=str(time.time()), payload=payload))
 
     dispatcher = AsyncDispatcher(

@@ -195,7 +195,7 @@ class SqliteEventStore:
         try:
             self._synchronous(conn, "FULL")
             conn.execute("BEGIN IMMEDIATE")
-            results = [self._insert(conn, *op.args, limit=self.max_per_function) for op in group]
+            results = [self._insert(conn, op.args[0], limit=self.max_per_function) for op in group]
             conn.execute("COMMIT")
         except BaseException as e:
             if conn.in_transaction:

@@ -66,10 +66,12 @@ class TokenReviews:
 
     def _review(self, token: str) -> Identity | None:
         body = {"spec": {"token": token, "audiences": [self.audience]}}
-        status = self.api.create_token_review(body).status
+        status = self.api.create_token_review(body).status  # type: ignore[arg-type]
         if not status or not status.authenticated or self.audience not in (status.audiences or []):
             return None
         user = status.user
+        if user is None or not user.username:
+            return None
         extra = tuple(sorted((k, tuple(v)) for k, v in (user.extra or {}).items()))
         return Identity(user=user.username, groups=tuple(user.groups or ()), uid=user.uid or "", extra=extra)
 
@@ -99,7 +101,7 @@ class SubjectAccessReviews:
             spec["uid"] = identity.uid
         if identity.extra:
             spec["extra"] = {k: list(v) for k, v in identity.extra}
-        review = self.api.create_subject_access_review({"spec": spec})
+        review = self.api.create_subject_access_review({"spec": spec})  # type: ignore[arg-type]
         return bool(review.status and review.status.allowed)
 
 

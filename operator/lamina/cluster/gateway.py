@@ -34,7 +34,7 @@ from lamina.cluster.peers import PeerRouter, add_peer_routes
 from lamina.cluster.settings import GatewaySettings
 from lamina.environments.base import FunctionConfig, function_config, version_of
 from lamina.environments.http_pool import HttpEnvironmentPool
-from lamina.environments.kubernetes_source import KubernetesEndpointSource
+from lamina.environments.kubernetes_source import KubernetesEndpointSource, watched
 from lamina.environments.pool_claims import PoolClaims
 from lamina.gateway.app import build_app
 from lamina.gateway.async_queue import AsyncInvocations
@@ -171,7 +171,7 @@ async def start_http(
 def watch_functions(api: Any, namespaces: Sequence[str] | None, handler: Any) -> list[ThreadedWatch]:
     """One watch of Functions per namespace (or one of the whole cluster)."""
     loop = asyncio.get_running_loop()
-    return [ThreadedWatch(list_functions_fn(api, ns), handler, loop) for ns in (namespaces or [None])]
+    return [ThreadedWatch(list_functions_fn(api, ns), handler, loop) for ns in watched(namespaces)]
 
 
 async def serve(settings: GatewaySettings) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,12 @@ from lamina.resources import labels, names
 from lamina.resources.pod_state import PodProblem, function_problem, pod_problem
 
 log = logging.getLogger(__name__)
+
+
+def watched(namespaces: Sequence[str] | None) -> list[str | None]:
+    """A watch per namespace, or one (None) of the whole cluster."""
+    return list(namespaces) if namespaces else [None]
+
 
 RUNTIME_PORT = 8080
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
@@ -93,7 +100,7 @@ class KubernetesEndpointSource:
         loop = asyncio.get_running_loop()
         self._watches = [
             ThreadedWatch(list_pods_fn(self.api, ns, labels.FUNCTION), self._on_pod, loop)
-            for ns in (self.namespaces or [None])
+            for ns in watched(self.namespaces)
         ]
         for watch in self._watches:
             watch.start()

@@ -108,10 +108,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     ours = operator_settings(memo)
     settings.execution.max_workers = ours.workers
     settings.posting.loggers = False  # Events come from the reconcilers, on Ready transitions only
-    if ours.namespaces:
-        # Watching named namespaces, kopf needs no cluster-wide watch of CRDs or namespaces (the CRDs
-        # exist before the operator starts): the chart then binds the operator in those namespaces only.
-        settings.scanning.disabled = True
     if getattr(memo, "ctx", None) is None:
         memo.ctx = Context(Kube.from_environment(ours.kubeconfig), ours.builders, post=post_event)
     ctx: Context = memo.ctx
@@ -341,7 +337,13 @@ def run_operator(argv: list[str] | None = None) -> int:
     ctx.kube.on_response = ctx.metrics.count_api_request
     if ours.metrics_port is not None:
         ctx.metrics.serve(ours.metrics_port, ours.metrics_address)
+    kopf_settings = kopf.OperatorSettings()
+    # Watching named namespaces, kopf needs no cluster-wide watch of CRDs or namespaces (the CRDs exist
+    # before the operator starts): the chart then binds the operator in those namespaces only. Set
+    # before kopf starts its observers (a startup handler would race them).
+    kopf_settings.scanning.disabled = bool(ours.namespaces)
     kopf.run(
+        settings=kopf_settings,
         registry=registry,
         clusterwide=not ours.namespaces,
         namespaces=list(ours.namespaces),

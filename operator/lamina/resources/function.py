@@ -182,7 +182,16 @@ def build_function(
     secret = function_secret(fn, secret_values) if secret_values else None
     secret_name = secret["metadata"]["name"] if secret is not None else None
     return FunctionResources(
-        deployment=_deployment(fn, settings, image, layers, chash, s3_code, secret_name, secret_values or {}),
+        deployment=_deployment(
+            fn,
+            settings,
+            image,
+            layers,
+            chash,
+            s3_code,
+            secret_name=secret_name,
+            secret_values=secret_values or {},
+        ),
         service=_service(fn),
         code_config_map=code_cm,
         config_hash=chash,
