@@ -146,7 +146,10 @@ def main() -> int:
     except client.exceptions.ApiException:
         pass
     pools = () if args.pools is None else ("--set", f"pools.size={args.pools}")
-    tier.run(helm, "--kubeconfig", str(cp.kubeconfig), *tier.install_args(values, *pools))
+    # Authentication off: these figures are the platform's own; what auth adds per call is
+    # benchmarks/auth_overhead.py's (the same release with auth on is the tests').
+    no_auth = ("--set", "auth.enabled=false")
+    tier.run(helm, "--kubeconfig", str(cp.kubeconfig), *tier.install_args(values, *pools, *no_auth))
     port = next(
         p.node_port
         for p in core.read_namespaced_service(f"{tier.RELEASE}-gateway", tier.SYSTEM_NS).spec.ports

@@ -237,6 +237,14 @@ class MemoryKube:
     def create(self, obj: dict[str, Any], field_manager: str) -> dict[str, Any]:
         with self._lock:
             self._induced("create", obj["kind"])
+            if "name" not in obj["metadata"] and "generateName" in obj["metadata"]:  # as Events are
+                obj = {
+                    **obj,
+                    "metadata": {
+                        **obj["metadata"],
+                        "name": obj["metadata"]["generateName"] + uuid.uuid4().hex[:5],
+                    },
+                }
             self.writes.append(
                 Write("create", obj["kind"], obj["metadata"]["name"], field_manager, None, obj)
             )

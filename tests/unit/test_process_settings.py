@@ -30,8 +30,8 @@ def test_gateway_flags() -> None:
             "5",
         ]
     )
-    assert (s.port, s.namespace, s.redis_url, s.cold_start_timeout, s.host) == (
-        9100, "team", "redis://r:6379/0", 5.0, "0.0.0.0",
+    assert (s.port, s.namespace, s.default_namespace, s.redis_url, s.cold_start_timeout, s.host) == (
+        9100, ("team",), "team", "redis://r:6379/0", 5.0, "0.0.0.0",
     )  # fmt: skip
     with pytest.raises(SystemExit):
         GatewaySettings.from_args(["--port", "eighty"])

@@ -26,6 +26,7 @@ from tests.support.memory_kube import MemoryKube
 
 NS = "team"
 SETTINGS = Settings(gateway_url="http://gw:8080")
+AUTH_SETTINGS = Settings(gateway_url="http://gw:8080", auth_key=b"k" * 32)  # authentication on
 INLINE = {"inline": "def handler(event, context):\n    return event\n"}
 
 
@@ -100,13 +101,14 @@ class Row:
     name: str
     objects: list[dict[str, Any]]
     subject: dict[str, Any]
-    applies: set[tuple[str, str]] = field(default_factory=set)  # (kind, name) applied
+    applies: set[tuple[str, str]] = field(default_factory=set)  # (kind, name) applied or created
     ready: tuple[str, str] = ("False", "Deploying")  # the Ready condition written (status, reason)
     events: list[tuple[str, str]] = field(default_factory=list)  # (type, reason) posted
     blocked: BlockReason | None = None
     message: str = ""  # a part of Ready's message
     induce: Callable[[MemoryKube], None] | None = None
     status: dict[str, Any] = field(default_factory=dict)  # fields the status must have
+    settings: Settings = SETTINGS
 
 
 FUNCTION_CHILDREN = {("ConfigMap", "fn-code"), ("Service", "fn-fn"), ("Deployment", "fn-fn")}
@@ -302,6 +304,20 @@ ROWS = [
         message="ServiceAccount watcher (spec.source.kubernetes.serviceAccountName) does not exist",
     ),
     Row(
+        "with auth on, a kubernetes source whose ServiceAccount may not invoke its function is blocked",
+        [function(), account("watcher")],
+        mapping(source=WATCH),
+        ready=("False", "ServiceAccountCannotInvoke"),
+        events=[("Warning", "ServiceAccountCannotInvoke")],
+        blocked=BlockReason.SERVICE_ACCOUNT_CANNOT_INVOKE,
+        message="ServiceAccount watcher may not invoke function fn in namespace team "
+        "(missing permission: invoke on functions.lamina.dev)",
+        induce=lambda kube: kube.allow(
+            "system:serviceaccount:team:watcher", ("list", "watch"), "apps", "deployments", "team"
+        ),
+        settings=AUTH_SETTINGS,
+    ),
+    Row(
         "a kubernetes source whose ServiceAccount may not list and watch is blocked, naming the permission",
         [function(), account("watcher")],
         mapping(source=WATCH),
@@ -345,7 +361,7 @@ def run(row: Row) -> tuple[MemoryKube, list[tuple[str, str, str]], Any]:
     subject = kube.put(row.subject)
     events: list[tuple[str, str, str]] = []
     ctx = Context(
-        kube, SETTINGS, post=lambda obj, type_, reason, message: events.append((type_, reason, message))
+        kube, row.settings, post=lambda obj, type_, reason, message: events.append((type_, reason, message))
     )
     if row.induce is not None:
         row.induce(kube)
@@ -357,8 +373,10 @@ def run(row: Row) -> tuple[MemoryKube, list[tuple[str, str, str]], Any]:
 def test_reconcile(row: Row) -> None:
     kube, events, (ctx, subject, result) = run(row)
     kind, name = subject["kind"], subject["metadata"]["name"]
-    applied = {(w.kind, w.name) for w in kube.writes_of("apply")}
-    assert applied == row.applies, "children applied"
+    # Secrets the operator writes are created once (it may neither read nor patch them).
+    created = [w for w in kube.writes_of("create") if w.kind != "SubjectAccessReview"]  # questions
+    applied = {(w.kind, w.name) for w in kube.writes_of("apply") + created}
+    assert applied == row.applies, "children applied (or created once)"
     after = kube.object(kind, name, NS)
     assert after is not None
     status = after.get("status") or {}
@@ -555,3 +573,51 @@ def test_the_operator_reads_no_secret_data() -> None:
         assert not [r for r in kube.reads if r[0] == "get" and r[1] == "Secret"], row.name
     kube, _, _ = run(next(r for r in ROWS if r.name == "a Secret without the key is not read into"))
     assert ("get_metadata", "Secret", "creds") in kube.reads
+
+
+def test_published_versions_get_the_invoke_secret_of_the_function_as_the_version_is() -> None:
+    """A version's pods refuse /invoke without the function's invoke secret as $LATEST's do (the
+    gateway sends the same one), and carry the execution credentials of the version's ServiceAccount
+    (issue 9): each version's Deployment reads them from a Secret the operator created."""
+    kube = MemoryKube()
+    subject = kube.put(function(publishVersions=True, serviceAccountName="old"))
+    ctx = Context(kube, AUTH_SETTINGS, post=lambda *_: None)
+    reconcile(ctx, subject)
+    kube.merge_patch(function_ref(NS, "fn"), {"spec": {"serviceAccountName": "new"}}, "test")
+    reconcile(ctx, kube.object("Function", "fn", NS) or {})
+
+    def secret_ref(deployment: str) -> dict[str, Any]:
+        obj = kube.object("Deployment", deployment, NS)
+        assert obj is not None, deployment
+        env = {e["name"]: e for e in obj["spec"]["template"]["spec"]["containers"][0]["env"]}
+        return env["LAMINA_INVOKE_SECRET"]["valueFrom"]["secretKeyRef"]
+
+    created = {w.name: w.body for w in kube.writes_of("create", "Secret")}
+    latest, v1, v2 = secret_ref("fn-fn"), secret_ref("fn-fn-v1"), secret_ref("fn-fn-v2")
+    assert latest == v2 and v1 != v2  # version 1 runs as "old", with that account's credentials
+    for ref in (v1, v2):
+        values = created[ref["name"]]["stringData"]
+        assert values["invoke-secret"] == created[latest["name"]]["stringData"]["invoke-secret"]
+    assert created[v1["name"]]["stringData"] != created[v2["name"]]["stringData"]
+
+
+def test_with_auth_a_kubernetes_source_runs_once_its_account_may_invoke() -> None:
+    """A Kubernetes source's worker invokes through the gateway as the ServiceAccount the mapping names
+    (the pod's projected token), which lamina grants nothing: with authentication on, a missing
+    ``invoke`` blocks the mapping naming the permission (rather than every record failing with 403),
+    and a RoleBinding that grants it unblocks it."""
+    kube = MemoryKube(function(), account("watcher"))
+    subject = kube.put(mapping(source=WATCH))
+    watcher = "system:serviceaccount:team:watcher"
+    kube.allow(watcher, ("list", "watch"), "apps", "deployments", "team")
+    ctx = Context(kube, AUTH_SETTINGS, post=lambda *_: None)
+    reconcile(ctx, subject)
+    ready = next(
+        c
+        for c in (kube.object("EventSourceMapping", "orders", NS) or {})["status"]["conditions"]
+        if c["type"] == "Ready"
+    )
+    assert ready["reason"] == "ServiceAccountCannotInvoke"
+    kube.allow(watcher, ("invoke",), "lamina.dev", "functions", "team")
+    reconcile(ctx, kube.object("EventSourceMapping", "orders", NS) or {})
+    assert kube.object("Deployment", "esm-orders", NS) is not None

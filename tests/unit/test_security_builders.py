@@ -3,13 +3,14 @@ identity, its NetworkPolicy and the spec.network model."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import pytest
 
 from lamina.api import ManifestError
 from lamina.auth.credentials import function_secret_values, invoke_secret
-from lamina.resources import Settings, build_function
+from lamina.resources import Settings, build_function, labels
 from lamina.resources.network import DNS_RULE, build_network_policy
 from tests.unit.test_resources_function import container, env_of, function
 
@@ -65,13 +66,27 @@ def test_a_service_account_is_the_execution_identity_and_its_token_is_all_that_i
     assert container(res.deployment)["securityContext"]["allowPrivilegeEscalation"] is False
 
 
+def selects(selector: dict[str, Any], pod_labels: dict[str, str]) -> bool:
+    """A label selector's meaning (matchLabels and the In operator), as the API server applies it."""
+    if any(pod_labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "In"
+        if pod_labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
 def test_ingress_only_from_the_gateway_and_egress_open_by_default() -> None:
     policy = build_network_policy(function(), SETTINGS)
     assert policy["kind"] == "NetworkPolicy" and policy["metadata"]["name"] == "fn-hello"
     spec = policy["spec"]
-    assert spec["podSelector"] == {
-        "matchLabels": {"app.kubernetes.io/name": "lamina-function", "lamina.dev/function": "hello"}
-    }
+    selected = partial(selects, spec["podSelector"])
+    assert selected(labels.function_labels("hello"))
+    assert selected(labels.version_labels("hello", "3"))  # published versions' pods too
+    assert selected({**labels.common(labels.POOL_APP, "pool"), labels.FUNCTION: "hello"})  # claimed
+    assert not selected(labels.function_labels("other"))
+    assert not selected(labels.mapping_labels("orders", "hello"))  # its workers are clients
     assert spec["policyTypes"] == ["Ingress"] and "egress" not in spec
     [rule] = spec["ingress"]
     assert rule["from"] == [

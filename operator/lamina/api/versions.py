@@ -19,8 +19,9 @@ from typing import Any
 
 from lamina.api.function import LATEST, LATEST_PUBLISHED, FunctionSpec
 
-#: Fields of a Function's spec that a version snapshots (Lambda's "code and configuration"). Aliases,
-#: concurrency, async settings and idle keep-alive are the function's, not a version's.
+#: Fields of a Function's spec that a version snapshots (Lambda's "code and configuration", the
+#: execution role included: ``serviceAccountName``). Aliases, concurrency, async settings, idle
+#: keep-alive and the network policy are the function's, not a version's.
 VERSIONED_FIELDS = (
     "runtime",
     "handler",
@@ -31,6 +32,7 @@ VERSIONED_FIELDS = (
     "environmentFrom",
     "layers",
     "http",
+    "serviceAccountName",
 )
 
 

@@ -25,8 +25,8 @@ import aiohttp
 
 from lamina.api import EventSourceMapping, parse_object
 from lamina.api.common import secret_env_name
-from lamina.cluster.mapping_status import MappingStatusWriter, StatusCheckpoint, mapping_reporter
 from lamina.cluster.access import with_credentials
+from lamina.cluster.mapping_status import MappingStatusWriter, StatusCheckpoint, mapping_reporter
 from lamina.cluster.settings import WorkerSettings
 from lamina.eventsources.kubernetes import MemoryCheckpoint
 from lamina.eventsources.runners import KubernetesAccess, SecretValue, mapping_runner

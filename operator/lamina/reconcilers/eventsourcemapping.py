@@ -14,7 +14,7 @@ from lamina.api import API_VERSION, EventSourceMapping
 from lamina.reconcilers.apply import apply
 from lamina.reconcilers.client import ApiError, Ref
 from lamina.reconcilers.context import Blocked, Context, parse_as
-from lamina.reconcilers.function import create_once
+from lamina.reconcilers.secrets import create_once
 from lamina.reconcilers.status import READY, BlockReason, is_blocked, set_condition, write_status
 from lamina.reconcilers.watch_access import check_watch_access
 from lamina.resources import build_mapping, build_mapping_identity, names, worker_state
@@ -73,7 +73,8 @@ def reconcile_mapping(ctx: Context, body: dict[str, Any]) -> dict[str, Any] | No
             raise Blocked(
                 BlockReason.FUNCTION_NOT_FOUND, f"Function {fn} does not exist in namespace {ns}", POLL_DELAY
             )
-        check_watch_access(ctx.kube, esm, POLL_DELAY)  # Kubernetes sources only
+        # Kubernetes sources only; with auth on, their worker invokes as the account they name.
+        check_watch_access(ctx.kube, esm, POLL_DELAY, invoke=ctx.settings.auth_key is not None)
         for identity in build_mapping_identity(esm):  # before the pod that uses it
             # The operator may create Secrets but neither read nor patch them: the account's
             # token Secret is created once (the API server fills it in).

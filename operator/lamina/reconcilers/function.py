@@ -13,15 +13,14 @@ from typing import Any
 
 from lamina.api import API_VERSION, Function
 from lamina.api.common import GROUP, VERSION
-from lamina.auth.credentials import function_secret_values
 from lamina.invocation.reservations import Reservation, refused_reservations
 from lamina.reconcilers.apply import apply, apply_scaled_deployment, delete_if_owned
-from lamina.reconcilers.client import ApiError, Conflict, KubeApi, Ref
+from lamina.reconcilers.client import ApiError, KubeApi, Ref
 from lamina.reconcilers.context import Blocked, Context, parse_as
 from lamina.reconcilers.pool import namespace_pool_size, reconcile_pools
 from lamina.reconcilers.s3code import resolve_code
+from lamina.reconcilers.secrets import create_once, secret_values
 from lamina.reconcilers.status import (
-    FIELD_MANAGER,
     READY,
     BlockReason,
     find,
@@ -157,21 +156,6 @@ def reservation_fields(ctx: Context, fn: Function, key: str) -> dict[str, Any]:
         return {"reservation": "Refused", "reservationReason": refused[key]}
     reason = f"{fn.spec.reserved_concurrency} of the account's {settings.concurrency_limit} reserved"
     return {"reservation": "Granted", "reservationReason": reason}
-def secret_values(settings: Any, fn: Function) -> dict[str, str] | None:
-    """The function's derived secrets (None without an installation key)."""
-    if settings.auth_key is None:
-        return None
-    account = fn.spec.service_account_name or "default"
-    return function_secret_values(settings.auth_key, fn.metadata.namespace, fn.name, account)
-
-
-def create_once(kube: KubeApi, obj: dict[str, Any]) -> None:
-    """Create an object whose name says its content (a function's Secret): one that exists already is
-    the same, and the operator may not read Secrets to compare anyway."""
-    try:
-        kube.create(obj, field_manager=FIELD_MANAGER)
-    except Conflict:
-        pass
 
 
 # ----------------------------------------------------------------------------------------- reconcile

@@ -43,9 +43,11 @@ class BlockReason(StrEnum):
     #: The Function an EventSourceMapping invokes does not exist.
     FUNCTION_NOT_FOUND = "FunctionNotFound"
     #: A Kubernetes source's ServiceAccount does not exist, or may not list and watch what it names,
-    #: or the API server serves no such kind (lamina grants the account nothing).
+    #: or invoke the functions its worker calls (with authentication on), or the API server serves no
+    #: such kind (lamina grants the account nothing).
     SERVICE_ACCOUNT_NOT_FOUND = "ServiceAccountNotFound"
     SERVICE_ACCOUNT_CANNOT_WATCH = "ServiceAccountCannotWatch"
+    SERVICE_ACCOUNT_CANNOT_INVOKE = "ServiceAccountCannotInvoke"
     KIND_NOT_FOUND = "KindNotFound"
     #: The object asks for something lamina does not do yet (e.g. a requirements Layer).
     NOT_SUPPORTED_YET = "NotSupportedYet"

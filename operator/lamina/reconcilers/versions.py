@@ -30,10 +30,18 @@ from lamina.api.versions import (
 from lamina.reconcilers.apply import apply_scaled_deployment
 from lamina.reconcilers.client import ApiError, Ref
 from lamina.reconcilers.context import Blocked, Context
+from lamina.reconcilers.secrets import create_once, secret_values
 from lamina.reconcilers.status import FIELD_MANAGER, BlockReason
 from lamina.resources import LayerArtifact, labels, names
-from lamina.resources.function import FunctionResources, S3Code
-from lamina.resources.versions import read_snapshot, snapshot, summary, version_config_map, version_deployment
+from lamina.resources.function import FunctionResources, S3Code, function_secret
+from lamina.resources.versions import (
+    read_snapshot,
+    snapshot,
+    summary,
+    version_config_map,
+    version_deployment,
+    version_function,
+)
 
 log = logging.getLogger(__name__)
 ALIAS_RETRY = 10.0
@@ -50,6 +58,17 @@ def published(ctx: Context, fn: Function) -> dict[str, dict[str, Any]]:
     uid = fn.metadata.uid or ""
     by_number = {cm["metadata"]["labels"][labels.VERSION]: cm for cm in found if _owned(cm, uid)}
     return dict(sorted(by_number.items(), key=lambda kv: int(kv[0])))
+
+
+def _deploy_version(ctx: Context, fn: Function, config_map: Mapping[str, Any], provisioned: int) -> None:
+    """A kept version's Deployment at its provisioned concurrency, after the Secret its pods read their
+    invoke secret and execution credentials from (the same as $LATEST's unless the version runs as
+    another ServiceAccount)."""
+    values = secret_values(ctx.settings, version_function(fn, read_snapshot(config_map)))
+    if values:
+        create_once(ctx.kube, function_secret(fn, values))
+    deployment = version_deployment(fn, config_map, ctx.settings, provisioned, secret_values=values)
+    apply_scaled_deployment(ctx.kube, deployment, provisioned)
 
 
 def reconcile_versions(
@@ -113,16 +132,7 @@ def reconcile_versions(
         post_event(ctx, body, "Normal", "VersionCollected", f"deleted version {number} (retainVersions)")
     _delete_orphan_deployments(ctx, fn, set(kept))
     ctx.run_all(
-        *(
-            (
-                lambda n=n: apply_scaled_deployment(
-                    kube,
-                    version_deployment(fn, versions[n], ctx.settings, wanted.provisioned.get(n, 0)),
-                    wanted.provisioned.get(n, 0),
-                )
-            )
-            for n in kept
-        )
+        *((lambda n=n: _deploy_version(ctx, fn, versions[n], wanted.provisioned.get(n, 0))) for n in kept)
     )
     before = status.get("aliases") or {}
     aliases: dict[str, Any] = {}

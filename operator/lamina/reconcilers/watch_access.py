@@ -4,14 +4,20 @@ The operator grants that account nothing: a mapping shows its function only what
 read anyway. So before running the worker it asks the API server, with SubjectAccessReviews, whether
 the account holds ``list`` and ``watch`` on the resource in the scope the source watches, and blocks
 the mapping (Ready=False) naming the missing permission when it does not.
+
+The worker also invokes through the gateway as that account (its pod's projected token), so with
+authentication on (an installation key) the account must hold ``invoke`` on the functions the worker
+calls; a missing one blocks the mapping the same way (``ServiceAccountCannotInvoke``).
 """
 
 from __future__ import annotations
 
 from lamina.api import EventSourceMapping
+from lamina.api.common import GROUP
 from lamina.reconcilers.client import ApiError, KubeApi, Ref
 from lamina.reconcilers.context import Blocked
 from lamina.reconcilers.status import BlockReason
+from lamina.resources.eventsourcemapping import invoked_functions
 
 VERBS = ("list", "watch")
 
@@ -32,8 +38,22 @@ def _resource(kube: KubeApi, api_version: str, kind: str) -> tuple[str, bool]:
     raise Blocked(BlockReason.KIND_NOT_FOUND, f"the API server serves no kind {kind} in {api_version}", 30.0)
 
 
-def check_watch_access(kube: KubeApi, esm: EventSourceMapping, retry: float) -> None:
-    """Raise :class:`Blocked` unless the source's ServiceAccount may list and watch its objects."""
+def _allowed(kube: KubeApi, ns: str, account: str, attributes: dict[str, str]) -> bool:
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": f"system:serviceaccount:{ns}:{account}",
+            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
+            "resourceAttributes": attributes,
+        },
+    }
+    return bool(kube.review(review).get("allowed"))
+
+
+def check_watch_access(kube: KubeApi, esm: EventSourceMapping, retry: float, invoke: bool = False) -> None:
+    """Raise :class:`Blocked` unless the source's ServiceAccount may list and watch its objects (and,
+    with ``invoke``, invoke the functions its worker calls)."""
     watched = esm.spec.source.kubernetes
     if watched is None:
         return
@@ -48,25 +68,22 @@ def check_watch_access(kube: KubeApi, esm: EventSourceMapping, retry: float) -> 
         )
     plural, namespaced = _resource(kube, watched.api_version, watched.kind)
     scope = None if watched.all_namespaces or not namespaced else (watched.namespace or ns)
-    missing = []
-    for verb in VERBS:
-        review = {
-            "apiVersion": "authorization.k8s.io/v1",
-            "kind": "SubjectAccessReview",
-            "spec": {
-                "user": f"system:serviceaccount:{ns}:{account}",
-                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
-                "resourceAttributes": {
-                    "namespace": scope or "",
-                    "verb": verb,
-                    "group": watched.group,
-                    "version": watched.version,
-                    "resource": plural,
-                },
+    missing = [
+        verb
+        for verb in VERBS
+        if not _allowed(
+            kube,
+            ns,
+            account,
+            {
+                "namespace": scope or "",
+                "verb": verb,
+                "group": watched.group,
+                "version": watched.version,
+                "resource": plural,
             },
-        }
-        if not kube.review(review).get("allowed"):
-            missing.append(verb)
+        )
+    ]
     if missing:
         resource = f"{plural}.{watched.group}" if watched.group else plural
         where = f"in namespace {scope}" if scope else "cluster-wide"
@@ -75,5 +92,25 @@ def check_watch_access(kube: KubeApi, esm: EventSourceMapping, retry: float) -> 
             f"ServiceAccount {account} may not {' and '.join(missing)} {resource} {where} "
             f"(missing permission: {', '.join(missing)}); lamina grants it nothing: bind it a Role or "
             "ClusterRole that allows list and watch",
+            retry,
+        )
+    if not invoke:
+        return
+    refused = [
+        fn
+        for fn in invoked_functions(esm)
+        if not _allowed(
+            kube,
+            ns,
+            account,
+            {"namespace": ns, "verb": "invoke", "group": GROUP, "resource": "functions", "name": fn},
+        )
+    ]
+    if refused:
+        raise Blocked(
+            BlockReason.SERVICE_ACCOUNT_CANNOT_INVOKE,
+            f"ServiceAccount {account} may not invoke function {', '.join(refused)} in namespace {ns} "
+            "(missing permission: invoke on functions.lamina.dev); the worker invokes as that account: "
+            "bind it a Role that allows invoke",
             retry,
         )

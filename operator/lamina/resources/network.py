@@ -65,6 +65,22 @@ def egress_rules(fn: Function, settings: Settings) -> list[dict[str, Any]] | Non
     return rules
 
 
+def environments_of(function: str) -> dict[str, Any]:
+    """Every environment of ``function``: $LATEST's pods, each published version's, and a warm pool
+    pod once claimed for it (it then carries the function's label); not its mapping workers, which
+    carry the function's label too but are clients, not servers."""
+    return {
+        "matchLabels": {labels.FUNCTION: function},
+        "matchExpressions": [
+            {
+                "key": labels.NAME,
+                "operator": "In",
+                "values": [labels.FUNCTION_APP, labels.FUNCTION_VERSION_APP, labels.POOL_APP],
+            }
+        ],
+    }
+
+
 def build_network_policy(fn: Function, settings: Settings) -> dict[str, Any]:
     """The NetworkPolicy that isolates ``fn``'s environments (every version's pods)."""
     gateway = {
@@ -72,7 +88,7 @@ def build_network_policy(fn: Function, settings: Settings) -> dict[str, Any]:
         "podSelector": {"matchLabels": dict(settings.gateway_pod_labels)},
     }
     spec: dict[str, Any] = {
-        "podSelector": {"matchLabels": labels.function_selector(fn.name)},
+        "podSelector": environments_of(fn.name),
         "policyTypes": ["Ingress"],
         "ingress": [{"from": [gateway], "ports": [{"port": PORT, "protocol": "TCP"}]}],
     }

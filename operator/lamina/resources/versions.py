@@ -30,6 +30,7 @@ from lamina.resources.function import (
     VersionPods,
     _deployment,
     config_hash,
+    function_secret,
 )
 from lamina.resources.layer import LayerArtifact
 from lamina.resources.meta import metadata
@@ -125,9 +126,15 @@ class _S3Pinned:
 
 
 def version_deployment(
-    fn: Function, config_map: Mapping[str, Any], settings: Settings, provisioned: int
+    fn: Function,
+    config_map: Mapping[str, Any],
+    settings: Settings,
+    provisioned: int,
+    secret_values: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The Deployment of the version that ``config_map`` publishes, kept at ``provisioned``."""
+    """The Deployment of the version that ``config_map`` publishes, kept at ``provisioned``.
+    ``secret_values``: the derived secrets of the function as the version is (its ServiceAccount may
+    differ from $LATEST's), in :func:`~lamina.resources.function.function_secret`, created first."""
     snap = read_snapshot(config_map)
     vfn = version_function(fn, snap)
     layers = [
@@ -150,7 +157,18 @@ def version_deployment(
         code_files=code_files(config_map),
         provisioned=provisioned,
     )
-    return _deployment(vfn, settings, image, layers, chash, s3, version=pods)
+    secret = function_secret(vfn, secret_values) if secret_values else None
+    return _deployment(
+        vfn,
+        settings,
+        image,
+        layers,
+        chash,
+        s3,
+        version=pods,
+        secret_name=secret["metadata"]["name"] if secret is not None else None,
+        secret_values=secret_values or {},
+    )
 
 
 def summary(config_map: Mapping[str, Any]) -> dict[str, Any]:

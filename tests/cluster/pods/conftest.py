@@ -5,6 +5,11 @@ the gateway's NodePort, on the node's IP inside the cluster's own network namesp
 One release serves the session: ``lamina`` in ``lamina-system``, watching the one namespace
 ``lamina-e2e`` where the tests put their Functions (each test its own names, deleted afterwards). The
 chart's own ServiceAccounts and RBAC, its Redis, the operator and the gateway all run as pods.
+
+Authentication is on, as the chart's default: the tests call the gateway with an access key (a Secret of
+type ``lamina.dev/access-key``) acting as the user ``lamina-e2e-tester``, whom a Role in ``lamina-e2e``
+allows to invoke, get and list functions; their requests are signed with SigV4 as boto3 signs. The
+chart's Redis takes its password from the chart's Secret.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +34,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.pods import images
+from tests.cluster.pods.auth import AccessKey, grant_access_key, signed_request
 from tests.support.local_mode import lambda_client
 
 REPO = Path(__file__).resolve().parents[3]
@@ -87,7 +94,10 @@ class Lamina:
     node_ip: str
     gateway_port: int
     values: Path
+    #: The access key calls are signed with; None for a release installed with auth.enabled=false.
+    key: AccessKey | None = None
     namespace: str = FUNCTIONS_NS
+    region: str = "us-east-1"
     created: list[tuple[str, str]] = field(default_factory=list)
 
     @property
@@ -107,7 +117,20 @@ class Lamina:
         return client.CustomObjectsApi(self.api)
 
     def lambda_client(self, read_timeout: float = 60) -> Any:
-        return lambda_client(self.gateway_url, read_timeout)
+        """boto3's Lambda client signing with the tests' access key."""
+        if self.key is None:
+            return lambda_client(self.gateway_url, read_timeout, region=self.region)
+        return lambda_client(
+            self.gateway_url, read_timeout, key=self.key.key_id, secret=self.key.secret, region=self.region
+        )
+
+    def urlopen(self, url: str, data: bytes | None = None, method: str = "GET", timeout: float = 30) -> Any:
+        """``urllib.request.urlopen`` of a gateway URL (the HTTP trigger), signed with SigV4."""
+        if self.key is None:
+            return urllib.request.urlopen(urllib.request.Request(url, data, method=method), timeout=timeout)
+        return urllib.request.urlopen(
+            signed_request(self.key, self.region, url, data, method), timeout=timeout
+        )
 
     def invoke(self, name: str, payload: Any = None, **kw: Any) -> tuple[dict[str, Any], Any]:
         """boto3 Invoke; returns (response, decoded payload)."""
@@ -244,9 +267,10 @@ def lamina_release(
     with contextlib.suppress(ApiException):
         core.create_namespace({"metadata": {"name": FUNCTIONS_NS}})
     helm(*install_args(image_values))
+    key = grant_access_key(k8s_api, SYSTEM_NS, FUNCTIONS_NS, "lamina-e2e-tester")
     svc = core.read_namespaced_service(f"{RELEASE}-gateway", SYSTEM_NS)
     port = next(p.node_port for p in svc.spec.ports if p.name == "http")
-    lam = Lamina(api=k8s_api, node_ip=node_cluster.host, gateway_port=port, values=image_values)
+    lam = Lamina(api=k8s_api, node_ip=node_cluster.host, gateway_port=port, values=image_values, key=key)
 
     wait_for(lambda: listening(lam.node_ip, port), 60, "the gateway's NodePort")
     return lam
@@ -331,7 +355,20 @@ def file_server(node_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 #: The chart's Redis as pods and workers reach it.
-REDIS_IN_CLUSTER = f"redis://{RELEASE}-redis.{SYSTEM_NS}.svc:6379/0"
+def redis_password(api: client.ApiClient) -> str:
+    """The password of the chart's Redis (its ``default`` user), from the Secret the chart made."""
+    import base64
+
+    secret = client.CoreV1Api(api).read_namespaced_secret(f"{RELEASE}-redis", SYSTEM_NS)
+    return base64.b64decode(secret.data["password"]).decode()
+
+
+@pytest.fixture(scope="session")
+def redis_in_cluster(lamina_release: Lamina) -> str:
+    """The chart's Redis as a function's destination or a mapping's source names it (its password in
+    the URL: tests only; a user would put the URL in a Secret and name it with urlFrom)."""
+    password = redis_password(lamina_release.api)
+    return f"redis://default:{password}@{RELEASE}-redis.{SYSTEM_NS}.svc:6379/0"
 
 
 @pytest.fixture(scope="session")
@@ -357,6 +394,12 @@ def chart_redis(lamina_release: Lamina) -> Any:
             },
         )
     port = core.read_namespaced_service(name, SYSTEM_NS).spec.ports[0].node_port
-    r = redis.Redis(host=lamina_release.node_ip, port=port, socket_timeout=10, decode_responses=True)
+    r = redis.Redis(
+        host=lamina_release.node_ip,
+        port=port,
+        password=redis_password(lamina_release.api),
+        socket_timeout=10,
+        decode_responses=True,
+    )
     wait_for(r.ping, 60, "the chart's Redis through its NodePort")
     return r

@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 from tests.cluster.pods.conftest import (
-    REDIS_IN_CLUSTER,
     Lamina,
     function_yaml,
     mapping_yaml,
@@ -19,11 +18,13 @@ def records(redis: Any, stream: str) -> list[dict[str, Any]]:
     return [json.loads(fields["body"]) for _, fields in redis.xrange(stream)]
 
 
-def test_an_async_failure_reaches_its_on_failure_destination(lamina: Lamina, chart_redis: Any) -> None:
+def test_an_async_failure_reaches_its_on_failure_destination(
+    lamina: Lamina, chart_redis: Any, redis_in_cluster: str
+) -> None:
     name = unique("async")
     failed = f"{name}-failed"
     code = "def handler(event, context):\n    raise ValueError(f\"no {event['id']}\")\n"
-    destination = {"redis": {"url": REDIS_IN_CLUSTER, "stream": failed}}
+    destination = {"redis": {"url": redis_in_cluster, "stream": failed}}
     lamina.apply(
         function_yaml(
             name,
@@ -45,7 +46,7 @@ def test_an_async_failure_reaches_its_on_failure_destination(lamina: Lamina, cha
 
 
 def test_a_redis_stream_mapping_runs_in_its_worker_pod_and_dead_letters_the_poison(
-    lamina: Lamina, chart_redis: Any
+    lamina: Lamina, chart_redis: Any, redis_in_cluster: str
 ) -> None:
     name = unique("orders")
     stream, dlq = f"{name}-in", f"{name}-dlq"
@@ -62,12 +63,12 @@ def handler(event, context):
     lamina.apply(
         mapping_yaml(
             name,
-            {"redis": {"url": REDIS_IN_CLUSTER, "stream": stream}},
+            {"redis": {"url": redis_in_cluster, "stream": stream}},
             batchSize=10,
             maximumBatchingWindowSeconds=1,
             maximumRetryAttempts=1,
             bisectBatchOnFunctionError=True,
-            destinationConfig={"onFailure": {"redis": {"url": REDIS_IN_CLUSTER, "stream": dlq}}},
+            destinationConfig={"onFailure": {"redis": {"url": redis_in_cluster, "stream": dlq}}},
         )
     )
     lamina.wait_ready(name)
@@ -93,11 +94,13 @@ def handler(event, context):
     assert len(records(chart_redis, dlq)) == 1
 
 
-def test_a_schedule_fires_once_per_tick_with_two_worker_replicas(lamina: Lamina, chart_redis: Any) -> None:
+def test_a_schedule_fires_once_per_tick_with_two_worker_replicas(
+    lamina: Lamina, chart_redis: Any, redis_in_cluster: str
+) -> None:
     name = unique("tick")
     done = f"{name}-done"
     code = "def handler(event, context):\n    return event['time']\n"
-    destination = {"redis": {"url": REDIS_IN_CLUSTER, "stream": done}}
+    destination = {"redis": {"url": redis_in_cluster, "stream": done}}
     lamina.apply(function_yaml(name, code, provisionedConcurrency=1, **{"async": {"onSuccess": destination}}))
     lamina.apply(mapping_yaml(name, {"schedule": {"expression": "rate(1 minute)"}}))
     lamina.wait_ready(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,11 +47,17 @@ def test_hello_answers_boto3_from_its_provisioned_pod(examples: Lamina) -> None:
     assert pods[0].status.pod_ip.startswith("10.244.")
 
 
-def test_the_http_trigger_answers_plain_http(examples: Lamina) -> None:
-    with urllib.request.urlopen(f"{examples.gateway_url}/url/hello/any/path?x=1", timeout=30) as r:
+def test_the_http_trigger_answers_plain_http_signed_as_a_function_url(examples: Lamina) -> None:
+    """With authentication on (the chart's default) the HTTP trigger is a function URL with AuthType
+    AWS_IAM: a SigV4-signed request is served, an unsigned one gets 403 {"Message": "Forbidden"}."""
+    url = f"{examples.gateway_url}/url/hello/any/path?x=1"
+    with examples.urlopen(url) as r:
         assert r.status == 200
         body = json.loads(r.read())
     assert body["message"] == "Hello, world!"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=30)
+    assert refused.value.code == 403 and json.loads(refused.value.read()) == {"Message": "Forbidden"}
 
 
 def test_config_map_code_imports_its_layer(examples: Lamina) -> None:

@@ -11,7 +11,6 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from tests.cluster.pods.conftest import (
-    REDIS_IN_CLUSTER,
     RELEASE,
     SYSTEM_NS,
     Lamina,
@@ -42,11 +41,11 @@ def ready_again(lamina: Lamina, component: str, old: str) -> bool:
 
 
 def test_killing_the_gateway_under_load_loses_no_accepted_async_event(
-    lamina: Lamina, chart_redis: Any
+    lamina: Lamina, chart_redis: Any, redis_in_cluster: str
 ) -> None:
     name = unique("load")
     done = f"{name}-done"
-    destination = {"redis": {"url": REDIS_IN_CLUSTER, "stream": done}}
+    destination = {"redis": {"url": redis_in_cluster, "stream": done}}
     code = "def handler(event, context):\n    return event['n']\n"
     lamina.apply(function_yaml(name, code, provisionedConcurrency=2, **{"async": {"onSuccess": destination}}))
     lamina.wait_ready(name)

@@ -11,10 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import ClientError
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from tests.cluster.conftest import apply_objects
+from tests.cluster.pods.auth import AccessKey, grant_access_key
 from tests.cluster.pods.conftest import CHART, function_yaml, wait_for
 from tests.support.local_mode import lambda_client
 
@@ -41,9 +43,21 @@ def install(helm: Callable[..., Any], values: Path, *sets: str) -> None:
     helm(*args, "--wait", "--timeout", "5m")
 
 
-def invoke(node_ip: str, port: int, name: str) -> Any:
-    r = lambda_client(f"http://{node_ip}:{port}", read_timeout=150).invoke(FunctionName=name, Payload=b"{}")
+def invoke(node_ip: str, port: int, name: str, key: AccessKey, region: str = "us-east-1") -> Any:
+    """Invoke signed with ``key`` for ``region``: the gateway takes signatures for its own region only."""
+    client_ = lambda_client(
+        f"http://{node_ip}:{port}", read_timeout=150, key=key.key_id, secret=key.secret, region=region
+    )
+    r = client_.invoke(FunctionName=name, Payload=b"{}")
     return json.loads(r["Payload"].read())
+
+
+def invoke_or_none(*args: Any) -> Any:
+    """:func:`invoke`, None while a gateway of the old values (the old region) still answers."""
+    try:
+        return invoke(*args)
+    except ClientError:
+        return None
 
 
 def release_objects(api: client.ApiClient) -> list[str]:
@@ -74,6 +88,7 @@ def test_helm_upgrade_with_changed_values_then_uninstall_leaves_only_the_crds(
         core.create_namespace({"metadata": {"name": FUNCTIONS}})
     try:
         install(helm, image_values)
+        key = grant_access_key(k8s_api, SYSTEM, FUNCTIONS, "lamina-lc-tester")
         port = core.read_namespaced_service(f"{RELEASE}-gateway", SYSTEM).spec.ports[0].node_port
         code = "import os\ndef handler(event, context):\n    return os.environ['AWS_REGION']\n"
         apply_objects(k8s_api, function_yaml("where", code, provisionedConcurrency=1), namespace=FUNCTIONS)
@@ -87,14 +102,16 @@ def test_helm_upgrade_with_changed_values_then_uninstall_leaves_only_the_crds(
             return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
 
         wait_for(ready, 180, "Function where Ready")
-        assert invoke(node_cluster.host, port, "where") == "us-east-1"
+        assert invoke(node_cluster.host, port, "where", key) == "us-east-1"
 
         # Changed values: another region (the operator re-renders every Function) and two gateways.
         install(helm, image_values, "region=eu-west-1", "gateway.replicas=2")
         gateways = client.AppsV1Api(k8s_api).read_namespaced_deployment(f"{RELEASE}-gateway", SYSTEM)
         assert gateways.status.ready_replicas == 2
         wait_for(
-            lambda: invoke(node_cluster.host, port, "where") == "eu-west-1", 180, "the new region in pods"
+            lambda: invoke_or_none(node_cluster.host, port, "where", key, "eu-west-1") == "eu-west-1",
+            180,
+            "the new region in pods (and in the gateway's signature scope)",
         )
     finally:
         with contextlib.suppress(ApiException):  # while its operator runs (it may hold a finalizer)

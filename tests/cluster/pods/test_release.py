@@ -56,8 +56,12 @@ def test_the_operator_holds_the_charts_rbac_and_no_more(lamina: Lamina) -> None:
     assert allowed(operator, "patch", "functions", "lamina.dev", ns)
     assert not allowed(operator, "delete", "nodes")
     assert not allowed(operator, "list", "secrets", namespace=ns)
-    assert allowed(gateway, "patch", "deployments/scale", "apps", ns)
+    # The gateway sets replicas by patching the Deployment (a ValidatingAdmissionPolicy limits it to
+    # lamina's own and to replicas); it reads no Secret where functions live.
+    assert allowed(gateway, "patch", "deployments", "apps", ns)
     assert not allowed(gateway, "create", "deployments", "apps", ns)
+    assert not allowed(gateway, "get", "secrets", namespace=ns)
+    assert allowed(gateway, "create", "tokenreviews", "authentication.k8s.io")
 
 
 def test_logs_of_a_pod_on_the_node_are_readable(lamina: Lamina) -> None:
