@@ -76,6 +76,7 @@ def test_the_environment_key_may_call_everything(server: LocalServer) -> None:
         "witness",
         "responder",
         "oddly-failing",
+        "caller",
     }
 
 
@@ -164,3 +165,19 @@ def test_the_http_trigger_needs_a_signature_like_a_function_url_with_aws_iam(ser
     with pytest.raises(urllib.error.HTTPError) as info:
         signed_trigger(server, "/url/responder/pid", key=LIMITED_KEY, secret=LIMITED_SECRET)
     assert info.value.code == 403
+
+
+def test_a_function_calls_another_with_the_execution_credentials_in_its_environment(
+    server: LocalServer,
+) -> None:
+    """With --auth a function's boto3 signs with execution credentials lamina local put in its
+    environment (as a Lambda signs with its execution role's), and the gateway accepts them; a
+    placeholder or a made-up session token would be refused."""
+    client = server.lambda_client(key=FULL_KEY, secret=FULL_SECRET)
+    body = json.loads(
+        client.invoke(FunctionName="caller", Payload=b'{"target": "witness"}')["Payload"].read()
+    )
+    assert body["body"]["event"] == {"from": "caller"}
+    assert body["key"].startswith("ASIA") and body["key"] != FULL_KEY  # not the operator's own key
+    forged = server.lambda_client(key=body["key"], secret="guessed", token="lamina1.e30.AAAA")
+    assert refused(forged)[0] == "UnrecognizedClientException"

@@ -24,7 +24,7 @@ SETTINGS = Settings(
 
 
 def test_the_functions_own_secret_reaches_the_pod_by_reference_only() -> None:
-    fn = function({"environment": {"AWS_SESSION_TOKEN": "mine"}})
+    fn = function()
     values = function_secret_values(KEY, "team-a", "hello", "default")
     res = build_function(fn, SETTINGS, secret_values=values)
     assert res.secret is not None
@@ -34,9 +34,16 @@ def test_the_functions_own_secret_reaches_the_pod_by_reference_only() -> None:
     )
     env = env_of(res.deployment)
     assert env["LAMINA_INVOKE_SECRET"] == {"secretKeyRef": {"name": name, "key": "invoke-secret"}}
-    assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": name, "key": "AWS_ACCESS_KEY_ID"}}
-    assert env["AWS_SESSION_TOKEN"] == "mine"  # a variable the function sets itself wins
+    for variable in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        assert env[variable] == {"secretKeyRef": {"name": name, "key": variable}}
+    assert "AKIALAMINAEXAMPLEKEY" not in str(res.deployment)  # no placeholders next to them
     assert values["invoke-secret"] not in str(res.deployment)  # only references in the pod spec
+    # A function that signs with credentials of its own gets none of lamina's mixed in (a session token
+    # of ours next to its key would break its signatures); the invoke secret stays.
+    own = env_of(build_function(function({"environment": {"AWS_ACCESS_KEY_ID": "AKIDMINE"}}), SETTINGS,
+                                secret_values=values).deployment)  # fmt: skip
+    assert own["AWS_ACCESS_KEY_ID"] == "AKIDMINE" and "AWS_SESSION_TOKEN" not in own
+    assert "AWS_SECRET_ACCESS_KEY" not in own and "secretKeyRef" in own["LAMINA_INVOKE_SECRET"]
     # Same values, same name: the operator creates it once and never needs to read it back.
     assert build_function(fn, SETTINGS, secret_values=values).secret == res.secret
     other = function_secret_values(KEY, "team-a", "hello", "runner")

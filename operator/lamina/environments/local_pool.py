@@ -12,7 +12,7 @@ import contextlib
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -64,6 +64,7 @@ class LocalProcessPool:
         interpreters: Callable[[str], str] | None = None,
         runtime_packages: Sequence[str] = (),
         gateway_url: str | None = None,
+        credentials: Callable[[FunctionConfig], Mapping[str, str] | None] | None = None,
     ) -> None:
         self.max_environments = max_environments
         self.python = python
@@ -73,6 +74,8 @@ class LocalProcessPool:
         self.runtime_packages = list(runtime_packages)
         #: Where functions call lamina (AWS_ENDPOINT_URL_LAMBDA); None when nothing serves the API.
         self.gateway_url = gateway_url
+        #: The AWS_* credentials of a function's environments (None, or an answer of None: placeholders).
+        self.credentials = credentials
         self.handler_output = handler_output
         self.reap_interval = reap_interval
         self._functions: dict[str, _FunctionEnvironments] = {
@@ -231,7 +234,10 @@ class LocalProcessPool:
         fn = envs.config
         env_vars = {
             **function_environment(
-                region=installation_region(), gateway_url=self.gateway_url, logging=fn.logging
+                region=installation_region(),
+                gateway_url=self.gateway_url,
+                logging=fn.logging,
+                credentials=self.credentials(fn) if self.credentials is not None else None,
             ),
             **fn.environment,
         }

@@ -124,7 +124,15 @@ class LocalStack:
         self.service: InvocationService | None = None
         self._runner: web.AppRunner | None = None
         self._components: list[Component] = []  # the async queue, then the mappings
-        self.auth, self.auth_line = local_auth(options.auth, options.keys_file)
+        self.access = local_auth(options.auth, options.keys_file, account=self._account)
+        self.auth, self.auth_line = self.access.auth, self.access.line
+
+    def _account(self, namespace: str, name: str) -> str | None:
+        """The execution account of a function this stack serves (None: no such function)."""
+        for fn in self.functions:
+            if fn.namespace == namespace and fn.name == name:
+                return fn.execution_account
+        return None
 
     def _lock_state_dir(self) -> None:
         self._lock = lock_state_dir(self.options.state_dir)
@@ -144,6 +152,7 @@ class LocalStack:
             interpreters=interpreters,
             runtime_packages=await asyncio.to_thread(runtime_packages),
             gateway_url=f"http://{connect_host(opts.host)}:{opts.port}",
+            credentials=self.access.credentials,
         )
         registry = FunctionRegistry(self.functions)
         self.service = InvocationService(

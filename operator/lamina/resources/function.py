@@ -21,7 +21,7 @@ from lamina.resources.meta import config_map_digest, digest, metadata
 from lamina.resources.network import build_network_policy
 from lamina.resources.pod_state import PodProblem
 from lamina.resources.pods import container_security_context, hardened_pod
-from lamina.resources.runtime_env import function_environment, system_log_level
+from lamina.resources.runtime_env import CREDENTIAL_VARIABLES, function_environment, system_log_level
 from lamina.resources.settings import Settings
 from lamina_runtime.factory import is_custom_runtime
 
@@ -56,7 +56,6 @@ GRACE_SECONDS = 5
 
 #: Keys of a function's own Secret (see :func:`function_secret`).
 INVOKE_SECRET_KEY = "invoke-secret"
-CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 @dataclass(frozen=True)
@@ -417,12 +416,13 @@ def _fetch_s3_container(
 def secret_env(fn: Function, secret_name: str | None, values: Mapping[str, str]) -> list[dict[str, Any]]:
     """Variables from the function's own Secret: the invoke secret the runtime server requires (the
     server takes it out of the function's environment), and the execution credentials, unless the
-    function sets a variable of that name itself."""
+    function sets one of those variables itself (then it signs with its own, none of ours mixed in)."""
     if secret_name is None:
         return []
     own = set(fn.spec.environment) | {e.name for e in fn.spec.environment_from}
     variables = {"LAMINA_INVOKE_SECRET": INVOKE_SECRET_KEY} if INVOKE_SECRET_KEY in values else {}
-    variables.update({v: v for v in CREDENTIAL_VARIABLES if v in values and v not in own})
+    if not own & CREDENTIAL_VARIABLES:
+        variables.update({v: v for v in sorted(CREDENTIAL_VARIABLES) if v in values})
     return [
         {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
         for name, key in variables.items()

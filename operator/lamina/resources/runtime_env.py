@@ -4,10 +4,10 @@ local mode: one place computes them.
 - ``AWS_REGION`` / ``AWS_DEFAULT_REGION``: the installation's one region (the region of every ARN).
 - ``AWS_ENDPOINT_URL_LAMBDA``: the gateway. boto3 (1.28+) and the AWS CLI send Lambda calls there,
   so ``boto3.client("lambda").invoke(...)`` inside a function calls another lamina function.
-- Credentials for boto3 to sign with. Until the installation hands out execution credentials (the
-  authentication work: per-function SigV4 keys), these are placeholders shaped like AWS's, which the
-  gateway does not check; callers with real per-function credentials pass them as ``credentials``
-  (or ``{}`` when the pod gets them another way, e.g. from a Secret).
+- Credentials for boto3 to sign with: the function's execution credentials (docs/security.md) when
+  authentication is on — a pod gets them from its function's Secret (so ``credentials={}`` here), local
+  mode passes them as ``credentials`` — else placeholders shaped like AWS's, which identify nobody and
+  which a gateway without authentication does not check.
 - Lambda's logging variables from ``spec.logging``: ``AWS_LAMBDA_LOG_FORMAT`` / ``AWS_LAMBDA_LOG_LEVEL``
   (JSON only, as Lambda sets them) and ``AWS_LAMBDA_LOG_GROUP_NAME`` for a custom log group.
 
@@ -19,6 +19,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from lamina.api import LoggingConfig
+
+#: The variables the AWS SDKs sign with; a function that sets any of them gets none of lamina's.
+CREDENTIAL_VARIABLES = frozenset({"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"})
 
 #: Shaped like AWS's (a 20-character access key id, a 40-character secret) so that boto3 signs with
 #: them; they identify nobody. See the module docstring.
