@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from kubernetes import client, config, watch
@@ -139,6 +139,11 @@ def list_functions_fn(api: client.ApiClient, namespace: str | None) -> Callable[
         return objects.list_cluster_custom_object(GROUP, VERSION, "functions", **kw)
 
     return list_all
+
+
+def watched(namespaces: Sequence[str] | None) -> list[str | None]:
+    """A watch per namespace, or one (None) of the whole cluster."""
+    return list(namespaces) if namespaces else [None]
 
 
 def list_pods_fn(api: client.ApiClient, namespace: str | None, selector: str) -> Callable[..., Any]:

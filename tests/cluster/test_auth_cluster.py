@@ -392,8 +392,23 @@ def test_the_gateway_may_scale_only_lamina_deployments_and_change_nothing_else(
             apps.patch_namespaced_deployment("not-lamina", ns, {"spec": {"replicas": 5}})
         assert (
             denied.value.status in (403, 422)
-            and "only the Deployments and pods the lamina operator made" in denied.value.body
+            and "only the Deployments the lamina operator made" in denied.value.body
         )
+        # Pods: patched (annotations, pool claims) and deleted (reaped pool pods) only if lamina's.
+        core, admin_core = client.CoreV1Api(apps.api_client), client.CoreV1Api(k8s_api)
+        admin_core.create_namespaced_pod(
+            ns,
+            {
+                "metadata": {"name": "not-lamina", "labels": {"app": "x"}},
+                "spec": {"containers": [{"name": "c", "image": "x"}]},
+            },
+        )
+        with pytest.raises(ApiException) as denied:
+            core.delete_namespaced_pod("not-lamina", ns)
+        assert "only the pods the lamina operator made for Functions and warm pools" in denied.value.body
+        with pytest.raises(ApiException) as denied:
+            core.patch_namespaced_pod("not-lamina", ns, {"metadata": {"annotations": {"a": "b"}}})
+        assert denied.value.status in (403, 422)
         with pytest.raises(ApiException) as denied:
             apps.patch_namespaced_deployment_scale("fn-greeter", ns, {"spec": {"replicas": 2}})
         assert denied.value.status == 403  # no RBAC for the scale subresource at all

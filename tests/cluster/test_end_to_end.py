@@ -225,7 +225,7 @@ class PodRunner:
 
 
 class Gateway:
-    """`lamina gateway` for one namespace, on a loopback port (``extra``: more of its arguments;
+    """`lamina gateway` for one namespace, on a loopback port (``args``: more of its arguments;
     ``port``: one picked before, ``env``: more of its environment)."""
 
     def __init__(

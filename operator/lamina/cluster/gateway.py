@@ -34,7 +34,7 @@ from lamina.cluster.peers import PeerRouter, add_peer_routes
 from lamina.cluster.settings import GatewaySettings
 from lamina.environments.base import FunctionConfig, function_config, version_of
 from lamina.environments.http_pool import HttpEnvironmentPool
-from lamina.environments.kubernetes_source import KubernetesEndpointSource, watched
+from lamina.environments.kubernetes_source import KubernetesEndpointSource
 from lamina.environments.pool_claims import PoolClaims
 from lamina.gateway.app import build_app
 from lamina.gateway.async_queue import AsyncInvocations
@@ -44,7 +44,7 @@ from lamina.gateway.loop import run_async
 from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
 from lamina.invocation.reservations import DEFAULT_MIN_UNRESERVED, Reservation, refused_reservations
-from lamina.kubeapi import SecretValues, ThreadedWatch, api_client, list_functions_fn
+from lamina.kubeapi import SecretValues, ThreadedWatch, api_client, list_functions_fn, watched
 from lamina.resources.pool import POOL_PATH, pool_key
 from lamina.resources.settings import Settings
 

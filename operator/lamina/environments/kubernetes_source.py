@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,16 +22,11 @@ from kubernetes import client
 
 from lamina.environments.base import LATEST, FunctionConfig
 from lamina.environments.endpoints import Listener, PodSet
-from lamina.kubeapi import ThreadedWatch, list_pods_fn
+from lamina.kubeapi import ThreadedWatch, list_pods_fn, watched
 from lamina.resources import labels, names
 from lamina.resources.pod_state import PodProblem, function_problem, pod_problem
 
 log = logging.getLogger(__name__)
-
-
-def watched(namespaces: Sequence[str] | None) -> list[str | None]:
-    """A watch per namespace, or one (None) of the whole cluster."""
-    return list(namespaces) if namespaces else [None]
 
 
 RUNTIME_PORT = 8080

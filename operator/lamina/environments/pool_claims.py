@@ -30,7 +30,7 @@ from kubernetes.client.exceptions import ApiException
 
 from lamina.environments.base import LATEST, FunctionConfig
 from lamina.environments.pod_client import Broken, PodClient, Refused
-from lamina.kubeapi import ThreadedWatch, list_pods_fn
+from lamina.kubeapi import ThreadedWatch, list_pods_fn, watched
 from lamina.resources import labels
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class PoolClaims:
         selector = f"{labels.NAME}={labels.POOL_APP}"
         self._watches = [
             ThreadedWatch(list_pods_fn(self.api, ns, selector), self._on_pod, loop)
-            for ns in (self.namespaces or [None])
+            for ns in watched(self.namespaces)
         ]
         for watch in self._watches:
             watch.start()
