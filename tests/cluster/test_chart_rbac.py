@@ -158,7 +158,8 @@ def test_bundled_redis_has_a_password_fsyncs_always_and_its_own_network_policy(r
     container = redis[0]["spec"]["template"]["spec"]["containers"][0]
     command = " ".join(container["args"])
     assert "--appendfsync always" in command
-    assert '--user "default on >$REDIS_PASSWORD' in command and "~lamina:tick:*" in command
+    # Each ACL rule its own argument (one quoted string would be read as a user name with spaces).
+    assert '--user default on ">$REDIS_PASSWORD"' in command and '"~lamina:tick:*"' in command
     secret_env = {
         e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e
     }

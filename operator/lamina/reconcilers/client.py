@@ -35,6 +35,7 @@ PLURALS = {
     "EventSourceMapping": "eventsourcemappings",
     "Namespace": "namespaces",
     "Pod": "pods",
+    "NetworkPolicy": "networkpolicies",
 }
 
 
