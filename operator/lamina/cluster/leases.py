@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -82,7 +82,7 @@ class FunctionLeases:
         address: str,
         duration: float = 15.0,
         idle_release: float = IDLE_RELEASE_S,
-        namespace: str | None = None,
+        namespace: str | Sequence[str] | None = None,
         on_replicas: Callable[[int], None] | None = None,
     ) -> None:
         self.coord: Any = client.CoordinationV1Api(api)  # plain dicts in, models out
@@ -92,7 +92,7 @@ class FunctionLeases:
         self.idle_release = idle_release
         #: Where the Leases are counted (the gateway's one namespace, or all), and who is told how many
         #: replicas hold some (each takes that share of the unreserved pool).
-        self.namespace = namespace
+        self.namespaces = [namespace] if isinstance(namespace, str) else (list(namespace or ()) or None)
         self.on_replicas = on_replicas
         self._held: dict[str, _Held] = {}
         self._seen: dict[str, _Seen] = {}
@@ -225,8 +225,12 @@ class FunctionLeases:
     def replicas(self) -> int:
         """How many replicas hold an unexpired Lease now, this one counted (one API list)."""
         selector = f"{COMPONENT}={LEASE_COMPONENT}"
-        if self.namespace:
-            found = self.coord.list_namespaced_lease(self.namespace, label_selector=selector).items
+        if self.namespaces:
+            found = [
+                lease
+                for ns in self.namespaces
+                for lease in self.coord.list_namespaced_lease(ns, label_selector=selector).items
+            ]
         else:
             found = self.coord.list_lease_for_all_namespaces(label_selector=selector).items
         now = time.time()
