@@ -153,10 +153,6 @@ def build_pool(namespace: str, key: PoolKey, size: int, settings: Settings) -> d
     pod = hardened_pod(
         {
             "terminationGracePeriodSeconds": MAX_TIMEOUT_SECONDS + GRACE_SECONDS,
-            # The pause container is PID 1, not the runtime server: a pool pod deleted in its first
-            # second (its pool removed as it starts) got SIGTERM before the server handled it, and PID
-            # 1 ignores signals it has no handler for: the pod lived out its 905 s grace period.
-            "shareProcessNamespace": True,
             "containers": [container],
             "volumes": [
                 {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
