@@ -50,6 +50,13 @@ def test_who_takes_the_pool_and_why_not() -> None:
     assert cold_start_path(s3, POOLED, 3).path == DEPLOYMENT_PATH
     url = function({"code": {"url": "https://example.com/c.zip", "sha256": "ab" * 32}})
     assert cold_start_path(url, POOLED, 3).path == POOL_PATH  # the claimed pod fetches it itself
+    own = cold_start_path(function({"serviceAccountName": "reports-writer"}), POOLED, 3)
+    assert own.path == DEPLOYMENT_PATH and "reports-writer" in own.reason
+    walled = cold_start_path(function({"network": {"egress": []}}), POOLED, 3)
+    assert walled.path == DEPLOYMENT_PATH and "spec.network.egress" in walled.reason
+    # Only DNS kept open by the default: the installation's egress, which the pool's pods share.
+    default = cold_start_path(function({"network": {"allowDns": False}}), POOLED, 3)
+    assert default.path == POOL_PATH
 
 
 def test_one_pool_per_runtime_and_size_in_use() -> None:

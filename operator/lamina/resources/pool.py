@@ -88,6 +88,16 @@ def cold_start_path(fn: Function, settings: Settings, pool_size: int) -> PathCho
         return PathChoice(
             DEPLOYMENT_PATH, "code from S3 is fetched with the function's own credentials by its pods"
         )
+    if fn.spec.service_account_name:
+        # A pod's ServiceAccount (and its token's mount) is fixed when the pod is created.
+        return PathChoice(
+            DEPLOYMENT_PATH,
+            f"runs as its own ServiceAccount {fn.spec.service_account_name}, which a pool pod cannot take on",
+        )
+    if fn.spec.network is not None and fn.spec.network.egress is not None:
+        # A pool pod starts with the pool's egress; the function's NetworkPolicy would reach a claimed
+        # pod only once the node's policy controller saw its new labels, after INIT had begun.
+        return PathChoice(DEPLOYMENT_PATH, "its own egress (spec.network.egress) differs from the pool's")
     key = pool_key(fn)
     return PathChoice(POOL_PATH, f"warm pool {key.label} ({pool_size} pods)")
 
