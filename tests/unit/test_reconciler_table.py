@@ -19,7 +19,7 @@ import pytest
 from lamina.reconcilers.client import ApiError, Conflict
 from lamina.reconcilers.context import Context
 from lamina.reconcilers.dispatch import reconcile
-from lamina.reconcilers.function import function_ref, sync_function_status
+from lamina.reconcilers.function import DEPLOYING_RECHECK_SECONDS, function_ref, sync_function_status
 from lamina.reconcilers.status import BLOCKING_REASONS, BlockReason
 from lamina.resources import Settings, labels
 from tests.support.memory_kube import MemoryKube
@@ -621,3 +621,18 @@ def test_with_auth_a_kubernetes_source_runs_once_its_account_may_invoke() -> Non
     kube.allow(watcher, ("invoke",), "lamina.dev", "functions", "team")
     reconcile(ctx, kube.object("EventSourceMapping", "orders", NS) or {})
     assert kube.object("Deployment", "esm-orders", NS) is not None
+
+
+def test_a_deployment_the_controller_has_not_observed_is_looked_at_again() -> None:
+    """Level-triggered: the Deployment event that carries the controller's first observation may
+    never come, so a reconcile that leaves the Function "Deploying" schedules another one."""
+    kube, ctx, _ = reconciled(provisionedConcurrency=1)
+    assert ctx.take_revisit(("Function", NS, "fn")) == DEPLOYING_RECHECK_SECONDS
+    deployment = kube.object("Deployment", "fn-fn", NS)
+    assert deployment is not None
+    kube.put(ready_deployment(deployment, 1))  # the controller caught up; no event was delivered
+    reconcile(ctx, kube.object("Function", "fn", NS) or {})
+    status = (kube.object("Function", "fn", NS) or {})["status"]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("True", "EnvironmentsReady")
+    assert ctx.take_revisit(("Function", NS, "fn")) is None
