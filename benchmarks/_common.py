@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,3 +114,18 @@ def function_manifest(name: str, code: str, **spec: object) -> str:
     lines += [f"  {key}: {value}" for key, value in spec.items()]
     lines += ["  code:", "    inline: |"] + [f"      {line}" for line in code.splitlines()]
     return "\n".join(lines) + "\n"
+
+
+def test_cluster_module() -> Any:
+    """``tests/cluster/controlplane.py`` (``running()`` is the cluster `scripts/test-cluster up`
+    started, or None). Loaded by path: ``tests`` is not on a benchmark's import path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "lamina_test_controlplane", REPO / "tests/cluster/controlplane.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

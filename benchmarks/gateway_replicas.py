@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import os
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, free_port, percentile, wait_for_port
+from _common import REPO, free_port, percentile, test_cluster_module, wait_for_port
 
 NOOP = "def handler(event, context):\n    return {}\n"
 TOKEN = "bench-peer-token"
@@ -134,13 +133,7 @@ def main() -> int:
     parser.add_argument("--sequential-calls", type=int, default=1000)
     args = parser.parse_args()
 
-    spec = importlib.util.spec_from_file_location(
-        "lamina_test_controlplane", REPO / "tests/cluster/controlplane.py"
-    )
-    assert spec is not None and spec.loader is not None
-    cpm = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = cpm
-    spec.loader.exec_module(cpm)
+    cpm = test_cluster_module()
     cp = cpm.running()
     if cp is None:
         print("needs a running control plane: scripts/test-cluster up", file=sys.stderr)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO
+from _common import REPO, test_cluster_module
 from real_pods import burst_calls, clear, pod_ready_ms, stats
 
 sys.path.insert(0, str(REPO))
@@ -39,7 +39,6 @@ POOL_SIZE = "lamina.dev/pool-size"
 
 def main() -> int:
     import argparse
-    import importlib.util
 
     from kubernetes import client, config
 
@@ -54,13 +53,7 @@ def main() -> int:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
-    spec = importlib.util.spec_from_file_location(
-        "lamina_test_controlplane", REPO / "tests/cluster/controlplane.py"
-    )
-    assert spec is not None and spec.loader is not None
-    cpm = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = cpm
-    spec.loader.exec_module(cpm)
+    cpm = test_cluster_module()
     cp = cpm.running()
     if cp is None or not cp.real_node:
         print(

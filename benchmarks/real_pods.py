@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, percentile
+from _common import REPO, percentile, test_cluster_module
 from _pod_timeline import Timeline, first, log_times
 
 sys.path.insert(0, str(REPO))
@@ -116,17 +116,9 @@ def main() -> int:
     if phases - set(PHASES):
         parser.error(f"unknown phases: {', '.join(sorted(phases - set(PHASES)))}")
 
-    import importlib.util
-
     from kubernetes import client, config
 
-    spec = importlib.util.spec_from_file_location(
-        "lamina_test_controlplane", REPO / "tests/cluster/controlplane.py"
-    )
-    assert spec is not None and spec.loader is not None
-    cpm = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = cpm
-    spec.loader.exec_module(cpm)
+    cpm = test_cluster_module()
     cp = cpm.running()
     if cp is None or not cp.real_node:
         print(
