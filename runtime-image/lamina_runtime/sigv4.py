@@ -1,8 +1,13 @@
-"""AWS Signature Version 4 with the standard library only (hashlib, hmac).
+"""AWS Signature Version 4 with the standard library only (hashlib, hmac): the one implementation of
+its shared parts, and the signer.
 
 The runtime image fetches code and layers from S3-compatible storage in an init container, and may not
-carry botocore; lamina's own clients (``lamina invoke``, the operator's S3 reads) sign the same way,
-so there is one implementation, tested against a real S3-compatible server.
+carry botocore; lamina's own clients (``lamina invoke``, the operator's S3 reads) sign with
+:func:`sign`. The parts every SigV4 user needs live here once, in the lowest layer all of them may
+import: the signing key of a day (:func:`signing_key`, cached by :class:`SigningKeys`), the canonical
+query string, the canonical request, the credential scope, the string to sign and the signature. The
+SQS client's fast signer (``lamina.eventsources.sqs``) and the gateway's verifier
+(``lamina.auth.sigv4``) build on them; each is checked byte for byte against botocore.
 """
 
 from __future__ import annotations
@@ -11,10 +16,12 @@ import datetime
 import hashlib
 import hmac
 import urllib.parse
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 ALGORITHM = "AWS4-HMAC-SHA256"
+TERMINATOR = "aws4_request"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
@@ -29,17 +36,81 @@ class Credentials:
         return f"Credentials(access_key={self.access_key[:4]}…)"
 
 
-def _hmac(key: bytes, msg: str) -> bytes:
-    return hmac.new(key, msg.encode(), hashlib.sha256).digest()
+def _hmac(key: bytes, message: str) -> bytes:
+    return hmac.digest(key, message.encode(), "sha256")  # one C call, no HMAC object
 
 
-def _quote(value: str, safe: str = "-_.~") -> str:
-    return urllib.parse.quote(value, safe=safe)
+def signing_key(secret: str, day: str, region: str, service: str) -> bytes:
+    """The key that signs a day's requests to one region and service (four HMACs from the secret)."""
+    key = _hmac(f"AWS4{secret}".encode(), day)
+    for part in (region, service, TERMINATOR):
+        key = _hmac(key, part)
+    return key
 
 
-def canonical_query(query: str) -> str:
-    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-    return "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(pairs))
+class SigningKeys:
+    """Derived signing keys by (secret, day, region, service): a key serves a whole day, so it is
+    derived once a day rather than per request. Bounded, the oldest dropped first."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self.size = size
+        self._keys: OrderedDict[tuple[str, str, str, str], bytes] = OrderedDict()
+
+    def get(self, secret: str, day: str, region: str, service: str) -> bytes:
+        cache_key = (secret, day, region, service)
+        key = self._keys.get(cache_key)
+        if key is None:
+            key = signing_key(secret, day, region, service)
+            self._keys[cache_key] = key
+            if len(self._keys) > self.size:
+                self._keys.popitem(last=False)
+        return key
+
+
+#: The process's signing keys (signer, SQS client and verifier alike; the secret is part of the key).
+SIGNING_KEYS = SigningKeys()
+
+
+def credential_scope(day: str, region: str, service: str) -> str:
+    return f"{day}/{region}/{service}/{TERMINATOR}"
+
+
+def trim(value: str) -> str:
+    """A header value as the canonical request has it: trimmed, inner runs of spaces made one."""
+    return " ".join(value.split())
+
+
+def canonical_query_string(pairs: Iterable[tuple[str, str]]) -> str:
+    """Decoded (key, value) pairs encoded with RFC 3986's unreserved set and sorted as encoded."""
+    encoded = sorted((_quote(k), _quote(v)) for k, v in pairs)
+    return "&".join(f"{k}={v}" for k, v in encoded)
+
+
+def _quote(value: str) -> str:
+    return urllib.parse.quote(value, safe="-_.~")
+
+
+def canonical_request(
+    method: str, uri: str, query: str, headers: str, signed_headers: str, payload_sha256: str
+) -> str:
+    """``headers``: one ``name:value\\n`` line per signed header, in ``signed_headers``' order."""
+    return f"{method}\n{uri}\n{query}\n{headers}\n{signed_headers}\n{payload_sha256}"
+
+
+def string_to_sign(timestamp: str, scope: str, canonical: str) -> str:
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    return f"{ALGORITHM}\n{timestamp}\n{scope}\n{digest}"
+
+
+def signature(key: bytes, to_sign: str) -> str:
+    return _hmac(key, to_sign).hex()
+
+
+def authorization(access_key: str, scope: str, signed_headers: str, signature: str) -> str:
+    """The ``Authorization`` header's value."""
+    return (
+        f"{ALGORITHM} Credential={access_key}/{scope}, SignedHeaders={signed_headers}, Signature={signature}"
+    )
 
 
 def sign(
@@ -73,30 +144,25 @@ def sign(
     out["X-Amz-Content-Sha256"] = payload_sha256
     if credentials.session_token:
         out["X-Amz-Security-Token"] = credentials.session_token
-    signed = {k.lower(): " ".join(str(v).strip().split()) for k, v in out.items()}
+    signed = {k.lower(): trim(str(v)) for k, v in out.items()}
     names = sorted(signed)
     path = parts.path or "/"
     if service != "s3":
-        path = _quote(path, safe="/-_.~%")
-        path = _quote(path, safe="/-_.~")
-    canonical = "\n".join(
-        [
-            method.upper(),
-            path,
-            canonical_query(parts.query),
-            "".join(f"{n}:{signed[n]}\n" for n in names),
-            ";".join(names),
-            payload_sha256,
-        ]
+        path = urllib.parse.quote(path, safe="/-_.~%")
+        path = urllib.parse.quote(path, safe="/-_.~")
+    signed_headers = ";".join(names)
+    canonical = canonical_request(
+        method.upper(),
+        path,
+        canonical_query_string(urllib.parse.parse_qsl(parts.query, keep_blank_values=True)),
+        "".join(f"{n}:{signed[n]}\n" for n in names),
+        signed_headers,
+        payload_sha256,
     )
-    scope = f"{day}/{region}/{service}/aws4_request"
-    to_sign = "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-    key = _hmac(("AWS4" + credentials.secret_key).encode(), day)
-    for part in (region, service, "aws4_request"):
-        key = _hmac(key, part)
-    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    out["Authorization"] = (
-        f"{ALGORITHM} Credential={credentials.access_key}/{scope}, "
-        f"SignedHeaders={';'.join(names)}, Signature={signature}"
+    scope = credential_scope(day, region, service)
+    key = SIGNING_KEYS.get(credentials.secret_key, day, region, service)
+    to_sign = string_to_sign(amz_date, scope, canonical)
+    out["Authorization"] = authorization(
+        credentials.access_key, scope, signed_headers, signature(key, to_sign)
     )
     return out

@@ -11,7 +11,7 @@ from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 
-from lamina_runtime.sigv4 import Credentials, sign
+from lamina_runtime.sigv4 import Credentials, SigningKeys, sign, signing_key
 
 NOW = datetime.datetime(2026, 11, 27, 12, 30, 5, tzinfo=datetime.UTC)
 
@@ -76,3 +76,24 @@ def test_lambda_invoke_with_qualified_name_matches_botocore() -> None:
 def test_credentials_never_print_the_secret() -> None:
     text = repr(Credentials("AKIDEXAMPLE", "very-secret", "tok"))
     assert "very-secret" not in text and "tok" not in text
+
+
+def test_query_pairs_sort_as_encoded_as_botocore_sorts_them() -> None:
+    # "a/" encodes to "a%2F", which sorts before "a-" once encoded (but after it decoded).
+    url = "http://127.0.0.1:7070/my-bucket/k?b=1&a-=3&a%2F=2"
+    empty = hashlib.sha256(b"").hexdigest()
+    creds = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+    ours = sign("GET", url, creds, region="eu-west-1", service="s3", payload_sha256=empty, now=NOW)
+    theirs = botocore_authorization(S3SigV4Auth, "GET", url, b"", {"X-Amz-Content-Sha256": empty})
+    assert ours["Authorization"] == theirs
+
+
+def test_the_signing_key_is_derived_once_a_day_and_bounded() -> None:
+    keys = SigningKeys(size=2)
+    first = keys.get("secret", "20261130", "us-east-1", "lambda")
+    assert keys.get("secret", "20261130", "us-east-1", "lambda") is first
+    assert first == signing_key("secret", "20261130", "us-east-1", "lambda")
+    assert keys.get("secret", "20261201", "us-east-1", "lambda") != first
+    keys.get("other", "20261201", "us-east-1", "lambda")
+    assert len(keys._keys) == 2  # the oldest went first
+    assert ("secret", "20261130", "us-east-1", "lambda") not in keys._keys

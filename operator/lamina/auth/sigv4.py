@@ -16,8 +16,9 @@ its date - 5 minutes, not after its ``X-Amz-Expires``, at most 7 days). The erro
 and messages. The signing key of each (secret, day, region, service) is cached, so a verification
 costs one SHA-256 of the payload and two HMACs.
 
-Pure: no I/O. :func:`verify` asks ``lookup`` for the secret of an access key id. The signing side
-(``lamina invoke``, S3 reads, workers) is :mod:`lamina_runtime.sigv4`.
+Pure: no I/O. :func:`verify` asks ``lookup`` for the secret of an access key id. What signing and
+verifying share (the signing key and its cache, the canonical query string and request, the string to
+sign) is :mod:`lamina_runtime.sigv4`, which also holds the signer (``lamina invoke``, S3 reads).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import hashlib
 import hmac
 import re
 from calendar import timegm
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_tz
@@ -40,9 +40,20 @@ from lamina.auth.errors import (
     MissingAuthenticationToken,
     UnrecognizedClient,
 )
-from lamina_runtime.sigv4 import ALGORITHM, EMPTY_SHA256, UNSIGNED_PAYLOAD
+from lamina_runtime.sigv4 import (
+    ALGORITHM,
+    EMPTY_SHA256,
+    SIGNING_KEYS,
+    TERMINATOR,
+    UNSIGNED_PAYLOAD,
+    canonical_query_string,
+    canonical_request,
+    credential_scope,
+    signature,
+    string_to_sign,
+    trim,
+)
 
-TERMINATOR = "aws4_request"
 MAX_SKEW_SECONDS = 300
 MAX_PRESIGNED_EXPIRES = 7 * 24 * 3600
 BAD_SIGNATURE = (
@@ -293,12 +304,9 @@ def canonical_uri(path: str) -> str:
 
 
 def canonical_query(query: str, presigned: bool) -> str:
-    pairs = [
-        (quote(k, safe="-_.~"), quote(v, safe="-_.~"))
-        for k, v in _query_pairs(query)
-        if not (presigned and k == "X-Amz-Signature")
-    ]
-    return "&".join(f"{k}={v}" for k, v in sorted(pairs))
+    return canonical_query_string(
+        (k, v) for k, v in _query_pairs(query) if not (presigned and k == "X-Amz-Signature")
+    )
 
 
 def canonical_headers(sig: Signature, headers: Headers) -> str:
@@ -307,35 +315,8 @@ def canonical_headers(sig: Signature, headers: Headers) -> str:
         values = headers.getall(name, [])
         if not values:
             raise InvalidSignature(BAD_SIGNATURE)  # signed, but not sent: cannot match
-        lines.append(f"{name}:{','.join(' '.join(v.split()) for v in values)}\n")
+        lines.append(f"{name}:{','.join(trim(v) for v in values)}\n")
     return "".join(lines)
-
-
-class SigningKeys:
-    """Derived signing keys, by (secret, day, region, service); bounded, oldest dropped first."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self.size = size
-        self._keys: OrderedDict[tuple[str, str, str, str], bytes] = OrderedDict()
-
-    def get(self, secret: str, day: str, region: str, service: str) -> bytes:
-        cache_key = (secret, day, region, service)
-        key = self._keys.get(cache_key)
-        if key is None:
-            key = _hmac(f"AWS4{secret}".encode(), day)
-            for part in (region, service, TERMINATOR):
-                key = _hmac(key, part)
-            self._keys[cache_key] = key
-            if len(self._keys) > self.size:
-                self._keys.popitem(last=False)
-        return key
-
-
-def _hmac(key: bytes, message: str) -> bytes:
-    return hmac.digest(key, message.encode(), "sha256")  # one C call, no HMAC object
-
-
-_KEYS = SigningKeys()
 
 
 def payload_hashes(sig: Signature, headers: Headers, body: bytes, allow_unsigned: bool) -> list[str]:
@@ -355,20 +336,17 @@ def payload_hashes(sig: Signature, headers: Headers, body: bytes, allow_unsigned
     return [actual]
 
 
-def string_to_sign(sig: Signature, method: str, raw_path: str, headers: Headers, payload: str) -> str:
+def request_string_to_sign(sig: Signature, method: str, raw_path: str, headers: Headers, payload: str) -> str:
     path, _, query = raw_path.partition("?")
-    canonical = "\n".join(
-        (
-            method.upper(),
-            canonical_uri(path),
-            canonical_query(query, sig.presigned),
-            canonical_headers(sig, headers),
-            ";".join(sig.signed_headers),
-            payload,
-        )
+    canonical = canonical_request(
+        method.upper(),
+        canonical_uri(path),
+        canonical_query(query, sig.presigned),
+        canonical_headers(sig, headers),
+        ";".join(sig.signed_headers),
+        payload,
     )
-    scope = f"{sig.day}/{sig.region}/{sig.service}/{TERMINATOR}"
-    return f"{ALGORITHM}\n{sig.timestamp}\n{scope}\n{hashlib.sha256(canonical.encode()).hexdigest()}"
+    return string_to_sign(sig.timestamp, credential_scope(sig.day, sig.region, sig.service), canonical)
 
 
 def verify(
@@ -403,9 +381,9 @@ def verify(
     given = sig.signature.lower()
     if not given.isascii():
         raise InvalidSignature(BAD_SIGNATURE)
-    key = _KEYS.get(secret, sig.day, sig.region, sig.service)
+    key = SIGNING_KEYS.get(secret, sig.day, sig.region, sig.service)
     for payload in payload_hashes(sig, headers, body, allow_unsigned_payload):
-        text = string_to_sign(sig, method, raw_path, headers, payload)
-        if hmac.compare_digest(_hmac(key, text).hex(), given):
+        text = request_string_to_sign(sig, method, raw_path, headers, payload)
+        if hmac.compare_digest(signature(key, text), given):
             return principal
     raise InvalidSignature(BAD_SIGNATURE)
