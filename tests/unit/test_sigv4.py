@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import hmac
 from unittest import mock
 
 import pytest
@@ -11,7 +12,7 @@ from botocore.auth import S3SigV4Auth, SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 
-from lamina_runtime.sigv4 import Credentials, SigningKeys, sign, signing_key
+from lamina_runtime.sigv4 import Credentials, SigningKey, SigningKeys, sha256_hex, sign, signing_key
 
 NOW = datetime.datetime(2026, 11, 27, 12, 30, 5, tzinfo=datetime.UTC)
 
@@ -92,8 +93,19 @@ def test_the_signing_key_is_derived_once_a_day_and_bounded() -> None:
     keys = SigningKeys(size=2)
     first = keys.get("secret", "20261130", "us-east-1", "lambda")
     assert keys.get("secret", "20261130", "us-east-1", "lambda") is first
-    assert first == signing_key("secret", "20261130", "us-east-1", "lambda")
-    assert keys.get("secret", "20261201", "us-east-1", "lambda") != first
+    assert first.key == signing_key("secret", "20261130", "us-east-1", "lambda")
+    assert keys.get("secret", "20261201", "us-east-1", "lambda").key != first.key
     keys.get("other", "20261201", "us-east-1", "lambda")
     assert len(keys._keys) == 2  # the oldest went first
     assert ("secret", "20261130", "us-east-1", "lambda") not in keys._keys
+
+
+@pytest.mark.parametrize("key", [b"", b"k" * 32, b"k" * 64, b"long key " * 20])
+def test_a_signing_key_signs_as_hmac_sha256(key: bytes) -> None:
+    for message in ("", "AWS4-HMAC-SHA256\n20261130T000000Z\nscope\n" + "a" * 64, "é" * 300):
+        assert SigningKey(key).sign(message) == hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+def test_sha256_hex_is_sha256() -> None:
+    for data in (b"", b"{}", bytes(range(256)) * 1000):
+        assert sha256_hex(data) == hashlib.sha256(data).hexdigest()

@@ -3,6 +3,7 @@ SigV4QueryAuth) and by lamina's own stdlib signer."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
@@ -166,7 +167,7 @@ def test_host_must_be_signed_and_match() -> None:
 
 def test_a_declared_payload_hash_must_be_the_bodys() -> None:
     body = b'{"x": 1}'
-    good = sigv4.hashlib.sha256(body).hexdigest()
+    good = hashlib.sha256(body).hexdigest()
     assert verify(*signed(body=body, headers={"X-Amz-Content-SHA256": good}))
     raw, headers, _ = signed(body=body, headers={"X-Amz-Content-SHA256": good})
     refused(InvalidSignature, raw, headers, b'{"x": 9}')
@@ -213,3 +214,34 @@ def test_session_tokens_reach_the_lookup() -> None:
     headers["X-Amz-Security-Token"] = "other"  # signed header changed: the lookup refuses first
     with pytest.raises(UnrecognizedClient):
         sigv4.verify("POST", raw, headers, body, with_token, region="us-east-1", now=time.time())
+
+
+def test_a_remembered_parse_still_checks_each_signature_and_date() -> None:
+    raw, headers, body = signed()
+    assert verify(raw, headers, body)  # parsed and remembered
+    auth = headers["Authorization"]
+    head, _, value = auth.rpartition("Signature=")
+    headers["Authorization"] = head + "Signature=" + ("0" if value[0] != "0" else "1") + value[1:]
+    assert "does not match" in refused(InvalidSignature, raw, headers, body)
+    headers["Authorization"] = auth
+    headers["X-Amz-Date"] = "20200101T000000Z"  # another date: parsed anew, and checked
+    assert refused(InvalidSignature, raw, headers, body).startswith("Date in Credential scope does not match")
+    headers["X-Amz-Date"] = "not a date"
+    assert "ISO-8601" in refused(IncompleteSignature, raw, headers, body)
+
+
+def test_the_signature_anywhere_in_the_header_verifies() -> None:
+    raw, headers, body = signed()
+    algorithm, _, fields = headers["Authorization"].partition(" ")
+    credential, signed_names, value = (f.strip() for f in fields.split(","))
+    headers["Authorization"] = f"{algorithm} {value}, {credential}, {signed_names}"
+    assert verify(raw, headers, body) == {"user": "alice"}
+    headers["Authorization"] = f"{algorithm} {value},{credential},{signed_names} "
+    assert verify(raw, headers, body) == {"user": "alice"}
+
+
+def test_remembered_parses_are_bounded() -> None:
+    sigv4._PARSED.clear()
+    for i in range(sigv4.PARSED_MAX + 5):  # each another key: another parse (kept before the lookup)
+        refused(UnrecognizedClient, *signed(key=f"AKID{i}"))
+    assert len(sigv4._PARSED) == sigv4.PARSED_MAX

@@ -72,6 +72,10 @@ class CachedAuthorizer:
         self.inner = inner
         self.cache: TtlCache[bool] = TtlCache(lambda ok: allowed_ttl if ok else denied_ttl, max_size)
 
+    def decided(self, identity: Identity, verb: str, namespace: str | None, name: str | None) -> bool | None:
+        """The remembered decision, if there is a fresh one (without awaiting anything)."""
+        return self.cache.peek((identity, verb, namespace, name))
+
     async def allowed(self, identity: Identity, verb: str, namespace: str | None, name: str | None) -> bool:
         key = (identity, verb, namespace, name)
         found = self.cache.peek(key)

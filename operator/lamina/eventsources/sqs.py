@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -148,11 +147,11 @@ class SqsSigner:
             "",
             "".join(f"{name}:{signed[name]}\n" for name in ordered),
             names,
-            hashlib.sha256(body).hexdigest(),
+            sigv4.sha256_hex(body),
         )
         scope = sigv4.credential_scope(day, self.region, "sqs")
         key = sigv4.SIGNING_KEYS.get(self._secret, day, self.region, "sqs")
-        signature = sigv4.signature(key, sigv4.string_to_sign(amz_date, scope, canonical))
+        signature = key.sign(sigv4.string_to_sign(amz_date, scope, canonical))
         out = {
             "Content-Type": CONTENT_TYPE,
             "X-Amz-Target": target,

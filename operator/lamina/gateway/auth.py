@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from lamina.auth.authenticator import Authenticator
-from lamina.auth.authorizer import Authorizer
+from lamina.auth.authorizer import Authorizer, CachedAuthorizer
 from lamina.auth.identity import Identity
 from lamina.environments.base import FunctionConfig, function_arn
 from lamina.gateway.invoke_api import SERVICE_KEY, error_response
@@ -38,9 +38,20 @@ ACTIONS = {"invoke": "lambda:InvokeFunction", "get": "lambda:GetFunction", "list
 class GatewayAuth:
     authenticator: Authenticator
     authorizer: Authorizer
+    #: FunctionName as sent -> (namespace, function), or None when malformed: a pure function of the
+    #: name (the registry's default namespace is fixed), remembered so a call does not split it twice.
+    targets: dict[str, tuple[str, str] | None] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        # A cached decision is read without awaiting anything (most calls); only a miss asks RBAC.
+        cached = self.authorizer if isinstance(self.authorizer, CachedAuthorizer) else None
+        self._decided = cached.decided if cached is not None else None
 
     async def check(self, identity: Identity, verb: str, namespace: str, name: str) -> None:
-        if not await self.authorizer.allowed(identity, verb, namespace, name):
+        allowed = self._decided(identity, verb, namespace, name) if self._decided is not None else None
+        if allowed is None:
+            allowed = await self.authorizer.allowed(identity, verb, namespace, name)
+        if not allowed:
             arn = function_arn(name)
             raise AccessDenied(
                 f"User: {identity.describe()} is not authorized to perform: {ACTIONS[verb]} on resource: "
@@ -48,20 +59,33 @@ class GatewayAuth:
                 f"namespace {namespace!r}"
             )
 
+    def target(self, request: web.Request, raw_name: str) -> tuple[str, str] | None:
+        """The namespace and function a FunctionName designates (qualifier dropped), whether or not it
+        exists; None when the name is malformed (the handler answers that)."""
+        if raw_name in self.targets:
+            return self.targets[raw_name]
+        found = _namespace_and_name(request, raw_name)
+        while len(self.targets) >= MAX_TARGETS:
+            del self.targets[next(iter(self.targets))]
+        self.targets[raw_name] = found
+        return found
+
 
 AUTH_KEY = web.AppKey("auth", GatewayAuth)
+MAX_TARGETS = 4096
 
 
-def _route_kind(request: web.Request) -> tuple[str, str | None] | None:
-    """(verb, raw FunctionName or None) of a protected route; None for open ones."""
+def _route_kind(request: web.Request) -> tuple[str, str | None, bool] | None:
+    """(verb, raw FunctionName or None, whether it is the HTTP trigger) of a protected route; None for
+    open ones."""
     path = request.path
     info = request.match_info
     if path.startswith("/url/"):
-        return "invoke", info.get("function")
+        return "invoke", info.get("function"), True
     if path.startswith(("/2015-03-31/functions", "/2019-09-30/functions")):
         if path.endswith("/invocations") and request.method == "POST":
-            return "invoke", info.get("name")
-        return ("get", info["name"]) if "name" in info else ("list", None)
+            return "invoke", info.get("name"), False
+        return ("get", info["name"], False) if "name" in info else ("list", None, False)
     return None
 
 
@@ -81,30 +105,27 @@ async def auth_middleware(
     route = _route_kind(request) if auth is not None else None
     if auth is None or route is None:
         return await handler(request)
-    verb, raw_name = route
-    trigger = request.path.startswith("/url/")
+    verb, raw_name, trigger = route
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
         return await handler(request)  # answered with Lambda's size error, before anything is read
-    request_id = str(uuid.uuid4())
     try:
         identity = await auth.authenticator.authenticate(
             request.method, request.raw_path, request.headers, body, allow_unsigned_payload=trigger
         )
         request[IDENTITY] = identity
         if raw_name is not None:
-            target = _namespace_and_name(request, raw_name)
+            target = auth.target(request, raw_name)
             if target is not None:
                 await auth.check(identity, verb, *target)
     except LambdaServiceError as exc:
+        request_id = str(uuid.uuid4())
         return _forbidden(request_id) if trigger else error_response(exc, request_id)
     return await handler(request)
 
 
 def _namespace_and_name(request: web.Request, raw_name: str) -> tuple[str, str] | None:
-    """The namespace and function a FunctionName designates (qualifier dropped), whether or not it
-    exists; None when the name is malformed (the handler answers that)."""
     registry = request.app[SERVICE_KEY].registry
     try:
         name, _ = split_function_name(raw_name)
