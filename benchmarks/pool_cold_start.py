@@ -71,7 +71,12 @@ def main() -> int:
         core.create_namespace({"metadata": {"name": tier.FUNCTIONS_NS}})
     except client.exceptions.ApiException:
         pass
-    tier.run(str(cp.bin_dir / "helm"), "--kubeconfig", str(cp.kubeconfig), *tier.install_args(values))
+    # Authentication off, as in benchmarks/real_pods.py: these are the platform's own figures (what auth
+    # adds per call is benchmarks/auth_overhead.py's).
+    no_auth = ("--set", "auth.enabled=false")
+    tier.run(
+        str(cp.bin_dir / "helm"), "--kubeconfig", str(cp.kubeconfig), *tier.install_args(values, *no_auth)
+    )
     svc = core.read_namespaced_service(f"{tier.RELEASE}-gateway", tier.SYSTEM_NS)
     port = next(p.node_port for p in svc.spec.ports if p.name == "http")
     lam = tier.Lamina(api=api, node_ip=cp.host, gateway_port=port, values=values)
