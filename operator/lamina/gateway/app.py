@@ -26,7 +26,7 @@ def build_app(service: InvocationService, auth: GatewayAuth | None = None) -> we
     """The gateway's routes; with ``auth``, every route that reaches a function is authenticated and
     authorized (lamina.gateway.auth), without it anyone who reaches the port may call anything."""
     # Room above the 6 MB limit so an oversize body is answered with Lambda's error, not aiohttp's.
-    middlewares = [auth_middleware] if auth is not None else []
+    middlewares = [auth_middleware(auth)] if auth is not None else []
     app = web.Application(client_max_size=SYNC_PAYLOAD_LIMIT + 1024 * 1024, middlewares=middlewares)
     app[SERVICE_KEY] = service
     if auth is not None:

@@ -17,10 +17,11 @@ is streamed); the Invoke API needs the payload signed.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from lamina.auth.authenticator import Authenticator
 from lamina.auth.authorizer import Authorizer, CachedAuthorizer
@@ -97,32 +98,35 @@ def _forbidden(request_id: str) -> web.Response:
     )
 
 
-@web.middleware
-async def auth_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    auth = request.app.get(AUTH_KEY)
-    route = _route_kind(request) if auth is not None else None
-    if auth is None or route is None:
+def auth_middleware(auth: GatewayAuth) -> Middleware:
+    """The middleware that authenticates and authorizes with ``auth`` (bound here, not looked up in
+    the app on every request)."""
+
+    @web.middleware
+    async def authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+        route = _route_kind(request)
+        if route is None:
+            return await handler(request)
+        verb, raw_name, trigger = route
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return await handler(request)  # answered with Lambda's size error, before anything is read
+        try:
+            identity = await auth.authenticator.authenticate(
+                request.method, request.raw_path, request.headers, body, allow_unsigned_payload=trigger
+            )
+            request[IDENTITY] = identity
+            if raw_name is not None:
+                target = auth.target(request, raw_name)
+                if target is not None:
+                    await auth.check(identity, verb, *target)
+        except LambdaServiceError as exc:
+            request_id = str(uuid.uuid4())
+            return _forbidden(request_id) if trigger else error_response(exc, request_id)
         return await handler(request)
-    verb, raw_name, trigger = route
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        return await handler(request)  # answered with Lambda's size error, before anything is read
-    try:
-        identity = await auth.authenticator.authenticate(
-            request.method, request.raw_path, request.headers, body, allow_unsigned_payload=trigger
-        )
-        request[IDENTITY] = identity
-        if raw_name is not None:
-            target = auth.target(request, raw_name)
-            if target is not None:
-                await auth.check(identity, verb, *target)
-    except LambdaServiceError as exc:
-        request_id = str(uuid.uuid4())
-        return _forbidden(request_id) if trigger else error_response(exc, request_id)
-    return await handler(request)
+
+    return authenticate
 
 
 def _namespace_and_name(request: web.Request, raw_name: str) -> tuple[str, str] | None:
