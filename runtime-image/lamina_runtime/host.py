@@ -298,22 +298,42 @@ class HostedEnvironment:
 
     async def _watch(self, waiting: Awaitable[T], started: float) -> T:
         """``waiting``'s result; TimeoutError past the timeout, OutOfMemory as soon as the runtime's
-        resident memory passes the function's memory size (checked every MEMORY_POLL_S)."""
+        resident memory passes the function's memory size (checked every MEMORY_POLL_S).
+
+        The checks run from one timer beside the wait, which they cancel when they fail: an invocation
+        that ends before the first check costs one timer and one wake-up (a future is awaited as it
+        is; a coroutine gets a task)."""
         assert self._proc is not None
-        deadline = started + self.timeout_s
+        pid = self._proc.pid
         future = asyncio.ensure_future(waiting)
+        loop = future.get_loop()
+        deadline = started + self.timeout_s
+        failed: list[Exception] = []
+        timer: asyncio.TimerHandle | None = None
+
+        def check() -> None:
+            nonlocal timer
+            if future.done():
+                return
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                failed.append(TimeoutError())
+            elif (rss := resident_memory_mb(pid)) > self.memory_mb:
+                failed.append(OutOfMemory(rss))
+            else:
+                timer = loop.call_later(min(MEMORY_POLL_S, left), check)
+                return
+            future.cancel()
+
+        timer = loop.call_later(max(min(MEMORY_POLL_S, deadline - time.perf_counter()), 0), check)
         try:
-            while True:
-                left = deadline - time.perf_counter()
-                if left <= 0:
-                    raise TimeoutError
-                done, _ = await asyncio.wait({future}, timeout=min(MEMORY_POLL_S, left))
-                if done:
-                    return future.result()
-                rss = resident_memory_mb(self._proc.pid)
-                if rss > self.memory_mb:
-                    raise OutOfMemory(rss)
+            return await future
+        except asyncio.CancelledError:
+            if failed:  # cancelled by a check, not by our caller
+                raise failed[0] from None
+            raise
         finally:
+            timer.cancel()
             if not future.done():
                 future.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):

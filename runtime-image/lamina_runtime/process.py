@@ -12,20 +12,98 @@ import asyncio
 import os
 import socket
 import time
+from collections import deque
+from typing import Any
 
-from .framing import FLUSH_LOG_SIGNAL, FrameError, encode, read_frame
+from .framing import FLUSH_LOG_SIGNAL, FrameBuffer, FrameError, encode
 from .host import HostedEnvironment, OutOfMemory, peak_memory_mb
 from .protocol import InvocationRequest, InvocationResult
 
 RUNTIME_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTIAL_LOG_WAIT_S = 0.25  # how long a timed-out worker gets to hand over its log
+RECV_BYTES = 256 * 1024  # what one read of the control socket takes at most
+
+
+Frame = tuple[dict[str, Any], bytes]
+
+
+class _Channel(asyncio.BufferedProtocol):
+    """The host's end of the control socket. Frames are cut out as the bytes arrive and handed to the
+    one waiting in :meth:`next_frame`: a reply costs one wake-up of the invocation, where a stream
+    reader and a task reading the frame's three parts took four turns of the event loop. Bytes are
+    received into one buffer kept for the channel (a plain protocol's ``recv`` allocates 256 KiB, and
+    maps and unmaps it, on every read)."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._buffer = memoryview(bytearray(RECV_BYTES))
+        self._frames = FrameBuffer()
+        self._ready: deque[Frame] = deque()
+        self._waiter: asyncio.Future[Frame] | None = None
+        self._error: Exception | None = None  # the channel is done: closed, or not frames
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._error is not None:
+            return
+        self._frames.feed(self._buffer[:nbytes])
+        try:
+            while (frame := self._frames.next()) is not None:
+                self._ready.append(frame)
+        except ValueError as exc:  # a header that is not JSON (FrameError: not a frame at all)
+            self._error = exc if isinstance(exc, FrameError) else FrameError(f"frame header: {exc}")
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._error is None:
+            self._error = FrameError(f"control channel closed ({exc or 'EOF'})")
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is None or (not self._ready and self._error is None):
+            return
+        self._waiter = None
+        if not waiter.done():
+            self._settle(waiter)
+
+    def _settle(self, future: asyncio.Future[Frame]) -> None:
+        if self._ready:
+            future.set_result(self._ready.popleft())
+        else:
+            assert self._error is not None
+            future.set_exception(self._error)
+
+    def next_frame(self) -> asyncio.Future[Frame]:
+        """The next frame from the worker; FrameError once the channel closed or carries garbage."""
+        assert self._loop is not None
+        future: asyncio.Future[Frame] = self._loop.create_future()
+        if self._ready or self._error is not None:
+            self._settle(future)
+        else:
+            self._waiter = future
+        return future
+
+    def send(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
 
 
 class WorkerProcess(HostedEnvironment):
     """A `python -m lamina_runtime.worker` process, driven over a socketpair with framing.py frames."""
 
-    _reader: asyncio.StreamReader | None = None
-    _writer: asyncio.StreamWriter | None = None
+    _channel: _Channel | None = None
 
     def worker_env(self, control_fd: int) -> dict[str, str]:
         """The worker's environment: the function's variables, then the reserved ones on top."""
@@ -66,16 +144,16 @@ class WorkerProcess(HostedEnvironment):
             raise
         finally:
             child.close()
-        self._reader, self._writer = await asyncio.open_connection(sock=parent)
+        _, self._channel = await asyncio.get_running_loop().create_connection(_Channel, sock=parent)
         self._init_failure, self._init_log, self._cold = None, "", True
         try:
-            header, _ = await asyncio.wait_for(read_frame(self._reader), self.init_timeout_s)
+            header, _ = await asyncio.wait_for(self._channel.next_frame(), self.init_timeout_s)
         except TimeoutError:
             await self._kill()
             self.init_duration_ms = self.init_timeout_s * 1000
             self._init_failure = ("timeout", self.init_timeout_s)
             return self.init_duration_ms
-        except (asyncio.IncompleteReadError, FrameError, ConnectionError):
+        except (FrameError, ConnectionError):
             returncode = await self._reap()
             self.init_duration_ms = (time.perf_counter() - started) * 1000
             self._init_failure = ("exit", returncode)
@@ -91,14 +169,15 @@ class WorkerProcess(HostedEnvironment):
         self._on_killed()
 
     def _on_killed(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
 
     # --- invocations ---
 
     async def _invoke(self, req: InvocationRequest) -> InvocationResult:
-        assert self._reader is not None and self._writer is not None and self._proc is not None
+        channel = self._channel
+        assert channel is not None and self._proc is not None
         header = {
             "type": "invoke",
             "request_id": req.request_id,
@@ -115,9 +194,9 @@ class WorkerProcess(HostedEnvironment):
         started = time.perf_counter()
         prefix = self._init_log if cold else ""
         try:
-            self._writer.write(encode(header, req.payload))
-            await self._writer.drain()
-            reply, payload = await self._watch(read_frame(self._reader), started)
+            # No drain: the reply is awaited next, and the transport sends a large event meanwhile.
+            channel.send(encode(header, req.payload))
+            reply, payload = await self._watch(channel.next_frame(), started)
         except TimeoutError:
             memory = peak_memory_mb(self._proc.pid)
             partial = await self._partial_log()
@@ -129,7 +208,7 @@ class WorkerProcess(HostedEnvironment):
             duration = (time.perf_counter() - started) * 1000
             output = self._after_start(req, partial)
             return self._oom_result(req, duration, init_ms, oom.memory_mb, prefix, output)
-        except (asyncio.IncompleteReadError, FrameError, ConnectionError):
+        except (FrameError, ConnectionError):
             returncode = await self._reap()
             duration = (time.perf_counter() - started) * 1000
             return self._exit_result(req, returncode, duration, init_ms, prefix, runtime_wrote_start=True)
@@ -167,18 +246,15 @@ class WorkerProcess(HostedEnvironment):
     async def _partial_log(self) -> str | None:
         """What a timed-out invocation printed, asked of the worker before it is killed; None when
         it does not answer in time (stuck in native code that never yields to the signal handler).
-        The timed-out read consumed nothing unless a reply was arriving, which shows as garbage here
-        and is given up on like silence."""
-        assert self._proc is not None and self._reader is not None
+        A reply that was arriving as the time ran out is complete by now or soon, and serves too."""
+        assert self._proc is not None and self._channel is not None
         try:
             os.kill(self._proc.pid, FLUSH_LOG_SIGNAL)
             deadline = time.monotonic() + PARTIAL_LOG_WAIT_S
             while (left := deadline - time.monotonic()) > 0:
-                header, _ = await asyncio.wait_for(read_frame(self._reader), left)
+                header, _ = await asyncio.wait_for(self._channel.next_frame(), left)
                 if header.get("type") in ("log", "result"):
                     return str(header.get("log") or "")
-        except (TimeoutError, ProcessLookupError, asyncio.IncompleteReadError, FrameError, ConnectionError):
-            pass
-        except ValueError:  # a header that is not JSON: the stream was mid-frame
+        except (TimeoutError, ProcessLookupError, FrameError, ConnectionError):
             pass
         return None

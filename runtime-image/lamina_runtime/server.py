@@ -29,7 +29,7 @@ from collections.abc import Mapping
 
 from .factory import environment_for, python_version
 from .host import PROVISIONED, HostedEnvironment, WorkerBusy
-from .http11 import BadRequest, Request, Timeouts, serve_connection
+from .http11 import BadRequest, HttpServerProtocol, Request, Timeouts
 from .paths import split_layers
 from .protocol import (
     HEALTH_WAIT_PARAM,
@@ -165,7 +165,8 @@ class RuntimeServer:
 
     async def listen(self, host: str, port: int) -> int:
         """Accept connections (probes get 503 until INIT is done); returns the bound port."""
-        self._server = await asyncio.start_server(self._connection, host, port, limit=64 * 1024)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._connection, host, port)
         bound: int = self._server.sockets[0].getsockname()[1]
         return bound
 
@@ -215,13 +216,13 @@ class RuntimeServer:
         assert self._server is not None
         await self._server.serve_forever()
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _connection(self) -> HttpServerProtocol:
         limit = MAX_REQUEST_BYTES
         if self.generic:
             from .specialize import MAX_BODY_BYTES  # only a pool environment takes hand-overs
 
             limit = max(limit, MAX_BODY_BYTES)
-        await serve_connection(reader, writer, self._route, limit, _refuse, self.timeouts)
+        return HttpServerProtocol(self._route, limit, _refuse, self.timeouts)
 
     def _authorized(self, request: Request) -> bool:
         if self._secret is None:
