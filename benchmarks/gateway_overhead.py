@@ -7,8 +7,9 @@
    runtime server) to the environment of row 2, as a pod would be reached.
 
 The HTTP rows are timed in alternating batches of 100 calls, so a machine whose load changes during
-the run skews them alike; the CPU time each gateway process spent per invocation is printed too (it
-hardly depends on what else the machine runs).
+the run skews them alike. The CPU time each process spent per invocation is printed too (it hardly
+depends on what else the machine runs): each gateway, and the environment's server and its worker
+(which serve rows 2 and 4).
 
 Usage: python benchmarks/gateway_overhead.py [--calls 2000]
 """
@@ -25,7 +26,16 @@ import time
 from pathlib import Path
 
 import aiohttp
-from _common import REPO, free_port, function_manifest, percentile, start_local, summary, wait_for_port
+from _common import (
+    REPO,
+    cpu_seconds,
+    free_port,
+    function_manifest,
+    percentile,
+    start_local,
+    summary,
+    wait_for_port,
+)
 
 from lamina_runtime.process import WorkerProcess
 from lamina_runtime.protocol import InvocationRequest
@@ -33,10 +43,8 @@ from lamina_runtime.protocol import InvocationRequest
 NOOP = "def handler(event, context):\n    return None\n"
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def child_pids(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 async def time_http_interleaved(
@@ -124,7 +132,10 @@ async def main() -> None:
             wait_for_port(cluster_port, cluster)
             floor = await time_in_process(code, args.calls)
             invoke_path = "/2015-03-31/functions/noop/invocations"
-            cpu_before = {p.pid: cpu_seconds(p.pid) for p in (gateway, cluster)}
+            # The environment's server and its worker (spawned by INIT, so there by now).
+            (worker,) = child_pids(direct.pid)
+            pids = {"local": gateway.pid, "cluster": cluster.pid, "server": direct.pid, "worker": worker}
+            cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             timed = await time_http_interleaved(
                 {
                     "straight": (f"http://127.0.0.1:{direct_port}/invoke", {"Lamina-Request-Id": "bench"}),
@@ -133,10 +144,11 @@ async def main() -> None:
                 },
                 args.calls,
             )
-            # Warm-up included: both gateways served calls + 200 invocations.
+            # Warm-up included: both gateways served calls + 200 invocations, the environment twice that.
+            served = {"local": 1, "cluster": 1, "server": 2, "worker": 2}
             cpu_us = {
-                p.pid: (cpu_seconds(p.pid) - cpu_before[p.pid]) / (args.calls + 200) * 1e6
-                for p in (gateway, cluster)
+                name: (cpu_seconds(pid) - cpu_before[name]) / (served[name] * (args.calls + 200)) * 1e6
+                for name, pid in pids.items()
             }
             straight, through, in_cluster = timed["straight"], timed["local"], timed["cluster"]
         finally:
@@ -153,8 +165,12 @@ async def main() -> None:
         added99 = percentile(samples, 99) - percentile(straight, 99)
         print(f"{label} added latency: p50 {added50:+.3f} ms, p99 {added99:+.3f} ms (target: < 1 ms at p50)")
     print(
-        f"gateway CPU per invocation: local {cpu_us[gateway.pid]:.0f} µs, "
-        f"cluster {cpu_us[cluster.pid]:.0f} µs (the gateway process only; its environments are others)"
+        f"gateway CPU per invocation: local {cpu_us['local']:.0f} µs, "
+        f"cluster {cpu_us['cluster']:.0f} µs (the gateway process only; its environments are others)"
+    )
+    print(
+        f"environment CPU per invocation (rows 2 and 4): server {cpu_us['server']:.0f} µs, "
+        f"worker {cpu_us['worker']:.0f} µs; load average {os.getloadavg()[0]:.2f}"
     )
 
 
