@@ -129,3 +129,46 @@ def test_cluster_module() -> Any:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+class RealNodeRelease:
+    """lamina installed with Helm on the test cluster's real node, for the benchmarks that drive it
+    from the host: the images `scripts/build-images` built, loaded into the node, and the release the
+    real-pod tests install (`lamina` in `lamina-system`, functions in `lamina-e2e`), with authentication
+    off: these are the platform's own figures (what auth adds per call is auth_overhead.py's).
+    ``None`` from :meth:`start` when no cluster with a real node runs (it says so on stderr)."""
+
+    def __init__(self, cpm: Any, cp: Any, *helm_args: str) -> None:
+        from kubernetes import client, config
+
+        os.environ["KUBECONFIG"] = str(cp.kubeconfig)
+        from tests.cluster.pods import conftest as tier
+        from tests.cluster.pods import images
+
+        self.cpm, self.cp, self.tier = cpm, cp, tier
+        self.api = config.new_client_from_config(config_file=str(cp.kubeconfig))
+        self.core = client.CoreV1Api(self.api)
+        self.values = images.load(cp.state_dir)
+        try:  # before the install: the chart binds the gateway's and operator's roles in it
+            self.core.create_namespace({"metadata": {"name": tier.FUNCTIONS_NS}})
+        except client.exceptions.ApiException:
+            pass
+        no_auth = ("--set", "auth.enabled=false")
+        install = tier.install_args(self.values, *helm_args, *no_auth)
+        tier.run(str(cp.bin_dir / "helm"), "--kubeconfig", str(cp.kubeconfig), *install)
+        svc = self.core.read_namespaced_service(f"{tier.RELEASE}-gateway", tier.SYSTEM_NS)
+        port = next(p.node_port for p in svc.spec.ports if p.name == "http")
+        self.lamina = tier.Lamina(api=self.api, node_ip=cp.host, gateway_port=port, values=self.values)
+        self.pause_image: str = cpm.realnode.NodeConfig.load(cp.state_dir).pause_image
+
+    @classmethod
+    def start(cls, *helm_args: str) -> RealNodeRelease | None:
+        cpm = test_cluster_module()
+        cp = cpm.running()
+        if cp is None or not cp.real_node:
+            print(
+                "needs a running cluster with a real node: scripts/test-cluster up --real-node",
+                file=sys.stderr,
+            )
+            return None
+        return cls(cpm, cp, *helm_args)

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, test_cluster_module
+from _common import REPO, RealNodeRelease
 from real_pods import burst_calls, clear, pod_ready_ms, stats
 
 sys.path.insert(0, str(REPO))
@@ -39,8 +39,6 @@ POOL_SIZE = "lamina.dev/pool-size"
 
 def main() -> int:
     import argparse
-
-    from kubernetes import client, config
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -53,33 +51,10 @@ def main() -> int:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
-    cpm = test_cluster_module()
-    cp = cpm.running()
-    if cp is None or not cp.real_node:
-        print(
-            "needs a running cluster with a real node: scripts/test-cluster up --real-node", file=sys.stderr
-        )
+    release = RealNodeRelease.start()
+    if release is None:
         return 2
-    os.environ["KUBECONFIG"] = str(cp.kubeconfig)
-    from tests.cluster.pods import conftest as tier
-    from tests.cluster.pods import images
-
-    api = config.new_client_from_config(config_file=str(cp.kubeconfig))
-    core = client.CoreV1Api(api)
-    values = images.load(cp.state_dir)
-    try:  # before the install: the chart binds the gateway's and operator's roles in it
-        core.create_namespace({"metadata": {"name": tier.FUNCTIONS_NS}})
-    except client.exceptions.ApiException:
-        pass
-    # Authentication off, as in benchmarks/real_pods.py: these are the platform's own figures (what auth
-    # adds per call is benchmarks/auth_overhead.py's).
-    no_auth = ("--set", "auth.enabled=false")
-    tier.run(
-        str(cp.bin_dir / "helm"), "--kubeconfig", str(cp.kubeconfig), *tier.install_args(values, *no_auth)
-    )
-    svc = core.read_namespaced_service(f"{tier.RELEASE}-gateway", tier.SYSTEM_NS)
-    port = next(p.node_port for p in svc.spec.ports if p.name == "http")
-    lam = tier.Lamina(api=api, node_ip=cp.host, gateway_port=port, values=values)
+    tier, core, lam = release.tier, release.core, release.lamina
     results: list[dict[str, Any]] = []
 
     def pool_size(size: int) -> None:
@@ -122,7 +97,7 @@ def main() -> int:
             time.sleep(0.1)
 
     try:
-        pause = cpm.realnode.NodeConfig.load(cp.state_dir).pause_image
+        pause = release.pause_image
         samples = []
         for i in range(args.pause_pods):
             name = f"pause-{i}-{os.getpid()}"

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, percentile, test_cluster_module
+from _common import REPO, RealNodeRelease, percentile
 from _pod_timeline import Timeline, first, log_times
 
 sys.path.insert(0, str(REPO))
@@ -116,41 +116,15 @@ def main() -> int:
     if phases - set(PHASES):
         parser.error(f"unknown phases: {', '.join(sorted(phases - set(PHASES)))}")
 
-    from kubernetes import client, config
-
-    cpm = test_cluster_module()
-    cp = cpm.running()
-    if cp is None or not cp.real_node:
-        print(
-            "needs a running cluster with a real node: scripts/test-cluster up --real-node", file=sys.stderr
-        )
-        return 2
-    os.environ["KUBECONFIG"] = str(cp.kubeconfig)
-    from tests.cluster.pods import conftest as tier
-    from tests.cluster.pods import images
-
-    api = config.new_client_from_config(config_file=str(cp.kubeconfig))
-    core = client.CoreV1Api(api)
-    values = images.load(cp.state_dir)
-    helm = str(cp.bin_dir / "helm")
-    try:  # before the install: the chart's operator watches it (operator.watchNamespaces)
-        core.create_namespace({"metadata": {"name": tier.FUNCTIONS_NS}})
-    except client.exceptions.ApiException:
-        pass
     pools = () if args.pools is None else ("--set", f"pools.size={args.pools}")
-    # Authentication off: these figures are the platform's own; what auth adds per call is
-    # benchmarks/auth_overhead.py's (the same release with auth on is the tests').
-    no_auth = ("--set", "auth.enabled=false")
-    tier.run(helm, "--kubeconfig", str(cp.kubeconfig), *tier.install_args(values, *pools, *no_auth))
-    port = next(
-        p.node_port
-        for p in core.read_namespaced_service(f"{tier.RELEASE}-gateway", tier.SYSTEM_NS).spec.ports
-    )
-    lam = tier.Lamina(api=api, node_ip=cp.host, gateway_port=port, values=values)
+    release = RealNodeRelease.start(*pools)
+    if release is None:
+        return 2
+    lam, core = release.lamina, release.core
     results: list[dict[str, Any]] = []
-    bench = Bench(lam, core, cpm.realnode.RealNode(cp.state_dir).nsenter(), args, results)
+    bench = Bench(lam, core, release.cpm.realnode.RealNode(release.cp.state_dir).nsenter(), args, results)
     try:
-        pause = cpm.realnode.NodeConfig.load(cp.state_dir).pause_image
+        pause = release.pause_image
         if "pause" in phases and "cold" not in phases:
             bench.add_floors(list(bench.floors(pause, args.pause_pods)))
         if "apply" in phases:
