@@ -369,6 +369,67 @@ async def test_with_credentials_from_a_secret(sqs_server, running):
     await eventually(lambda: function.succeeded == ["signed"], what="consumed with the Secret's keys")
 
 
+@pytest.fixture(scope="module")
+def iam_sqs(tmp_path_factory):
+    """moto's SQS with IAM enforced (ElasticMQ accepts any credentials), one queue with one message,
+    and the access key of a user allowed to read it."""
+    server = brokers.IamSqsServer(tmp_path_factory.mktemp("sqs-iam")).start()
+    try:
+        keys = server.user_with_sqs_access("consumer")
+        url = server.client().create_queue(QueueName="signed", Attributes={"VisibilityTimeout": "2"})[
+            "QueueUrl"
+        ]
+        server.enforce_auth()
+        yield server, url, keys
+    finally:
+        server.close()
+
+
+def iam_worker(url: str, function: Any, key_id: str, secret: str) -> MappingWorker:
+    secrets = {("sqs-keys", "accessKeyId"): key_id, ("sqs-keys", "secretAccessKey"): secret}
+    return sqs_worker(url, function, credentials="sqs-keys", secrets=secrets)
+
+
+async def test_a_server_that_checks_signatures_accepts_the_workers_requests(iam_sqs, running):
+    """lamina signs SQS requests itself (SqsSigner): here an independent SigV4 verifier checks them."""
+    server, url, keys = iam_sqs
+    server.client(key=keys).send_message(QueueUrl=url, MessageBody="signed by lamina")
+    function = TestFunction()
+    worker = running(iam_worker(url, function, *keys))
+    await eventually(
+        lambda: function.succeeded == ["signed by lamina"], what="consumed with the Secret's keys"
+    )
+    consumer = server.client(key=keys)
+
+    def left() -> int:
+        attrs = consumer.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+    await eventually(lambda: left() == 0, what="deleted after success")
+    assert worker.status.broker_errors == 0
+
+
+@pytest.mark.parametrize(
+    ("wrong", "code"),
+    [("secret", "SignatureDoesNotMatch"), ("key id", "InvalidClientTokenId")],
+)
+async def test_wrong_credentials_show_in_the_status_with_the_secrets_name_never_its_value(
+    iam_sqs, running, wrong, code
+):
+    _, url, (key_id, secret) = iam_sqs
+    bad_secret = "not-" + secret if wrong == "secret" else secret
+    bad_key = "AKIA" + "X" * 16 if wrong == "key id" else key_id
+    function = TestFunction()
+    worker = running(iam_worker(url, function, bad_key, bad_secret))
+    await eventually(lambda: worker.status.broker_errors >= 1, what="refused")
+    assert worker.status.last_processing_result == (
+        f"PROBLEM: sqs credentials: SQS refused the credentials from Secret sqs-keys ({code})"
+    )
+    reported = json.dumps([worker.status.last_processing_result, worker.status.last_error])
+    assert bad_secret not in reported and secret not in reported
+    assert function.batches == []
+
+
 async def test_a_record_over_the_payload_limit_goes_to_on_failure(sqs_server, running):
     url = queue(sqs_server, "large")
     dlq = queue(sqs_server, "large-dlq")

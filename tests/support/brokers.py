@@ -28,6 +28,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -520,6 +521,68 @@ aws {{ region = "{self.REGION}", accountId = "{self.ACCOUNT}" }}
             aws_access_key_id="lamina",
             aws_secret_access_key="lamina",
         )
+
+
+class IamSqsServer(BrokerServer):
+    """An SQS-compatible server that checks what ElasticMQ cannot: SigV4 signatures and IAM (moto's
+    server mode, from PyPI). Anyone may call it until :meth:`enforce_auth`; from then on every request
+    must be signed by an access key of one of its IAM users, whose policy allows the action, and a
+    wrong key is refused as SQS refuses it (``InvalidClientTokenId``, ``SignatureDoesNotMatch``)."""
+
+    kind = "sqs-iam"
+    REGION = "us-east-1"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-c",
+            "from moto.server import main; main()",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+        ]
+
+    def ready(self) -> bool:
+        try:  # its own API: an SQS request would count against the requests allowed unsigned
+            with urllib.request.urlopen(f"{self.url}/moto-api/data.json", timeout=2) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
+    def client(self, service: str = "sqs", key: tuple[str, str] = ("setup", "setup")) -> Any:
+        import boto3
+
+        return boto3.client(
+            service, endpoint_url=self.url, region_name=self.REGION,
+            aws_access_key_id=key[0], aws_secret_access_key=key[1],
+        )  # fmt: skip
+
+    def user_with_sqs_access(self, name: str) -> tuple[str, str]:
+        """An IAM user allowed every SQS action; its (access key id, secret access key)."""
+        iam = self.client("iam")
+        iam.create_user(UserName=name)
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "sqs:*", "Resource": "*"}],
+        }
+        iam.put_user_policy(UserName=name, PolicyName="sqs", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return key["AccessKeyId"], key["SecretAccessKey"]
+
+    def enforce_auth(self) -> None:
+        request = urllib.request.Request(
+            f"{self.url}/moto-api/reset-auth",
+            data=b"0",
+            method="POST",
+            headers={"Content-Type": "text/plain"},
+        )  # a form content type (urllib's default) would leave the body unread
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.status == 200
 
 
 SERVERS: dict[str, type[BrokerServer]] = {

@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import time
 import uuid
 from collections.abc import Sequence
@@ -188,22 +189,46 @@ class SqsClient:
                 status = r.status
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise SourceError(f"SQS {action} at {self.access.endpoint}: {type(exc).__name__}: {exc}") from exc
-        doc = json.loads(data) if data.strip() else {}
         if status != 200:
-            code = str(doc.get("__type") or doc.get("code") or f"HTTP {status}").rsplit("#", 1)[-1]
-            error = SqsError(code, str(doc.get("message") or doc.get("Message") or ""), status)
+            code, message = _error_of(data, status)
+            error = SqsError(code, message, status)
             if code in AUTH_ERRORS or status == 403:
                 where = f"Secret {self.access.secret}" if self.access.secret else "placeholder credentials"
                 raise CredentialsError(
                     f"SQS refused the credentials from {where} ({code})", self.access.secret
                 )
             raise error
+        try:
+            doc: dict[str, Any] = json.loads(data) if data.strip() else {}
+        except ValueError as exc:
+            raise SourceError(
+                f"SQS {action} at {self.access.endpoint}: not a JSON answer: {data[:80]!r}"
+            ) from exc
         return doc
 
     async def close(self) -> None:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def _error_of(data: bytes, status: int) -> tuple[str, str]:
+    """(code, message) of an error answer: SQS's JSON protocol, or the XML that the query protocol, a
+    proxy in front of the queue or an SQS-compatible server may send instead; else the HTTP status."""
+    try:
+        doc = json.loads(data) if data.strip() else {}
+    except ValueError:
+        text = data.decode("utf-8", "replace")
+        found_code = re.search(r"<Code>([^<]*)</Code>", text)
+        found_message = re.search(r"<Message>([^<]*)</Message>", text)
+        return (
+            found_code.group(1) if found_code else f"HTTP {status}",
+            found_message.group(1) if found_message else "",
+        )
+    if not isinstance(doc, dict):
+        return f"HTTP {status}", ""
+    code = str(doc.get("__type") or doc.get("code") or f"HTTP {status}").rsplit("#", 1)[-1]
+    return code, str(doc.get("message") or doc.get("Message") or "")
 
 
 def _attributes(message: dict[str, Any]) -> dict[str, Any]:
