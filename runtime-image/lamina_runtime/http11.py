@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +34,8 @@ _HEAD_END = re.compile(rb"\n\r?\n")  # the empty line after a head (CRLF or bare
 _TOKENS: set[str] = set()
 #: What one ``recv`` of the server reads at most (into a buffer kept per connection).
 RECV_BYTES = 256 * 1024
+#: Python 3.12's eager tasks: a request's task runs at once, up to its first wait.
+EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,25 +123,25 @@ async def _rest(reader: asyncio.StreamReader, first: bytes, max_body: int) -> Re
         line = await _line(reader)
         if not line:
             break
-        lines.append(line)
+        lines.append(line.decode("latin-1"))
     else:
         raise BadRequest(400, "too many headers")
-    request, length = parse_head(first, lines, max_body)
+    request, length = parse_head(first.decode("latin-1"), lines, max_body)
     request.body = await reader.readexactly(length) if length else b""
     return request
 
 
-def parse_head(first: bytes, lines: list[bytes], max_body: int) -> tuple[Request, int]:
-    """The request of a request line and its header lines (without line ends), and its body's
-    length; BadRequest for what is malformed, unsupported or too large."""
-    parts = first.decode("latin-1").split()
+def parse_head(first: str, lines: list[str], max_body: int) -> tuple[Request, int]:
+    """The request of a request line and its header lines (Latin-1 text without line ends), and its
+    body's length; BadRequest for what is malformed, unsupported or too large."""
+    parts = first.split()
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise BadRequest(400, f"malformed request line: {first[:100]!r}")
+        raise BadRequest(400, f"malformed request line: {first[:100].encode('latin-1')!r}")
     headers: dict[str, str] = {}
     for line in lines:
-        name, sep, value = line.decode("latin-1").partition(":")
+        name, sep, value = line.partition(":")
         if not sep:
-            raise BadRequest(400, f"malformed header line: {line[:100]!r}")
+            raise BadRequest(400, f"malformed header line: {line[:100].encode('latin-1')!r}")
         headers[name.strip().lower()] = value.strip()
     if "chunked" in headers.get("transfer-encoding", "").lower():
         raise BadRequest(411, "chunked request bodies are not supported; send Content-Length")
@@ -186,7 +189,7 @@ class RequestParser:
             if end is None:
                 self._check_partial()
                 return None
-            lines = [line.rstrip(b"\r") for line in bytes(data[: end.start()]).split(b"\n")]
+            lines = [line.rstrip("\r") for line in data[: end.start()].decode("latin-1").split("\n")]
             if any(len(line) > MAX_HEADER_LINE for line in lines):
                 raise BadRequest(400, "header line too long")
             if len(lines) > MAX_HEADERS + 1:
@@ -312,6 +315,7 @@ class HttpServerProtocol(asyncio.BufferedProtocol):
         self._reading = False  # the deadline is the read timeout of a request that started
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None  # the request being answered
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
@@ -363,7 +367,12 @@ class HttpServerProtocol(asyncio.BufferedProtocol):
         self._answering = True
         self._deadline = None
         assert self._loop is not None
-        self._loop.create_task(self._answer(request))
+        if EAGER_TASKS:  # the route runs now, up to its first wait, not on the loop's next turn
+            task = asyncio.Task(self._answer(request), loop=self._loop, eager_start=True)  # type: ignore[call-arg,unused-ignore]
+        else:
+            task = self._loop.create_task(self._answer(request))
+        if not task.done():  # kept while it runs (a request answered at once may have started the next)
+            self._task = task
 
     async def _answer(self, request: Request) -> None:
         try:
@@ -373,6 +382,7 @@ class HttpServerProtocol(asyncio.BufferedProtocol):
             raise
         finally:
             self._answering = False
+            self._task = None
         if not self._send(response, request.keep_alive):
             return
         self._wait(self._timeouts.idle, reading=False)

@@ -154,3 +154,42 @@ def test_no_reply_in_time_is_broken_and_the_connection_not_reused(run) -> None:
 
 def test_a_connection_dropped_mid_request_is_broken(run) -> None:
     run(_a_connection_dropped_mid_request_is_broken)
+
+
+async def _a_caller_that_goes_away_waits_for_the_reply_and_keeps_the_connection(server: Server) -> None:
+    """The request is out and the environment runs it: a cancelled caller returns only once the reply
+    came (so the environment is free when the pool hands it on), and the connection is reused; a
+    second cancellation gives up on the reply and the connection."""
+    client = PodClient()
+    endpoint = f"127.0.0.1:{server.port}"
+    loop = asyncio.get_running_loop()
+    try:
+        server.delay = 0.3
+        call = asyncio.ensure_future(client.request(endpoint, "POST", "/invoke", {}, b"ab", 5))
+        await asyncio.sleep(0.05)
+        cancelled_at = loop.time()
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert loop.time() - cancelled_at >= 0.2  # it waited for the reply
+        server.delay = 0
+        assert (await client.request(endpoint, "POST", "/invoke", {}, b"cd", 5)).body == b"dc"
+        assert server.connections == 1
+
+        server.delay = 0.3
+        call = asyncio.ensure_future(client.request(endpoint, "POST", "/invoke", {}, b"ef", 5))
+        await asyncio.sleep(0.05)
+        call.cancel()
+        await asyncio.sleep(0.01)
+        call.cancel()  # gives up: the connection's state is unknown, it is not reused
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        server.delay = 0
+        assert (await client.request(endpoint, "POST", "/invoke", {}, b"gh", 5)).body == b"hg"
+        assert server.connections == 2
+    finally:
+        client.close()
+
+
+def test_a_caller_that_goes_away_waits_for_the_reply_and_keeps_the_connection(run) -> None:
+    run(with_server(_a_caller_that_goes_away_waits_for_the_reply_and_keeps_the_connection))

@@ -45,12 +45,13 @@ def render_request(method: str, path: str, host: str, headers: dict[str, str], b
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; one request in flight at a time."""
 
-    __slots__ = ("_buf", "_head", "_length", "_reply", "_timer", "closed", "transport")
+    __slots__ = ("_buf", "_head", "_idle", "_length", "_reply", "_timer", "closed", "transport")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._reply: asyncio.Future[Reply] | None = None
+        self._idle: asyncio.Future[None] | None = None  # for one whose caller went away (settled())
         self._timer: asyncio.TimerHandle | None = None
         self._buf = bytearray()
         self._length = -1  # body length once the head is parsed
@@ -98,6 +99,9 @@ class _Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         reply, self._reply = self._reply, None
+        idle, self._idle = self._idle, None
+        if idle is not None and not idle.done():
+            idle.set_result(None)
         if reply is None or reply.done():
             return
         if isinstance(outcome, Exception):
@@ -117,6 +121,16 @@ class _Connection(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         return self._reply is not None
+
+    def settled(self) -> asyncio.Future[None]:
+        """Done once the request in flight was answered (or the connection failed), even when the
+        future :meth:`send` returned was cancelled by a caller that went away."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._reply is None:
+            future.set_result(None)
+        else:
+            self._idle = future
+        return future
 
     def send(self, data: bytes, timeout: float) -> asyncio.Future[Reply]:
         assert self.transport is not None and self._reply is None
@@ -171,17 +185,16 @@ class PodClient:
         data = render_request(method, path, endpoint, headers, body)
         reply = conn.send(data, within)
         try:
-            result = await asyncio.shield(reply)
+            result = await reply  # not shielded: a shield costs a future and a turn of the loop per call
         except asyncio.CancelledError:
             # The caller went away, but the request is out and the server is running it: wait for
             # its reply, so that when this returns the environment is really free (a new request
             # sent to it now would find it busy). Only a second cancellation gives up on it.
-            if not reply.done():
-                try:
-                    await asyncio.wait([reply])
-                except asyncio.CancelledError:
-                    conn.close()
-                    raise
+            try:
+                await conn.settled()
+            except asyncio.CancelledError:
+                conn.close()
+                raise
             self._keep(endpoint, conn)
             raise
         except BaseException:

@@ -41,11 +41,11 @@ def enabled(env: Mapping[str, str] | None = None) -> bool:
 
 
 class NoTracer:
-    """Tracing off: nothing is imported, nothing is recorded."""
+    """Tracing off: nothing is imported, nothing is recorded (and no generator-based context manager
+    is made per invocation)."""
 
-    @contextlib.contextmanager
-    def invocation(self, fn: FunctionConfig, request: InvocationRequest) -> Iterator[Any]:
-        yield _Outcome()
+    def invocation(self, fn: FunctionConfig, request: InvocationRequest) -> _NoSpan:
+        return _NoSpan()
 
     def shutdown(self) -> None:
         pass
@@ -112,6 +112,16 @@ class OtelTracer:
 
 class _Outcome:
     result: InvocationResult | None = None
+
+
+class _NoSpan(_Outcome):
+    """What NoTracer's ``with`` yields: only the outcome."""
+
+    def __enter__(self) -> _NoSpan:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def _context_of(span: Any) -> Any:
