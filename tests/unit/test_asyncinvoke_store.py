@@ -298,3 +298,36 @@ async def test_a_function_over_its_quota_is_refused_and_others_are_not(store):
     assert await store.enqueue(ev(fn="team-a/busy"))
     with pytest.raises(QueueFull):
         await store.enqueue(ev(fn="team-a/busy:2"))
+
+
+async def test_a_quota_holds_for_enqueues_that_arrive_together(store):
+    """Concurrent enqueues share one script run on Redis: the quota is counted event by event in it."""
+    from lamina.asyncinvoke.errors import QueueFull
+
+    store.max_per_function = 3
+    events = [ev(f"{i}".encode(), fn="team-a/busy") for i in range(5)] + [ev(fn="team-a/quiet")]
+    results = await asyncio.gather(*(store.enqueue(e) for e in events), return_exceptions=True)
+    assert sum(r is True for r in results[:5]) == 3
+    assert sum(isinstance(r, QueueFull) for r in results[:5]) == 2
+    assert results[5] is True
+    got = await claim_until(store, 4, lease=60)
+    assert len(got) == 4
+    await asyncio.gather(*(store.complete(e.id) for e in got))
+    # every completion gave its place back: the function may queue three again
+    assert all(await asyncio.gather(*(store.enqueue(ev(fn="team-a/busy")) for _ in range(3))))
+
+
+async def test_completions_of_one_event_that_arrive_together_count_it_once(store):
+    from lamina.asyncinvoke.errors import QueueFull
+
+    store.max_per_function = 2
+    first, second = ev(fn="team-a/f"), ev(fn="team-a/f")
+    assert await store.enqueue(first) and await store.enqueue(second)
+    [got, _] = await store.claim_due(2, 60)
+    await asyncio.gather(store.complete(got.id), store.complete(got.id), store.complete(got.id))
+    assert await store.pending_count() == 1
+    assert await store.get(got.id) is None
+    # one place was given back, not three: a second new event is over the quota
+    assert await store.enqueue(ev(fn="team-a/f"))
+    with pytest.raises(QueueFull):
+        await store.enqueue(ev(fn="team-a/f"))

@@ -15,9 +15,14 @@ Layout (all keys share one hash tag so the Lua scripts stay in one slot on Redis
 * ``<prefix>:counts``   HASH  events queued per function (``namespace/name``), kept by the enqueue and
   complete scripts, for the per-function quota (``max_per_function``).
 
-Every state change is one Lua script, so it is atomic. Writes that arrive together (concurrent
-enqueues, completions of events that ran side by side) travel in one pipeline: one round trip and,
-with ``appendfsync always``, one fsync for all of them.
+Every state change is one Lua script, so it is atomic. Writes that arrive together travel in one
+pipeline: one round trip and, with ``appendfsync always``, one fsync for all of them. There are two
+such lanes, each with one pipeline in flight on its own connection: the gateway's enqueues, and the
+dispatcher's claims, completions, reschedules and lease renewals. A claim does not wait behind a
+pipeline of enqueues (nor the reverse), and Redis runs one lane's scripts while this process works
+on the other's replies. Concurrent enqueues (and concurrent completions) are merged into one script
+run whose Redis commands are batched too: one XACK, XDEL, ZREM, DEL and counter change for all the
+completions of a pipeline.
 
 Durability: ``enqueue`` returns once Redis has accepted the write. Run Redis with
 ``appendonly yes`` and ``appendfsync always`` for the 202 to mean "on disk" (``everysec`` can lose up
@@ -35,7 +40,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from .errors import QueueFull, StoreError, base_function
 from .store import QueuedEvent
@@ -71,8 +76,8 @@ local now = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local until_ = ARGV[3]
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, limit)
+if #due > 0 then redis.call('ZREM', KEYS[2], unpack(due)) end
 for _, id in ipairs(due) do
-  redis.call('ZREM', KEYS[2], id)
   local k = ARGV[6] .. id
   if redis.call('EXISTS', k) == 1 then
     local eid = redis.call('XADD', KEYS[1], '*', 'id', id)
@@ -80,6 +85,7 @@ for _, id in ipairs(due) do
   end
 end
 local out = {}
+local leased = {}  -- ZADD arguments: one lease deadline per event handed out
 -- leases past their time: take the entry over (XCLAIM moves it in the group's pending list)
 local expired = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', ARGV[1], 'LIMIT', 0, limit)
 for _, id in ipairs(expired) do
@@ -87,8 +93,9 @@ for _, id in ipairs(expired) do
   local eid = redis.call('HGET', k, 'entry')
   if eid then
     redis.call('XCLAIM', KEYS[1], ARGV[4], ARGV[5], 0, eid, 'JUSTID')
-    redis.call('ZADD', KEYS[3], until_, id)
-    table.insert(out, {id, redis.call('HGETALL', k)})
+    leased[#leased + 1] = until_
+    leased[#leased + 1] = id
+    out[#out + 1] = {id, redis.call('HGETALL', k)}
   else
     redis.call('ZREM', KEYS[3], id)
   end
@@ -102,10 +109,13 @@ if #out < limit then
       local fields = e[2]
       local id = false
       for i = 1, #fields, 2 do if fields[i] == 'id' then id = fields[i + 1] end end
-      local k = id and (ARGV[6] .. id)
-      if k and redis.call('HGET', k, 'entry') == eid then
-        redis.call('ZADD', KEYS[3], until_, id)
-        table.insert(out, {id, redis.call('HGETALL', k)})
+      local h = id and redis.call('HGETALL', ARGV[6] .. id) or {}
+      local current = false
+      for i = 1, #h, 2 do if h[i] == 'entry' then current = h[i + 1] == eid end end
+      if current then
+        leased[#leased + 1] = until_
+        leased[#leased + 1] = id
+        out[#out + 1] = {id, h}
       else
         -- completed or rescheduled before this entry was read: drop the stale entry
         redis.call('XACK', KEYS[1], ARGV[4], eid)
@@ -114,6 +124,7 @@ if #out < limit then
     end
   end
 end
+if #leased > 0 then redis.call('ZADD', KEYS[3], unpack(leased)) end
 return out
 """
 
@@ -139,50 +150,79 @@ _ENQUEUE_MANY = """
 local now = tonumber(ARGV[1])
 local limit = tonumber(ARGV[3])
 local out = {}
+local queued, added = {}, {}  -- per function: its count, read once; what this call adds to it
 for i = 4, #ARGV, 11 do
   local id = ARGV[i]
   local k = ARGV[2] .. id
+  local base = ARGV[i + 10]
   if redis.call('EXISTS', k) == 1 then
-    table.insert(out, 0)
-  elseif limit > 0 and tonumber(redis.call('HGET', KEYS[3], ARGV[i + 10]) or '0') >= limit then
-    table.insert(out, -1)
+    out[#out + 1] = 0
   else
-    redis.call('HINCRBY', KEYS[3], ARGV[i + 10], 1)
-    redis.call('HSET', k, 'function', ARGV[i + 1], 'payload', ARGV[i + 2], 'enqueued_at', ARGV[i + 3],
-               'attempts', ARGV[i + 4], 'throttles', ARGV[i + 5], 'next_attempt_at', ARGV[i + 6])
-    if ARGV[i + 7] ~= '' then redis.call('HSET', k, 'last_error', string.sub(ARGV[i + 7], 2)) end
-    if ARGV[i + 8] ~= '' then redis.call('HSET', k, 'pending_record', string.sub(ARGV[i + 8], 2)) end
-    if ARGV[i + 9] ~= '' then redis.call('HSET', k, 'trace', string.sub(ARGV[i + 9], 2)) end
-    if tonumber(ARGV[i + 6]) <= now then
-      local eid = redis.call('XADD', KEYS[1], '*', 'id', id)
-      redis.call('HSET', k, 'entry', eid)
-    else
-      redis.call('ZADD', KEYS[2], ARGV[i + 6], id)
+    local n = queued[base]
+    if n == nil then
+      n = tonumber(redis.call('HGET', KEYS[3], base) or '0')
+      added[base] = 0
     end
-    table.insert(out, 1)
+    if limit > 0 and n >= limit then
+      queued[base] = n
+      out[#out + 1] = -1
+    else
+      queued[base] = n + 1
+      added[base] = added[base] + 1
+      local h = {'function', ARGV[i + 1], 'payload', ARGV[i + 2], 'enqueued_at', ARGV[i + 3],
+                 'attempts', ARGV[i + 4], 'throttles', ARGV[i + 5], 'next_attempt_at', ARGV[i + 6]}
+      if ARGV[i + 7] ~= '' then h[#h + 1] = 'last_error'; h[#h + 1] = string.sub(ARGV[i + 7], 2) end
+      if ARGV[i + 8] ~= '' then h[#h + 1] = 'pending_record'; h[#h + 1] = string.sub(ARGV[i + 8], 2) end
+      if ARGV[i + 9] ~= '' then h[#h + 1] = 'trace'; h[#h + 1] = string.sub(ARGV[i + 9], 2) end
+      if tonumber(ARGV[i + 6]) <= now then
+        h[#h + 1] = 'entry'
+        h[#h + 1] = redis.call('XADD', KEYS[1], '*', 'id', id)
+      else
+        redis.call('ZADD', KEYS[2], ARGV[i + 6], id)
+      end
+      redis.call('HSET', k, unpack(h))
+      out[#out + 1] = 1
+    end
   end
+end
+for base, n in pairs(added) do
+  if n > 0 then redis.call('HINCRBY', KEYS[3], base, n) end
 end
 return out
 """
 
+# Completions of many events: one XACK, XDEL, ZREM, DEL and counter change for all of them.
 _COMPLETE_MANY = """
-local out = {}
+local out, seen, keys, ids, eids, gone = {}, {}, {}, {}, {}, {}
 for i = 3, #ARGV do
   local id = ARGV[i]
-  local k = ARGV[2] .. id
-  local fn = redis.call('HGET', k, 'function')
-  if fn then
-    local base = string.match(fn, '^[^:]*')
-    if redis.call('HINCRBY', KEYS[4], base, -1) <= 0 then redis.call('HDEL', KEYS[4], base) end
+  if seen[id] then
+    out[#out + 1] = 0
+  else
+    seen[id] = true
+    ids[#ids + 1] = id
+    local k = ARGV[2] .. id
+    local h = redis.call('HMGET', k, 'function', 'entry')
+    if h[1] then
+      local base = string.match(h[1], '^[^:]*')
+      gone[base] = (gone[base] or 0) + 1
+      keys[#keys + 1] = k
+      out[#out + 1] = 1
+    else
+      out[#out + 1] = 0
+    end
+    if h[2] then eids[#eids + 1] = h[2] end
   end
-  local eid = redis.call('HGET', k, 'entry')
-  if eid then
-    redis.call('XACK', KEYS[1], ARGV[1], eid)
-    redis.call('XDEL', KEYS[1], eid)
-  end
-  redis.call('ZREM', KEYS[2], id)
-  redis.call('ZREM', KEYS[3], id)
-  table.insert(out, redis.call('DEL', k))
+end
+if #eids > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(eids))
+  redis.call('XDEL', KEYS[1], unpack(eids))
+end
+redis.call('ZREM', KEYS[2], unpack(ids))
+redis.call('ZREM', KEYS[3], unpack(ids))
+if #keys > 0 then redis.call('DEL', unpack(keys)) end
+for base, n in pairs(gone) do
+  if redis.call('HINCRBY', KEYS[4], base, -n) <= 0 then redis.call('HDEL', KEYS[4], base) end
 end
 return out
 """
@@ -220,23 +260,55 @@ def _num(value: float) -> str:
     return repr(float(value))
 
 
-def _event_from_hash(id: str, h: dict[bytes, bytes]) -> QueuedEvent:
-    def s(key: str) -> str | None:
-        v = h.get(key.encode())
-        return None if v is None else v.decode()
+def _pack(parts: list[bytes], *args: Any) -> None:
+    """Append one command in Redis's wire protocol (RESP) to ``parts``.
 
+    Built here in one pass: redis-py's packer copies its growing buffer once per argument, which for
+    a pipeline of enqueues (11 arguments per event) cost this process more CPU than Redis spent
+    running the scripts.
+    """
+    parts.append(b"*%d\r\n" % len(args))
+    for arg in args:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif isinstance(arg, int):
+            arg = b"%d" % arg
+        elif not isinstance(arg, bytes):
+            raise TypeError(f"cannot send {type(arg).__name__} to Redis: {arg!r}")
+        parts.append(b"$%d\r\n" % len(arg))
+        parts.append(arg)
+        parts.append(b"\r\n")
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
+
+
+def _event_from_hash(id: str, h: dict[bytes, bytes]) -> QueuedEvent:
+    get = h.get
     return QueuedEvent(
         id=id,
-        function=s("function") or "",
-        payload=h.get(b"payload", b""),
-        enqueued_at=float(s("enqueued_at") or 0),
-        attempts=int(s("attempts") or 0),
-        throttles=int(s("throttles") or 0),
-        next_attempt_at=float(s("next_attempt_at") or 0),
-        last_error=s("last_error"),
-        pending_record=s("pending_record"),
-        trace=s("trace"),
+        function=get(b"function", b"").decode(),
+        payload=get(b"payload", b""),
+        enqueued_at=float(get(b"enqueued_at") or 0),
+        attempts=int(get(b"attempts") or 0),
+        throttles=int(get(b"throttles") or 0),
+        next_attempt_at=float(get(b"next_attempt_at") or 0),
+        last_error=_text(get(b"last_error")),
+        pending_record=_text(get(b"pending_record")),
+        trace=_text(get(b"trace")),
     )
+
+
+class _Lane:
+    """Scripts waiting for the next pipeline of one writer, and the task that sends them."""
+
+    __slots__ = ("flusher", "name", "queued")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.queued: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]] = []
+        self.flusher: asyncio.Task[None] | None = None
 
 
 class RedisEventStore:
@@ -280,8 +352,12 @@ class RedisEventStore:
         self._wait_timeout_ms = wait_timeout_ms
         self._ready = False
         self._open_lock = asyncio.Lock()
-        self._queued: list[tuple[Any, list[str], list[Any], asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
+        # Two lanes of pipelined writes, each on its own connection with one pipeline in flight: the
+        # gateway's enqueues, and the dispatcher's claims, completions and reschedules. Neither waits
+        # behind the other's round trip, and Redis works on one lane's pipeline while this process
+        # prepares the other's.
+        self._enqueues = _Lane("redis-store-enqueues")
+        self._dispatch = _Lane("redis-store-dispatch")
         self._enqueue = client.register_script(_ENQUEUE)
         self._claim = client.register_script(_CLAIM)
         self._complete = client.register_script(_COMPLETE)
@@ -317,22 +393,24 @@ class RedisEventStore:
             pass
         self._ready = True
 
-    async def _batched(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        """Run a script together with the others queued meanwhile: one pipeline, one round trip.
+    async def _batched(self, lane: _Lane, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run a script together with the others queued on its lane meanwhile: one pipeline, one
+        round trip.
 
-        Writes arriving while a pipeline is in flight wait for the next one, so concurrent enqueues
-        and completions share round trips, and (with ``appendfsync always``) Redis's fsync of one
-        event-loop cycle: group commit. Each caller still gets its own result or error.
+        Writes arriving while the lane's pipeline is in flight wait for the next one, so concurrent
+        enqueues (or completions and the next claim) share round trips, and (with ``appendfsync
+        always``) Redis's fsync of one event-loop cycle: group commit. Each caller still gets its own
+        result or error.
         """
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queued.append((script, keys, args, future))
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.create_task(self._flush(), name="redis-store-writes")
+        lane.queued.append((script, keys, args, future))
+        if lane.flusher is None or lane.flusher.done():
+            lane.flusher = asyncio.create_task(self._flush(lane), name=lane.name)
         return await future
 
-    async def _flush(self) -> None:
-        while self._queued:
-            batch, self._queued = self._queued[:MAX_PIPELINE], self._queued[MAX_PIPELINE:]
+    async def _flush(self, lane: _Lane) -> None:
+        while lane.queued:
+            batch, lane.queued = lane.queued[:MAX_PIPELINE], lane.queued[MAX_PIPELINE:]
             if not self._ready:
                 try:
                     await self.open()
@@ -365,10 +443,7 @@ class RedisEventStore:
                 )
             calls += [(script, keys, args) for script, keys, args, _ in others]
             try:
-                async with self._r.pipeline(transaction=False) as pipe:
-                    for script, keys, args in calls:
-                        pipe.evalsha(script.sha, len(keys), *keys, *args)
-                    replies = await pipe.execute(raise_on_error=False)
+                replies = await self._round_trip(calls)
                 for index, reply in enumerate(replies):
                     if isinstance(reply, NoScriptError):
                         script, keys, args = calls[index]
@@ -392,7 +467,7 @@ class RedisEventStore:
                 per_call[id(item)] = replies[position]
                 position += 1
             results = [per_call[id(item)] for item in batch]
-            if any("NOGROUP" in str(r) for r in results):
+            if any(isinstance(r, Exception) and "NOGROUP" in str(r) for r in results):
                 # The stream was deleted under us (FLUSHALL, failover): recreate it, run those alone.
                 self._ready = False
             for item, result in zip(batch, results, strict=True):
@@ -408,6 +483,38 @@ class RedisEventStore:
                     future.set_exception(StoreError(str(result)))
                 else:
                     future.set_result(result)
+
+    async def _round_trip(self, calls: list[tuple[Any, list[str], list[Any]]]) -> list[Any]:
+        """Send the scripts as EVALSHAs in one write on one connection of the pool; their replies,
+        an error reply as its exception. Retried on a new connection as redis-py retries a pipeline
+        (every script here is safe to run again: an enqueue of a known id changes nothing)."""
+        parts: list[bytes] = []
+        for script, keys, args in calls:
+            _pack(parts, b"EVALSHA", script.sha, len(keys), *keys, *args)
+        pool = self._r.connection_pool
+        conn = await pool.get_connection()
+
+        async def attempt() -> list[Any]:
+            await conn.send_packed_command(parts, check_health=False)
+            replies: list[Any] = []
+            for _ in calls:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as e:
+                    replies.append(e)
+            return replies
+
+        async def failed(_: Exception) -> None:
+            await conn.disconnect()
+
+        try:
+            replies: list[Any] = await conn.retry.call_with_retry(attempt, failed)
+            return replies
+        except BaseException:
+            await conn.disconnect()  # replies half read would put the next user out of step
+            raise
+        finally:
+            await pool.release(conn)
 
     @staticmethod
     def _settle(batch: list[Any], result: Any, error: BaseException | None) -> None:
@@ -432,6 +539,7 @@ class RedisEventStore:
 
     async def enqueue(self, event: QueuedEvent) -> bool:
         added = await self._batched(
+            self._enqueues,
             self._enqueue,
             [self.ready_key, self.delayed_key, self._ev(event.id), self.counts_key],
             [
@@ -462,9 +570,10 @@ class RedisEventStore:
         if limit <= 0:
             return []
         now = self._clock()
-        # Through the write pipelines: the claim shares a round trip (and, with appendfsync always,
-        # an fsync) with the completions and enqueues of the moment.
+        # On the dispatcher's lane: the claim shares a round trip (and, with appendfsync always, an
+        # fsync) with the completions of the moment, and does not wait behind the gateway's enqueues.
         rows = await self._batched(
+            self._dispatch,
             self._claim,
             [self.ready_key, self.delayed_key, self.leases_key],
             [
@@ -476,19 +585,21 @@ class RedisEventStore:
                 self.event_prefix,
             ],
         )
-        out = []
-        for id_raw, flat in rows:
-            h = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
-            out.append(_event_from_hash(id_raw.decode(), h))
-        return out
+        return [
+            _event_from_hash(id_raw.decode(), dict(zip(flat[::2], flat[1::2], strict=True)))
+            for id_raw, flat in rows
+        ]
 
     async def touch(self, ids: Iterable[str], lease_seconds: float) -> None:
         ids = list(ids)
         if ids:
-            await self._batched(self._touch, [self.leases_key], [_num(self._clock() + lease_seconds), *ids])
+            await self._batched(
+                self._dispatch, self._touch, [self.leases_key], [_num(self._clock() + lease_seconds), *ids]
+            )
 
     async def complete(self, id: str) -> None:
         await self._batched(
+            self._dispatch,
             self._complete,
             [self.ready_key, self.delayed_key, self._ev(id), self.leases_key, self.counts_key],
             [GROUP, id],
@@ -505,6 +616,7 @@ class RedisEventStore:
         pending_record: str | None = None,
     ) -> None:
         await self._batched(
+            self._dispatch,
             self._reschedule,
             [self.ready_key, self.delayed_key, self._ev(id), self.leases_key],
             [
@@ -532,9 +644,10 @@ class RedisEventStore:
         return _event_from_hash(id, h) if h else None
 
     async def close(self) -> None:
-        flusher = self._flusher
-        if flusher is not None and not flusher.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(flusher), 10)
+        for lane in (self._enqueues, self._dispatch):
+            flusher = lane.flusher
+            if flusher is not None and not flusher.done():
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(flusher), 10)
         if self._owns_client:
             await self._r.aclose()
