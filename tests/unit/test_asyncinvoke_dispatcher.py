@@ -484,6 +484,28 @@ async def test_a_slow_function_does_not_hold_up_the_others(store):
     assert Counter(f for f, _ in fns.calls) == {"default/slow": 20, "default/fast": 1}
 
 
+async def test_the_next_event_runs_while_the_outcome_of_the_last_is_written(store):
+    """A run slot is held while the handler runs, not while its outcome travels to the store: with
+    one slot, the second event starts while the first one's completion is still being written."""
+    written = asyncio.Event()
+    complete = store.complete
+
+    async def slow_complete(id: str) -> None:
+        await written.wait()
+        await complete(id)
+
+    store.complete = slow_complete
+    fns = Functions()
+    async with dispatcher(store, fns, {"default/f": EventInvokeConfig()}, max_in_flight=1) as d:
+        await d.enqueue("default/f", b"1")
+        await d.enqueue("default/f", b"2")
+        await wait_until(lambda: len(fns.calls) == 2, what="the second handler, before any completion")
+        assert d.in_flight == 2  # both still held (leases renewed) until their completions land
+        written.set()
+        await wait_until(lambda: d.in_flight == 0 and d.stats["succeeded"] == 2)
+    assert await store.pending_count() == 0
+
+
 async def test_unknown_function_is_retried_then_dropped_after_the_grace(store):
     dropped = []
 

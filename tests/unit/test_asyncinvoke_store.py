@@ -331,3 +331,18 @@ async def test_completions_of_one_event_that_arrive_together_count_it_once(store
     assert await store.enqueue(ev(fn="team-a/f"))
     with pytest.raises(QueueFull):
         await store.enqueue(ev(fn="team-a/f"))
+
+
+async def test_redis_events_enqueued_together_are_due_at_once(redis_url):
+    """A pipeline of enqueues puts every due event in the stream, none in the delayed set (which the
+    next claim would have to move, at a cost to Redis and a delay to the event)."""
+    import redis.asyncio as aioredis
+
+    store = RedisEventStore(redis_url, prefix=f"{{t-{uuid.uuid4().hex[:8]}}}")
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        assert all(await asyncio.gather(*(store.enqueue(ev(f"{i}".encode())) for i in range(50))))
+        assert (await r.xlen(store.ready_key), await r.zcard(store.delayed_key)) == (50, 0)
+    finally:
+        await r.aclose()
+        await store.close()

@@ -114,7 +114,11 @@ class AsyncDispatcher:
         self.defer_seconds = defer_seconds
         self.region, self.account = region, account
         self.stats: Counter[str] = Counter()
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}  # held: running, or writing its outcome
+        # Events holding a run slot: their handler has not returned yet. An event whose handler
+        # returned gives its slot back while its outcome is written to the store, so the next events
+        # run during that round trip instead of after it.
+        self._running: set[str] = set()
         self._per_function: Counter[str] = Counter()  # running, by function
         self._reserved: dict[str, int | None] = {}  # reserved concurrency, as last looked up
         self._waiting: dict[str, deque[tuple[QueuedEvent, float]]] = {}  # claimed, not started
@@ -283,10 +287,10 @@ class AsyncDispatcher:
 
     def _start_waiting(self) -> None:
         """Start waiting events while slots are free, one function after the other."""
-        while self._waiting and len(self._tasks) < self.max_in_flight:
+        while self._waiting and len(self._running) < self.max_in_flight:
             started = False
             for fn in list(self._waiting):
-                if len(self._tasks) >= self.max_in_flight:
+                if len(self._running) >= self.max_in_flight:
                     break
                 if self._per_function[fn] >= self._cap(fn):
                     continue
@@ -332,21 +336,30 @@ class AsyncDispatcher:
 
     def _spawn(self, ev: QueuedEvent) -> None:
         self._per_function[ev.function] += 1
+        self._running.add(ev.id)
         task = asyncio.create_task(self._guarded(ev), name=f"lamina-async-{ev.id}")
         task.lamina_event = ev  # type: ignore[attr-defined]
         self._tasks[ev.id] = task
 
         def done(_: asyncio.Task[None]) -> None:
             self._tasks.pop(ev.id, None)
-            self._per_function[ev.function] -= 1
-            if self._per_function[ev.function] <= 0:
-                del self._per_function[ev.function]
-            if not self._stopping:
-                self._start_waiting()
-            self._slot_freed.set()
+            self._free_slot(ev)
+            self._slot_freed.set()  # room to claim more, even when the run slot was freed before
             self._wake.set()
 
         task.add_done_callback(done)
+
+    def _free_slot(self, ev: QueuedEvent) -> None:
+        """Give the event's run slot back (once): its handler returned, or its task ended."""
+        if ev.id not in self._running:
+            return
+        self._running.discard(ev.id)
+        self._per_function[ev.function] -= 1
+        if self._per_function[ev.function] <= 0:
+            del self._per_function[ev.function]
+        if not self._stopping:
+            self._start_waiting()
+        self._slot_freed.set()
 
     async def _renew_leases(self) -> None:
         interval = max(0.05, self.lease_seconds / 3)
@@ -376,9 +389,12 @@ class AsyncDispatcher:
     # -- one event ----------------------------------------------------------------------------
     async def _invoke(self, ev: QueuedEvent) -> InvocationResult:
         # The event's id names the invocation: its retries and its record share it, as on Lambda.
-        if ev.trace:  # only the gateway's invoker takes a trace; events of other queuers have none
-            return await self._invoker(ev.function, ev.payload, request_id=ev.id, trace=ev.trace)  # type: ignore[call-arg]
-        return await self._invoker(ev.function, ev.payload, request_id=ev.id)
+        try:
+            if ev.trace:  # only the gateway's invoker takes a trace; events of other queuers have none
+                return await self._invoker(ev.function, ev.payload, request_id=ev.id, trace=ev.trace)  # type: ignore[call-arg]
+            return await self._invoker(ev.function, ev.payload, request_id=ev.id)
+        finally:
+            self._free_slot(ev)  # the outcome's write to the store needs no run slot
 
     async def _process(self, ev: QueuedEvent) -> None:
         pending = ev.pending_record_obj()
@@ -425,12 +441,14 @@ class AsyncDispatcher:
             await self._back_off(ev, cfg, records.service_error_response(e))
             return
         self.stats["invocations"] += 1
-        response = records.response_from_result(result)
         now = self._clock()
         if result.function_error is None:
             self.stats["succeeded"] += 1
-            await self._finish(ev, cfg, records.SUCCESS, response, ev.attempts + 1, now)
+            # the response is parsed only for a record: most events have no onSuccess destination
+            parsed = records.response_from_result(result) if cfg.on_success is not None else None
+            await self._finish(ev, cfg, records.SUCCESS, parsed, ev.attempts + 1, now)
             return
+        response = records.response_from_result(result)
         self.stats["function_errors"] += 1
         attempts = ev.attempts + 1
         if attempts > cfg.maximum_retry_attempts:

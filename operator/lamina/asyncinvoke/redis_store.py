@@ -428,7 +428,10 @@ class RedisEventStore:
             # those calls are run again below, loading the script first.
             calls: list[tuple[Any, list[str], list[Any]]] = []
             if enqueues:
-                args = [enqueues[0][2][0], self.event_prefix, int(self.max_per_function or 0)]
+                # The clock now, not at the first enqueue: an event is due when its time is before
+                # this, and events queued after the first would otherwise be delayed (ZADD), then
+                # moved to the stream by the next claim, for nothing.
+                args = [_num(self._clock()), self.event_prefix, int(self.max_per_function or 0)]
                 for _, _, one, _ in enqueues:
                     args += one[1:12]  # the single script's arguments past the clock, up to the function
                 calls.append((self._enqueue_many, [self.ready_key, self.delayed_key, self.counts_key], args))
