@@ -484,9 +484,10 @@ async def test_a_slow_function_does_not_hold_up_the_others(store):
     assert Counter(f for f, _ in fns.calls) == {"default/slow": 20, "default/fast": 1}
 
 
-async def test_the_next_event_runs_while_the_outcome_of_the_last_is_written(store):
+async def test_the_next_events_run_while_the_outcomes_of_the_last_are_written(store):
     """A run slot is held while the handler runs, not while its outcome travels to the store: with
-    one slot, the second event starts while the first one's completion is still being written."""
+    one slot, more events run while the first ones' completions are still being written; those
+    events waiting on their writes get their own allowance (twice the held limit), no more."""
     written = asyncio.Event()
     complete = store.complete
 
@@ -497,12 +498,14 @@ async def test_the_next_event_runs_while_the_outcome_of_the_last_is_written(stor
     store.complete = slow_complete
     fns = Functions()
     async with dispatcher(store, fns, {"default/f": EventInvokeConfig()}, max_in_flight=1) as d:
-        await d.enqueue("default/f", b"1")
-        await d.enqueue("default/f", b"2")
-        await wait_until(lambda: len(fns.calls) == 2, what="the second handler, before any completion")
-        assert d.in_flight == 2  # both still held (leases renewed) until their completions land
+        for i in range(6):
+            await d.enqueue("default/f", f"{i}".encode())
+        await wait_until(lambda: len(fns.calls) == 4, what="four handlers, before any completion")
+        assert d.in_flight == 4  # held (leases renewed) until their completions land
+        await asyncio.sleep(0.3)  # several claim rounds: nothing more is taken meanwhile
+        assert len(fns.calls) == 4 and await store.pending_count() == 6
         written.set()
-        await wait_until(lambda: d.in_flight == 0 and d.stats["succeeded"] == 2)
+        await wait_until(lambda: d.in_flight == 0 and d.stats["succeeded"] == 6)
     assert await store.pending_count() == 0
 
 

@@ -246,7 +246,12 @@ class AsyncDispatcher:
         held_limit = 2 * self.max_in_flight
         while not self._stopping:
             self._start_waiting()
-            limit = held_limit - len(self._tasks) - self._waiting_count
+            # Events whose handler returned and whose outcome is being written (or delivered to a
+            # destination) hold no run slot, and get an allowance of their own: a deep backlog is
+            # claimed while the last batch's completions travel, not after them.
+            limit = (
+                min(held_limit - len(self._running), 2 * held_limit - len(self._tasks)) - self._waiting_count
+            )
             if limit <= 0:
                 if await self._release_stale_waiting():
                     continue
