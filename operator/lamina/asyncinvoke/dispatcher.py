@@ -21,7 +21,9 @@ them) for one function. Claimed events that cannot start yet wait in a local que
 (started round-robin as slots free up, at most ``max_in_flight`` of them waiting); an event that
 waited ``defer_after_seconds`` while its function is at its share goes back to the store for
 ``defer_seconds``, which makes room to claim other functions' events: one slow function does not
-hold up the others. Leases of events in flight are
+hold up the others. A slot is held while the handler runs: the write of the outcome to the store
+(and the delivery of a record to a destination) goes on without it, so the next events run during
+that round trip; at most ``4 x max_in_flight`` events are held in all. Leases of events in flight are
 extended every third of ``lease_seconds``; after a crash, events come back when their lease ends.
 """
 
