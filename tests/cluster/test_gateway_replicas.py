@@ -10,7 +10,11 @@ calls there. Checked end to end on the kwok control plane with the kubelet playe
 * a replica killed mid-call: the call it held fails with ServiceException (no hang), and the other
   replica takes the function over once the Lease expires and serves it on the same pods;
 * a replica killed while Event invocations it accepted are queued and running: every one of them
-  still runs (the queue is Redis; a lost replica's leased events come back when their lease ends).
+  still runs (the queue is Redis; a lost replica's leased events come back when their lease ends);
+* a replica stopped (SIGTERM, as a rolling update or a node drain stops it) with calls in flight: a
+  call that ends within its grace gets its answer, one still running at the end of the grace gets
+  Lambda's ServiceException (500, its error shape), directly or forwarded, and the other replica
+  serves the function at once.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ def handler(event, context):
 """
 
 LEASE_SECONDS = 4
+DRAIN_SECONDS = 6  # the replicas' --drain-seconds: the grace of calls in flight on SIGTERM
 ACCOUNT_LIMIT = 4  # the replicas' --concurrency-limit: the unreserved pool they share
 TOKEN = "peer-token-of-the-test"
 Stack = tuple[Cluster, list[Gateway], PodRunner, Path]
@@ -77,6 +82,7 @@ def replica(kubeconfig: str, namespace: str, log: Path, redis_url: str) -> Gatew
         "--advertise", f"127.0.0.1:{port}", "--lease-seconds", str(LEASE_SECONDS),
         "--redis-url", redis_url, "--async-lease-seconds", "5",
         "--concurrency-limit", str(ACCOUNT_LIMIT), "--min-unreserved", "0",
+        "--drain-seconds", str(DRAIN_SECONDS),
         port=port, env={"LAMINA_GATEWAY_PEER_TOKEN": TOKEN},
     )  # fmt: skip
 
@@ -230,6 +236,53 @@ def test_a_lost_replica_fails_its_calls_fast_and_the_other_takes_the_function_ov
     }
     assert after == before  # taken over: the Deployment's pods, not new ones
     wait_until(lambda: state(counts)["now"] == 0, timeout=30, message="the orphaned call ended")
+
+
+def test_a_stopped_replica_answers_its_calls_in_flight_the_slow_ones_with_service_exception(
+    replicas: Stack, wait_until: Callable[..., Any]
+) -> None:
+    k8s, (a, b), _, counts = replicas
+    counting_function(k8s, "drained", counts)
+    wait_invocable(a.lambda_client(), "drained")  # a holds the Lease
+    wait_invocable(b.lambda_client(), "drained")
+    assert holder(k8s, "drained").endswith(f"-{a.proc.pid}")
+
+    # In flight when a is told to stop: a long call sent to a itself, a long call sent to b, which
+    # forwards it to a, and then a short call sent to a.
+    results: dict[str, Any] = {}
+
+    def start(key: str, gw: Gateway, sleep: float) -> threading.Thread:
+        thread = threading.Thread(target=lambda: results.update({key: call(gw, "drained", {"sleep": sleep})}))
+        thread.start()
+        return thread
+
+    threads = [start("long", a, 30), start("forwarded", b, 30)]
+    wait_until(lambda: state(counts)["now"] == 2, timeout=90, message="the two long calls running")
+    threads.append(start("short", a, 2))
+    wait_until(lambda: state(counts)["now"] == 3, timeout=90, message="the short call running")
+    stopped = time.monotonic()
+    a.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(DRAIN_SECONDS + 20)
+    assert not any(t.is_alive() for t in threads), "a call hung"
+    assert a.proc.wait(20) == 0
+    assert time.monotonic() - stopped < DRAIN_SECONDS + 15  # the grace, not the 30 s calls
+
+    code, body = results["short"]
+    assert code == "ok" and "pid" in body, results["short"]  # accepted before SIGTERM, done within the grace
+    for key in ("long", "forwarded"):
+        code, error = results[key]
+        assert code == "ServiceException", (key, code, error)
+        assert error["ResponseMetadata"]["HTTPStatusCode"] == 500, error
+        assert error["ResponseMetadata"]["HTTPHeaders"]["x-amzn-errortype"] == "ServiceException"
+        assert error["ResponseMetadata"]["HTTPHeaders"].get("x-amzn-requestid"), error
+        assert error["Type"] == "Service" and error["Error"]["Message"], error
+
+    # a gave its Lease back as it stopped: b serves the function now, without waiting for it to expire.
+    code, body = call(b, "drained", {})
+    assert code == "ok", body
+    assert holder(k8s, "drained").endswith(f"-{b.proc.pid}")
+    wait_until(lambda: state(counts)["now"] == 0, timeout=60, message="the cut calls ended in their pods")
 
 
 def test_event_invocations_a_lost_replica_accepted_all_run(

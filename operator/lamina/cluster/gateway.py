@@ -40,6 +40,7 @@ from lamina.gateway.app import build_app
 from lamina.gateway.async_queue import AsyncInvocations
 from lamina.gateway.auth import GatewayAuth
 from lamina.gateway.concurrency import ConcurrencyLimiter
+from lamina.gateway.drain import Drain
 from lamina.gateway.loop import run_async
 from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
@@ -153,16 +154,19 @@ async def start_http(
     port: int,
     peers: tuple[FunctionLeases, str] | None = None,
     auth: GatewayAuth | None = None,
+    drain: Drain | None = None,
 ) -> web.AppRunner:
     """The Invoke API on ``host:port``, as `lamina gateway` serves it (benchmarks start it the same way);
     ``peers`` (leases, token): also the endpoint other replicas forward calls to (authenticated by the
-    peer token: the caller was authenticated and authorized by the replica that forwards)."""
+    peer token: the caller was authenticated and authorized by the replica that forwards); ``drain``:
+    what a stopping gateway still runs (:func:`stop`)."""
     # A caller that hangs up while its request waits for an environment stops waiting (and frees its
     # concurrency slot); once the request reached a pod, the pool lets it finish (see HttpEnvironmentPool).
-    app = build_app(service, auth)
+    app = build_app(service, auth, drain)
     if peers is not None:
-        add_peer_routes(app, service, *peers)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        add_peer_routes(app, service, *peers, drain=drain)
+    # The drain answered every call before the runner's cleanup: what it still waits for is a stuck one.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
@@ -256,7 +260,10 @@ async def serve(settings: GatewaySettings) -> int:
         )
         await queue.start()
     peers = (leases, settings.peer_token) if leases is not None and settings.peer_token else None
-    runner = await start_http(service, settings.host, settings.port, peers, access.auth if access else None)
+    drain = Drain()
+    runner = await start_http(
+        service, settings.host, settings.port, peers, access.auth if access else None, drain
+    )
     where = ", ".join(namespaces) if namespaces else "every namespace"
     replica = f"; a replica among several, reached at {settings.advertise}" if leases is not None else ""
     print(
@@ -268,11 +275,7 @@ async def serve(settings: GatewaySettings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    await runner.cleanup()
-    if leases is not None:
-        await leases.close()  # the functions this replica served move at once to the next caller's
-    if queue is not None:
-        await queue.stop()
+    await stop_serving(runner, drain, settings.drain_seconds, service, pool, leases, router, queue)
     for watch in functions:
         watch.stop()
     if access is not None:
@@ -280,6 +283,54 @@ async def serve(settings: GatewaySettings) -> int:
     await pool.close()
     service.tracer.shutdown()  # flush the spans still batched
     return 0
+
+
+#: After the grace, how long the async dispatcher's events still running get before it cancels them:
+#: the calls are cut first (PodClients abandoned), so its cancellations do not wait for environments.
+QUEUE_CUT_MARGIN_S = 0.5
+
+
+async def stop_serving(
+    runner: web.AppRunner,
+    drain: Drain,
+    grace: float,
+    service: InvocationService,
+    pool: HttpEnvironmentPool,
+    leases: FunctionLeases | None,
+    router: PeerRouter | None,
+    queue: AsyncInvocations | None,
+) -> None:
+    """SIGTERM: take no more calls, let those in flight run for ``grace`` seconds while the Leases of
+    functions no call runs for are given back (their calls move to another replica at once), answer
+    what still runs with ServiceException, then give back every Lease. Async events still running at
+    the end are handed back to the store, due at once: another replica's dispatcher runs them (an
+    accepted event is in Redis before its 202, so none is lost)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    await drain.begin(runner)
+    log.info("stopping: %d call(s) in flight get up to %.0f s to finish", drain.running, grace)
+    limiter = service.limiter
+
+    async def give_back_idle() -> None:
+        if leases is not None:
+            await leases.drain(limiter.busy)
+
+    stopping_queue = None
+    if queue is not None:  # stops taking events now; those running get the same grace
+        stopping_queue = asyncio.create_task(queue.stop(drain_seconds=grace + QUEUE_CUT_MARGIN_S))
+    await give_back_idle()
+    await drain.settle(deadline, give_back_idle)
+    if stopping_queue is not None:
+        await asyncio.wait([stopping_queue], timeout=max(deadline - loop.time(), 0))
+    pool.abandon()  # what runs now is cut without waiting for its environment's (or holder's) reply
+    if router is not None:
+        router.abandon()
+    await drain.cut()
+    await runner.cleanup()
+    if stopping_queue is not None:
+        await stopping_queue
+    if leases is not None:
+        await leases.close()  # the functions this replica served move at once to the next caller's
 
 
 def run_gateway(argv: list[str]) -> int:

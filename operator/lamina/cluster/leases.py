@@ -49,6 +49,10 @@ CACHE_S = 1.0
 IDLE_RELEASE_S = 20 * 60.0
 
 
+class Stopping(Exception):
+    """This replica is stopping and takes no Lease: the function is served nowhere at the moment."""
+
+
 def lease_name(fn: FunctionConfig) -> str:
     return f"lamina-fn-{fn.name}"
 
@@ -98,9 +102,23 @@ class FunctionLeases:
         self._seen: dict[str, _Seen] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._renewer: asyncio.Task[None] | None = None
+        #: Set when the gateway stops (:meth:`drain`): no Lease is taken any more.
+        self.draining = False
 
     async def start(self) -> None:
         self._renewer = asyncio.create_task(self._renew_forever())
+
+    async def drain(self, busy: Callable[[str], bool]) -> None:
+        """The gateway is stopping: take no Lease from now on, and give back at once those of the
+        functions no call runs for here (``busy(key)``), so their calls move to another replica now
+        rather than when the last call of this one ends. Called again as calls end."""
+        self.draining = True
+        idle = [key for key in self._held if not busy(key)]
+        given = [self._held.pop(key) for key in idle]  # first: no call starts here while it is given back
+        for key in idle:
+            log.info("function %s: Lease given back (this replica is stopping)", key)
+        if given:
+            await asyncio.gather(*(asyncio.to_thread(self._release, h) for h in given))
 
     async def close(self) -> None:
         """Stop renewing and give every Lease back, so other replicas take the functions at once."""
@@ -131,7 +149,8 @@ class FunctionLeases:
 
     async def owner(self, fn: FunctionConfig) -> str | None:
         """None when this replica serves ``fn`` (taking its Lease if it is free or expired), else the
-        address of the replica that does. Raises ApiException when the API server cannot say."""
+        address of the replica that does. Raises ApiException when the API server cannot say, and
+        Stopping when the Lease is free but this replica, stopping, may not take it."""
         if self.holds(fn):
             return None
         seen = self._seen.get(fn.key)
@@ -153,6 +172,8 @@ class FunctionLeases:
                     raise
                 lease = None
             started = time.monotonic()
+            if lease is None and self.draining:
+                raise Stopping(f"no gateway replica serves {fn.key}, and this one is stopping")
             if lease is None:
                 try:
                     made = self.coord.create_namespaced_lease(namespace, self._body(fn, None, 0))
@@ -171,6 +192,8 @@ class FunctionLeases:
                 believed = min(CACHE_S, max(expires - time.time(), 0.0))
                 self._seen[fn.key] = _Seen(address, time.monotonic() + believed)
                 return address
+            if self.draining:
+                raise Stopping(f"no gateway replica serves {fn.key}, and this one is stopping")
             transitions = (spec.lease_transitions or 0) + (0 if holder == self.identity else 1)
             try:
                 taken = self.coord.replace_namespaced_lease(
@@ -279,12 +302,18 @@ class FunctionLeases:
         held.resource_version = lease.metadata.resource_version
         held.renewed = started
 
-    def _release(self, held: _Held) -> None:
+    def _release(self, held: _Held, again: bool = True) -> None:
         options = client.V1DeleteOptions(
             preconditions=client.V1Preconditions(resource_version=held.resource_version)
         )
         try:
             self.coord.delete_namespaced_lease(held.name, held.namespace, body=options)
         except ApiException as exc:
-            if exc.status not in (404, 409):
+            if exc.status == 409 and again:  # renewed meanwhile (a renewal in flight): still ours?
+                with contextlib.suppress(ApiException):
+                    lease = self.coord.read_namespaced_lease(held.name, held.namespace)
+                    if lease.spec.holder_identity == self.identity:
+                        held.resource_version = lease.metadata.resource_version
+                        self._release(held, again=False)
+            elif exc.status not in (404, 409):
                 log.warning("releasing the Lease %s/%s failed: %s", held.namespace, held.name, exc)

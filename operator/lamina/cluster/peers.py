@@ -28,9 +28,10 @@ from typing import Any
 from aiohttp import web
 from kubernetes.client.exceptions import ApiException
 
-from lamina.cluster.leases import FunctionLeases
+from lamina.cluster.leases import FunctionLeases, Stopping
 from lamina.environments.base import LATEST, FunctionConfig
 from lamina.environments.pod_client import Broken, PodClient, Refused
+from lamina.gateway.drain import Drain
 from lamina.gateway.errors import ServiceError
 from lamina.gateway.service import InvocationService
 from lamina.invocation.errors import RESERVED_LIMIT, FunctionNotFound, LambdaServiceError, ThrottledError
@@ -65,6 +66,10 @@ class PeerRouter:
         self.bound = bound
         self.client = client or PodClient()
 
+    def abandon(self) -> None:
+        """The gateway is stopping: a cut call stops waiting for the holder's reply (PodClient.abandon)."""
+        self.client.abandon()
+
     async def forward(self, fn: FunctionConfig, request: InvocationRequest) -> InvocationResult | None:
         if self.leases.take_call(fn):
             return None  # the hot path: no API call, no hop
@@ -77,6 +82,8 @@ class PeerRouter:
                 raise ServiceError(
                     f"cannot tell which gateway replica serves {fn.name}: {exc.reason}"
                 ) from None
+            except Stopping as exc:  # never ran: the SDK sends it again, to a live replica
+                raise ServiceError(str(exc)) from None
             if holder is None and self.leases.take_call(fn):
                 return None
             if holder is None:  # taken and lost at once (a renewal raced it): ask again
@@ -139,9 +146,18 @@ def remote_error(status: int, headers: dict[str, str], body: bytes) -> LambdaSer
 
 
 def add_peer_routes(
-    app: web.Application, service: InvocationService, leases: FunctionLeases, token: str
+    app: web.Application,
+    service: InvocationService,
+    leases: FunctionLeases,
+    token: str,
+    drain: Drain | None = None,
 ) -> None:
-    """``POST /_lamina/peer/invoke/{namespace}/{name}``: a call another replica forwards here."""
+    """``POST /_lamina/peer/invoke/{namespace}/{name}``: a call another replica forwards here. While
+    this replica stops (``drain``), a forwarded call that was not running yet is answered "not the
+    holder", so the forwarding replica asks the function's next holder; one cut at the end of the grace
+    gets ServiceException, which the forwarding replica passes on."""
+    if drain is not None:
+        drain.answer(PEER_PATH, refused=lambda request, reason: _not_holder())
 
     async def handle(request: web.Request) -> web.Response:
         if not hmac.compare_digest(request.headers.get(TOKEN_HEADER, "").encode(), token.encode()):
@@ -153,14 +169,17 @@ def add_peer_routes(
             fn = fn.versions.get(version)
         if fn is None:
             return _error(FunctionNotFound(f"Function not found: {key}:{version}"))
+        # Read before the Lease is checked: from the check to the limiter's count nothing may wait
+        # (a stopping replica gives back the Leases of functions that no call runs for).
+        body = await request.read()
         try:
             if await leases.owner(fn) is not None or not leases.take_call(fn):
-                return web.json_response(
-                    {"message": "not the holder"}, status=503, headers={NOT_HOLDER_HEADER: "1"}
-                )
+                return _not_holder()
         except ApiException as exc:
             return _error(ServiceError(f"cannot tell which gateway replica serves {fn.name}: {exc.reason}"))
-        invocation = decode_request(request.headers, await request.read(), lambda: str(uuid.uuid4()))
+        except Stopping:
+            return _not_holder()
+        invocation = decode_request(request.headers, body, lambda: str(uuid.uuid4()))
         try:
             result = await service.invoke_here(fn, invocation)
         except LambdaServiceError as exc:
@@ -171,6 +190,10 @@ def add_peer_routes(
         return web.Response(status=200, body=result.payload, headers=encode_result(result))
 
     app.router.add_post(PEER_PATH + "/{namespace}/{name}", handle)
+
+
+def _not_holder() -> web.Response:
+    return web.json_response({"message": "not the holder"}, status=503, headers={NOT_HOLDER_HEADER: "1"})
 
 
 def _error(exc: LambdaServiceError) -> web.Response:

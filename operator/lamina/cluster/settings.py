@@ -61,6 +61,11 @@ class GatewaySettings:
     async_lease_seconds: float = _option(
         60.0, "an Event invocation's lease while it runs (after a replica is lost, its events come back then)"
     )
+    drain_seconds: float = _option(
+        20.0,
+        "on SIGTERM, how long calls in flight may still run; those left then get ServiceException (keep "
+        "it under the pod's terminationGracePeriodSeconds: the chart adds 10 s)",
+    )
     lease_seconds: float = _option(
         15.0, "duration of a function's Lease (a lost replica's functions move after it)"
     )

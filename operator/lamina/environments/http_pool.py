@@ -213,6 +213,11 @@ class HttpEnvironmentPool:
         for key in set(self._pools) - {f.pool_key for f in functions}:
             del self._pools[key]
 
+    def abandon(self) -> None:
+        """The gateway is stopping: calls cancelled from now on stop waiting for their environment's
+        reply (:meth:`PodClient.abandon`)."""
+        self._client.abandon()
+
     async def close(self) -> None:
         if self._reaper:
             self._reaper.cancel()

@@ -166,6 +166,15 @@ class PodClient:
     def __init__(self, connect_timeout: float = 5.0) -> None:
         self.connect_timeout = connect_timeout
         self._idle: dict[str, list[_Connection]] = defaultdict(list)
+        #: Set by :meth:`abandon`: a cancelled call no longer waits for its reply.
+        self.abandoned = False
+
+    def abandon(self) -> None:
+        """From now on a cancelled call gives up on its reply at once instead of waiting for it: the
+        gateway is stopping and answers what still runs with ``ServiceException``
+        (:mod:`lamina.gateway.drain`); no environment will be handed on again, so what waiting
+        protects (an environment never sent a second call while it runs the first) no longer matters."""
+        self.abandoned = True
 
     async def request(
         self,
@@ -190,6 +199,9 @@ class PodClient:
             # The caller went away, but the request is out and the server is running it: wait for
             # its reply, so that when this returns the environment is really free (a new request
             # sent to it now would find it busy). Only a second cancellation gives up on it.
+            if self.abandoned:  # the gateway is stopping: it gives up on the reply (abandon())
+                conn.close()
+                raise
             try:
                 await conn.settled()
             except asyncio.CancelledError:

@@ -35,6 +35,10 @@ class ConcurrencyLimiter:
     def in_flight(self, fn: FunctionConfig) -> int:
         return self._in_flight[fn.key]
 
+    def busy(self, key: str) -> bool:
+        """Whether a call of the function ``key`` ("namespace/name", any version) runs here now."""
+        return self._in_flight.get(key, 0) > 0
+
     def try_acquire(self, fn: FunctionConfig) -> None:
         """Take one slot or raise ThrottledError naming why."""
         reserved = fn.reserved_concurrency

@@ -26,6 +26,8 @@ from lamina_runtime.protocol import LOG_TAIL_BYTES, InvocationRequest
 log = logging.getLogger(__name__)
 INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
 SERVICE_KEY = web.AppKey("invocation_service", InvocationService)
+#: Where a handler keeps the request id it answers with (a call cut by lamina.gateway.drain keeps it).
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def error_response(exc: LambdaServiceError, request_id: str) -> web.Response:
@@ -95,7 +97,7 @@ def _too_large(size: int | None, limit: int, invocation_type: str) -> RequestToo
 
 async def handle_invoke(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
-    request_id = str(uuid.uuid4())
+    request[REQUEST_ID] = request_id = str(uuid.uuid4())
     try:
         invocation_type = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
         if invocation_type not in INVOCATION_TYPES:

@@ -13,7 +13,7 @@ from multidict import CIMultiDict
 from lamina.gateway import tracing
 from lamina.gateway.errors import SYNC_PAYLOAD_LIMIT
 from lamina.gateway.http_formats import HttpRequest, HttpResponse, build_event, failed_response, map_response
-from lamina.gateway.invoke_api import SERVICE_KEY, read_body
+from lamina.gateway.invoke_api import REQUEST_ID, SERVICE_KEY, read_body
 from lamina.invocation.errors import LambdaServiceError, ThrottledError
 from lamina_runtime.protocol import InvocationRequest
 
@@ -47,9 +47,17 @@ def to_web(response: HttpResponse, request_id: str) -> web.Response:
     return web.Response(status=response.status, body=response.body, headers=headers)
 
 
+def platform_failed(request: web.Request, reason: str = "") -> web.Response:
+    """A function URL's answer when lamina failed (``reason`` is for the log, not the client)."""
+    request_id = request.get(REQUEST_ID) or str(uuid.uuid4())
+    return web.json_response(
+        {"message": "Internal Server Error"}, status=500, headers={"x-amzn-RequestId": request_id}
+    )
+
+
 async def handle_url(request: web.Request) -> web.Response:
     service = request.app[SERVICE_KEY]
-    request_id = str(uuid.uuid4())
+    request[REQUEST_ID] = request_id = str(uuid.uuid4())
     fmt = "2.0"
     try:
         # `/url/name:alias/...` reaches an alias, as a function URL with a Qualifier does.
@@ -80,9 +88,7 @@ async def handle_url(request: web.Request) -> web.Response:
         )
     except Exception:  # the platform failed: the client sees a plain 500, the log has the cause
         log.exception("URL invocation %s failed in the platform", request_id)
-        return web.json_response(
-            {"message": "Internal Server Error"}, status=500, headers={"x-amzn-RequestId": request_id}
-        )
+        return platform_failed(request)
     if result.function_error:
         return to_web(failed_response(fmt), request_id)
     return to_web(map_response(fmt, result.payload, fn.http_multi_value), request_id)
