@@ -25,6 +25,7 @@ afterwards), ``apply_yaml`` (server-side apply of files / YAML text / dicts), ``
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import secrets
@@ -282,10 +283,10 @@ def apply_objects(
 # ----------------------------------------------------------------------------------------- per test
 
 
-@pytest.fixture
-def namespace(k8s_api: Any) -> Iterator[str]:
+@contextlib.contextmanager
+def fresh_namespace(k8s_api: Any) -> Iterator[str]:
     """A fresh namespace (with its `default` ServiceAccount ready) whose pods go to kwok's node;
-    deleted after the test."""
+    deleted afterwards."""
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
 
@@ -314,6 +315,20 @@ def namespace(k8s_api: Any) -> Iterator[str]:
         except ApiException as e:
             if e.status != 404:
                 raise
+
+
+@pytest.fixture
+def namespace(k8s_api: Any) -> Iterator[str]:
+    """A fresh namespace whose pods go to kwok's node (:func:`fresh_namespace`)."""
+    with fresh_namespace(k8s_api) as name:
+        yield name
+
+
+@pytest.fixture
+def second_namespace(k8s_api: Any) -> Iterator[str]:
+    """Another fresh namespace, for tests of what spans namespaces."""
+    with fresh_namespace(k8s_api) as name:
+        yield name
 
 
 @pytest.fixture

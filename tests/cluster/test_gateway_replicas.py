@@ -19,6 +19,7 @@ calls there. Checked end to end on the kwok control plane with the kubelet playe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -75,16 +76,56 @@ TOKEN = "peer-token-of-the-test"
 Stack = tuple[Cluster, list[Gateway], PodRunner, Path]
 
 
-def replica(kubeconfig: str, namespace: str, log: Path, redis_url: str) -> Gateway:
+def replica(kubeconfig: str, namespace: str, log: Path, redis_url: str, *args: str) -> Gateway:
     port = free_port()
     return Gateway(
-        kubeconfig, namespace, log,
+        kubeconfig, namespace, log, *args,
         "--advertise", f"127.0.0.1:{port}", "--lease-seconds", str(LEASE_SECONDS),
         "--redis-url", redis_url, "--async-lease-seconds", "5",
         "--concurrency-limit", str(ACCOUNT_LIMIT), "--min-unreserved", "0",
         "--drain-seconds", str(DRAIN_SECONDS),
         port=port, env={"LAMINA_GATEWAY_PEER_TOKEN": TOKEN},
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def replica_stack(
+    k8s_api: client.ApiClient,
+    kubeconfig: str,
+    namespaces: list[str],
+    tmp_path: Path,
+    python312: str,
+    count: int,
+) -> Iterator[tuple[list[Gateway], list[PodRunner], Path]]:
+    """The operator (no warm pools: every environment is a Deployment pod) and ``count`` gateway
+    replicas watching ``namespaces``, the kubelet's stand-in in each, and the directory where the
+    functions count their runs."""
+    if not brokers.available("redis"):
+        pytest.fail("redis-server is not installed: run scripts/test, which installs it")
+    redis = brokers.RedisServer(tmp_path / "redis").start()  # the replicas' one queue of Event invocations
+    more = [arg for ns in namespaces[1:] for arg in ("--namespace", ns)]
+    op = Operator(kubeconfig, namespaces[0], *more, env={"LAMINA_POOL_SIZE": "0"}).start()
+    gateways = [
+        replica(kubeconfig, namespaces[0], tmp_path / f"gateway-{i}.log", redis.url, *more)
+        for i in range(count)
+    ]
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    runners = [
+        PodRunner(k8s_api, ns, tmp_path / f"pods-{ns}", interpreters={"python3.12": python312})
+        for ns in namespaces
+    ]
+    try:
+        with contextlib.ExitStack() as running:
+            yield gateways, [running.enter_context(r) for r in runners], counts
+    finally:
+        for gw in gateways:
+            gw.stop()
+        op.stop()
+        redis.stop()
+        for gw in gateways:
+            sys.stderr.write(f"\n--- {gw.log.name} ---\n{gw.log.read_text(errors='replace')[-4000:]}\n")
+        sys.stderr.write(f"\n--- operator log ---\n{op.tail()}\n")
 
 
 @pytest.fixture
@@ -96,28 +137,10 @@ def replicas(
     tmp_path: Path,
     python312: str,
 ) -> Iterator[Stack]:
-    """The operator (no warm pools: every environment is a Deployment pod), two gateway replicas,
-    the kubelet's stand-in, and the directory where the function counts its runs."""
+    """Two gateway replicas of one namespace (:func:`replica_stack`)."""
     apply_yaml(sorted((REPO / "crds").glob("*.yaml")))
-    if not brokers.available("redis"):
-        pytest.fail("redis-server is not installed: run scripts/test, which installs it")
-    redis = brokers.RedisServer(tmp_path / "redis").start()  # the replicas' one queue of Event invocations
-    op = Operator(kubeconfig, namespace, env={"LAMINA_POOL_SIZE": "0"}).start()
-    gateways = [replica(kubeconfig, namespace, tmp_path / f"gateway-{i}.log", redis.url) for i in range(2)]
-    counts = tmp_path / "counts"
-    counts.mkdir()
-    runner = PodRunner(k8s_api, namespace, tmp_path / "pods", interpreters={"python3.12": python312})
-    try:
-        with runner as pods:
-            yield Cluster(k8s_api, namespace), gateways, pods, counts
-    finally:
-        for gw in gateways:
-            gw.stop()
-        op.stop()
-        redis.stop()
-        for gw in gateways:
-            sys.stderr.write(f"\n--- {gw.log.name} ---\n{gw.log.read_text(errors='replace')[-4000:]}\n")
-        sys.stderr.write(f"\n--- operator log ---\n{op.tail()}\n")
+    with replica_stack(k8s_api, kubeconfig, [namespace], tmp_path, python312, 2) as (gateways, pods, counts):
+        yield Cluster(k8s_api, namespace), gateways, pods[0], counts
 
 
 def counting_function(k8s: Cluster, name: str, counts: Path, **spec: Any) -> None:
@@ -335,3 +358,64 @@ def test_the_unreserved_pool_is_shared_across_replicas_not_multiplied(
         if code == "TooManyRequestsException":
             assert response.get("Reason") == "ConcurrentInvocationLimitExceeded", response
     assert state(counts)["most"] <= ACCOUNT_LIMIT, state(counts)  # counted by the functions themselves
+
+
+def gauge(gw: Gateway, name: str) -> float:
+    """A gauge of the replica's /metrics."""
+    with urllib.request.urlopen(f"{gw.url}/metrics", timeout=10) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in the metrics of {gw.url}")
+
+
+def test_three_replicas_over_two_namespaces_split_the_unreserved_pool_exactly(
+    k8s_api: client.ApiClient,
+    kubeconfig: str,
+    namespace: str,
+    second_namespace: str,
+    apply_yaml: Any,
+    tmp_path: Path,
+    python312: str,
+    wait_until: Callable[..., Any],
+) -> None:
+    """Functions of two namespaces, served by three replicas that watch both: each replica counts
+    the Leases of both namespaces, takes its part of the account's unreserved concurrency (4 over 3:
+    2, 1, 1, none lost to rounding), and together the functions never run more than the account's."""
+    apply_yaml(sorted((REPO / "crds").glob("*.yaml")))
+    spaces = [namespace, second_namespace]
+    with replica_stack(k8s_api, kubeconfig, spaces, tmp_path, python312, 3) as (gateways, _, counts):
+        first, second = Cluster(k8s_api, namespace), Cluster(k8s_api, second_namespace)
+        names = {"left": first, "mid": first, "right": second}
+        for name, k8s in names.items():
+            counting_function(k8s, name, counts)
+        # The gateways' default namespace is the first; the second's functions go by "namespace.name".
+        target = {"left": "left", "mid": "mid", "right": f"{second_namespace}.right"}
+        for gw, name in zip(gateways, names, strict=True):  # each replica takes one function's Lease
+            wait_invocable(gw.lambda_client(), target[name])
+        for gw in gateways:
+            for name in names:
+                wait_invocable(gw.lambda_client(), target[name])
+        for gw, (name, k8s) in zip(gateways, names.items(), strict=True):
+            assert holder(k8s, name).endswith(f"-{gw.proc.pid}"), name
+
+        def shares() -> list[float]:
+            return sorted(gauge(gw, "lamina_unreserved_concurrency") for gw in gateways)
+
+        # Within a renewal round or two each replica has counted the others' Leases in both namespaces.
+        wait_until(lambda: shares() == [1, 1, 2], timeout=3 * LEASE_SECONDS, message="each replica counted the three")
+        assert [gauge(gw, "lamina_gateway_replicas") for gw in gateways] == [3, 3, 3]
+
+        # A burst at every function through every replica: the functions count their runs together.
+        def one(i: int) -> tuple[str, Any]:
+            return call(gateways[i % 3], target[list(names)[i // 3 % 3]], {"sleep": 1.5})
+
+        with ThreadPoolExecutor(18) as ex:
+            burst = list(ex.map(one, range(18)))
+        outcomes = [code for code, _ in burst]
+        assert set(outcomes) <= {"ok", "TooManyRequestsException"}, outcomes
+        assert "ok" in outcomes and "TooManyRequestsException" in outcomes, outcomes
+        for code, response in burst:
+            if code == "TooManyRequestsException":
+                assert response.get("Reason") == "ConcurrentInvocationLimitExceeded", response
+        assert state(counts)["most"] <= ACCOUNT_LIMIT, state(counts)  # counted by the functions themselves

@@ -201,7 +201,7 @@ async def serve(settings: GatewaySettings) -> int:
             settings.advertise,
             settings.lease_seconds,
             namespace=settings.namespace,
-            on_replicas=lambda n: setattr(limiter, "replicas", n),
+            on_replicas=limiter.set_replicas,
         )
         router = PeerRouter(leases, settings.peer_token, settings.cold_start_timeout)
     claims = PoolClaims(api, namespaces, handover, gateway_id=socket.gethostname())

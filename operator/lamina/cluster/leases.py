@@ -87,15 +87,16 @@ class FunctionLeases:
         duration: float = 15.0,
         idle_release: float = IDLE_RELEASE_S,
         namespace: str | Sequence[str] | None = None,
-        on_replicas: Callable[[int], None] | None = None,
+        on_replicas: Callable[[int, int], None] | None = None,
     ) -> None:
         self.coord: Any = client.CoordinationV1Api(api)  # plain dicts in, models out
         self.identity = identity
         self.address = address
         self.duration = duration
         self.idle_release = idle_release
-        #: Where the Leases are counted (the gateway's one namespace, or all), and who is told how many
-        #: replicas hold some (each takes that share of the unreserved pool).
+        #: Where the Leases are counted (the namespaces the gateway watches, or all), and who is told how
+        #: many replicas hold some and this one's place among them (each takes its share of the
+        #: unreserved pool).
         self.namespaces = [namespace] if isinstance(namespace, str) else (list(namespace or ()) or None)
         self.on_replicas = on_replicas
         self._held: dict[str, _Held] = {}
@@ -245,8 +246,10 @@ class FunctionLeases:
         }
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
 
-    def replicas(self) -> int:
-        """How many replicas hold an unexpired Lease now, this one counted (one API list)."""
+    def replicas(self) -> tuple[int, int]:
+        """How many replicas hold an unexpired Lease now, this one counted, in every namespace this
+        gateway watches (one API list per namespace, or one for the cluster), and this one's place
+        among them (identities sorted): every replica computes the same order from the same Leases."""
         selector = f"{COMPONENT}={LEASE_COMPONENT}"
         if self.namespaces:
             found = [
@@ -263,14 +266,14 @@ class FunctionLeases:
             if spec.holder_identity and spec.renew_time:
                 if spec.renew_time.timestamp() + (spec.lease_duration_seconds or 0) > now:
                     holders.add(spec.holder_identity)
-        return len(holders)
+        return len(holders), sorted(holders).index(self.identity)
 
     async def _renew_forever(self) -> None:
         while True:
             await asyncio.sleep(self.duration / 3)
             if self.on_replicas is not None:
                 try:
-                    self.on_replicas(await asyncio.to_thread(self.replicas))
+                    self.on_replicas(*await asyncio.to_thread(self.replicas))
                 except Exception as exc:  # keep the last count; the renewals below matter more
                     log.warning("counting the gateway replicas failed: %s", exc)
             for key, held in list(self._held.items()):

@@ -97,6 +97,16 @@ class GatewayMetrics:
             ["namespace", "function", "version"],
             registry=r,
         )
+        # With several gateway replicas: how many serve functions, and this one's part of the
+        # unreserved concurrency (the replicas' parts add up to the pool).
+        self.replicas = Gauge(
+            "lamina_gateway_replicas", "Gateway replicas that serve functions, as this one counts", registry=r
+        )
+        self.unreserved_share = Gauge(
+            "lamina_unreserved_concurrency",
+            "Concurrent invocations of unreserved functions this replica may run",
+            registry=r,
+        )
         self._per_function: dict[str, FunctionMetrics] = {}
         self._per_version: dict[tuple[str, str, str], VersionMetrics] = {}
 

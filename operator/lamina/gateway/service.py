@@ -61,6 +61,9 @@ class InvocationService:
         #: Spans of invocations when OTEL_* asks for them (lamina.gateway.otel), else nothing.
         self.tracer: Tracer = tracer if tracer is not None else tracer_from_env()
         self.limiter.set_functions(registry.all())
+        limiter = self.limiter  # read at each scrape
+        self.metrics.replicas.set_function(lambda: limiter.replicas)
+        self.metrics.unreserved_share.set_function(lambda: limiter.unreserved_limit)
 
     def replace_functions(self, functions: list[FunctionConfig]) -> None:
         self.registry.replace(functions)
