@@ -20,6 +20,7 @@ calls there. Checked end to end on the kwok control plane with the kubelet playe
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -151,7 +152,10 @@ def counting_function(k8s: Cluster, name: str, counts: Path, **spec: Any) -> Non
 
 
 def state(counts: Path) -> dict[str, int]:
-    return json.loads((counts / "state.json").read_text())
+    """The functions' count, read under their lock (they rewrite it while they run)."""
+    with (counts / "state.json.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return json.loads((counts / "state.json").read_text())
 
 
 def runtime_stats(k8s: Cluster, pods: PodRunner, fn: str) -> list[dict[str, int]]:
@@ -279,7 +283,7 @@ def test_a_stopped_replica_answers_its_calls_in_flight_the_slow_ones_with_servic
         thread.start()
         return thread
 
-    threads = [start("long", a, 30), start("forwarded", b, 30)]
+    threads = [start("long", a, 20), start("forwarded", b, 20)]  # the timeout is 30 s
     wait_until(lambda: state(counts)["now"] == 2, timeout=90, message="the two long calls running")
     threads.append(start("short", a, 2))
     wait_until(lambda: state(counts)["now"] == 3, timeout=90, message="the short call running")
@@ -289,7 +293,7 @@ def test_a_stopped_replica_answers_its_calls_in_flight_the_slow_ones_with_servic
         t.join(DRAIN_SECONDS + 20)
     assert not any(t.is_alive() for t in threads), "a call hung"
     assert a.proc.wait(20) == 0
-    assert time.monotonic() - stopped < DRAIN_SECONDS + 15  # the grace, not the 30 s calls
+    assert time.monotonic() - stopped < DRAIN_SECONDS + 12  # the grace, not the 20 s calls
 
     code, body = results["short"]
     assert code == "ok" and "pid" in body, results["short"]  # accepted before SIGTERM, done within the grace
@@ -403,7 +407,9 @@ def test_three_replicas_over_two_namespaces_split_the_unreserved_pool_exactly(
             return sorted(gauge(gw, "lamina_unreserved_concurrency") for gw in gateways)
 
         # Within a renewal round or two each replica has counted the others' Leases in both namespaces.
-        wait_until(lambda: shares() == [1, 1, 2], timeout=3 * LEASE_SECONDS, message="each replica counted the three")
+        wait_until(
+            lambda: shares() == [1, 1, 2], timeout=3 * LEASE_SECONDS, message="each replica counted the three"
+        )
         assert [gauge(gw, "lamina_gateway_replicas") for gw in gateways] == [3, 3, 3]
 
         # A burst at every function through every replica: the functions count their runs together.
