@@ -48,6 +48,11 @@ def main() -> int:
     parser.add_argument("--pool-size", type=int, default=3, help="pool pods in the functions' namespace")
     parser.add_argument("--burst-functions", type=int, default=10)
     parser.add_argument("--burst-calls", type=int, default=50)
+    parser.add_argument(
+        "--paths",
+        default="pause,pool,deployment,burst",
+        help="which measurements, comma-separated (default: all four)",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -80,7 +85,11 @@ def main() -> int:
                 time.sleep(0.2)
         return names
 
+    warm: list[float] = []
+
     def first_calls(names: list[str], before_each: Any) -> list[float]:
+        """Each function's first call (a cold start), then a second one (warm: what the path from
+        the host to a pod costs without the cold start)."""
         samples = []
         for x in names:
             before_each()
@@ -88,6 +97,9 @@ def main() -> int:
             r, body = lam.invoke(x, {}, read_timeout=150)
             assert "FunctionError" not in r and body == {"hello": "world"}, (r, body)
             samples.append((time.perf_counter() - t0) * 1000)
+            t0 = time.perf_counter()
+            lam.invoke(x, {}, read_timeout=150)
+            warm.append((time.perf_counter() - t0) * 1000)
         return samples
 
     def wait_pool() -> None:
@@ -97,9 +109,10 @@ def main() -> int:
             time.sleep(0.1)
 
     try:
+        paths = set(args.paths.split(","))
         pause = release.pause_image
         samples = []
-        for i in range(args.pause_pods):
+        for i in range(args.pause_pods if "pause" in paths else 0):
             name = f"pause-{i}-{os.getpid()}"
             body = {
                 "metadata": {"name": name},
@@ -110,35 +123,41 @@ def main() -> int:
                 },
             }
             samples.append(pod_ready_ms(core, tier.FUNCTIONS_NS, name, body))
-        results.append(stats("pause pod create -> Ready", samples))
+        if samples:
+            results.append(stats("pause pod create -> Ready", samples))
 
-        pool_size(args.pool_size)
-        names = functions_at_zero("pool", args.starts, "Pool")
-        results.append(stats("cold start from the warm pool", first_calls(names, wait_pool)))
-        clear(lam)
+        if "pool" in paths:
+            pool_size(args.pool_size)
+            names = functions_at_zero("pool", args.starts, "Pool")
+            results.append(stats("cold start from the warm pool", first_calls(names, wait_pool)))
+            results.append(stats("  the second call of each (warm)", warm))
+            clear(lam)
 
-        pool_size(0)
-        names = functions_at_zero("dep", args.starts, "Deployment")
-        results.append(stats("cold start on the Deployment path", first_calls(names, lambda: None)))
-        clear(lam)
+        if "deployment" in paths:
+            pool_size(0)
+            names = functions_at_zero("dep", args.starts, "Deployment")
+            results.append(stats("cold start on the Deployment path", first_calls(names, lambda: None)))
+            clear(lam)
 
-        pool_size(args.pool_size)
-        names = functions_at_zero("burst", args.burst_functions, "Pool")
-        wait_pool()
-        calls = [names[i % len(names)] for i in range(args.burst_calls)]
-        t0 = time.perf_counter()
-        answers = asyncio.run(_burst(lam.gateway_url, calls))
-        total = (time.perf_counter() - t0) * 1000
-        row = stats(
-            f"burst: {args.burst_calls} first calls to {len(names)} functions", [ms for _, ms, _ in answers]
-        )
-        row["all_answered_ms"] = round(total, 1)
-        row["answered_200"] = sum(1 for status, _, _ in answers if status == 200)
-        row["not_ok"] = sorted({(status, body[:160]) for status, _, body in answers if status != 200})
-        print(f"{'':40} all answered after {total:.0f} ms, {row['answered_200']} with 200", flush=True)
-        for status, text in row["not_ok"]:
-            print(f"{'':40} {status}: {text}", flush=True)
-        results.append(row)
+        if "burst" in paths:
+            pool_size(args.pool_size)
+            names = functions_at_zero("burst", args.burst_functions, "Pool")
+            wait_pool()
+            calls = [names[i % len(names)] for i in range(args.burst_calls)]
+            t0 = time.perf_counter()
+            answers = asyncio.run(_burst(lam.gateway_url, calls))
+            total = (time.perf_counter() - t0) * 1000
+            row = stats(
+                f"burst: {args.burst_calls} first calls to {len(names)} functions",
+                [ms for _, ms, _ in answers],
+            )
+            row["all_answered_ms"] = round(total, 1)
+            row["answered_200"] = sum(1 for status, _, _ in answers if status == 200)
+            row["not_ok"] = sorted({(status, body[:160]) for status, _, body in answers if status != 200})
+            print(f"{'':40} all answered after {total:.0f} ms, {row['answered_200']} with 200", flush=True)
+            for status, text in row["not_ok"]:
+                print(f"{'':40} {status}: {text}", flush=True)
+            results.append(row)
     finally:
         lam.delete_created()
         core.patch_namespace(tier.FUNCTIONS_NS, {"metadata": {"annotations": {POOL_SIZE: None}}})
