@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import hashlib
 import ipaddress
 import json
 import os
@@ -77,7 +78,17 @@ KWOK_NAMESPACE_ANNOTATIONS = {
     ),
 }
 SERVICE_CIDR = "10.0.0.0/24"
-POD_CIDR = "127.244.0.0/16"  # loopback: a test may run a "pod" itself at its IP (see test_end_to_end)
+
+
+def kwok_pod_cidr(state_dir: Path) -> str:
+    """The fake node's pod CIDR: a /16 of loopback, so that a test may run a "pod" itself at its IP
+    (see test_end_to_end). One per cluster, from its state directory: clusters that run side by side
+    on one machine (a CI run beside an engineer's) must never hand out the same pod IPs, or one
+    cluster's gateway reaches the other's "pods" (same address, same port) and gets their answers."""
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).digest()
+    return f"127.{100 + int.from_bytes(digest[:4], 'big') % 150}.0.0/16"  # 127.100-249: clear of 127.0.0.1
+
+
 START_TIMEOUT = float(os.environ.get("LAMINA_TEST_CLUSTER_START_TIMEOUT", "180"))
 
 
@@ -679,7 +690,7 @@ class ControlPlane:
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 "--manage-nodes-with-label-selector=",
                 "--manage-single-node=",
-                f"--cidr={POD_CIDR}",
+                f"--cidr={kwok_pod_cidr(self.state_dir)}",
                 "--node-ip=127.0.0.1",
                 f"--server-address={h}:{p['kwok']}",
                 "--node-lease-duration-seconds=40",
@@ -780,7 +791,7 @@ class ControlPlane:
                     "node-role.kubernetes.io/agent": "",
                 },
             },
-            "spec": {"podCIDR": POD_CIDR, "podCIDRs": [POD_CIDR]},
+            "spec": {"podCIDR": kwok_pod_cidr(self.state_dir), "podCIDRs": [kwok_pod_cidr(self.state_dir)]},
             "status": {
                 "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110", "ephemeral-storage": "1Ti"},
                 "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110", "ephemeral-storage": "1Ti"},

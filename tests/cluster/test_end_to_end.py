@@ -1,13 +1,13 @@
 """A Function applied to the cluster answers boto3 through `lamina gateway`, served by its pods.
 
 The operator makes the Function's Deployment; the controller-manager, scheduler and kwok turn it into
-Ready pods with loopback IPs (the test control plane's pod CIDR is 127.244.0.0/16). kwok runs no
-containers, so this test plays the kubelet: for each pod it starts the pod's own container command
-(`python -m lamina_runtime serve`) with the container's environment and the code from its ConfigMap,
-bound to the pod's IP, on the interpreter of the pod's runtime and with the runtime's boto3 (what the
-runtime image of that Python version holds). Everything between boto3 and the handler is the real
-thing: the gateway's pod discovery, its scale-ups through the Deployment's scale subresource, HTTP
-to the pod, the runtime.
+Ready pods with loopback IPs (the test control plane's pod CIDR is a /16 of 127.0.0.0/8, one per
+cluster). kwok runs no containers, so this test plays the kubelet: for each pod it starts the pod's own
+container command (`python -m lamina_runtime serve`) with the container's environment and the code from
+its ConfigMap, bound to the pod's IP, on the interpreter of the pod's runtime and with the runtime's
+boto3 (what the runtime image of that Python version holds). Everything between boto3 and the handler is
+the real thing: the gateway's pod discovery, its scale-ups through the Deployment's scale subresource,
+HTTP to the pod, the runtime.
 """
 
 from __future__ import annotations
