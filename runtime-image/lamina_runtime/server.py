@@ -162,6 +162,8 @@ class RuntimeServer:
         #: Why the first INIT of a provisioned environment failed (it then exits), else None.
         self.provisioned_failure: str | None = None
         self._server: asyncio.Server | None = None
+        #: Shutting down (SIGTERM): an invocation the shutdown cut short starts no new environment.
+        self._closing = False
 
     async def listen(self, host: str, port: int) -> int:
         """Accept connections (probes get 503 until INIT is done); returns the bound port."""
@@ -205,6 +207,7 @@ class RuntimeServer:
             self._initialised = True
 
     async def close(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
         if self._starting is not None:
@@ -326,7 +329,7 @@ class RuntimeServer:
         finally:
             self._invoking = False
         self.invocations += 1
-        if self.worker.needs_restart and self._starting is None:
+        if self.worker.needs_restart and self._starting is None and not self._closing:
             # After a timeout or crash, pay the next INIT now rather than on the next request.
             self._starting = asyncio.create_task(self._start_worker())
         return 200, result.payload, result_headers(result)

@@ -445,3 +445,23 @@ def test_a_hand_over_that_fails_half_way_spoils_the_pod(pool_pod, change, why) -
     assert status == 400 and why in body.decode() and b"spoiled" in body, body
     assert pod.request("GET", "/healthz")[0] == 503  # never Ready again: the gateway deletes it
     assert pod.request("POST", "/specialize", handover())[0] == 409
+
+
+def test_sigterm_during_an_invocation_stops_the_environment_within_the_shutdown_grace(
+    serve, write_code, tmp_path
+):
+    """A pod deleted while its function runs: Lambda's Shutdown phase gives the runtime 2 s, then the
+    environment goes. The server must not wait for the invocation (nor hang in its own shutdown) until
+    the kubelet's SIGKILL at the end of the pod's grace period."""
+    served = serve(write_code(HANDLER), LAMINA_TIMEOUT_SECONDS="60")
+    _, _, out = served.invoke({})
+    entered, release = tmp_path / "entered", tmp_path / "never"
+    event = json.dumps({"entered": str(entered), "release": str(release)}).encode()
+    caller = threading.Thread(target=lambda: served.request("POST", "/invoke", event), daemon=True)
+    caller.start()
+    _poll(entered.exists, "the invocation running")
+    started = time.monotonic()
+    served.proc.send_signal(signal.SIGTERM)
+    served.proc.wait(timeout=15)
+    assert time.monotonic() - started < 10
+    _poll(lambda: not Path(f"/proc/{out['pid']}").exists(), "the worker to exit")
