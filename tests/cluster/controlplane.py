@@ -78,17 +78,14 @@ KWOK_NAMESPACE_ANNOTATIONS = {
     ),
 }
 SERVICE_CIDR = "10.0.0.0/24"
-
-
-def kwok_pod_cidr(state_dir: Path) -> str:
-    """The fake node's pod CIDR: a /16 of loopback, so that a test may run a "pod" itself at its IP
-    (see test_end_to_end). One per cluster, from its state directory: clusters that run side by side
-    on one machine (a CI run beside an engineer's) must never hand out the same pod IPs, or one
-    cluster's gateway reaches the other's "pods" (same address, same port) and gets their answers."""
-    digest = hashlib.sha256(str(state_dir.resolve()).encode()).digest()
-    return f"127.{100 + int.from_bytes(digest[:4], 'big') % 150}.0.0/16"  # 127.100-249: clear of 127.0.0.1
-
-
+#: Pod IPs are loopback addresses: a test runs a "pod" itself at its IP (see test_end_to_end). Each
+#: control plane on the machine takes a /16 of its own, 127.<octet>.0.0/16 (see :func:`claim_pod_cidr`):
+#: kwok hands out a CIDR's addresses in order, so two clusters sharing one would give their first pods
+#: the same IP, the second pod's server could not bind it, and the second cluster's gateway would
+#: reach the first cluster's pod and take another function's answer for its own.
+POD_CIDR = "127.244.0.0/16"  # that of a cluster started before the claims (never claimed)
+POD_CIDR_OCTETS = range(100, 250)
+POD_CIDR_REGISTRY = Path(tempfile.gettempdir()) / "lamina-pod-cidrs"
 START_TIMEOUT = float(os.environ.get("LAMINA_TEST_CLUSTER_START_TIMEOUT", "180"))
 
 
@@ -411,6 +408,7 @@ class ControlPlane:
     host: str = "127.0.0.1"
     real_node: bool = False
     node_pid: int | None = None
+    pod_cidr: str = POD_CIDR
 
     # -- paths
     @property
@@ -442,6 +440,7 @@ class ControlPlane:
             "host": self.host,
             "real_node": self.real_node,
             "node_pid": self.node_pid,
+            "pod_cidr": self.pod_cidr,
             "kubeconfig": str(self.kubeconfig),
             "server": self.server if "apiserver" in self.ports else None,
         }
@@ -469,6 +468,7 @@ class ControlPlane:
             host=data.get("host", "127.0.0.1"),
             real_node=bool(data.get("real_node", False)),
             node_pid=data.get("node_pid"),
+            pod_cidr=data.get("pod_cidr", POD_CIDR),
         )
 
     # -- health
@@ -534,6 +534,7 @@ class ControlPlane:
 
     def start(self) -> None:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.pod_cidr = claim_pod_cidr(self.state_dir)
         p = self.ports
         for k in ("etcd_client", "etcd_peer", "apiserver", "kcm", "scheduler", "kwok"):
             p[k] = free_port()
@@ -690,7 +691,7 @@ class ControlPlane:
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 "--manage-nodes-with-label-selector=",
                 "--manage-single-node=",
-                f"--cidr={kwok_pod_cidr(self.state_dir)}",
+                f"--cidr={self.pod_cidr}",
                 "--node-ip=127.0.0.1",
                 f"--server-address={h}:{p['kwok']}",
                 "--node-lease-duration-seconds=40",
@@ -791,7 +792,7 @@ class ControlPlane:
                     "node-role.kubernetes.io/agent": "",
                 },
             },
-            "spec": {"podCIDR": kwok_pod_cidr(self.state_dir), "podCIDRs": [kwok_pod_cidr(self.state_dir)]},
+            "spec": {"podCIDR": self.pod_cidr, "podCIDRs": [self.pod_cidr]},
             "status": {
                 "capacity": {"cpu": "32", "memory": "256Gi", "pods": "110", "ephemeral-storage": "1Ti"},
                 "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "110", "ephemeral-storage": "1Ti"},
@@ -846,8 +847,48 @@ class ControlPlane:
             shutil.rmtree(self.etcd_data, ignore_errors=True)
         left = clean_node(self.state_dir)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+        release_pod_cidr(self.state_dir)
         if left:
             _log("could not remove: " + ", ".join(left))
+
+
+def claim_pod_cidr(state_dir: Path, registry: Path = POD_CIDR_REGISTRY) -> str:
+    """A pod CIDR no other control plane on this machine uses: ``127.<octet>.0.0/16``, claimed by a
+    file ``<registry>/<octet>`` naming ``state_dir`` (the same one again for the same state dir). A
+    claim whose state dir is gone (a cluster taken down, or its files removed) is taken over."""
+    import fcntl
+
+    registry.mkdir(parents=True, exist_ok=True)
+    me = str(state_dir.resolve())
+    with (registry / ".lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one choice at a time: no two clusters take the same one
+        free = None
+        # Its own octet first (from the state dir, as before the claims), then the others in turn.
+        digest = hashlib.sha256(me.encode()).digest()
+        first = POD_CIDR_OCTETS[int.from_bytes(digest[:4], "big") % len(POD_CIDR_OCTETS)]
+        for octet in sorted(POD_CIDR_OCTETS, key=lambda o: (o != first, o == 244, o)):
+            claim = registry / str(octet)
+            try:
+                owner = claim.read_text().strip()
+            except FileNotFoundError:
+                owner = ""
+            if owner == me:
+                return f"127.{octet}.0.0/16"
+            if free is None and (not owner or not Path(owner).exists()):
+                free = claim
+        if free is None:
+            raise ControlPlaneError(f"every pod CIDR of {registry} is taken by a live state dir")
+        free.write_text(me + "\n")
+        return f"127.{free.name}.0.0/16"
+
+
+def release_pod_cidr(state_dir: Path, registry: Path = POD_CIDR_REGISTRY) -> None:
+    """Give back the pod CIDR ``state_dir`` claimed (:func:`claim_pod_cidr`), if any."""
+    me = str(state_dir.resolve())
+    for claim in registry.glob("[0-9]*"):
+        with contextlib.suppress(OSError):
+            if claim.read_text().strip() == me:
+                claim.unlink()
 
 
 def clean_node(state_dir: Path) -> list[str]:
@@ -922,6 +963,7 @@ def down(state_dir: Path | None = None) -> bool:
         existed = sd.exists()
         left = clean_node(sd)
         shutil.rmtree(sd, ignore_errors=True)
+        release_pod_cidr(sd)
         if left:
             _log("could not remove: " + ", ".join(left))
         return existed

@@ -170,3 +170,23 @@ def test_configmap_owned_by_custom_object_is_collected(k8s_api, namespace, apply
 
     # The garbage collector learns about new CRDs on its discovery resync (every 30 s).
     wait_until(gone, timeout=120, interval=0.5, message="owned ConfigMap garbage-collected")
+
+
+def test_each_control_plane_on_the_machine_claims_a_pod_cidr_of_its_own(tmp_path, monkeypatch) -> None:
+    """Clusters sharing a pod CIDR give their first pods the same loopback IPs (kwok hands them out in
+    order): one cluster's gateway then reaches another cluster's pod. Each state dir claims its own
+    /16, keeps it, and gives it back; a claim whose state dir is gone is taken over."""
+    monkeypatch.setattr(cp_mod, "POD_CIDR_OCTETS", range(100, 103))  # three to share out
+    registry = tmp_path / "registry"
+    dirs = [tmp_path / f"cluster-{n}" for n in range(5)]
+    for d in dirs:
+        d.mkdir()
+    cidrs = [cp_mod.claim_pod_cidr(d, registry) for d in dirs[:3]]
+    assert sorted(cidrs) == ["127.100.0.0/16", "127.101.0.0/16", "127.102.0.0/16"]
+    assert cp_mod.claim_pod_cidr(dirs[1], registry) == cidrs[1]  # the same again
+    with pytest.raises(cp_mod.ControlPlaneError, match="every pod CIDR"):
+        cp_mod.claim_pod_cidr(dirs[3], registry)
+    cp_mod.release_pod_cidr(dirs[0], registry)
+    assert cp_mod.claim_pod_cidr(dirs[3], registry) == cidrs[0]  # given back: taken again
+    dirs[2].rmdir()  # its cluster is gone without giving it back
+    assert cp_mod.claim_pod_cidr(dirs[4], registry) == cidrs[2]
