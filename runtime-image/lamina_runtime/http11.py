@@ -58,6 +58,7 @@ REASONS = {
     411: "Length Required",
     408: "Request Timeout",
     413: "Payload Too Large",
+    421: "Misdirected Request",
     429: "Too Many Requests",
     500: "Internal Server Error",
     503: "Service Unavailable",

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
+import sys
 import time
 from collections import deque
 from typing import Any
@@ -212,6 +214,8 @@ class WorkerProcess(HostedEnvironment):
             returncode = await self._reap()
             duration = (time.perf_counter() - started) * 1000
             return self._exit_result(req, returncode, duration, init_ms, prefix, runtime_wrote_start=True)
+        if reply.get("type") != "result" or reply.get("request_id") != req.request_id:
+            return await self._stray_reply(req, reply, started, init_ms, prefix)
         peak = int(reply.get("max_memory_mb") or 0)
         if peak > self.memory_mb:
             # Lambda would have killed it on the way up: never let a local run pass that fails there.
@@ -230,6 +234,29 @@ class WorkerProcess(HostedEnvironment):
             duration_ms=float(reply.get("duration_ms") or 0.0),
             init_duration_ms=reply.get("init_duration_ms"),
             max_memory_mb=int(reply.get("max_memory_mb") or 0),
+        )
+
+    async def _stray_reply(
+        self,
+        req: InvocationRequest,
+        reply: dict[str, Any],
+        started: float,
+        init_ms: float | None,
+        prefix: str,
+    ) -> InvocationResult:
+        """The worker answered with a frame that is not this request's result (another request's, or
+        no result at all): it is never passed on as this one's. The channel can no longer be trusted
+        to pair replies with requests, so the environment is reset, and this invocation fails as one
+        whose runtime went away (the handler may have run)."""
+        why = (
+            f"the worker answered request {req.request_id} with a {reply.get('type')!r} frame of "
+            f"request {reply.get('request_id')!r}; the environment is reset"
+        )
+        print(f"lamina_runtime: {why}", file=sys.stderr, flush=True)
+        await self._kill()
+        duration = (time.perf_counter() - started) * 1000
+        return self._exit_result(
+            req, -signal.SIGKILL, duration, init_ms, prefix, output=f"{why}\n", runtime_wrote_start=True
         )
 
     def _after_start(self, req: InvocationRequest, log: str | None) -> str:

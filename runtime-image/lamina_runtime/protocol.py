@@ -75,6 +75,19 @@ INIT_FAILED_EXIT_CODE = 70
 #: given a secret (LAMINA_INVOKE_SECRET). See lamina.auth.credentials.invoke_secret.
 INVOKE_SECRET_HEADER = "Lamina-Invoke-Secret"
 
+#: Header the gateway sends with every /invoke: the function it means (its name). A pod of another
+#: function refuses the call with MISDIRECTED and runs nothing: an address the gateway still knows for
+#: a function may already belong to another function's pod (a pod's IP is given to the next pod once
+#: it is gone, and the gateway learns of the change only through its watch).
+FUNCTION_HEADER = "Lamina-Function"
+#: HTTP 421 Misdirected Request: this environment serves another function (see FUNCTION_HEADER).
+MISDIRECTED = 421
+
+
+class ReplyMismatch(ValueError):
+    """A 200 answer to ``POST /invoke`` that is not the result of the request sent: it names another
+    request (or none). It is never taken as the invocation's result."""
+
 
 def header_value(text: str) -> str:
     """Arbitrary text (an error type a function chose) as a header value that cannot split a
@@ -161,8 +174,13 @@ def encode_result(result: InvocationResult) -> dict[str, str]:
 
 def decode_result(request_id: str, headers: Mapping[str, str], payload: bytes) -> InvocationResult:
     """The result of the invocation ``request_id`` as the pod's server answered it (``headers`` as
-    for :func:`decode_request`)."""
+    for :func:`decode_request`). ReplyMismatch when the answer names another request or none: a result
+    always carries its request's id (:func:`encode_result`), so an answer without it is something else
+    (a health answer, a proxy's page, another server's reply) and is never passed on as a payload."""
     get = headers.get
+    answered = get(_REQUEST_ID)
+    if answered != request_id:
+        raise ReplyMismatch(f"the answer to request {request_id} names request {answered!r}")
     init, error_type = get(_INIT_DURATION_MS), get(_ERROR_TYPE)
     return InvocationResult(
         request_id=request_id,

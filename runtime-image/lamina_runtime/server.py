@@ -32,10 +32,12 @@ from .host import PROVISIONED, HostedEnvironment, WorkerBusy
 from .http11 import BadRequest, HttpServerProtocol, Request, Timeouts
 from .paths import split_layers
 from .protocol import (
+    FUNCTION_HEADER,
     HEALTH_WAIT_PARAM,
     INIT_FAILED_EXIT_CODE,
     INIT_FAILED_HEADER,
     INVOKE_SECRET_HEADER,
+    MISDIRECTED,
     InvocationResult,
     decode_request,
     encode_result,
@@ -106,6 +108,9 @@ def result_headers(result: InvocationResult) -> dict[str, str]:
     return {"Content-Type": "application/json", **encode_result(result)}
 
 
+_FUNCTION = FUNCTION_HEADER.lower()
+
+
 def _new_request_id() -> str:
     import uuid  # only for a call without Lamina-Request-Id (the gateway always sends one)
 
@@ -155,6 +160,8 @@ class RuntimeServer:
         #: second must stay 0 (the gateway, however many replicas it has, sends one at a time). GET /stats.
         self.invocations = 0
         self.busy_refusals = 0
+        #: /invoke calls refused with 421 because they named another function (FUNCTION_HEADER).
+        self.misdirected = 0
         # The INIT in progress (the first one, or a restart after a timeout/crash). Invocations wait for
         # it; probes answer 503 meanwhile. A failed INIT still counts as done: it is the next answer.
         self._starting: asyncio.Task[float] | None = None
@@ -262,7 +269,11 @@ class RuntimeServer:
                 return _json(405, "use GET /healthz")
             return await self._health(query)
         if path == "/stats":
-            stats = {"invocations": self.invocations, "busyRefusals": self.busy_refusals}
+            stats = {
+                "invocations": self.invocations,
+                "busyRefusals": self.busy_refusals,
+                "misdirected": self.misdirected,
+            }
             return 200, json.dumps(stats).encode(), {"Content-Type": "application/json"}
         if path == "/specialize":
             if request.method != "POST":
@@ -273,6 +284,12 @@ class RuntimeServer:
                 return _json(405, "use POST /invoke")
             if self.worker is None:
                 return _json(503, "a generic pool environment: no function handed over yet")
+            meant = request.headers.get(_FUNCTION)
+            if meant is not None and meant != self.worker.function_name:
+                # Checked before the secret: the gateway then tries another environment of its
+                # function instead of failing the call (a 403 would be the caller's error).
+                self.misdirected += 1
+                return _json(MISDIRECTED, f"this environment serves another function, not {meant}")
             if not self._authorized(request):
                 why = f"/invoke needs this function's {INVOKE_SECRET_HEADER} (only the gateway has it)"
                 return _json(403, why)

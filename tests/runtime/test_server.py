@@ -269,7 +269,58 @@ def test_busy_gets_429(serve, write_code, tmp_path):
     assert results[0][0] == 200
     # The server counts what it refused (what a gateway must never cause) beside what it answered.
     status, _, body = served.request("GET", "/stats")
-    assert status == 200 and json.loads(body) == {"invocations": 1, "busyRefusals": 1}
+    assert status == 200 and json.loads(body) == {"invocations": 1, "busyRefusals": 1, "misdirected": 0}
+
+
+def test_a_call_meant_for_another_function_is_refused_and_runs_nothing(serve, write_code, tmp_path):
+    """The gateway names the function it means (Lamina-Function): a pod now serving another one (its
+    address was another pod's) answers 421 without running its handler, so its result can never be
+    taken for the function that was called."""
+    served = serve(write_code(HANDLER), LAMINA_INVOKE_SECRET="s3cret")
+    ran = tmp_path / "ran"
+    event = json.dumps({"entered": str(ran), "release": str(ran)}).encode()
+    status, _, body = served.request(
+        "POST", "/invoke", event, {"Lamina-Function": "caller", "Lamina-Request-Id": "r-1"}
+    )
+    assert status == 421 and "another function" in json.loads(body)["message"], body
+    assert not ran.exists()
+    secret = {"Lamina-Invoke-Secret": "s3cret", "Lamina-Request-Id": "r-2"}
+    status, headers, body = served.request("POST", "/invoke", event, {"Lamina-Function": "served", **secret})
+    assert status == 200 and ran.exists() and headers["Lamina-Request-Id"] == "r-2", body
+    status, _, body = served.request("GET", "/stats")
+    assert json.loads(body) == {"invocations": 1, "busyRefusals": 0, "misdirected": 1}
+
+
+FORGES_A_RESULT = """
+import os, stat, sys
+from lamina_runtime.framing import write_frame_fd
+
+def control_socket():
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if stat.S_ISSOCK(os.fstat(int(name)).st_mode):
+                return int(name)
+        except OSError:  # the listing's own descriptor, closed by now
+            pass
+
+def handler(event, context):
+    # Writes a result frame of another request to the worker's control socket before its own.
+    write_frame_fd(control_socket(), {"type": "result", "request_id": "someone-else"}, b'{"not": "mine"}')
+    return {"mine": context.aws_request_id}
+"""
+
+
+def test_a_worker_frame_that_is_not_this_requests_result_is_never_its_answer(serve, write_code):
+    """The host pairs the worker's reply with its request by the request id the result frame
+    carries: a frame of another request fails the call (the environment is reset), and the next
+    call gets a fresh environment and its own result."""
+    served = serve(write_code(FORGES_A_RESULT))
+    status, headers, out = served.invoke({}, **{"Lamina-Request-Id": "r-1"})
+    assert status == 200 and headers["Lamina-Request-Id"] == "r-1"
+    assert out != {"not": "mine"} and headers["Lamina-Function-Error"] == "Unhandled", out
+    assert out["errorType"] == "Runtime.ExitError", out
+    log = base64.b64decode(headers["Lamina-Log-Result"]).decode()
+    assert "'someone-else'" in log, log
 
 
 def test_timeout_restarts_worker(serve, write_code):

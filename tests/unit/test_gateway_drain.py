@@ -64,7 +64,7 @@ class Stack:
 @contextlib.asynccontextmanager
 async def gateway(tmp_path: Path, environments: int) -> AsyncIterator[tuple[Stack, FunctionConfig]]:
     (tmp_path / "index.py").write_text(CODE)
-    started = [await start_server(tmp_path) for _ in range(environments)]
+    started = [await start_server(tmp_path, "slow") for _ in range(environments)]
     fn = FunctionConfig(name="slow", timeout_seconds=30)
     source = StaticEndpointSource({fn.key: [endpoint for endpoint, _ in started]})
     pool = HttpEnvironmentPool(source, [fn], cold_start_timeout=30)

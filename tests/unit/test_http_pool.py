@@ -34,13 +34,13 @@ def handler(event, context):
 """
 
 
-async def spawn_server(code_dir: Path, port: int) -> asyncio.subprocess.Process:
-    """`python -m lamina_runtime serve` on ``port``, not waiting for it to listen."""
+async def spawn_server(code_dir: Path, port: int, name: str = "fn") -> asyncio.subprocess.Process:
+    """`python -m lamina_runtime serve` of function ``name`` on ``port``, not waiting for it to listen."""
     env = {
         **os.environ,
         "_HANDLER": "index.handler",
         "LAMBDA_TASK_ROOT": str(code_dir),
-        "AWS_LAMBDA_FUNCTION_NAME": "fn",
+        "AWS_LAMBDA_FUNCTION_NAME": name,
         "LAMINA_TIMEOUT_SECONDS": "5",
     }
     return await asyncio.create_subprocess_exec(
@@ -49,9 +49,9 @@ async def spawn_server(code_dir: Path, port: int) -> asyncio.subprocess.Process:
     )  # fmt: skip
 
 
-async def start_server(code_dir: Path) -> tuple[str, asyncio.subprocess.Process]:
+async def start_server(code_dir: Path, name: str = "fn") -> tuple[str, asyncio.subprocess.Process]:
     port = free_port()
-    proc = await spawn_server(code_dir, port)
+    proc = await spawn_server(code_dir, port, name)
     for _ in range(200):
         try:
             _, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -69,9 +69,9 @@ class Servers:
         self.code_dir = code_dir
         self.procs: list[asyncio.subprocess.Process] = []
 
-    async def __call__(self) -> str:
-        """A new server, once it listens: its endpoint."""
-        endpoint, proc = await start_server(self.code_dir)
+    async def __call__(self, name: str = "fn") -> str:
+        """A new server of function ``name``, once it listens: its endpoint."""
+        endpoint, proc = await start_server(self.code_dir, name)
         self.procs.append(proc)
         return endpoint
 
@@ -499,3 +499,52 @@ async def test_an_environment_busy_with_a_call_not_sent_here_is_skipped_not_an_e
     finally:
         client.close()
         await pool.close()
+
+
+async def test_an_address_that_now_serves_another_function_never_answers_for_this_one(servers) -> None:
+    """A pod's address given to another function's pod before the watch says so: that pod refuses the
+    call (421) without running it, and the request goes to an environment of its own function."""
+    other, own = await servers("other"), await servers()
+    fn = FunctionConfig(name="fn", provisioned_concurrency=2)
+    pool = HttpEnvironmentPool(StaticEndpointSource({fn.key: [own, other]}), [fn], cold_start_timeout=30)
+    await pool.start()
+    try:
+        # Two at once: one of them takes the other function's address.
+        results = await asyncio.wait_for(asyncio.gather(*(pool.invoke(fn, request({})) for _ in "ab")), 20)
+        results.append(await asyncio.wait_for(pool.invoke(fn, request({})), 20))
+        for result in results:
+            assert result.function_error is None, result.payload
+            answer = json.loads(result.payload)  # the ARN of the function that ran it
+            assert answer["request_id"] == "r" and answer["arn"].endswith(":function:fn"), answer
+        client = PodClient()
+        stats = await client.request(other, "GET", "/stats", {}, b"", 5)
+        client.close()
+        assert json.loads(stats.body) == {"invocations": 0, "busyRefusals": 0, "misdirected": 1}
+    finally:
+        await pool.close()
+
+
+async def test_an_answer_that_is_not_the_requests_result_is_never_its_payload() -> None:
+    """A 200 to /invoke that does not name the request (here a health answer, as a server that is no
+    runtime's, or a reply meant for another request, would give) fails the call as a lost
+    environment: its body is never passed on as the function's result."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = b'{"message": "ready"}'
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    endpoint = f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    fn = FunctionConfig(name="fn", provisioned_concurrency=1)
+    pool = HttpEnvironmentPool(StaticEndpointSource({fn.key: [endpoint]}), [fn], cold_start_timeout=5)
+    await pool.start()
+    try:
+        result = await asyncio.wait_for(pool.invoke(fn, request({})), 10)
+        assert result.function_error == "Unhandled" and result.error_type == "Runtime.ExitError"
+        assert json.loads(result.payload)["errorType"] == "Runtime.ExitError", result.payload
+        assert "names request None" in result.log, result.log
+    finally:
+        await pool.close()
+        server.close()

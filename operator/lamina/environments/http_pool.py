@@ -31,11 +31,14 @@ from lamina.environments.endpoints import Claims, EndpointSource, PodSet
 from lamina.environments.pod_client import Broken, PodClient, Refused
 from lamina.resources.pod_state import PodProblem
 from lamina_runtime.protocol import (
+    FUNCTION_HEADER,
     HEALTH_WAIT_PARAM,
     INIT_FAILED_HEADER,
     INVOKE_SECRET_HEADER,
+    MISDIRECTED,
     InvocationRequest,
     InvocationResult,
+    ReplyMismatch,
     decode_result,
     encode_request,
 )
@@ -313,11 +316,19 @@ class HttpEnvironmentPool:
     async def _call(
         self, pool: _Pool, endpoint: str, request: InvocationRequest, fn: FunctionConfig
     ) -> InvocationResult | None:
-        """POST to ``endpoint``; None when the connection was refused or the environment was busy."""
+        """POST to ``endpoint``; None when the connection was refused, the environment was busy or
+        it serves another function (nothing ran: the request is sent elsewhere)."""
         refused = lost = busy = False
         try:
             return await self._post(endpoint, request, fn)
         except EnvironmentRefused as exc:
+            if exc.status == MISDIRECTED:
+                # The address now belongs to another function's pod (ours is gone and its IP given
+                # to a new pod before the watch said so): nothing ran; another environment takes it.
+                log.warning("function %s: %s serves another function; passed over", fn.name, endpoint)
+                self._client.forget(endpoint)
+                lost = True
+                return None
             if exc.status != 429:
                 raise
             # Busy with a call this gateway did not send (one a lost replica sent before this one took
@@ -333,6 +344,14 @@ class HttpEnvironmentPool:
         except Broken as exc:
             # Sent, and then the connection dropped or went silent past the function's timeout:
             # the handler may have run. Not retried here (it must not run twice).
+            lost = True
+            return environment_lost(request, f"{exc} from {endpoint}")
+        except ReplyMismatch as exc:
+            # An answer that is not this request's result is never its payload. The handler may have
+            # run: the call fails as if its environment was lost, and the connections to that
+            # environment, which can no longer be trusted to pair replies with requests, are closed.
+            log.error("function %s: %s: %s", fn.name, endpoint, exc)
+            self._client.forget(endpoint)
             lost = True
             return environment_lost(request, f"{exc} from {endpoint}")
         finally:
@@ -513,6 +532,7 @@ class HttpEnvironmentPool:
 
     async def _post(self, endpoint: str, request: InvocationRequest, fn: FunctionConfig) -> InvocationResult:
         headers = encode_request(request)
+        headers[FUNCTION_HEADER] = fn.name  # a pod of another function refuses it (MISDIRECTED)
         secret = self.secret_for(fn) if self.secret_for is not None else None
         if secret:
             headers[INVOKE_SECRET_HEADER] = secret
