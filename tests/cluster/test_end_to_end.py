@@ -88,6 +88,7 @@ class PodRunner:
         self.interpreters = {here: sys.executable, **(interpreters or {})}
         self.servers: dict[str, subprocess.Popen[bytes]] = {}  # pod uid -> the pod's server
         self.failed: set[str] = set()  # pod uids whose start failed (status written)
+        self.exited: set[str] = set()  # pod uids whose server exited while the pod lives (reported)
         self.endpoints: dict[str, str] = {}  # pod uid -> ip:port
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -128,6 +129,20 @@ class PodRunner:
                     self._start(pod)
             for uid in set(self.servers) - live:
                 self.servers.pop(uid).terminate()
+            self._report_exits()
+
+    def _report_exits(self) -> None:
+        """Say (in the test's output) which pod's server ended while its pod lives: one that could not
+        bind its IP (taken by another process) leaves the pod Ready with nobody of its own behind it."""
+        for uid, proc in self.servers.items():
+            if uid in self.exited or proc.poll() is None:
+                continue
+            self.exited.add(uid)
+            log = self.workdir / f"{uid}.log"
+            tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+            message = f"pod server of {self.endpoints.get(uid)} (uid {uid}) exited with {proc.returncode}"
+            self.errors.append(message)
+            sys.stderr.write(f"PodRunner: {message}:\n{tail}\n")
 
     def _fail(self, pod: Any, field: str, status: dict[str, Any]) -> None:
         """Write what the kubelet reports for a pod that cannot start (kwok had marked it Ready)."""
@@ -218,9 +233,10 @@ class PodRunner:
         base["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(REPO / "runtime-image"), os.environ.get("PYTHONPATH")) if p
         )
-        self.servers[pod.metadata.uid] = subprocess.Popen(
-            command, env={**base, **env}, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        with (self.workdir / f"{pod.metadata.uid}.log").open("wb") as err:  # why it ended, if it does
+            self.servers[pod.metadata.uid] = subprocess.Popen(
+                command, env={**base, **env}, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err
+            )
         self.endpoints[pod.metadata.uid] = f"{ip}:{port}"
 
 

@@ -193,3 +193,42 @@ async def _a_caller_that_goes_away_waits_for_the_reply_and_keeps_the_connection(
 
 def test_a_caller_that_goes_away_waits_for_the_reply_and_keeps_the_connection(run) -> None:
     run(with_server(_a_caller_that_goes_away_waits_for_the_reply_and_keeps_the_connection))
+
+
+async def _bytes_with_no_request_out_retire_the_connection() -> None:
+    """A server that sends a reply nobody asked for (after the one asked for): the connection no
+    longer pairs replies with requests, so the next request goes out on a new one and gets its own
+    reply, never the stray one."""
+    connections = 0
+
+    async def twice(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        while True:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:
+                return
+            body = b"n%d" % connections
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstray")
+            await writer.drain()
+
+    raw = await asyncio.start_server(twice, "127.0.0.1", 0)
+    client = PodClient()
+    try:
+        endpoint = f"127.0.0.1:{raw.sockets[0].getsockname()[1]}"
+        assert (await client.request(endpoint, "GET", "/", {}, b"", 5)).body == b"n1"
+        await asyncio.sleep(0.2)  # the stray reply arrives while the connection is idle
+        assert (await client.request(endpoint, "GET", "/", {}, b"", 5)).body == b"n2"
+        assert connections == 2
+    finally:
+        client.close()
+        raw.close()
+        await raw.wait_closed()
+
+
+def test_bytes_with_no_request_out_retire_the_connection(run) -> None:
+    run(_bytes_with_no_request_out_retire_the_connection)

@@ -65,6 +65,11 @@ class _Connection(asyncio.Protocol):
         self._finish(Broken(f"connection lost: {exc or 'closed by the server'}"))
 
     def data_received(self, data: bytes) -> None:
+        if self._reply is None:
+            # Bytes with no request out (a server's 408 before it hangs up, or a reply nobody asked
+            # for): the stream no longer pairs replies with requests, so it is never used again.
+            self.close()
+            return
         buf = self._buf
         buf += data
         if self._head is None:
