@@ -318,7 +318,7 @@ class HttpEnvironmentPool:
     ) -> InvocationResult | None:
         """POST to ``endpoint``; None when the connection was refused, the environment was busy or
         it serves another function (nothing ran: the request is sent elsewhere)."""
-        refused = lost = busy = False
+        refused = lost = busy = misdirected = False
         try:
             return await self._post(endpoint, request, fn)
         except EnvironmentRefused as exc:
@@ -327,7 +327,7 @@ class HttpEnvironmentPool:
                 # to a new pod before the watch said so): nothing ran; another environment takes it.
                 log.warning("function %s: %s serves another function; passed over", fn.name, endpoint)
                 self._client.forget(endpoint)
-                lost = True
+                misdirected = True
                 return None
             if exc.status != 429:
                 raise
@@ -355,7 +355,11 @@ class HttpEnvironmentPool:
             lost = True
             return environment_lost(request, f"{exc} from {endpoint}")
         finally:
-            if (lost or refused) and endpoint in pool.claimed:
+            if misdirected:
+                # Out of rotation until the source drops the address; a claimed one is not released:
+                # the pool pod at that address now is another function's.
+                pool.rest(endpoint, LOST_PAUSE_S)
+            elif (lost or refused) and endpoint in pool.claimed:
                 self._drop_claimed(pool, endpoint)  # a claimed pool pod never comes back
             elif lost:
                 pool.rest(endpoint, LOST_PAUSE_S)
