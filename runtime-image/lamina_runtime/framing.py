@@ -24,6 +24,9 @@ MAX_BODY = 64 * 1024 * 1024  # well above the 6 MB payload limits; guards agains
 #: Sent by the host to a timed-out worker: write what the invocation logged so far as a "log" frame.
 #: (Here and not in ``protocol``: the worker must not import dataclasses, a third of its start-up.)
 FLUSH_LOG_SIGNAL: int = _signal.SIGUSR1
+#: Set in a pre-spawned worker's environment (a generic pool pod's): before anything else it waits for
+#: a "handover" frame carrying the function's environment and directory (process.Prespawned).
+PRESPAWNED_ENV = "LAMINA_PRESPAWNED"
 
 
 class FrameError(Exception):

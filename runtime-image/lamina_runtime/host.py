@@ -27,6 +27,7 @@ from .protocol import InvocationRequest, InvocationResult
 T = TypeVar("T")
 
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+DEFAULT_LANG = "en_US.UTF-8"  # what a function gets unless it or its pod sets LANG
 STOP_GRACE_S = 2.0  # Lambda's Shutdown phase is capped at 2 s before SIGKILL
 MEMORY_POLL_S = 0.1  # how often a running invocation's memory is checked
 PROVISIONED = "provisioned-concurrency"  # AWS_LAMBDA_INITIALIZATION_TYPE of a pre-initialised environment
@@ -216,10 +217,16 @@ class HostedEnvironment:
                 "TZ": "UTC",
             }
         )
-        env.setdefault("LANG", "en_US.UTF-8")
+        env.setdefault("LANG", DEFAULT_LANG)
         return env
 
     # --- lifecycle ---
+
+    def adopt(self, prespawned: Any) -> bool:
+        """Take a generic pool pod's pre-spawned worker (process.Prespawned) for the first start
+        instead of spawning one; False when this kind of environment cannot use it (a custom runtime
+        starts its own bootstrap), and the caller discards it."""
+        return False
 
     async def start(self) -> float:
         """Spawn the environment and run INIT; returns the init duration in ms.

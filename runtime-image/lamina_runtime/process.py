@@ -15,10 +15,11 @@ import socket
 import sys
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Mapping
+from typing import IO, Any
 
-from .framing import FLUSH_LOG_SIGNAL, FrameBuffer, FrameError, encode
-from .host import HostedEnvironment, OutOfMemory, peak_memory_mb
+from .framing import FLUSH_LOG_SIGNAL, PRESPAWNED_ENV, FrameBuffer, FrameError, encode
+from .host import DEFAULT_LANG, DEFAULT_PATH, HostedEnvironment, OutOfMemory, kill_group, peak_memory_mb
 from .protocol import InvocationRequest, InvocationResult
 
 RUNTIME_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,12 +103,108 @@ class _Channel(asyncio.BufferedProtocol):
             self.transport.close()
 
 
+async def _spawn_worker(
+    python: str, site_packages: bool, env: dict[str, str], cwd: str, stdout: int | IO[Any] | None
+) -> tuple[asyncio.subprocess.Process, socket.socket]:
+    """A `python -m lamina_runtime.worker` in its own session, and the host's end of its control socket."""
+    parent, child = socket.socketpair()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            python,
+            *([] if site_packages else ["-S"]),
+            "-m",
+            "lamina_runtime.worker",
+            pass_fds=(child.fileno(),),
+            env={**env, "LAMINA_CONTROL_FD": str(child.fileno())},
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=asyncio.subprocess.STDOUT if stdout is not None else None,
+            start_new_session=True,  # its own process group: a kill takes the handler's children too
+        )
+    except BaseException:
+        parent.close()
+        raise
+    finally:
+        child.close()
+    return proc, parent
+
+
+def _startup_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The variables an interpreter reads only as it starts (the dynamic loader's, the locale, the
+    interpreter's own options but the import path): a worker started with other values cannot take
+    them on later, so a function that sets them gets a worker of its own."""
+    return {
+        k: v
+        for k, v in env.items()
+        if (k.startswith(("LD_", "LC_", "PYTHON")) and k != "PYTHONPATH") or k == "LANG"
+    }
+
+
+class Prespawned:
+    """A worker started ahead of any function (a generic pool pod's): interpreter up, runtime imported,
+    blocked on its control socket until a hand-over frame gives it a function's environment. It holds
+    nothing of any function and no credentials until then."""
+
+    def __init__(
+        self,
+        proc: asyncio.subprocess.Process,
+        sock: socket.socket,
+        python: str,
+        env: dict[str, str],
+        stdout: int | IO[Any] | None,
+    ) -> None:
+        self.proc, self.sock, self.python, self.env, self.stdout = proc, sock, python, env, stdout
+
+    @classmethod
+    async def start(
+        cls,
+        pod_environ: Mapping[str, str],
+        python: str = sys.executable,
+        stdout: int | IO[Any] | None = None,
+    ) -> Prespawned:
+        """Spawn it with the pod's variables an interpreter reads as it starts (locale, PYTHON*
+        options: the function inherits them from the pod) and nothing else of the pod's."""
+        env = {
+            "PATH": pod_environ.get("PATH") or DEFAULT_PATH,
+            "PYTHONPATH": RUNTIME_ROOT,
+            "TZ": "UTC",
+            **_startup_env(pod_environ),
+            PRESPAWNED_ENV: "1",
+        }
+        env.setdefault("LANG", DEFAULT_LANG)
+        proc, sock = await _spawn_worker(python, False, env, "/", stdout)
+        return cls(proc, sock, python, env, stdout)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    def fits(self, python: str, site_packages: bool, env: dict[str, str], stdout: object) -> bool:
+        """Whether this worker can become the environment a fresh spawn with these would have been."""
+        return (
+            self.alive
+            and python == self.python
+            and not site_packages
+            and stdout is self.stdout
+            and _startup_env(env) == _startup_env(self.env)
+        )
+
+    async def discard(self) -> None:
+        """Kill it (its whole session) and reap it: it was not used."""
+        self.sock.close()
+        kill_group(self.proc.pid, signal.SIGKILL, leader_reaped=self.proc.returncode is not None)
+        await self.proc.wait()
+
+
 class WorkerProcess(HostedEnvironment):
     """A `python -m lamina_runtime.worker` process, driven over a socketpair with framing.py frames."""
 
     _channel: _Channel | None = None
+    #: A pre-spawned worker the next start hands the function to instead of spawning (once).
+    _prespawned: Prespawned | None = None
 
-    def worker_env(self, control_fd: int) -> dict[str, str]:
+    def worker_env(self) -> dict[str, str]:
         """The worker's environment: the function's variables, then the reserved ones on top."""
         env = self.base_env()
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [RUNTIME_ROOT, self.user_env.get("PYTHONPATH")]))
@@ -116,36 +213,49 @@ class WorkerProcess(HostedEnvironment):
                 "LAMINA_LAYERS": os.pathsep.join(self.layers),
                 "LAMINA_RUNTIME_PACKAGES": os.pathsep.join(self.runtime_packages),
                 "LAMINA_SYSTEM_LOG_LEVEL": self.system_log_level,
-                "LAMINA_CONTROL_FD": str(control_fd),
                 "LAMINA_SPAWNED_AT": f"{time.time():.6f}",
             }
         )
         return env
 
+    def adopt(self, prespawned: Prespawned) -> bool:
+        """The next start hands the function to ``prespawned`` instead of spawning a worker."""
+        self._prespawned = prespawned
+        return True
+
+    def _hand_over(self, prespawned: Prespawned, env: dict[str, str]) -> bool:
+        """Send the function's environment, directory and import path to a pre-spawned worker, which
+        then runs INIT as a spawned one does; False (spawn instead) when it cannot take them (it
+        died, or the function needs another interpreter or start-up variables)."""
+        if not prespawned.fits(self.python, self.site_packages, env, self.stdout):
+            return False
+        try:
+            prespawned.sock.sendall(encode({"type": "handover", "environ": env, "cwd": self.code_dir}))
+        except OSError:
+            return False
+        self._proc = prespawned.proc
+        return True
+
+    async def stop(self) -> None:
+        prespawned, self._prespawned = self._prespawned, None
+        if prespawned is not None:
+            await prespawned.discard()
+        await super().stop()
+
     async def _start(self) -> float:
         await self._shutdown(grace_s=0)
-        parent, child = socket.socketpair()
-        flags = [] if self.site_packages else ["-S"]
         started = time.perf_counter()
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                self.python,
-                *flags,
-                "-m",
-                "lamina_runtime.worker",
-                pass_fds=(child.fileno(),),
-                env=self.worker_env(child.fileno()),
-                cwd=self.code_dir,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=self.stdout,
-                stderr=asyncio.subprocess.STDOUT if self.stdout is not None else None,
-                start_new_session=True,  # its own process group: a kill takes the handler's children too
+        env = self.worker_env()
+        prespawned, self._prespawned = self._prespawned, None
+        if prespawned is not None and not self._hand_over(prespawned, env):
+            await prespawned.discard()
+        if self._proc is None:
+            self._proc, parent = await _spawn_worker(
+                self.python, self.site_packages, env, self.code_dir, self.stdout
             )
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
+        else:
+            assert prespawned is not None
+            parent = prespawned.sock
         _, self._channel = await asyncio.get_running_loop().create_connection(_Channel, sock=parent)
         self._init_failure, self._init_log, self._cold = None, "", True
         try:

@@ -26,6 +26,7 @@ import sys
 # cold start waits for everything this module imports (hmac falls back to this same function).
 from _operator import _compare_digest as compare_digest
 from collections.abc import Mapping
+from typing import Any
 
 from .factory import environment_for, python_version
 from .host import PROVISIONED, HostedEnvironment, WorkerBusy
@@ -171,6 +172,15 @@ class RuntimeServer:
         self._server: asyncio.Server | None = None
         #: Shutting down (SIGTERM): an invocation the shutdown cut short starts no new environment.
         self._closing = False
+        #: A generic pool environment's worker, started ahead of the hand-over (process.Prespawned).
+        self.prespawned: Any = None
+
+    async def prespawn(self) -> None:
+        """Start a worker that waits for the function's hand-over, so that the cold start served by
+        this pool pod does not pay for a new interpreter and the runtime's imports."""
+        from .process import Prespawned
+
+        self.prespawned = await Prespawned.start(self.pod_environ)
 
     async def listen(self, host: str, port: int) -> int:
         """Accept connections (probes get 503 until INIT is done); returns the bound port."""
@@ -219,6 +229,9 @@ class RuntimeServer:
             self._server.close()
         if self._starting is not None:
             await asyncio.gather(self._starting, return_exceptions=True)
+        if self.prespawned is not None:
+            await self.prespawned.discard()
+            self.prespawned = None
         if self.worker is not None:
             await self.worker.stop()
 
@@ -319,6 +332,9 @@ class RuntimeServer:
             return _json(400, f"hand-over failed, this environment is spoiled: {exc}")
         except OSError as exc:
             return _json(500, f"hand-over failed, this environment is spoiled: {exc}")
+        prespawned, self.prespawned = self.prespawned, None
+        if prespawned is not None and not worker.adopt(prespawned):
+            await prespawned.discard()
         self.worker = worker
         if handover.invoke_secret:
             self._secret = handover.invoke_secret.encode()
@@ -376,6 +392,7 @@ async def serve(host: str, port: int, environ: Mapping[str, str] | None = None) 
     print(f"lamina_runtime: listening on http://{host}:{bound}", flush=True)
     try:
         if server.worker is None:
+            await server.prespawn()
             print("lamina_runtime: a generic pool environment, waiting for a function", flush=True)
         else:
             init_ms = await server.init()

@@ -17,7 +17,7 @@ from . import capture, logfmt, logsetup
 from .context import LambdaContext, decode_client_context, decode_identity
 from .environment import apply_defaults, runtime_version, runtime_version_arn
 from .errors import InitError, from_exception, show_code_at
-from .framing import FLUSH_LOG_SIGNAL, FrameBuffer, read_frame_fd, write_frame_fd
+from .framing import FLUSH_LOG_SIGNAL, PRESPAWNED_ENV, FrameBuffer, read_frame_fd, write_frame_fd
 from .loader import load_handler
 from .paths import layer_import_paths, split_layers
 
@@ -262,6 +262,31 @@ class Worker:
                 write_frame_fd(self.fd, reply, payload)
 
 
+def take_handover(fd: int) -> bool:
+    """A pre-spawned worker becomes the function's: wait for the host's "handover" frame, then take its
+    environment (exactly: nothing of the pool pod's stays for the handler or its subprocesses), its
+    directory, and the import path a spawn with that environment would have started with. False when
+    the host closed the channel first (the pool pod ended without a function)."""
+    frame = read_frame_fd(fd)
+    if frame is None:
+        return False
+    header, _ = frame
+    env = os.environ
+    old_path = split_layers(env.get("PYTHONPATH"))
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]  # `-m` put the start directory first; the spawn would have had the task root's
+    env.clear()
+    env.update(header["environ"])
+    time.tzset()
+    # PYTHONPATH entries are read at start-up: the function's own come after the runtime's, as a spawn's.
+    extra = [p for p in split_layers(env.get("PYTHONPATH")) if p not in old_path]
+    at = max((sys.path.index(p) + 1 for p in old_path if p in sys.path), default=0)
+    sys.path[at:at] = extra
+    os.chdir(header["cwd"])
+    sys.path.insert(0, os.getcwd())  # as `-m` in the task root: setup_import_path drops it again
+    return True
+
+
 def main() -> int:
     env = os.environ
     fd_text = env.pop("LAMINA_CONTROL_FD", None)
@@ -270,6 +295,8 @@ def main() -> int:
         return 2
     fd = int(fd_text)
     os.set_inheritable(fd, False)  # the handler's own subprocesses must not hold the control channel
+    if env.pop(PRESPAWNED_ENV, None) and not take_handover(fd):
+        return 0
     apply_defaults(env)
     layers = split_layers(env.pop("LAMINA_LAYERS", None))
     task_root = env["LAMBDA_TASK_ROOT"]

@@ -498,6 +498,79 @@ def test_a_hand_over_that_fails_half_way_spoils_the_pod(pool_pod, change, why) -
     assert pod.request("POST", "/specialize", handover())[0] == 409
 
 
+PRESPAWN_HANDLER = """
+import os, subprocess, time
+def handler(event, context):
+    if event.get("sleep"):
+        time.sleep(event["sleep"])
+    child = subprocess.run(["env", "-0"], capture_output=True, check=True).stdout.decode()
+    return {"pid": os.getpid(), "env": dict(os.environ), "cwd": os.getcwd(),
+            "child_env": dict(line.split("=", 1) for line in child.split("\\0") if line)}
+"""
+
+
+def _children(pid: int) -> set[int]:
+    return {int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def _function_env(**extra: str) -> dict[str, str]:
+    return {
+        "AWS_LAMBDA_FUNCTION_NAME": "prespawned",
+        "LAMINA_HANDLER": "index.handler",
+        "LAMINA_TIMEOUT_SECONDS": "1",
+        "DB_PASSWORD": "resolved-from-a-secret",
+        **extra,
+    }
+
+
+def test_a_pool_pod_hands_the_function_to_its_pre_spawned_worker(pool_pod, tmp_path) -> None:
+    """The pool pod starts a worker before any function: the hand-over gives that process the
+    function's environment (exactly: the handler and its subprocesses see nothing of the pre-spawn's),
+    directory and import path; a restart after a timeout spawns a new worker as before."""
+    pod = pool_pod()
+    prespawned = _poll(lambda: _children(pod.proc.pid), "the pre-spawned worker")
+    (pid,) = prespawned  # type: ignore[misc]
+    before = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert not any(b"SECRET" in var or b"PASSWORD" in var for var in before)  # no credentials yet
+    code = {"files": {"index.py": PRESPAWN_HANDLER}}
+    body = handover(environment=_function_env(), code=code, layers=[], invokeSecret=None)
+    status, _, reply = pod.request("POST", "/specialize", body)
+    assert status == 200, reply
+    status, headers, result = pod.invoke({})
+    assert status == 200, result
+    assert result["pid"] == pid  # no new interpreter: the pre-spawned one took the function
+    assert "Lamina-Init-Duration-Ms" in headers
+    env = result["env"]
+    assert env == result["child_env"]  # os.environ is the process's real environment
+    assert env["DB_PASSWORD"] == "resolved-from-a-secret" and env["AWS_LAMBDA_FUNCTION_NAME"] == "prespawned"
+    assert env["LAMBDA_TASK_ROOT"] == str(tmp_path / "task") == result["cwd"]
+    assert not [k for k in env if k.startswith("LAMINA_")]  # nor the pre-spawn's marker, nor the pool's
+    assert env["TZ"] == "UTC" and env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == "128"
+
+    status, _, timed_out = pod.invoke({"sleep": 3})
+    assert status == 200 and timed_out["errorType"] == "Sandbox.Timedout"
+    _poll(lambda: not Path(f"/proc/{pid}").exists(), "the timed-out worker to go")
+    status, _, again = pod.invoke({})
+    assert status == 200 and again["pid"] != pid and again["pid"] in _children(pod.proc.pid)
+    assert {k: v for k, v in again["env"].items() if k != "AWS_LAMBDA_LOG_STREAM_NAME"} == {
+        k: v for k, v in env.items() if k != "AWS_LAMBDA_LOG_STREAM_NAME"
+    }  # a spawned worker's environment is the one the pre-spawned worker took
+
+
+def test_a_function_with_interpreter_start_up_variables_gets_a_worker_of_its_own(pool_pod) -> None:
+    """PYTHON* options, the locale, the dynamic loader's variables are read as a process starts: a
+    function setting them cannot use the pre-spawned worker, which is discarded for a fresh spawn."""
+    pod = pool_pod()
+    (pid,) = _poll(lambda: _children(pod.proc.pid), "the pre-spawned worker")  # type: ignore[misc]
+    env = _function_env(PYTHONUTF8="1")
+    code = {"files": {"index.py": PRESPAWN_HANDLER}}
+    status, _, reply = pod.request("POST", "/specialize", handover(environment=env, code=code, layers=[]))
+    assert status == 200, reply
+    status, _, result = pod.invoke({}, **{"Lamina-Invoke-Secret": "s3cret"})
+    assert status == 200 and result["pid"] != pid and result["env"]["PYTHONUTF8"] == "1"
+    assert not Path(f"/proc/{pid}").exists()
+
+
 def test_sigterm_during_an_invocation_stops_the_environment_within_the_shutdown_grace(
     serve, write_code, tmp_path
 ):
