@@ -180,7 +180,10 @@ class RuntimeServer:
         this pool pod does not pay for a new interpreter and the runtime's imports."""
         from .process import Prespawned
 
-        self.prespawned = await Prespawned.start(self.pod_environ)
+        try:
+            self.prespawned = await Prespawned.start(self.pod_environ)
+        except OSError as exc:  # the hand-over spawns one then, as a function's own pod does
+            print(f"lamina_runtime: no pre-spawned worker ({exc}); the hand-over will spawn one", flush=True)
 
     async def listen(self, host: str, port: int) -> int:
         """Accept connections (probes get 503 until INIT is done); returns the bound port."""
