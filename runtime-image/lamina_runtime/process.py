@@ -223,19 +223,6 @@ class WorkerProcess(HostedEnvironment):
         self._prespawned = prespawned
         return True
 
-    def _hand_over(self, prespawned: Prespawned, env: dict[str, str]) -> bool:
-        """Send the function's environment, directory and import path to a pre-spawned worker, which
-        then runs INIT as a spawned one does; False (spawn instead) when it cannot take them (it
-        died, or the function needs another interpreter or start-up variables)."""
-        if not prespawned.fits(self.python, self.site_packages, env, self.stdout):
-            return False
-        try:
-            prespawned.sock.sendall(encode({"type": "handover", "environ": env, "cwd": self.code_dir}))
-        except OSError:
-            return False
-        self._proc = prespawned.proc
-        return True
-
     async def stop(self) -> None:
         prespawned, self._prespawned = self._prespawned, None
         if prespawned is not None:
@@ -247,16 +234,21 @@ class WorkerProcess(HostedEnvironment):
         started = time.perf_counter()
         env = self.worker_env()
         prespawned, self._prespawned = self._prespawned, None
-        if prespawned is not None and not self._hand_over(prespawned, env):
-            await prespawned.discard()
-        if self._proc is None:
+        if prespawned is not None and prespawned.fits(self.python, self.site_packages, env, self.stdout):
+            # The hand-over: the worker takes the function's environment, directory and import path
+            # from one frame, then runs INIT as a spawned one does. A worker that died since gives
+            # the exit a spawned one would. Every later start spawns.
+            self._proc, parent = prespawned.proc, prespawned.sock
+        else:
+            if prespawned is not None:  # it died, or the function needs another interpreter
+                await prespawned.discard()
+            prespawned = None
             self._proc, parent = await _spawn_worker(
                 self.python, self.site_packages, env, self.code_dir, self.stdout
             )
-        else:
-            assert prespawned is not None
-            parent = prespawned.sock
         _, self._channel = await asyncio.get_running_loop().create_connection(_Channel, sock=parent)
+        if prespawned is not None:
+            self._channel.send(encode({"type": "handover", "environ": env, "cwd": self.code_dir}))
         self._init_failure, self._init_log, self._cold = None, "", True
         try:
             header, _ = await asyncio.wait_for(self._channel.next_frame(), self.init_timeout_s)
