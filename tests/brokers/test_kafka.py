@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 
 from lamina.api import Endpoint
 from lamina.eventsources.config import MappingConfig
-from lamina.eventsources.factory import make_sink, make_source
+from lamina.eventsources.factory import consumer_name, make_sink, make_source
 from lamina.eventsources.mapping import MappingWorker
 from lamina.eventsources.status import OK
 from lamina.eventsources.timing import Timing
@@ -239,7 +239,6 @@ async def test_scaling_config_spreads_partitions_over_group_members(kafka_server
     kit = Kit("kafka", kafka_server)
     topic, esm = kit.name("spread"), f"esm-{kit.tag}"
     await brokers.kafka_topic(kit.url, topic, partitions=4)
-    await produce(kit.url, topic, [(f"k{i % 4}".encode(), f"{i % 4}:{i:03d}".encode()) for i in range(80)])
     functions = [Recorder() for _ in range(2)]
     workers = [
         kafka_worker(kit.url, topic, f, esm=esm, batch_size=5, maximum_batching_window_seconds=1)
@@ -248,6 +247,20 @@ async def test_scaling_config_spreads_partitions_over_group_members(kafka_server
     for worker in workers:
         worker.start()
     try:
+        # Records only once both members share the partitions: a member that joins after the first
+        # consumed everything would find nothing left to prove the spread with.
+        group = consumer_name(esm)
+
+        async def both_joined() -> bool:
+            try:
+                return await brokers.kafka_group_members(kit.url, group) == ("Stable", 2)
+            except Exception:  # the coordinator may not know the group yet
+                return False
+
+        await eventually(both_joined, what="both members in the group, partitions assigned")
+        await produce(
+            kit.url, topic, [(f"k{i % 4}".encode(), f"{i % 4}:{i:03d}".encode()) for i in range(80)]
+        )
         await eventually(
             lambda: sum(w.status.records_succeeded for w in workers) == 80, what="80 records over two members"
         )

@@ -715,6 +715,20 @@ async def kafka_topic(url: str, name: str, partitions: int = 1) -> None:
         await admin.close()
 
 
+async def kafka_group_members(url: str, group: str) -> tuple[str, int]:
+    """(state, number of members) of a consumer group, as its coordinator describes it."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=url)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    _error, _group, state, _protocol_type, _protocol, members, *_ = response.groups[0]
+    return str(state), len(members)
+
+
 async def _kafka_partitions(consumer: Any, name: str) -> list[Any]:
     """The partitions of a topic, asked of the cluster (a consumer that subscribed to nothing knows
     no topics yet)."""
