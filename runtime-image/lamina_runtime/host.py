@@ -31,6 +31,9 @@ DEFAULT_LANG = "en_US.UTF-8"  # what a function gets unless it or its pod sets L
 STOP_GRACE_S = 2.0  # Lambda's Shutdown phase is capped at 2 s before SIGKILL
 MEMORY_POLL_S = 0.1  # how often a running invocation's memory is checked
 PROVISIONED = "provisioned-concurrency"  # AWS_LAMBDA_INITIALIZATION_TYPE of a pre-initialised environment
+#: Where the kernel counts the OOM kills in the memory cgroup the runtime lives in (cgroup v2, then v1).
+#: In a pod that is the container's own cgroup, whose limit is memoryMB plus the server's headroom.
+OOM_KILL_COUNTERS = ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control")
 
 
 class WorkerBusy(RuntimeError):
@@ -82,6 +85,21 @@ def resident_memory_mb(pid: int) -> int:
 def peak_memory_mb(pid: int) -> int:
     """Peak RSS (VmHWM) of a live process, for the REPORT line of a timeout; 0 if unknown."""
     return _proc_status_mb(pid, "VmHWM:")
+
+
+def oom_kill_count() -> int:
+    """The kernel's count of OOM kills in this process's memory cgroup; 0 where none is readable
+    (no memory controller, the host's root cgroup of a local run)."""
+    for path in OOM_KILL_COUNTERS:
+        try:
+            with open(path) as f:
+                for line in f:
+                    key, _, value = line.partition(" ")
+                    if key == "oom_kill":
+                        return int(value)
+        except (OSError, ValueError):
+            continue
+    return 0
 
 
 def _proc_status_mb(pid: int, key: str) -> int:
@@ -149,6 +167,7 @@ class HostedEnvironment:
         self._init_log = ""
         self._cold = False  # the next invocation is the first after an INIT
         self._init_phase = "init"  # "invoke" when an invocation had to (re)start the environment
+        self._oom_kills = oom_kill_count()  # the cgroup's count when last looked at
 
     # --- state the pool reads ---
 
@@ -442,6 +461,16 @@ class HostedEnvironment:
             self._echo(body)
         return result
 
+    def _killed_by_the_kernel_for_memory(self, returncode: int) -> bool:
+        """The kernel's OOM killer took the runtime before the watcher saw its memory: an allocation
+        past the container's limit in less than MEMORY_POLL_S. Its SIGKILL comes with a rise of the
+        cgroup's OOM kill count."""
+        if returncode != -signal.SIGKILL:
+            return False
+        count = oom_kill_count()
+        rose, self._oom_kills = count > self._oom_kills, count
+        return rose
+
     def _exit_result(
         self,
         req: InvocationRequest,
@@ -453,6 +482,11 @@ class HostedEnvironment:
         output: str = "",
         runtime_wrote_start: bool = False,
     ) -> InvocationResult:
+        """The runtime ended during an invocation (or its INIT): Runtime.ExitError, or, when the
+        kernel killed it for its memory, Runtime.OutOfMemory as Lambda says."""
+        killed_for_memory = self._killed_by_the_kernel_for_memory(returncode)
+        if killed_for_memory and runtime_wrote_start:
+            return self._oom_result(req, duration_ms, init_ms, self.memory_mb, prefix, output)
         message = f"RequestId: {req.request_id} Error: {exit_message(returncode)}"
         error = {"errorType": "Runtime.ExitError", "errorMessage": message}
         body = f"{message}\nRuntime.ExitError\n"
