@@ -636,3 +636,19 @@ def test_a_deployment_the_controller_has_not_observed_is_looked_at_again() -> No
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("True", "EnvironmentsReady")
     assert ctx.take_revisit(("Function", NS, "fn")) is None
+
+
+def test_reservations_are_counted_in_the_namespaces_the_operator_watches() -> None:
+    """Limit 10, at least 4 unreserved: another namespace's older reservation of 5 would leave room for
+    1 more. An operator that watches ``team`` alone counts as its gateway does, and grants 4."""
+    settings = Settings(gateway_url="http://gw:8080", concurrency_limit=10, min_unreserved=4)
+    elsewhere = function("big", reservedConcurrency=5)
+    elsewhere["metadata"].update(namespace="other", creationTimestamp="2026-01-01T00:00:00Z")
+    for namespaces, expected in (((NS,), "Granted"), ((), "Refused")):
+        kube = MemoryKube(elsewhere)
+        ctx = Context(kube, settings, namespaces=namespaces)
+        fn = function(reservedConcurrency=4)
+        fn["metadata"]["creationTimestamp"] = "2026-02-01T00:00:00Z"
+        reconcile(ctx, kube.put(fn))
+        status = (kube.object("Function", "fn", NS) or {})["status"]
+        assert status["reservation"] == expected, (namespaces, status)

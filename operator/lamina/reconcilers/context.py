@@ -71,6 +71,9 @@ class Context:
     post: EventSink = field(default=_log_event)
     requeue: Requeue | None = None
     metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    #: The namespaces the operator watches (``--namespace``); empty: the whole cluster. The
+    #: installation's account is what it watches: reservations are counted there, as the gateway does.
+    namespaces: tuple[str, ...] = ()
     #: Last readiness computed per (namespace, function): lets Deployment events that change nothing
     #: the Function reports skip reading the Function (thread-safe: single dict operations).
     readiness: dict[Hashable, Any] = field(default_factory=dict)

@@ -131,18 +131,26 @@ def check_references(kube: KubeApi, fn: Function) -> dict[str, Any] | None:
     return cm
 
 
+def watched_functions(ctx: Context, ns: str) -> list[dict[str, Any]]:
+    """Every Function the installation serves: those of the watched namespaces, or of the whole
+    cluster (the one namespace ``ns`` where the operator may not list the cluster's)."""
+    api = f"{GROUP}/{VERSION}"
+    if ctx.namespaces:
+        return [obj for one in ctx.namespaces for obj in ctx.kube.list(api, "Function", namespace=one)]
+    try:
+        return list(ctx.kube.list(api, "Function"))
+    except ApiError as e:
+        if e.status != 403:
+            raise
+        return list(ctx.kube.list(api, "Function", namespace=ns))
+
+
 def reservation_fields(ctx: Context, fn: Function, key: str) -> dict[str, Any]:
     """``reservation`` (Granted / Refused) and why, for a Function with reserved concurrency: the
     gateway serves a refused one as unreserved (lamina.invocation.reservations decides for both)."""
     if fn.spec.reserved_concurrency is None:
         return {"reservation": None, "reservationReason": None}
-    try:
-        functions = ctx.kube.list(f"{GROUP}/{VERSION}", "Function")
-    except ApiError as e:
-        if e.status != 403:
-            raise
-        # Watching some namespaces only: the gateway of one namespace sees that one alone.
-        functions = ctx.kube.list(f"{GROUP}/{VERSION}", "Function", namespace=key.partition("/")[0])
+    functions = watched_functions(ctx, key.partition("/")[0])
     asked = []
     for obj in functions:
         meta, amount = obj["metadata"], (obj.get("spec") or {}).get("reservedConcurrency")

@@ -109,7 +109,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.execution.max_workers = ours.workers
     settings.posting.loggers = False  # Events come from the reconcilers, on Ready transitions only
     if getattr(memo, "ctx", None) is None:
-        memo.ctx = Context(Kube.from_environment(ours.kubeconfig), ours.builders, post=post_event)
+        memo.ctx = Context(
+            Kube.from_environment(ours.kubeconfig), ours.builders, post=post_event, namespaces=ours.namespaces
+        )
     ctx: Context = memo.ctx
     ctx.requeue = Requeue(lambda key: reconcile_key(ctx, key), max_delay=MAX_DELAY)
     ctx.requeue.start()
@@ -333,7 +335,9 @@ def run_operator(argv: list[str] | None = None) -> int:
     kopf.configure(verbose=ours.verbose, quiet=ours.quiet, log_format=kopf.LogFormat[ours.log_format.upper()])
     if not ours.verbose:
         logging.getLogger("kopf.objects").addFilter(QuietWatchHandlers())
-    ctx = Context(Kube.from_environment(ours.kubeconfig), ours.builders, post=post_event)
+    ctx = Context(
+        Kube.from_environment(ours.kubeconfig), ours.builders, post=post_event, namespaces=ours.namespaces
+    )
     ctx.kube.on_response = ctx.metrics.count_api_request
     if ours.metrics_port is not None:
         ctx.metrics.serve(ours.metrics_port, ours.metrics_address)
