@@ -8,9 +8,11 @@ middle of its hand-over, an empty pool under a burst.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -221,3 +223,54 @@ def test_an_empty_pool_under_a_burst_falls_back_to_the_deployment(pooled, wait_u
     served = {parent_pid(body["pid"]) for _, body in results}
     claimed = [p for p in pool_pods(k8s) if (p.metadata.labels or {}).get(labels.FUNCTION) == "burst"]
     assert len(claimed) == 1 and pods.servers[claimed[0].metadata.uid].pid in served
+
+
+def test_a_pool_pod_handed_to_someone_else_first_is_deleted_though_its_claim_was_won(
+    pooled, wait_until
+) -> None:
+    """The claim and the hand-over go out together; a pod whose hand-over another claimer made first
+    (its server answers 409) is deleted, never served, even when this gateway's conditional PATCH won
+    it: the call falls back to the function's Deployment and is answered by the function itself."""
+    k8s, gateway, pods, _ = pooled
+    k8s.core.patch_namespace(k8s.ns, {"metadata": {"annotations": {labels.POOL_SIZE: "1"}}})
+    pooled_function(k8s, "mine", wait_until)
+    wait_until(lambda: len(running_idle(k8s, pods)) == 1, timeout=60, message="one idle pool pod")
+    [taken] = running_idle(k8s, pods)
+    rival = {
+        "environment": {
+            "AWS_LAMBDA_FUNCTION_NAME": "rival",
+            "LAMINA_HANDLER": "index.handler",
+            "LAMINA_TIMEOUT_SECONDS": "5",
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
+        },
+        "code": {"files": {"index.py": "def handler(event, context):\n    return {'fn': 'rival'}\n"}},
+        "layers": [],
+        "invokeSecret": "rival-secret",
+    }
+    address = pods.endpoints[taken.metadata.uid]
+
+    def listening() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{address}/healthz", timeout=5) as reply:
+                return bool(reply.status == 200)
+        except OSError:
+            return False
+
+    wait_until(listening, timeout=60, message="the pool pod's server answers")
+    request = urllib.request.Request(
+        f"http://{address}/specialize", json.dumps(rival).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as reply:  # another claimer's hand-over, first
+        assert reply.status == 200
+    rival_server = pods.servers[taken.metadata.uid].pid
+    gw = gateway()
+    lam = gw.lambda_client()
+    wait_until(lambda: _known(gw, "mine"), timeout=60, message="the gateway knows the function")
+    _, body = invoke(lam, "mine", {})
+    assert body["fn"] == "mine" and body["greeting"] == "mine"
+    assert parent_pid(body["pid"]) != rival_server
+    wait_until(
+        lambda: taken.metadata.name not in {p.metadata.name for p in pool_pods(k8s)},
+        message="the pod handed to someone else is deleted",
+    )
+    assert "refused the hand-over (409)" in gw.log.read_text()

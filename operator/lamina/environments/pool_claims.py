@@ -6,18 +6,21 @@ gateway) can never both win a pod; the loser gets 409 and tries the next one. Th
 Function the pod's owner (deleting the Function deletes its claimed pods) and takes the pod out of its
 pool's selector, so the pool's ReplicaSet lets it go and starts a replacement: the pool refills.
 
-Then ``POST /specialize`` gives the pod the function (see :mod:`lamina_runtime.specialize`); only a pod
-whose hand-over this gateway made itself is ever used, so a pod someone else specialized first (its
-/specialize answers 409) is deleted, never served. A pod that dies or refuses the hand-over is deleted
-and the next one is tried; with no pod left the caller falls back to the function's Deployment.
-Once specialized the pod is labelled ``serving`` (beside its first call): from then on every gateway
-sees it as one of the function's environments. When it is reaped it is deleted, never handed to
-another function.
+``POST /specialize`` gives the pod the function (see :mod:`lamina_runtime.specialize`); the pod takes
+one hand-over only (a second answers 409). The claim and the hand-over go out at the same time, and a
+pod is used only by the gateway that won both; one that won a single half deletes the pod (the holder
+of the other half does the same), so the claim's round trip is not on the cold start's path. A pod
+that dies or refuses the hand-over is deleted and the next one is tried; with no pod left the caller
+falls back to the function's Deployment. Once specialized the pod is labelled ``serving`` (beside its
+first call): from then on every gateway sees it as one of the function's environments. When it is
+reaped it is deleted, never handed to another function.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -175,74 +178,114 @@ class PoolClaims:
 
     async def claim(self, fn: FunctionConfig) -> str | None:
         """A pod of ``fn``'s pool made ``fn``'s environment (its endpoint), or None when the pool had
-        none left to give: then the caller starts one on the function's Deployment."""
+        none left to give: then the caller starts one on the function's Deployment.
+
+        The claim (the conditional PATCH) and the hand-over go out together, and the pod is used only
+        if both won: the API server lets one claimer win the pod, and the pod's server takes one
+        hand-over. A claimer that won one and lost the other deletes the pod (whoever won the other
+        deletes it too), so no pod ever serves a function that does not hold its claim, and the
+        claim's round trip is off the cold start's path."""
         if fn.pool is None:
             return None
         began = time.monotonic()
-        body = json.dumps(await self.handover(fn)).encode()
-        built = time.monotonic()
-        for _ in range(CLAIM_ATTEMPTS):
-            claiming = time.monotonic()
-            pod = await self._claim_one(fn)
-            if pod is None:
-                return None
-            assert pod.address is not None
-            started = time.monotonic()
-            try:
-                reply = await self.pods.request(
-                    pod.address, "POST", "/specialize", {"Content-Type": "application/json"}, body,
-                    SPECIALIZE_TIMEOUT_S,
-                )  # fmt: skip
-            except (Refused, Broken) as exc:
-                log.warning("function %s: claimed pod %s failed its hand-over: %s", fn.key, pod.name, exc)
-                await self._delete(pod)
-                continue
-            if reply.status != 200:
-                why = reply.body[:300].decode(errors="replace")
-                log.warning(
-                    "function %s: pod %s refused the hand-over (%d): %s", fn.key, pod.name, reply.status, why
+        body_built = asyncio.ensure_future(self.handover(fn))
+        try:
+            for _ in range(CLAIM_ATTEMPTS):
+                pod = self._next_idle(fn)
+                if pod is None:
+                    return None
+                assert pod.address is not None
+                self._taken.add(pod.name)
+                try:
+                    claimed = asyncio.ensure_future(asyncio.to_thread(self._patch_claim, pod, fn))
+                    try:
+                        body = json.dumps(await body_built).encode()
+                    except BaseException:
+                        await self._settle(claimed, pod)
+                        raise
+                    started = time.monotonic()
+                    handed = await self._hand_over(fn, pod, body)
+                    try:
+                        won = await claimed
+                    except BaseException:
+                        if handed is not None:  # handed a function, its claim unknown: never served
+                            await self._delete(pod)
+                        raise
+                finally:
+                    self._taken.discard(pod.name)
+                done = time.monotonic()
+                pod.state = labels.CLAIMED  # won or lost, never this one again
+                if handed is None or not won:
+                    if handed is not None:  # the pod is ours, its claim someone else's: both delete it
+                        log.info(
+                            "function %s: pool pod %s was claimed by someone else first", fn.key, pod.name
+                        )
+                    if handed is not None or won:  # (a refused hand-over is logged by _hand_over)
+                        await self._delete(pod)
+                    continue
+                log.info(
+                    "function %s: claimed pool pod %s (%s) in %.0f ms: hand-over built %.0f, "
+                    "hand-over and INIT %.0f (INIT %s), the claim beside it",
+                    fn.key,
+                    pod.name,
+                    pod.address,
+                    (done - began) * 1000,
+                    (started - began) * 1000,
+                    (done - started) * 1000,
+                    _init_ms(handed),
                 )
-                await self._delete(pod)
-                continue
-            done = time.monotonic()
-            log.info(
-                "function %s: claimed pool pod %s (%s) in %.0f ms: hand-over built %.0f, claim %.0f, "
-                "hand-over and INIT %.0f (INIT %s)",
-                fn.key,
-                pod.name,
-                pod.address,
-                (done - began) * 1000,
-                (built - began) * 1000,
-                (started - claiming) * 1000,
-                (done - started) * 1000,
-                _init_ms(reply.body),
-            )
-            # Labelled serving (from then on every gateway sees it as the function's) beside the first
-            # call rather than before it: one API round trip less on the cold start's path.
-            self._spawn(self._mark_serving(pod))
-            return pod.address
-        return None
+                # Labelled serving (from then on every gateway sees it as the function's) beside the
+                # first call rather than before it: one API round trip less on the cold start's path.
+                self._spawn(self._mark_serving(pod))
+                return pod.address
+            return None
+        finally:
+            if not body_built.done():
+                body_built.cancel()
 
-    async def _claim_one(self, fn: FunctionConfig) -> PoolPod | None:
+    def _next_idle(self, fn: FunctionConfig) -> PoolPod | None:
+        """The idle pod this gateway tries next. Each gateway ranks the pods in an order of its own
+        (rendezvous hashing on its id), so replicas cold-starting at once mostly try different pods
+        instead of all racing for the first."""
         assert fn.pool is not None
-        while True:
-            candidates = self.idle(fn.namespace, fn.pool)
-            if not candidates:
-                return None
-            pod = candidates[0]
-            self._taken.add(pod.name)
-            try:
-                won = await asyncio.to_thread(self._patch_claim, pod, fn)
-            finally:
-                self._taken.discard(pod.name)
-            if won:
-                pod.state = labels.CLAIMED
-                return pod
-            # Lost the race (another gateway claimed it, or it changed): never this one again.
-            log.info("function %s: pool pod %s was claimed by someone else first", fn.key, pod.name)
-            pod.state = labels.CLAIMED
+        candidates = self.idle(fn.namespace, fn.pool)
+        if not candidates:
+            return None
+        gateway = self.gateway_id.encode()
+        return min(
+            candidates, key=lambda p: hashlib.blake2b(gateway + p.name.encode(), digest_size=8).digest()
+        )
+
+    async def _hand_over(self, fn: FunctionConfig, pod: PoolPod, body: bytes) -> bytes | None:
+        """``POST /specialize``: the pod's answer (INIT's duration) when it took this hand-over;
+        None when it refused it (another hand-over came first, or this one failed) or went away."""
+        assert pod.address is not None
+        try:
+            reply = await self.pods.request(
+                pod.address, "POST", "/specialize", {"Content-Type": "application/json"}, body,
+                SPECIALIZE_TIMEOUT_S,
+            )  # fmt: skip
+        except (Refused, Broken) as exc:
+            log.warning("function %s: claimed pod %s failed its hand-over: %s", fn.key, pod.name, exc)
+            return None
+        if reply.status != 200:
+            why = reply.body[:300].decode(errors="replace")
+            log.warning(
+                "function %s: pod %s refused the hand-over (%d): %s", fn.key, pod.name, reply.status, why
+            )
+            return None
+        return reply.body
+
+    async def _settle(self, claimed: asyncio.Future[bool], pod: PoolPod) -> None:
+        """A claim whose hand-over never went out: a pod won for nothing is given back by deleting it
+        (it left its pool, which has started its replacement)."""
+        with contextlib.suppress(Exception):
+            if await claimed:
+                await self._delete(pod)
 
     def _patch_claim(self, pod: PoolPod, fn: FunctionConfig) -> bool:
+        """The conditional PATCH: True if this gateway won the pod, False if someone changed or took
+        it first (409) or it is gone (404)."""
         pod_labels = {labels.POOL_STATE: labels.CLAIMED, labels.FUNCTION: fn.name}
         meta: dict[str, Any] = {
             "resourceVersion": pod.resource_version,  # the precondition: nobody changed it since
@@ -256,15 +299,39 @@ class PoolClaims:
             meta["ownerReferences"] = [
                 {"apiVersion": "lamina.dev/v1alpha1", "kind": "Function", "name": fn.name, "uid": fn.uid}
             ]
-        try:
-            self.core.patch_namespaced_pod(
-                pod.name, pod.namespace, {"metadata": meta}, field_manager=FIELD_MANAGER
-            )
-        except ApiException as exc:
-            if exc.status in (404, 409):
+        for _ in range(2):
+            try:
+                self.core.patch_namespaced_pod(
+                    pod.name,
+                    pod.namespace,
+                    {"metadata": meta},
+                    field_manager=FIELD_MANAGER,
+                )
+                return True
+            except ApiException as exc:
+                if exc.status != 409:
+                    if exc.status == 404:
+                        return False
+                    raise
+            # Changed since this gateway saw it: still idle and unclaimed (a status update), it is
+            # asked for again at its new version; else someone else took it.
+            fresh = self._still_idle(pod)
+            if fresh is None:
                 return False
-            raise
-        return True
+            meta["resourceVersion"] = fresh
+        return False
+
+    def _still_idle(self, pod: PoolPod) -> str | None:
+        """The pod's current resourceVersion if it is still idle and nobody's claim; else None."""
+        try:
+            meta = self.core.read_namespaced_pod(pod.name, pod.namespace).metadata
+        except ApiException:
+            return None
+        if meta is None:
+            return None
+        unclaimed = labels.CLAIMED_BY not in (meta.annotations or {})
+        idle = (meta.labels or {}).get(labels.POOL_STATE) == labels.IDLE
+        return str(meta.resource_version) if idle and unclaimed and not meta.deletion_timestamp else None
 
     async def _mark_serving(self, pod: PoolPod) -> None:
         """Label the pod ``serving``, asking again a few times if the API server fails; a pod that
