@@ -20,7 +20,7 @@ from lamina.resources.layer import LayerArtifact
 from lamina.resources.meta import config_map_digest, digest, metadata
 from lamina.resources.network import build_network_policy
 from lamina.resources.pod_state import PodProblem
-from lamina.resources.pods import container_security_context, hardened_pod
+from lamina.resources.pods import container_security_context, hardened_pod, runtime_container
 from lamina.resources.runtime_env import CREDENTIAL_VARIABLES, function_environment, system_log_level
 from lamina.resources.settings import Settings
 from lamina_runtime.factory import is_custom_runtime
@@ -308,21 +308,10 @@ def _deployment(
             own_credentials=bool(secret_name),
         )
         + secret_env(fn, secret_name, secret_values),
-        "resources": {
-            "requests": {"cpu": f"{spec.cpu_millicores}m", "memory": memory},
-            "limits": {"memory": memory},
-        },
         # Readiness for kubectl, Services and the Function's status: /healthz answers 200 only
         # after INIT, so a provisioned environment is Ready only once warm. The gateway does not wait
         # for this probe on a cold start: it probes a starting pod itself every few milliseconds.
-        "readinessProbe": {
-            "httpGet": {"path": "/healthz", "port": "http"},
-            "periodSeconds": 1,
-            "timeoutSeconds": 1,
-            "failureThreshold": 3,
-        },
-        "securityContext": container_security_context(),
-        "terminationMessagePolicy": "FallbackToLogsOnError",
+        **runtime_container(spec.cpu_millicores, memory),
         "volumeMounts": mounts,
     }
     pod = hardened_pod(

@@ -1,4 +1,5 @@
-"""Pieces of pod specs shared by the function and worker builders: the hardened security context."""
+"""Pieces of pod specs shared by the function, pool and worker builders: the hardened security
+context, and what every runtime container (a function's or a pool's) is given."""
 
 from __future__ import annotations
 
@@ -27,6 +28,26 @@ def container_security_context() -> dict[str, Any]:
         "readOnlyRootFilesystem": True,
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def runtime_container(millicores: int, memory: str) -> dict[str, Any]:
+    """What a container of the runtime image gets whoever runs it: its CPU share, a memory limit
+    equal to its request, a readiness probe on ``/healthz`` (200 only after INIT, or while a pool pod
+    waits to be claimed) every second, and the hardened security context."""
+    return {
+        "resources": {
+            "requests": {"cpu": f"{millicores}m", "memory": memory},
+            "limits": {"memory": memory},
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/healthz", "port": "http"},
+            "periodSeconds": 1,
+            "timeoutSeconds": 1,
+            "failureThreshold": 3,
+        },
+        "securityContext": container_security_context(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
 
 

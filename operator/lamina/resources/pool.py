@@ -29,7 +29,7 @@ from lamina.resources.function import (
     UNZIPPED_SIZE,
     function_env,
 )
-from lamina.resources.pods import container_security_context, hardened_pod
+from lamina.resources.pods import hardened_pod, runtime_container
 from lamina.resources.runtime_env import CREDENTIAL_VARIABLES
 from lamina.resources.settings import CUSTOM_RUNTIME_IMAGE_RUNTIME, Settings
 from lamina_runtime.factory import is_custom_runtime
@@ -141,19 +141,8 @@ def build_pool(namespace: str, key: PoolKey, size: int, settings: Settings) -> d
             {"name": "LAMINA_POOL_TASK_ROOT", "value": TASK_ROOT},
             {"name": "LAMINA_POOL_LAYERS_ROOT", "value": LAYERS_ROOT},
         ],
-        "resources": {
-            "requests": {"cpu": f"{millicores}m", "memory": memory},
-            "limits": {"memory": memory},
-        },
         # Ready while idle (claimable), then again once the function's INIT is done.
-        "readinessProbe": {
-            "httpGet": {"path": "/healthz", "port": "http"},
-            "periodSeconds": 1,
-            "timeoutSeconds": 1,
-            "failureThreshold": 3,
-        },
-        "securityContext": container_security_context(),
-        "terminationMessagePolicy": "FallbackToLogsOnError",
+        **runtime_container(millicores, memory),
         "volumeMounts": [
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "code", "mountPath": TASK_ROOT},
