@@ -22,7 +22,10 @@ is this process, on the host, through the gateway's NodePort on the node's IP. M
                    also hop by hop (benchmarks/_pod_timeline.py): gateway asks -> pod created ->
                    scheduled -> running -> runtime listening -> INIT over -> the gateway's probe
                    answered -> the client's answer (for a pool claim: claimed -> specialized -> answer);
-- warm:            sequential invokes served by a warm provisioned pod, and the same call hop by hop
+- warm:            sequential invokes served by a warm provisioned pod, with the CPU time per call of
+                   each process on its path (the gateway pod, the function pod's server and its worker,
+                   the node's containerd and shims that carry the pod's log lines; read from /proc, so
+                   it hardly depends on the machine's load), and the same call hop by hop
                    with one client (benchmarks/_hop_client.py): the function pod's server alone, the
                    gateway pod alone, and through the NodePort from inside the node and from the host;
 - throughput:      sync invokes/s with concurrent clients, 4 provisioned environments;
@@ -122,7 +125,8 @@ def main() -> int:
         return 2
     lam, core = release.lamina, release.core
     results: list[dict[str, Any]] = []
-    bench = Bench(lam, core, release.cpm.realnode.RealNode(release.cp.state_dir).nsenter(), args, results)
+    node = release.cpm.realnode.RealNode(release.cp.state_dir)
+    bench = Bench(lam, core, node.nsenter(), args, results, Path(release.cp.state_dir))
     try:
         pause = release.pause_image
         if "pause" in phases and "cold" not in phases:
@@ -154,6 +158,7 @@ class Bench:
     nsenter: list[str]
     args: argparse.Namespace
     results: list[dict[str, Any]]
+    state_dir: Path
 
     def add(self, row: dict[str, Any]) -> None:
         self.results.append(row)
@@ -312,11 +317,18 @@ class Bench:
         self.lam.wait_ready(warm)
         base = self.lam.gateway_url
         if "warm" in phases:
-            self.add(
-                stats(
-                    "warm invoke, provisioned pod", asyncio.run(sequential(base, warm, self.args.warm_calls))
-                )
+            probe = NodeCpu.of(self.core, self.lam.pods(warm), self.state_dir)
+            before = probe.read()
+            samples = asyncio.run(sequential(base, warm, self.args.warm_calls))
+            row = stats("warm invoke, provisioned pod", samples)
+            row["cpu_us_per_call"] = cpu = probe.per_call(before, self.args.warm_calls + WARMUP_CALLS)
+            print(
+                f"{'':40} CPU per call: "
+                + ", ".join(f"{k} {v:.0f} µs" for k, v in cpu.items())
+                + f"; load average {os.getloadavg()[0]:.1f}",
+                flush=True,
             )
+            self.add(row)
             self.warm_hops(warm)
         if "throughput" in phases:
             rate, lat = asyncio.run(
@@ -411,6 +423,76 @@ class Bench:
         self.add(row)
 
 
+@dataclass
+class NodeCpu:
+    """The processes on a warm call's path on the node, by part: the gateway pod's, the function pod's
+    server and its worker, and the node's containerd with its shims (they copy the pod's log lines
+    into the container log). Found through /proc: a pod's processes by the pod's cgroup, the node's
+    containerd and shims by the socket in this cluster's state directory."""
+
+    parts: dict[str, list[int]]
+
+    @classmethod
+    def of(cls, core: Any, function_pods: list[Any], state_dir: Path) -> NodeCpu:
+        from tests.cluster.pods import conftest as tier
+
+        gateway = core.list_namespaced_pod(
+            tier.SYSTEM_NS, label_selector="app.kubernetes.io/component=gateway"
+        ).items[0]
+        procs = _processes()
+        pod = function_pods[0]
+        in_pod = [pid for pid, (_, cgroup, _) in procs.items() if _in_pod(cgroup, pod.metadata.uid)]
+        server = [pid for pid in in_pod if "lamina_runtime" in procs[pid][2] and procs[pid][0] not in in_pod]
+        workers = [pid for pid in in_pod if procs[pid][0] in server]
+        node = str(state_dir / "node")
+        gateway_uid = gateway.metadata.uid
+        return cls(
+            {
+                "gateway pod": [pid for pid, (_, cg, _) in procs.items() if _in_pod(cg, gateway_uid)],
+                "function pod server": server,
+                "its worker": workers,
+                "containerd + shims": [
+                    pid for pid, (_, _, cmd) in procs.items() if "containerd" in cmd and node in cmd
+                ],
+            }
+        )
+
+    def read(self) -> dict[str, float]:
+        return {part: sum(_cpu_seconds(pid) for pid in pids) for part, pids in self.parts.items()}
+
+    def per_call(self, before: dict[str, float], calls: int) -> dict[str, float]:
+        after = self.read()
+        return {part: round((after[part] - before[part]) / calls * 1e6, 1) for part in self.parts}
+
+
+def _processes() -> dict[int, tuple[int, str, str]]:
+    """pid -> (parent, cgroup file, command line) of every process."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rpartition(")")[2].split()[1])
+            cgroup = (entry / "cgroup").read_text()
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        out[int(entry.name)] = (parent, cgroup, cmd)
+    return out
+
+
+def _in_pod(cgroup: str, uid: str) -> bool:
+    return f"pod{uid}" in cgroup or f"pod{uid.replace('-', '_')}" in cgroup
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def pause_pod(name: str, image: str, config_map: str | None) -> dict[str, Any]:
     """A pod running only the pause image; with ``config_map``, with a function pod's volumes (/tmp
     and the code), not bound to a node (the scheduler places it), else bound to the real node."""
@@ -499,17 +581,20 @@ def invoke_url(base: str, name: str) -> str:
     return f"{base}/2015-03-31/functions/{name}/invocations"
 
 
+WARMUP_CALLS = 20
+
+
 async def sequential(base: str, name: str, calls: int) -> list[float]:
     import aiohttp
 
     out = []
     async with aiohttp.ClientSession() as s:
-        for i in range(calls + 20):
+        for i in range(calls + WARMUP_CALLS):
             t0 = time.perf_counter()
             async with s.post(invoke_url(base, name), data=b"{}") as r:
                 await r.read()
                 assert r.status == 200 and "X-Amz-Function-Error" not in r.headers
-            if i >= 20:  # the first calls open connections
+            if i >= WARMUP_CALLS:  # the first calls open connections
                 out.append((time.perf_counter() - t0) * 1000)
     return out
 

@@ -8,15 +8,12 @@ import asyncio
 from typing import Any
 
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import make_mocked_request
 
 from lamina.auth.authenticator import Authenticator
 from lamina.auth.authorizer import CachedAuthorizer
 from lamina.auth.identity import Identity
 from lamina.gateway import auth as gateway_auth
 from lamina.gateway.auth import GatewayAuth
-from lamina.gateway.invoke_api import SERVICE_KEY
 from lamina.gateway.registry import FunctionRegistry
 from lamina.invocation.errors import AccessDenied
 
@@ -73,20 +70,18 @@ def test_a_grant_takes_effect_once_the_denial_expires() -> None:
 
 
 def test_a_function_name_designates_its_namespace_once_per_name(monkeypatch: Any) -> None:
-    app = web.Application()
-    app[SERVICE_KEY] = type("Service", (), {"registry": FunctionRegistry([], default_namespace="team-a")})()
-    request = make_mocked_request("POST", "/", app=app)
+    registry = FunctionRegistry([], default_namespace="team-a")
     auth = gateway(Rbac(set()))
     calls = []
     original = gateway_auth._namespace_and_name
     monkeypatch.setattr(gateway_auth, "_namespace_and_name", lambda r, n: calls.append(n) or original(r, n))
     arn = "arn:aws:lambda:us-east-1:123456789012:function:team-b.orders:prod"
-    assert auth.target(request, "hello") == ("team-a", "hello")
-    assert auth.target(request, "hello:live") == ("team-a", "hello")
-    assert auth.target(request, arn) == ("team-b", "orders")
-    assert auth.target(request, "bad name!") is None  # the handler answers a malformed name
-    assert auth.target(request, "hello") == ("team-a", "hello")
+    assert auth.target(registry, "hello") == ("team-a", "hello")
+    assert auth.target(registry, "hello:live") == ("team-a", "hello")
+    assert auth.target(registry, arn) == ("team-b", "orders")
+    assert auth.target(registry, "bad name!") is None  # the handler answers a malformed name
+    assert auth.target(registry, "hello") == ("team-a", "hello")
     assert calls == ["hello", "hello:live", arn, "bad name!"]
     monkeypatch.setattr(gateway_auth, "MAX_TARGETS", 2)
-    auth.target(request, "one")
+    auth.target(registry, "one")
     assert len(auth.targets) == 2

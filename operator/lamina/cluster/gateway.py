@@ -41,6 +41,7 @@ from lamina.gateway.async_queue import AsyncInvocations
 from lamina.gateway.auth import GatewayAuth
 from lamina.gateway.concurrency import ConcurrencyLimiter
 from lamina.gateway.drain import Drain
+from lamina.gateway.front import FrontSite
 from lamina.gateway.loop import run_async
 from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
@@ -168,7 +169,7 @@ async def start_http(
     # The drain answered every call before the runner's cleanup: what it still waits for is a stuck one.
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await FrontSite(runner, host, port).start()
     return runner
 
 

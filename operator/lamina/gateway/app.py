@@ -10,6 +10,7 @@ from lamina.gateway import functions_api
 from lamina.gateway.auth import AUTH_KEY, GatewayAuth, auth_middleware
 from lamina.gateway.drain import Drain
 from lamina.gateway.errors import SYNC_PAYLOAD_LIMIT
+from lamina.gateway.front import FRONT_KEY, Front
 from lamina.gateway.invoke_api import SERVICE_KEY, handle_invoke
 from lamina.gateway.service import InvocationService
 from lamina.gateway.url_trigger import handle_url, platform_failed
@@ -39,6 +40,8 @@ def build_app(
     # Room above the 6 MB limit so an oversize body is answered with Lambda's error, not aiohttp's.
     app = web.Application(client_max_size=SYNC_PAYLOAD_LIMIT + 1024 * 1024, middlewares=middlewares)
     app[SERVICE_KEY] = service
+    # The Invoke API's lean path (lamina.gateway.front), used when the app is served by FrontSite.
+    app[FRONT_KEY] = Front(service, auth, drain)
     if auth is not None:
         app[AUTH_KEY] = auth
     app.router.add_post("/2015-03-31/functions/{name}/invocations", handle_invoke)

@@ -26,9 +26,10 @@ from aiohttp.typedefs import Handler, Middleware
 from lamina.auth.authenticator import Authenticator
 from lamina.auth.authorizer import Authorizer, CachedAuthorizer
 from lamina.auth.identity import Identity
+from lamina.auth.sigv4 import Headers
 from lamina.environments.base import FunctionConfig, function_arn
 from lamina.gateway.invoke_api import SERVICE_KEY, error_response
-from lamina.gateway.registry import split_function_name
+from lamina.gateway.registry import FunctionRegistry, split_function_name
 from lamina.invocation.errors import AccessDenied, LambdaServiceError
 
 IDENTITY = "lamina.identity"
@@ -48,6 +49,29 @@ class GatewayAuth:
         cached = self.authorizer if isinstance(self.authorizer, CachedAuthorizer) else None
         self._decided = cached.decided if cached is not None else None
 
+    async def admit(
+        self,
+        registry: FunctionRegistry,
+        method: str,
+        raw_path: str,
+        headers: Headers,
+        body: bytes,
+        verb: str,
+        raw_name: str | None,
+        trigger: bool = False,
+    ) -> Identity:
+        """The caller of a protected route, authenticated and allowed ``verb`` on the function named
+        ``raw_name`` (if any); raises Lambda's error otherwise. The middleware's check, and the front
+        door's for the Invoke API (lamina.gateway.front)."""
+        identity = await self.authenticator.authenticate(
+            method, raw_path, headers, body, allow_unsigned_payload=trigger
+        )
+        if raw_name is not None:
+            target = self.target(registry, raw_name)
+            if target is not None:
+                await self.check(identity, verb, *target)
+        return identity
+
     async def check(self, identity: Identity, verb: str, namespace: str, name: str) -> None:
         allowed = self._decided(identity, verb, namespace, name) if self._decided is not None else None
         if allowed is None:
@@ -60,12 +84,12 @@ class GatewayAuth:
                 f"namespace {namespace!r}"
             )
 
-    def target(self, request: web.Request, raw_name: str) -> tuple[str, str] | None:
+    def target(self, registry: FunctionRegistry, raw_name: str) -> tuple[str, str] | None:
         """The namespace and function a FunctionName designates (qualifier dropped), whether or not it
         exists; None when the name is malformed (the handler answers that)."""
         if raw_name in self.targets:
             return self.targets[raw_name]
-        found = _namespace_and_name(request, raw_name)
+        found = _namespace_and_name(registry, raw_name)
         while len(self.targets) >= MAX_TARGETS:
             del self.targets[next(iter(self.targets))]
         self.targets[raw_name] = found
@@ -112,15 +136,11 @@ def auth_middleware(auth: GatewayAuth) -> Middleware:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return await handler(request)  # answered with Lambda's size error, before anything is read
+        registry = request.app[SERVICE_KEY].registry
         try:
-            identity = await auth.authenticator.authenticate(
-                request.method, request.raw_path, request.headers, body, allow_unsigned_payload=trigger
+            request[IDENTITY] = await auth.admit(
+                registry, request.method, request.raw_path, request.headers, body, verb, raw_name, trigger
             )
-            request[IDENTITY] = identity
-            if raw_name is not None:
-                target = auth.target(request, raw_name)
-                if target is not None:
-                    await auth.check(identity, verb, *target)
         except LambdaServiceError as exc:
             request_id = str(uuid.uuid4())
             return _forbidden(request_id) if trigger else error_response(exc, request_id)
@@ -129,8 +149,7 @@ def auth_middleware(auth: GatewayAuth) -> Middleware:
     return authenticate
 
 
-def _namespace_and_name(request: web.Request, raw_name: str) -> tuple[str, str] | None:
-    registry = request.app[SERVICE_KEY].registry
+def _namespace_and_name(registry: FunctionRegistry, raw_name: str) -> tuple[str, str] | None:
     try:
         name, _ = split_function_name(raw_name)
     except LambdaServiceError:

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -37,6 +38,12 @@ HEALTH_PATH, METRICS_PATH = "/healthz", "/metrics"
 ANSWER_S = 2.0
 
 Answer = Callable[[web.Request, str], web.StreamResponse]
+#: What a request refused while draining, and a call cut at the end of the grace, are told.
+REFUSED = "this gateway replica is shutting down and took no new call; send it again"
+CUT = (
+    "the gateway replica running this call was shut down before the call finished "
+    "(it may still complete in its environment)"
+)
 
 
 def service_exception(request: web.Request, message: str) -> web.StreamResponse:
@@ -50,8 +57,8 @@ class Drain:
 
     def __init__(self) -> None:
         self.draining = False
-        self._running: dict[asyncio.Task[object], web.Request] = {}
-        self._cut: set[asyncio.Task[object]] = set()
+        self._running: dict[asyncio.Task[Any], web.Request | None] = {}
+        self._cut: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()
         #: (path prefix, answer to a request refused while draining, answer to a cut call); the first
         #: prefix that matches wins, Lambda's ServiceException otherwise.
@@ -71,10 +78,22 @@ class Drain:
     def running(self) -> int:
         return len(self._running)
 
+    def enter(self, task: asyncio.Task[Any], request: web.Request | None = None) -> None:
+        """``task`` now runs a call that may reach a function: :meth:`cut` cancels it."""
+        self._running[task] = request
+
+    def leave(self, task: asyncio.Task[Any]) -> None:
+        del self._running[task]
+        self._cut.discard(task)
+        if not self._running:
+            self._idle.set()
+
+    def was_cut(self, task: asyncio.Task[Any]) -> bool:
+        """Whether ``task``'s cancellation is :meth:`cut`'s (else the caller hung up)."""
+        return task in self._cut
+
     @property
     def middleware(self) -> Middleware:
-        running, cut = self._running, self._cut
-
         @web.middleware
         async def drain_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
             if request.path in (HEALTH_PATH, METRICS_PATH):
@@ -82,32 +101,23 @@ class Drain:
                     return web.json_response({"status": "draining"}, status=503)
                 return await handler(request)
             if self.draining:
-                refused = self._answers(request)[0](
-                    request, "this gateway replica is shutting down and took no new call; send it again"
-                )
+                refused = self._answers(request)[0](request, REFUSED)
                 refused.force_close()
                 return refused
             task = asyncio.current_task()
             assert task is not None
-            running[task] = request
+            self.enter(task, request)
             try:
                 return await handler(request)
             except asyncio.CancelledError:
-                if task not in cut:
+                if not self.was_cut(task):
                     raise  # the caller hung up (or aiohttp is closing the connection)
                 task.uncancel()
-                answer = self._answers(request)[1](
-                    request,
-                    "the gateway replica running this call was shut down before the call finished "
-                    "(it may still complete in its environment)",
-                )
+                answer = self._answers(request)[1](request, CUT)
                 answer.force_close()
                 return answer
             finally:
-                del running[task]
-                cut.discard(task)
-                if not running:
-                    self._idle.set()
+                self.leave(task)
 
         return drain_middleware
 

@@ -6,6 +6,7 @@ import base64
 import binascii
 import logging
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
@@ -31,9 +32,8 @@ REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def error_response(exc: LambdaServiceError, request_id: str) -> web.Response:
-    return web.Response(
-        status=exc.status, body=exc.body(), headers={**exc.headers(), "x-amzn-RequestId": request_id}
-    )
+    status, headers, body = error_answer(exc, request_id)
+    return web.Response(status=status, body=body, headers=headers)
 
 
 MAX_CLIENT_CONTEXT = 3583  # bytes of base64, Lambda's limit on X-Amz-Client-Context
@@ -76,17 +76,17 @@ def log_tail(log: str) -> str:
 async def read_body(request: web.Request, limit: int, invocation_type: str) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
-        raise _too_large(length, limit, invocation_type)
+        raise too_large(length, limit, invocation_type)
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise _too_large(None, limit, invocation_type) from None
+        raise too_large(None, limit, invocation_type) from None
     if len(body) > limit:
-        raise _too_large(len(body), limit, invocation_type)
+        raise too_large(len(body), limit, invocation_type)
     return body
 
 
-def _too_large(size: int | None, limit: int, invocation_type: str) -> RequestTooLarge:
+def too_large(size: int | None, limit: int, invocation_type: str) -> RequestTooLarge:
     if invocation_type == "Event":
         shown = size if size is not None else "The"
         return RequestTooLarge(
@@ -95,28 +95,59 @@ def _too_large(size: int | None, limit: int, invocation_type: str) -> RequestToo
     return RequestTooLarge(f"Request must be smaller than {limit} bytes for the InvokeFunction operation")
 
 
+#: An answer as the front door writes it: status, headers, body.
+Answer = tuple[int, dict[str, str], bytes]
+#: Reads the request's body, refusing one over ``limit`` bytes (``RequestTooLarge``) for its type.
+BodyReader = Callable[[int, str], Awaitable[bytes]]
+
+
+def error_answer(exc: LambdaServiceError, request_id: str) -> Answer:
+    return exc.status, {**exc.headers(), "x-amzn-RequestId": request_id}, exc.body()
+
+
 async def handle_invoke(request: web.Request) -> web.Response:
-    service = request.app[SERVICE_KEY]
     request[REQUEST_ID] = request_id = str(uuid.uuid4())
+    status, headers, body = await invoke(
+        request.app[SERVICE_KEY],
+        request.match_info["name"],
+        request.query.get("Qualifier"),
+        request.headers,
+        lambda limit, invocation_type: read_body(request, limit, invocation_type),
+        request_id,
+    )
+    return web.Response(status=status, body=body or None, headers=headers)
+
+
+async def invoke(
+    service: InvocationService,
+    raw_name: str,
+    qualifier: str | None,
+    request_headers: Mapping[str, str],
+    read: BodyReader,
+    request_id: str,
+) -> Answer:
+    """The Invoke API's answer to one request, whichever server received it (aiohttp's, or the
+    front door's lean path for this route, lamina.gateway.front): ``request_headers`` are matched
+    without regard to case, ``read`` gives the body."""
     try:
-        invocation_type = request.headers.get("X-Amz-Invocation-Type", "RequestResponse")
+        invocation_type = request_headers.get("X-Amz-Invocation-Type", "RequestResponse")
         if invocation_type not in INVOCATION_TYPES:
             raise InvalidParameterValue(
                 f"Invalid invocation type: {invocation_type!r}; expected one of "
                 + ", ".join(INVOCATION_TYPES)
             )
-        target = service.registry.route(request.match_info["name"], request.query.get("Qualifier"))
+        target = service.registry.route(raw_name, qualifier)
         fn = target.config
-        trace = tracing.incoming(request.headers, fn.key)  # RecursiveInvocationException past 16
-        client_context = check_client_context(request.headers.get("X-Amz-Client-Context"))
+        trace = tracing.incoming(request_headers, fn.key)  # RecursiveInvocationException past 16
+        client_context = check_client_context(request_headers.get("X-Amz-Client-Context"))
         limit = ASYNC_PAYLOAD_LIMIT if invocation_type == "Event" else SYNC_PAYLOAD_LIMIT
-        payload = check_json(await read_body(request, limit, invocation_type))
+        payload = check_json(await read(limit, invocation_type))
         if invocation_type == "DryRun":
-            return web.Response(status=204, headers={"x-amzn-RequestId": request_id})
+            return 204, {"x-amzn-RequestId": request_id}, b""
         if invocation_type == "Event":
             qualifier = target.alias or (None if fn.version == "$LATEST" else fn.version)
             request_id = await service.enqueue(fn, payload, qualifier, trace)
-            return web.Response(status=202, headers={"x-amzn-RequestId": request_id})
+            return 202, {"x-amzn-RequestId": request_id}, b""
         result = await service.invoke(
             fn,
             InvocationRequest(
@@ -130,10 +161,10 @@ async def handle_invoke(request: web.Request) -> web.Response:
             ),
         )
     except LambdaServiceError as exc:
-        return error_response(exc, request_id)
+        return error_answer(exc, request_id)
     except Exception as exc:  # the platform failed (no environment came up, a pod vanished): Lambda's 500
         log.exception("invocation %s failed in the platform", request_id)
-        return error_response(ServiceError(f"{type(exc).__name__}: {exc}"), request_id)
+        return error_answer(ServiceError(f"{type(exc).__name__}: {exc}"), request_id)
     headers = {
         "x-amzn-RequestId": request_id,
         "X-Amz-Executed-Version": fn.version,
@@ -141,6 +172,6 @@ async def handle_invoke(request: web.Request) -> web.Response:
     }
     if result.function_error:
         headers["X-Amz-Function-Error"] = result.function_error
-    if request.headers.get("X-Amz-Log-Type") == "Tail":
+    if request_headers.get("X-Amz-Log-Type") == "Tail":
         headers["X-Amz-Log-Result"] = log_tail(result.log)
-    return web.Response(status=200, body=result.payload, headers=headers)
+    return 200, headers, result.payload

@@ -21,6 +21,7 @@ from lamina.environments.base import FunctionConfig
 from lamina.environments.local_pool import LocalProcessPool
 from lamina.gateway.app import build_app
 from lamina.gateway.concurrency import ConcurrencyLimiter
+from lamina.gateway.front import FrontSite
 from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
 from lamina.local.access import AuthSetupError, local_auth
@@ -172,7 +173,7 @@ class LocalStack:
         app.router.add_get("/lamina/status", self._status)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, opts.host, opts.port).start()
+        await FrontSite(self._runner, opts.host, opts.port).start()
 
     async def _status(self, request: web.Request) -> web.Response:
         """What `lamina local` runs right now: environments per function and each mapping's state."""
