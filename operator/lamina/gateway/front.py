@@ -41,7 +41,7 @@ from multidict import CIMultiDict
 from lamina.gateway.auth import GatewayAuth
 from lamina.gateway.drain import CUT, REFUSED, Drain
 from lamina.gateway.errors import SYNC_PAYLOAD_LIMIT, ServiceError
-from lamina.gateway.invoke_api import Answer, error_answer, invoke, too_large
+from lamina.gateway.invoke_api import Answer, error_answer, invoke, new_request_id, too_large
 from lamina.gateway.service import InvocationService
 from lamina.invocation.errors import LambdaServiceError
 from lamina_runtime.http11 import UnsafeHeader, check_header
@@ -301,7 +301,7 @@ class FrontDoor(asyncio.Protocol):
     async def _answer(self, head: Head, body: bytes) -> None:
         front = self._front
         drain = front.drain
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         keep_alive = head.keep_alive
         task = None
         if drain is not None and drain.draining:

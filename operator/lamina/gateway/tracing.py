@@ -92,6 +92,19 @@ def new_root() -> str:
     return f"1-{int(time.time()):08x}-{os.urandom(12).hex()}"
 
 
+_HASHES: dict[str, str] = {}
+
+
+def _hash(function_key: str) -> str:
+    """The function's part of ``Lineage`` (CRC-32 of its key), computed once per function."""
+    found = _HASHES.get(function_key)
+    if found is None:
+        if len(_HASHES) >= 4096:
+            _HASHES.clear()
+        found = _HASHES[function_key] = f"{zlib.crc32(function_key.encode()):08x}"
+    return found
+
+
 def incoming(headers: Mapping[str, str], function_key: str) -> TraceContext:
     """The trace context of an invocation of ``function_key`` from the caller's headers; raises
     :class:`RecursiveInvocation` when the chain already holds :data:`MAX_DEPTH` invocations."""
@@ -99,10 +112,10 @@ def incoming(headers: Mapping[str, str], function_key: str) -> TraceContext:
     depth = lineage_depth(fields.get("Lineage")) + 1
     if depth > MAX_DEPTH:
         raise RecursiveInvocation()
-    root = fields.get("Root") or new_root()
+    random = os.urandom(20).hex()  # one call: a new Parent (16 digits), and a new Root's 24 when needed
+    root = fields.get("Root") or f"1-{int(time.time()):08x}-{random[16:]}"
     sampled = fields.get("Sampled") or "0"
-    function_hash = f"{zlib.crc32(function_key.encode()):08x}"
-    trace_id = f"Root={root};Parent={os.urandom(8).hex()};Sampled={sampled};Lineage={function_hash}:{depth}"
+    trace_id = f"Root={root};Parent={random[:16]};Sampled={sampled};Lineage={_hash(function_key)}:{depth}"
     parent = headers.get("traceparent")
     if parent is not None and not TRACEPARENT.match(parent.strip().lower()):
         parent = None  # malformed: W3C says start a new trace rather than pass it on
