@@ -440,8 +440,8 @@ class NodeCpu:
             tier.SYSTEM_NS, label_selector="app.kubernetes.io/component=gateway"
         ).items[0]
         procs = _processes()
-        pod = function_pods[0]
-        in_pod = [pid for pid, (_, cgroup, _) in procs.items() if _in_pod(cgroup, pod.metadata.uid)]
+        uids = [pod.metadata.uid for pod in function_pods]  # the call may land on any of them
+        in_pod = [pid for pid, (_, cgroup, _) in procs.items() if any(_in_pod(cgroup, u) for u in uids)]
         server = [pid for pid in in_pod if "lamina_runtime" in procs[pid][2] and procs[pid][0] not in in_pod]
         workers = [pid for pid in in_pod if procs[pid][0] in server]
         node = str(state_dir / "node")
