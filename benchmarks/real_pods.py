@@ -436,9 +436,10 @@ class NodeCpu:
     def of(cls, core: Any, function_pods: list[Any], state_dir: Path) -> NodeCpu:
         from tests.cluster.pods import conftest as tier
 
-        gateway = core.list_namespaced_pod(
+        gateways = core.list_namespaced_pod(
             tier.SYSTEM_NS, label_selector="app.kubernetes.io/component=gateway"
-        ).items[0]
+        ).items
+        gateway = next(p for p in gateways if p.metadata.deletion_timestamp is None)  # not one going away
         procs = _processes()
         uids = [pod.metadata.uid for pod in function_pods]  # the call may land on any of them
         in_pod = [pid for pid, (_, cgroup, _) in procs.items() if any(_in_pod(cgroup, u) for u in uids)]
@@ -457,12 +458,21 @@ class NodeCpu:
             }
         )
 
-    def read(self) -> dict[str, float]:
-        return {part: sum(_cpu_seconds(pid) for pid in pids) for part, pids in self.parts.items()}
+    def read(self) -> dict[int, float]:
+        times = {pid: _cpu_seconds(pid) for pids in self.parts.values() for pid in pids}
+        return {pid: t for pid, t in times.items() if t is not None}
 
-    def per_call(self, before: dict[str, float], calls: int) -> dict[str, float]:
+    def per_call(self, before: dict[int, float], calls: int) -> dict[str, float]:
+        """CPU µs per call of each part between ``before`` and now (a process gone meanwhile is left
+        out: its time is no longer readable)."""
         after = self.read()
-        return {part: round((after[part] - before[part]) / calls * 1e6, 1) for part in self.parts}
+        return {
+            part: round(
+                sum(after[p] - before[p] for p in pids if p in after and p in before) / calls * 1e6,
+                1,
+            )
+            for part, pids in self.parts.items()
+        }
 
 
 def _processes() -> dict[int, tuple[int, str, str]]:
@@ -485,11 +495,11 @@ def _in_pod(cgroup: str, uid: str) -> bool:
     return f"pod{uid}" in cgroup or f"pod{uid.replace('-', '_')}" in cgroup
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int) -> float | None:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
-        return 0.0
+        return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
