@@ -1,0 +1,184 @@
+"""The gateway's front door (lamina.gateway.front): the Invoke API answered on the lean protocol, and
+every other request, or an Invoke request it does not take as it is, answered by aiohttp on the same
+connection, as before. In process, with `lamina gateway`'s own serving (start_http: FrontSite, the
+drain, handler cancellation), a real runtime server as the environment, and raw HTTP/1.1 on a socket
+so that the bytes on the wire (pipelining, a head split across segments, chunked bodies) are the
+test's. boto3 through this path is tested by the Invoke API's integration and cluster tests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from lamina.cluster.gateway import start_http
+from lamina.environments.base import FunctionConfig
+from lamina.environments.endpoints import StaticEndpointSource
+from lamina.environments.http_pool import HttpEnvironmentPool
+from lamina.gateway.drain import Drain
+from lamina.gateway.registry import FunctionRegistry
+from lamina.gateway.service import InvocationService
+from tests.support.local_mode import free_port
+from tests.unit.test_http_pool import start_server
+
+CODE = """import time
+def handler(event, context):
+    time.sleep(event.get("seconds", 0))
+    print("said", event.get("say"))
+    return {"echo": event, "request_id": context.aws_request_id, "arn": context.invoked_function_arn}
+"""
+INVOKE = "/2015-03-31/functions/echo/invocations"
+
+
+@contextlib.asynccontextmanager
+async def gateway(tmp_path: Path) -> AsyncIterator[tuple[int, InvocationService, FunctionConfig]]:
+    (tmp_path / "index.py").write_text(CODE)
+    endpoint, proc = await start_server(tmp_path, "echo")
+    fn = FunctionConfig(name="echo", timeout_seconds=30)
+    pool = HttpEnvironmentPool(StaticEndpointSource({fn.key: [endpoint]}), [fn], cold_start_timeout=30)
+    service = InvocationService(FunctionRegistry([fn]), pool)
+    await pool.start()
+    port = free_port()
+    runner = await start_http(service, "127.0.0.1", port, drain=Drain())
+    try:
+        yield port, service, fn
+    finally:
+        await runner.cleanup()
+        await pool.close()
+        proc.kill()
+        await proc.wait()
+
+
+def post(path: str, body: bytes, *extra: str) -> bytes:
+    head = [f"POST {path} HTTP/1.1", "Host: gw", f"Content-Length: {len(body)}", *extra]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+async def response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    """One response: status, headers (lower-case names), body (Content-Length framed)."""
+    head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)).decode("latin-1")
+    lines = head.split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(lines[0].split()[1]), headers, body
+
+
+async def test_invocations_and_other_routes_share_a_keep_alive_connection(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as (port, _, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(INVOKE, b'{"say": "one"}', "X-Amz-Log-Type: Tail"))
+        status, headers, body = await response(reader)
+        assert status == 200
+        assert headers["server"] == "lamina"  # the front door answered it
+        assert headers["x-amz-executed-version"] == "$LATEST"
+        assert headers["content-type"] == "application/json"
+        assert "date" in headers
+        doc = json.loads(body)
+        assert doc["echo"] == {"say": "one"} and doc["request_id"] == headers["x-amzn-requestid"]
+        assert doc["arn"].endswith(":function:echo")
+        tail = base64.b64decode(headers["x-amz-log-result"]).decode()
+        assert "said one" in tail and f"REPORT RequestId: {doc['request_id']}" in tail
+        # Another route on the same connection: aiohttp takes the connection over and answers it.
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n")
+        status, headers, body = await response(reader)
+        assert (status, json.loads(body)) == (200, {"status": "ok"})
+        assert "aiohttp" in headers["server"]
+        # ...and from then on the Invoke API too, with the same answer.
+        writer.write(post(INVOKE, b'{"say": "two"}'))
+        status, headers, body = await response(reader)
+        assert status == 200 and json.loads(body)["echo"] == {"say": "two"}
+        assert "aiohttp" in headers["server"]
+        writer.close()
+
+
+async def test_pipelined_requests_and_a_head_in_pieces_are_answered_in_order(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as (port, _, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(INVOKE, b'{"n": 1}') + post(INVOKE, b'{"n": 2}'))
+        first, second = await response(reader), await response(reader)
+        assert [json.loads(r[2])["echo"] for r in (first, second)] == [{"n": 1}, {"n": 2}]
+        assert first[1]["x-amzn-requestid"] != second[1]["x-amzn-requestid"]
+        for byte in post(INVOKE, b'{"n": 3}'):  # one segment per byte
+            writer.write(bytes([byte]))
+            await writer.drain()
+        status, headers, body = await response(reader)
+        assert (status, json.loads(body)["echo"], headers["server"]) == (200, {"n": 3}, "lamina")
+        writer.close()
+
+
+async def test_connection_close_is_honoured(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as (port, _, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(INVOKE, b"{}", "Connection: close"))
+        status, headers, _ = await response(reader)
+        assert status == 200 and headers["connection"] == "close"
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # the server closed it
+        writer.close()
+
+
+async def test_what_the_front_door_does_not_take_is_aiohttps_as_before(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as (port, _, _):
+        # A chunked body: aiohttp reads it, the Invoke API answers.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        chunked = b'{"say": "chunked"}'
+        writer.write(
+            f"POST {INVOKE} HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+            + f"{len(chunked):x}\r\n".encode()
+            + chunked
+            + b"\r\n0\r\n\r\n"
+        )
+        status, headers, body = await response(reader)
+        assert status == 200 and json.loads(body)["echo"] == {"say": "chunked"}
+        assert "aiohttp" in headers["server"]
+        writer.close()
+        # A malformed header line: aiohttp's 400, as before.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            f"POST {INVOKE} HTTP/1.1\r\nHost: gw\r\nBad Header : x\r\nContent-Length: 2\r\n\r\n{{}}".encode()
+        )
+        status, _, _ = await response(reader)
+        assert status == 400
+        writer.close()
+        # An unknown function by an encoded ARN: the front door decodes the name, Lambda's 404.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        arn = "arn%3Aaws%3Alambda%3Aus-east-1%3A000000000000%3Afunction%3Amissing"
+        writer.write(post(f"/2015-03-31/functions/{arn}/invocations", b"{}"))
+        status, headers, body = await response(reader)
+        assert status == 404 and headers["x-amzn-errortype"] == "ResourceNotFoundException"
+        assert headers["server"] == "lamina" and "function:missing" in json.loads(body)["Message"]
+        # Its qualifier from the query: Lambda's 404 names it.
+        writer.write(post(f"{INVOKE}?Qualifier=nope", b"{}"))
+        status, _, body = await response(reader)
+        assert status == 404 and "function:echo:nope" in json.loads(body)["Message"]
+        writer.close()
+
+
+async def test_a_caller_that_hangs_up_frees_its_slot_once_the_environment_answers(tmp_path: Path) -> None:
+    async with gateway(tmp_path) as (port, service, fn):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(INVOKE, b'{"seconds": 0.5}'))
+        await writer.drain()
+        for _ in range(200):
+            if service.limiter.in_flight(fn):
+                break
+            await asyncio.sleep(0.01)
+        assert service.limiter.in_flight(fn) == 1
+        writer.close()  # hangs up while the function runs
+        for _ in range(300):
+            if not service.limiter.in_flight(fn):
+                break
+            await asyncio.sleep(0.01)
+        assert service.limiter.in_flight(fn) == 0
+        # The one environment is free again (the gateway waited for its reply): the next call runs.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(INVOKE, b'{"say": "after"}'))
+        status, _, body = await response(reader)
+        assert status == 200 and json.loads(body)["echo"] == {"say": "after"}
+        writer.close()
