@@ -345,3 +345,22 @@ def apply_yaml(k8s_api: Any) -> Callable[..., list[dict]]:
 def wait_until() -> Callable[..., Any]:
     """``wait_until(predicate, timeout=60, message="")``: poll until truthy, else AssertionError."""
     return wait_for
+
+
+@pytest.fixture
+def lamina_stack(
+    k8s_api: Any,
+    kubeconfig: str,
+    namespace: str,
+    apply_yaml: Callable[..., list[dict]],
+    tmp_path: Path,
+    python312: str,
+) -> Iterator[Any]:
+    """lamina's CRDs applied and a :class:`tests.cluster.stack.LaminaStack` of ``namespace``, empty: the
+    test starts the operator, gateways, Redis and the kubelet's stand-in it needs; all are stopped when
+    it ends, before its namespace is deleted."""
+    from tests.cluster.stack import LaminaStack
+
+    apply_yaml(sorted((_HERE.parents[1] / "crds").glob("*.yaml")))
+    with LaminaStack(k8s_api, kubeconfig, namespace, tmp_path, python312) as stack:
+        yield stack

@@ -2,23 +2,20 @@
 
 The operator makes the Function's Deployment; the controller-manager, scheduler and kwok turn it into
 Ready pods with loopback IPs (the test control plane's pod CIDR is a /16 of 127.0.0.0/8, one per
-cluster). kwok runs no containers, so this test plays the kubelet: for each pod it starts the pod's own
-container command (`python -m lamina_runtime serve`) with the container's environment and the code from
-its ConfigMap, bound to the pod's IP, on the interpreter of the pod's runtime and with the runtime's
-boto3 (what the runtime image of that Python version holds). Everything between boto3 and the handler is
-the real thing: the gateway's pod discovery, its scale-ups through the Deployment's scale subresource,
-HTTP to the pod, the runtime.
+cluster). kwok runs no containers, so this test plays the kubelet (tests/cluster/stack.py's PodRunner):
+for each pod it starts the pod's own container command (`python -m lamina_runtime serve`) with the
+container's environment and the code from its ConfigMap, bound to the pod's IP, on the interpreter of
+the pod's runtime and with the runtime's boto3 (what the runtime image of that Python version holds).
+Everything between boto3 and the handler is the real thing: the gateway's pod discovery, its scale-ups
+through the Deployment's scale subresource, HTTP to the pod, the runtime.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.server
 import io
 import json
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -28,19 +25,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import EndpointConnectionError
 from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_operator_reconcile import Cluster, Operator, container, function
+from test_operator_reconcile import Cluster, function
 
-from lamina.local.sdk import sdk_dir
-from lamina.resources import labels
-from tests.support import brokers
-from tests.support.local_mode import REPO, free_port
+from tests.cluster.stack import Gateway, LaminaStack, PodRunner, invoke, parent_pid, wait_invocable
 
 HANDLER = """
 import os, time
@@ -62,279 +54,17 @@ def handler(event, context):
 MISSING_IMAGE = "registry.test/runtime:python3.11"
 
 
-def parent_pid(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-class PodRunner:
-    """The kubelet's part for kwok's pods: run each pod's init containers (the `fetch` of url code)
-    and then its container command at the pod's IP. Where the kubelet would fail (an image it cannot
-    pull, an init container that exits with an error) it writes the pod status the kubelet writes."""
-
-    def __init__(
-        self,
-        api: client.ApiClient,
-        namespace: str,
-        workdir: Path,
-        unpullable: frozenset[str] = frozenset(),
-        interpreters: dict[str, str] | None = None,
-    ) -> None:
-        self.core = client.CoreV1Api(api)
-        self.namespace = namespace
-        self.workdir = workdir
-        self.unpullable = unpullable  # images "not found" in this kubelet's registry
-        # What each runtime's image would run: "python3.12" -> an interpreter of that version.
-        here = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-        self.interpreters = {here: sys.executable, **(interpreters or {})}
-        self.servers: dict[str, subprocess.Popen[bytes]] = {}  # pod uid -> the pod's server
-        self.failed: set[str] = set()  # pod uids whose start failed (status written)
-        self.exited: set[str] = set()  # pod uids whose server exited while the pod lives (reported)
-        self.endpoints: dict[str, str] = {}  # pod uid -> ip:port
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.errors: list[str] = []
-        self.sdk = str(sdk_dir())  # the runtime image's boto3 (LAMINA_RUNTIME_PACKAGES)
-
-    def __enter__(self) -> PodRunner:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        for proc in self.servers.values():
-            proc.terminate()
-        for proc in self.servers.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-    def server_pids(self) -> set[int]:
-        return {p.pid for p in self.servers.values() if p.poll() is None}
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            try:
-                pods = self.core.list_namespaced_pod(self.namespace).items
-            except Exception as e:  # the API server is busy: the next round sees the pods
-                self.errors.append(str(e))
-                continue
-            live = set()
-            for pod in pods:
-                uid = pod.metadata.uid
-                live.add(uid)
-                known = uid in self.servers or uid in self.failed
-                if not known and pod.status.pod_ip and not pod.metadata.deletion_timestamp:
-                    self._start(pod)
-            for uid in set(self.servers) - live:
-                self.servers.pop(uid).terminate()
-            self._report_exits()
-
-    def _report_exits(self) -> None:
-        """Say (in the test's output) which pod's server ended while its pod lives: one that could not
-        bind its IP (taken by another process) leaves the pod Ready with nobody of its own behind it."""
-        for uid, proc in self.servers.items():
-            if uid in self.exited or proc.poll() is None:
-                continue
-            self.exited.add(uid)
-            log = self.workdir / f"{uid}.log"
-            tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
-            message = f"pod server of {self.endpoints.get(uid)} (uid {uid}) exited with {proc.returncode}"
-            self.errors.append(message)
-            sys.stderr.write(f"PodRunner: {message}:\n{tail}\n")
-
-    def _fail(self, pod: Any, field: str, status: dict[str, Any]) -> None:
-        """Write what the kubelet reports for a pod that cannot start (kwok had marked it Ready)."""
-        self.failed.add(pod.metadata.uid)
-        not_ready = {
-            "status": "False",
-            "reason": "ContainersNotReady" if field == "containerStatuses" else "PodInitializing",
-        }
-        body = {
-            "status": {
-                "phase": "Pending",
-                "conditions": [{"type": t, **not_ready} for t in ("Ready", "ContainersReady")],
-                field: [status],
-            }
-        }
-        self.core.patch_namespaced_pod_status(pod.metadata.name, self.namespace, body)
-
-    def _start(self, pod: Any) -> None:
-        ip = pod.status.pod_ip
-        assert ip.startswith("127."), f"pod IP {ip} is not loopback"
-        spec = client.ApiClient().sanitize_for_serialization(pod.spec)
-        main = container({"spec": {"template": {"spec": spec}}})
-        if main["image"] in self.unpullable:
-            message = f'Back-off pulling image "{main["image"]}"'
-            waiting = {"waiting": {"reason": "ImagePullBackOff", "message": message}}
-            status = {"name": main["name"], "image": main["image"], "imageID": "", "ready": False,
-                      "restartCount": 0, "state": waiting}  # fmt: skip
-            self._fail(pod, "containerStatuses", status)
-            return
-        env = {e["name"]: e["value"] for e in main.get("env") or [] if "value" in e}
-        for e in main.get("env") or []:  # what the kubelet resolves from Secrets
-            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
-            if ref:
-                secret = self.core.read_namespaced_secret(ref["name"], self.namespace)
-                env[e["name"]] = base64.b64decode((secret.data or {})[ref["key"]]).decode()
-        task_root = self.workdir / pod.metadata.name
-        task_root.mkdir(parents=True, exist_ok=True)
-        pooled = (pod.metadata.labels or {}).get(labels.NAME) == labels.POOL_APP
-        if pooled:  # a warm pool pod: its writable code and layer volumes are directories here
-            for var, sub in (("LAMINA_POOL_TASK_ROOT", "task"), ("LAMINA_POOL_LAYERS_ROOT", "layers")):
-                (task_root / sub).mkdir(exist_ok=True)
-                env[var] = str(task_root / sub)
-            env["LAMINA_FETCH_ALLOW_LOCAL"] = "1"  # url code is served on loopback in these tests
-            self._serve(pod, main, env)
-            return
-        code = next(v for v in spec["volumes"] if v["name"] == "code")
-        if "configMap" in code:
-            cm = self.core.read_namespaced_config_map(code["configMap"]["name"], self.namespace)
-            # As the kubelet mounts it: the listed items at their paths, else every key.
-            paths = {i["key"]: i["path"] for i in code["configMap"].get("items") or []}
-            for key, text in (cm.data or {}).items():
-                if not paths or key in paths:
-                    (task_root / paths.get(key, key)).write_text(text)
-        for init in spec.get("initContainers") or []:
-            command = list(init["command"])
-            assert command[:4] == ["python", "-m", "lamina_runtime", "fetch"], command
-            if command[-1] != env["LAMBDA_TASK_ROOT"]:
-                continue  # layers: not used by these tests
-            # Here the archives are served on loopback, as every "pod" address is: allow it.
-            run = subprocess.run(
-                [sys.executable, *command[1:-1], str(task_root)],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                env={**os.environ, "LAMINA_FETCH_ALLOW_LOCAL": "1"},
-            )
-            if run.returncode != 0:  # terminationMessagePolicy FallbackToLogsOnError: the log's tail
-                terminated = {"exitCode": run.returncode, "reason": "Error", "message": run.stderr[-2048:]}
-                status = {"name": init["name"], "image": init["image"], "imageID": "", "ready": False,
-                          "restartCount": 0, "state": {"terminated": terminated}}  # fmt: skip
-                self._fail(pod, "initContainerStatuses", status)
-                return
-        env["LAMBDA_TASK_ROOT"] = str(task_root)
-        self._serve(pod, main, env)
-
-    def _serve(self, pod: Any, main: dict[str, Any], env: dict[str, str]) -> None:
-        """Run the pod's container command at the pod's IP, with the interpreter of its runtime."""
-        ip = pod.status.pod_ip
-        command = list(main["command"])
-        assert command[:5] == ["python", "-S", "-m", "lamina_runtime", "serve"], command
-        port = command[command.index("--port") + 1]
-        python = self.interpreters[env.get("LAMINA_RUNTIME", "python3.12")]
-        env["LAMINA_RUNTIME_PACKAGES"] = self.sdk  # the image's ENV: the runtime's boto3
-        flags = [f for f in command[command.index("--port") + 2 :] if f.startswith("--")]  # --pool
-        command = [python, *command[1 : command.index("--host")], "--host", ip, "--port", port, *flags]
-        base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "VIRTUAL_ENV")}
-        # The runtime image holds lamina_runtime (stdlib only) for whichever interpreter runs it.
-        base["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO / "runtime-image"), os.environ.get("PYTHONPATH")) if p
-        )
-        with (self.workdir / f"{pod.metadata.uid}.log").open("wb") as err:  # why it ended, if it does
-            self.servers[pod.metadata.uid] = subprocess.Popen(
-                command, env={**base, **env}, cwd=REPO, stdout=subprocess.DEVNULL, stderr=err
-            )
-        self.endpoints[pod.metadata.uid] = f"{ip}:{port}"
-
-
-class Gateway:
-    """`lamina gateway` for one namespace, on a loopback port (``args``: more of its arguments;
-    ``port``: one picked before, ``env``: more of its environment)."""
-
-    def __init__(
-        self,
-        kubeconfig: str,
-        namespace: str,
-        log: Path,
-        *args: str,
-        port: int | None = None,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.port = port or free_port()
-        self.log = log
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable, "-m", "lamina.cli", "gateway",
-                    "--host", "127.0.0.1", "--port", str(self.port),
-                    "--namespace", namespace, "--default-namespace", namespace,
-                    "--kubeconfig", kubeconfig, "--cold-start-timeout", "60", *args,
-                ],
-                cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-            )  # fmt: skip
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def lambda_client(self) -> Any:
-        return boto3.client(
-            "lambda",
-            endpoint_url=f"http://127.0.0.1:{self.port}",
-            region_name="us-east-1",
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-            config=Config(retries={"max_attempts": 0}, read_timeout=90),
-        )
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 @pytest.fixture
 def stack(
-    k8s_api: client.ApiClient,
-    kubeconfig: str,
-    namespace: str,
-    apply_yaml: Any,
-    tmp_path: Path,
-    python312: str,
+    lamina_stack: LaminaStack, k8s_api: client.ApiClient
 ) -> Iterator[tuple[Cluster, Gateway, PodRunner]]:
-    apply_yaml(sorted((REPO / "crds").glob("*.yaml")))
-    if not brokers.available("redis"):
-        pytest.fail("redis-server is not installed: run scripts/test, which installs it")
-    redis = brokers.RedisServer(tmp_path / "redis").start()  # the gateway's queue of Event invocations
-    gateway = Gateway(kubeconfig, namespace, tmp_path / "gateway.log", "--redis-url", redis.url)
-    # Functions call lamina at the gateway the operator names (AWS_ENDPOINT_URL_LAMBDA).
-    op = Operator(kubeconfig, namespace, env={"LAMINA_GATEWAY_URL": gateway.url}).start()
-    try:
-        runner = PodRunner(
-            k8s_api, namespace, tmp_path / "pods", frozenset({MISSING_IMAGE}), {"python3.12": python312}
-        )
-        with runner as pods:
-            yield Cluster(k8s_api, namespace), gateway, pods
-    finally:
-        gateway.stop()
-        op.stop()
-        redis.close()
-        sys.stderr.write(f"\n--- gateway log ---\n{gateway.log.read_text(errors='replace')[-3000:]}\n")
-        sys.stderr.write(f"\n--- operator log ---\n{op.tail()}\n")
-
-
-def invoke(lam: Any, name: str, event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    response = lam.invoke(FunctionName=name, Payload=json.dumps(event).encode())
-    return response, json.loads(response["Payload"].read())
-
-
-def wait_invocable(lam: Any, name: str, within: float = 90) -> dict[str, Any]:
-    """First successful invocation once the gateway knows the Function and one pod serves it."""
-    deadline = time.monotonic() + within
-    while True:
-        try:
-            response, body = invoke(lam, name, {"name": "first"})
-            if response["StatusCode"] == 200 and "FunctionError" not in response:
-                return body
-        except (lam.exceptions.ResourceNotFoundException, EndpointConnectionError):
-            pass  # the gateway is starting, or has not seen the Function yet
-        assert time.monotonic() < deadline, f"{name} never became invocable"
-        time.sleep(0.5)
+    """A gateway with its queue of Event invocations in Redis, the operator (functions call lamina at
+    the gateway it names them: AWS_ENDPOINT_URL_LAMBDA), and the kubelet's stand-in, which has no
+    image for python3.11."""
+    gateway = lamina_stack.gateway("--redis-url", lamina_stack.redis().url)
+    lamina_stack.operator(env={"LAMINA_GATEWAY_URL": gateway.url})
+    pods = lamina_stack.kubelet(unpullable=frozenset({MISSING_IMAGE}))
+    yield Cluster(k8s_api, lamina_stack.namespace), gateway, pods
 
 
 def _on_cluster_with_loopback_pods(cluster: Cluster) -> None:

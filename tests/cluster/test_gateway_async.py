@@ -12,7 +12,6 @@ import base64
 import json
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,23 +21,15 @@ from botocore.exceptions import EndpointConnectionError
 from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_end_to_end import Gateway
 from test_operator_reconcile import Cluster, function
 
-from tests.support.local_mode import REPO
+from tests.cluster.stack import Gateway, LaminaStack
 
 
 @pytest.fixture
-def gateway(
-    kubeconfig: str, namespace: str, apply_yaml: Any, private_redis: Any, tmp_path: Path
-) -> Iterator[Gateway]:
-    apply_yaml(sorted((REPO / "crds").glob("*.yaml")))
-    gw = Gateway(kubeconfig, namespace, tmp_path / "gateway.log", "--redis-url", private_redis.url)
-    try:
-        yield gw
-    finally:
-        gw.stop()
-        sys.stderr.write(f"\n--- gateway log ---\n{gw.log.read_text(errors='replace')[-3000:]}\n")
+def gateway(private_redis: Any, lamina_stack: LaminaStack) -> Gateway:
+    """A gateway whose queue of Event invocations is ``private_redis`` (which outlives it)."""
+    return lamina_stack.gateway("--redis-url", private_redis.url)
 
 
 def metric(gateway: Gateway, name: str, **labels: str) -> float:

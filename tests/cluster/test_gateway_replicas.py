@@ -2,7 +2,7 @@
 
 Each function is served by one replica at a time (the holder of its Lease); the other forwards its
 calls there. Checked end to end on the kwok control plane with the kubelet played by the test
-(tests/cluster/test_end_to_end.py's PodRunner runs each pod's own runtime server at its IP):
+(tests/cluster/stack.py's PodRunner runs each pod's own runtime server at its IP):
 
 * reserved concurrency holds across both: the function itself counts its concurrent runs (a counter
   in a file every environment shares, under a lock) and the count never passes the reservation;
@@ -19,7 +19,6 @@ calls there. Checked end to end on the kwok control plane with the kubelet playe
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import os
@@ -37,11 +36,10 @@ import pytest
 from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_end_to_end import Gateway, PodRunner, invoke, wait_invocable
-from test_operator_reconcile import REPO, Cluster, Operator, function
+from test_operator_reconcile import Cluster, function
 
 from lamina.resources import labels
-from tests.support import brokers
+from tests.cluster.stack import Gateway, LaminaStack, PodRunner, invoke, wait_invocable
 from tests.support.local_mode import free_port
 
 HANDLER = """
@@ -77,10 +75,10 @@ TOKEN = "peer-token-of-the-test"
 Stack = tuple[Cluster, list[Gateway], PodRunner, Path]
 
 
-def replica(kubeconfig: str, namespace: str, log: Path, redis_url: str, *args: str) -> Gateway:
+def replica(stack: LaminaStack, redis_url: str, *args: str) -> Gateway:
     port = free_port()
-    return Gateway(
-        kubeconfig, namespace, log, *args,
+    return stack.gateway(
+        *args,
         "--advertise", f"127.0.0.1:{port}", "--lease-seconds", str(LEASE_SECONDS),
         "--redis-url", redis_url, "--async-lease-seconds", "5",
         "--concurrency-limit", str(ACCOUNT_LIMIT), "--min-unreserved", "0",
@@ -89,59 +87,26 @@ def replica(kubeconfig: str, namespace: str, log: Path, redis_url: str, *args: s
     )  # fmt: skip
 
 
-@contextlib.contextmanager
-def replica_stack(
-    k8s_api: client.ApiClient,
-    kubeconfig: str,
-    namespaces: list[str],
-    tmp_path: Path,
-    python312: str,
-    count: int,
-) -> Iterator[tuple[list[Gateway], list[PodRunner], Path]]:
+def start_replicas(
+    stack: LaminaStack, count: int, *more_namespaces: str
+) -> tuple[list[Gateway], list[PodRunner], Path]:
     """The operator (no warm pools: every environment is a Deployment pod) and ``count`` gateway
-    replicas watching ``namespaces``, the kubelet's stand-in in each, and the directory where the
-    functions count their runs."""
-    if not brokers.available("redis"):
-        pytest.fail("redis-server is not installed: run scripts/test, which installs it")
-    redis = brokers.RedisServer(tmp_path / "redis").start()  # the replicas' one queue of Event invocations
-    more = [arg for ns in namespaces[1:] for arg in ("--namespace", ns)]
-    op = Operator(kubeconfig, namespaces[0], *more, env={"LAMINA_POOL_SIZE": "0"}).start()
-    gateways = [
-        replica(kubeconfig, namespaces[0], tmp_path / f"gateway-{i}.log", redis.url, *more)
-        for i in range(count)
-    ]
-    counts = tmp_path / "counts"
+    replicas watching the stack's namespace and ``more_namespaces``, the kubelet's stand-in in each,
+    and the directory where the functions count their runs."""
+    redis = stack.redis()  # the replicas' one queue of Event invocations
+    more = [arg for ns in more_namespaces for arg in ("--namespace", ns)]
+    stack.operator(*more, env={"LAMINA_POOL_SIZE": "0"})
+    gateways = [replica(stack, redis.url, *more) for _ in range(count)]
+    counts = stack.workdir / "counts"
     counts.mkdir()
-    runners = [
-        PodRunner(k8s_api, ns, tmp_path / f"pods-{ns}", interpreters={"python3.12": python312})
-        for ns in namespaces
-    ]
-    try:
-        with contextlib.ExitStack() as running:
-            yield gateways, [running.enter_context(r) for r in runners], counts
-    finally:
-        for gw in gateways:
-            gw.stop()
-        op.stop()
-        redis.stop()
-        for gw in gateways:
-            sys.stderr.write(f"\n--- {gw.log.name} ---\n{gw.log.read_text(errors='replace')[-4000:]}\n")
-        sys.stderr.write(f"\n--- operator log ---\n{op.tail()}\n")
+    return gateways, [stack.kubelet(ns) for ns in (stack.namespace, *more_namespaces)], counts
 
 
 @pytest.fixture
-def replicas(
-    k8s_api: client.ApiClient,
-    kubeconfig: str,
-    namespace: str,
-    apply_yaml: Any,
-    tmp_path: Path,
-    python312: str,
-) -> Iterator[Stack]:
-    """Two gateway replicas of one namespace (:func:`replica_stack`)."""
-    apply_yaml(sorted((REPO / "crds").glob("*.yaml")))
-    with replica_stack(k8s_api, kubeconfig, [namespace], tmp_path, python312, 2) as (gateways, pods, counts):
-        yield Cluster(k8s_api, namespace), gateways, pods[0], counts
+def replicas(lamina_stack: LaminaStack, k8s_api: client.ApiClient) -> Iterator[Stack]:
+    """Two gateway replicas of one namespace (:func:`start_replicas`)."""
+    gateways, pods, counts = start_replicas(lamina_stack, 2)
+    yield Cluster(k8s_api, lamina_stack.namespace), gateways, pods[0], counts
 
 
 def counting_function(k8s: Cluster, name: str, counts: Path, **spec: Any) -> None:
@@ -174,6 +139,16 @@ def holder(k8s: Cluster, fn: str) -> str:
     return lease.spec.holder_identity
 
 
+def held_by_a(replicas: Stack, name: str) -> None:
+    """A counting function ``name``, invocable through replica a (so a holds its Lease) and then
+    through b (which forwards its calls to a)."""
+    k8s, (a, b), _, counts = replicas
+    counting_function(k8s, name, counts)
+    wait_invocable(a.lambda_client(), name)  # through a: a holds the Lease
+    wait_invocable(b.lambda_client(), name)  # b knows the function (and forwards to a)
+    assert holder(k8s, name).endswith(f"-{a.proc.pid}")
+
+
 def call(gw: Gateway, fn: str, event: dict[str, Any]) -> tuple[str, Any]:
     """("ok", body) or (error code, response) of one invocation through ``gw``."""
     lam = gw.lambda_client()
@@ -182,6 +157,18 @@ def call(gw: Gateway, fn: str, event: dict[str, Any]) -> tuple[str, Any]:
     except lam.exceptions.ClientError as exc:
         return exc.response["Error"]["Code"], exc.response
     return ("ok", body) if "FunctionError" not in response else ("function-error", body)
+
+
+def assert_the_account_limit_held(burst: list[tuple[str, Any]], counts: Path) -> None:
+    """A burst of unreserved calls: some answered, the others throttled by the account's limit, and the
+    functions never ran more than that limit at once (counted by the functions themselves)."""
+    outcomes = [code for code, _ in burst]
+    assert set(outcomes) <= {"ok", "TooManyRequestsException"}, outcomes
+    assert "ok" in outcomes and "TooManyRequestsException" in outcomes, outcomes
+    for code, response in burst:
+        if code == "TooManyRequestsException":
+            assert response.get("Reason") == "ConcurrentInvocationLimitExceeded", response
+    assert state(counts)["most"] <= ACCOUNT_LIMIT, state(counts)
 
 
 def test_reserved_concurrency_is_a_cap_across_replicas_and_no_environment_takes_two(
@@ -231,10 +218,7 @@ def test_a_lost_replica_fails_its_calls_fast_and_the_other_takes_the_function_ov
     replicas: Stack, wait_until: Callable[..., Any]
 ) -> None:
     k8s, (a, b), _, counts = replicas
-    counting_function(k8s, "steady", counts)
-    wait_invocable(a.lambda_client(), "steady")  # through a: a holds the Lease
-    wait_invocable(b.lambda_client(), "steady")  # b knows the function (and forwards to a)
-    assert holder(k8s, "steady").endswith(f"-{a.proc.pid}")
+    held_by_a(replicas, "steady")
 
     # A call forwarded by b to a, and a killed while the function runs it.
     result: dict[str, Any] = {}
@@ -269,10 +253,7 @@ def test_a_stopped_replica_answers_its_calls_in_flight_the_slow_ones_with_servic
     replicas: Stack, wait_until: Callable[..., Any]
 ) -> None:
     k8s, (a, b), _, counts = replicas
-    counting_function(k8s, "drained", counts)
-    wait_invocable(a.lambda_client(), "drained")  # a holds the Lease
-    wait_invocable(b.lambda_client(), "drained")
-    assert holder(k8s, "drained").endswith(f"-{a.proc.pid}")
+    held_by_a(replicas, "drained")
 
     # In flight when a is told to stop: a long call sent to a itself, a long call sent to b, which
     # forwards it to a, and then a short call sent to a.
@@ -315,10 +296,8 @@ def test_a_stopped_replica_answers_its_calls_in_flight_the_slow_ones_with_servic
 def test_event_invocations_a_lost_replica_accepted_all_run(
     replicas: Stack, wait_until: Callable[..., Any]
 ) -> None:
-    k8s, (a, b), _, counts = replicas
-    counting_function(k8s, "queued", counts)
-    wait_invocable(a.lambda_client(), "queued")  # a holds the Lease
-    wait_invocable(b.lambda_client(), "queued")
+    _, (a, _), _, counts = replicas
+    held_by_a(replicas, "queued")
     lam = a.lambda_client()
     for i in range(12):  # accepted (202) by a, each event runs 1 s
         assert (
@@ -355,13 +334,7 @@ def test_the_unreserved_pool_is_shared_across_replicas_not_multiplied(
         burst = list(
             ex.map(lambda i: call((a, b)[i % 2], ("left", "right")[i // 2 % 2], {"sleep": 1.5}), range(12))
         )
-    outcomes = [code for code, _ in burst]
-    assert set(outcomes) <= {"ok", "TooManyRequestsException"}, outcomes
-    assert "ok" in outcomes and "TooManyRequestsException" in outcomes, outcomes
-    for code, response in burst:
-        if code == "TooManyRequestsException":
-            assert response.get("Reason") == "ConcurrentInvocationLimitExceeded", response
-    assert state(counts)["most"] <= ACCOUNT_LIMIT, state(counts)  # counted by the functions themselves
+    assert_the_account_limit_held(burst, counts)
 
 
 def gauge(gw: Gateway, name: str) -> float:
@@ -375,59 +348,48 @@ def gauge(gw: Gateway, name: str) -> float:
 
 def test_three_replicas_over_two_namespaces_split_the_unreserved_pool_exactly(
     k8s_api: client.ApiClient,
-    kubeconfig: str,
     namespace: str,
     second_namespace: str,
-    apply_yaml: Any,
-    tmp_path: Path,
-    python312: str,
+    lamina_stack: LaminaStack,  # after the namespaces: stopped before they are deleted
     wait_until: Callable[..., Any],
 ) -> None:
     """Functions of two namespaces, served by three replicas that watch both: each replica counts
     the Leases of both namespaces, takes its part of the account's unreserved concurrency (4 over 3:
     2, 1, 1, none lost to rounding), and together the functions never run more than the account's."""
-    apply_yaml(sorted((REPO / "crds").glob("*.yaml")))
-    spaces = [namespace, second_namespace]
-    with replica_stack(k8s_api, kubeconfig, spaces, tmp_path, python312, 3) as (gateways, _, counts):
-        first, second = Cluster(k8s_api, namespace), Cluster(k8s_api, second_namespace)
-        names = {"left": first, "mid": first, "right": second}
-        for name, k8s in names.items():
-            counting_function(k8s, name, counts)
-        # The gateways' default namespace is the first; the second's functions go by "namespace.name".
-        target = {"left": "left", "mid": "mid", "right": f"{second_namespace}.right"}
-        for gw, name in zip(gateways, names, strict=True):  # each replica takes one function's Lease
+    gateways, _, counts = start_replicas(lamina_stack, 3, second_namespace)
+    first, second = Cluster(k8s_api, namespace), Cluster(k8s_api, second_namespace)
+    names = {"left": first, "mid": first, "right": second}
+    for name, k8s in names.items():
+        counting_function(k8s, name, counts)
+    # The gateways' default namespace is the first; the second's functions go by "namespace.name".
+    target = {"left": "left", "mid": "mid", "right": f"{second_namespace}.right"}
+    for gw, name in zip(gateways, names, strict=True):  # each replica takes one function's Lease
+        wait_invocable(gw.lambda_client(), target[name])
+    for gw in gateways:
+        for name in names:
             wait_invocable(gw.lambda_client(), target[name])
-        for gw in gateways:
-            for name in names:
-                wait_invocable(gw.lambda_client(), target[name])
-        for gw, (name, k8s) in zip(gateways, names.items(), strict=True):
-            assert holder(k8s, name).endswith(f"-{gw.proc.pid}"), name
+    for gw, (name, k8s) in zip(gateways, names.items(), strict=True):
+        assert holder(k8s, name).endswith(f"-{gw.proc.pid}"), name
 
-        def shares() -> list[float]:
-            return sorted(gauge(gw, "lamina_unreserved_concurrency") for gw in gateways)
+    def shares() -> list[float]:
+        return sorted(gauge(gw, "lamina_unreserved_concurrency") for gw in gateways)
 
-        def replicas() -> list[float]:
-            return [gauge(gw, "lamina_gateway_replicas") for gw in gateways]
+    def replicas() -> list[float]:
+        return [gauge(gw, "lamina_gateway_replicas") for gw in gateways]
 
-        # Within a renewal round or two each replica has counted the others' Leases in both namespaces.
-        # Both together: a replica that has counted only two of the three takes half the pool, and
-        # the sorted shares can then read 1, 1, 2 for a moment before it counts the third.
-        wait_until(
-            lambda: replicas() == [3, 3, 3] and shares() == [1, 1, 2],
-            timeout=3 * LEASE_SECONDS,
-            message="each replica counted the three and took its part",
-        )
+    # Within a renewal round or two each replica has counted the others' Leases in both namespaces.
+    # Both together: a replica that has counted only two of the three takes half the pool, and
+    # the sorted shares can then read 1, 1, 2 for a moment before it counts the third.
+    wait_until(
+        lambda: replicas() == [3, 3, 3] and shares() == [1, 1, 2],
+        timeout=3 * LEASE_SECONDS,
+        message="each replica counted the three and took its part",
+    )
 
-        # A burst at every function through every replica: the functions count their runs together.
-        def one(i: int) -> tuple[str, Any]:
-            return call(gateways[i % 3], target[list(names)[i // 3 % 3]], {"sleep": 1.5})
+    # A burst at every function through every replica: the functions count their runs together.
+    def one(i: int) -> tuple[str, Any]:
+        return call(gateways[i % 3], target[list(names)[i // 3 % 3]], {"sleep": 1.5})
 
-        with ThreadPoolExecutor(18) as ex:
-            burst = list(ex.map(one, range(18)))
-        outcomes = [code for code, _ in burst]
-        assert set(outcomes) <= {"ok", "TooManyRequestsException"}, outcomes
-        assert "ok" in outcomes and "TooManyRequestsException" in outcomes, outcomes
-        for code, response in burst:
-            if code == "TooManyRequestsException":
-                assert response.get("Reason") == "ConcurrentInvocationLimitExceeded", response
-        assert state(counts)["most"] <= ACCOUNT_LIMIT, state(counts)  # counted by the functions themselves
+    with ThreadPoolExecutor(18) as ex:
+        burst = list(ex.map(one, range(18)))
+    assert_the_account_limit_held(burst, counts)

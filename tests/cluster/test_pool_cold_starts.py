@@ -1,9 +1,9 @@
 """Cold starts from warm generic pools, end to end on the kwok control plane: the operator keeps the
 pools, `lamina gateway` claims a pod (a conditional label update), hands it the function over HTTP
 and serves it; the pool refills; a reaped pod is deleted. The test plays the kubelet as
-tests/cluster/test_end_to_end.py does (PodRunner runs each pod's own container command at its IP,
-pool pods with ``--pool``). Faults: two gateways racing for the last pool pod, a pod killed in the
-middle of its hand-over, an empty pool under a burst.
+tests/cluster/test_end_to_end.py does (tests/cluster/stack.py's PodRunner runs each pod's own container
+command at its IP, pool pods with ``--pool``). Faults: two gateways racing for the last pool pod, a pod
+killed in the middle of its hand-over, an empty pool under a burst.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import pytest
 from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_end_to_end import Gateway, PodRunner, invoke, parent_pid, wait_invocable
-from test_operator_reconcile import REPO, Cluster, Operator, function
+from test_operator_reconcile import Cluster, Operator, function
 
 from lamina.resources import labels
+from tests.cluster.stack import Gateway, LaminaStack, PodRunner, invoke, parent_pid, wait_invocable
 
 HANDLER = """
 import os, time
@@ -40,36 +40,12 @@ Stack = tuple[Cluster, Callable[..., Gateway], PodRunner, Operator]
 
 
 @pytest.fixture
-def pooled(
-    k8s_api: client.ApiClient,
-    kubeconfig: str,
-    namespace: str,
-    apply_yaml: Any,
-    tmp_path: Path,
-    python312: str,
-) -> Iterator[Stack]:
+def pooled(lamina_stack: LaminaStack, k8s_api: client.ApiClient) -> Iterator[Stack]:
     """Operator with pools of 2 (a test may annotate its namespace for another size), the kubelet's
     stand-in, and ``gateway()`` to start one or more `lamina gateway` processes."""
-    apply_yaml(sorted((REPO / "crds").glob("*.yaml")))
-    op = Operator(kubeconfig, namespace, env={"LAMINA_POOL_SIZE": "2"}).start()
-    gateways: list[Gateway] = []
-
-    def gateway() -> Gateway:
-        gw = Gateway(kubeconfig, namespace, tmp_path / f"gateway-{len(gateways)}.log")
-        gateways.append(gw)
-        return gw
-
-    runner = PodRunner(k8s_api, namespace, tmp_path / "pods", interpreters={"python3.12": python312})
-    try:
-        with runner as pods:
-            yield Cluster(k8s_api, namespace), gateway, pods, op
-    finally:
-        for gw in gateways:
-            gw.stop()
-        op.stop()
-        for gw in gateways:
-            sys.stderr.write(f"\n--- {gw.log.name} ---\n{gw.log.read_text(errors='replace')[-3000:]}\n")
-        sys.stderr.write(f"\n--- operator log ---\n{op.tail()}\n")
+    op = lamina_stack.operator(env={"LAMINA_POOL_SIZE": "2"})
+    pods = lamina_stack.kubelet()
+    yield Cluster(k8s_api, lamina_stack.namespace), lamina_stack.gateway, pods, op
 
 
 def pool_pods(k8s: Cluster, state: str | None = None) -> list[Any]:

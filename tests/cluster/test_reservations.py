@@ -15,28 +15,18 @@ from botocore.exceptions import EndpointConnectionError
 from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_end_to_end import Gateway
-from test_operator_reconcile import REPO, Cluster, Operator, function
+from test_operator_reconcile import Cluster, function
+
+from tests.cluster.stack import Gateway, LaminaStack
 
 LIMITS = {"LAMINA_CONCURRENCY_LIMIT": "10", "LAMINA_MIN_UNRESERVED": "4"}
 
 
 @pytest.fixture
-def stack(
-    k8s_api: client.ApiClient, kubeconfig: str, namespace: str, apply_yaml: Any, tmp_path: Path
-) -> Iterator[tuple[Cluster, Gateway]]:
-    apply_yaml(sorted((REPO / "crds").glob("*.yaml")))
-    op = Operator(kubeconfig, namespace, env={"LAMINA_POOL_SIZE": "0", **LIMITS}).start()
-    gw = Gateway(
-        kubeconfig, namespace, tmp_path / "gateway.log", "--concurrency-limit", "10", "--min-unreserved", "4"
-    )
-    try:
-        yield Cluster(k8s_api, namespace), gw
-    finally:
-        gw.stop()
-        op.stop()
-        sys.stderr.write(f"\n--- gateway ---\n{gw.log.read_text(errors='replace')[-3000:]}\n")
-        sys.stderr.write(f"\n--- operator log ---\n{op.tail()}\n")
+def stack(lamina_stack: LaminaStack, k8s_api: client.ApiClient) -> Iterator[tuple[Cluster, Gateway]]:
+    lamina_stack.operator(env={"LAMINA_POOL_SIZE": "0", **LIMITS})
+    gw = lamina_stack.gateway("--concurrency-limit", "10", "--min-unreserved", "4")
+    yield Cluster(k8s_api, lamina_stack.namespace), gw
 
 
 def reserved(lam: Any, name: str) -> int | None:

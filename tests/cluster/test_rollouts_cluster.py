@@ -2,7 +2,7 @@
 writes into the alias's status and as Events, judges the new version on the gateway's per-version
 counts (read from the real `lamina gateway`'s /metrics), and rolls back by itself when the new
 version fails at INIT. The pods' runtime servers run as in test_end_to_end (this test plays the
-kubelet for kwok's loopback pods)."""
+kubelet for kwok's loopback pods: tests/cluster/stack.py's PodRunner)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,9 @@ from botocore.exceptions import EndpointConnectionError
 from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_end_to_end import Gateway, PodRunner
-from test_operator_reconcile import Cluster, Operator, function
+from test_operator_reconcile import Cluster, function
 
-from tests.support.local_mode import REPO
+from tests.cluster.stack import Gateway, LaminaStack
 
 GOOD = "def handler(event, context):\n    return {tag!r}\n"
 BROKEN_INIT = "raise RuntimeError('cannot start')\n\ndef handler(event, context):\n    return 'never'\n"
@@ -35,25 +34,12 @@ ROLLOUT = {
 
 
 @pytest.fixture
-def stack(
-    k8s_api: client.ApiClient,
-    kubeconfig: str,
-    namespace: str,
-    apply_yaml: Any,
-    tmp_path: Path,
-    python312: str,
-) -> Iterator[tuple[Cluster, Gateway]]:
-    apply_yaml(sorted((REPO / "crds").glob("*.yaml")))
-    gateway = Gateway(kubeconfig, namespace, tmp_path / "gateway.log")
-    metrics = {"LAMINA_GATEWAY_METRICS_URLS": f"http://127.0.0.1:{gateway.port}/metrics"}
-    op = Operator(kubeconfig, namespace, env=metrics).start()
-    try:
-        with PodRunner(k8s_api, namespace, tmp_path / "pods", interpreters={"python3.12": python312}):
-            yield Cluster(k8s_api, namespace), gateway
-    finally:
-        gateway.stop()
-        op.stop()
-        sys.stderr.write(f"\n--- operator log ---\n{op.tail(120)}\n")
+def stack(lamina_stack: LaminaStack, k8s_api: client.ApiClient) -> Iterator[tuple[Cluster, Gateway]]:
+    """A gateway, the operator that reads the gateway's per-version counts, the kubelet's stand-in."""
+    gateway = lamina_stack.gateway()
+    lamina_stack.operator(env={"LAMINA_GATEWAY_METRICS_URLS": f"http://127.0.0.1:{gateway.port}/metrics"})
+    lamina_stack.kubelet()
+    yield Cluster(k8s_api, lamina_stack.namespace), gateway
 
 
 def alias(cluster: Cluster) -> dict[str, Any]:

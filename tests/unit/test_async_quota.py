@@ -5,20 +5,16 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import boto3
 import pytest
-from aiohttp import web
-from botocore.config import Config
 
 from lamina.asyncinvoke.sqlite_store import SqliteEventStore
 from lamina.environments.base import FunctionConfig
 from lamina.environments.endpoints import StaticEndpointSource
 from lamina.environments.http_pool import HttpEnvironmentPool
-from lamina.gateway.app import build_app
 from lamina.gateway.async_queue import AsyncInvocations
 from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
-from tests.support.local_mode import free_port
+from tests.support.loopback_gateway import loopback_gateway
 
 
 async def no_secrets(namespace: str, name: str, key: str) -> str | None:
@@ -33,33 +29,25 @@ async def test_a_full_queue_answers_too_many_requests(tmp_path: Path) -> None:
     queue = AsyncInvocations(service, store, no_secrets)
     await queue.dispatcher.store.open()
     service.async_queue = queue.dispatcher.gateway_queue()  # not started: nothing runs, events stay
-    runner = web.AppRunner(build_app(service))
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    lam = boto3.client(
-        "lambda",
-        endpoint_url=f"http://127.0.0.1:{port}",
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-        config=Config(retries={"max_attempts": 0}),
-    )
     try:
-        for _ in range(2):
-            out = await asyncio.to_thread(
-                lam.invoke, FunctionName="busy", InvocationType="Event", Payload=b"{}"
+        async with loopback_gateway(service) as served:
+            lam = served.client()
+            for _ in range(2):
+                out = await asyncio.to_thread(
+                    lam.invoke, FunctionName="busy", InvocationType="Event", Payload=b"{}"
+                )
+                assert out["StatusCode"] == 202
+            with pytest.raises(lam.exceptions.TooManyRequestsException) as info:
+                await asyncio.to_thread(
+                    lam.invoke, FunctionName="busy", InvocationType="Event", Payload=b"{}"
+                )
+            error = info.value.response
+            assert error["Reason"] == "AsyncEventQueueFull"
+            assert (
+                "the async queue of function default/busy is full (2 events waiting)"
+                in error["Error"]["Message"]
             )
-            assert out["StatusCode"] == 202
-        with pytest.raises(lam.exceptions.TooManyRequestsException) as info:
-            await asyncio.to_thread(lam.invoke, FunctionName="busy", InvocationType="Event", Payload=b"{}")
-        error = info.value.response
-        assert error["Reason"] == "AsyncEventQueueFull"
-        assert (
-            "the async queue of function default/busy is full (2 events waiting)" in error["Error"]["Message"]
-        )
-        assert await store.pending_count() == 2
+            assert await store.pending_count() == 2
     finally:
-        await runner.cleanup()
         await store.close()
         await pool.close()

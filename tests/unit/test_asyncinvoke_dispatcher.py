@@ -36,14 +36,6 @@ FAST = dict(
 )
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    if not brokers.available("redis"):
-        pytest.skip("redis-server is not installed")
-    with brokers.server_for("redis", tmp_path_factory.mktemp("redis")) as server:
-        yield server.url
-
-
 class Clock:
     """A clock the test moves by hand (event times, due times, ages); sleeping stays real."""
 

@@ -17,17 +17,8 @@ import pytest
 from lamina.asyncinvoke.redis_store import RedisEventStore
 from lamina.asyncinvoke.sqlite_store import SqliteEventStore
 from lamina.asyncinvoke.store import QueuedEvent
-from tests.support import brokers
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    if not brokers.available("redis"):
-        pytest.skip("redis-server is not installed")
-    with brokers.server_for("redis", tmp_path_factory.mktemp("redis")) as server:
-        yield server.url
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -14,20 +14,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from aiohttp import web
-from botocore.config import Config
 from botocore.exceptions import EndpointConnectionError
 
-from lamina.cluster.gateway import start_http, stop_serving
+from lamina.cluster.gateway import stop_serving
 from lamina.environments.base import FunctionConfig
 from lamina.environments.endpoints import StaticEndpointSource
 from lamina.environments.http_pool import HttpEnvironmentPool
 from lamina.gateway.drain import Drain
 from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
-from tests.support.local_mode import free_port
+from tests.support.loopback_gateway import LoopbackGateway, loopback_gateway
 from tests.unit.test_http_pool import start_server
 
 CODE = """import time
@@ -40,25 +37,17 @@ def handler(event, context):
 class Stack:
     """An in-process gateway (its pool of real runtime servers, its runner and drain)."""
 
-    def __init__(self, service: InvocationService, pool: HttpEnvironmentPool, port: int) -> None:
-        self.service, self.pool, self.port = service, pool, port
-        self.drain = Drain()
-        self.runner: web.AppRunner | None = None
+    def __init__(
+        self, service: InvocationService, pool: HttpEnvironmentPool, drain: Drain, served: LoopbackGateway
+    ) -> None:
+        self.service, self.pool, self.drain, self.served = service, pool, drain, served
 
     async def stop(self, grace: float) -> None:
-        assert self.runner is not None
-        await stop_serving(self.runner, self.drain, grace, self.service, self.pool, None, None, None)
+        await stop_serving(self.served.runner, self.drain, grace, self.service, self.pool, None, None, None)
 
     def client(self) -> Any:
-        return boto3.client(
-            "lambda",
-            endpoint_url=f"http://127.0.0.1:{self.port}",
-            region_name="us-east-1",
-            aws_access_key_id="x",
-            aws_secret_access_key="x",
-            # No retry: boto3 would send a ServiceException again (to a live replica behind a Service).
-            config=Config(retries={"max_attempts": 0, "mode": "standard"}, read_timeout=30),
-        )
+        # Without retries: boto3 would send a ServiceException again (to a live replica behind a Service).
+        return self.served.client(read_timeout=30)
 
 
 @contextlib.asynccontextmanager
@@ -70,12 +59,11 @@ async def gateway(tmp_path: Path, environments: int) -> AsyncIterator[tuple[Stac
     pool = HttpEnvironmentPool(source, [fn], cold_start_timeout=30)
     service = InvocationService(FunctionRegistry([fn]), pool)
     await pool.start()
-    stack = Stack(service, pool, free_port())
-    stack.runner = await start_http(service, "127.0.0.1", stack.port, drain=stack.drain)
+    drain = Drain()
     try:
-        yield stack, fn
+        async with loopback_gateway(service, drain) as served:
+            yield Stack(service, pool, drain, served), fn
     finally:
-        await stack.runner.cleanup()
         await pool.close()
         for _, proc in started:
             proc.kill()  # one may still run the cut call (lamina_runtime waits for it on SIGTERM)

@@ -8,20 +8,16 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-import boto3
 import pytest
-from aiohttp import web
-from botocore.config import Config
 from botocore.exceptions import ReadTimeoutError
 
 from lamina.environments.base import FunctionConfig
 from lamina.environments.endpoints import PodSet, StaticEndpointSource
 from lamina.environments.http_pool import HttpEnvironmentPool
-from lamina.gateway.app import build_app
 from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
 from lamina.resources.pod_state import PodProblem
-from tests.support.local_mode import free_port
+from tests.support.loopback_gateway import loopback_gateway
 
 
 @contextlib.asynccontextmanager
@@ -31,22 +27,10 @@ async def gateway(
     pool = HttpEnvironmentPool(source, [fn], cold_start_timeout=cold_start_timeout)
     service = InvocationService(FunctionRegistry([fn]), pool)
     await pool.start()
-    runner = web.AppRunner(build_app(service), handler_cancellation=True)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    client = boto3.client(
-        "lambda",
-        endpoint_url=f"http://127.0.0.1:{port}",
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="x",
-        config=Config(retries={"max_attempts": 0, "mode": "standard"}, read_timeout=1),
-    )
     try:
-        yield client, service
+        async with loopback_gateway(service) as served:
+            yield served.client(read_timeout=1), service
     finally:
-        await runner.cleanup()
         await pool.close()
 
 
