@@ -226,9 +226,11 @@ class FrontDoor(asyncio.Protocol):
             self._transport.pause_reading()  # resumed when the call is answered
 
     def eof_received(self) -> bool:
-        """The client sent all it will: a call in flight still gets its answer."""
+        """The client hung up (HTTP clients do not half-close): the transport closes, as aiohttp's
+        does, and :meth:`connection_lost` cancels a call in flight, so a caller that gave up while its
+        call waited for an environment frees its concurrency slot at once."""
         self._closing = True
-        return self._busy
+        return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
