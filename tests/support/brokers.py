@@ -32,6 +32,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Self
 
@@ -640,6 +641,42 @@ def normalized_records(payload: bytes) -> list[dict[str, Any]]:
     return out
 
 
+@contextlib.asynccontextmanager
+async def _redis(url: str) -> AsyncIterator[Any]:
+    """An asyncio Redis client for ``url``, closed at the end of the block."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _jetstream(url: str) -> AsyncIterator[Any]:
+    """JetStream over a NATS connection to ``url``, closed at the end of the block."""
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        yield nc.jetstream()
+    finally:
+        await nc.close()
+
+
+@contextlib.asynccontextmanager
+async def _rabbitmq(url: str) -> AsyncIterator[Any]:
+    """An AMQP connection to ``url`` (each caller opens the channel it needs), closed at the end."""
+    import aio_pika
+
+    conn = await aio_pika.connect(url)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
 async def publish(kind: str, url: str, name: str, bodies: list[bytes], headers: dict[str, str] | None = None):
     """Append ``bodies`` to a Redis stream / NATS subject (JetStream) / RabbitMQ queue named ``name``.
 
@@ -647,32 +684,20 @@ async def publish(kind: str, url: str, name: str, bodies: list[bytes], headers: 
     lamina names streams it creates: the subject with ``.``, ``*`` and ``>`` replaced by ``_``).
     """
     if kind == "redis":
-        import redis.asyncio as aioredis
-
-        client = aioredis.Redis.from_url(url)
-        try:
+        async with _redis(url) as client:
             pipe = client.pipeline(transaction=False)
             for body in bodies:
                 pipe.xadd(name, {"body": body, **(headers or {})})
             await pipe.execute()
-        finally:
-            await client.aclose()
     elif kind == "nats":
-        import nats
-
-        nc = await nats.connect(url)
-        try:
-            js = nc.jetstream()
+        async with _jetstream(url) as js:
             await _nats_stream(js, name)
             for body in bodies:
                 await js.publish(name, body, headers=headers)
-        finally:
-            await nc.close()
     elif kind == "rabbitmq":
         import aio_pika
 
-        conn = await aio_pika.connect(url)
-        try:
+        async with _rabbitmq(url) as conn:
             channel = await conn.channel(publisher_confirms=True)
             await channel.declare_queue(name, durable=True)
             for body in bodies:
@@ -682,8 +707,6 @@ async def publish(kind: str, url: str, name: str, bodies: list[bytes], headers: 
                     ),
                     routing_key=name,
                 )
-        finally:
-            await conn.close()
     elif kind == "kafka":
         from aiokafka import AIOKafkaProducer
 
@@ -791,23 +814,15 @@ async def read_all(kind: str, url: str, name: str) -> list[tuple[bytes, dict[str
     """
     out: list[tuple[bytes, dict[str, str]]] = []
     if kind == "redis":
-        import redis.asyncio as aioredis
-
-        client = aioredis.Redis.from_url(url)
-        try:
+        async with _redis(url) as client:
             for _id, fields in await client.xrange(name):
                 fields = {k.decode(): v for k, v in fields.items()}
                 body = fields.pop("body", b"")
                 out.append((body, {k: v.decode() for k, v in fields.items()}))
-        finally:
-            await client.aclose()
     elif kind == "nats":
-        import nats
         import nats.js.errors
 
-        nc = await nats.connect(url)
-        try:
-            js = nc.jetstream()
+        async with _jetstream(url) as js:
             try:
                 stream = await js.find_stream_name_by_subject(name)
             except nats.js.errors.NotFoundError:
@@ -820,13 +835,8 @@ async def read_all(kind: str, url: str, name: str) -> list[tuple[bytes, dict[str
                     continue
                 if msg.subject == name:
                     out.append((msg.data or b"", dict(msg.headers or {})))
-        finally:
-            await nc.close()
     elif kind == "rabbitmq":
-        import aio_pika
-
-        conn = await aio_pika.connect(url)
-        try:
+        async with _rabbitmq(url) as conn:
             channel = await conn.channel()
             queue = await channel.declare_queue(name, durable=True)
             while (message := await queue.get(no_ack=True, fail=False)) is not None:
@@ -834,8 +844,6 @@ async def read_all(kind: str, url: str, name: str) -> list[tuple[bytes, dict[str
                     k: v.decode() if isinstance(v, bytes) else str(v) for k, v in message.headers.items()
                 }
                 out.append((message.body, headers))
-        finally:
-            await conn.close()
     elif kind == "kafka":
         for m in await _kafka_records(url, name):
             out.append((m.value or b"", {k: v.decode() for k, v in m.headers or ()}))
@@ -853,39 +861,23 @@ async def unacknowledged(kind: str, url: str, name: str, consumer: str) -> int:
     once the consumer is closed).
     """
     if kind == "redis":
-        import redis.asyncio as aioredis
-
-        client = aioredis.Redis.from_url(url)
-        try:
+        async with _redis(url) as client:
             groups = {g["name"].decode(): g for g in await client.xinfo_groups(name)}
             group = groups.get(consumer)
             if group is None:
                 return await client.xlen(name)
             lag = group.get("lag")
             return int(group["pending"]) + int(lag or 0)
-        finally:
-            await client.aclose()
     if kind == "nats":
-        import nats
-
-        nc = await nats.connect(url)
-        try:
-            js = nc.jetstream()
+        async with _jetstream(url) as js:
             stream = await js.find_stream_name_by_subject(name)
             info = await js.consumer_info(stream, consumer)
             return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-        finally:
-            await nc.close()
     if kind == "rabbitmq":
-        import aio_pika
-
-        conn = await aio_pika.connect(url)
-        try:
+        async with _rabbitmq(url) as conn:
             channel = await conn.channel()
             queue = await channel.declare_queue(name, passive=True)
             return int(queue.declaration_result.message_count or 0)
-        finally:
-            await conn.close()
     if kind == "kafka":
         from aiokafka import AIOKafkaConsumer
 
