@@ -60,6 +60,7 @@ class PodRunner:
         self.servers: dict[str, subprocess.Popen[bytes]] = {}  # pod uid -> the pod's server
         self.failed: set[str] = set()  # pod uids whose start failed (status written)
         self.exited: set[str] = set()  # pod uids whose server exited while the pod lives (reported)
+        self.foreign: set[str] = set()  # pod uids of pods that are not lamina's (left alone)
         self.endpoints: dict[str, str] = {}  # pod uid -> ip:port
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -95,7 +96,7 @@ class PodRunner:
             for pod in pods:
                 uid = pod.metadata.uid
                 live.add(uid)
-                known = uid in self.servers or uid in self.failed
+                known = uid in self.servers or uid in self.failed or uid in self.foreign
                 if not known and pod.status.pod_ip and not pod.metadata.deletion_timestamp:
                     self._start(pod)
             for uid in set(self.servers) - live:
@@ -159,7 +160,10 @@ class PodRunner:
             env["LAMINA_FETCH_ALLOW_LOCAL"] = "1"  # url code is served on loopback in these tests
             self._serve(pod, main, env)
             return
-        code = next(v for v in spec["volumes"] if v["name"] == "code")
+        code = next((v for v in spec.get("volumes") or [] if v["name"] == "code"), None)
+        if code is None:  # not a function's pod (another Deployment of the test): no kubelet here runs it
+            self.foreign.add(pod.metadata.uid)
+            return
         if "configMap" in code:
             cm = self.core.read_namespaced_config_map(code["configMap"]["name"], self.namespace)
             # As the kubelet mounts it: the listed items at their paths, else every key.
@@ -320,17 +324,23 @@ class LaminaStack:
         port: int | None = None,
         env: dict[str, str] | None = None,
         namespace: str | None = None,
+        kubeconfig: str | None = None,
     ) -> Gateway:
-        """One more `lamina gateway` (:class:`Gateway`'s arguments)."""
+        """One more `lamina gateway` (:class:`Gateway`'s arguments; ``kubeconfig``: its own identity,
+        else the test's)."""
         log = self.workdir / f"gateway-{len(self.gateways)}.log"
-        gw = Gateway(self.kubeconfig, namespace or self.namespace, log, *args, port=port, env=env)
+        config = kubeconfig or self.kubeconfig
+        gw = Gateway(config, namespace or self.namespace, log, *args, port=port, env=env)
         self.gateways.append(gw)
         return gw
 
-    def operator(self, *args: str, env: dict[str, str] | None = None) -> Operator:
-        """The operator (``args``: more of its arguments, such as more ``--namespace``s), started."""
+    def operator(
+        self, *args: str, env: dict[str, str] | None = None, kubeconfig: str | None = None
+    ) -> Operator:
+        """The operator (``args``: more of its arguments, such as more ``--namespace``s; ``kubeconfig``:
+        its own identity, else the test's), started."""
         assert self.op is None, "one operator a stack"
-        self.op = Operator(self.kubeconfig, self.namespace, *args, env=env).start()
+        self.op = Operator(kubeconfig or self.kubeconfig, self.namespace, *args, env=env).start()
         return self.op
 
     def kubelet(self, namespace: str | None = None, unpullable: frozenset[str] = frozenset()) -> PodRunner:

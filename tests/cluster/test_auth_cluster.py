@@ -21,20 +21,20 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import boto3
 import pytest
-from botocore.config import Config
 from botocore.exceptions import ClientError
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_chart import helm, render  # noqa: F401 - the fixture is reused
-from test_end_to_end import HANDLER, Gateway, PodRunner
-from test_operator_reconcile import GROUP, VERSION, Cluster, Operator, function
+from test_end_to_end import HANDLER
+from test_operator_reconcile import GROUP, VERSION, Cluster, function
 
 from lamina.auth.credentials import invoke_secret
+from tests.cluster.stack import Gateway, LaminaStack, PodRunner
 from tests.cluster.tokens import token_kubeconfig
+from tests.support.local_mode import lambda_client
 
 KEY = "installation-key-of-the-auth-test-0123456789"
 ALICE = ("AKIDALICE00000000001", "alice-secret")  # a ServiceAccount with invoke on greeter
@@ -78,15 +78,7 @@ class Secured:
         self.cluster, self.gateway, self.pods, self.namespace = cluster, gateway, pods, namespace
 
     def client(self, key: tuple[str, str], region: str = "us-east-1", token: str | None = None) -> Any:
-        return boto3.client(
-            "lambda",
-            endpoint_url=f"http://127.0.0.1:{self.gateway.port}",
-            region_name=region,
-            aws_access_key_id=key[0],
-            aws_secret_access_key=key[1],
-            aws_session_token=token,
-            config=Config(retries={"max_attempts": 0}, read_timeout=90),
-        )
+        return lambda_client(self.url, 90, key=key[0], secret=key[1], region=region, token=token)
 
     @property
     def url(self) -> str:
@@ -148,20 +140,20 @@ def secured(
     gateway_config = token_kubeconfig(k8s_api, kubeconfig, namespace, f"{release}-lamina-gateway")
     operator_config = token_kubeconfig(k8s_api, kubeconfig, namespace, f"{release}-lamina-operator")
     env = {"LAMINA_AUTH_KEY": KEY, "LAMINA_REGION": "us-east-1"}
-    op = Operator(operator_config, namespace, env=env).start()
-    gateway = Gateway(
-        gateway_config,
-        namespace,
-        tmp_path / "gateway.log",
-        "--auth",
-        "--access-key-namespace",
-        namespace,
-        "--cache-denied-seconds",
-        "1",
-        env=env,
-    )
     try:
-        with PodRunner(k8s_api, namespace, tmp_path / "pods", interpreters={"python3.12": python312}) as pods:
+        # Stopped (and their logs written) before the chart's cluster-scoped objects go.
+        with LaminaStack(k8s_api, kubeconfig, namespace, tmp_path, python312) as stack:
+            stack.operator(env=env, kubeconfig=operator_config)
+            gateway = stack.gateway(
+                "--auth",
+                "--access-key-namespace",
+                namespace,
+                "--cache-denied-seconds",
+                "1",
+                env=env,
+                kubeconfig=gateway_config,
+            )
+            pods = stack.kubelet()
             cluster = Cluster(k8s_api, namespace)
             cluster.create(
                 "functions", function("greeter", code={"inline": HANDLER}, provisionedConcurrency=1)
@@ -171,13 +163,9 @@ def secured(
             wait_until(lambda: _invocable(secured), timeout=120, message="greeter answers alice")
             yield secured
     finally:
-        gateway.stop()
-        op.stop()
         for path in (gateway_config, operator_config):
             Path(path).unlink(missing_ok=True)
         cleanup_cluster_scoped(k8s_api, release)
-        sys.stderr.write(f"\n--- gateway log ---\n{gateway.log.read_text(errors='replace')[-3000:]}\n")
-        sys.stderr.write(f"\n--- operator log ---\n{op.tail()}\n")
 
 
 def _invocable(secured: Secured) -> bool:
