@@ -78,7 +78,7 @@ KWOK_NAMESPACE_ANNOTATIONS = {
     ),
 }
 SERVICE_CIDR = "10.0.0.0/24"
-#: Pod IPs are loopback addresses: a test runs a "pod" itself at its IP (see test_end_to_end). Each
+#: Pod IPs are loopback addresses: a test runs a "pod" itself at its IP (see stack.PodRunner). Each
 #: control plane on the machine takes a /16 of its own, 127.<octet>.0.0/16 (see :func:`claim_pod_cidr`):
 #: kwok hands out a CIDR's addresses in order, so two clusters sharing one would give their first pods
 #: the same IP, the second pod's server could not bind it, and the second cluster's gateway would
