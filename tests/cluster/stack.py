@@ -309,6 +309,7 @@ class LaminaStack:
                 sys.stderr.write(f"\n--- {gw.log.name} ---\n{gw.log.read_text(errors='replace')[-4000:]}\n")
             if self.op is not None:
                 sys.stderr.write(f"\n--- operator log ---\n{self.op.tail(120)}\n")
+                self.op.log.unlink(missing_ok=True)  # a temporary file of its own
 
     def redis(self) -> brokers.RedisServer:
         """The stack's redis-server (started on first use)."""

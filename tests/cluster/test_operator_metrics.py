@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,9 @@ from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_operator_reconcile import GROUP, REPO, VERSION, Cluster, Operator, function
+from test_operator_reconcile import GROUP, VERSION, Cluster, function
 
+from tests.cluster.stack import LaminaStack
 from tests.support.local_mode import free_port
 
 
@@ -37,19 +38,11 @@ class Scraper:
 
 
 @pytest.fixture
-def metered(
-    kubeconfig: str, namespace: str, apply_yaml: Any, k8s_api: client.ApiClient
-) -> Iterator[tuple[Cluster, Scraper]]:
-    apply_yaml(sorted((REPO / "crds").glob("*.yaml")))
+def metered(lamina_stack: LaminaStack, k8s_api: client.ApiClient) -> tuple[Cluster, Scraper]:
+    """The operator with its metrics on a loopback port (tests/cluster/stack.py), and their scraper."""
     port = free_port()
-    op = Operator(
-        kubeconfig, namespace, "--metrics-port", str(port), "--metrics-address", "127.0.0.1"
-    ).start()
-    try:
-        yield Cluster(k8s_api, namespace), Scraper(port)
-    finally:
-        op.stop()
-        sys.stderr.write(f"\n--- operator log ---\n{op.tail()}\n")
+    lamina_stack.operator("--metrics-port", str(port), "--metrics-address", "127.0.0.1")
+    return Cluster(k8s_api, lamina_stack.namespace), Scraper(port)
 
 
 def blocked(scraper: Scraper) -> float:

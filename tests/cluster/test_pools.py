@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +10,10 @@ import pytest
 from kubernetes import client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_operator_reconcile import REPO, Cluster, Operator, function
+from test_operator_reconcile import Cluster, Operator, function
 
 from lamina.resources import labels
+from tests.cluster.stack import LaminaStack
 
 
 @pytest.fixture
@@ -22,13 +22,9 @@ def ns(k8s_api: client.ApiClient, namespace: str) -> Cluster:
 
 
 @pytest.fixture
-def pooled_operator(kubeconfig: str, namespace: str, apply_yaml: Any) -> Iterator[Operator]:
-    apply_yaml(sorted((REPO / "crds").glob("*.yaml")))
-    op = Operator(kubeconfig, namespace, env={"LAMINA_POOL_SIZE": "2"}).start()
-    yield op
-    op.stop()
-    sys.stderr.write(f"\n--- operator log ---\n{op.tail()}\n")
-    op.log.unlink(missing_ok=True)
+def pooled_operator(lamina_stack: LaminaStack) -> Operator:
+    """The operator with pools of 2 (tests/cluster/stack.py)."""
+    return lamina_stack.operator(env={"LAMINA_POOL_SIZE": "2"})
 
 
 def pools(cluster: Cluster) -> dict[str, int]:
