@@ -45,9 +45,13 @@ async def main(port, pod):
     pool = HttpEnvironmentPool(StaticEndpointSource({fn.key: [pod]}), [fn])
     service = InvocationService(FunctionRegistry([fn]), pool)
     await pool.start()
-    runner = web.AppRunner(build_app(service), access_log=None)
+    runner = web.AppRunner(build_app(service), access_log=None, handler_cancellation=True)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:  # the front door `lamina gateway` serves with, in a tree that has one
+        from lamina.gateway.front import FrontSite as Site
+    except ImportError:
+        Site = web.TCPSite
+    await Site(runner, "127.0.0.1", port).start()
     await asyncio.Event().wait()
 
 asyncio.run(main(int(sys.argv[1]), sys.argv[2]))

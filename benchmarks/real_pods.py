@@ -436,10 +436,17 @@ class NodeCpu:
     def of(cls, core: Any, function_pods: list[Any], state_dir: Path) -> NodeCpu:
         from tests.cluster.pods import conftest as tier
 
-        gateways = core.list_namespaced_pod(
-            tier.SYSTEM_NS, label_selector="app.kubernetes.io/component=gateway"
-        ).items
-        gateway = next(p for p in gateways if p.metadata.deletion_timestamp is None)  # not one going away
+        deadline = time.monotonic() + 120
+        while True:  # after a `helm upgrade`, the gateway pod that stays (a rolled one's CPU would vanish)
+            gateways = core.list_namespaced_pod(
+                tier.SYSTEM_NS, label_selector="app.kubernetes.io/component=gateway"
+            ).items
+            if len(gateways) == 1 and all(c.ready for c in gateways[0].status.container_statuses or []):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(gateways)} gateway pods after 120 s: the rollout did not end")
+            time.sleep(0.5)
+        gateway = gateways[0]
         procs = _processes()
         uids = [pod.metadata.uid for pod in function_pods]  # the call may land on any of them
         in_pod = [pid for pid, (_, cgroup, _) in procs.items() if any(_in_pod(cgroup, u) for u in uids)]
