@@ -101,15 +101,16 @@ async def test_invocations_and_other_routes_share_a_keep_alive_connection(tmp_pa
 async def test_pipelined_requests_and_a_head_in_pieces_are_answered_in_order(tmp_path: Path) -> None:
     async with gateway(tmp_path) as (port, _, _):
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(post(INVOKE, b'{"n": 1}') + post(INVOKE, b'{"n": 2}'))
-        first, second = await response(reader), await response(reader)
-        assert [json.loads(r[2])["echo"] for r in (first, second)] == [{"n": 1}, {"n": 2}]
-        assert first[1]["x-amzn-requestid"] != second[1]["x-amzn-requestid"]
-        for byte in post(INVOKE, b'{"n": 3}'):  # one segment per byte
+        slow = b'{"n": 1, "seconds": 0.2}'
+        writer.write(post(INVOKE, slow) + post(INVOKE, b'{"n": 2}') + post(INVOKE, b'{"n": 3}'))
+        answers = [await response(reader) for _ in range(3)]
+        assert [json.loads(r[2])["echo"]["n"] for r in answers] == [1, 2, 3]  # one at a time, in order
+        assert len({r[1]["x-amzn-requestid"] for r in answers}) == 3
+        for byte in post(INVOKE, b'{"n": 4}'):  # one segment per byte
             writer.write(bytes([byte]))
             await writer.drain()
         status, headers, body = await response(reader)
-        assert (status, json.loads(body)["echo"], headers["server"]) == (200, {"n": 3}, "lamina")
+        assert (status, json.loads(body)["echo"], headers["server"]) == (200, {"n": 4}, "lamina")
         writer.close()
 
 

@@ -275,6 +275,8 @@ class FrontDoor(asyncio.Protocol):
         """Answer the next request if it is complete and an Invoke; hand the connection over if it
         is not one."""
         buf = self._buf
+        if self._transport is None or self._busy:
+            return  # the caller is gone (a request it pipelined is not run), or a call is answered first
         if self._head is None:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
