@@ -20,6 +20,7 @@ from lamina.reconcilers.client import ApiError, Conflict
 from lamina.reconcilers.context import Context
 from lamina.reconcilers.dispatch import reconcile
 from lamina.reconcilers.function import DEPLOYING_RECHECK_SECONDS, function_ref, sync_function_status
+from lamina.reconcilers.requeue import Requeue
 from lamina.reconcilers.status import BLOCKING_REASONS, BlockReason
 from lamina.resources import Settings, labels
 from tests.support.memory_kube import MemoryKube
@@ -636,6 +637,22 @@ def test_a_deployment_the_controller_has_not_observed_is_looked_at_again() -> No
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("True", "EnvironmentsReady")
     assert ctx.take_revisit(("Function", NS, "fn")) is None
+
+
+def test_a_reconcile_does_not_drop_the_look_again_another_reconcile_scheduled() -> None:
+    """Two reconciles of one Function may overlap (a kopf handler and the requeue's thread): the one
+    that finishes last, having nothing to wait on, must not cancel the other's look at a Deployment
+    the controller has not observed, or that Function stays "Deploying"."""
+    kube, ctx, _ = reconciled(provisionedConcurrency=1)
+    key = ("Function", NS, "fn")
+    assert ctx.take_revisit(key) == DEPLOYING_RECHECK_SECONDS  # scheduled below, as the other one did
+    ctx.requeue = Requeue(lambda key: None)  # not started: only what is pending is looked at
+    ctx.requeue.add(key, DEPLOYING_RECHECK_SECONDS)  # the other reconcile's look again
+    deployment = kube.object("Deployment", "fn-fn", NS)
+    assert deployment is not None
+    kube.put(ready_deployment(deployment, 1))
+    reconcile(ctx, kube.object("Function", "fn", NS) or {})
+    assert key in ctx.requeue.pending()
 
 
 def test_reservations_are_counted_in_the_namespaces_the_operator_watches() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -133,6 +134,35 @@ def test_requeue_calls_back_each_due_key_once() -> None:
     finally:
         q.stop()
     assert sorted(seen) == ["x", "y"]
+
+
+def test_a_reconciled_key_starts_its_backoff_again_and_keeps_a_pending_look() -> None:
+    q = Requeue(lambda key: None, max_delay=30)
+    assert [q.add("a", 10) for _ in range(3)] == [10, 20, 30]
+    q.reset("a")
+    assert "a" in q.pending()  # put there by someone: still due
+    assert q.add("a", 10) == 10
+
+
+def test_a_requeued_reconcile_that_raises_is_tried_again() -> None:
+    calls: list[str] = []
+    done = threading.Event()
+
+    def callback(key: Any) -> None:
+        calls.append(key)
+        if len(calls) == 1:
+            raise RuntimeError("the API server said 500")
+        done.set()
+
+    q = Requeue(callback)
+    with mock.patch("lamina.reconcilers.requeue.FAILED_RETRY_SECONDS", 0.01):
+        q.start()
+        try:
+            q.add("x", 0.01)
+            assert done.wait(10)
+        finally:
+            q.stop()
+    assert calls == ["x", "x"]
 
 
 def test_replicas_owners_reads_managed_fields() -> None:

@@ -44,7 +44,7 @@ def reconcile(ctx: Context, body: dict[str, Any]) -> Any:
         if b.retry is not None and ctx.requeue is not None:
             ctx.requeue.add(key, b.retry)
         elif ctx.requeue is not None:
-            ctx.requeue.forget(key)  # only a change of the object can help
+            ctx.requeue.reset(key)  # only a change of the object can help; a pending look stays
         return None
     except Exception:
         metrics.reconciles.labels(key[0], "error").inc()
@@ -54,7 +54,10 @@ def reconcile(ctx: Context, body: dict[str, Any]) -> Any:
     metrics.reconciles.labels(key[0], "reconciled").inc()
     metrics.blocked.clear(key)
     if ctx.requeue is not None:
-        ctx.requeue.forget(key)
+        # Not forget(): a reconcile of the same key running beside this one may have scheduled its
+        # look again (say, at a Deployment not yet observed), and dropping it would leave that
+        # Function's status stale until something else happens to it.
+        ctx.requeue.reset(key)
         later = ctx.take_revisit(key)
         if later is not None:  # e.g. a rollout's next step
             ctx.requeue.add(key, later)

@@ -3,8 +3,11 @@
 A Function waiting for a Secret is not a failed handler: kopf would hold the object's later changes
 back until the retry is due. So handlers succeed after writing Ready=False, and the object is put
 here instead; a newer change is handled at once, and the requeued reconcile finds it already done.
-Delays double per key up to a cap, and reset once the key reconciles. The queue is in memory: after
-a restart, kopf's resume handlers reconcile everything anyway.
+Delays double per key up to a cap, and reset once the key reconciles. A reconcile that succeeds
+leaves a pending entry in place (another reconcile of the same key, running beside it, may have put
+it there to look again; one more reconcile is harmless, a lost one leaves a status stale). A
+requeued reconcile that raises is tried again later, never dropped. The queue is in memory: after a
+restart, kopf's resume handlers reconcile everything anyway.
 """
 
 from __future__ import annotations
@@ -63,10 +66,15 @@ class Requeue:
             return delay
 
     def forget(self, key: Hashable) -> None:
-        """``key`` reconciled: drop its pending retry and its backoff."""
+        """``key`` is gone: drop its pending retry and its backoff."""
         with self._cv:
             self._attempts.pop(key, None)
             self._due.pop(key, None)
+
+    def reset(self, key: Hashable) -> None:
+        """``key`` reconciled: its next retry starts from the base delay again. A pending one stays."""
+        with self._cv:
+            self._attempts.pop(key, None)
 
     def pending(self) -> dict[Hashable, float]:
         """Seconds until each pending key is due (for tests and debugging)."""
@@ -97,4 +105,9 @@ class Requeue:
             try:
                 self._callback(key)
             except Exception:
-                log.exception("requeued reconcile of %s failed", key)
+                delay = self.add(key, FAILED_RETRY_SECONDS)
+                log.exception("requeued reconcile of %s failed; trying again in %.0fs", key, delay)
+
+
+#: First delay before a requeued reconcile that raised is tried again (doubling per failure).
+FAILED_RETRY_SECONDS = 5.0
