@@ -176,6 +176,14 @@ class Lamina:
         lines = []
         with contextlib.suppress(ApiException):
             lines.append(f"{plural}/{name} status: {json.dumps(self.get(plural, name).get('status'))}")
+        if plural == "functions":
+            with contextlib.suppress(ApiException):
+                dep = self.apps.read_namespaced_deployment(f"fn-{name}", self.namespace)
+                lines.append(
+                    f"deployment fn-{name}: generation {dep.metadata.generation}, "
+                    f"observed {dep.status.observed_generation}, replicas {dep.spec.replicas}, "
+                    f"status {dep.status.to_dict()}"
+                )
         for pod in self.pods(name):
             lines.append(f"pod {pod.metadata.name}: {pod.status.phase} {pod.status.container_statuses}")
         selector = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator"
