@@ -669,3 +669,37 @@ def test_reservations_are_counted_in_the_namespaces_the_operator_watches() -> No
         reconcile(ctx, kube.put(fn))
         status = (kube.object("Function", "fn", NS) or {})["status"]
         assert status["reservation"] == expected, (namespaces, status)
+
+
+class OneNamespaceKube(MemoryKube):
+    """RBAC that lets the operator list Functions in a namespace but not across the cluster."""
+
+    refused = True
+
+    def list(
+        self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        if kind == "Function" and namespace is None and self.refused:
+            raise ApiError(403, "Forbidden", "functions.lamina.dev is forbidden at the cluster scope")
+        return super().list(api_version, kind, namespace, label_selector)
+
+
+def test_an_operator_of_the_whole_cluster_refused_the_list_of_functions_grants_no_reservation() -> None:
+    """An operator that watches every namespace counts every namespace's reservations. Refused that
+    list (RBAC bound to one namespace only, against the chart), it must not count its own namespace
+    alone: there, the other namespace's older reservation of 5 is unseen and 4 more would be granted
+    past the unreserved pool's floor. The reconcile fails with the API's error instead (kopf retries)."""
+    settings = Settings(gateway_url="http://gw:8080", concurrency_limit=10, min_unreserved=4)
+    elsewhere = function("big", reservedConcurrency=5)
+    elsewhere["metadata"].update(namespace="other", creationTimestamp="2026-01-01T00:00:00Z")
+    kube = OneNamespaceKube(elsewhere)
+    ctx = Context(kube, settings)
+    fn = function(reservedConcurrency=4)
+    fn["metadata"]["creationTimestamp"] = "2026-02-01T00:00:00Z"
+    with pytest.raises(ApiError) as refused:
+        reconcile(ctx, kube.put(fn))
+    assert refused.value.status == 403
+    assert ((kube.object("Function", "fn", NS) or {}).get("status") or {}).get("reservation") != "Granted"
+    kube.refused = False  # the cluster-wide binding restored: every namespace counts
+    reconcile(ctx, kube.object("Function", "fn", NS) or {})
+    assert (kube.object("Function", "fn", NS) or {})["status"]["reservation"] == "Refused"

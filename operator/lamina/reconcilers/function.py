@@ -131,18 +131,15 @@ def check_references(kube: KubeApi, fn: Function) -> dict[str, Any] | None:
     return cm
 
 
-def watched_functions(ctx: Context, ns: str) -> list[dict[str, Any]]:
+def watched_functions(ctx: Context) -> list[dict[str, Any]]:
     """Every Function the installation serves: those of the watched namespaces, or of the whole
-    cluster (the one namespace ``ns`` where the operator may not list the cluster's)."""
+    cluster. An operator that watches the whole cluster lists its Functions as kopf watches them (the
+    chart binds it cluster-wide then): a refused list is an error, never a fallback to one namespace,
+    whose Functions alone would under-count the reservations and grant one that overdraws the pool."""
     api = f"{GROUP}/{VERSION}"
     if ctx.namespaces:
         return [obj for one in ctx.namespaces for obj in ctx.kube.list(api, "Function", namespace=one)]
-    try:
-        return list(ctx.kube.list(api, "Function"))
-    except ApiError as e:
-        if e.status != 403:
-            raise
-        return list(ctx.kube.list(api, "Function", namespace=ns))
+    return list(ctx.kube.list(api, "Function"))
 
 
 def reservation_fields(ctx: Context, fn: Function, key: str) -> dict[str, Any]:
@@ -150,7 +147,7 @@ def reservation_fields(ctx: Context, fn: Function, key: str) -> dict[str, Any]:
     gateway serves a refused one as unreserved (lamina.invocation.reservations decides for both)."""
     if fn.spec.reserved_concurrency is None:
         return {"reservation": None, "reservationReason": None}
-    functions = watched_functions(ctx, key.partition("/")[0])
+    functions = watched_functions(ctx)
     asked = []
     for obj in functions:
         meta, amount = obj["metadata"], (obj.get("spec") or {}).get("reservedConcurrency")
