@@ -138,7 +138,7 @@ class RealNodeRelease:
     off: these are the platform's own figures (what auth adds per call is auth_overhead.py's).
     ``None`` from :meth:`start` when no cluster with a real node runs (it says so on stderr)."""
 
-    def __init__(self, cpm: Any, cp: Any, *helm_args: str) -> None:
+    def __init__(self, cpm: Any, cp: Any, *helm_args: str, python: str | None = None) -> None:
         from kubernetes import client, config
 
         os.environ["KUBECONFIG"] = str(cp.kubeconfig)
@@ -148,7 +148,7 @@ class RealNodeRelease:
         self.cpm, self.cp, self.tier = cpm, cp, tier
         self.api = config.new_client_from_config(config_file=str(cp.kubeconfig))
         self.core = client.CoreV1Api(self.api)
-        self.values = images.load(cp.state_dir)
+        self.values = images.load(cp.state_dir, python)
         try:  # before the install: the chart binds the gateway's and operator's roles in it
             self.core.create_namespace({"metadata": {"name": tier.FUNCTIONS_NS}})
         except client.exceptions.ApiException:
@@ -162,7 +162,8 @@ class RealNodeRelease:
         self.pause_image: str = cpm.realnode.NodeConfig.load(cp.state_dir).pause_image
 
     @classmethod
-    def start(cls, *helm_args: str) -> RealNodeRelease | None:
+    def start(cls, *helm_args: str, python: str | None = None) -> RealNodeRelease | None:
+        """``python``: the lamina image's Python and one more runtime image (images.load)."""
         cpm = test_cluster_module()
         cp = cpm.running()
         if cp is None or not cp.real_node:
@@ -171,4 +172,4 @@ class RealNodeRelease:
                 file=sys.stderr,
             )
             return None
-        return cls(cpm, cp, *helm_args)
+        return cls(cpm, cp, *helm_args, python=python)

@@ -108,6 +108,15 @@ def main() -> int:
         default=128,
         help="memoryMB of the cold-start functions (their CPU request follows it: memoryMB / 1769 of a CPU)",
     )
+    parser.add_argument(
+        "--python",
+        default="python3.12",
+        choices=("python3.11", "python3.12", "python3.13"),
+        help="the runtime of the benchmark's functions, and the Python the lamina image (gateway, "
+        "operator) runs on (LAMINA_IMAGE_PYTHON of scripts/build-images). Default python3.12, the "
+        "tier's images: CPython built from source without PGO/LTO by scripts/build-python. "
+        "python3.11 and python3.13 are Debian's own (optimised) builds of bookworm and trixie",
+    )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument(
         "--phases",
@@ -120,7 +129,8 @@ def main() -> int:
         parser.error(f"unknown phases: {', '.join(sorted(phases - set(PHASES)))}")
 
     pools = () if args.pools is None else ("--set", f"pools.size={args.pools}")
-    release = RealNodeRelease.start(*pools)
+    python = None if args.python == "python3.12" else args.python
+    release = RealNodeRelease.start(*pools, python=python)
     if release is None:
         return 2
     lam, core = release.lamina, release.core
@@ -199,7 +209,7 @@ class Bench:
         for i in range(5):
             name = tier.unique(f"apply{i}")
             t0 = time.perf_counter()
-            self.lam.apply(tier.function_yaml(name, CODE, provisionedConcurrency=1))
+            self.lam.apply(tier.function_yaml(name, CODE, provisionedConcurrency=1, runtime=self.args.python))
             while True:
                 try:
                     r, _ = self.lam.invoke(name, {"i": i}, read_timeout=150)
@@ -221,7 +231,12 @@ class Bench:
         self.lam.apply(
             "---\n".join(
                 tier.function_yaml(
-                    n, CODE, provisionedConcurrency=0, idleTimeoutSeconds=3, memoryMB=self.args.cold_memory_mb
+                    n,
+                    CODE,
+                    provisionedConcurrency=0,
+                    idleTimeoutSeconds=3,
+                    memoryMB=self.args.cold_memory_mb,
+                    runtime=self.args.python,
                 )
                 for n in names
             )
@@ -313,7 +328,7 @@ class Bench:
         from tests.cluster.pods import conftest as tier
 
         warm = tier.unique("warm")
-        self.lam.apply(tier.function_yaml(warm, CODE, provisionedConcurrency=4))
+        self.lam.apply(tier.function_yaml(warm, CODE, provisionedConcurrency=4, runtime=self.args.python))
         self.lam.wait_ready(warm)
         base = self.lam.gateway_url
         if "warm" in phases:
@@ -392,6 +407,7 @@ class Bench:
                 burst,
                 "import time\ndef handler(e, c):\n    time.sleep(0.2)\n    return 1\n",
                 provisionedConcurrency=0,
+                runtime=self.args.python,
             )
         )
         self.lam.wait_ready(burst)

@@ -272,6 +272,29 @@ def test_busy_gets_429(serve, write_code, tmp_path):
     assert status == 200 and json.loads(body) == {"invocations": 1, "busyRefusals": 1, "misdirected": 0}
 
 
+def test_a_caller_that_hangs_up_mid_call_leaves_the_environment_serving(serve, write_code, tmp_path):
+    """The worker's reply for a caller that is gone is read and dropped: the environment is free for
+    the next call at once (no 429), and that call gets its own answer, not the abandoned one's."""
+    served = serve(write_code(HANDLER))
+    event = {"entered": str(tmp_path / "entered"), "release": str(tmp_path / "release"), "n": 1}
+    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
+    conn.request("POST", "/invoke", body=json.dumps(event).encode())
+    _poll((tmp_path / "entered").exists, "the first invocation to start")
+    conn.close()  # the caller hangs up while its invocation runs
+    (tmp_path / "release").write_text("")
+
+    def answered() -> bool:
+        return json.loads(served.request("GET", "/stats")[2])["invocations"] == 1
+
+    _poll(answered, "the abandoned invocation to finish")
+    status, _, body = served.invoke({"n": 2})
+    assert status == 200 and body["event"] == {"n": 2}
+    status, _, stats = served.request("GET", "/stats")
+    assert json.loads(stats) == {"invocations": 2, "busyRefusals": 0, "misdirected": 0}
+    log = served.log.read_text()
+    assert log.count("END RequestId:") == 2 and log.count("REPORT RequestId:") == 2
+
+
 def test_a_call_meant_for_another_function_is_refused_and_runs_nothing(serve, write_code, tmp_path):
     """The gateway names the function it means (Lamina-Function): a pod now serving another one (its
     address was another pod's) answers 421 without running its handler, so its result can never be

@@ -296,3 +296,93 @@ async def test_http_server_refuses_a_bad_request_and_closes():
     writer.close()
     server.close()
     assert data.startswith(b"HTTP/1.1 413 ") and b"Connection: close" in data
+
+
+def _fed(channel: _Channel, data: bytes) -> None:
+    """Hand bytes to the channel as the event loop does when the socket is readable."""
+    buffer = channel.get_buffer(len(data))
+    buffer[: len(data)] = data
+    channel.buffer_updated(len(data))
+
+
+def test_a_reply_resumes_its_waiting_task_in_the_turn_that_read_it():
+    """The task awaiting the worker's reply runs on when the reply's bytes are read, not on the
+    loop's next turn: the pod's server answers in the turn that read the worker's frame."""
+
+    async def run() -> list[object]:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        transport, channel = await loop.create_connection(_Channel, sock=b)
+        seen: list[object] = []
+
+        async def waiter() -> None:
+            header, body = await channel.next_frame()
+            seen.append((header["n"], body))
+
+        task = loop.create_task(waiter())
+        await asyncio.sleep(0)  # the task now waits for the frame
+        arrived = loop.create_future()
+
+        def reply_arrives() -> None:  # a loop callback, as the socket's read is
+            _fed(channel, framing.encode({"n": 1}, b"one"))
+            seen.append(("done at once", task.done()))
+            arrived.set_result(None)
+
+        loop.call_soon(reply_arrives)
+        await arrived
+        await task
+        transport.close()
+        a.close()
+        return seen
+
+    assert asyncio.run(run()) == [(1, b"one"), ("done at once", True)]
+
+
+def test_a_reply_read_while_a_task_runs_resumes_its_waiter_on_the_next_turn():
+    """Never one task's step inside another's: a reply that a running task reads (never the case in
+    the server, where the loop reads the socket) wakes its waiter as a plain future would."""
+
+    async def run() -> tuple[bool, bool, tuple]:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        transport, channel = await loop.create_connection(_Channel, sock=b)
+        task = loop.create_task(_await(channel))
+        await asyncio.sleep(0)
+        _fed(channel, framing.encode({"n": 2}, b"two"))  # from this task
+        right_after = task.done()
+        got = await task
+        transport.close()
+        a.close()
+        return right_after, task.done(), got
+
+    async def _await(channel: _Channel) -> tuple:
+        return await channel.next_frame()
+
+    right_after, done, got = asyncio.run(run())
+    assert (right_after, done) == (False, True)
+    assert got == ({"n": 2}, b"two")
+
+
+def test_a_reply_whose_waiter_was_cancelled_is_kept_for_the_next_one():
+    """A caller that went away (its task cancelled) or a timeout: the frame that arrives after it is
+    not lost, it is the next ``next_frame``'s (the partial log after a timeout is read so)."""
+
+    async def run() -> tuple[bool, tuple]:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        transport, channel = await loop.create_connection(_Channel, sock=b)
+        task = loop.create_task(_await(channel))
+        await asyncio.sleep(0)
+        task.cancel()
+        await asyncio.sleep(0)
+        cancelled = task.cancelled()
+        _fed(channel, framing.encode({"n": 3}, b"three"))
+        got = await channel.next_frame()
+        transport.close()
+        a.close()
+        return cancelled, got
+
+    async def _await(channel: _Channel) -> tuple:
+        return await channel.next_frame()
+
+    assert asyncio.run(run()) == (True, ({"n": 3}, b"three"))

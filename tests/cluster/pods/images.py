@@ -14,10 +14,10 @@ BUILD = REPO / "scripts" / "build-images"
 RUNTIMES = ("python3.12",)
 
 
-def _run(*args: str, env: dict[str, str] | None = None) -> str:
+def _run(*args: str, env: dict[str, str] | None = None, runtimes: tuple[str, ...] = RUNTIMES) -> str:
     """Run build-images, streaming its progress; return its last output line."""
     proc = subprocess.run(
-        ["bash", str(BUILD), f"--runtimes={','.join(RUNTIMES)}", *args],
+        ["bash", str(BUILD), f"--runtimes={','.join(runtimes)}", *args],
         stdout=subprocess.PIPE,
         stderr=sys.stderr,
         text=True,
@@ -35,9 +35,16 @@ def build() -> None:
     _run()
 
 
-def load(state_dir: Path) -> Path:
-    """Load the images into the real node of the cluster in ``state_dir``; return the Helm values file."""
-    return Path(_run("--load", env={"LAMINA_TEST_CLUSTER_DIR": str(state_dir)}))
+def load(state_dir: Path, python: str | None = None) -> Path:
+    """Load the images into the real node of the cluster in ``state_dir``; return the Helm values file.
+    ``python`` (a benchmark's choice, e.g. python3.13): the lamina image runs on that runtime's Python
+    (``LAMINA_IMAGE_PYTHON``), and its runtime image is built and loaded beside the tier's."""
+    env = {"LAMINA_TEST_CLUSTER_DIR": str(state_dir)}
+    runtimes = RUNTIMES
+    if python is not None:
+        env["LAMINA_IMAGE_PYTHON"] = python
+        runtimes = tuple(dict.fromkeys((*RUNTIMES, python)))
+    return Path(_run("--load", env=env, runtimes=runtimes))
 
 
 if __name__ == "__main__":  # scripts/test builds the images next to its other builds
