@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
@@ -36,6 +33,7 @@ from lamina.environments.base import LATEST, FunctionConfig
 from lamina.environments.pod_client import Broken, PodClient, Refused
 from lamina.kubeapi import ThreadedWatch, list_pods_fn, watched
 from lamina.resources import labels
+from lamina.resources.pool_pods import PoolPod, claim_patch, claimable, pool_pod, ranked
 
 log = logging.getLogger(__name__)
 
@@ -47,51 +45,12 @@ SPECIALIZE_TIMEOUT_S = 90.0
 CLAIM_ATTEMPTS = 3
 #: A pod claimed but never specialized (its gateway died mid-claim) is deleted after this long.
 STALE_CLAIM_S = 300.0
-CLAIMED_AT = "lamina.dev/claimed-at"
 #: Attempts to label a handed-over pod ``serving`` before it is deleted.
 MARK_ATTEMPTS = 3
 
 #: ``handover(fn)``: the body of POST /specialize for ``fn``; raises EnvironmentFailed when it cannot be
 #: made (a Secret that is missing: the function's own pods could not start either).
 Handover = Callable[[FunctionConfig], Awaitable[dict[str, Any]]]
-
-
-@dataclass
-class PoolPod:
-    name: str
-    namespace: str
-    pool: str
-    state: str
-    address: str | None
-    ready: bool
-    resource_version: str
-    claimed_at: float | None = None
-
-
-def _pool_pod(pod: dict[str, Any]) -> PoolPod | None:
-    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-    pod_labels = meta.get("labels") or {}
-    if meta.get("deletionTimestamp") or not pod_labels.get(labels.POOL):
-        return None
-    conditions = status.get("conditions") or []
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-    at = (meta.get("annotations") or {}).get(CLAIMED_AT)
-    claimed_at = None
-    if at:
-        try:
-            claimed_at = datetime.fromisoformat(at).timestamp()
-        except ValueError:
-            claimed_at = None
-    return PoolPod(
-        name=meta.get("name", ""),
-        namespace=meta.get("namespace", ""),
-        pool=pod_labels[labels.POOL],
-        state=pod_labels.get(labels.POOL_STATE, ""),
-        address=f"{status['podIP']}:{RUNTIME_PORT}" if status.get("podIP") else None,
-        ready=ready,
-        resource_version=meta.get("resourceVersion", ""),
-        claimed_at=claimed_at,
-    )
 
 
 def _init_ms(body: bytes) -> str:
@@ -149,7 +108,7 @@ class PoolClaims:
 
     def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
         uid = (pod.get("metadata") or {}).get("uid", "")
-        found = None if kind == "DELETED" else _pool_pod(pod)
+        found = None if kind == "DELETED" else pool_pod(pod, RUNTIME_PORT)
         if found is None:
             self._pods.pop(uid, None)
         else:
@@ -158,20 +117,9 @@ class PoolClaims:
     # ------------------------------------------------------------------------------------- claims
 
     def idle(self, namespace: str, pool: str) -> list[PoolPod]:
-        """Claimable pods: idle, Ready, with an address, not being claimed by this gateway."""
-        return sorted(
-            (
-                p
-                for p in self._pods.values()
-                if p.namespace == namespace
-                and p.pool == pool
-                and p.state == labels.IDLE
-                and p.ready
-                and p.address
-                and p.name not in self._taken
-            ),
-            key=lambda p: p.name,
-        )
+        """Claimable pods of one pool: idle, Ready, with an address, not being claimed by this gateway."""
+        pods = (p for p in self._pods.values() if p.namespace == namespace and p.pool == pool)
+        return claimable(pods, time.time(), self._taken)
 
     def can_claim(self, fn: FunctionConfig) -> bool:
         return fn.pool is not None and fn.version == LATEST and bool(self.idle(fn.namespace, fn.pool))
@@ -188,73 +136,71 @@ class PoolClaims:
         if fn.pool is None:
             return None
         began = time.monotonic()
-        body_built = asyncio.ensure_future(self.handover(fn))
+        body = asyncio.ensure_future(self._handover_body(fn))  # built once, beside the first claim
         try:
             for _ in range(CLAIM_ATTEMPTS):
                 pod = self._next_idle(fn)
                 if pod is None:
                     return None
-                assert pod.address is not None
-                self._taken.add(pod.name)
-                try:
-                    claimed = asyncio.ensure_future(asyncio.to_thread(self._patch_claim, pod, fn))
-                    try:
-                        body = json.dumps(await body_built).encode()
-                    except BaseException:
-                        await self._settle(claimed, pod)
-                        raise
-                    started = time.monotonic()
-                    handed = await self._hand_over(fn, pod, body)
-                    try:
-                        won = await claimed
-                    except BaseException:
-                        if handed is not None:  # handed a function, its claim unknown: never served
-                            await self._delete(pod)
-                        raise
-                finally:
-                    self._taken.discard(pod.name)
-                done = time.monotonic()
-                pod.state = labels.CLAIMED  # won or lost, never this one again
-                if handed is None or not won:
-                    if handed is not None:  # the pod is ours, its claim someone else's: both delete it
-                        log.info(
-                            "function %s: pool pod %s was claimed by someone else first", fn.key, pod.name
-                        )
-                    if handed is not None or won:  # (a refused hand-over is logged by _hand_over)
-                        await self._delete(pod)
-                    continue
-                log.info(
-                    "function %s: claimed pool pod %s (%s) in %.0f ms: hand-over built %.0f, "
-                    "hand-over and INIT %.0f (INIT %s), the claim beside it",
-                    fn.key,
-                    pod.name,
-                    pod.address,
-                    (done - began) * 1000,
-                    (started - began) * 1000,
-                    (done - started) * 1000,
-                    _init_ms(handed),
-                )
-                # Labelled serving (from then on every gateway sees it as the function's) beside the
-                # first call rather than before it: one API round trip less on the cold start's path.
-                self._spawn(self._mark_serving(pod))
-                return pod.address
+                if await self._race(fn, pod, body, began):
+                    return pod.address
             return None
         finally:
-            if not body_built.done():
-                body_built.cancel()
+            if not body.done():
+                body.cancel()
+
+    async def _handover_body(self, fn: FunctionConfig) -> bytes:
+        return json.dumps(await self.handover(fn)).encode()
+
+    async def _race(
+        self, fn: FunctionConfig, pod: PoolPod, body: asyncio.Future[bytes], began: float
+    ) -> bool:
+        """One attempt on ``pod``: the conditional PATCH and the hand-over together. True when this
+        gateway won both and the pod is ``fn``'s; a pod won by half is deleted."""
+        self._taken.add(pod.name)
+        claimed = asyncio.ensure_future(asyncio.to_thread(self._patch_claim, pod, fn))
+        handed: bytes | None = None
+        try:
+            sent = await body
+            started = time.monotonic()
+            handed = await self._hand_over(fn, pod, sent)
+            won = await claimed
+        except BaseException:
+            # The hand-over never went out, or the claim's outcome is unknown: a pod this gateway won
+            # or handed a function for nothing is deleted (never served).
+            await self._abandon(pod, claimed, handed)
+            raise
+        finally:
+            self._taken.discard(pod.name)
+        done = time.monotonic()
+        pod.state = labels.CLAIMED  # won or lost, never this one again
+        if handed is None or not won:
+            if handed is not None:  # the pod is ours, its claim someone else's: both delete it
+                log.info("function %s: pool pod %s was claimed by someone else first", fn.key, pod.name)
+            if handed is not None or won:  # (a refused hand-over is logged by _hand_over)
+                await self._delete(pod)
+            return False
+        log.info(
+            "function %s: claimed pool pod %s (%s) in %.0f ms: hand-over built %.0f, "
+            "hand-over and INIT %.0f (INIT %s), the claim beside it",
+            fn.key,
+            pod.name,
+            pod.address,
+            (done - began) * 1000,
+            (started - began) * 1000,
+            (done - started) * 1000,
+            _init_ms(handed),
+        )
+        # Labelled serving (from then on every gateway sees it as the function's) beside the first
+        # call rather than before it: one API round trip less on the cold start's path.
+        self._spawn(self._mark_serving(pod))
+        return True
 
     def _next_idle(self, fn: FunctionConfig) -> PoolPod | None:
-        """The idle pod this gateway tries next. Each gateway ranks the pods in an order of its own
-        (rendezvous hashing on its id), so replicas cold-starting at once mostly try different pods
-        instead of all racing for the first."""
+        """The idle pod this gateway tries next, first in its own order (:func:`ranked`)."""
         assert fn.pool is not None
-        candidates = self.idle(fn.namespace, fn.pool)
-        if not candidates:
-            return None
-        gateway = self.gateway_id.encode()
-        return min(
-            candidates, key=lambda p: hashlib.blake2b(gateway + p.name.encode(), digest_size=8).digest()
-        )
+        candidates = ranked(self.gateway_id, self.idle(fn.namespace, fn.pool))
+        return candidates[0] if candidates else None
 
     async def _hand_over(self, fn: FunctionConfig, pod: PoolPod, body: bytes) -> bytes | None:
         """``POST /specialize``: the pod's answer (INIT's duration) when it took this hand-over;
@@ -276,62 +222,48 @@ class PoolClaims:
             return None
         return reply.body
 
-    async def _settle(self, claimed: asyncio.Future[bool], pod: PoolPod) -> None:
-        """A claim whose hand-over never went out: a pod won for nothing is given back by deleting it
-        (it left its pool, which has started its replacement)."""
+    async def _abandon(self, pod: PoolPod, claimed: asyncio.Future[bool], handed: bytes | None) -> None:
+        """An attempt cut short: a pod handed a function, or won by the claim, is deleted (it left its
+        pool, which has started its replacement); one neither won nor handed is left to others."""
         with contextlib.suppress(Exception):
-            if await claimed:
+            if handed is not None or await claimed:
                 await self._delete(pod)
 
     def _patch_claim(self, pod: PoolPod, fn: FunctionConfig) -> bool:
         """The conditional PATCH: True if this gateway won the pod, False if someone changed or took
         it first (409) or it is gone (404)."""
-        pod_labels = {labels.POOL_STATE: labels.CLAIMED, labels.FUNCTION: fn.name}
-        meta: dict[str, Any] = {
-            "resourceVersion": pod.resource_version,  # the precondition: nobody changed it since
-            "labels": pod_labels,
-            "annotations": {
-                labels.CLAIMED_BY: self.gateway_id,
-                CLAIMED_AT: datetime.now(UTC).isoformat(timespec="seconds"),
-            },
-        }
-        if fn.uid:
-            meta["ownerReferences"] = [
-                {"apiVersion": "lamina.dev/v1alpha1", "kind": "Function", "name": fn.name, "uid": fn.uid}
-            ]
+        version = pod.resource_version
         for _ in range(2):
+            patch = claim_patch(version, self.gateway_id, fn.name, fn.uid, time.time())
             try:
-                self.core.patch_namespaced_pod(
-                    pod.name,
-                    pod.namespace,
-                    {"metadata": meta},
-                    field_manager=FIELD_MANAGER,
-                )
+                self.core.patch_namespaced_pod(pod.name, pod.namespace, patch, field_manager=FIELD_MANAGER)
                 return True
             except ApiException as exc:
+                if exc.status == 404:
+                    return False
                 if exc.status != 409:
-                    if exc.status == 404:
-                        return False
                     raise
             # Changed since this gateway saw it: still idle and unclaimed (a status update), it is
             # asked for again at its new version; else someone else took it.
             fresh = self._still_idle(pod)
             if fresh is None:
                 return False
-            meta["resourceVersion"] = fresh
+            version = fresh
         return False
 
     def _still_idle(self, pod: PoolPod) -> str | None:
-        """The pod's current resourceVersion if it is still idle and nobody's claim; else None."""
+        """The pod's current resourceVersion if the race may still take it (idle, nobody's claim, no
+        replica's hold); else None."""
         try:
-            meta = self.core.read_namespaced_pod(pod.name, pod.namespace).metadata
+            raw = self.api.sanitize_for_serialization(self.core.read_namespaced_pod(pod.name, pod.namespace))
         except ApiException:
             return None
-        if meta is None:
+        fresh = pool_pod(raw, RUNTIME_PORT)
+        if fresh is None or fresh.state != labels.IDLE or fresh.held(time.time()):
             return None
-        unclaimed = labels.CLAIMED_BY not in (meta.annotations or {})
-        idle = (meta.labels or {}).get(labels.POOL_STATE) == labels.IDLE
-        return str(meta.resource_version) if idle and unclaimed and not meta.deletion_timestamp else None
+        if labels.CLAIMED_BY in ((raw.get("metadata") or {}).get("annotations") or {}):
+            return None
+        return fresh.resource_version
 
     async def _mark_serving(self, pod: PoolPod) -> None:
         """Label the pod ``serving``, asking again a few times if the API server fails; a pod that
