@@ -2,15 +2,24 @@
 
     export LAMINA_TEST_CLUSTER_DIR=/tmp/lamina-bench
     scripts/test-cluster up --real-node
-    .venv/bin/python benchmarks/pool_cold_start.py [--starts 20] [--burst-functions 10 --burst-calls 50]
+    .venv/bin/python benchmarks/pool_cold_start.py [--starts 20] [--between steady|back-to-back]
+        [--settle 2] [--burst-functions 10 --burst-calls 50]
 
 Installs the chart with the images `scripts/build-images` built (as benchmarks/real_pods.py does) and
 drives the gateway from the host through its NodePort. Measures, for `hello`:
 
 - pause pod:   create -> Ready of a pod running only the pause image (the node's floor for any pod);
 - pool:        request -> response of the first call of a Function at zero on the pool path (the
-               gateway claims an idle pool pod and hands it the function); before each sample the
-               benchmark waits until the pool has an idle Ready pod again, so every sample is a claim;
+               gateway claims an idle pool pod and hands it the function). What comes before each
+               sample decides what is measured (``--between``):
+               steady (default): "a cold start served from the warm pool". The benchmark waits until
+                   the pool is full again and the node has settled: every pod of the pool's app is
+                   idle and Ready, as many as the pool's size, none terminating (the previous sample's
+                   pod reaped and gone), then ``--settle`` seconds more (a Ready pod's own start-up work
+                   ends a moment after its readiness);
+               back-to-back: the pool under refill. The benchmark waits only until one pod is idle and
+                   Ready, so every claim overlaps the start of the replacement pod the pool's
+                   ReplicaSet makes at once (a pod start costs the node ~1 s of CPU of its 2 cores);
 - deployment:  the same with pools off in the namespace (`lamina.dev/pool-size: 0`): the gateway
                scales the Function's Deployment from zero;
 - burst:       N concurrent first calls spread over M Functions at zero (pool path): the time until
@@ -32,6 +41,7 @@ from _common import REPO, RealNodeRelease
 from real_pods import burst_calls, clear, pod_ready_ms, stats
 
 sys.path.insert(0, str(REPO))
+from lamina.resources import labels
 
 HELLO = "def handler(event, context):\n    return {'hello': 'world'}\n"
 POOL_SIZE = "lamina.dev/pool-size"
@@ -53,6 +63,15 @@ def main() -> int:
         default="pause,pool,deployment,burst",
         help="which measurements, comma-separated (default: all four)",
     )
+    parser.add_argument(
+        "--between",
+        choices=("steady", "back-to-back"),
+        default="steady",
+        help="before each pool sample: wait for a full, settled pool (steady) or for one idle pod",
+    )
+    parser.add_argument(
+        "--settle", type=float, default=2.0, help="seconds more after the pool is full (steady)"
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
@@ -65,14 +84,18 @@ def main() -> int:
     def pool_size(size: int) -> None:
         core.patch_namespace(tier.FUNCTIONS_NS, {"metadata": {"annotations": {POOL_SIZE: str(size)}}})
 
-    def idle_ready() -> int:
-        pods = core.list_namespaced_pod(tier.FUNCTIONS_NS, label_selector="lamina.dev/pool-state=idle").items
-        return sum(
+    def pool_pods() -> tuple[int, int]:
+        """(pods of the pool's app, of them idle, Ready and not terminating)."""
+        selector = f"{labels.NAME}={labels.POOL_APP}"
+        pods = core.list_namespaced_pod(tier.FUNCTIONS_NS, label_selector=selector).items
+        ready = sum(
             1
             for p in pods
             if not p.metadata.deletion_timestamp
+            and (p.metadata.labels or {}).get(labels.POOL_STATE) == labels.IDLE
             and any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
         )
+        return len(pods), ready
 
     def functions_at_zero(prefix: str, n: int, path: str) -> list[str]:
         names = [tier.unique(f"{prefix}{i}") for i in range(n)]
@@ -103,10 +126,26 @@ def main() -> int:
         return samples
 
     def wait_pool() -> None:
+        """Back-to-back: until one pod is idle and Ready (the pool may still be refilling)."""
         deadline = time.monotonic() + 120
-        while idle_ready() < 1:
+        while pool_pods()[1] < 1:
             assert time.monotonic() < deadline, "the pool never had an idle Ready pod"
             time.sleep(0.1)
+
+    def wait_steady() -> None:
+        """Steady state: the pool full, every pod of it idle and Ready, none claimed, serving or
+        terminating, then a settle."""
+        deadline = time.monotonic() + 180
+        while pool_pods() != (args.pool_size, args.pool_size):
+            assert time.monotonic() < deadline, f"the pool never settled: {pool_pods()}"
+            time.sleep(0.1)
+        time.sleep(args.settle)
+
+    loads: list[float] = []
+
+    def wait_before_pool_sample() -> None:
+        (wait_steady if args.between == "steady" else wait_pool)()
+        loads.append(os.getloadavg()[0])
 
     try:
         paths = set(args.paths.split(","))
@@ -129,7 +168,11 @@ def main() -> int:
         if "pool" in paths:
             pool_size(args.pool_size)
             names = functions_at_zero("pool", args.starts, "Pool")
-            results.append(stats("cold start from the warm pool", first_calls(names, wait_pool)))
+            label = f"cold start from the warm pool ({args.between})"
+            results.append(stats(label, first_calls(names, wait_before_pool_sample)))
+            results[-1]["between"] = args.between
+            results[-1]["load_1min"] = [min(loads), max(loads)]
+            print(f"{'':40} load average (1 min) {min(loads):.2f} to {max(loads):.2f}", flush=True)
             results.append(stats("  the second call of each (warm)", warm))
             clear(lam)
 
