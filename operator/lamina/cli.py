@@ -22,6 +22,7 @@ def _local(args: argparse.Namespace) -> int:
         allow_local_urls=args.allow_local_urls,
         auth=args.auth,
         keys_file=Path(args.keys_file) if args.keys_file else None,
+        drain_seconds=args.drain_seconds,
     )
     return run_async(serve(options))
 
@@ -82,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="first retry delay of a failed async event (Lambda: about 60 s)",
     )
     local.add_argument("--quiet", action="store_true", help="no line per invocation")
+    local.add_argument(
+        "--drain-seconds",
+        type=float,
+        default=20.0,
+        help="on SIGTERM or Ctrl-C, how long calls, async events and mapping batches in flight may "
+        "still run (default 20); calls left then get ServiceException, events stay queued",
+    )
     local.add_argument(
         "--auth",
         action="store_true",

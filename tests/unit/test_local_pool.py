@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from lamina.environments.base import FunctionConfig
 from lamina.environments.local_pool import LocalProcessPool
 from lamina_runtime.protocol import InvocationRequest
+from tests.support.waiting import wait_for
 
 CODE = """import os, time
 def handler(event, context):
@@ -128,3 +130,43 @@ async def test_versions_have_their_own_environments_and_unrouted_ones_are_retire
         assert pool.describe()["default/f:2"]["provisioned"] == 1
     finally:
         await pool.close()
+
+
+HOLDING = """import os, sys, time
+open(os.environ["PIDS"], "a").write(f"{os.getpid()}\\n")
+if os.environ.get("SLOW_INIT"):
+    time.sleep(600)
+def handler(event, context):
+    open(os.environ["PIDS"], "a").write(f"{os.getpid()}\\n")
+    time.sleep(600)
+"""
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+
+
+@pytest.mark.parametrize("slow_init", [False, True], ids=["while-invoked", "during-init"])
+async def test_a_cancelled_call_then_close_leaves_no_process(tmp_path: Path, slow_init: bool) -> None:
+    """A call cut while it runs (or while its environment's INIT runs) discards its environment; a
+    pool closed right after (lamina local stopping) still stops that environment's process instead of
+    cancelling the stop and leaving the process behind."""
+    (tmp_path / "index.py").write_text(HOLDING)
+    pids = tmp_path / "pids"
+    env = {"PIDS": str(pids), **({"SLOW_INIT": "1"} if slow_init else {})}
+    config = FunctionConfig(name="held", code_dir=str(tmp_path), timeout_seconds=900, environment=env)
+    pool = LocalProcessPool([config], reap_interval=3600)
+    await pool.start()
+    running = asyncio.create_task(pool.invoke(config, InvocationRequest(request_id="r", payload=b"{}")))
+    expected = 1 if slow_init else 2  # INIT wrote its pid; the handler too, once it runs
+    await asyncio.to_thread(wait_for, lambda: pids.exists() and len(pids.read_text().split()) == expected)
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    await pool.close()
+    [pid] = set(map(int, pids.read_text().split()))
+    assert gone(pid)

@@ -40,7 +40,7 @@ from lamina.gateway.app import build_app
 from lamina.gateway.async_queue import AsyncInvocations
 from lamina.gateway.auth import GatewayAuth
 from lamina.gateway.concurrency import ConcurrencyLimiter
-from lamina.gateway.drain import Drain
+from lamina.gateway.drain import Drain, drain_and_stop
 from lamina.gateway.front import FrontSite
 from lamina.gateway.loop import run_async
 from lamina.gateway.registry import FunctionRegistry
@@ -306,30 +306,21 @@ async def stop_serving(
     what still runs with ServiceException, then give back every Lease. Async events still running at
     the end are handed back to the store, due at once: another replica's dispatcher runs them (an
     accepted event is in Redis before its 202, so none is lost)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace
-    await drain.begin(runner)
-    log.info("stopping: %d call(s) in flight get up to %.0f s to finish", drain.running, grace)
     limiter = service.limiter
 
     async def give_back_idle() -> None:
         if leases is not None:
             await leases.drain(limiter.busy)
 
-    stopping_queue = None
-    if queue is not None:  # stops taking events now; those running get the same grace
-        stopping_queue = asyncio.create_task(queue.stop(drain_seconds=grace + QUEUE_CUT_MARGIN_S))
-    await give_back_idle()
-    await drain.settle(deadline, give_back_idle)
-    if stopping_queue is not None:
-        await asyncio.wait([stopping_queue], timeout=max(deadline - loop.time(), 0))
-    pool.abandon()  # what runs now is cut without waiting for its environment's (or holder's) reply
-    if router is not None:
-        router.abandon()
-    await drain.cut()
-    await runner.cleanup()
-    if stopping_queue is not None:
-        await stopping_queue
+    async def stop_queue(grace: float) -> None:
+        assert queue is not None  # stops taking events now; those running get the same grace
+        await queue.stop(drain_seconds=grace + QUEUE_CUT_MARGIN_S)
+
+    # What runs after the grace is cut without waiting for its environment's (or holder's) reply.
+    abandon = [pool.abandon] + ([router.abandon] if router is not None else [])
+    await drain_and_stop(
+        runner, drain, grace, beside=[stop_queue] if queue else [], tick=give_back_idle, abandon=abandon
+    )
     if leases is not None:
         await leases.close()  # the functions this replica served move at once to the next caller's
 

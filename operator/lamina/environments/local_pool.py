@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from lamina.environments.base import FunctionConfig, hand_over
+from lamina.invocation.errors import LambdaServiceError
 from lamina.resources.runtime_env import function_environment, system_log_level
 from lamina_runtime.environment import installation_region
 from lamina_runtime.factory import environment_for, python_version
@@ -83,6 +84,10 @@ class LocalProcessPool:
         }
         self._reaper: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        #: Set by :meth:`close`: no environment starts any more.
+        self._closed = False
+        #: Environments whose INIT runs (in none of the lists yet): close stops them too.
+        self._starting: set[HostedEnvironment] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -95,17 +100,25 @@ class LocalProcessPool:
         self._reaper = asyncio.create_task(self._reap_forever(), name="lamina-reaper")
 
     async def close(self) -> None:
+        """Stop every environment's process group (each handler's own subprocesses too): those idle,
+        busy, being replaced and still in INIT, so that no process outlives the pool."""
+        self._closed = True
         if self._reaper:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        for task in list(self._background):
-            task.cancel()
+        # Replacing or discarding an environment stops its process first (bounded by the runtime's
+        # stop grace): waited for, not cancelled, which could leave the process running.
+        await asyncio.gather(*self._background, return_exceptions=True)
         workers = [e.worker for envs in self._functions.values() for e in (*envs.idle, *envs.busy)]
+        workers += self._starting
         await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
         for envs in self._functions.values():
             envs.idle.clear()
             envs.busy.clear()
+            for waiter in envs.waiters:
+                if not waiter.done():
+                    waiter.cancel()
 
     async def update(self, functions: list[FunctionConfig]) -> None:
         """New configurations take effect for new environments; stale idle ones are retired now."""
@@ -211,7 +224,7 @@ class LocalProcessPool:
     async def _replace(self, envs: _FunctionEnvironments, env: _Environment, stale: bool) -> None:
         """A timed-out or crashed environment is reset; a provisioned one is re-INITialised at once."""
         await env.worker.stop()
-        if stale or not (env.provisioned or envs.waiters):
+        if stale or self._closed or not (env.provisioned or envs.waiters):
             return
         try:
             fresh = await self._new_environment(envs, provisioned=env.provisioned)
@@ -222,7 +235,7 @@ class LocalProcessPool:
 
     async def _discard(self, envs: _FunctionEnvironments, env: _Environment) -> None:
         await env.worker.stop()
-        if envs.waiters and envs.total < self._cap(envs.config):
+        if envs.waiters and not self._closed and envs.total < self._cap(envs.config):
             fresh = await self._new_environment(envs, provisioned=env.provisioned)
             self._hand_over(envs, fresh)
 
@@ -260,11 +273,18 @@ class LocalProcessPool:
             runtime_packages=self.runtime_packages,
             system_log_level=system_log_level(fn.logging),
         )
+        if self._closed:
+            raise LambdaServiceError("the pool is closed: lamina local is stopping")
         envs.starting += 1
+        self._starting.add(worker)
         try:
             await worker.start()
+        except BaseException:
+            await worker.stop()  # a start cut short (its call cancelled) leaves no process behind
+            raise
         finally:
             envs.starting -= 1
+            self._starting.discard(worker)
         return _Environment(worker=worker, provisioned=provisioned, revision=fn.revision)
 
     # -- keep-alive ----------------------------------------------------------------------------

@@ -156,8 +156,10 @@ class BrokerMapping:
         for worker in self.workers:
             worker.start()
 
-    async def stop(self) -> None:
-        await asyncio.gather(*(worker.stop(grace_seconds=5) for worker in self.workers))
+    async def stop(self, grace_seconds: float = 5.0) -> None:
+        """Stop fetching; a batch in flight gets ``grace_seconds`` to finish and be acknowledged, else
+        it is abandoned unacknowledged (the broker delivers its records again)."""
+        await asyncio.gather(*(worker.stop(grace_seconds=grace_seconds) for worker in self.workers))
 
     async def wait(self) -> None:
         await asyncio.gather(*(worker.start() for worker in self.workers))
@@ -211,7 +213,8 @@ class ScheduleMapping:
         if self._task is not None:
             await self._task
 
-    async def stop(self) -> None:
+    async def stop(self, grace_seconds: float = 0.0) -> None:
+        """Stop ticking (a tick only enqueues an event: no invocation of it runs here to wait for)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -160,3 +160,38 @@ class Drain:
             await asyncio.wait(tasks, timeout=within)
             log.warning("%d call(s) running at the end of the grace: answered ServiceException", len(tasks))
         return len(tasks)
+
+
+async def drain_and_stop(
+    runner: web.AppRunner,
+    drain: Drain,
+    grace: float,
+    *,
+    beside: Sequence[Callable[[float], Coroutine[Any, Any, None]]] = (),
+    tick: Callable[[], Awaitable[None]] | None = None,
+    abandon: Sequence[Callable[[], None]] = (),
+) -> None:
+    """A gateway's stop, in cluster and local mode alike: take no more calls, let those in flight run
+    for ``grace`` seconds, answer what still runs with ServiceException, then close the server.
+
+    ``beside``: what stops meanwhile, each called at once with the grace (the async dispatcher and the
+    event-source consumers stop taking work and let theirs finish within it); waited for until the
+    deadline before the cut, and to their end after it. ``tick``: run before the wait and every
+    quarter second during it. ``abandon``: run just before the cut (clients that must stop waiting
+    for an environment's reply, see :meth:`Drain.cut`)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    await drain.begin(runner)
+    log.info("stopping: %d call(s) in flight get up to %.0f s to finish", drain.running, grace)
+    stopping = [asyncio.create_task(stop(grace)) for stop in beside]
+    if tick is not None:
+        await tick()
+    await drain.settle(deadline, tick)
+    if stopping:
+        await asyncio.wait(stopping, timeout=max(deadline - loop.time(), 0))
+    for give_up in abandon:
+        give_up()
+    await drain.cut()
+    await runner.cleanup()
+    if stopping:
+        await asyncio.gather(*stopping)

@@ -32,7 +32,9 @@ from lamina.schedule.stores import SqliteTickStore
 
 class Component(Protocol):
     async def start(self) -> None: ...
-    async def stop(self) -> None: ...
+    async def stop(self, grace_seconds: float) -> None:
+        """Take no more work; let what runs finish within ``grace_seconds`` (then give it back)."""
+
     def describe(self) -> list[str]: ...
     async def status(self) -> dict[str, Any]: ...
 
@@ -65,8 +67,10 @@ class LocalAsyncQueue:
             print(f"lamina local: {released} async event(s) of a previous run resume", flush=True)
         await self.queue.start()
 
-    async def stop(self) -> None:
-        await self.queue.stop(drain_seconds=5)
+    async def stop(self, grace_seconds: float) -> None:
+        """Events still running after the grace are handed back to the store, due at once: the next
+        run resumes them (an accepted event is in the store before its 202, so none is lost)."""
+        await self.queue.stop(drain_seconds=grace_seconds)
 
     def describe(self) -> list[str]:
         return [f"  async queue: {self.path}"]
@@ -107,9 +111,9 @@ class EventSourceMappings:
         for mapping in self.mappings:
             await mapping.start()
 
-    async def stop(self) -> None:
-        for mapping in self.mappings:
-            await mapping.stop()
+    async def stop(self, grace_seconds: float) -> None:
+        """A batch in flight is acknowledged if it finishes within the grace, else left to the broker."""
+        await asyncio.gather(*(mapping.stop(grace_seconds) for mapping in self.mappings))
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [m.snapshot() for m in self.mappings]
@@ -144,7 +148,7 @@ class AliasRollouts:
         if self.functions:
             self._task = asyncio.create_task(self._run(), name="lamina-rollouts")
 
-    async def stop(self) -> None:
+    async def stop(self, grace_seconds: float) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -6,7 +6,6 @@ Gateway + local process pool + async queue (embedded sqlite) + event source mapp
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from lamina.environments.base import FunctionConfig
 from lamina.environments.local_pool import LocalProcessPool
 from lamina.gateway.app import build_app
 from lamina.gateway.concurrency import ConcurrencyLimiter
+from lamina.gateway.drain import Drain, drain_and_stop
 from lamina.gateway.front import FrontSite
 from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
@@ -49,6 +49,8 @@ class LocalOptions:
     allow_local_urls: bool = False
     auth: bool = False
     keys_file: Path | None = None
+    #: On SIGTERM/SIGINT, how long calls, async events and mapping batches in flight may still run.
+    drain_seconds: float = 20.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -125,6 +127,7 @@ class LocalStack:
         self.service: InvocationService | None = None
         self._runner: web.AppRunner | None = None
         self._components: list[Component] = []  # the async queue, then the mappings
+        self.drain = Drain()
         self.access = local_auth(options.auth, options.keys_file, account=self._account)
         self.auth, self.auth_line = self.access.auth, self.access.line
 
@@ -169,9 +172,10 @@ class LocalStack:
         for component in components:
             await component.start()
             self._components.append(component)
-        app = build_app(self.service, self.auth)
+        app = build_app(self.service, self.auth, self.drain)
         app.router.add_get("/lamina/status", self._status)
-        self._runner = web.AppRunner(app, access_log=None)
+        # The drain answers every call before the runner's cleanup: what that still waits for is stuck.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         await FrontSite(self._runner, opts.host, opts.port).start()
 
@@ -183,16 +187,31 @@ class LocalStack:
             doc.update(await component.status())
         return web.json_response(doc)
 
-    async def stop(self) -> None:
+    async def stop(self, grace_seconds: float = 0.0) -> None:
+        """Stop as the cluster's gateway does (lamina.gateway.drain): listen no more and refuse what
+        still arrives on an open connection; calls, async events and mapping batches in flight get
+        ``grace_seconds`` to finish (calls still running then are answered ServiceException, events
+        go back to the queue, unacknowledged records stay with their broker); then every
+        environment's process group is killed, so nothing outlives `lamina local`."""
         if self._runner is not None:
-            await self._runner.cleanup()
-        for component in reversed(self._components):
-            with contextlib.suppress(Exception):
-                await component.stop()
+            await drain_and_stop(self._runner, self.drain, grace_seconds, beside=[self._stop_components])
+        else:
+            await self._stop_components(grace_seconds)
         if self.pool is not None:
             await self.pool.close()
         if self.service is not None:
             self.service.tracer.shutdown()  # flush the spans still batched
+
+    async def _stop_components(self, grace_seconds: float) -> None:
+        """The mappings first (they enqueue into the async queue), the queue last; all within the one
+        grace."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_seconds
+        for component in reversed(self._components):
+            try:
+                await component.stop(max(deadline - loop.time(), 0.0))
+            except Exception as exc:  # the others still stop
+                print(f"lamina local: stopping {type(component).__name__} failed: {exc}", flush=True)
 
     def describe(self) -> str:
         opts = self.options
@@ -246,6 +265,10 @@ async def serve(options: LocalOptions) -> int:
         return 1
     print(stack.describe(), flush=True)
     await stop.wait()
-    print("lamina local: stopping", flush=True)
-    await stack.stop()
+    print(
+        f"lamina local: stopping; calls in flight get up to {options.drain_seconds:g} s to finish",
+        flush=True,
+    )
+    await stack.stop(options.drain_seconds)
+    print("lamina local: stopped", flush=True)
     return 0
