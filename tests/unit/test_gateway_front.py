@@ -11,13 +11,17 @@ import asyncio
 import base64
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from lamina.cluster.gateway import start_http
 from lamina.environments.base import FunctionConfig
 from lamina.environments.endpoints import StaticEndpointSource
 from lamina.environments.http_pool import HttpEnvironmentPool
+from lamina.gateway import front
 from lamina.gateway.drain import Drain
 from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
@@ -182,4 +186,103 @@ async def test_a_caller_that_hangs_up_frees_its_slot_once_the_environment_answer
         writer.write(post(INVOKE, b'{"say": "after"}'))
         status, _, body = await response(reader)
         assert status == 200 and json.loads(body)["echo"] == {"say": "after"}
+        writer.close()
+
+
+async def test_a_head_past_aiohttps_limits_is_aiohttps_to_refuse(tmp_path: Path) -> None:
+    """aiohttp refuses a header line longer than 8190 bytes (400). The front door parsed any head that
+    arrived in one read (asyncio reads up to 256 KiB at once), so it served heads aiohttp refuses: a
+    head past a line's limit or MAX_HEAD goes to aiohttp, whatever the reads it came in."""
+    async with gateway(tmp_path) as (port, _, _):
+        long_line = ["X-Pad: " + "a" * 9000]
+        long_head = [f"X-Pad-{i}: " + "b" * 8000 for i in range(6)]  # 48 KiB of lines within the limit
+        for extra, refused in ((long_line, True), (long_head, False)):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(post(INVOKE, b'{"say": "big head"}', *extra))
+            status, headers, _ = await response(reader)
+            assert "aiohttp" in headers["server"], headers
+            assert status == (400 if refused else 200)
+            writer.close()
+
+
+async def test_connection_close_in_a_second_connection_header_is_honoured(tmp_path: Path) -> None:
+    """Connection is a list header: "close" in any of its fields closes the connection, as aiohttp does."""
+    async with gateway(tmp_path) as (port, _, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(INVOKE, b"{}", "Connection: keep-alive", "Connection: close"))
+        status, headers, _ = await response(reader)
+        assert status == 200 and headers["connection"] == "close"
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+
+
+async def test_a_body_still_arriving_is_not_closed_as_an_idle_connection(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The keep-alive timeout closes a connection idle between requests. A request whose body is still
+    arriving (a 6 MB payload on a slow link) is not idle: aiohttp reads it to its end; the front door
+    closed it at the timeout and the call was lost."""
+    monkeypatch.setattr(front, "KEEPALIVE_S", 0.2)
+    async with gateway(tmp_path) as (port, _, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        request = post(INVOKE, b'{"say": "slowly"}')
+        writer.write(request[:-5])
+        await writer.drain()
+        await asyncio.sleep(1.0)  # five keep-alive timeouts with the body half sent
+        writer.write(request[-5:])
+        status, headers, body = await response(reader)
+        assert (status, headers["server"], json.loads(body)["echo"]) == (200, "lamina", {"say": "slowly"})
+        writer.close()
+
+
+async def test_a_connection_handed_to_aiohttp_while_reading_is_paused_is_read_to_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Back-pressure both ways: a caller that does not read its answers while it sends more than
+    MAX_PENDING has the front door pause reading. When the next request is not one the front door
+    takes, the connection goes to aiohttp, which resumes reading only what it paused itself: the
+    front door must hand it over reading, or a request whose rest was still to come hangs."""
+    monkeypatch.setattr(front, "MAX_PENDING", 64 * 1024)
+    doors: list[front.FrontDoor] = []
+    pause_writing = front.FrontDoor.pause_writing
+
+    def observed(self: front.FrontDoor) -> None:
+        pause_writing(self)
+        doors.append(self)
+
+    monkeypatch.setattr(front.FrontDoor, "pause_writing", observed)
+    async with gateway(tmp_path) as (port, _, _):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the caller reads nothing yet
+        sock.connect(("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        big = json.dumps({"say": "a" * 5_500_000}).encode()  # answered with as much: writing pauses
+        last = json.dumps({"say": "last", "pad": "b" * 200_000}).encode()
+        head = f"POST {INVOKE} HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"
+        chunked = f"{head}{len(last):x}\r\n".encode() + last + b"\r\n0\r\n\r\n"  # aiohttp's to read
+        healthz = b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n"
+        writer.write(post(INVOKE, big) + healthz + chunked[:70_000])
+        await writer.drain()
+        for _ in range(3000):
+            if doors:
+                break
+            await asyncio.sleep(0.01)
+        [door] = doors  # the big answer is written and waits for the caller to read it
+        writer.write(chunked[70_000:71_000])  # more past MAX_PENDING while writing waits: reading pauses
+        await writer.drain()
+        for _ in range(3000):
+            if door._transport is not None and not door._transport.is_reading():
+                break
+            await asyncio.sleep(0.01)
+        status, headers, body = await response(reader)  # writing resumes: GET goes to aiohttp
+        assert (status, headers["server"], json.loads(body)["echo"]["say"]) == (
+            200,
+            "lamina",
+            "a" * 5_500_000,
+        )
+        status, headers, body = await response(reader)
+        assert (status, json.loads(body)) == (200, {"status": "ok"}) and "aiohttp" in headers["server"]
+        writer.write(chunked[71_000:])
+        status, _, body = await response(reader)
+        assert status == 200 and json.loads(body)["echo"]["say"] == "last"
         writer.close()

@@ -50,8 +50,10 @@ PREFIX = "/2015-03-31/functions/"
 SUFFIX = "/invocations"
 #: aiohttp's keep-alive timeout: an idle connection is closed after it.
 KEEPALIVE_S = 75.0
-#: A head longer than this is aiohttp's to refuse (its limits: 8190-byte lines, a 32 KiB head).
+#: A head longer than this, or with a line longer than MAX_LINE, is aiohttp's to serve or refuse
+#: (aiohttp refuses a line past 8190 bytes with 400), however many reads it arrived in.
 MAX_HEAD = 32 * 1024
+MAX_LINE = 8190
 #: While a call runs, received bytes past this pause reading (pipelined requests pile up).
 MAX_PENDING = SYNC_PAYLOAD_LIMIT + MAX_HEAD
 #: A control character other than HTAB (a CR or LF in a line is one): aiohttp refuses such heads.
@@ -110,7 +112,7 @@ def parse_head(text: str) -> Head | None:
     for line in lines:
         # isprintable() is false for every control character (and for a few harmless ones, which
         # the exact check then lets through): one C call per line instead of a regex over the head.
-        if not line.isprintable() and _CONTROL.search(line):
+        if (not line.isprintable() and _CONTROL.search(line)) or len(line) > MAX_LINE:
             return None
     parts = lines[0].split(" ")
     if len(parts) != 3 or parts[0] != "POST" or parts[2] != "HTTP/1.1" or not parts[1].startswith(PREFIX):
@@ -150,7 +152,8 @@ def parse_head(text: str) -> Head | None:
             if key == "Qualifier":
                 qualifier = value
                 break
-    keep_alive = "close" not in headers.get("Connection", "").lower()
+    # A list header: "close" in any of its fields (aiohttp reads every one).
+    keep_alive = not any("close" in value.lower() for value in headers.getall("Connection", ()))
     return Head(target, name, qualifier, headers, length, keep_alive)
 
 
@@ -283,7 +286,7 @@ class FrontDoor(asyncio.Protocol):
                 if len(buf) > MAX_HEAD or b"\n\n" in buf:
                     self._hand_off()  # aiohttp refuses it (or takes bare LF line ends)
                 return
-            head = parse_head(buf[:end].decode("latin-1"))
+            head = parse_head(buf[:end].decode("latin-1")) if end <= MAX_HEAD else None
             if head is None:
                 self._hand_off()
                 return
@@ -366,6 +369,9 @@ class FrontDoor(asyncio.Protocol):
         self._server.connection_lost(self, None)  # type: ignore[arg-type]
         handler = self._server()
         transport.set_protocol(handler)
+        # Reading paused here (MAX_PENDING) is not aiohttp's to resume on every version it may run:
+        # it gets the transport reading, and pauses it itself when its own buffers fill.
+        transport.resume_reading()
         handler.connection_made(transport)
         if self._paused:
             handler.pause_writing()
@@ -374,11 +380,14 @@ class FrontDoor(asyncio.Protocol):
             handler.data_received(data)
 
     def _check_idle(self) -> None:
-        """Close a connection idle for the keep-alive timeout; the timer is moved only when it fires."""
+        """Close a connection idle for the keep-alive timeout; the timer is moved only when it fires.
+        A call being answered, or a request whose body is still arriving, is not idle (aiohttp reads
+        a body to its end, however slowly it comes)."""
         self._timer = None
         if self._transport is None:
             return
-        due = self._loop.time() + KEEPALIVE_S if self._busy else self._last + KEEPALIVE_S
+        active = self._busy or self._head is not None
+        due = self._loop.time() + KEEPALIVE_S if active else self._last + KEEPALIVE_S
         if self._loop.time() >= due:
             self._transport.close()
         else:
