@@ -363,3 +363,31 @@ async def test_rate_ticker_uses_its_anchor() -> None:
 def test_grace_must_be_positive() -> None:
     with pytest.raises(ValueError, match="grace must be positive"):
         ScheduleTicker("k", parse_schedule("rate(1 minute)"), grace=timedelta(0))
+
+
+async def test_a_ticker_stopped_while_it_fires_a_claimed_tick_finishes_firing_it() -> None:
+    """A tick claimed in the store is nobody else's to fire, so a ticker stopped (local mode or the
+    mapping's worker on SIGTERM) between the claim and the end of the fire (the event's enqueue) must
+    finish that fire before it stops: cancelled there, the tick was claimed and never fired."""
+    clock = VirtualClock(T0)
+    entered, release = asyncio.Event(), asyncio.Event()
+    fired: list[datetime] = []
+
+    async def enqueue(tick: datetime) -> None:
+        entered.set()
+        await release.wait()  # the enqueue's write, still in flight
+        fired.append(tick)
+
+    store = MemoryTickStore()
+    task = asyncio.create_task(ticker("rate(1 minute)", clock).run(enqueue, store))
+    await clock.until_parked(1)
+    clock.wake_earliest()
+    await asyncio.wait_for(entered.wait(), 30)
+    task.cancel()
+    await asyncio.sleep(0)  # the cancellation is delivered while the enqueue waits
+    assert not task.done()
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert fired == [at("10:01")]
+    assert await store.last_fired("fn-schedule") == at("10:01")

@@ -89,6 +89,17 @@ class ScheduleTicker:
         return latest
 
     async def _fire_once(self, tick: datetime, fire: Fire, store: TickStore) -> None:
+        """Claim the tick and fire it. Stopped meanwhile (cancelled), the ticker first finishes what
+        it began: a tick claimed is nobody else's to fire, so a claim without its fire would lose
+        the tick (both are one store write each)."""
+        work = asyncio.ensure_future(self._claim_and_fire(tick, fire, store))
+        try:
+            await asyncio.shield(work)
+        except asyncio.CancelledError:
+            await work
+            raise
+
+    async def _claim_and_fire(self, tick: datetime, fire: Fire, store: TickStore) -> None:
         if not await store.claim(self.key, tick):
             return
         try:
