@@ -9,18 +9,18 @@ the host writes itself are shared with custom runtimes (host.HostedEnvironment).
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import os
 import signal
 import socket
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import IO, Any
 
 from .framing import FLUSH_LOG_SIGNAL, PRESPAWNED_ENV, FrameBuffer, FrameError, encode
 from .host import DEFAULT_LANG, DEFAULT_PATH, HostedEnvironment, OutOfMemory, kill_group, peak_memory_mb
+from .prompt import PromptFuture
 from .protocol import InvocationRequest, InvocationResult
 
 RUNTIME_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -29,59 +29,6 @@ RECV_BYTES = 256 * 1024  # what one read of the control socket takes at most
 
 
 Frame = tuple[dict[str, Any], bytes]
-
-
-class _Reply(asyncio.Future[Frame]):
-    """The next frame from the worker, which resumes the task that awaits it at once, in the same
-    turn of the event loop as the frame's bytes arrived, instead of on the loop's next turn: the
-    invocation's answer (the HTTP response of the pod's server) is then written in the turn that read
-    the worker's reply, which saves an ``epoll_wait`` and a turn of the pure-Python loop per
-    invocation.
-
-    Only :meth:`settle` (the channel's protocol callback, outside any task) resumes at once; when a
-    task is running (the frame was already there when it was asked for), and for a cancellation (a
-    timeout, the memory check, a caller that went away), the waiter is scheduled as a plain future
-    schedules it."""
-
-    _waiter: tuple[Callable[[Any], object], contextvars.Context | None] | None = None
-
-    def add_done_callback(
-        self, fn: Callable[[Any], object], *, context: contextvars.Context | None = None
-    ) -> None:
-        if self._waiter is None and not self.done():
-            self._waiter = (fn, context)  # the task awaiting the reply (a Task's wake-up)
-        else:
-            super().add_done_callback(fn, context=context)
-
-    def remove_done_callback(self, fn: Callable[[Any], object]) -> int:
-        if self._waiter is not None and self._waiter[0] == fn:
-            self._waiter = None
-            return 1 + super().remove_done_callback(fn)
-        return super().remove_done_callback(fn)
-
-    def settle(self, frame: Frame | None, error: Exception | None) -> None:
-        """The reply arrived (or the channel failed): resume its waiter now if no task is running."""
-        if error is None:
-            self.set_result(frame)  # type: ignore[arg-type]
-        else:
-            self.set_exception(error)
-        self._resume(now=asyncio.current_task(self.get_loop()) is None)
-
-    def cancel(self, msg: Any | None = None) -> bool:
-        if not super().cancel(msg):
-            return False
-        self._resume(now=False)
-        return True
-
-    def _resume(self, *, now: bool) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is None:
-            return
-        fn, context = waiter
-        if now:
-            (context or contextvars.copy_context()).run(fn, self)
-        else:
-            self.get_loop().call_soon(fn, self, context=context)
 
 
 class _Channel(asyncio.BufferedProtocol):
@@ -97,7 +44,7 @@ class _Channel(asyncio.BufferedProtocol):
         self._buffer = memoryview(bytearray(RECV_BYTES))
         self._frames = FrameBuffer()
         self._ready: deque[Frame] = deque()
-        self._waiter: _Reply | None = None
+        self._waiter: PromptFuture[Frame] | None = None
         self._error: Exception | None = None  # the channel is done: closed, or not frames
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -131,7 +78,7 @@ class _Channel(asyncio.BufferedProtocol):
         if not waiter.done():
             self._settle(waiter)
 
-    def _settle(self, future: _Reply) -> None:
+    def _settle(self, future: PromptFuture[Frame]) -> None:
         if self._ready:
             future.settle(self._ready.popleft(), None)
         else:
@@ -140,9 +87,9 @@ class _Channel(asyncio.BufferedProtocol):
 
     def next_frame(self) -> asyncio.Future[Frame]:
         """The next frame from the worker; FrameError once the channel closed or carries garbage.
-        The task that awaits it resumes in the turn of the loop that read the frame (:class:`_Reply`)."""
+        The task that awaits it resumes in the turn of the loop that read the frame (``prompt``)."""
         assert self._loop is not None
-        future = _Reply(loop=self._loop)
+        future: PromptFuture[Frame] = PromptFuture(loop=self._loop)
         if self._ready or self._error is not None:
             self._settle(future)
         else:

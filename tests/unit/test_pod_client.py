@@ -232,3 +232,34 @@ async def _bytes_with_no_request_out_retire_the_connection() -> None:
 
 def test_bytes_with_no_request_out_retire_the_connection(run) -> None:
     run(_bytes_with_no_request_out_retire_the_connection)
+
+
+def test_a_call_resumes_in_the_turn_that_read_its_reply(run, monkeypatch) -> None:
+    """The caller of ``request`` runs on inside the read of the reply's last bytes (no turn of the
+    loop in between), on both loops: the gateway answers in the turn that read the pod's answer."""
+    from lamina.environments import pod_client
+
+    seen: list[bool] = []
+    caller: list[asyncio.Task[object]] = []
+    received = pod_client._Connection.data_received
+
+    def data_received(self: pod_client._Connection, data: bytes) -> None:
+        received(self, data)
+        if caller and not self.busy:  # the reply is complete
+            seen.append(caller[0].done())
+
+    monkeypatch.setattr(pod_client._Connection, "data_received", data_received)
+
+    async def case(server: Server) -> None:
+        client = PodClient()
+
+        async def call() -> object:
+            reply = await client.request(f"127.0.0.1:{server.port}", "POST", "/invoke", {}, b"abc", 5)
+            return reply.body
+
+        caller.append(asyncio.get_running_loop().create_task(call()))
+        assert await caller[0] == b"cba"
+        client.close()
+
+    run(with_server(case))
+    assert seen == [True]

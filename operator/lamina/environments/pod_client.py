@@ -4,7 +4,9 @@ The hot path of every cluster invocation is one request to one pod. A general cl
 for what this path never needs: URL objects, cookie jars, redirects, chunked and compressed bodies,
 per-request timers and stream readers. Here a keep-alive connection per environment is an
 ``asyncio.Protocol``: the request goes out as one buffer, the reply (always ``Content-Length``-framed
-by the runtime server) is parsed in ``data_received``, and one timer handle bounds the call.
+by the runtime server) is parsed in ``data_received``, and one timer handle bounds the call. The
+awaiting call resumes in the turn of the loop that read the reply (a ``PromptFuture``), so the
+gateway answers its caller without another turn of the loop.
 
 Connections are kept per endpoint and reused; an environment serves one request at a time, so a pod
 usually holds one connection from this gateway (two while its probe and an invocation overlap).
@@ -15,6 +17,8 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
+
+from lamina_runtime.prompt import PromptFuture
 
 #: Longest status line + headers accepted from a runtime server.
 MAX_HEAD = 64 * 1024
@@ -50,7 +54,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self._reply: asyncio.Future[Reply] | None = None
+        self._reply: PromptFuture[Reply] | None = None
         self._idle: asyncio.Future[None] | None = None  # for one whose caller went away (settled())
         self._timer: asyncio.TimerHandle | None = None
         self._buf = bytearray()
@@ -110,9 +114,9 @@ class _Connection(asyncio.Protocol):
         if reply is None or reply.done():
             return
         if isinstance(outcome, Exception):
-            reply.set_exception(outcome)
+            reply.settle(error=outcome)
         else:
-            reply.set_result(outcome)
+            reply.settle(outcome)
 
     def _timed_out(self, seconds: float) -> None:
         self._timer = None
@@ -140,7 +144,8 @@ class _Connection(asyncio.Protocol):
     def send(self, data: bytes, timeout: float) -> asyncio.Future[Reply]:
         assert self.transport is not None and self._reply is None
         loop = asyncio.get_running_loop()
-        self._reply = reply = loop.create_future()
+        reply: PromptFuture[Reply] = PromptFuture(loop=loop)
+        self._reply = reply
         self._timer = loop.call_later(timeout, self._timed_out, timeout)
         self.transport.write(data)
         return reply
