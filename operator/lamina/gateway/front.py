@@ -9,9 +9,9 @@ connection the gateway accepts. It reads the request's head as its bytes arrive 
 (:func:`lamina.gateway.invoke_api.invoke`), the same authentication and authorization
 (:meth:`GatewayAuth.admit`) and the same drain (:class:`Drain`: a stopping gateway refuses it, cuts it
 at the end of the grace). Anything else, or an Invoke request it does not take as it is (a chunked or
-oversized body, ``Expect``, an encoded ``/`` in the name, a head it does not parse, HTTP/1.0), hands
-the connection, with the bytes received so far, to aiohttp's own protocol for the rest of its life: its
-answers, errors and limits are aiohttp's as before.
+oversized body, ``Expect``, an encoded ``/`` in the name, a head it does not parse or that passes
+aiohttp's size limits, HTTP/1.0), hands the connection, with the bytes received so far, to aiohttp's
+own protocol for the rest of its life: its answers, errors and limits are aiohttp's as before.
 
 The connection is registered with aiohttp's ``Server`` as aiohttp's protocol is, so the runner's
 shutdown (close idle connections, let a call in flight finish within the shutdown timeout) treats it
