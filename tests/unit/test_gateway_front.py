@@ -16,12 +16,21 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from botocore.auth import SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from kubernetes import client
 
+from lamina.auth.authenticator import Authenticator
+from lamina.auth.identity import Identity
+from lamina.auth.keys import AccessKey, KeyTable
+from lamina.auth.kube import SubjectAccessReviews
 from lamina.cluster.gateway import start_http
 from lamina.environments.base import FunctionConfig
 from lamina.environments.endpoints import StaticEndpointSource
 from lamina.environments.http_pool import HttpEnvironmentPool
 from lamina.gateway import front
+from lamina.gateway.auth import GatewayAuth
 from lamina.gateway.drain import Drain
 from lamina.gateway.registry import FunctionRegistry
 from lamina.gateway.service import InvocationService
@@ -38,7 +47,9 @@ INVOKE = "/2015-03-31/functions/echo/invocations"
 
 
 @contextlib.asynccontextmanager
-async def gateway(tmp_path: Path) -> AsyncIterator[tuple[int, InvocationService, FunctionConfig]]:
+async def gateway(
+    tmp_path: Path, auth: GatewayAuth | None = None
+) -> AsyncIterator[tuple[int, InvocationService, FunctionConfig]]:
     (tmp_path / "index.py").write_text(CODE)
     endpoint, proc = await start_server(tmp_path, "echo")
     fn = FunctionConfig(name="echo", timeout_seconds=30)
@@ -46,7 +57,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[tuple[int, InvocationService,
     service = InvocationService(FunctionRegistry([fn]), pool)
     await pool.start()
     port = free_port()
-    runner = await start_http(service, "127.0.0.1", port, drain=Drain())
+    runner = await start_http(service, "127.0.0.1", port, auth=auth, drain=Drain())
     try:
         yield port, service, fn
     finally:
@@ -286,3 +297,34 @@ async def test_a_connection_handed_to_aiohttp_while_reading_is_paused_is_read_to
         status, _, body = await response(reader)
         assert status == 200 and json.loads(body)["echo"]["say"] == "last"
         writer.close()
+
+
+async def test_an_authorization_the_platform_cannot_decide_is_lambdas_service_exception(
+    tmp_path: Path,
+) -> None:
+    """With auth on, each call's SubjectAccessReview goes to the API server. When that cannot be
+    reached, the caller gets Lambda's ServiceException (500, x-amzn-ErrorType, JSON), on the front
+    door's path and aiohttp's alike: the front door dropped the connection without an answer, and
+    aiohttp answered its own text/plain 500."""
+    unreachable = client.Configuration()
+    unreachable.host = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    keys = KeyTable([AccessKey("AKIDTEST", "secret", Identity(user="alice"))])
+    reviews = SubjectAccessReviews(client.ApiClient(unreachable))
+    auth = GatewayAuth(Authenticator(keys.lookup, "us-east-1"), reviews)
+    async with gateway(tmp_path, auth) as (port, _, _):
+        url = f"http://127.0.0.1:{port}{INVOKE}"
+        for extra in ({"Content-Length": "2"}, {"Transfer-Encoding": "chunked"}):  # front door, aiohttp
+            request = AWSRequest("POST", url, data=b"{}", headers={"Content-Type": "application/json"})
+            SigV4Auth(Credentials("AKIDTEST", "secret"), "lambda", "us-east-1").add_auth(request)
+            head = [f"{name}: {value}" for name, value in request.headers.items()]
+            body = b"2\r\n{}\r\n0\r\n\r\n" if "Transfer-Encoding" in extra else b"{}"
+            wire = "\r\n".join([f"POST {INVOKE} HTTP/1.1", f"Host: 127.0.0.1:{port}", *head])
+            wire += "".join(f"\r\n{name}: {value}" for name, value in extra.items())
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(wire.encode() + b"\r\n\r\n" + body)
+            status, headers, answer = await response(reader)
+            assert (status, headers["x-amzn-errortype"]) == (500, "ServiceException"), (extra, answer)
+            doc = json.loads(answer)
+            assert doc["Type"] == "Service" and "authoriz" in doc["message"], doc
+            assert headers.get("x-amzn-requestid")
+            writer.close()

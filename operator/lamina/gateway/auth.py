@@ -16,6 +16,7 @@ is streamed); the Invoke API needs the payload signed.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -28,9 +29,13 @@ from lamina.auth.authorizer import Authorizer, CachedAuthorizer
 from lamina.auth.identity import Identity
 from lamina.auth.sigv4 import Headers
 from lamina.environments.base import FunctionConfig, function_arn
+from lamina.gateway.errors import ServiceError
 from lamina.gateway.invoke_api import SERVICE_KEY, error_response
 from lamina.gateway.registry import FunctionRegistry, split_function_name
+from lamina.gateway.url_trigger import platform_failed
 from lamina.invocation.errors import AccessDenied, LambdaServiceError
+
+log = logging.getLogger(__name__)
 
 IDENTITY = "lamina.identity"
 ACTIONS = {"invoke": "lambda:InvokeFunction", "get": "lambda:GetFunction", "list": "lambda:ListFunctions"}
@@ -62,14 +67,22 @@ class GatewayAuth:
     ) -> Identity:
         """The caller of a protected route, authenticated and allowed ``verb`` on the function named
         ``raw_name`` (if any); raises Lambda's error otherwise. The middleware's check, and the front
-        door's for the Invoke API (lamina.gateway.front)."""
-        identity = await self.authenticator.authenticate(
-            method, raw_path, headers, body, allow_unsigned_payload=trigger
-        )
-        if raw_name is not None:
-            target = self.target(registry, raw_name)
-            if target is not None:
-                await self.check(identity, verb, *target)
+        door's for the Invoke API (lamina.gateway.front). A check the platform could not make (the
+        API server unreachable for a TokenReview or SubjectAccessReview) is Lambda's ServiceException,
+        which the SDKs retry, never an answer in another shape or none."""
+        try:
+            identity = await self.authenticator.authenticate(
+                method, raw_path, headers, body, allow_unsigned_payload=trigger
+            )
+            if raw_name is not None:
+                target = self.target(registry, raw_name)
+                if target is not None:
+                    await self.check(identity, verb, *target)
+        except LambdaServiceError:
+            raise
+        except Exception as exc:
+            log.exception("authentication or authorization failed in the platform")
+            raise ServiceError(f"could not authorize the call: {type(exc).__name__}") from exc
         return identity
 
     async def check(self, identity: Identity, verb: str, namespace: str, name: str) -> None:
@@ -140,6 +153,10 @@ def auth_middleware(auth: GatewayAuth) -> Middleware:
         try:
             request[IDENTITY] = await auth.admit(
                 registry, request.method, request.raw_path, request.headers, body, verb, raw_name, trigger
+            )
+        except ServiceError as exc:  # the platform failed, not the caller
+            return (
+                platform_failed(request, exc.message) if trigger else error_response(exc, str(uuid.uuid4()))
             )
         except LambdaServiceError as exc:
             request_id = str(uuid.uuid4())
