@@ -79,6 +79,8 @@ class Worker:
         self.first = os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") != "provisioned-concurrency"
         self.payload = b""
         self.memory_mb = os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]
+        #: The host kills an environment whose peak passed this (process.WorkerProcess._invoke).
+        self.memory_limit = int(self.memory_mb) if self.memory_mb.isdigit() else None
 
     def init(self) -> dict[str, Any]:
         """Run INIT and describe its outcome in the `ready` frame.
@@ -145,7 +147,9 @@ class Worker:
             elif name in env:
                 del env[name]
 
-    def invoke(self, header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+    def invoke(self, header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes, str]:
+        """Run one invocation: its reply frame (header, payload), and the END and REPORT lines
+        still to be written to the container log once the reply is sent (empty when written already)."""
         request_id = header["request_id"]
         self.begin(header)
         out = sys.stdout
@@ -163,18 +167,19 @@ class Worker:
         max_memory = _max_memory_mb()
         init_ms = self.init_duration_ms if self.first else None
         self.first = False
-        # END and REPORT in one write: one line of the container log's pipe fewer per invocation.
-        out.write(
-            platform.end(request_id, "failure" if error is not None else "success", duration_ms)
-            + platform.report(
-                request_id,
-                duration_ms,
-                self.memory_mb,
-                max_memory,
-                init_ms,
-                function_error=error is not None,
-            )
+        # END and REPORT in one write, after the reply (serve): the answer does not wait for the
+        # container log, whose reader (containerd's shim) a write wakes and may give the CPU to
+        # first. They are in the reply's log all the same. Before the reply when the host will kill
+        # this environment for its memory on reading it: the host's error lines then follow them.
+        tail = platform.end(request_id, "failure" if error is not None else "success", duration_ms)
+        tail += platform.report(
+            request_id, duration_ms, self.memory_mb, max_memory, init_ms, function_error=error is not None
         )
+        if self.memory_limit is None or max_memory > self.memory_limit:
+            out.write(tail)
+            tail = ""
+        else:
+            self.log.add(tail)
         reply = {
             "type": "result",
             "request_id": request_id,
@@ -185,7 +190,7 @@ class Worker:
             "max_memory_mb": max_memory,
             "log": self.log.take(),
         }
-        return reply, payload
+        return reply, payload, tail
 
     def _run(self, header: dict[str, Any], body: bytes) -> dict[str, Any] | None:
         """Call the handler; on success leave the JSON result in self.payload, else return an error object."""
@@ -258,8 +263,13 @@ class Worker:
                 return 0
             header, body = frame
             if header.get("type") == "invoke":
-                reply, payload = self.invoke(header, body)
+                reply, payload, tail = self.invoke(header, body)
                 write_frame_fd(self.fd, reply, payload)
+                if tail:  # END and REPORT, already in the reply's log: the container log only
+                    real = sys.__stdout__
+                    assert real is not None
+                    real.write(tail)
+                    real.flush()
 
 
 def take_handover(fd: int) -> bool:

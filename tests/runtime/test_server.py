@@ -295,6 +295,44 @@ def test_a_caller_that_hangs_up_mid_call_leaves_the_environment_serving(serve, w
     assert log.count("END RequestId:") == 2 and log.count("REPORT RequestId:") == 2
 
 
+def test_back_to_back_calls_keep_the_container_log_in_order(serve, write_code):
+    """END and REPORT reach the container log after the reply is sent, yet before the next call's
+    START: a caller that sends the next request at once still finds each invocation's lines together
+    and in Lambda's order, and each reply's log tail ends with its own REPORT."""
+    served = serve(write_code(HANDLER))
+    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
+    ids = []
+    try:
+        for n in range(5):
+            conn.request("POST", "/invoke", body=json.dumps({"n": n}).encode())
+            response = conn.getresponse()
+            assert response.status == 200
+            response.read()
+            rid = response.getheader("Lamina-Request-Id")
+            tail = base64.b64decode(response.getheader("Lamina-Log-Result")).decode()
+            assert tail.rstrip("\n").splitlines()[-1].startswith(f"REPORT RequestId: {rid}")
+            ids.append(rid)
+    finally:
+        conn.close()
+
+    def all_written() -> bool:
+        return served.log.read_text().count("REPORT RequestId:") == 5
+
+    _poll(all_written, "the last REPORT line")
+    lines = [
+        ln for ln in served.log.read_text().splitlines() if "RequestId:" in ln or ln.startswith("handling")
+    ]
+    expected = []
+    for rid in ids:
+        expected += [
+            f"START RequestId: {rid}",
+            f"handling {rid}",
+            f"END RequestId: {rid}",
+            f"REPORT RequestId: {rid}",
+        ]
+    assert [ln for ln, want in zip(lines, expected, strict=True) if not ln.startswith(want)] == []
+
+
 def test_a_call_meant_for_another_function_is_refused_and_runs_nothing(serve, write_code, tmp_path):
     """The gateway names the function it means (Lamina-Function): a pod now serving another one (its
     address was another pod's) answers 421 without running its handler, so its result can never be
