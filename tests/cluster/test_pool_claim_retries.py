@@ -3,7 +3,8 @@
 gateway saw) asked again when it lost only to a stale version, and the ``serving`` label written beside
 the first call, asked again when the API server fails it and the pod deleted when it never succeeds.
 
-Pods are plain pool-labelled pods on kwok's node (nothing runs in them: only the writes are tested).
+Pods are plain pool-labelled pods held out of scheduling (nothing runs them and nobody else writes to
+them: only the claim's writes are tested).
 An API server cannot be told to fail a chosen write on demand, so the ``serving`` tests wrap the
 client's ``patch_namespaced_pod``: the chosen attempts fail before they are sent (as a 503 from the
 API server, or a connection that cannot be made would), every other call reaches the real API server.
@@ -64,7 +65,12 @@ def idle_pod(k8s_api: client.ApiClient, namespace: str, name: str) -> PoolPod:
             "name": name,
             "labels": {labels.NAME: labels.POOL_APP, labels.POOL: POOL, labels.POOL_STATE: labels.IDLE},
         },
-        "spec": {"containers": [{"name": "runtime", "image": "lamina-runtime:test"}]},
+        # Never scheduled: no scheduler or kubelet writes to it, so its resourceVersion changes
+        # only when a test changes it.
+        "spec": {
+            "schedulingGates": [{"name": "lamina.dev/test-held"}],
+            "containers": [{"name": "runtime", "image": "lamina-runtime:test"}],
+        },
     }
     created = core.create_namespaced_pod(namespace, body)
     found = pool_pod(k8s_api.sanitize_for_serialization(created), RUNTIME_PORT)
