@@ -3,7 +3,7 @@
     export LAMINA_TEST_CLUSTER_DIR=/tmp/lamina-bench
     scripts/test-cluster up --real-node
     .venv/bin/python benchmarks/pool_cold_start.py [--starts 20] [--between steady|back-to-back]
-        [--settle 2] [--burst-functions 10 --burst-calls 50]
+        [--settle 2] [--pool-holds N] [--burst-functions 10 --burst-calls 50]
 
 Installs the chart with the images `scripts/build-images` built (as benchmarks/real_pods.py does) and
 drives the gateway from the host through its NodePort. Measures, for `hello`:
@@ -72,10 +72,16 @@ def main() -> int:
     parser.add_argument(
         "--settle", type=float, default=2.0, help="seconds more after the pool is full (steady)"
     )
+    parser.add_argument(
+        "--pool-holds",
+        type=int,
+        help="the gateway's idle pods held ahead per pool (chart gateway.poolHolds; default: the chart's)",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
-    release = RealNodeRelease.start()
+    helm = () if args.pool_holds is None else ("--set", f"gateway.poolHolds={args.pool_holds}")
+    release = RealNodeRelease.start(*helm)
     if release is None:
         return 2
     tier, core, lam = release.tier, release.core, release.lamina

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_operator_reconcile import Cluster, Operator, function
 
 from lamina.resources import labels
+from lamina.resources.pool_pods import HELD_BY
 from tests.cluster.stack import Gateway, LaminaStack, PodRunner, invoke, parent_pid, wait_invocable
 
 HANDLER = """
@@ -250,3 +251,96 @@ def test_a_pool_pod_handed_to_someone_else_first_is_deleted_though_its_claim_was
         message="the pod handed to someone else is deleted",
     )
     assert "refused the hand-over (409)" in gw.log.read_text()
+
+
+def listening_idle(k8s: Cluster, pods: PodRunner) -> list[Any]:
+    """Idle pool pods whose server answers (kwok marks a pod Ready before its process listens)."""
+
+    def answers(uid: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{pods.endpoints[uid]}/healthz", timeout=5) as reply:
+                return bool(reply.status == 200)
+        except (OSError, KeyError):
+            return False
+
+    return [p for p in running_idle(k8s, pods) if answers(p.metadata.uid)]
+
+
+def held_by(k8s: Cluster) -> dict[str, str]:
+    """Idle pool pods some replica holds: pod name -> the replica."""
+    return {
+        p.metadata.name: (p.metadata.annotations or {})[HELD_BY]
+        for p in pool_pods(k8s, labels.IDLE)
+        if (p.metadata.annotations or {}).get(HELD_BY)
+    }
+
+
+def test_replicas_hold_pool_pods_ahead_and_cold_start_on_their_own_holds_only(pooled, wait_until) -> None:
+    """Each gateway holds one idle pod of a pool it cold-starts from, never the pool's last one the
+    race could take; a cold start on a held pod needs only the hand-over and labels the pod serving
+    the function; another replica's cold start never takes a pod held by a live replica; a replica
+    that stops gives its holds back at once."""
+    k8s, gateway, pods, _ = pooled
+    k8s.core.patch_namespace(k8s.ns, {"metadata": {"annotations": {labels.POOL_SIZE: "3"}}})
+    for name in ("one", "two", "three", "four"):
+        pooled_function(k8s, name, wait_until)
+    wait_until(lambda: len(listening_idle(k8s, pods)) == 3, timeout=60, message="three idle pool pods")
+    a, b = gateway(), gateway()
+    for gw in (a, b):
+        for name in ("one", "two", "three", "four"):
+            wait_until(lambda gw=gw, name=name: _known(gw, name), timeout=60, message=f"{name} known")
+
+    assert invoke(a.lambda_client(), "one", {})[1]["fn"] == "one"  # a claims by the race, then holds
+    wait_until(
+        lambda: len(listening_idle(k8s, pods)) == 3 and len(held_by(k8s)) == 1,
+        timeout=60,
+        message="the pool refilled and a holds a pod",
+    )
+    [(a_pod, a_id)] = held_by(k8s).items()
+    assert invoke(b.lambda_client(), "two", {})[1]["fn"] == "two"  # the race again (b holds none)
+    wait_until(
+        lambda: len(listening_idle(k8s, pods)) == 3 and len(set(held_by(k8s).values())) == 2,
+        timeout=60,
+        message="the pool refilled and b holds a pod too",
+    )
+    holds = held_by(k8s)
+    assert len(holds) == 2 and holds[a_pod] == a_id  # one each: the third is left to the race
+    [b_pod] = [name for name, holder in holds.items() if holder != a_id]
+
+    # b's next cold start takes its own held pod, not a's.
+    _, body = invoke(b.lambda_client(), "three", {})
+    assert body["fn"] == "three"
+    served = k8s.core.read_namespaced_pod(b_pod, k8s.ns)
+    assert parent_pid(body["pid"]) == pods.servers[served.metadata.uid].pid
+    wait_until(
+        lambda: (
+            (k8s.core.read_namespaced_pod(b_pod, k8s.ns).metadata.labels or {}).get(labels.POOL_STATE)
+            == labels.SERVING
+        ),
+        message="the held pod labelled serving beside its first call",
+    )
+    claimed = k8s.core.read_namespaced_pod(b_pod, k8s.ns).metadata
+    assert (claimed.labels or {})[labels.FUNCTION] == "three"
+    assert HELD_BY not in (claimed.annotations or {}) and (claimed.annotations or {}).get(labels.CLAIMED_BY)
+    wait_until(  # the pool's ReplicaSet lets go of a pod that left its selector
+        lambda: (
+            [(o.kind, o.name) for o in k8s.core.read_namespaced_pod(b_pod, k8s.ns).metadata.owner_references]
+            == [("Function", "three")]
+        ),
+        message="the held pod owned by its Function alone",
+    )
+    assert held_by(k8s).get(a_pod) == a_id  # a's hold untouched
+    assert "held pool pod" in b.log.read_text()
+
+    # Every function served by a pod of its own.
+    owners: dict[str, str] = {}
+    for p in pool_pods(k8s):
+        fn = (p.metadata.labels or {}).get(labels.FUNCTION)
+        if fn:
+            assert owners.setdefault(p.metadata.name, fn) == fn
+    assert sorted(owners.values()) == ["one", "three", "two"]
+
+    a.stop()  # a clean stop gives a's hold back at once (not when it expires)
+    wait_until(lambda: a_id not in held_by(k8s).values(), timeout=30, message="a's hold given back")
+    wait_until(lambda: len(listening_idle(k8s, pods)) == 3, timeout=60, message="the pool refilled")
+    assert invoke(b.lambda_client(), "four", {})[1]["fn"] == "four"

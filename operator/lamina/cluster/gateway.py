@@ -193,9 +193,10 @@ async def serve(settings: GatewaySettings) -> int:
     )
     limiter = ConcurrencyLimiter(settings.concurrency_limit)
     leases = router = None
+    # One identity per process (Leases and pool holds name it): two gateways on one host never share.
+    identity = f"{socket.gethostname()}-{os.getpid()}"
     if settings.replicated:
         assert settings.advertise and settings.peer_token
-        identity = f"{socket.gethostname()}-{os.getpid()}"
         leases = FunctionLeases(
             api,
             identity,
@@ -205,7 +206,7 @@ async def serve(settings: GatewaySettings) -> int:
             on_replicas=limiter.set_replicas,
         )
         router = PeerRouter(leases, settings.peer_token, settings.cold_start_timeout)
-    claims = PoolClaims(api, namespaces, handover, gateway_id=socket.gethostname())
+    claims = PoolClaims(api, namespaces, handover, gateway_id=identity, holds=settings.pool_holds)
     pool = HttpEnvironmentPool(
         source,
         [],
@@ -282,6 +283,7 @@ async def serve(settings: GatewaySettings) -> int:
     if access is not None:
         access.stop()
     await pool.close()
+    await claims.close()  # its holds go back to the pools at once
     service.tracer.shutdown()  # flush the spans still batched
     return 0
 

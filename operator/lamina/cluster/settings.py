@@ -69,6 +69,11 @@ class GatewaySettings:
     lease_seconds: float = _option(
         15.0, "duration of a function's Lease (a lost replica's functions move after it)"
     )
+    pool_holds: int = _option(
+        1,
+        "idle warm pool pods this replica holds ahead, per pool it cold-starts from, so a cold start "
+        "there needs only the pod's hand-over (0: each claims with an API round trip beside it)",
+    )
     async_queue_limit: int = _option(
         MAX_QUEUED_PER_FUNCTION, "Event invocations one function may have queued (0: no limit)"
     )
