@@ -316,8 +316,12 @@ class PoolClaims:
         await self._delete(pod)
 
     def _patch_held_claim(self, pod: PoolPod, fn: FunctionConfig) -> bool:
+        """The claim of a held pod: True once written; False when it is gone, no longer idle or no
+        longer this replica's hold (someone else's claim came first)."""
         version: str | None = pod.resource_version
-        while version is not None:
+        for _ in range(MARK_ATTEMPTS):
+            if version is None:
+                return False
             patch = claim_patch(version, self.gateway_id, fn.name, fn.uid, time.time(), labels.SERVING)
             try:
                 self.core.patch_namespaced_pod(pod.name, pod.namespace, patch, field_manager=FIELD_MANAGER)
@@ -328,7 +332,7 @@ class PoolClaims:
                 if exc.status != 409:
                     raise
             version = self._still_held(pod)  # changed since: a status update, or a claim
-        return False
+        raise ApiException(status=409, reason="the pod kept changing")  # asked again by _claim_held
 
     def _read(self, pod: PoolPod) -> tuple[PoolPod | None, dict[str, Any]]:
         """The pod as the API server has it now (None when it is gone or no pool pod), and its dict."""
@@ -469,14 +473,20 @@ class PoolClaims:
                 writes.append(
                     self._write_hold(pod, hold_patch(pod.resource_version, self.gateway_id, now + HOLD_S))
                 )
+        taking = set()  # kept from this replica's own race while their holds are written
         for namespace, pool in self._wanted:
             pods = [p for p in self._pods.values() if p.namespace == namespace and p.pool == pool]
             busy = self._taken | self._handed
             for pod in to_hold(pods, self.gateway_id, now, self.holds, HOLD_MARGIN_S, busy):
+                taking.add(pod.name)
                 writes.append(
                     self._write_hold(pod, hold_patch(pod.resource_version, self.gateway_id, now + HOLD_S))
                 )
-        await asyncio.gather(*writes)
+        self._taken |= taking
+        try:
+            await asyncio.gather(*writes)
+        finally:
+            self._taken -= taking
 
     async def _write_hold(self, pod: PoolPod, patch: dict[str, Any]) -> None:
         """Send a hold's patch; the pod as written is what this replica sees of it from then on (the
