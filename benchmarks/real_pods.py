@@ -4,6 +4,7 @@
     scripts/test-cluster up --real-node
     .venv/bin/python benchmarks/real_pods.py [--cold-starts 20] [--warm-calls 500] [--throughput-seconds 10]
         [--pools N] [--phases pause,apply,cold,warm,throughput,burst] [--json FILE]
+        [--python python3.13] [--system-log-level WARN]
 
 Uses the cluster in $LAMINA_TEST_CLUSTER_DIR (it must have a real node), loads the images
 `scripts/build-images` built (python3.12) and installs the chart with them (`helm upgrade --install`,
@@ -142,7 +143,23 @@ def main() -> int:
     if release is None:
         return 2
     lam, core = release.lamina, release.core
-    results: list[dict[str, Any]] = []
+    # Which interpreter every figure below used: the suite's 3.12 is built without PGO/LTO.
+    python_build = (
+        "CPython built from source, no PGO/LTO" if args.python == "python3.12" else "Debian's build"
+    )
+    print(
+        f"functions on {args.python}, gateway and operator on {args.python} ({python_build}); "
+        f"system log level {args.system_log_level}",
+        flush=True,
+    )
+    results: list[dict[str, Any]] = [
+        {
+            "what": "setup",
+            "python": args.python,
+            "python_build": python_build,
+            "systemLogLevel": args.system_log_level,
+        }
+    ]
     node = release.cpm.realnode.RealNode(release.cp.state_dir)
     bench = Bench(lam, core, node.nsenter(), args, results, Path(release.cp.state_dir))
     try:
