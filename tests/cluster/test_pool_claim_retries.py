@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import pytest
 import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -186,11 +185,6 @@ def test_the_serving_label_of_a_pod_already_gone_is_not_asked_again(
     assert core.serving_patches == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pool_claims._mark_serving retries ApiException only: a connection error (urllib3) ends the "
-    "task with the pod labelled claimed, which the sweep deletes STALE_CLAIM_S later while it serves",
-)
 def test_the_serving_label_is_asked_again_when_the_api_server_cannot_be_reached(
     k8s_api: client.ApiClient, namespace: str
 ) -> None:

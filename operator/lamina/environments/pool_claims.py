@@ -36,6 +36,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
@@ -56,6 +57,10 @@ from lamina.resources.pool_pods import (
 )
 
 log = logging.getLogger(__name__)
+
+#: What the client raises when no answer came at all (connection refused or reset, a timeout): a
+#: write that may be asked again, like the API server's own failures.
+UNREACHABLE = (urllib3.exceptions.HTTPError, OSError)
 
 RUNTIME_PORT = 8080
 FIELD_MANAGER = "lamina-gateway"
@@ -312,6 +317,8 @@ class PoolClaims:
                 break
             except ApiException as exc:
                 log.warning("pool pod %s/%s: cannot claim it: %s", pod.namespace, pod.name, exc.reason)
+            except UNREACHABLE as exc:
+                log.warning("pool pod %s/%s: cannot claim it: %s", pod.namespace, pod.name, exc)
             await asyncio.sleep(0.2 * (attempt + 1))
         await self._delete(pod)
 
@@ -434,6 +441,8 @@ class PoolClaims:
                 if exc.status == 404:
                     return
                 log.warning("pool pod %s/%s: cannot mark it serving: %s", pod.namespace, pod.name, exc.reason)
+            except UNREACHABLE as exc:
+                log.warning("pool pod %s/%s: cannot mark it serving: %s", pod.namespace, pod.name, exc)
             await asyncio.sleep(0.2 * (attempt + 1))
         await self._delete(pod)
 
@@ -524,6 +533,8 @@ class PoolClaims:
         except ApiException as exc:
             if exc.status != 404:
                 log.warning("pool pod %s/%s: cannot delete it: %s", pod.namespace, pod.name, exc.reason)
+        except UNREACHABLE as exc:  # a claimed one is swept later, a held one's hold expires
+            log.warning("pool pod %s/%s: cannot delete it: %s", pod.namespace, pod.name, exc)
 
     async def _sweep_forever(self) -> None:
         while True:
