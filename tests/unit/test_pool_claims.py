@@ -208,3 +208,23 @@ def test_a_hold_is_renewed_a_third_through() -> None:
         assert len(core.writes) == writes + 1 and len(held_by(core)) == 1  # renewed, the same one
 
     asyncio.run(scenario())
+
+
+def test_a_replica_that_cannot_reach_the_api_server_stops_all_the_same() -> None:
+    """Giving holds back on stop when no answer comes: logged, the holds left to expire."""
+
+    async def scenario() -> None:
+        core, pods = Core([api_pod(i) for i in range(3)]), Pods()
+        claims = claims_on(core, pods)
+        claims._wanted[("ns", POOL)] = time.monotonic()
+        await claims.hold(time.time())
+        [held] = held_by(core)
+
+        def unreachable(*args: Any, **kwargs: Any) -> None:
+            raise ConnectionRefusedError("the API server is gone")
+
+        core.patch_namespaced_pod = unreachable  # type: ignore[method-assign]
+        await claims.close()
+        assert held_by(core) == {held: "gw-1"}  # left to expire
+
+    asyncio.run(scenario())

@@ -508,6 +508,9 @@ class PoolClaims:
             if exc.status not in (404, 409):
                 log.warning("pool pod %s/%s: cannot hold it: %s", pod.namespace, pod.name, exc.reason)
             return
+        except UNREACHABLE as exc:  # a hold not renewed expires; one not given back too
+            log.warning("pool pod %s/%s: cannot hold it: %s", pod.namespace, pod.name, exc)
+            return
         raw = self.api.sanitize_for_serialization(written)
         found = pool_pod(raw, RUNTIME_PORT)
         uid = (raw.get("metadata") or {}).get("uid", "")
