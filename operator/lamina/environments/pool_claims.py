@@ -86,6 +86,26 @@ HOLD_WANTED_S = 600.0
 Handover = Callable[[FunctionConfig], Awaitable[dict[str, Any]]]
 
 
+def _log_cold_start(
+    fn: FunctionConfig, pod: PoolPod, how: str, claim: str, began: float, started: float, done: float,
+    handed: bytes,
+) -> None:  # fmt: skip
+    """One line per cold start on a pool pod, with its phases (docs/benchmarks.md reads them)."""
+    log.info(
+        "function %s: %s pool pod %s (%s) in %.0f ms: hand-over built %.0f, "
+        "hand-over and INIT %.0f (INIT %s), the claim %s it",
+        fn.key,
+        how,
+        pod.name,
+        pod.address,
+        (done - began) * 1000,
+        (started - began) * 1000,
+        (done - started) * 1000,
+        _init_ms(handed),
+        claim,
+    )
+
+
 def _init_ms(body: bytes) -> str:
     """INIT's duration as the pod's hand-over answer gives it, for the log."""
     try:
@@ -256,17 +276,7 @@ class PoolClaims:
             if handed is not None or won:  # (a refused hand-over is logged by _hand_over)
                 await self._delete(pod)
             return False
-        log.info(
-            "function %s: claimed pool pod %s (%s) in %.0f ms: hand-over built %.0f, "
-            "hand-over and INIT %.0f (INIT %s), the claim beside it",
-            fn.key,
-            pod.name,
-            pod.address,
-            (done - began) * 1000,
-            (started - began) * 1000,
-            (done - started) * 1000,
-            _init_ms(handed),
-        )
+        _log_cold_start(fn, pod, "claimed", "beside", began, started, done, handed)
         # Labelled serving (from then on every gateway sees it as the function's) beside the first
         # call rather than before it: one API round trip less on the cold start's path.
         self._spawn(self._mark_serving(pod))
@@ -291,17 +301,7 @@ class PoolClaims:
             return False
         self._handed.add(pod.name)
         done = time.monotonic()
-        log.info(
-            "function %s: held pool pod %s (%s) in %.0f ms: hand-over built %.0f, "
-            "hand-over and INIT %.0f (INIT %s), the claim after it",
-            fn.key,
-            pod.name,
-            pod.address,
-            (done - began) * 1000,
-            (started - began) * 1000,
-            (done - started) * 1000,
-            _init_ms(handed),
-        )
+        _log_cold_start(fn, pod, "held", "after", began, started, done, handed)
         self._spawn(self._claim_held(pod, fn))
         return True
 
@@ -309,18 +309,26 @@ class PoolClaims:
         """Label a held pod that took ``fn``'s hand-over claimed and ``serving`` in one conditional
         write, beside the first call. Lost (its hold ended and another gateway claimed it meanwhile),
         or never written after a few tries, the pod is deleted: it served ``fn`` alone either way."""
+        won = await self._ask_again(pod, "claim it", lambda: self._patch_held_claim(pod, fn))
+        if won:
+            return
+        if won is False:
+            log.warning("function %s: held pool pod %s was claimed by someone else", fn.key, pod.name)
+        await self._delete(pod)
+
+    async def _ask_again(self, pod: PoolPod, what: str, write: Callable[[], bool]) -> bool | None:
+        """Run the blocking ``write`` (in a thread) until it answers, asking again a few times when the
+        API server fails or cannot be reached: its answer, or None when none came."""
         for attempt in range(MARK_ATTEMPTS):
             try:
-                if await asyncio.to_thread(self._patch_held_claim, pod, fn):
-                    return
-                log.warning("function %s: held pool pod %s was claimed by someone else", fn.key, pod.name)
-                break
+                return await asyncio.to_thread(write)
             except ApiException as exc:
-                log.warning("pool pod %s/%s: cannot claim it: %s", pod.namespace, pod.name, exc.reason)
+                why = exc.reason
             except UNREACHABLE as exc:
-                log.warning("pool pod %s/%s: cannot claim it: %s", pod.namespace, pod.name, exc)
+                why = str(exc)
+            log.warning("pool pod %s/%s: cannot %s: %s", pod.namespace, pod.name, what, why)
             await asyncio.sleep(0.2 * (attempt + 1))
-        await self._delete(pod)
+        return None
 
     def _patch_held_claim(self, pod: PoolPod, fn: FunctionConfig) -> bool:
         """The claim of a held pod: True once written; False when it is gone, no longer idle or no
@@ -427,24 +435,18 @@ class PoolClaims:
         cannot be labelled is deleted (a claimed pod never labelled would be swept as a claim whose
         gateway died), and one already gone (404) is left to the watch, which stops routing to it."""
         patch = {"metadata": {"labels": {labels.POOL_STATE: labels.SERVING}}}
-        for attempt in range(MARK_ATTEMPTS):
+
+        def label() -> bool:
             try:
-                await asyncio.to_thread(
-                    self.core.patch_namespaced_pod,
-                    pod.name,
-                    pod.namespace,
-                    patch,
-                    field_manager=FIELD_MANAGER,
-                )
-                return
+                self.core.patch_namespaced_pod(pod.name, pod.namespace, patch, field_manager=FIELD_MANAGER)
             except ApiException as exc:
                 if exc.status == 404:
-                    return
-                log.warning("pool pod %s/%s: cannot mark it serving: %s", pod.namespace, pod.name, exc.reason)
-            except UNREACHABLE as exc:
-                log.warning("pool pod %s/%s: cannot mark it serving: %s", pod.namespace, pod.name, exc)
-            await asyncio.sleep(0.2 * (attempt + 1))
-        await self._delete(pod)
+                    return False
+                raise
+            return True
+
+        if await self._ask_again(pod, "mark it serving", label) is None:
+            await self._delete(pod)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` beside the calls, keeping a reference until it ends."""
