@@ -7,7 +7,20 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import brokers
+from tests.support import brokers, builds
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that need nothing built first, those waiting for the longest builds last (see builds)."""
+    builds.order(items)
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Wait for the builds a test needs before its timeout starts (a first build takes minutes)."""
+    builds.wait_for(item)
+    yield
 
 
 @pytest.fixture
@@ -23,7 +36,7 @@ def private_redis(tmp_path: Path) -> Iterator[brokers.RedisServer]:
 @pytest.fixture(scope="session")
 def python312() -> str:
     """A CPython 3.12 interpreter: the one scripts/build-python builds (cached under ~/.cache/lamina;
-    scripts/test builds it first, so here it is only looked up)."""
+    waited for before the test starts, see builds, so here it is only looked up)."""
     import subprocess
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "build-python"

@@ -60,6 +60,7 @@ FIELD_MANAGER = "lamina-tests"
 REAL_POD_TESTS = _HERE / "pods"
 _build_error = pytest.StashKey[str]()
 _wants_real_node = pytest.StashKey[bool]()
+_to_build = pytest.StashKey[set[str]]()
 
 
 def _flag(name: str) -> bool:
@@ -89,22 +90,40 @@ def wants_real_node(config: pytest.Config) -> bool:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Build the binaries (and, for real pods, the images) before any test runs, outside the per-test
-    timeout (the first build is long)."""
+    """Decide whether this session's cluster gets a real node; what it needs is built later, before
+    the first test that needs it (``pytest_runtest_protocol``)."""
     config = session.config
     if config.option.collectonly or _skip_requested() or os.environ.get("KUBECONFIG"):
         return
     if not any("kubeconfig" in getattr(i, "fixturenames", ()) for i in session.items):
         return
-    real = not _flag("LAMINA_SKIP_REAL_NODE") and any(
+    config.stash[_wants_real_node] = not _flag("LAMINA_SKIP_REAL_NODE") and any(
         i.get_closest_marker("realnode") is not None for i in session.items
     )
-    config.stash[_wants_real_node] = real
-    running = cp_mod.running()
+    config.stash[_to_build] = {"control-plane", "images"} if wants_real_node(config) else {"control-plane"}
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Build the binaries before the first cluster test, and the images before the first real-pod
+    test, outside the per-test timeout: a first build is long, and scripts/test runs these builds in
+    the background while the tests that need none run (a build already under way is waited for)."""
+    _build_for(item)
+    yield
+
+
+def _build_for(item: pytest.Item) -> None:
+    config = item.config
+    pending: set[str] = config.stash.get(_to_build, set())
+    if not pending or "kubeconfig" not in getattr(item, "fixturenames", ()):
+        return
     try:
-        if running is None:
-            cp_mod.bin_dir(build=True, node=real)
-        if real:
+        if "control-plane" in pending:
+            pending.discard("control-plane")
+            if cp_mod.running() is None:
+                cp_mod.bin_dir(build=True, node=wants_real_node(config))
+        if "images" in pending and item.get_closest_marker("realnode") is not None:
+            pending.discard("images")
             from tests.cluster.pods import images
 
             images.build()
@@ -129,7 +148,7 @@ def control_plane(request: pytest.FixtureRequest) -> Iterator[Any]:
         return
     err = request.config.stash.get(_build_error, None)
     if err:
-        pytest.fail(f"cannot build the test control plane: {err}", pytrace=False)
+        pytest.fail(f"cannot build what the cluster tests need: {err}", pytrace=False)
     prefix = "lamina-pytest-cluster-"
     state = Path(tempfile.mkdtemp(prefix=prefix))
     owner = cp_mod.hold(state)  # held for the session: a cluster whose lock is free was abandoned

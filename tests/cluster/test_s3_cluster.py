@@ -18,6 +18,8 @@ import pytest
 from tests.cluster.test_operator_reconcile import Cluster, Operator, cluster, crds, function  # noqa: F401
 from tests.support.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
+pytestmark = pytest.mark.builds("s3-server")
+
 BUCKET = "lamina-cluster-code"
 
 

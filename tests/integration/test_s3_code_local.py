@@ -19,6 +19,8 @@ import pytest
 from tests.support.local_mode import LocalServer
 from tests.support.s3server import ACCESS_KEY, SECRET_KEY, S3Server
 
+pytestmark = pytest.mark.builds("s3-server")
+
 BUCKET = "lamina-code"
 
 

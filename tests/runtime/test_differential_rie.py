@@ -28,6 +28,8 @@ import pytest
 from lamina_runtime.process import WorkerProcess
 from lamina_runtime.protocol import InvocationRequest
 
+pytestmark = pytest.mark.builds("rie")
+
 REPO = Path(__file__).resolve().parents[2]
 FUNCTION = "differential"
 

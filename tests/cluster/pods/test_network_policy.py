@@ -37,6 +37,8 @@ from tests.cluster.pods.conftest import (
     wait_for,
 )
 
+pytestmark = pytest.mark.builds("kube-router")
+
 REPO = Path(__file__).resolve().parents[3]
 SERVICE_RANGE = "10.0.0.0/24"  # the test cluster's Services (docs/test-cluster.md)
 

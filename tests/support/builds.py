@@ -1,0 +1,105 @@
+"""What a test needs built before it runs, the order that follows from it, and the wait for it.
+
+``scripts/test`` starts every build in the background and runs pytest at once, so that the tests that
+need nothing built run while the Go builds still use the CPU (on a fresh 2-core machine the builds
+take ~20 minutes and pytest alone leaves most of a core idle). A test module declares what it needs
+with ``pytest.mark.builds("s3-server", ...)``; the cluster tiers (``tests/cluster``,
+``tests/cluster/pods``) and the ``python312`` fixture imply theirs. Tests then run in the order of
+what they wait for (modules kept whole), and each build is waited for *before* the first test that
+needs it, outside its per-test timeout: the build scripts are idempotent and serialise on a lock, so
+calling one while ``scripts/test``'s background copy runs just waits for it, and calling it again
+returns at once. The test's own fixture then calls the script as before and reports its error if it
+failed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: name → the command that builds it (prints its result last; waits on its lock when already running).
+SCRIPTS: dict[str, tuple[str, ...]] = {
+    "jars": ("scripts/fetch-jars", "kafka", "elasticmq"),
+    "python3.12": ("scripts/build-python", "3.12"),
+    "s3-server": ("scripts/build-s3-server",),
+    "rie": ("scripts/build-rie",),
+    "kube-router": ("scripts/build-kube-router",),
+}
+
+#: When a test runs, by what it waits for: first what needs nothing, last what needs the longest
+#: builds. "control-plane" and "real-node" are waited for by tests/cluster/conftest.py.
+RANK: dict[str, int] = {
+    "jars": 1,
+    "python3.12": 2,
+    "s3-server": 3,
+    "rie": 3,
+    "control-plane": 4,
+    "real-node": 5,
+    "kube-router": 6,
+}
+
+_CLUSTER = REPO / "tests" / "cluster"
+_REAL_POD_TESTS = _CLUSTER / "pods"
+_UNIT = REPO / "tests" / "unit"
+_BROKERS = REPO / "tests" / "brokers"  # Kafka and ElasticMQ run from the jars
+_waited: dict[str, bool] = {}
+
+
+def needs(item: pytest.Item) -> set[str]:
+    """The builds ``item`` waits for."""
+    names = {str(n) for mark in item.iter_markers("builds") for n in mark.args}
+    if "python312" in getattr(item, "fixturenames", ()):
+        names.add("python3.12")
+    parents = Path(str(item.path)).resolve().parents
+    if _BROKERS in parents:
+        names.add("jars")
+    if _CLUSTER in parents:
+        names.add("control-plane")
+    if _REAL_POD_TESTS in parents:
+        names.add("real-node")
+    unknown = names - RANK.keys()
+    if unknown:
+        raise pytest.UsageError(f"{item.nodeid}: unknown build(s) {sorted(unknown)}; known: {sorted(RANK)}")
+    return names
+
+
+def rank(item: pytest.Item) -> int:
+    """0 for unit tests, 1 + the longest wait for the rest."""
+    if _UNIT in Path(str(item.path)).resolve().parents:
+        return 0
+    return 1 + max((RANK[n] for n in needs(item)), default=0)
+
+
+def order(items: list[pytest.Item]) -> None:
+    """Sort ``items`` in place by the rank of their module (stable: a module stays whole and in its
+    own order, so module-scoped fixtures are set up once)."""
+    by_module: dict[Path, int] = {}
+    for item in items:
+        key = Path(str(item.path))
+        by_module[key] = max(by_module.get(key, 0), rank(item))
+    items.sort(key=lambda item: by_module[Path(str(item.path))])
+
+
+def wait_for(item: pytest.Item) -> None:
+    """Run (or wait for) the scripted builds ``item`` needs, once per session each."""
+    for name in sorted(needs(item) & SCRIPTS.keys(), key=RANK.__getitem__):
+        if name in _waited:
+            continue
+        started = time.monotonic()
+        done = subprocess.run(
+            [str(REPO / SCRIPTS[name][0]), *SCRIPTS[name][1:]],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        _waited[name] = done.returncode == 0
+        took = time.monotonic() - started
+        if took > 5:
+            sys.stderr.write(f"\n[builds] {name}: waited {took:.0f}s before {item.nodeid}\n")
