@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import IO, Any, TypeVar
 
 from . import logfmt
+from .containerlog import ContainerLog
 from .environment import ACCOUNT_ID, installation_region
 from .paths import layer_dirs
 from .protocol import InvocationRequest, InvocationResult
@@ -136,7 +137,11 @@ class HostedEnvironment:
         runtime_packages: Sequence[str] = (),
         system_log_level: str = "INFO",
         runtime: str | None = None,
+        container_log: ContainerLog | None = None,
     ) -> None:
+        """``stdout``: where the environment's output and the platform's lines go (None: this
+        process's stdout; an fd; a file object; DEVNULL), unless ``container_log`` is given: the
+        pod server's one log, which its own lines share."""
         self.handler = handler
         self.code_dir = os.path.abspath(code_dir)
         self.layers = [os.path.abspath(p) for p in layers]
@@ -146,6 +151,7 @@ class HostedEnvironment:
         self.timeout_s = timeout_s
         self.python = python
         self.stdout = stdout
+        self.container_log = container_log if container_log is not None else ContainerLog(stdout)
         self.init_timeout_s = init_timeout_s if init_timeout_s is not None else max(10.0, timeout_s)
         self.site_packages = site_packages
         self.version = version
@@ -259,13 +265,16 @@ class HostedEnvironment:
             return await self._start()
         finally:
             self._busy = False
+            self._init_written()
 
     async def _start(self) -> float:
         raise NotImplementedError
 
     async def stop(self) -> None:
-        """Shut the environment down: ask it to end (``_close_channel``), then SIGKILL what is left."""
+        """Shut the environment down: ask it to end (``_close_channel``), then SIGKILL what is left;
+        return once everything it wrote is in the container log."""
         await self._shutdown(grace_s=STOP_GRACE_S)
+        await self.container_log.flushed()
 
     def _close_channel(self) -> None:
         """Tell the runtime to finish (EOF, a signal); the grace period runs after this."""
@@ -310,7 +319,10 @@ class HostedEnvironment:
         try:
             if self.needs_restart and self._init_failure is None:
                 self._init_phase = "invoke"
-                await self._start()
+                try:
+                    await self._start()
+                finally:
+                    self._init_written()
             if self._init_failure is not None:
                 return await self._init_failure_result(req)
             return await self._invoke(req)
@@ -321,6 +333,11 @@ class HostedEnvironment:
 
     async def _invoke(self, req: InvocationRequest) -> InvocationResult:
         raise NotImplementedError
+
+    def _init_written(self) -> None:
+        """INIT is over: what it wrote goes to the container log now (a reader waits for it)."""
+        self._drain()
+        self.container_log.flush()
 
     async def _watch(self, waiting: Awaitable[T], started: float) -> T:
         """``waiting``'s result; TimeoutError past the timeout, OutOfMemory as soon as the runtime's
@@ -380,7 +397,6 @@ class HostedEnvironment:
         *,
         output: str = "",
         runtime_wrote_start: bool = False,
-        echo: bool = True,
     ) -> InvocationResult:
         """A result the host writes because the runtime cannot (timeout, crash, failed INIT).
 
@@ -393,8 +409,9 @@ class HostedEnvironment:
         error_type = None if status == "timeout" else error.get("errorType")
         rest = body_log + platform.end(rid, status, duration_ms)
         rest += platform.report(rid, duration_ms, self.memory_mb, memory, init_ms, status, error_type)
-        if echo:
-            self._echo(rest if runtime_wrote_start else start + rest)
+        self._echo(rest if runtime_wrote_start else start + rest)
+        # The environment failed (or is being reset): its lines are written now, not in a while.
+        self.container_log.flush()
         return InvocationResult(
             request_id=rid,
             payload=json.dumps(error).encode(),
@@ -435,16 +452,14 @@ class HostedEnvironment:
         memory: int,
         prefix: str,
         output: str = "",
-        *,
-        runtime_reported: bool = False,
     ) -> InvocationResult:
         """Lambda's answer when a function outgrows its memory: the environment is killed and the
-        error is ``Runtime.OutOfMemory``. ``runtime_reported``: the runtime finished and already wrote
-        its END and REPORT lines to the container log, so only the error is added there."""
+        error is ``Runtime.OutOfMemory``. The END and REPORT of the container log are the host's
+        (``Status: error``), also when the runtime finished and sent its own."""
         message = f"RequestId: {req.request_id} Error: Runtime exited with error: signal: killed"
         error = {"errorType": "Runtime.OutOfMemory", "errorMessage": message}
         body = f"{message}\nRuntime.OutOfMemory\n"
-        result = self._error_result(
+        return self._error_result(
             req,
             error,
             body,
@@ -455,11 +470,7 @@ class HostedEnvironment:
             prefix,
             output=output,
             runtime_wrote_start=True,
-            echo=not runtime_reported,
         )
-        if runtime_reported:
-            self._echo(body)
-        return result
 
     def _killed_by_the_kernel_for_memory(self, returncode: int) -> bool:
         """The kernel's OOM killer took the runtime before the watcher saw its memory: an allocation
@@ -529,17 +540,11 @@ class HostedEnvironment:
         return self._error_result(req, error, "", 0.0, init_ms, 0, "error", self._init_log + report)
 
     def _echo(self, text: str) -> None:
-        """Platform lines the host wrote also go where the runtime's output goes (the container log)."""
-        target = self.stdout
-        try:
-            if target is None:
-                sys.stdout.write(text)
-                sys.stdout.flush()
-            elif isinstance(target, int):
-                if target >= 0:
-                    os.write(target, text.encode())
-            else:
-                target.write(text.encode() if "b" in getattr(target, "mode", "") else text)
-                target.flush()
-        except (OSError, ValueError):
-            pass
+        """Platform lines the host writes go into the container log, after everything the runtime's
+        processes wrote before them (``_drain``)."""
+        self._drain()
+        self.container_log.write(text)
+
+    def _drain(self) -> None:
+        """Move what the runtime's processes have written so far into the container log (for a
+        runtime whose output the host reads through a pipe on its loop)."""

@@ -16,8 +16,9 @@ import sys
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import Any
 
+from .containerlog import ContainerLog, PipeReader
 from .framing import FLUSH_LOG_SIGNAL, PRESPAWNED_ENV, FrameBuffer, FrameError, encode
 from .host import DEFAULT_LANG, DEFAULT_PATH, HostedEnvironment, OutOfMemory, kill_group, peak_memory_mb
 from .prompt import PromptFuture
@@ -106,9 +107,11 @@ class _Channel(asyncio.BufferedProtocol):
 
 
 async def _spawn_worker(
-    python: str, site_packages: bool, env: dict[str, str], cwd: str, stdout: int | IO[Any] | None
+    python: str, site_packages: bool, env: dict[str, str], cwd: str, output: PipeReader | None
 ) -> tuple[asyncio.subprocess.Process, socket.socket]:
-    """A `python -m lamina_runtime.worker` in its own session, and the host's end of its control socket."""
+    """A `python -m lamina_runtime.worker` in its own session, and the host's end of its control
+    socket. Its stdout and stderr are ``output``'s pipe, one pipe for both so that the host reads
+    them in the order they were written (None: /dev/null)."""
     parent, child = socket.socketpair()
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -120,15 +123,19 @@ async def _spawn_worker(
             env={**env, "LAMINA_CONTROL_FD": str(child.fileno())},
             cwd=cwd,
             stdin=asyncio.subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=asyncio.subprocess.STDOUT if stdout is not None else None,
+            stdout=output.child_fd if output is not None else asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,  # its own process group: a kill takes the handler's children too
         )
     except BaseException:
         parent.close()
+        if output is not None:
+            output.close()
         raise
     finally:
         child.close()
+        if output is not None:
+            output.spawned()
     return proc, parent
 
 
@@ -154,16 +161,15 @@ class Prespawned:
         sock: socket.socket,
         python: str,
         env: dict[str, str],
-        stdout: int | IO[Any] | None,
+        log: ContainerLog,
+        output: PipeReader | None,
     ) -> None:
-        self.proc, self.sock, self.python, self.env, self.stdout = proc, sock, python, env, stdout
+        self.proc, self.sock, self.python, self.env = proc, sock, python, env
+        self.log, self.output = log, output
 
     @classmethod
     async def start(
-        cls,
-        pod_environ: Mapping[str, str],
-        python: str = sys.executable,
-        stdout: int | IO[Any] | None = None,
+        cls, pod_environ: Mapping[str, str], log: ContainerLog, python: str = sys.executable
     ) -> Prespawned:
         """Spawn it with the pod's variables an interpreter reads as it starts (locale, PYTHON*
         options: the function inherits them from the pod) and nothing else of the pod's."""
@@ -175,20 +181,21 @@ class Prespawned:
             PRESPAWNED_ENV: "1",
         }
         env.setdefault("LANG", DEFAULT_LANG)
-        proc, sock = await _spawn_worker(python, False, env, "/", stdout)
-        return cls(proc, sock, python, env, stdout)
+        output = log.pipe()
+        proc, sock = await _spawn_worker(python, False, env, "/", output)
+        return cls(proc, sock, python, env, log, output)
 
     @property
     def alive(self) -> bool:
         return self.proc.returncode is None
 
-    def fits(self, python: str, site_packages: bool, env: dict[str, str], stdout: object) -> bool:
+    def fits(self, python: str, site_packages: bool, env: dict[str, str], log: ContainerLog) -> bool:
         """Whether this worker can become the environment a fresh spawn with these would have been."""
         return (
             self.alive
             and python == self.python
             and not site_packages
-            and stdout is self.stdout
+            and log is self.log
             and _startup_env(env) == _startup_env(self.env)
         )
 
@@ -197,12 +204,16 @@ class Prespawned:
         self.sock.close()
         kill_group(self.proc.pid, signal.SIGKILL, leader_reaped=self.proc.returncode is not None)
         await self.proc.wait()
+        if self.output is not None:
+            self.output.close()
 
 
 class WorkerProcess(HostedEnvironment):
     """A `python -m lamina_runtime.worker` process, driven over a socketpair with framing.py frames."""
 
     _channel: _Channel | None = None
+    #: The read end of the worker's stdout and stderr (None: they go to /dev/null).
+    _stdio: PipeReader | None = None
     #: A pre-spawned worker the next start hands the function to instead of spawning (once).
     _prespawned: Prespawned | None = None
 
@@ -236,17 +247,19 @@ class WorkerProcess(HostedEnvironment):
         started = time.perf_counter()
         env = self.worker_env()
         prespawned, self._prespawned = self._prespawned, None
-        if prespawned is not None and prespawned.fits(self.python, self.site_packages, env, self.stdout):
+        log = self.container_log
+        if prespawned is not None and prespawned.fits(self.python, self.site_packages, env, log):
             # The hand-over: the worker takes the function's environment, directory and import path
             # from one frame, then runs INIT as a spawned one does. A worker that died since gives
             # the exit a spawned one would. Every later start spawns.
-            self._proc, parent = prespawned.proc, prespawned.sock
+            self._proc, parent, self._stdio = prespawned.proc, prespawned.sock, prespawned.output
         else:
             if prespawned is not None:  # it died, or the function needs another interpreter
                 await prespawned.discard()
             prespawned = None
+            self._stdio = log.pipe()
             self._proc, parent = await _spawn_worker(
-                self.python, self.site_packages, env, self.code_dir, self.stdout
+                self.python, self.site_packages, env, self.code_dir, self._stdio
             )
         _, self._channel = await asyncio.get_running_loop().create_connection(_Channel, sock=parent)
         if prespawned is not None:
@@ -275,9 +288,17 @@ class WorkerProcess(HostedEnvironment):
         self._on_killed()
 
     def _on_killed(self) -> None:
+        """The worker's process group is dead: read the rest of its output, and close both ends."""
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+        if self._stdio is not None:
+            self._stdio.close()
+            self._stdio = None
+
+    def _drain(self) -> None:
+        if self._stdio is not None:
+            self._stdio.drain()
 
     # --- invocations ---
 
@@ -297,6 +318,10 @@ class WorkerProcess(HostedEnvironment):
         }
         cold, self._cold = self._cold, False
         init_ms = self.init_duration_ms if cold else None
+        # START in the container log ahead of anything the handler writes (its output reaches the
+        # log through the pipe, after this); the worker puts the same line in the invocation's log.
+        header["start"] = start = self.platform.start(req.request_id, req.version or self.version)
+        self._echo(start)
         started = time.perf_counter()
         prefix = self._init_log if cold else ""
         try:
@@ -328,7 +353,10 @@ class WorkerProcess(HostedEnvironment):
             end = next((i for i, line in enumerate(own) if self.platform.is_end(line, req.request_id)), None)
             duration = float(reply.get("duration_ms") or 0.0)
             output = self._after_start(req, "".join(own[:end]))
-            return self._oom_result(req, duration, init_ms, peak, prefix, output, runtime_reported=True)
+            return self._oom_result(req, duration, init_ms, peak, prefix, output)
+        # END and REPORT after what the handler wrote (drained from the pipe first), in the buffer:
+        # the answer goes out before they are written (containerlog.py).
+        self._echo(str(reply.get("platform_end") or ""))
         return InvocationResult(
             request_id=req.request_id,
             payload=payload,

@@ -28,6 +28,7 @@ from _operator import _compare_digest as compare_digest
 from collections.abc import Mapping
 from typing import Any
 
+from .containerlog import ContainerLog
 from .factory import environment_for, python_version
 from .host import PROVISIONED, HostedEnvironment, WorkerBusy
 from .http11 import BadRequest, HttpServerProtocol, Request, Timeouts
@@ -68,9 +69,10 @@ def timeouts_from_env(environ: Mapping[str, str]) -> Timeouts:
     return Timeouts(first=first, idle=idle, read=read)
 
 
-def worker_from_env(environ: Mapping[str, str]) -> HostedEnvironment:
+def worker_from_env(environ: Mapping[str, str], log: ContainerLog | None = None) -> HostedEnvironment:
     """Configure the environment from the pod's variables (set by the operator on the container);
-    LAMINA_RUNTIME picks a custom runtime's bootstrap (``provided*``) or the Python worker."""
+    LAMINA_RUNTIME picks a custom runtime's bootstrap (``provided*``) or the Python worker. ``log``:
+    the container log it writes (the pod server's own, shared with its lines)."""
     handler = environ.get("LAMINA_HANDLER") or environ.get("_HANDLER")
     if not handler:
         raise SystemExit("lamina_runtime serve: set LAMINA_HANDLER (or _HANDLER), e.g. index.handler")
@@ -102,6 +104,7 @@ def worker_from_env(environ: Mapping[str, str]) -> HostedEnvironment:
         site_packages=environ.get("LAMINA_SITE_PACKAGES", "") in ("1", "true"),
         runtime_packages=split_layers(environ.get("LAMINA_RUNTIME_PACKAGES")),
         system_log_level=environ.get("LAMINA_SYSTEM_LOG_LEVEL") or "INFO",
+        container_log=log,
     )
 
 
@@ -146,11 +149,17 @@ class RuntimeServer:
         timeouts: Timeouts = TIMEOUTS,
         pod_environ: Mapping[str, str] | None = None,
         provisioned: bool = False,
+        log: ContainerLog | None = None,
     ) -> None:
         """``worker`` None: a generic pool environment until ``POST /specialize`` gives it a function
         (``pod_environ``: the pod's own variables, kept under the function's). ``provisioned``: a
-        provisioned-concurrency environment, which never serves after a failed INIT (it exits)."""
+        provisioned-concurrency environment, which never serves after a failed INIT (it exits).
+        ``log``: the container log (this process's stdout), which the server's own lines and every
+        environment it runs write (containerlog.py)."""
         self.worker = worker
+        if log is None:
+            log = worker.container_log if worker is not None else ContainerLog()
+        self.log = log
         self.provisioned = provisioned
         self.pod_environ = dict(pod_environ or {})
         self._specializing = False
@@ -181,9 +190,9 @@ class RuntimeServer:
         from .process import Prespawned
 
         try:
-            self.prespawned = await Prespawned.start(self.pod_environ)
+            self.prespawned = await Prespawned.start(self.pod_environ, self.log)
         except OSError as exc:  # the hand-over spawns one then, as a function's own pod does
-            print(f"lamina_runtime: no pre-spawned worker ({exc}); the hand-over will spawn one", flush=True)
+            self.log.line(f"lamina_runtime: no pre-spawned worker ({exc}); the hand-over will spawn one")
 
     async def listen(self, host: str, port: int) -> int:
         """Accept connections (probes get 503 until INIT is done); returns the bound port."""
@@ -237,6 +246,7 @@ class RuntimeServer:
             self.prespawned = None
         if self.worker is not None:
             await self.worker.stop()
+        await self.log.flushed()
 
     async def serve_forever(self) -> None:
         assert self._server is not None
@@ -328,7 +338,7 @@ class RuntimeServer:
         self._specializing = True
         try:
             environ = await asyncio.to_thread(install, handover, self.pod_environ)
-            worker = worker_from_env(environ)
+            worker = worker_from_env(environ, self.log)
         except HandoverError as exc:
             return _json(400, f"hand-over failed, this environment is spoiled: {exc}")
         except SystemExit as exc:  # the function's variables do not make an environment
@@ -342,7 +352,7 @@ class RuntimeServer:
         if handover.invoke_secret:
             self._secret = handover.invoke_secret.encode()
         init_ms = await self.init()
-        print(f"lamina_runtime: specialized as {worker.function_name} (INIT {init_ms:.2f} ms)", flush=True)
+        self.log.line(f"lamina_runtime: specialized as {worker.function_name} (INIT {init_ms:.2f} ms)")
         body = json.dumps({"function": worker.function_name, "initDurationMs": round(init_ms, 2)}).encode()
         return 200, body, {"Content-Type": "application/json"}
 
@@ -380,33 +390,35 @@ async def serve(host: str, port: int, environ: Mapping[str, str] | None = None) 
     secret = environ.pop(INVOKE_SECRET_ENV, None)
     os.environ.pop(INVOKE_SECRET_ENV, None)
     pool = environ.get(POOL_ENV, "") in ("1", "true")
+    log = ContainerLog()
     server = RuntimeServer(
-        None if pool else worker_from_env(environ),
+        None if pool else worker_from_env(environ, log),
         invoke_secret=secret,
         timeouts=timeouts_from_env(environ),
         pod_environ=environ,
         provisioned=environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") == PROVISIONED,
+        log=log,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     bound = await server.listen(host, port)
-    print(f"lamina_runtime: listening on http://{host}:{bound}", flush=True)
+    log.line(f"lamina_runtime: listening on http://{host}:{bound}")
     try:
         if server.worker is None:
             await server.prespawn()
-            print("lamina_runtime: a generic pool environment, waiting for a function", flush=True)
+            log.line("lamina_runtime: a generic pool environment, waiting for a function")
         else:
             init_ms = await server.init()
             if server.failed_for_good:
                 # Lambda fails a provisioned environment whose INIT fails instead of serving with it.
                 # The exit makes the pod not Ready and says why where Kubernetes looks for it.
                 why = f"INIT of a provisioned environment failed: {server.provisioned_failure}"
-                print(f"lamina_runtime: {why}", flush=True)
+                log.line(f"lamina_runtime: {why}")
                 write_termination_message(why)
                 raise SystemExit(INIT_FAILED_EXIT_CODE)
-            print(f"lamina_runtime: {server.worker.handler} ready (INIT {init_ms:.2f} ms)", flush=True)
+            log.line(f"lamina_runtime: {server.worker.handler} ready (INIT {init_ms:.2f} ms)")
         await stop.wait()
     finally:
         await server.close()

@@ -79,8 +79,6 @@ class Worker:
         self.first = os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE") != "provisioned-concurrency"
         self.payload = b""
         self.memory_mb = os.environ["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"]
-        #: The host kills an environment whose peak passed this (process.WorkerProcess._invoke).
-        self.memory_limit = int(self.memory_mb) if self.memory_mb.isdigit() else None
 
     def init(self) -> dict[str, Any]:
         """Run INIT and describe its outcome in the `ready` frame.
@@ -147,19 +145,24 @@ class Worker:
             elif name in env:
                 del env[name]
 
-    def invoke(self, header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes, str]:
-        """Run one invocation: its reply frame (header, payload), and the END and REPORT lines
-        still to be written to the container log once the reply is sent (empty when written already)."""
+    def invoke(self, header: dict[str, Any], body: bytes) -> tuple[dict[str, Any], bytes]:
+        """Run one invocation: its reply frame (header, payload).
+
+        START, END and REPORT go into the invocation's log only. The host writes them to the
+        container log (containerlog.py): it reads this process's stdout and stderr, so it places
+        START before everything the handler and its subprocesses write, and END and REPORT (the
+        reply's ``platform_end``) after it, without a write of this process on the answer's path.
+        START is the host's own line (``start`` in the header), so both logs carry the same one."""
         request_id = header["request_id"]
         self.begin(header)
-        out = sys.stdout
         platform = self.platform
-        out.write(platform.start(request_id, header.get("version") or "$LATEST"))
+        log = self.log
+        log.add(header.get("start") or platform.start(request_id, header.get("version") or "$LATEST"))
         started = time.perf_counter()
         error = self._run(header, body)
         duration_ms = (time.perf_counter() - started) * 1000
         if error is not None:
-            out.write(self.error_block(error, request_id))
+            sys.stdout.write(self.error_block(error, request_id))
             error["requestId"] = request_id
             payload = json.dumps(error, ensure_ascii=ENSURE_ASCII).encode()
         else:
@@ -167,19 +170,11 @@ class Worker:
         max_memory = _max_memory_mb()
         init_ms = self.init_duration_ms if self.first else None
         self.first = False
-        # END and REPORT in one write, after the reply (serve): the answer does not wait for the
-        # container log, whose reader (containerd's shim) a write wakes and may give the CPU to
-        # first. They are in the reply's log all the same. Before the reply when the host will kill
-        # this environment for its memory on reading it: the host's error lines then follow them.
         tail = platform.end(request_id, "failure" if error is not None else "success", duration_ms)
         tail += platform.report(
             request_id, duration_ms, self.memory_mb, max_memory, init_ms, function_error=error is not None
         )
-        if self.memory_limit is None or max_memory > self.memory_limit:
-            out.write(tail)
-            tail = ""
-        else:
-            self.log.add(tail)
+        log.add(tail)
         reply = {
             "type": "result",
             "request_id": request_id,
@@ -188,9 +183,10 @@ class Worker:
             "duration_ms": duration_ms,
             "init_duration_ms": init_ms,
             "max_memory_mb": max_memory,
-            "log": self.log.take(),
+            "log": log.take(),
+            "platform_end": tail,
         }
-        return reply, payload, tail
+        return reply, payload
 
     def _run(self, header: dict[str, Any], body: bytes) -> dict[str, Any] | None:
         """Call the handler; on success leave the JSON result in self.payload, else return an error object."""
@@ -263,13 +259,8 @@ class Worker:
                 return 0
             header, body = frame
             if header.get("type") == "invoke":
-                reply, payload, tail = self.invoke(header, body)
+                reply, payload = self.invoke(header, body)
                 write_frame_fd(self.fd, reply, payload)
-                if tail:  # END and REPORT, already in the reply's log: the container log only
-                    real = sys.__stdout__
-                    assert real is not None
-                    real.write(tail)
-                    real.flush()
 
 
 def take_handover(fd: int) -> bool:
