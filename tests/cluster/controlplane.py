@@ -1034,6 +1034,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             with state_lock(sd):
                 cp = up(sd, real_node="--real-node" in flags)
+            if not (cp.bin_dir / "kubectl").exists():  # no test needs it, so it is built on request
+                print(
+                    f"test-cluster: for kubectl {pinned_versions()['KUBERNETES_VERSION']} in {cp.bin_dir}, "
+                    "run scripts/build-control-plane --kubectl",
+                    file=sys.stderr,
+                )
             print(cp.kubeconfig)
             return 0
         if cmd == "down":

@@ -48,6 +48,8 @@ _CLUSTER = REPO / "tests" / "cluster"
 _REAL_POD_TESTS = _CLUSTER / "pods"
 _UNIT = REPO / "tests" / "unit"
 _BROKERS = REPO / "tests" / "brokers"  # Kafka and ElasticMQ run from the jars
+#: Folders whose tests run `lamina local`, whose functions declare python3.12 (the default runtime).
+_LOCAL_MODE = (REPO / "tests" / "integration", _BROKERS)
 _waited: dict[str, bool] = {}
 
 
@@ -59,6 +61,8 @@ def needs(item: pytest.Item) -> set[str]:
     parents = Path(str(item.path)).resolve().parents
     if _BROKERS in parents:
         names.add("jars")
+    if any(folder in parents for folder in _LOCAL_MODE):
+        names.add("python3.12")
     if _CLUSTER in parents:
         names.add("control-plane")
     if _REAL_POD_TESTS in parents:
