@@ -15,7 +15,6 @@ failed.
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -105,5 +104,6 @@ def wait_for(item: pytest.Item) -> None:
         )
         _waited[name] = done.returncode == 0
         took = time.monotonic() - started
-        if took > 5:
-            sys.stderr.write(f"\n[builds] {name}: waited {took:.0f}s before {item.nodeid}\n")
+        reporter = item.config.pluginmanager.get_plugin("terminalreporter")
+        if took > 5 and reporter is not None:
+            reporter.write_line(f"[builds] {name}: waited {took:.0f}s before {item.nodeid}")
