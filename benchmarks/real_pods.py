@@ -363,14 +363,21 @@ class Bench:
         base = self.lam.gateway_url
         if "warm" in phases:
             probe = NodeCpu.of(self.core, self.lam.pods(warm), self.state_dir)
-            before = probe.read()
+            before, writes_before = probe.read(), probe.read_writes()
             samples = asyncio.run(sequential(base, warm, self.args.warm_calls))
             row = stats("warm invoke, provisioned pod", samples)
-            row["cpu_us_per_call"] = cpu = probe.per_call(before, self.args.warm_calls + WARMUP_CALLS)
+            calls = self.args.warm_calls + WARMUP_CALLS
+            row["cpu_us_per_call"] = cpu = probe.per_call(before, calls)
+            row["writes_per_call"] = writes = probe.writes_per_call(writes_before, calls)
             print(
                 f"{'':40} CPU per call: "
                 + ", ".join(f"{k} {v:.0f} µs" for k, v in cpu.items())
                 + f"; load average {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+            print(
+                f"{'':40} write system calls per call: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in writes.items()),
                 flush=True,
             )
             self.add(row)
@@ -515,6 +522,21 @@ class NodeCpu:
         times = {pid: _cpu_seconds(pid) for pids in self.parts.values() for pid in pids}
         return {pid: t for pid, t in times.items() if t is not None}
 
+    def read_writes(self) -> dict[int, int]:
+        """The write system calls (``syscw`` of /proc/PID/io: write, writev, pwrite, not a socket's
+        send) of the function pod's server and worker so far: the container log's writes among them."""
+        counts = {pid: _write_calls(pid) for part in WRITE_PARTS for pid in self.parts[part]}
+        return {pid: n for pid, n in counts.items() if n is not None}
+
+    def writes_per_call(self, before: dict[int, int], calls: int) -> dict[str, float]:
+        after = self.read_writes()
+        return {
+            part: round(
+                sum(after[p] - before[p] for p in self.parts[part] if p in after and p in before) / calls, 3
+            )
+            for part in WRITE_PARTS
+        }
+
     def per_call(self, before: dict[int, float], calls: int) -> dict[str, float]:
         """CPU µs per call of each part between ``before`` and now (a process gone meanwhile is left
         out: its time is no longer readable)."""
@@ -542,6 +564,20 @@ def _processes() -> dict[int, tuple[int, str, str]]:
             continue
         out[int(entry.name)] = (parent, cgroup, cmd)
     return out
+
+
+#: The parts whose write system calls the warm phase counts.
+WRITE_PARTS = ("function pod server", "its worker")
+
+
+def _write_calls(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("syscw:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def _in_pod(cgroup: str, uid: str) -> bool:

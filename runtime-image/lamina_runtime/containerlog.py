@@ -138,14 +138,18 @@ class ContainerLog:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        if loop is None or not isinstance(target, int):
-            # A file object of the caller's (local mode's stderr, a test's file): written in place,
-            # as the caller's own writes to it are.
-            self._write_out(chunk)
-            self._written_bytes(len(chunk))
-            return
-        self._writing = loop.run_in_executor(None, self._write_out, chunk)
-        self._writing.add_done_callback(lambda _: self._written(len(chunk)))
+        if loop is not None and isinstance(target, int):
+            try:
+                self._writing = loop.run_in_executor(None, self._write_out, chunk)
+            except RuntimeError:  # the loop's executor is shut down (the loop is closing)
+                pass
+            else:
+                self._writing.add_done_callback(lambda _: self._written(len(chunk)))
+                return
+        # A file object of the caller's (local mode's stderr, a test's file), or no loop to wait
+        # on: written in place, as the caller's own writes to it are.
+        self._write_out(chunk)
+        self._written_bytes(len(chunk))
 
     def _write_out(self, chunk: bytes) -> None:
         """Write all of ``chunk`` (in the executor's thread for an fd). A target that is gone (EPIPE:
