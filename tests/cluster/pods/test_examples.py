@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster.pods.conftest import Lamina
+from tests.cluster.pods.conftest import Lamina, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 FUNCTIONS = {
@@ -79,6 +79,42 @@ def test_a_timeout_is_sandbox_timedout_and_the_environment_is_replaced(examples:
     assert "timed out after 1.00 seconds" in body["errorMessage"]
     r, body = examples.invoke("slow", {"seconds": 0})
     assert "FunctionError" not in r and body == {"slept": 0}
+
+
+def _container_logs(lam: Lamina, function: str) -> list[str]:
+    """The lines `kubectl logs` shows of every pod of ``function``, pod after pod."""
+    return [
+        line
+        for pod in lam.pods(function)
+        for line in str(lam.core.read_namespaced_pod_log(pod.metadata.name, lam.namespace)).splitlines()
+    ]
+
+
+def test_the_container_log_has_each_call_in_lambdas_order(examples: Lamina) -> None:
+    """`kubectl logs` of the function pods: the pod's server writes START, the handler's output, END
+    and REPORT of each call (several calls' lines in one write), and on a timeout what it printed,
+    the timeout line, END and REPORT with its status."""
+    names = ["ann", "bob", "cy"]
+    rids = [examples.invoke("hello", {"name": name})[1]["requestId"] for name in names]
+    _, timed_out = examples.invoke("slow", {"seconds": 5})
+    slow_rid = timed_out["errorMessage"].split()[1]
+
+    def written(function: str, rid: str) -> list[str] | None:
+        lines = _container_logs(examples, function)
+        return lines if any(line.startswith(f"REPORT RequestId: {rid}") for line in lines) else None
+
+    lines = wait_for(lambda: written("hello", rids[-1]), 30, "the last call's REPORT in the pod's log")
+    for name, rid in zip(names, rids, strict=True):
+        at = lines.index(f"START RequestId: {rid} Version: $LATEST")
+        assert lines[at + 1 : at + 3] == [f"greeting {name}", f"END RequestId: {rid}"]
+        assert lines[at + 3].startswith(f"REPORT RequestId: {rid}\tDuration: ")
+    lines = wait_for(lambda: written("slow", slow_rid), 30, "the timed-out call's REPORT in the pod's log")
+    at = lines.index(f"START RequestId: {slow_rid} Version: $LATEST")
+    assert lines[at + 1] == "sleeping 5 s"
+    assert lines[at + 2].endswith(f"{slow_rid} Task timed out after 1.00 seconds")
+    assert lines[at + 3] == f"END RequestId: {slow_rid}"
+    assert lines[at + 4].startswith(f"REPORT RequestId: {slow_rid}")
+    assert lines[at + 4].endswith("Status: timeout")
 
 
 def test_a_custom_runtime_bootstrap_serves_from_a_pod(examples: Lamina) -> None:
