@@ -15,10 +15,17 @@ The buffer is written out at most ``FLUSH_AFTER_S`` after its first byte, or at 
 ``FLUSH_BYTES``, and at once where nothing may wait (the host calls :meth:`ContainerLog.flush`): the end
 of an INIT, a timeout, a crash, the memory limit, a shutdown (:meth:`ContainerLog.flushed` waits until
 it is written). The write itself runs in a thread (the loop's default executor): the container's stdout
-is a pipe that may be full while containerd is slow, and the loop must not wait on it; until that
-write is done the buffer keeps filling, and past ``PAUSE_BYTES`` not yet written the host stops reading
-the workers' pipes, so a handler that prints faster than the node takes its log blocks on its own write,
-as it did when it wrote to the container's stdout itself. Nothing accepted is dropped.
+is a pipe that may be full while containerd is slow, and the loop must not wait on it. (Making fd 1
+non-blocking instead would change the flags of an open file that a terminal shares with its shell, and
+a pod's pipe cannot be reopened privately: it belongs to root, the server runs as uid 1000. The thread
+costs ~2 ms once, at the first write, and a hand-over per write, which the window makes rare.) Until
+that write is done the buffer keeps filling, and past ``PAUSE_BYTES`` not yet written the host stops
+reading the workers' pipes, so a handler that prints faster than the node takes its log blocks on its
+own write, as it did when it wrote to the container's stdout itself. Nothing accepted is dropped.
+
+What changes for a reader of the container log: lines reach it up to ``FLUSH_AFTER_S`` later than
+they were written (the CRI log's timestamps with them), and the worker's stderr is in the container's
+stdout stream (one pipe for both keeps their order; CloudWatch has no such distinction either).
 """
 
 from __future__ import annotations
