@@ -131,7 +131,15 @@ class ContainerLog:
         """Flush, and wait until everything accepted so far has been written."""
         self.flush()
         while self._writing is not None:
-            await asyncio.shield(self._writing)
+            writing = self._writing
+            if writing.done():
+                # Its done callback (_written, which clears _writing and starts the next write) is
+                # scheduled but has not run: awaiting a done future does not yield to the loop, so
+                # without this turn the loop would spin here for ever (seen: a local mode hung at
+                # 100 % CPU in a timeout's stop).
+                await asyncio.sleep(0)
+            else:
+                await asyncio.shield(writing)
 
     def _due(self) -> None:
         self._timer = None
