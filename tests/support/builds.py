@@ -1,16 +1,13 @@
 """What a test needs built before it runs, the order that follows from it, and the wait for it.
 
-``scripts/test`` starts every build in the background and runs pytest at once, so that the tests that
-need nothing built run while the Go builds still use the CPU (on a fresh 2-core machine the builds
-take ~20 minutes and pytest alone leaves most of a core idle). A test module declares what it needs
-with ``pytest.mark.builds("s3-server", ...)``; the cluster tiers (``tests/cluster``,
-``tests/cluster/pods``) and the ``python312`` fixture imply theirs. Tests then run in the order of
-what they wait for (modules kept whole), and each build is waited for *before* the first test that
-needs it, outside its per-test timeout: the build scripts are idempotent and serialise on a lock, so
-calling one while ``scripts/test``'s background copy runs just waits for it, and calling it again
-returns at once. The test's own fixture then calls the script as before and reports its error if it
-failed.
-"""
+A test module declares what it needs with ``pytest.mark.builds("s3-server", ...)``; the cluster tiers
+(``tests/cluster``, ``tests/cluster/pods``), the ``python312`` fixture and the folders that run
+``lamina local`` imply theirs. Tests run in the order of what they wait for (modules kept whole), and
+each build is waited for *before* the first test that needs it, outside its per-test timeout. After
+``scripts/test``'s builds every script returns at once; when pytest runs alone on a fresh checkout the
+script builds (or waits on the lock of a build already under way), so a first build never counts
+against a test's timeout. The test's own fixture then calls the script as before and reports its
+error if it failed."""
 
 from __future__ import annotations
 
@@ -49,7 +46,7 @@ _UNIT = REPO / "tests" / "unit"
 _BROKERS = REPO / "tests" / "brokers"  # Kafka and ElasticMQ run from the jars
 #: Folders whose tests run `lamina local`, whose functions declare python3.12 (the default runtime).
 _LOCAL_MODE = (REPO / "tests" / "integration", _BROKERS)
-_waited: dict[str, bool] = {}
+_waited: set[str] = set()
 
 
 def needs(item: pytest.Item) -> set[str]:
@@ -95,14 +92,14 @@ def wait_for(item: pytest.Item) -> None:
         if name in _waited:
             continue
         started = time.monotonic()
-        done = subprocess.run(
+        subprocess.run(
             [str(REPO / SCRIPTS[name][0]), *SCRIPTS[name][1:]],
             cwd=REPO,
             capture_output=True,
             text=True,
             check=False,
         )
-        _waited[name] = done.returncode == 0
+        _waited.add(name)  # a failure is the fixture's to report, with the script's output
         took = time.monotonic() - started
         reporter = item.config.pluginmanager.get_plugin("terminalreporter")
         if took > 5 and reporter is not None:
