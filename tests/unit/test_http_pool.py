@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lamina.environments.base import FunctionConfig
-from lamina.environments.endpoints import PodSet, StaticEndpointSource
+from lamina.environments.endpoints import PodSet, ScaleTargetMissing, StaticEndpointSource
 from lamina.environments.http_pool import EnvironmentFailed, HttpEnvironmentPool, NoEnvironment
 from lamina.environments.pod_client import PodClient
 from lamina.resources.pod_state import PodProblem
@@ -167,6 +167,44 @@ async def test_a_busy_pool_asks_for_a_replica_and_holds_the_request(servers) -> 
         fast = await asyncio.wait_for(held, 10)
         assert not slow.done()  # served by the new environment, not after the slow one
         assert json.loads(fast.payload)["pid"] != json.loads((await slow).payload)["pid"]
+    finally:
+        await pool.close()
+
+
+class NotMadeYet(StaticEndpointSource):
+    """A source whose Deployment appears only after ``missing`` scale requests (the operator is slow)."""
+
+    def __init__(self, missing: int) -> None:
+        super().__init__({})
+        self.missing = missing
+        self.asked: list[int] = []
+
+    async def scale(self, fn: FunctionConfig, replicas: int, retire: str | None = None) -> None:
+        self.asked.append(replicas)
+        if self.missing > 0:
+            self.missing -= 1
+            raise ScaleTargetMissing(f"deployment {fn.name} does not exist yet")
+        await super().scale(fn, replicas, retire)
+
+
+async def test_a_scale_the_source_cannot_take_yet_is_asked_again_and_the_held_request_served(servers) -> None:
+    fn = FunctionConfig(name="fn", provisioned_concurrency=1)
+    source = NotMadeYet(missing=3)
+    pool = HttpEnvironmentPool(source, [fn], cold_start_timeout=30)
+    await pool.start()  # its scale to the provisioned 1 is refused: the pool starts all the same
+    try:
+        assert source.asked == [1]
+        held = asyncio.create_task(pool.invoke(fn, request({})))
+        for _ in range(100):
+            if fn.key in source.requested:
+                break
+            await asyncio.sleep(0.05)
+        assert source.requested[fn.key] == 1  # taken once the Deployment exists, asked for by nobody else
+        assert source.asked[-1] == 1 and len(source.asked) >= 4
+        assert not held.done()
+        source.set_endpoints(fn.key, [await servers()])
+        result = await asyncio.wait_for(held, 10)
+        assert result.function_error is None
     finally:
         await pool.close()
 

@@ -44,6 +44,11 @@ class PodSet:
 Listener = Callable[[str, PodSet], None]  # (function key, its environments)
 
 
+class ScaleTargetMissing(Exception):
+    """What a source scales does not exist yet: a Function the gateway already knows, whose
+    Deployment the operator has not made. The caller asks again later; nothing is wrong."""
+
+
 class Claims(Protocol):
     """Warm pool pods a cold start may claim instead of starting a pod of the function's own."""
 

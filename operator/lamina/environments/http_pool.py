@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lamina.environments.base import EnvironmentFailed, FunctionConfig, NoEnvironment, hand_over
-from lamina.environments.endpoints import Claims, EndpointSource, PodSet
+from lamina.environments.endpoints import Claims, EndpointSource, PodSet, ScaleTargetMissing
 from lamina.environments.pod_client import Broken, PodClient, Refused
 from lamina.resources.pod_state import PodProblem
 from lamina_runtime.protocol import (
@@ -69,6 +69,10 @@ PROBE_GROWTH = 1.3
 PROBE_MAX_S = 0.02
 PROBE_WAIT_S = 5.0
 PROBE_TIMEOUT_S = 1.0
+#: A scale the source could not take (the Deployment not made yet, the API away) is asked again,
+#: backing off from the first gap to the last, until it is taken or the function is gone.
+RESCALE_FIRST_S = 0.25
+RESCALE_MAX_S = 5.0
 HEALTH_PATH = f"/healthz?{HEALTH_WAIT_PARAM}={PROBE_WAIT_S:g}"
 
 
@@ -127,6 +131,7 @@ class _Pool:
     #: Whether ``requested`` counts what the Deployment runs: False while another replica serves the
     #: function (it scales the Deployment), set from the pods seen when this one takes it over.
     adopted: bool = False
+    rescaling: bool = False  # a scale the source could not take is being asked again
 
     def waiting(self) -> int:
         return sum(1 for w in self.waiters if not w.done())
@@ -469,7 +474,50 @@ class HttpEnvironmentPool:
         sending the count as it is when its turn comes: concurrent cold starts ask for 2 and then 3,
         and an unordered pair of writes must not leave the Deployment at 2."""
         async with pool.scaling:
+            if await self._ask(pool, retire):
+                return
+        if not pool.rescaling:
+            pool.rescaling = True
+            self._spawn(self._rescale(pool))
+
+    async def _ask(self, pool: _Pool, retire: str | None) -> bool:
+        """One request of the source for ``pool.requested``; False (logged) when it was not taken.
+        A failed scale never fails the request that caused it: that request keeps waiting, and the
+        gateway keeps starting, while the scale is asked again."""
+        try:
             await self.source.scale(pool.config, pool.requested, retire=retire)
+        except ScaleTargetMissing as exc:
+            log.log(
+                logging.DEBUG if pool.rescaling else logging.INFO, "function %s: %s", pool.config.name, exc
+            )
+            return False
+        except Exception as exc:
+            if pool.rescaling:
+                log.debug(
+                    "function %s: scaling to %d failed again: %s", pool.config.name, pool.requested, exc
+                )
+            else:
+                log.exception(
+                    "function %s: scaling to %d failed; asking again", pool.config.name, pool.requested
+                )
+            return False
+        return True
+
+    async def _rescale(self, pool: _Pool) -> None:
+        """Ask the source again, backing off, until it takes the count or the function is gone."""
+        gap = RESCALE_FIRST_S
+        try:
+            while self._pools.get(pool.config.pool_key) is pool:
+                await asyncio.sleep(gap)
+                async with pool.scaling:
+                    if not self._serves(pool):
+                        return  # another replica scales it now
+                    if await self._ask(pool, None):
+                        log.info("function %s: scaled to %d", pool.config.name, pool.requested)
+                        return
+                gap = min(gap * 2, RESCALE_MAX_S)
+        finally:
+            pool.rescaling = False
 
     async def _acquire(self, pool: _Pool, deadline: float) -> str:
         self._serves(pool)  # called here: it serves the function (counts the Deployment once taken over)

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from lamina.environments.base import LATEST, FunctionConfig
-from lamina.environments.endpoints import Listener, PodSet
+from lamina.environments.endpoints import Listener, PodSet, ScaleTargetMissing
 from lamina.kubeapi import ThreadedWatch, list_pods_fn, watched
 from lamina.resources import labels, names
 from lamina.resources.pod_state import PodProblem, function_problem, pod_problem
@@ -139,20 +140,34 @@ class KubernetesEndpointSource:
             pods = self._pods.get(fn.pool_key, {}).values()
             pod = next((p.name for p in pods if p.address == retire), None)
             if pod is not None:
-                self.core.patch_namespaced_pod(
-                    pod,
-                    fn.namespace,
-                    {"metadata": {"annotations": {DELETION_COST: "-1000"}}},
-                    field_manager=FIELD_MANAGER,
-                )
-        self.apps.patch_namespaced_deployment(
+                try:
+                    self.core.patch_namespaced_pod(
+                        pod,
+                        fn.namespace,
+                        {"metadata": {"annotations": {DELETION_COST: "-1000"}}},
+                        field_manager=FIELD_MANAGER,
+                    )
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise  # gone already: the scale below removes some other pod, or none
+        deployment = (
             names.function_deployment(fn.name)
             if fn.version == LATEST
-            else names.version_deployment(fn.name, fn.version),
-            fn.namespace,
-            {"spec": {"replicas": replicas}},
-            field_manager=FIELD_MANAGER,
+            else names.version_deployment(fn.name, fn.version)
         )
+        try:
+            self.apps.patch_namespaced_deployment(
+                deployment,
+                fn.namespace,
+                {"spec": {"replicas": replicas}},
+                field_manager=FIELD_MANAGER,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise ScaleTargetMissing(
+                    f"deployment {fn.namespace}/{deployment} does not exist yet"
+                ) from None
+            raise
 
     async def close(self) -> None:
         for watch in self._watches:
