@@ -30,13 +30,14 @@ SCRIPTS: dict[str, tuple[str, ...]] = {
 
 #: When a test runs, by what it waits for: first what needs nothing, last what needs the longest
 #: builds. "control-plane" and "real-node" are waited for by tests/cluster/conftest.py.
+#: The S3 server, the RIE and kube-router come last: scripts/test builds them beside pytest.
 RANK: dict[str, int] = {
     "jars": 1,
     "python3.12": 2,
-    "s3-server": 3,
-    "rie": 3,
-    "control-plane": 4,
-    "real-node": 5,
+    "control-plane": 3,
+    "real-node": 4,
+    "s3-server": 5,
+    "rie": 5,
     "kube-router": 6,
 }
 
