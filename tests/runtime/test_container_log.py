@@ -370,12 +370,14 @@ async def test_flushed_returns_when_the_write_ended_before_its_callback_ran() ->
     """A stop that waits for the log just as the write thread's result arrived (the write's future
     done, its done callback scheduled but not run) must not spin: awaiting a done future does not
     yield to the loop, and a local mode hung at 100 % CPU in a timeout's stop that way."""
-    log = ContainerLog(DEVNULL_FD := os.open(os.devnull, os.O_WRONLY))
-    loop = asyncio.get_running_loop()
-    writing: asyncio.Future[None] = loop.create_future()
-    writing.add_done_callback(lambda _: log._written(0))
-    log._writing = writing
-    writing.set_result(None)  # done; _written is only scheduled (call_soon)
-    await log.flushed()  # in this same step: spun until the timeout before the fix
-    assert log._writing is None
-    os.close(DEVNULL_FD)
+    fd = os.open(os.devnull, os.O_WRONLY)
+    try:
+        log = ContainerLog(fd)
+        writing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        writing.add_done_callback(lambda _: log._written(0))
+        log._writing = writing
+        writing.set_result(None)  # done; _written is only scheduled (call_soon)
+        await log.flushed()  # in this same step: spun until the timeout before the fix
+        assert log._writing is None
+    finally:
+        os.close(fd)

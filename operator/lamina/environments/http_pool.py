@@ -486,20 +486,14 @@ class HttpEnvironmentPool:
         gateway keeps starting, while the scale is asked again."""
         try:
             await self.source.scale(pool.config, pool.requested, retire=retire)
-        except ScaleTargetMissing as exc:
-            log.log(
-                logging.DEBUG if pool.rescaling else logging.INFO, "function %s: %s", pool.config.name, exc
-            )
-            return False
         except Exception as exc:
-            if pool.rescaling:
-                log.debug(
-                    "function %s: scaling to %d failed again: %s", pool.config.name, pool.requested, exc
-                )
+            name, replicas = pool.config.name, pool.requested
+            if pool.rescaling:  # said once already, when it first failed
+                log.debug("function %s: scaling to %d failed again: %s", name, replicas, exc)
+            elif isinstance(exc, ScaleTargetMissing):  # expected: no traceback
+                log.info("function %s: %s; asking again", name, exc)
             else:
-                log.exception(
-                    "function %s: scaling to %d failed; asking again", pool.config.name, pool.requested
-                )
+                log.exception("function %s: scaling to %d failed; asking again", name, replicas)
             return False
         return True
 
